@@ -1,0 +1,101 @@
+"""Seeded flow-matching sampling with diffusers' ``FlowMatchEulerDiscreteScheduler``.
+
+The loop is ``FluxPipeline.__call__``'s (same sigma schedule, same resolution-dependent shift ``mu``,
+same ``timestep / 1000`` and distilled-guidance handling) but takes a list of :class:`GenItem`
+(prompt index, seed) instead of prompts: each item's starting noise comes from its own seeded
+generator on the CPU, so an image does not depend on which batch or which process made it (beyond
+float tolerance). That is what lets later stages shard generation across GPUs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from tqdm.auto import tqdm
+
+from fastflux_core.codec import latent_ids, pack, unpack
+from fastflux_core.params import SamplingParams
+from fastflux_core.prompts import GenItem, PromptEmbeds
+
+
+def latent_size(height: int, width: int, scale_factor: int) -> tuple[int, int]:
+    """Latent cells (h, w) for an image, rounded like ``FluxPipeline`` (even, for 2×2 packing)."""
+    return 2 * (height // (scale_factor * 2)), 2 * (width // (scale_factor * 2))
+
+
+def initial_noise(items: list[GenItem], channels: int, h: int, w: int) -> torch.Tensor:
+    """(N, C, h, w) float32 standard normal noise; row i depends only on ``items[i].seed``."""
+    out = torch.empty(len(items), channels, h, w)
+    for i, item in enumerate(items):
+        out[i] = torch.randn(channels, h, w, generator=torch.Generator("cpu").manual_seed(item.seed))
+    return out
+
+
+def flux_timesteps(
+    scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int, device: torch.device
+) -> torch.Tensor:
+    """The FLUX pipeline's schedule: sigmas linspace(1, 1/steps), shifted by mu(image_seq_len)."""
+    sigmas = np.linspace(1.0, 1 / steps, steps)
+    if scheduler.config.get("use_flow_sigmas", False):
+        sigmas = None
+    mu = calculate_shift(
+        image_seq_len,
+        scheduler.config.get("base_image_seq_len", 256),
+        scheduler.config.get("max_image_seq_len", 4096),
+        scheduler.config.get("base_shift", 0.5),
+        scheduler.config.get("max_shift", 1.15),
+    )
+    timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
+    return timesteps
+
+
+@torch.no_grad()
+def sample_latents(
+    transformer: FluxTransformer2DModel,
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    embeds: PromptEmbeds,
+    items: list[GenItem],
+    sampling: SamplingParams,
+    latent_channels: int,
+    scale_factor: int,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Denoise every item; return final latents (N, C, h, w), float32 on CPU, in item order."""
+    p = next(transformer.parameters())
+    device, dtype = p.device, p.dtype
+    h, w = latent_size(sampling.height, sampling.width, scale_factor)
+    img_ids = latent_ids(h, w, device, dtype)  # (h/2 · w/2, 3)
+    txt_ids = torch.zeros(embeds.prompt_embeds.shape[1], 3, device=device, dtype=dtype)  # (T, 3)
+    out = []
+    batches = range(0, len(items), sampling.batch_size)
+    bar = tqdm(total=len(items) * sampling.steps, desc="sample", unit="step", disable=not progress)
+    for start in batches:
+        chunk = items[start : start + sampling.batch_size]
+        b = len(chunk)
+        latents = pack(initial_noise(chunk, latent_channels, h, w)).to(device, dtype)  # (b, N_img, 4C)
+        prompt_embeds, pooled = embeds.select([it.prompt for it in chunk])
+        prompt_embeds, pooled = prompt_embeds.to(device, dtype), pooled.to(device, dtype)
+        guidance = None
+        if transformer.config.guidance_embeds:
+            guidance = torch.full((b,), sampling.guidance_scale, device=device, dtype=torch.float32)
+        sched = copy.deepcopy(scheduler)  # step index is per-run state
+        for t in flux_timesteps(sched, sampling.steps, latents.shape[1], device):
+            v = transformer(
+                hidden_states=latents,
+                timestep=t.expand(b).to(dtype) / 1000,
+                guidance=guidance,
+                pooled_projections=pooled,
+                encoder_hidden_states=prompt_embeds,
+                txt_ids=txt_ids,
+                img_ids=img_ids,
+                return_dict=False,
+            )[0]
+            latents = sched.step(v, t, latents, return_dict=False)[0]
+            bar.update(b)
+        out.append(unpack(latents.float().cpu(), h, w))
+    bar.close()
+    return torch.cat(out)

@@ -1,0 +1,116 @@
+"""Where the base model comes from: the embedded default or a local FLUX.1-dev folder.
+
+This is the only place that looks at ``model.source``. Everything downstream receives the same
+objects either way — a ``FluxTransformer2DModel``, a ``FlowMatchEulerDiscreteScheduler``, a text
+encoder and a latent codec — and runs the same code.
+
+Embedded default: stage ``base`` writes ``data/base/`` in the same sub-folder layout as a diffusers
+pipeline folder (``transformer/``, ``scheduler/``), so both are loaded by ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+from fastflux_core.codec import LatentCodec, PixelCodec, VaeCodec
+from fastflux_core.errors import ModelFolderError
+from fastflux_core.params import Params
+from fastflux_core.text import FluxTextEncoders, MiniLMTextEncoder, TextEncoder
+
+EMBEDDED_BASE = Path("data/base")
+FLUX_SUBFOLDERS = ("transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def check_flux_folder(path: Path) -> None:
+    """Fail with one clear message if ``path`` is not a FLUX diffusers folder."""
+    if not path.exists():
+        raise ModelFolderError(f"model.path does not exist: {path}")
+    if not path.is_dir():
+        raise ModelFolderError(f"model.path is not a directory: {path}")
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelFolderError(f"not a diffusers pipeline folder (missing model_index.json): {path}")
+    cls = json.loads(index.read_text()).get("_class_name", "")
+    if "Flux" not in cls:
+        raise ModelFolderError(f"{index} describes a {cls or 'unknown'} pipeline, not a FLUX one")
+    for sub in FLUX_SUBFOLDERS:
+        if not (path / sub).is_dir():
+            raise ModelFolderError(f"FLUX folder {path} lacks its {sub}/ sub-folder")
+    weights = list((path / "transformer").glob("*.safetensors"))
+    if not weights:
+        raise ModelFolderError(f"no safetensors weights in {path / 'transformer'} (pickled weights are not loaded)")
+
+
+def model_root(params: Params) -> Path:
+    """Folder holding ``transformer/`` and ``scheduler/`` for the configured source."""
+    if params.model.source == "flux":
+        assert params.model.path is not None
+        check_flux_folder(params.model.path)
+        return params.model.path
+    root = EMBEDDED_BASE
+    if not (root / "transformer" / "config.json").is_file():
+        raise ModelFolderError(f"embedded base model not found in {root}: run stage 'base' first (dvc repro base)")
+    return root
+
+
+def load_transformer(params: Params, root: Path | None = None) -> FluxTransformer2DModel:
+    """The base transformer, in eval mode, on the configured device and dtype."""
+    root = model_root(params) if root is None else root
+    model = FluxTransformer2DModel.from_pretrained(
+        str(root), subfolder="transformer", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
+    )
+    return model.to(resolve_device(params.model.device)).eval()
+
+
+def load_scheduler(params: Params, root: Path | None = None) -> FlowMatchEulerDiscreteScheduler:
+    root = model_root(params) if root is None else root
+    return FlowMatchEulerDiscreteScheduler.from_pretrained(str(root), subfolder="scheduler")
+
+
+def load_codec(params: Params, transformer: FluxTransformer2DModel) -> LatentCodec:
+    """The latent codec: FLUX's VAE, or the identity on pixels for the embedded default."""
+    if params.model.source == "flux":
+        assert params.model.path is not None
+        vae = AutoencoderKL.from_pretrained(
+            str(params.model.path), subfolder="vae", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
+        )
+        return VaeCodec(vae.to(resolve_device(params.model.device)).eval())
+    return PixelCodec(transformer.config.in_channels // 4)
+
+
+def load_text_encoder(params: Params) -> TextEncoder:
+    device = resolve_device(params.model.device)
+    if params.model.source == "flux":
+        assert params.model.path is not None
+        check_flux_folder(params.model.path)
+        return FluxTextEncoders(params.model.path, params.text.max_sequence_length, device, resolve_dtype(params.model.dtype))
+    return MiniLMTextEncoder(params.text.max_sequence_length, device)
+
+
+def describe_flux_base(params: Params) -> dict:
+    """Stage ``base`` for ``model.source: flux``: nothing to train; check the folder and record what
+    the pipeline will prune (its path and block counts)."""
+    assert params.model.path is not None
+    check_flux_folder(params.model.path)
+    cfg = json.loads((params.model.path / "transformer" / "config.json").read_text())
+    return {
+        "source": "flux",
+        "path": str(params.model.path.resolve()),
+        "blocks": cfg.get("num_layers", 19) + cfg.get("num_single_layers", 38),
+        "double_blocks": cfg.get("num_layers", 19),
+        "single_blocks": cfg.get("num_single_layers", 38),
+    }

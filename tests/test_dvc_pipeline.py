@@ -1,0 +1,92 @@
+"""`dvc repro` on a micro config, in a temp copy with its own git repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    "HF_HUB_OFFLINE": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+}
+
+
+def _run(args, cwd, check=True):
+    r = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and r.returncode:
+        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def micro_params() -> dict:
+    d = yaml.safe_load((ROOT / "params.yaml").read_text())
+    d["embedded"].update(train_steps=3, judge_steps=3, eval_images_per_prompt=1, batch_size=8)
+    d["sampling"].update(steps=2)
+    for s in d["prompts"].values():
+        s["images_per_prompt"] = 1
+    return d
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("dvc") / "repo"
+    repo.mkdir()
+    for f in ("dvc.yaml", ".dvcignore"):
+        if (ROOT / f).exists():
+            shutil.copy(ROOT / f, repo / f)
+    ignore = shutil.ignore_patterns("__pycache__", "tmp", "cache", "*.lock")
+    for d in ("stages", "fastflux_core", ".dvc"):
+        shutil.copytree(ROOT / d, repo / d, ignore=ignore)
+    shutil.copytree(ROOT / "data" / "prompts", repo / "data" / "prompts")
+    (repo / "params.yaml").write_text(yaml.safe_dump(micro_params(), sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "micro"], repo)
+    return repo
+
+
+def _status(repo: Path) -> dict:
+    return json.loads(_run(["dvc", "status", "--json"], repo).stdout or "{}")
+
+
+def test_repro_runs_and_caches(repo):
+    _run(["dvc", "repro"], repo)
+    assert (repo / "data" / "base" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert sorted(p.name for p in (repo / "data" / "encoded").iterdir()) == [
+        "calibration.safetensors", "evaluation.safetensors", "importance.safetensors", "training.safetensors"]
+    metrics = json.loads((repo / "data" / "metrics" / "base.json").read_text())
+    assert 0.0 <= metrics["prompt_accuracy"] <= 1.0 and metrics["blocks"] == 12
+    assert _status(repo) == {}
+    assert "Stage 'base' didn't change" in _run(["dvc", "repro"], repo).stdout
+
+
+def test_param_change_reruns_only_dependent_stages(repo):
+    d = yaml.safe_load((repo / "params.yaml").read_text())
+    d["embedded"]["train_steps"] = 4
+    (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    assert set(_status(repo)) == {"base"}
+    d["embedded"]["train_steps"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    assert _status(repo) == {}
+
+
+def test_bad_params_fail_cleanly(repo, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(repo, bad, ignore=shutil.ignore_patterns("data"))
+    shutil.copytree(repo / "data" / "prompts", bad / "data" / "prompts")
+    d = yaml.safe_load((bad / "params.yaml").read_text())
+    d["model"] = {"source": "flux", "path": str(tmp_path / "no-such-flux")}
+    (bad / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    r = _run(["dvc", "repro"], bad, check=False)
+    assert r.returncode != 0
+    assert "model.path does not exist" in r.stderr + r.stdout
+    assert not (bad / "data" / "encoded").exists() and not (bad / "data" / "base").exists()

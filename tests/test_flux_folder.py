@@ -1,0 +1,85 @@
+"""FLUX.1-dev's folder layout, loaded offline by the same code a real folder goes through."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from fastflux_core import source
+from fastflux_core.adapter import FluxAdapter
+from fastflux_core.errors import ModelFolderError
+from fastflux_core.params import parse_params
+from fastflux_core.prompts import prompt_items
+from fastflux_core.sampling import sample_latents
+from fastflux_core.text import encode_prompts
+from test_params import _default
+
+
+def _flux_params(path):
+    d = _default()
+    d["model"] = {"source": "flux", "path": str(path), "dtype": "float32", "device": "cpu"}
+    d["text"]["max_sequence_length"] = 16
+    d["sampling"].update(height=16, width=16, steps=3, batch_size=2)
+    return parse_params(d)
+
+
+def test_load_encode_sample_decode(tiny_flux_folder):
+    params = _flux_params(tiny_flux_folder)
+    encoder = source.load_text_encoder(params)
+    embeds = encode_prompts(encoder, ["a photo of a cat", "an oil painting of a lighthouse"], batch_size=1)
+    assert embeds.prompt_embeds.shape == (2, 16, 32)  # T5 token states, padded to max_sequence_length
+    assert embeds.pooled.shape == (2, 32)  # CLIP pooled output
+    assert not np.allclose(embeds.pooled[0].numpy(), embeds.pooled[1].numpy())
+
+    transformer = source.load_transformer(params)
+    assert [b.kind for b in FluxAdapter(transformer).blocks] == ["double"] * 2 + ["single"] * 3
+    codec = source.load_codec(params, transformer)
+    assert (codec.latent_channels, codec.scale_factor) == (4, 2)
+    latents = sample_latents(transformer, source.load_scheduler(params), embeds, prompt_items(2, 1, 0),
+                             params.sampling, codec.latent_channels, codec.scale_factor, progress=False)
+    images = codec.decode(latents)
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+    assert source.describe_flux_base(params)["blocks"] == 5
+
+
+def test_missing_folder(tmp_path):
+    params = _flux_params(tmp_path / "absent")
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        source.load_transformer(params)
+
+
+def test_not_a_pipeline_folder(tmp_path):
+    with pytest.raises(ModelFolderError, match="model_index.json"):
+        source.check_flux_folder(tmp_path)
+
+
+def test_wrong_pipeline_class(tmp_path, tiny_flux_folder):
+    bad = tmp_path / "sd"
+    shutil.copytree(tiny_flux_folder, bad)
+    index = json.loads((bad / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionPipeline"
+    (bad / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelFolderError, match="not a FLUX one"):
+        source.check_flux_folder(bad)
+
+
+def test_missing_subfolder_and_pickled_weights(tmp_path, tiny_flux_folder):
+    bad = tmp_path / "novae"
+    shutil.copytree(tiny_flux_folder, bad)
+    shutil.rmtree(bad / "vae")
+    with pytest.raises(ModelFolderError, match="vae/"):
+        source.check_flux_folder(bad)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_flux_folder, pickled)
+    for f in (pickled / "transformer").glob("*.safetensors"):
+        f.rename(f.with_suffix(".bin"))
+    with pytest.raises(ModelFolderError, match="safetensors"):
+        source.check_flux_folder(pickled)
+
+
+def test_params_yaml_for_flux_round_trip(tiny_flux_folder):
+    d = _default()
+    d["model"] = {"source": "flux", "path": str(tiny_flux_folder)}
+    assert parse_params(yaml.safe_load(yaml.safe_dump(d))).model.path == tiny_flux_folder
