@@ -4,11 +4,13 @@ Every stage loads its parameters through :func:`load_params`, so a typo, a wrong
 out-of-range value stops the stage *before* it writes anything, with an error that names the key.
 
 >>> s = {"file": "prompts.txt"}
->>> p = parse_params({"ratio": 0.1, "prompts": dict(calibration=s, training=s, evaluation=s, importance=s)})
->>> p.ratio, p.model.source
-(0.1, 'embedded')
+>>> required = {"prompts": dict(calibration=s, training=s, evaluation=s, importance=s),
+...             "importance": {"blocks": [0, 1, 2]}}
+>>> p = parse_params({"ratio": 0.1, **required})
+>>> p.ratio, p.model.source, p.importance.alpha
+(0.1, 'embedded', 0.5)
 >>> try:
-...     parse_params({"ratoi": 0.1, "prompts": p.prompts.model_dump()})
+...     parse_params({"ratoi": 0.1, **required})
 ... except ParamsError as err:
 ...     print(err)
 invalid parameters in params:
@@ -112,6 +114,49 @@ class SamplingParams(_Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class ImportanceParams(_Strict):
+    """Block importance (paper §3.2, Eq. 2) and the order in which blocks are replaced."""
+
+    blocks: list[int] = Field(description="one ablate stage per entry: every block index of the model, 0..N-1")
+    method: Literal["fid_clip", "proxy"] = Field(
+        "fid_clip", description="fid_clip: Eq. 2 from FID and alignment; proxy: final-latent error only (fewer images)"
+    )
+    alpha: float = Field(0.5, ge=0, description="weight of FID in Eq. 2")
+    beta: float = Field(0.5, ge=0, description="weight of the CLIP-style alignment in Eq. 2")
+    order: Literal["importance", "start2end", "end2start"] = "importance"
+    fid_against: Literal["model", "real"] = Field("model", description="FID against the full model's images or real images")
+    proxy_images_per_prompt: int = Field(2, ge=1, description="images per prompt when method is proxy")
+
+    @model_validator(mode="after")
+    def _blocks_are_a_range(self) -> "ImportanceParams":
+        if sorted(self.blocks) != list(range(len(self.blocks))) or not self.blocks:
+            raise ValueError("importance.blocks must list every block index 0..N-1 exactly once")
+        if self.alpha + self.beta == 0:
+            raise ValueError("importance.alpha + importance.beta must be > 0")
+        return self
+
+
+class MetricsParams(_Strict):
+    """How image quality is measured (see fastflux_core/metrics.py)."""
+
+    fid_features: Literal["judge", "inception"] = "judge"
+    alignment: Literal["judge", "clip"] = "judge"
+    inception_path: Path | None = Field(None, description="folder holding clean-fid's inception-2015-12-05.pt")
+    clip_path: Path | None = Field(None, description="local CLIP model folder (transformers CLIPModel)")
+    real_images: Literal["digits"] | Path | None = Field(
+        "digits", description="real images for FID: 'digits' (scikit-learn's), a folder of images, or null"
+    )
+    batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _paths_present(self) -> "MetricsParams":
+        if self.fid_features == "inception" and self.inception_path is None:
+            raise ValueError("metrics.inception_path is required when metrics.fid_features is 'inception'")
+        if self.alignment == "clip" and self.clip_path is None:
+            raise ValueError("metrics.clip_path is required when metrics.alignment is 'clip'")
+        return self
+
+
 class Params(_Strict):
     """Top level of params.yaml. ``ratio`` is top-level so that ``dvc exp run -S ratio=0.15`` works."""
 
@@ -122,6 +167,14 @@ class Params(_Strict):
     text: TextParams = TextParams()
     prompts: PromptParams
     sampling: SamplingParams = SamplingParams()
+    importance: ImportanceParams
+    metrics: MetricsParams = MetricsParams()
+
+    @model_validator(mode="after")
+    def _fid_reference_exists(self) -> "Params":
+        if self.importance.fid_against == "real" and self.metrics.real_images is None:
+            raise ValueError("importance.fid_against is 'real' but metrics.real_images is null")
+        return self
 
 
 def _describe(err: ValidationError, source: str) -> str:

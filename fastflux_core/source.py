@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
+from fastflux_core.adapter import BlockRef
 from fastflux_core.codec import LatentCodec, PixelCodec, VaeCodec
 from fastflux_core.errors import ModelFolderError
 from fastflux_core.params import Params
@@ -114,3 +115,15 @@ def describe_flux_base(params: Params) -> dict:
         "double_blocks": cfg.get("num_layers", 19),
         "single_blocks": cfg.get("num_single_layers", 38),
     }
+
+
+def model_blocks(params: Params) -> list[BlockRef]:
+    """The base model's blocks, in execution order, read from its config without loading weights."""
+    from accelerate import init_empty_weights
+
+    from fastflux_core.adapter import adapter_for
+
+    config = FluxTransformer2DModel.load_config(str(model_root(params)), subfolder="transformer")
+    with init_empty_weights():
+        model = FluxTransformer2DModel.from_config(config)
+    return adapter_for(model).blocks

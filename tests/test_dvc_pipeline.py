@@ -29,7 +29,9 @@ def _run(args, cwd, check=True):
 
 def micro_params() -> dict:
     d = yaml.safe_load((ROOT / "params.yaml").read_text())
-    d["embedded"].update(train_steps=3, judge_steps=3, eval_images_per_prompt=1, batch_size=8)
+    d["embedded"].update(train_steps=3, judge_steps=3, eval_images_per_prompt=1, batch_size=8,
+                         num_layers=1, num_single_layers=2)
+    d["importance"]["blocks"] = [0, 1, 2]
     d["sampling"].update(steps=2)
     for s in d["prompts"].values():
         s["images_per_prompt"] = 1
@@ -64,9 +66,26 @@ def test_repro_runs_and_caches(repo):
     assert sorted(p.name for p in (repo / "data" / "encoded").iterdir()) == [
         "calibration.safetensors", "evaluation.safetensors", "importance.safetensors", "training.safetensors"]
     metrics = json.loads((repo / "data" / "metrics" / "base.json").read_text())
-    assert 0.0 <= metrics["prompt_accuracy"] <= 1.0 and metrics["blocks"] == 12
+    assert 0.0 <= metrics["prompt_accuracy"] <= 1.0 and metrics["blocks"] == 3
+    ranking = json.loads((repo / "data" / "rank" / "ranking.json").read_text())
+    assert sorted(ranking["order"]) == [0, 1, 2]
+    assert all({"fid", "fid_real", "clip", "score", "rank", "proxy_mse"} <= set(b) for b in ranking["blocks"])
+    assert (repo / "data" / "ablate" / "2" / "grid.png").is_file()
+    assert (repo / "data" / "rank" / "importance_single.csv").read_text().startswith("position,")
     assert _status(repo) == {}
-    assert "Stage 'base' didn't change" in _run(["dvc", "repro"], repo).stdout
+    out = _run(["dvc", "repro"], repo).stdout
+    assert "Stage 'base' didn't change" in out and "Stage 'ablate@1' didn't change" in out
+
+
+def test_alpha_change_reruns_rank_only(repo):
+    d = yaml.safe_load((repo / "params.yaml").read_text())
+    d["importance"]["alpha"] = 0.9
+    (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    assert set(_status(repo)) == {"rank"}
+    out = _run(["dvc", "repro"], repo).stdout
+    assert "Running stage 'rank'" in out
+    assert "Running stage 'ablate" not in out and "Running stage 'reference'" not in out
+    assert json.loads((repo / "data" / "rank" / "ranking.json").read_text())["alpha"] == 0.9
 
 
 def test_param_change_reruns_only_dependent_stages(repo):
