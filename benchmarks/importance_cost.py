@@ -11,7 +11,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from fastflux_core.importance import ablate_block, rank
+from fastflux_core.ablation import ablate_block
+from fastflux_core.importance import rank
 from fastflux_core.params import load_params
 from fastflux_core.prompts import PromptEmbeds
 from fastflux_core.source import model_blocks

@@ -7,5 +7,8 @@ Modules, by the paper's concepts:
     text       text encoders; prompts: prompt sets and their encoded form
     codec      latents ↔ images; sampling: seeded flow-matching generation
     embedded   the small default base and its training; digits: its data and judge
+    metrics    FID through clean-fid, CLIP-style alignment
+    ablation   remove one block, generate, measure (importance's raw data)
+    importance Eq. 2, replacement orders, the latent-error proxy
     io         atomic outputs, safetensors, PNG
 """

@@ -1,8 +1,7 @@
 """Block importance (paper §3.2 "Calculating Block Importance", Eq. 2, Algorithm 1's first loop).
 
-For each block B_i: remove it (its output := its input; :class:`~fastflux_core.adapter.SkipBlock`),
-generate the importance prompt set with the reference seeds, and score FID and a CLIP-style
-alignment. Over all blocks, min–max normalise both and score
+For each block B_i, :mod:`fastflux_core.ablation` removes it, generates the importance prompt set with
+the reference seeds, and scores FID and a CLIP-style alignment. Over all blocks, min–max normalise both and score
 
     s_i = −(α · (1 − FID_norm_i) + β · CLIP_norm_i)            (Eq. 2)
 
@@ -22,25 +21,14 @@ Spearman correlation, and ``importance.method: proxy`` ranks by it alone.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fastflux_core.adapter import adapter_for
 from fastflux_core.errors import FastFluxError
-from fastflux_core.io import image_grid, load_tensors, read_json, save_png, save_tensors, write_json
-from fastflux_core.metrics import FeatureStats, Quality, fid, folder_features, image_features, load_quality, real_features
-from fastflux_core.params import ImportanceParams, Params
-from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
-from fastflux_core.sampling import sample_latents
-from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
-
-
-# ----------------------------------------------------------------------------- Eq. 2 and ordering
+from fastflux_core.io import atomic_file, read_json, write_json
+from fastflux_core.params import ImportanceParams
 
 
 def minmax(x: Sequence[float]) -> np.ndarray:
@@ -75,110 +63,10 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-# ----------------------------------------------------------------------------- generation
-
-
-@dataclass
-class Generated:
-    latents: torch.Tensor  # (N, C, h, w) final latents
-    images: np.ndarray  # (N, H, W[, 3]) uint8
-    prompts: list[str]  # prompt of each image
-
-
-def importance_items(params: Params, n_prompts: int, proxy_only: bool) -> list[GenItem]:
-    """The importance set's items; the proxy method uses only the first rounds (same seeds)."""
-    s = params.prompts.importance
-    per_prompt = min(params.importance.proxy_images_per_prompt, s.images_per_prompt) if proxy_only else s.images_per_prompt
-    return prompt_items(n_prompts, per_prompt, s.seed)
-
-
-def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], skip: int | None = None) -> Generated:
-    """Generate ``items`` with the base model, block ``skip`` removed if given."""
-    model = load_transformer(params)
-    if skip is not None:
-        adapter = adapter_for(model)
-        if not 0 <= skip < len(adapter.blocks):
-            raise FastFluxError(f"block {skip} does not exist: the model has {len(adapter.blocks)} blocks")
-        adapter.skip(skip)
-    codec = load_codec(params, model)
-    latents = sample_latents(model, load_scheduler(params), embeds, items, params.sampling,
-                             codec.latent_channels, codec.scale_factor)
-    return Generated(latents, codec.decode(latents), [embeds.prompts[it.prompt] for it in items])
-
-
-def latent_error(latents: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """Proxy: MSE and mean per-image cosine similarity of final latents against the reference's."""
-    a, b = latents.flatten(1).double(), reference.flatten(1).double()
-    return {
-        "proxy_mse": float(((a - b) ** 2).mean()),
-        "proxy_cos": float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean()),
-    }
-
-
-def score_images(gen: Generated, quality: Quality, ref_model: FeatureStats, ref_real: FeatureStats | None,
-                 device: torch.device, batch_size: int) -> dict[str, float]:
-    """FID against the full model's images (and real images) and the alignment score."""
-    feats = image_features(gen.images, quality.features, device, batch_size)
-    out = {"fid": fid(feats, ref_model), quality.alignment.name: quality.alignment.score(gen.images, gen.prompts)}
-    if ref_real is not None:
-        out["fid_real"] = fid(feats, ref_real)
-    return out
-
-
-# ----------------------------------------------------------------------------- stages' work
-
-
-def make_reference(params: Params, embeds: PromptEmbeds, out: Path) -> dict:
-    """Stage ``reference``: the full model's images for the importance set (PNGs, final latents) and
-    feature statistics of those and of real images, which every ablation is scored against."""
-    device = resolve_device(params.model.device)
-    t0 = time.perf_counter()
-    gen = generate(params, embeds, importance_items(params, len(embeds.prompts), proxy_only=False))
-    (out / "images").mkdir()
-    for i, img in enumerate(gen.images):
-        save_png(out / "images" / f"{i:05d}.png", img)
-    save_png(out / "grid.png", image_grid(gen.images[: 4 * len(embeds.prompts)], cols=len(embeds.prompts),
-                                          scale=max(1, 64 // gen.images.shape[1])))
-    save_tensors(out / "latents.safetensors", {"latents": gen.latents})
-    quality = load_quality(params, device)
-    feats = folder_features(out / "images", quality.features, device, params.metrics.batch_size)
-    FeatureStats.of(feats).save(out / "stats_model.safetensors")
-    record = {"images": len(gen.images), quality.alignment.name: quality.alignment.score(gen.images, gen.prompts)}
-    real = real_features(params.metrics.real_images, quality.features, device, params.metrics.batch_size)
-    if real is not None:
-        stats = FeatureStats.of(real)
-        stats.save(out / "stats_real.safetensors")
-        record["fid_real"] = fid(feats, stats)
-        record["real_images"] = len(real)
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    return record
-
-
-def ablate_block(params: Params, index: int, embeds: PromptEmbeds, reference: Path, out: Path) -> dict:
-    """Stage ``ablate@index``: skip block ``index``, generate, score. Returns the block's record."""
-    device = resolve_device(params.model.device)
-    t0 = time.perf_counter()
-    proxy_only = params.importance.method == "proxy"
-    items = importance_items(params, len(embeds.prompts), proxy_only)
-    gen = generate(params, embeds, items, skip=index)
-    ref_latents = load_tensors(reference / "latents.safetensors")["latents"][: len(items)]
-    record: dict = {"block": index, "images": len(items), **latent_error(gen.latents, ref_latents)}
-    if not proxy_only:
-        quality = load_quality(params, device)
-        real = reference / "stats_real.safetensors"
-        record.update(score_images(gen, quality, FeatureStats.load(reference / "stats_model.safetensors"),
-                                   FeatureStats.load(real) if real.is_file() else None, device,
-                                   params.metrics.batch_size))
-    n = len(embeds.prompts)
-    save_png(out / "grid.png", image_grid(gen.images[: 2 * n], cols=n, scale=max(1, 64 // gen.images.shape[1])))
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    return record
-
-
 def rank(records: list[dict], blocks: list[dict], cfg: ImportanceParams) -> dict:
     """Stage ``rank``: Eq. 2 (or the proxy) over every block's record → the replacement order.
 
-    ``records``: one per block, as :func:`ablate_block` wrote them; ``blocks``: index/kind/name of every
+    ``records``: one per block, as :func:`fastflux_core.ablation.ablate_block` wrote them; ``blocks``: index/kind/name of every
     block of the model, in order.
     """
     by_index = {r["block"]: r for r in records}
@@ -223,7 +111,8 @@ def write_plot_data(ranking: dict, out: Path) -> None:
     for kind in ("double", "single"):
         lines = ["position,block,name,score"] + [
             f"{r['rank']},{r['index']},{r['name']},{r['score']:.6g}" for r in rows if r["kind"] == kind]
-        (out / f"importance_{kind}.csv").write_text("\n".join(lines) + "\n")
+        with atomic_file(out / f"importance_{kind}.csv") as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
 
 
 def plot_png(ranking: dict, path: Path) -> None:
@@ -245,7 +134,8 @@ def plot_png(ranking: dict, path: Path) -> None:
     ax.set_ylabel("importance score $s_i$")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
@@ -258,6 +148,8 @@ def load_records(folder: Path) -> list[dict]:
 
 
 def write_ranking(ranking: dict, out: Path) -> None:
+    """ranking.json, plot CSVs and PNG, each written atomically (the folder also holds DVC's .gitignore)."""
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "ranking.json", ranking)
     write_plot_data(ranking, out)
     plot_png(ranking, out / "importance.png")

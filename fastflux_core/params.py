@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fastflux_core.errors import ParamsError
 
@@ -157,10 +157,61 @@ class MetricsParams(_Strict):
         return self
 
 
+class Step(_Strict):
+    """One pruning step of the progressive chain (its number is the key in ``steps``): it builds on
+    the state after step ``prev``."""
+
+    prev: int = Field(ge=0)
+
+
+class CaptureParams(_Strict):
+    """What stage ``capture`` records (paper §3.1: input and residual output of the block replaced)."""
+
+    timesteps: list[int] = Field([0, 6, 13, 19], description="indices into the sampling schedule")
+    image_tokens: int = Field(16, ge=1, description="image tokens per sample kept for least squares")
+    text_tokens: int = Field(8, ge=1, description="text tokens per sample kept for least squares")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 is stored as uint16 bits")
+    shard_samples: int = Field(32, ge=1, description="samples per Zarr shard (one shard is buffered in memory)")
+    chunk_samples: int = Field(8, ge=1, description="samples per compressed chunk inside a shard")
+    clevel: int = Field(3, ge=0, le=9, description="zstd level (Blosc)")
+
+    @model_validator(mode="after")
+    def _chunks_fit_shards(self) -> "CaptureParams":
+        if self.shard_samples % self.chunk_samples:
+            raise ValueError("capture.shard_samples must be a multiple of capture.chunk_samples")
+        if not self.timesteps or len(set(self.timesteps)) != len(self.timesteps) or min(self.timesteps) < 0:
+            raise ValueError("capture.timesteps must be distinct non-negative schedule indices")
+        return self
+
+
+class SolveParams(_Strict):
+    """Least squares for the replacing linear (paper Eq. 1)."""
+
+    ridge: float = Field(1e-4, ge=0, description="ridge λ, relative to the mean diagonal of XᵀX")
+    chunk_rows: int = Field(65536, ge=1, description="rows read from the store at a time")
+
+
+class SandwichParams(_Strict):
+    """Sandwich Training (paper §3.2): width 1 (no LoRA), 3 (one unpruned neighbour each side), 5 (two)."""
+
+    width: Literal[1, 3, 5] = 3
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(8.0, gt=0)
+    target: Literal["current", "original"] = Field(
+        "current", description="train towards the current model's sandwich output (paper) or the original model's")
+    train_steps: int = Field(200, ge=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    holdout: float = Field(0.1, gt=0, lt=1, description="share of captured samples held out to measure the loss")
+    reuse: bool = Field(True, description="assemble ratio a from the latest-trained components of the whole chain")
+
+
 class Params(_Strict):
     """Top level of params.yaml. ``ratio`` is top-level so that ``dvc exp run -S ratio=0.15`` works."""
 
     ratio: float = Field(0.15, ge=0.0, lt=1.0, description="share of blocks replaced in the exported model")
+    max_ratio: float = Field(0.25, ge=0.0, lt=1.0, description="the progressive chain is trained up to this ratio")
+    steps: dict[int, Step] = Field(default_factory=dict, description="the chain written out for DVC: k = 1..n(max_ratio)")
     seed: int = Field(0, ge=0)
     model: ModelParams = ModelParams()
     embedded: EmbeddedParams = EmbeddedParams()
@@ -169,12 +220,50 @@ class Params(_Strict):
     sampling: SamplingParams = SamplingParams()
     importance: ImportanceParams
     metrics: MetricsParams = MetricsParams()
+    capture: CaptureParams = CaptureParams()
+    solve: SolveParams = SolveParams()
+    sandwich: SandwichParams = SandwichParams()
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _step_keys_are_strings(cls, v: object) -> object:
+        if isinstance(v, dict) and any(not isinstance(k, str) for k in v):
+            raise ValueError('keys must be quoted ("1": {prev: 0}): DVC silently drops a foreach over integer keys')
+        return v
+
+    @model_validator(mode="after")
+    def _chain_matches_max_ratio(self) -> "Params":
+        n = n_replaced(self.max_ratio, len(self.importance.blocks))
+        want = {k: {"prev": k - 1} for k in range(1, n + 1)}
+        if {k: s.model_dump() for k, s in self.steps.items()} != want:
+            lines = "".join(f'\n    "{k}": {{prev: {k - 1}}}' for k in range(1, n + 1)) or " {}"
+            raise ValueError(
+                f"steps must write out the chain for max_ratio={self.max_ratio} ({n} of "
+                f"{len(self.importance.blocks)} blocks; DVC cannot compute it):\n  steps:{lines}"
+            )
+        if self.ratio > self.max_ratio:
+            raise ValueError(
+                f"ratio={self.ratio} is above max_ratio={self.max_ratio}: raise max_ratio (and steps) to train "
+                f"the chain that far, then run dvc repro"
+            )
+        if max(self.capture.timesteps) >= self.sampling.steps:
+            raise ValueError(f"capture.timesteps must be < sampling.steps ({self.sampling.steps})")
+        return self
 
     @model_validator(mode="after")
     def _fid_reference_exists(self) -> "Params":
         if self.importance.fid_against == "real" and self.metrics.real_images is None:
             raise ValueError("importance.fid_against is 'real' but metrics.real_images is null")
         return self
+
+
+def n_replaced(ratio: float, n_blocks: int) -> int:
+    """Blocks replaced at ``ratio``: floor(ratio · N) — never more than the requested share.
+
+    >>> [n_replaced(r, 57) for r in (0.05, 0.10, 0.15, 0.20, 0.25, 0.30)]
+    [2, 5, 8, 11, 14, 17]
+    """
+    return int(ratio * n_blocks + 1e-9)
 
 
 def _describe(err: ValidationError, source: str) -> str:

@@ -10,6 +10,7 @@ float tolerance). That is what lets later stages shard generation across GPUs.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -63,8 +64,12 @@ def sample_latents(
     latent_channels: int,
     scale_factor: int,
     progress: bool = True,
+    on_step: Callable[[int, slice], None] | None = None,
 ) -> torch.Tensor:
-    """Denoise every item; return final latents (N, C, h, w), float32 on CPU, in item order."""
+    """Denoise every item; return final latents (N, C, h, w), float32 on CPU, in item order.
+
+    ``on_step(i, batch)`` runs before the transformer call of schedule step ``i`` on
+    ``items[batch]``: activation capture uses it to arm its hooks at chosen timesteps."""
     p = next(transformer.parameters())
     device, dtype = p.device, p.dtype
     h, w = latent_size(sampling.height, sampling.width, scale_factor)
@@ -83,7 +88,9 @@ def sample_latents(
         if transformer.config.guidance_embeds:
             guidance = torch.full((b,), sampling.guidance_scale, device=device, dtype=torch.float32)
         sched = copy.deepcopy(scheduler)  # step index is per-run state
-        for t in flux_timesteps(sched, sampling.steps, latents.shape[1], device):
+        for i, t in enumerate(flux_timesteps(sched, sampling.steps, latents.shape[1], device)):
+            if on_step is not None:
+                on_step(i, slice(start, start + b))
             v = transformer(
                 hidden_states=latents,
                 timestep=t.expand(b).to(dtype) / 1000,

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from fastflux_core.importance import ablate_block
+from fastflux_core.ablation import ablate_block
 from fastflux_core.io import atomic_dir, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.prompts import PromptEmbeds

@@ -4,7 +4,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fastflux_core.importance import load_records, rank, write_ranking
-from fastflux_core.io import atomic_dir, run_stage, write_json
+from fastflux_core.io import run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.source import model_blocks
 
@@ -13,8 +13,7 @@ def main() -> None:
     params = load_params()
     blocks = [{**asdict(b), "name": b.name} for b in model_blocks(params)]
     ranking = rank(load_records(Path("data/ablate")), blocks, params.importance)
-    with atomic_dir("data/rank") as out:
-        write_ranking(ranking, out)
+    write_ranking(ranking, Path("data/rank"))
     write_json("data/metrics/rank.json", {k: ranking[k] for k in ("method", "order_kind", "spearman_proxy") if k in ranking})
 
 

@@ -3,7 +3,7 @@
 Every ablation is scored against these (FID, latent error), and against real images if configured.
 """
 
-from fastflux_core.importance import make_reference
+from fastflux_core.ablation import make_reference
 from fastflux_core.io import atomic_dir, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.prompts import PromptEmbeds

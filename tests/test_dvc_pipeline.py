@@ -32,6 +32,10 @@ def micro_params() -> dict:
     d["embedded"].update(train_steps=3, judge_steps=3, eval_images_per_prompt=1, batch_size=8,
                          num_layers=1, num_single_layers=2)
     d["importance"]["blocks"] = [0, 1, 2]
+    d["max_ratio"], d["ratio"] = 0.67, 0.3  # 2 of 3 blocks
+    d["steps"] = {"1": {"prev": 0}, "2": {"prev": 1}}
+    d["capture"].update(timesteps=[0, 1], shard_samples=8, chunk_samples=4)
+    d["sandwich"].update(train_steps=5, batch_size=4)
     d["sampling"].update(steps=2)
     for s in d["prompts"].values():
         s["images_per_prompt"] = 1
@@ -72,9 +76,14 @@ def test_repro_runs_and_caches(repo):
     assert all({"fid", "fid_real", "clip", "score", "rank", "proxy_mse"} <= set(b) for b in ranking["blocks"])
     assert (repo / "data" / "ablate" / "2" / "grid.png").is_file()
     assert (repo / "data" / "rank" / "importance_single.csv").read_text().startswith("position,")
+    state = json.loads((repo / "data" / "state" / "2" / "state.json").read_text())
+    assert len(state["replaced"]) == 2 and [h["step"] for h in state["history"]] == [1, 2]
+    assert set(json.loads((repo / "data" / "metrics" / "sandwich" / "2.json").read_text())) >= {
+        "holdout_loss_init", "holdout_loss_trained"}
     assert _status(repo) == {}
     out = _run(["dvc", "repro"], repo).stdout
     assert "Stage 'base' didn't change" in out and "Stage 'ablate@1' didn't change" in out
+    assert "Stage 'sandwich@2' didn't change" in out and "Running stage" not in out
 
 
 def test_alpha_change_reruns_rank_only(repo):
@@ -86,6 +95,19 @@ def test_alpha_change_reruns_rank_only(repo):
     assert "Running stage 'rank'" in out
     assert "Running stage 'ablate" not in out and "Running stage 'reference'" not in out
     assert json.loads((repo / "data" / "rank" / "ranking.json").read_text())["alpha"] == 0.9
+
+
+def test_changed_step_reruns_the_chain_from_that_step(repo):
+    plan2 = repo / "data" / "plan" / "2.json"
+    original = plan2.read_text()
+    d = json.loads(original)
+    d["sandwich"] = [0, 2]  # as if the ranking changed the second step only
+    plan2.write_text(json.dumps(d))
+    stale = set(_status(repo))
+    assert {"capture@2", "sandwich@2"} <= stale
+    assert not stale & {"capture@1", "solve@1", "sandwich@1"}
+    plan2.write_text(original)
+    assert _status(repo) == {}
 
 
 def test_param_change_reruns_only_dependent_stages(repo):

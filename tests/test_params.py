@@ -73,3 +73,18 @@ def test_stage_exits_nonzero_and_writes_nothing(tmp_path):
     assert "ratio" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "data" / "encoded").exists()
     assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]
+
+
+def test_chain_steps_must_match_max_ratio():
+    d = _default()
+    d["max_ratio"] = 0.5  # 6 of 12 blocks
+    with pytest.raises(ParamsError, match=r'"6": \{prev: 5\}'):
+        parse_params(d)
+    d["steps"] = {k: {"prev": k - 1} for k in range(1, 7)}  # integer keys: DVC would drop the stages
+    with pytest.raises(ParamsError, match="quoted"):
+        parse_params(d)
+    d["steps"] = {str(k): {"prev": k - 1} for k in range(1, 7)}
+    assert len(parse_params(d).steps) == 6
+    d["ratio"] = 0.6
+    with pytest.raises(ParamsError, match="raise max_ratio"):
+        parse_params(d)

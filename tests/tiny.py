@@ -60,3 +60,72 @@ def write_tiny_flux_folder(path: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def write_tiny_base(root: Path, seed: int = 0, train_steps: int = 0) -> Path:
+    """A tiny embedded base where stages expect it (root/data/base): 1-channel 8×8 pixel latents,
+    2 double + 3 single blocks, MiniLM-sized text (384). With ``train_steps``, it is briefly trained
+    on the digits, conditioned on :func:`digit_captions` (so its blocks compute something structured)."""
+    from fastflux_core.embedded import build_scheduler
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=2, num_single_layers=3, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=384, pooled_projection_dim=384, guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6),
+    )
+    if train_steps:
+        from fastflux_core.digits import load_digits
+        from fastflux_core.embedded import train_base
+        from fastflux_core.params import EmbeddedParams
+
+        images, labels = load_digits()
+        caps = digit_captions()
+        cfg = EmbeddedParams(num_layers=2, num_single_layers=3, num_attention_heads=2, attention_head_dim=16,
+                             axes_dims_rope=(4, 6, 6), train_steps=train_steps, batch_size=64, learning_rate=2e-3)
+        train_base(model, images, labels, caps, torch.arange(10), cfg, seed)
+    base = root / "data" / "base"
+    model.save_pretrained(str(base / "transformer"), safe_serialization=True)
+    build_scheduler().save_pretrained(str(base / "scheduler"))
+    return base
+
+
+def tiny_params(**overrides):
+    """params.yaml with the chain sized for a 5-block model (3 steps) and tiny capture/training."""
+    import yaml
+
+    from fastflux_core.params import parse_params
+
+    root = Path(__file__).resolve().parents[1]
+    d = yaml.safe_load((root / "params.yaml").read_text())
+    d["importance"]["blocks"] = [0, 1, 2, 3, 4]
+    d["max_ratio"], d["ratio"] = 0.6, 0.4
+    d["steps"] = {"1": {"prev": 0}, "2": {"prev": 1}, "3": {"prev": 2}}
+    d["sampling"].update(steps=4, batch_size=8)
+    d["capture"].update(timesteps=[0, 2, 3], shard_samples=8, chunk_samples=4)
+    d["sandwich"].update(train_steps=60, batch_size=8, learning_rate=3e-3)
+    d["prompts"]["calibration"]["images_per_prompt"] = 2
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if field:
+            d[section][field] = value
+        else:
+            d[section] = value
+    return parse_params(d)
+
+
+def digit_captions(tokens: int = 8):
+    """One random 'caption' per digit class: a stand-in text encoder output (10 prompts)."""
+    from fastflux_core.prompts import PromptEmbeds
+
+    g = torch.Generator().manual_seed(1234)
+    return PromptEmbeds([f"digit {i}" for i in range(10)], torch.randn(10, tokens, 384, generator=g),
+                        torch.nn.functional.normalize(torch.randn(10, 384, generator=g), dim=-1))
+
+
+def tiny_embeds(n: int = 6, tokens: int = 8, seed: int = 0):
+    from fastflux_core.prompts import PromptEmbeds
+
+    g = torch.Generator().manual_seed(seed)
+    return PromptEmbeds([f"prompt {i}" for i in range(n)], torch.randn(n, tokens, 384, generator=g),
+                        torch.randn(n, 384, generator=g))

@@ -1,0 +1,124 @@
+"""Block ablation (paper Algorithm 1, first loop): remove one block, generate, measure.
+
+Removing B_i means its output := its input (:class:`~fastflux_core.adapter.SkipBlock`). Every
+ablation generates the importance prompt set with the reference's seeds, so the images differ only
+by the missing block. Each ablation records
+
+  fid, fid_real     FID against the full model's images (stage ``reference``) and real images
+  clip_score | judge_alignment   the CLIP-style text–image alignment (see metrics.py)
+  proxy_mse, proxy_cos           cheap proxy: final-latent error against the full model's latents
+
+:mod:`fastflux_core.importance` turns these records into the ranking (Eq. 2).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastflux_core.adapter import adapter_for
+from fastflux_core.errors import FastFluxError
+from fastflux_core.io import image_grid, load_tensors, save_png, save_tensors
+from fastflux_core.metrics import FeatureStats, Quality, fid, folder_features, image_features, load_quality, real_features
+from fastflux_core.params import Params
+from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
+from fastflux_core.sampling import sample_latents
+from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
+
+
+@dataclass
+class Generated:
+    latents: torch.Tensor  # (N, C, h, w) final latents
+    images: np.ndarray  # (N, H, W[, 3]) uint8
+    prompts: list[str]  # prompt of each image
+
+
+def importance_items(params: Params, n_prompts: int, proxy_only: bool) -> list[GenItem]:
+    """The importance set's items; the proxy method uses only the first rounds (same seeds)."""
+    s = params.prompts.importance
+    per_prompt = min(params.importance.proxy_images_per_prompt, s.images_per_prompt) if proxy_only else s.images_per_prompt
+    return prompt_items(n_prompts, per_prompt, s.seed)
+
+
+def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], skip: int | None = None) -> Generated:
+    """Generate ``items`` with the base model, block ``skip`` removed if given."""
+    model = load_transformer(params)
+    if skip is not None:
+        adapter = adapter_for(model)
+        if not 0 <= skip < len(adapter.blocks):
+            raise FastFluxError(f"block {skip} does not exist: the model has {len(adapter.blocks)} blocks")
+        adapter.skip(skip)
+    codec = load_codec(params, model)
+    latents = sample_latents(model, load_scheduler(params), embeds, items, params.sampling,
+                             codec.latent_channels, codec.scale_factor)
+    return Generated(latents, codec.decode(latents), [embeds.prompts[it.prompt] for it in items])
+
+
+def latent_error(latents: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Proxy: MSE and mean per-image cosine similarity of final latents against the reference's."""
+    a, b = latents.flatten(1).double(), reference.flatten(1).double()
+    return {
+        "proxy_mse": float(((a - b) ** 2).mean()),
+        "proxy_cos": float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean()),
+    }
+
+
+def score_images(gen: Generated, quality: Quality, ref_model: FeatureStats, ref_real: FeatureStats | None,
+                 device: torch.device, batch_size: int) -> dict[str, float]:
+    """FID against the full model's images (and real images) and the alignment score."""
+    feats = image_features(gen.images, quality.features, device, batch_size)
+    out = {"fid": fid(feats, ref_model), quality.alignment.name: quality.alignment.score(gen.images, gen.prompts)}
+    if ref_real is not None:
+        out["fid_real"] = fid(feats, ref_real)
+    return out
+
+
+def make_reference(params: Params, embeds: PromptEmbeds, out: Path) -> dict:
+    """Stage ``reference``: the full model's images for the importance set (PNGs, final latents) and
+    feature statistics of those and of real images, which every ablation is scored against."""
+    device = resolve_device(params.model.device)
+    t0 = time.perf_counter()
+    gen = generate(params, embeds, importance_items(params, len(embeds.prompts), proxy_only=False))
+    (out / "images").mkdir()
+    for i, img in enumerate(gen.images):
+        save_png(out / "images" / f"{i:05d}.png", img)
+    save_png(out / "grid.png", image_grid(gen.images[: 4 * len(embeds.prompts)], cols=len(embeds.prompts),
+                                          scale=max(1, 64 // gen.images.shape[1])))
+    save_tensors(out / "latents.safetensors", {"latents": gen.latents})
+    quality = load_quality(params, device)
+    feats = folder_features(out / "images", quality.features, device, params.metrics.batch_size)
+    FeatureStats.of(feats).save(out / "stats_model.safetensors")
+    record = {"images": len(gen.images), quality.alignment.name: quality.alignment.score(gen.images, gen.prompts)}
+    real = real_features(params.metrics.real_images, quality.features, device, params.metrics.batch_size)
+    if real is not None:
+        stats = FeatureStats.of(real)
+        stats.save(out / "stats_real.safetensors")
+        record["fid_real"] = fid(feats, stats)
+        record["real_images"] = len(real)
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    return record
+
+
+def ablate_block(params: Params, index: int, embeds: PromptEmbeds, reference: Path, out: Path) -> dict:
+    """Stage ``ablate@index``: skip block ``index``, generate, score. Returns the block's record."""
+    device = resolve_device(params.model.device)
+    t0 = time.perf_counter()
+    proxy_only = params.importance.method == "proxy"
+    items = importance_items(params, len(embeds.prompts), proxy_only)
+    gen = generate(params, embeds, items, skip=index)
+    ref_latents = load_tensors(reference / "latents.safetensors")["latents"][: len(items)]
+    record: dict = {"block": index, "images": len(items), **latent_error(gen.latents, ref_latents)}
+    if not proxy_only:
+        quality = load_quality(params, device)
+        real = reference / "stats_real.safetensors"
+        record.update(score_images(gen, quality, FeatureStats.load(reference / "stats_model.safetensors"),
+                                   FeatureStats.load(real) if real.is_file() else None, device,
+                                   params.metrics.batch_size))
+    n = len(embeds.prompts)
+    save_png(out / "grid.png", image_grid(gen.images[: 2 * n], cols=n, scale=max(1, 64 // gen.images.shape[1])))
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    return record

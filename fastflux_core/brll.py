@@ -1,0 +1,95 @@
+"""BRLL (paper §3.1): fit the replacing linear of step k from its activation store, and the
+"w/o ST" model (Table 4): the ranking prefix replaced by least-squares linears and nothing else.
+
+Double block: one linear per stream (image tokens → image residual, text → text). Single block: one
+linear shared by both streams, fitted on image and text rows together — as the block itself shares
+its weights over the joined sequence.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from fastflux_core.adapter import BlockAdapter
+from fastflux_core.chain import ChainState, PlanStep, apply_linears
+from fastflux_core.errors import FastFluxError
+from fastflux_core.io import load_tensors, read_json, save_tensors
+from fastflux_core.lstsq import GramAccumulator, Solution, relative_residual
+from fastflux_core.params import Params
+from fastflux_core.replacement import STREAMS
+from fastflux_core.store import StoreReader
+
+SOURCES = {"img": ("img",), "txt": ("txt",), "joint": ("img", "txt")}  # stream → store streams it is fitted on
+
+
+def _pairs(store: StoreReader, streams: tuple[str, ...], chunk_rows: int):
+    for s in streams:
+        yield from zip(store.iter_rows(f"block_in_{s}", chunk_rows), store.iter_rows(f"residual_{s}", chunk_rows))
+
+
+def _finite(x: torch.Tensor, what: str, store: StoreReader) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise FastFluxError(f"non-finite values in {what} of {store.path} (block {store.attrs.get('block_name')})")
+    return x
+
+
+def solve_store(store: StoreReader, ridge: float, chunk_rows: int, device: torch.device | str = "cpu"
+                ) -> tuple[dict[str, Solution], dict]:
+    """Least-squares linears for the block captured in ``store``; returns them and their metrics."""
+    kind = store.attrs["kind"]
+    dim = store.array("block_in_img").shape[1]
+    solutions, metrics = {}, {}
+    for stream in STREAMS[kind]:
+        t0 = time.perf_counter()
+        acc = GramAccumulator(dim, dim, device)
+        for x, r in _pairs(store, SOURCES[stream], chunk_rows):
+            acc.add(_finite(x, "block inputs", store), _finite(r, "residual outputs", store))
+        sol = acc.solve(ridge)
+        res = relative_residual(_pairs(store, SOURCES[stream], chunk_rows), sol)
+        solutions[stream] = sol
+        metrics[stream] = {"relative_residual": res, "condition_number": sol.condition_number,
+                           "method": sol.method, "rows": sol.rows, "seconds": round(time.perf_counter() - t0, 3)}
+    return solutions, metrics
+
+
+def save_solution(path: Path, solutions: dict[str, Solution]) -> None:
+    tensors = {}
+    for s, sol in solutions.items():
+        tensors[f"{s}.weight"], tensors[f"{s}.bias"] = sol.weight.float(), sol.bias.float()
+    save_tensors(path, tensors)
+
+
+def load_solution(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    t = load_tensors(path)
+    streams = sorted({k.split(".")[0] for k in t})
+    return {s: (t[f"{s}.weight"], t[f"{s}.bias"]) for s in streams}
+
+
+def wo_st_state(solve_dirs: list[Path], plan: list[PlanStep], kinds: dict[int, str]) -> ChainState:
+    """"w/o ST": steps 1..n of the plan, each block replaced by its least-squares linear, no LoRA and
+    no sandwich training (paper Table 4)."""
+    if len(solve_dirs) != len(plan):
+        raise FastFluxError(f"{len(plan)} plan steps but {len(solve_dirs)} solved linears")
+    state = ChainState(step=len(plan))
+    for d, step in zip(solve_dirs, plan):
+        meta = read_json(d / "info.json")
+        if meta["block"] != step.block:
+            raise FastFluxError(f"{d} solved block {meta['block']}, but plan step {step.k} replaces block {step.block}")
+        state.linears[step.block] = load_solution(d / "linear.safetensors")
+        state.kinds[step.block] = kinds[step.block]
+    return state
+
+
+def build_wo_st_model(params: Params, n: int) -> BlockAdapter:
+    """The base model with the first ``n`` plan steps' blocks replaced by their solved linears."""
+    from fastflux_core.adapter import adapter_for
+    from fastflux_core.source import load_transformer
+
+    adapter = adapter_for(load_transformer(params))
+    plan = [PlanStep.load(Path(f"data/plan/{k}.json")) for k in range(1, n + 1)]
+    kinds = {b.index: b.kind for b in adapter.blocks}
+    apply_linears(adapter, wo_st_state([Path(f"data/solve/{k}") for k in range(1, n + 1)], plan, kinds))
+    return adapter

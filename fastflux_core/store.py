@@ -1,0 +1,206 @@
+"""Activation store: a Zarr v3 group of sharded arrays that a user can open with ``zarr.open`` or
+``xarray.open_zarr``.
+
+Every *row-aligned* array has a leading axis that grows sample by sample (``rows_per_sample`` rows
+per captured sample: 1 for per-sample states, k for k sub-sampled tokens). Arrays are sharded along
+that axis, ``shard_samples`` samples per shard, compressed per chunk (Blosc zstd). Because writing
+part of a shard rewrites the whole shard, the writer buffers one whole shard per array in memory
+and writes it once — one writer per shard. *Static* arrays (rotary position ids) are written once.
+
+Named dims are Zarr v3 ``dimension_names``; dtype and storage are in the attributes. bfloat16 has no
+Zarr dtype: it is stored as its uint16 bit pattern with ``stored_as: "bfloat16"`` (float16 would
+overflow: FLUX activations exceed 65504). ``complete: true`` is written last; readers refuse a
+store without it, so a half-written store is never read as data.
+
+>>> import tempfile, torch, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "s.zarr"
+>>> w = StoreWriter(path, [ArraySpec("x", (4,), ("sample", "dim"))], n_samples=3, shard_samples=2,
+...                 chunk_samples=1, dtype="float32")
+>>> for i in range(3):
+...     w.append("x", torch.full((1, 4), float(i)))
+>>> w.close()
+>>> StoreReader(path).read("x").sum(1).tolist()
+[0.0, 4.0, 8.0]
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from fastflux_core.errors import FastFluxError
+
+FORMAT = "fastflux-activations/1"
+
+
+class StoreError(FastFluxError):
+    """The store is missing, incomplete, corrupted or too big for the disk."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One row-aligned array: per-row ``shape`` after the leading row axis, and all dim names."""
+
+    name: str
+    shape: tuple[int, ...]  # trailing shape of one row, e.g. (D,) or (N_img, D)
+    dims: tuple[str, ...]  # names of every axis, leading row axis first
+    rows_per_sample: int = 1
+    activation: bool = True  # activations honour the store dtype; bookkeeping stays float32/int64
+    dtype: str = "float32"  # for non-activation arrays
+
+
+def _encode(t: torch.Tensor, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return t.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
+def decode(a: np.ndarray, stored_as: str) -> torch.Tensor:
+    """Stored array → torch tensor (bfloat16 bit patterns become float32)."""
+    if stored_as == "bfloat16":
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16).float()
+    return torch.from_numpy(np.asarray(a))
+
+
+def estimate_bytes(specs: list[ArraySpec], n_samples: int, dtype: str) -> int:
+    """Uncompressed size of all row-aligned arrays."""
+    total = 0
+    for s in specs:
+        item = 2 if (s.activation and dtype == "bfloat16") else np.dtype(s.dtype).itemsize
+        total += n_samples * s.rows_per_sample * int(np.prod(s.shape)) * item
+    return total
+
+
+def check_disk(path: Path, need: int, margin: float = 1.1) -> None:
+    """Fail before writing if the filesystem holding ``path`` cannot take ``need`` bytes (+10 %)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path.parent).free
+    if need * margin > free:
+        raise StoreError(
+            f"not enough disk for the activation store {path}: needs about {need / 2**30:.2f} GiB "
+            f"(uncompressed, +10 %), {free / 2**30:.2f} GiB free; lower capture.image_tokens, "
+            f"capture.timesteps or the calibration prompt count"
+        )
+
+
+class StoreWriter:
+    """Streams captured tensors into a new store, one whole shard per write."""
+
+    def __init__(self, path: Path, specs: list[ArraySpec], n_samples: int, shard_samples: int,
+                 chunk_samples: int, dtype: str, clevel: int = 3, attrs: dict | None = None,
+                 check_space: bool = True):
+        self.path, self.specs, self.n, self.dtype = Path(path), {s.name: s for s in specs}, n_samples, dtype
+        if check_space:
+            check_disk(self.path, estimate_bytes(specs, n_samples, dtype))
+        self.shard_samples = min(shard_samples, n_samples)
+        chunk_samples = min(chunk_samples, self.shard_samples)
+        if self.shard_samples % chunk_samples:
+            chunk_samples = self.shard_samples
+        self.group = zarr.open_group(zarr.storage.LocalStore(str(self.path)), mode="w-")
+        self.group.attrs.update({"format": FORMAT, "complete": False, "stored_as": dtype,
+                                 "n_samples": n_samples, **(attrs or {})})
+        codec = [BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle")]
+        for s in specs:
+            rows = s.rows_per_sample
+            store_dtype = ("uint16" if dtype == "bfloat16" else "float32") if s.activation else s.dtype
+            self.group.create_array(
+                s.name, shape=(n_samples * rows, *s.shape), chunks=(chunk_samples * rows, *s.shape),
+                shards=(self.shard_samples * rows, *s.shape), dtype=store_dtype, compressors=codec,
+                dimension_names=s.dims, fill_value=0,
+                attributes={"rows_per_sample": rows, "stored_as": dtype if s.activation else s.dtype},
+            )
+        self._buf: dict[str, list[np.ndarray]] = {s: [] for s in self.specs}
+        self._buffered: dict[str, int] = {s: 0 for s in self.specs}  # samples in buffer
+        self._written: dict[str, int] = {s: 0 for s in self.specs}  # samples on disk
+
+    def write_static(self, name: str, value: torch.Tensor, dims: tuple[str, ...]) -> None:
+        """An array without a sample axis (e.g. rotary position ids), written at once."""
+        a = value.detach().cpu().numpy()
+        arr = self.group.create_array(name, shape=a.shape, dtype=a.dtype, dimension_names=dims, fill_value=0)
+        arr[...] = a
+
+    def append(self, name: str, rows: torch.Tensor) -> None:
+        """Append samples (rows_per_sample rows each) to ``name``; full shards go to disk."""
+        spec = self.specs[name]
+        a = _encode(rows, self.dtype) if spec.activation else rows.detach().cpu().numpy().astype(spec.dtype)
+        if a.shape[1:] != spec.shape or a.shape[0] % spec.rows_per_sample:
+            raise StoreError(f"{name}: got rows of shape {tuple(a.shape)}, expected (k·{spec.rows_per_sample}, *{spec.shape})")
+        self._buf[name].append(a)
+        self._buffered[name] += a.shape[0] // spec.rows_per_sample
+        while self._buffered[name] >= self.shard_samples:
+            self._flush(name, self.shard_samples)
+
+    def _flush(self, name: str, samples: int) -> None:
+        spec = self.specs[name]
+        data = np.concatenate(self._buf[name]) if len(self._buf[name]) > 1 else self._buf[name][0]
+        rows = samples * spec.rows_per_sample
+        start = self._written[name] * spec.rows_per_sample
+        if start + rows > self.n * spec.rows_per_sample:
+            raise StoreError(f"{name}: more samples than the {self.n} declared")
+        self.group[name][start : start + rows] = data[:rows]
+        rest = data[rows:]
+        self._buf[name] = [rest] if len(rest) else []
+        self._buffered[name] -= samples
+        self._written[name] += samples
+
+    def close(self) -> None:
+        """Flush the last (partial) shard, check every array is full, and mark the store complete."""
+        for name in self.specs:
+            if self._buffered[name]:
+                self._flush(name, self._buffered[name])
+            if self._written[name] != self.n:
+                raise StoreError(f"{name}: {self._written[name]} of {self.n} samples captured")
+        self.group.attrs["complete"] = True
+
+
+class StoreReader:
+    """Reads a complete store; refuses incomplete or foreign ones with one clear error."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r")
+        except Exception as err:  # zarr raises several types for a missing/garbled store
+            raise StoreError(f"cannot open activation store {self.path}: {err}") from None
+        attrs = dict(self.group.attrs)
+        if attrs.get("format") != FORMAT:
+            raise StoreError(f"{self.path} is not a FastFLUX activation store (format {attrs.get('format')!r})")
+        if attrs.get("complete") is not True:
+            raise StoreError(f"activation store {self.path} is incomplete (capture was interrupted); re-run capture")
+        self.attrs = attrs
+        self.stored_as = attrs["stored_as"]
+        self.n_samples = attrs["n_samples"]
+
+    def array(self, name: str) -> zarr.Array:
+        if name not in self.group:
+            raise StoreError(f"activation store {self.path} has no array {name!r}")
+        return self.group[name]
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows [start, stop) of ``name`` as float32 (or the bookkeeping dtype)."""
+        arr = self.array(name)
+        try:
+            data = arr[start:stop]
+        except Exception as err:
+            raise StoreError(f"activation store {self.path}: array {name!r} is unreadable ({err})") from None
+        return decode(data, arr.attrs.get("stored_as", "float32"))
+
+    def read_samples(self, name: str, idx: np.ndarray) -> torch.Tensor:
+        """Rows of a per-sample array at sorted sample indices ``idx``."""
+        arr = self.array(name)
+        return decode(arr.oindex[idx], arr.attrs.get("stored_as", "float32"))
+
+    def iter_rows(self, name: str, chunk_rows: int) -> Iterator[torch.Tensor]:
+        """``name`` in consecutive pieces of at most ``chunk_rows`` rows (whole shards where possible)."""
+        n = self.array(name).shape[0]
+        shard = self.array(name).shards[0] if self.array(name).shards else chunk_rows
+        step = max(shard, (chunk_rows // shard) * shard)
+        for start in range(0, n, step):
+            yield self.read(name, start, min(n, start + step))

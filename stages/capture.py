@@ -1,0 +1,26 @@
+"""Stage capture@k: the model after steps < k runs the calibration prompts → data/capture/<k>/store.zarr."""
+
+import sys
+from pathlib import Path
+
+from fastflux_core.capture import capture_step
+from fastflux_core.chain import ChainState, PlanStep
+from fastflux_core.io import atomic_dir, read_json, run_stage, write_json
+from fastflux_core.params import load_params
+from fastflux_core.prompts import PromptEmbeds
+
+
+def main() -> None:
+    params = load_params()
+    k, prev = int(sys.argv[1]), int(sys.argv[2])
+    step = PlanStep.load(Path(f"data/plan/{k}.json"))
+    name = read_json(Path(f"data/plan/{k}.json"))["name"]
+    state = ChainState.load(Path(f"data/state/{prev}"))
+    embeds = PromptEmbeds.load("data/encoded/calibration.safetensors")
+    with atomic_dir(f"data/capture/{k}") as out:
+        record = capture_step(params, step, state, embeds, name, out / "store.zarr")
+        write_json(out / "info.json", record)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,30 @@
+"""Stage solve@k: streamed least squares over data/capture/<k> → data/solve/<k>/linear.safetensors (W, b),
+with relative residual and condition number in data/metrics/solve/<k>.json."""
+
+import sys
+from pathlib import Path
+
+from fastflux_core.brll import save_solution, solve_store
+from fastflux_core.io import atomic_dir, run_stage, write_json
+from fastflux_core.params import load_params
+from fastflux_core.source import resolve_device
+from fastflux_core.store import StoreReader
+
+
+def main() -> None:
+    params = load_params()
+    k = int(sys.argv[1])
+    store = StoreReader(Path(f"data/capture/{k}/store.zarr"))
+    solutions, metrics = solve_store(store, params.solve.ridge, params.solve.chunk_rows,
+                                     resolve_device(params.model.device))
+    info = {"step": k, "block": store.attrs["block"], "block_name": store.attrs["block_name"],
+            "kind": store.attrs["kind"], "ridge": params.solve.ridge, "streams": metrics}
+    with atomic_dir(f"data/solve/{k}") as out:
+        save_solution(out / "linear.safetensors", solutions)
+        write_json(out / "info.json", info)
+    write_json(f"data/metrics/solve/{k}.json", {
+        f"{s}_{m}": v[m] for s, v in metrics.items() for m in ("relative_residual", "condition_number")})
+
+
+if __name__ == "__main__":
+    run_stage(main)
