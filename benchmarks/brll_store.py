@@ -77,7 +77,7 @@ def _solve_peak(path: str, dim: int, q: mp.Queue) -> None:
 
 
 def peak_memory(dim: int, samples: int, tokens: int, tmp: Path) -> dict:
-    path = tmp / f"peak{tokens}.zarr"
+    path = tmp / f"peak{samples}x{tokens}.zarr"
     write_store(path, dim, samples, tokens, "float32")
     q: mp.Queue = mp.get_context("spawn").Queue()
     p = mp.get_context("spawn").Process(target=_solve_peak, args=(str(path), dim, q))
@@ -85,20 +85,22 @@ def peak_memory(dim: int, samples: int, tokens: int, tmp: Path) -> dict:
     before, after = q.get()
     p.join()
     shutil.rmtree(path)
-    return {"tokens_per_sample": tokens, "rows": samples * tokens, "data_mib": samples * tokens * dim * 8 / 2**20,
+    return {"samples": samples, "tokens_per_sample": tokens, "total_tokens": samples * tokens,
+            "data_mib": samples * tokens * dim * 8 / 2**20,
             "peak_rss_mib": after / 1024, "rss_growth_mib": (after - before) / 1024}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--rows", type=int, default=65536)
     args = ap.parse_args()
     out: dict = {"dim": args.dim, "torch_threads": torch.get_num_threads()}
     out["gram"] = gram_rate(args.dim, args.rows, chunk=8192)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        out["peak_memory"] = [peak_memory(args.dim, 256, t, tmp) for t in (16, 128)]
+        # total token count 8× apart, same shard layout: the streamed solve's memory should not grow
+        out["peak_memory"] = [peak_memory(args.dim, n, 64, tmp) for n in (256, 2048)]
         disk = {}
         for dtype in ("float32", "bfloat16"):
             seconds, data = write_store(tmp / f"{dtype}.zarr", args.dim, 256, 64, dtype)

@@ -159,3 +159,26 @@ def test_original_target_is_captured_from_the_unpruned_blocks(chain, tmp_path):
     assert orig.shape == cur.shape and torch.isfinite(orig).all()
     assert not torch.allclose(orig, cur, rtol=1e-3, atol=1e-4)
     assert "original_out_img" not in chain["stores"][1].group  # target=current stores no original states
+
+
+def test_exactly_affine_block_is_recovered_through_capture_and_store(chain, monkeypatch, tmp_path):
+    from fastflux_core.replacement import LinearReplacement
+
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(32, 32, generator=g) * 0.05, torch.randn(32, generator=g) * 0.1
+    real = capture_mod.build_chain_model
+
+    def affine_block(params, state, new_lora=()):
+        adapter = real(params, state, new_lora)
+        rep = LinearReplacement(32, "single")
+        rep.set_affine("joint", w, b)
+        adapter.swap(3, rep)  # block 3's residual branch is now exactly x ↦ W·x + b
+        return adapter
+
+    monkeypatch.setattr(capture_mod, "build_chain_model", affine_block)
+    params = tiny_params(**{"capture.dtype": "float32"})
+    capture_step(params, chain["plan"][0], ChainState(), chain["embeds"], "b3", tmp_path / "affine.zarr")
+    sols, metrics = solve_store(StoreReader(tmp_path / "affine.zarr"), ridge=0.0, chunk_rows=100)
+    torch.testing.assert_close(sols["joint"].weight.float(), w, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(sols["joint"].bias.float(), b, rtol=1e-3, atol=1e-4)
+    assert metrics["joint"]["relative_residual"] < 1e-4
