@@ -115,7 +115,7 @@ def fid(feats: np.ndarray, ref: FeatureStats) -> float:
     from cleanfid.fid import frechet_distance
 
     gen = FeatureStats.of(feats)
-    return float(frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma))
+    return max(0.0, float(frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)))  # no -1e-11 from round-off
 
 
 class Alignment(Protocol):

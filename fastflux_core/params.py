@@ -206,6 +206,15 @@ class SandwichParams(_Strict):
     reuse: bool = Field(True, description="assemble ratio a from the latest-trained components of the whole chain")
 
 
+class EvaluateParams(_Strict):
+    """Stage ``evaluate``: held-out quality, latency and FLOPs of the assembled model."""
+
+    latency_warmup: int = Field(3, ge=0)
+    latency_repeats: int = Field(20, ge=1)
+    sweep: bool = Field(True, description="also evaluate every chain length 0..K (quality/latency vs ratio plot)")
+    grid_rows: int = Field(10, ge=1)
+
+
 class Params(_Strict):
     """Top level of params.yaml. ``ratio`` is top-level so that ``dvc exp run -S ratio=0.15`` works."""
 
@@ -223,6 +232,7 @@ class Params(_Strict):
     capture: CaptureParams = CaptureParams()
     solve: SolveParams = SolveParams()
     sandwich: SandwichParams = SandwichParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     @field_validator("steps", mode="before")
     @classmethod

@@ -117,13 +117,17 @@ def describe_flux_base(params: Params) -> dict:
     }
 
 
-def model_blocks(params: Params) -> list[BlockRef]:
-    """The base model's blocks, in execution order, read from its config without loading weights."""
+def empty_base_model(params: Params) -> FluxTransformer2DModel:
+    """The base transformer built from its config on the meta device: structure without weights."""
     from accelerate import init_empty_weights
-
-    from fastflux_core.adapter import adapter_for
 
     config = FluxTransformer2DModel.load_config(str(model_root(params)), subfolder="transformer")
     with init_empty_weights():
-        model = FluxTransformer2DModel.from_config(config)
-    return adapter_for(model).blocks
+        return FluxTransformer2DModel.from_config(config)
+
+
+def model_blocks(params: Params) -> list[BlockRef]:
+    """The base model's blocks, in execution order, read from its config without loading weights."""
+    from fastflux_core.adapter import adapter_for
+
+    return adapter_for(empty_base_model(params)).blocks

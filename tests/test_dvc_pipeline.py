@@ -32,7 +32,8 @@ def micro_params() -> dict:
     d["embedded"].update(train_steps=3, judge_steps=3, eval_images_per_prompt=1, batch_size=8,
                          num_layers=1, num_single_layers=2)
     d["importance"]["blocks"] = [0, 1, 2]
-    d["max_ratio"], d["ratio"] = 0.67, 0.3  # 2 of 3 blocks
+    d["max_ratio"], d["ratio"] = 0.67, 0.34  # chain: 2 of 3 blocks; exported model: 1
+    d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3)
     d["steps"] = {"1": {"prev": 0}, "2": {"prev": 1}}
     d["capture"].update(timesteps=[0, 1], shard_samples=8, chunk_samples=4)
     d["sandwich"].update(train_steps=5, batch_size=4)
@@ -80,6 +81,13 @@ def test_repro_runs_and_caches(repo):
     assert len(state["replaced"]) == 2 and [h["step"] for h in state["history"]] == [1, 2]
     assert set(json.loads((repo / "data" / "metrics" / "sandwich" / "2.json").read_text())) >= {
         "holdout_loss_init", "holdout_loss_trained"}
+    metrics = json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())
+    assert {"ratio", "n_pruned", "fid", "clip", "latency_ratio", "flops_ratio"} <= set(metrics)
+    assert metrics["n_pruned"] == 1 and metrics["flops_ratio"] < 1
+    pruning = json.loads((repo / "data" / "assemble" / "pruning.json").read_text())
+    assert len(pruning["replaced_blocks"]) == 1 and pruning["params_pruned"] < pruning["params_base"]
+    assert (repo / "data" / "evaluate" / "grid.png").is_file()
+    assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1 + 3  # header + n = 0, 1, 2
     assert _status(repo) == {}
     out = _run(["dvc", "repro"], repo).stdout
     assert "Stage 'base' didn't change" in out and "Stage 'ablate@1' didn't change" in out
@@ -131,3 +139,15 @@ def test_bad_params_fail_cleanly(repo, tmp_path):
     assert r.returncode != 0
     assert "model.path does not exist" in r.stderr + r.stdout
     assert not (bad / "data" / "encoded").exists() and not (bad / "data" / "base").exists()
+
+
+# runs last: it leaves the workspace at the experiment
+def test_exp_run_with_another_ratio_reruns_only_assemble_and_evaluate(repo):
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "pipeline ran"], repo)
+    out = _run(["dvc", "exp", "run", "-S", "ratio=0.67"], repo)
+    ran = sorted(line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage"))
+    assert ran == ["assemble", "evaluate"], out.stdout[-2000:]
+    assert json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())["n_pruned"] == 2
+    too_far = _run(["dvc", "exp", "run", "-S", "ratio=0.9"], repo, check=False)
+    assert too_far.returncode != 0 and "raise max_ratio" in too_far.stdout + too_far.stderr

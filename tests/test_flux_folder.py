@@ -22,6 +22,7 @@ def _flux_params(path):
     d["model"] = {"source": "flux", "path": str(path), "dtype": "float32", "device": "cpu"}
     d["text"]["max_sequence_length"] = 16
     d["sampling"].update(height=16, width=16, steps=3, batch_size=2)
+    d["capture"]["timesteps"] = [0, 2]
     return parse_params(d)
 
 
