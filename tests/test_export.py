@@ -1,7 +1,6 @@
 """The exported pruned model: diffusers round trip, LoRA merged, ratio 0 = base, FluxPipeline use."""
 
 import numpy as np
-import pytest
 import torch
 from tiny import tiny_transformer
 
