@@ -14,7 +14,6 @@ Run: python benchmarks/brll_store.py [--dim 256] [--rows 65536]
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import shutil
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import report
 
 from fastflux_core.lstsq import GramAccumulator
 from fastflux_core.store import ArraySpec, StoreReader, StoreWriter
@@ -114,10 +115,7 @@ def main() -> None:
                            "np_save_bytes_per_element": 4.0, "np_save_mb_per_s": 2 * data.nbytes / t_np / 1e6,
                            "write_seconds": seconds, "np_save_seconds": t_np}
         out["store"] = disk
-    print(json.dumps(out, indent=2))
-    path = Path("benchmarks/results/brll_store.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    report("brll_store", out)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ Needs `dvc repro reference` first. Prints and writes benchmarks/results/importan
 Run: python benchmarks/importance_cost.py
 """
 
-import json
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from common import report
 
 from fastflux_core.ablation import ablate_block
 from fastflux_core.importance import rank
@@ -34,10 +35,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         result[method] = {"seconds_all_blocks": round(seconds, 2), "blocks": len(blocks),
                           "images_per_block": records[0]["images"], "order": rank(records, blocks, cfg)["order"]}
-    print(json.dumps(result, indent=2))
-    out = Path("benchmarks/results/importance_cost.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report("importance_cost", result)
 
 
 if __name__ == "__main__":
