@@ -113,7 +113,7 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
     hold, train = perm[:n_hold], perm[n_hold:]
     before = held_out_loss(adapter, data, hold, rotary, u, d, cfg.batch_size)
 
-    opt = torch.optim.AdamW([{"params": [p for p in train_params if p.ndim > 0]}], lr=cfg.learning_rate, weight_decay=0.0)
+    opt = torch.optim.AdamW(train_params, lr=cfg.learning_rate, weight_decay=0.0)
     model.train()
     losses = []
     for _ in trange(cfg.train_steps, desc=f"sandwich {step.k}", unit="step"):

@@ -199,8 +199,9 @@ class StoreReader:
 
     def iter_rows(self, name: str, chunk_rows: int) -> Iterator[torch.Tensor]:
         """``name`` in consecutive pieces of at most ``chunk_rows`` rows (whole shards where possible)."""
-        n = self.array(name).shape[0]
-        shard = self.array(name).shards[0] if self.array(name).shards else chunk_rows
+        arr = self.array(name)
+        n = arr.shape[0]
+        shard = arr.shards[0] if arr.shards else chunk_rows
         step = max(shard, (chunk_rows // shard) * shard)
         for start in range(0, n, step):
             yield self.read(name, start, min(n, start + step))
