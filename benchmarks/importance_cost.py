@@ -1,7 +1,7 @@
 """What each importance ranking costs on the current base: Eq. 2 (FID + alignment on the full
 importance set) vs the latent-error proxy (importance.proxy_images_per_prompt images per prompt).
 
-Needs `dvc repro reference` first. Prints and writes benchmarks/results/importance_cost.json.
+Needs `dvc repro reference@importance` first. Prints and writes benchmarks/results/importance_cost.json.
 Run: python benchmarks/importance_cost.py
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
         records = []
         for b in blocks:
             with tempfile.TemporaryDirectory() as tmp:
-                records.append(ablate_block(p, b["index"], embeds, Path("data/reference"), Path(tmp)))
+                records.append(ablate_block(p, b["index"], embeds, Path("data/reference/importance"), Path(tmp)))
         seconds = time.perf_counter() - t0
         result[method] = {"seconds_all_blocks": round(seconds, 2), "blocks": len(blocks),
                           "images_per_block": records[0]["images"], "order": rank(records, blocks, cfg)["order"]}

@@ -1,14 +1,21 @@
 """FastFLUX: block-wise pruning of FLUX-class diffusion transformers (arXiv 2506.10035).
 
-Modules, by the paper's concepts:
-    params     the one schema for params.yaml
-    adapter    block-level view of the transformer: list, run ranges, skip, swap blocks
-    source     where the base model comes from (embedded default or a FLUX.1-dev folder)
-    text       text encoders; prompts: prompt sets and their encoded form
-    codec      latents ↔ images; sampling: seeded flow-matching generation
-    embedded   the small default base and its training; digits: its data and judge
-    metrics    FID through clean-fid, CLIP-style alignment
-    ablation   remove one block, generate, measure (importance's raw data)
-    importance Eq. 2, replacement orders, the latent-error proxy
-    io         atomic outputs, safetensors, PNG
+Modules, by the paper's concepts (the README's layout section says the same, with the stages):
+    params       the one schema for params.yaml (and the disjointness check of the prompt sets)
+    adapter      block-level view of the transformer: list, run ranges, skip, swap blocks
+    source       where the base model comes from (embedded default or a FLUX.1-dev folder)
+    text         text encoders;  prompts: prompt sets, items (prompt, seed), derived seeds
+    codec        latents ↔ images;  sampling: seeded flow-matching generation
+    embedded     the small default base and its training;  digits: its data and judge
+    metrics      FID through clean-fid, CLIP-style alignment
+    ablation     remove one block, generate, measure (importance's raw data); reference images
+    importance   Eq. 2, replacement orders, the latent-error proxy
+    replacement  the BRLL block (shortcut + linear)
+    chain        the progressive chain: plan, sandwich bounds (Eq. 3), chain state
+    store        sharded Zarr activation stores;  capture: the hooks that fill them
+    lstsq        streamed least squares (Eq. 1);  brll: per-block solve and the "w/o ST" model
+    lora         peft LoRA on sandwich neighbours;  sandwich: Sandwich Training
+    export       the diffusers-loadable pruned model;  assemble: the model at a ratio
+    evaluation   held-out quality of pruned models;  speed: FLOPs and latency
+    io           atomic outputs, safetensors, PNG, timings;  errors: user-fixable errors
 """

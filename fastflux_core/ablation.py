@@ -13,12 +13,12 @@ by the missing block. Each ablation records
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fastflux_core.adapter import adapter_for
 from fastflux_core.errors import FastFluxError
@@ -44,6 +44,12 @@ def importance_items(params: Params, n_prompts: int, proxy_only: bool) -> list[G
     return prompt_items(n_prompts, per_prompt, s.seed)
 
 
+def generate_with(model, scheduler, codec, embeds: PromptEmbeds, items: list[GenItem], sampling) -> Generated:
+    """Generate ``items`` with a given model: final latents, decoded images, and each image's prompt."""
+    latents = sample_latents(model, scheduler, embeds, items, sampling, codec.latent_channels, codec.scale_factor)
+    return Generated(latents, codec.decode(latents), [embeds.prompts[it.prompt] for it in items])
+
+
 def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], skip: int | None = None) -> Generated:
     """Generate ``items`` with the base model, block ``skip`` removed if given."""
     model = load_transformer(params)
@@ -52,10 +58,7 @@ def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], skip: i
         if not 0 <= skip < len(adapter.blocks):
             raise FastFluxError(f"block {skip} does not exist: the model has {len(adapter.blocks)} blocks")
         adapter.skip(skip)
-    codec = load_codec(params, model)
-    latents = sample_latents(model, load_scheduler(params), embeds, items, params.sampling,
-                             codec.latent_channels, codec.scale_factor)
-    return Generated(latents, codec.decode(latents), [embeds.prompts[it.prompt] for it in items])
+    return generate_with(model, load_scheduler(params), load_codec(params, model), embeds, items, params.sampling)
 
 
 def latent_error(latents: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -67,22 +70,23 @@ def latent_error(latents: torch.Tensor, reference: torch.Tensor) -> dict[str, fl
     }
 
 
-def score_images(gen: Generated, quality: Quality, ref_model: FeatureStats, ref_real: FeatureStats | None,
-                 device: torch.device, batch_size: int) -> dict[str, float]:
-    """FID against the full model's images (and real images) and the alignment score."""
-    feats = image_features(gen.images, quality.features, device, batch_size)
-    out = {"fid": fid(feats, ref_model), quality.alignment.name: quality.alignment.score(gen.images, gen.prompts)}
+def score_images(images: np.ndarray, prompts: list[str], quality: Quality, ref_model: FeatureStats,
+                 ref_real: FeatureStats | None, device: torch.device, batch_size: int) -> dict[str, float]:
+    """FID against the full model's images (and real images) and the alignment score (keyed by its name)."""
+    feats = image_features(images, quality.features, device, batch_size)
+    out = {"fid": fid(feats, ref_model), quality.alignment.name: quality.alignment.score(images, prompts)}
     if ref_real is not None:
         out["fid_real"] = fid(feats, ref_real)
     return out
 
 
-def make_reference(params: Params, embeds: PromptEmbeds, out: Path) -> dict:
-    """Stage ``reference``: the full model's images for the importance set (PNGs, final latents) and
-    feature statistics of those and of real images, which every ablation is scored against."""
+def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Path) -> dict:
+    """Stage ``reference@<set>``: the full model's images for a prompt set (PNGs, final latents) and
+    feature statistics of those and of real images. Ablations (importance set) and pruned models
+    (evaluation set) are scored against these, with the same prompts and seeds."""
     device = resolve_device(params.model.device)
-    t0 = time.perf_counter()
-    gen = generate(params, embeds, importance_items(params, len(embeds.prompts), proxy_only=False))
+    s = getattr(params.prompts, set_name)
+    gen = generate(params, embeds, prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed))
     (out / "images").mkdir()
     for i, img in enumerate(gen.images):
         save_png(out / "images" / f"{i:05d}.png", img)
@@ -92,33 +96,43 @@ def make_reference(params: Params, embeds: PromptEmbeds, out: Path) -> dict:
     quality = load_quality(params, device)
     feats = folder_features(out / "images", quality.features, device, params.metrics.batch_size)
     FeatureStats.of(feats).save(out / "stats_model.safetensors")
-    record = {"images": len(gen.images), quality.alignment.name: quality.alignment.score(gen.images, gen.prompts)}
+    record = {"set": set_name, "images": len(gen.images), "clip_kind": quality.alignment.name,
+              "clip": quality.alignment.score(gen.images, gen.prompts)}
     real = real_features(params.metrics.real_images, quality.features, device, params.metrics.batch_size)
     if real is not None:
         stats = FeatureStats.of(real)
         stats.save(out / "stats_real.safetensors")
         record["fid_real"] = fid(feats, stats)
         record["real_images"] = len(real)
-    record["seconds"] = round(time.perf_counter() - t0, 2)
     return record
+
+
+def load_reference_images(reference: Path) -> np.ndarray:
+    """The reference's images in item order, (N, H, W[, 3]) uint8 (PNG is lossless)."""
+    files = sorted((reference / "images").glob("*.png"))
+    if not files:
+        raise FastFluxError(f"no reference images in {reference / 'images'}: run the reference stage")
+    return np.stack([np.asarray(Image.open(f)) for f in files])
+
+
+def load_reference_stats(reference: Path) -> tuple[FeatureStats, FeatureStats | None]:
+    """(statistics of the full model's images, of the real images or None)."""
+    real = reference / "stats_real.safetensors"
+    return FeatureStats.load(reference / "stats_model.safetensors"), FeatureStats.load(real) if real.is_file() else None
 
 
 def ablate_block(params: Params, index: int, embeds: PromptEmbeds, reference: Path, out: Path) -> dict:
     """Stage ``ablate@index``: skip block ``index``, generate, score. Returns the block's record."""
     device = resolve_device(params.model.device)
-    t0 = time.perf_counter()
     proxy_only = params.importance.method == "proxy"
     items = importance_items(params, len(embeds.prompts), proxy_only)
     gen = generate(params, embeds, items, skip=index)
     ref_latents = load_tensors(reference / "latents.safetensors")["latents"][: len(items)]
     record: dict = {"block": index, "images": len(items), **latent_error(gen.latents, ref_latents)}
     if not proxy_only:
-        quality = load_quality(params, device)
-        real = reference / "stats_real.safetensors"
-        record.update(score_images(gen, quality, FeatureStats.load(reference / "stats_model.safetensors"),
-                                   FeatureStats.load(real) if real.is_file() else None, device,
+        ref_model, ref_real = load_reference_stats(reference)
+        record.update(score_images(gen.images, gen.prompts, load_quality(params, device), ref_model, ref_real, device,
                                    params.metrics.batch_size))
     n = len(embeds.prompts)
     save_png(out / "grid.png", image_grid(gen.images[: 2 * n], cols=n, scale=max(1, 64 // gen.images.shape[1])))
-    record["seconds"] = round(time.perf_counter() - t0, 2)
     return record

@@ -1,38 +1,43 @@
 """Activation capture for pruning step k (paper §3.1 and Algorithm 1: "collect the input and output").
 
-The model as it stands after steps < k (earlier linears and LoRA loaded) generates the calibration
-prompt set; at the schedule steps in ``capture.timesteps`` forward hooks record, per sample:
+The model as it stands after steps < k (earlier linears and LoRA loaded) generates two prompt sets,
+kept apart as in the paper (LS on one set of images, Sandwich Training on another). At the schedule
+steps of ``capture.timesteps`` (spread over the whole schedule) forward hooks record, per sample:
 
+``calibration.zarr`` — least-squares data of Eq. 1, from the calibration set:
   block_in_{img,txt} / residual_{img,txt}   (rows, D)   block i's input and residual output
-        (output − input), ``image_tokens`` / ``text_tokens`` random tokens per sample — the
-        least-squares data of Eq. 1. A single block's replacement is one linear for both streams;
-        the solve concatenates the two.
-  sandwich_in_{img,txt}                      (sample, N, D)  state entering the sandwich's first block
-  sandwich_out_{img,txt}                     (sample, N, D)  state leaving its last block
-  temb (sample, D), timestep (sample,), item (sample,), schedule_step (sample,)
-  img_ids (N_img, 3), txt_ids (N_txt, 3)     rotary position ids (static)
+        (output − input), ``image_tokens`` / ``text_tokens`` random tokens per sample. A single
+        block's replacement is one linear for both streams; the solve weights image and text rows by
+        the true token counts (attributes ``tokens`` and ``sampled``).
 
-Sandwich states keep every token: the sandwich contains attention, so it must be re-run on whole
-sequences. Everything needed to re-run blocks u..d is in the store (temb, ids → rotary embedding).
+``training.zarr`` — Sandwich Training pairs, from the training set:
+  sandwich_in_{img,txt}     (sample, N, D)  state entering the sandwich's first block u
+  sandwich_out_{img,txt}    (sample, N, D)  state leaving its last block d (current model)
+  original_out_{img,txt}    (sample, N, D)  the unpruned base's blocks u..d on the same input
+                                             (only with ``sandwich.target: original``)
+  temb (sample, D); img_ids (N_img, 3), txt_ids (N_txt, 3)   all else needed to re-run u..d
+
+Both stores: prompt (sample,) index into the ``prompts`` attribute, seed (sample,), schedule_step,
+timestep — so every sample names the item (prompt, seed) it came from, and hold-outs are by item.
+Sandwich states keep every token: the sandwich contains attention, so it runs on whole sequences.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import torch
 
-from fastflux_core.adapter import BlockState, adapter_for
+from fastflux_core.adapter import BlockAdapter, BlockState, adapter_for
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.codec import latent_ids
 from fastflux_core.errors import FastFluxError
-from fastflux_core.params import Params
-from fastflux_core.prompts import PromptEmbeds, prompt_items
+from fastflux_core.params import Params, PromptSet, capture_schedule
+from fastflux_core.prompts import GenItem, PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import flux_timesteps, latent_size, sample_latents
 from fastflux_core.source import load_codec, load_scheduler, load_transformer
-from fastflux_core.store import ArraySpec, StoreWriter
+from fastflux_core.store import ArraySpec, StoreWriter, check_disk, estimate_bytes
 
 
 class NonFiniteActivations(FastFluxError):
@@ -48,126 +53,175 @@ def _check_finite(t: torch.Tensor, what: str, block: str, step: int) -> None:
         )
 
 
-def capture_specs(dim: int, n_img: int, n_txt: int, k_img: int, k_txt: int, original: bool) -> list[ArraySpec]:
-    extra = [ArraySpec("original_out_img", (n_img, dim), ("sample", "image_seq", "dim")),
-             ArraySpec("original_out_txt", (n_txt, dim), ("sample", "text_seq", "dim"))] if original else []
-    a = extra + [
+ITEM_SPECS = [
+    ArraySpec("prompt", (), ("sample",), activation=False, dtype="int64"),
+    ArraySpec("seed", (), ("sample",), activation=False, dtype="int64"),
+    ArraySpec("schedule_step", (), ("sample",), activation=False, dtype="int64"),
+    ArraySpec("timestep", (), ("sample",), activation=False),
+]
+
+
+def calibration_specs(dim: int, k_img: int, k_txt: int) -> list[ArraySpec]:
+    return [
         ArraySpec("block_in_img", (dim,), ("token", "dim"), k_img),
         ArraySpec("residual_img", (dim,), ("token", "dim"), k_img),
         ArraySpec("block_in_txt", (dim,), ("text_token", "dim"), k_txt),
         ArraySpec("residual_txt", (dim,), ("text_token", "dim"), k_txt),
-        ArraySpec("sandwich_in_img", (n_img, dim), ("sample", "image_seq", "dim")),
-        ArraySpec("sandwich_in_txt", (n_txt, dim), ("sample", "text_seq", "dim")),
-        ArraySpec("sandwich_out_img", (n_img, dim), ("sample", "image_seq", "dim")),
-        ArraySpec("sandwich_out_txt", (n_txt, dim), ("sample", "text_seq", "dim")),
-        ArraySpec("temb", (dim,), ("sample", "dim")),
-    ]
-    return a + [
-        ArraySpec("timestep", (), ("sample",), activation=False),
-        ArraySpec("item", (), ("sample",), activation=False, dtype="int64"),
-        ArraySpec("schedule_step", (), ("sample",), activation=False, dtype="int64"),
-    ]
+    ] + ITEM_SPECS
 
 
-def capture_step(params: Params, step: PlanStep, state: ChainState, embeds: PromptEmbeds,
-                 block_name: str, out: Path) -> dict:
-    """Run the calibration set through the chain model and write ``out`` (a Zarr store)."""
-    t0 = time.perf_counter()
+def training_specs(dim: int, n_img: int, n_txt: int, original: bool) -> list[ArraySpec]:
+    states = ["sandwich_in", "sandwich_out"] + (["original_out"] if original else [])
+    return [spec for name in states for spec in (
+        ArraySpec(f"{name}_img", (n_img, dim), ("sample", "image_seq", "dim")),
+        ArraySpec(f"{name}_txt", (n_txt, dim), ("sample", "text_seq", "dim")),
+    )] + [ArraySpec("temb", (dim,), ("sample", "dim"))] + ITEM_SPECS
+
+
+class Armed:
+    """What the next transformer call is for (schedule step, which items); hooks record only at
+    captured steps. ``sample_latents`` calls it before every transformer call."""
+
+    def __init__(self, steps: list[int], items: list[GenItem], sigmas: list[float]):
+        self.steps, self.items, self.sigmas = set(steps), items, sigmas
+        self.armed, self.step, self.batch = False, -1, slice(0, 0)
+
+    def __call__(self, step: int, batch: slice) -> None:
+        self.armed, self.step, self.batch = step in self.steps, step, batch
+
+    def write_items(self, writer: StoreWriter) -> None:
+        """Per-sample bookkeeping of the current batch: prompt, seed, schedule step, sigma."""
+        chunk = self.items[self.batch]
+        writer.append("prompt", torch.tensor([it.prompt for it in chunk]))
+        writer.append("seed", torch.tensor([it.seed for it in chunk]))
+        writer.append("schedule_step", torch.full((len(chunk),), self.step))
+        writer.append("timestep", torch.full((len(chunk),), self.sigmas[self.step]))
+
+
+class BlockIOHooks:
+    """Records block i's input and residual output on random tokens (the LS data of Eq. 1)."""
+
+    def __init__(self, writer: StoreWriter, armed: Armed, k_img: int, k_txt: int, seed: int, block_name: str):
+        self.writer, self.armed, self.k_img, self.k_txt, self.name = writer, armed, k_img, k_txt, block_name
+        self.gen = torch.Generator().manual_seed(seed)
+        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _pick(self, n: int, k: int, b: int) -> torch.Tensor:  # (b, k) distinct token indices per sample
+        return torch.stack([torch.randperm(n, generator=self.gen)[:k] for _ in range(b)])
+
+    @staticmethod
+    def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # (b, n, D), (b, k) → (b·k, D)
+        return torch.gather(x.float().cpu(), 1, idx[..., None].expand(-1, -1, x.shape[-1])).flatten(0, 1)
+
+    def pre(self, module, args, kwargs) -> None:
+        if self.armed.armed:
+            self.inputs = (kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+
+    def post(self, module, args, kwargs, output) -> None:
+        if not self.armed.armed:
+            return
+        (x_img, x_txt), (o_txt, o_img) = self.inputs, output
+        for t in (x_img, x_txt, o_img, o_txt):
+            _check_finite(t, "the input or output", self.name, self.armed.step)
+        b = x_img.shape[0]
+        ii, it = self._pick(x_img.shape[1], self.k_img, b), self._pick(x_txt.shape[1], self.k_txt, b)
+        self.writer.append("block_in_img", self._gather(x_img, ii))
+        self.writer.append("residual_img", self._gather(o_img - x_img, ii))
+        self.writer.append("block_in_txt", self._gather(x_txt, it))
+        self.writer.append("residual_txt", self._gather(o_txt - x_txt, it))
+        self.armed.write_items(self.writer)
+
+
+class SandwichHooks:
+    """Records the whole state entering block u and leaving block d (Sandwich Training pairs), and with
+    ``base`` the unpruned model's blocks u..d run on the same input (``sandwich.target: original``)."""
+
+    def __init__(self, writer: StoreWriter, armed: Armed, u: int, d: int, base: BlockAdapter | None, block_name: str):
+        self.writer, self.armed, self.u, self.d, self.base, self.name = writer, armed, u, d, base, block_name
+
+    def pre_u(self, module, args, kwargs) -> None:
+        if not self.armed.armed:
+            return
+        hs, ehs, temb = kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["temb"]
+        for t in (hs, ehs):
+            _check_finite(t, "the sandwich input", self.name, self.armed.step)
+        self.writer.append("sandwich_in_img", hs)  # (b, N_img, D)
+        self.writer.append("sandwich_in_txt", ehs)  # (b, N_txt, D)
+        self.writer.append("temb", temb)  # (b, D)
+        self.armed.write_items(self.writer)
+        if self.base is not None:
+            y = self.base.run(BlockState(hs, ehs, temb, kwargs["image_rotary_emb"]), self.u, self.d + 1)
+            self.writer.append("original_out_img", y.hidden_states)
+            self.writer.append("original_out_txt", y.encoder_hidden_states)
+
+    def post_d(self, module, args, kwargs, output) -> None:
+        if not self.armed.armed:
+            return
+        o_txt, o_img = output
+        for t in (o_img, o_txt):
+            _check_finite(t, "the sandwich output", self.name, self.armed.step)
+        self.writer.append("sandwich_out_img", o_img)
+        self.writer.append("sandwich_out_txt", o_txt)
+
+
+def capture_step(params: Params, step: PlanStep, state: ChainState, calibration: PromptEmbeds,
+                 training: PromptEmbeds, block_name: str, out: Path) -> dict:
+    """Run both sets through the chain model after steps < k; write ``out/calibration.zarr`` and
+    ``out/training.zarr``. Returns a summary (deterministic: no timings)."""
     adapter = build_chain_model(params, state)
     model = adapter.model.eval()
     i, (u, d) = step.block, step.sandwich
-    cal = params.prompts.calibration
-    items = prompt_items(len(embeds.prompts), cal.images_per_prompt, cal.seed)
     cap = params.capture
-    steps_armed = set(cap.timesteps)
     codec = load_codec(params, model)
     h, w = latent_size(params.sampling.height, params.sampling.width, codec.scale_factor)
-    n_img, n_txt, dim = (h // 2) * (w // 2), embeds.prompt_embeds.shape[1], model.inner_dim
-    k_img, k_txt = min(cap.image_tokens, n_img), min(cap.text_tokens, n_txt)
-    n_samples = len(items) * len(cap.timesteps)
+    n_img, n_txt, dim = (h // 2) * (w // 2), calibration.prompt_embeds.shape[1], model.inner_dim
+    if cap.image_tokens > n_img or cap.text_tokens > n_txt:
+        raise FastFluxError(f"capture.image_tokens={cap.image_tokens} / text_tokens={cap.text_tokens} exceed the "
+                            f"{n_img} image and {n_txt} text tokens of a sample at this resolution and text length")
+    schedule = capture_schedule(cap.timesteps, params.sampling.steps)
     original = params.sandwich.target == "original"
-    base = adapter_for(load_transformer(params)) if original else None  # the unpruned blocks u..d
-    writer = StoreWriter(
-        out, capture_specs(dim, n_img, n_txt, k_img, k_txt, original), n_samples, cap.shard_samples, cap.chunk_samples,
-        cap.dtype, cap.clevel,
-        attrs={"step": step.k, "block": i, "block_name": block_name, "kind": adapter.blocks[i].kind,
-               "sandwich": [u, d], "replaced_before": list(step.replaced_before),
-               "lora_blocks": step.lora_blocks(), "linear_blocks": step.linear_blocks(),
-               "timesteps": cap.timesteps, "image_tokens": k_img, "text_tokens": k_txt,
-               "model_dtype": params.model.dtype, "description": __doc__.split("\n\n")[0]},
-    )
-    writer.write_static("img_ids", latent_ids(h, w), ("image_seq", "xyz"))
-    writer.write_static("txt_ids", torch.zeros(n_txt, 3), ("text_seq", "xyz"))
+    sets = {"calibration": (calibration, params.prompts.calibration), "training": (training, params.prompts.training)}
+    items = {name: prompt_items(len(e.prompts), s.images_per_prompt, s.seed) for name, (e, s) in sets.items()}
+    specs = {"calibration": calibration_specs(dim, cap.image_tokens, cap.text_tokens),
+             "training": training_specs(dim, n_img, n_txt, original)}
+    n_samples = {name: len(items[name]) * len(schedule) for name in sets}
+    check_disk(out / "x", sum(estimate_bytes(specs[n], n_samples[n], cap.dtype) for n in sets))
+    attrs = {"step": step.k, "block": i, "block_name": block_name, "kind": adapter.blocks[i].kind,
+             "sandwich": [u, d], "replaced_before": list(step.replaced_before), "lora_blocks": step.lora_blocks(),
+             "linear_blocks": step.linear_blocks(), "schedule_steps": schedule, "model_dtype": params.model.dtype}
 
     sched = load_scheduler(params)
     sigmas = (flux_timesteps(copy.deepcopy(sched), params.sampling.steps, n_img, torch.device("cpu")) / 1000).tolist()
-    ctx: dict = {"armed": False, "step": -1, "batch": slice(0, 0)}
-    gen = torch.Generator().manual_seed(params.seed + 7919 * step.k)  # token sub-sampling
-
-    def on_step(s: int, batch: slice) -> None:
-        ctx.update(armed=s in steps_armed, step=s, batch=batch)
-
-    def pick(n: int, k: int, b: int) -> torch.Tensor:  # (b, k) random token indices per sample
-        return torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(b)])
-
-    def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # (b, n, D), (b, k) → (b·k, D)
-        return torch.gather(x.float().cpu(), 1, idx[..., None].expand(-1, -1, x.shape[-1])).flatten(0, 1)
-
-    def pre_u(mod, args, kwargs):
-        if ctx["armed"]:
-            hs, ehs, temb = kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["temb"]
-            for t in (hs, ehs):
-                _check_finite(t, "the sandwich input", block_name, ctx["step"])
-            writer.append("sandwich_in_img", hs)  # (b, N_img, D)
-            writer.append("sandwich_in_txt", ehs)  # (b, N_txt, D)
-            writer.append("temb", temb)  # (b, D)
-            batch = ctx["batch"]
-            writer.append("item", torch.arange(batch.start, batch.stop))
-            writer.append("schedule_step", torch.full((hs.shape[0],), ctx["step"]))
-            writer.append("timestep", torch.full((hs.shape[0],), sigmas[ctx["step"]]))
-            if base is not None:  # target = the original model's blocks u..d on this same input
-                y = base.run(BlockState(hs, ehs, temb, kwargs["image_rotary_emb"]), u, d + 1)
-                writer.append("original_out_img", y.hidden_states)
-                writer.append("original_out_txt", y.encoder_hidden_states)
-
-    def pre_i(mod, args, kwargs):
-        if ctx["armed"]:
-            ctx["x"] = (kwargs["hidden_states"], kwargs["encoder_hidden_states"])
-
-    def post_i(mod, args, kwargs, output):
-        if ctx["armed"]:
-            (x_img, x_txt), (o_txt, o_img) = ctx.pop("x"), output
-            for t in (x_img, x_txt, o_img, o_txt):
-                _check_finite(t, "the input or output", block_name, ctx["step"])
-            b = x_img.shape[0]
-            ii, it = pick(x_img.shape[1], k_img, b), pick(x_txt.shape[1], k_txt, b)
-            writer.append("block_in_img", gather(x_img, ii))
-            writer.append("residual_img", gather(o_img - x_img, ii))
-            writer.append("block_in_txt", gather(x_txt, it))
-            writer.append("residual_txt", gather(o_txt - x_txt, it))
-
-    def post_d(mod, args, kwargs, output):
-        if ctx["armed"]:
-            o_txt, o_img = output
-            for t in (o_img, o_txt):
-                _check_finite(t, "the sandwich output", block_name, ctx["step"])
-            writer.append("sandwich_out_img", o_img)
-            writer.append("sandwich_out_txt", o_txt)
-
-    handles = [
-        adapter.block(u).register_forward_pre_hook(pre_u, with_kwargs=True),
-        adapter.block(i).register_forward_pre_hook(pre_i, with_kwargs=True),
-        adapter.block(i).register_forward_hook(post_i, with_kwargs=True),
-        adapter.block(d).register_forward_hook(post_d, with_kwargs=True),
-    ]
-    try:
-        with torch.no_grad():
-            sample_latents(model, sched, embeds, items, params.sampling, codec.latent_channels, codec.scale_factor,
-                           on_step=on_step)
-    finally:
-        for hnd in handles:
-            hnd.remove()
-    writer.close()
-    return {"step": step.k, "block": i, "block_name": block_name, "sandwich": [u, d], "samples": n_samples,
-            "ls_rows_img": n_samples * k_img, "ls_rows_txt": n_samples * k_txt, "seconds": round(time.perf_counter() - t0, 2)}
-
+    summary = {"step": step.k, "block": i, "block_name": block_name, "sandwich": [u, d], "schedule_steps": schedule}
+    for name, (embeds, prompt_set) in sets.items():
+        writer = StoreWriter(
+            out / f"{name}.zarr", specs[name], n_samples[name], cap.shard_samples, cap.chunk_samples, cap.dtype,
+            cap.clevel, check_space=False,
+            attrs={**attrs, "prompt_set": name, "prompts": embeds.prompts, "tokens": {"img": n_img, "txt": n_txt},
+                   "sampled": {"img": cap.image_tokens, "txt": cap.text_tokens} if name == "calibration" else None,
+                   "description": __doc__.split("\n\n")[0]})
+        armed = Armed(schedule, items[name], sigmas)
+        if name == "calibration":
+            hooks = BlockIOHooks(writer, armed, cap.image_tokens, cap.text_tokens,
+                                 derive_seed(params.seed, "capture-tokens", step.k), block_name)
+            handles = [adapter.block(i).register_forward_pre_hook(hooks.pre, with_kwargs=True),
+                       adapter.block(i).register_forward_hook(hooks.post, with_kwargs=True)]
+        else:
+            writer.write_static("img_ids", latent_ids(h, w), ("image_seq", "xyz"))
+            writer.write_static("txt_ids", torch.zeros(n_txt, 3), ("text_seq", "xyz"))
+            base = adapter_for(load_transformer(params)) if original else None  # the unpruned blocks u..d
+            hooks = SandwichHooks(writer, armed, u, d, base, block_name)
+            handles = [adapter.block(u).register_forward_pre_hook(hooks.pre_u, with_kwargs=True),
+                       adapter.block(d).register_forward_hook(hooks.post_d, with_kwargs=True)]
+        try:
+            with torch.no_grad():
+                sample_latents(model, sched, embeds, items[name], params.sampling, codec.latent_channels,
+                               codec.scale_factor, on_step=armed)
+        finally:
+            for hnd in handles:
+                hnd.remove()
+        writer.close()
+        summary[name] = {"prompts": len(embeds.prompts), "items": len(items[name]), "samples": n_samples[name]}
+    summary["ls_rows_img"] = n_samples["calibration"] * cap.image_tokens
+    summary["ls_rows_txt"] = n_samples["calibration"] * cap.text_tokens
+    return summary

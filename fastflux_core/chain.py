@@ -123,7 +123,7 @@ class ChainState:
     linears: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     lora: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     lora_config: dict = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)  # per step: what it trained, losses, seconds
+    history: list[dict] = field(default_factory=list)  # per step: what it trained, losses (no timings)
 
     def save(self, folder: Path) -> None:
         tensors: dict[str, torch.Tensor] = {}
@@ -182,12 +182,14 @@ def build_chain_model(params: "Params", state: ChainState, new_lora: list[int] =
     later are dropped (see :mod:`fastflux_core.lora`)."""
     from fastflux_core.adapter import adapter_for
     from fastflux_core.lora import inject_lora, load_lora
+    from fastflux_core.prompts import derive_seed
     from fastflux_core.source import load_transformer
 
     adapter = adapter_for(load_transformer(params))
     keep = {i: t for i, t in state.lora.items() if i not in state.linears}
     blocks = sorted(set(keep) | set(new_lora))
-    inject_lora(adapter, blocks, params.sandwich.lora_rank, params.sandwich.lora_alpha)
+    inject_lora(adapter, blocks, params.sandwich.lora_rank, params.sandwich.lora_alpha,
+                seed=derive_seed(params.seed, "lora-init", state.step))
     load_lora(adapter, keep)
     apply_linears(adapter, state)
     return adapter

@@ -12,7 +12,6 @@ model predicts the velocity ε − x, with σ drawn logit-normally (SD3's recipe
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,9 +127,7 @@ def make_embedded_base(params: "Params", evaluation: PromptEmbeds, out: Path) ->
     del encoder  # no text encoder in memory while training or generating
 
     model = build_model(cfg, latent_channels=images.shape[1], text_dims=(caps.prompt_embeds.shape[-1], caps.pooled.shape[-1]))
-    t0 = time.perf_counter()
     losses = train_base(model, images, labels, caps, caption_labels, cfg, params.seed)
-    train_s = time.perf_counter() - t0
     scheduler = build_scheduler()
     model.save_pretrained(out / "transformer", safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
@@ -146,7 +143,6 @@ def make_embedded_base(params: "Params", evaluation: PromptEmbeds, out: Path) ->
         "params": sum(p.numel() for p in model.parameters()),
         "blocks": cfg.num_layers + cfg.num_single_layers,
         "train_steps": cfg.train_steps,
-        "train_seconds": round(train_s, 1),
         "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 5),
         "judge_test_accuracy": round(judge_acc, 4),
         "prompt_accuracy": round(acc, 4),

@@ -1,28 +1,32 @@
-"""Evaluate a pruned model against its base on held-out prompts: quality, speed, FLOPs, a picture.
+"""Evaluate pruned models against their base on the held-out evaluation prompts.
 
-Quality: FID of the pruned model's images against the base model's (same prompts, same seeds) and
-against real images, and the CLIP-style alignment of both (see metrics.py). Speed: one transformer
-forward at the sampling resolution, batch 1, base and pruned timed alternately in the same run,
-median of ``evaluate.latency_repeats`` after ``evaluate.latency_warmup`` warm-ups. FLOPs: one forward
-under ``torch.utils.flop_counter.FlopCounterMode``.
+Quality: the pruned model generates the evaluation set with the seeds of stage ``reference@evaluation``
+(the base model's images of the same items); FID against those images and against real images, and
+the CLIP-style alignment (see metrics.py). No evaluation prompt is in the calibration, training or
+importance sets (params validation checks it), so nothing fitted on these items scores them.
+
+Speed (:mod:`fastflux_core.speed`): FLOPs of one forward at the sampling resolution, counted with
+attention on every device, and latency of that forward, base and pruned timed in ABBA order.
+Quality and FLOPs are deterministic and go to DVC-tracked outputs; latency is a timing, reported
+separately (``data/timing``), so a re-run never changes a cached output's hash.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.flop_counter import FlopCounterMode
 
+from fastflux_core.ablation import generate_with, load_reference_images, load_reference_stats, score_images
 from fastflux_core.adapter import ModelInputs
 from fastflux_core.codec import LatentCodec, latent_ids
-from fastflux_core.metrics import FeatureStats, Quality, fid, image_features
+from fastflux_core.io import read_json
 from fastflux_core.params import Params
 from fastflux_core.prompts import PromptEmbeds, prompt_items
-from fastflux_core.sampling import latent_size, sample_latents
+from fastflux_core.sampling import latent_size
+from fastflux_core.speed import count_flops, latency
 
 
 def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbeds) -> ModelInputs:
@@ -43,57 +47,28 @@ def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbe
     )
 
 
+@torch.no_grad()
 def _call(model, x: ModelInputs) -> torch.Tensor:
     return model(hidden_states=x.hidden_states, encoder_hidden_states=x.encoder_hidden_states,
                  pooled_projections=x.pooled_projections, timestep=x.timestep, img_ids=x.img_ids,
                  txt_ids=x.txt_ids, guidance=x.guidance, return_dict=False)[0]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def flops_against(base, model, x: ModelInputs) -> dict:
+    """FLOPs of one forward of each, and their ratio (deterministic)."""
+    f_base, f = count_flops(lambda: _call(base, x)), count_flops(lambda: _call(model, x))
+    return {"flops": f, "flops_base": f_base, "flops_ratio": f / f_base}
 
 
-@torch.no_grad()
-def latency(models: dict[str, torch.nn.Module], x: ModelInputs, warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds of one forward per model; models are timed alternately so drift hits all alike."""
-    device = x.hidden_states.device
-    for _ in range(warmup):
-        for m in models.values():
-            _call(m, x)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            _call(m, x)
-            _sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-@torch.no_grad()
-def flops(model: torch.nn.Module, x: ModelInputs) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        _call(model, x)
-    return counter.get_total_flops()
-
-
-def generate_images(params: Params, model, scheduler, codec: LatentCodec, embeds: PromptEmbeds) -> tuple[np.ndarray, list[str]]:
-    s = params.prompts.evaluation
-    items = prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed)
-    latents = sample_latents(model, scheduler, embeds, items, params.sampling, codec.latent_channels, codec.scale_factor)
-    return codec.decode(latents), [embeds.prompts[it.prompt] for it in items]
-
-
-def quality_against(images: np.ndarray, prompts: list[str], quality: Quality, ref_model: FeatureStats,
-                    ref_real: FeatureStats | None, device: torch.device, batch_size: int) -> dict[str, float]:
-    feats = image_features(images, quality.features, device, batch_size)
-    out = {"fid": fid(feats, ref_model), "clip": quality.alignment.score(images, prompts)}
-    if ref_real is not None:
-        out["fid_real"] = fid(feats, ref_real)
-    return out
+def latency_against(base, model, x: ModelInputs, warmup: int, repeats: int) -> dict:
+    """Median and IQR (ms) of one forward of each, ABBA-interleaved; the latency ratio is the ratio of
+    medians, and its IQR that of the per-round ratios (pruned / base within the same round)."""
+    b, p = latency((lambda: _call(base, x), lambda: _call(model, x)), warmup, repeats)
+    per_round = np.asarray(p["times"]) / np.asarray(b["times"])
+    q25, q75 = np.percentile(per_round, [25, 75])
+    return {"latency_ms_base": 1e3 * b["median"], "latency_iqr_ms_base": 1e3 * b["iqr"],
+            "latency_ms": 1e3 * p["median"], "latency_iqr_ms": 1e3 * p["iqr"],
+            "latency_ratio": p["median"] / b["median"], "latency_ratio_iqr": float(q75 - q25), "repeats": repeats}
 
 
 def comparison_grid(base: np.ndarray, pruned: np.ndarray, prompts: list[str], rows: int, cell: int = 64) -> Image.Image:
@@ -112,50 +87,69 @@ def comparison_grid(base: np.ndarray, pruned: np.ndarray, prompts: list[str], ro
     return img
 
 
-def evaluate(params: Params, states: list, pruned_dir, out) -> tuple[dict, list[dict]]:
-    """Stage ``evaluate``: the exported model at ``params.ratio`` against the base (metrics, grid), and,
-    with ``evaluate.sweep``, every chain length 0..K for the quality/latency-vs-ratio plot."""
-    from fastflux_core.assemble import load_pruned, pruned_model
-    from fastflux_core.metrics import load_quality, real_features
-    from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
+class Evaluator:
+    """Everything both ``evaluate`` and ``sweep`` score models with: the base model (for speed), the
+    reference images and statistics of the evaluation set, the quality metrics."""
 
-    cfg, device = params.evaluate, resolve_device(params.model.device)
-    embeds = PromptEmbeds.load("data/encoded/evaluation.safetensors")
-    base = load_transformer(params)
-    codec, scheduler = load_codec(params, base), load_scheduler(params)
-    quality = load_quality(params, device)
-    bs = params.metrics.batch_size
-    base_imgs, prompts = generate_images(params, base, scheduler, codec, embeds)
-    base_feats = image_features(base_imgs, quality.features, device, bs)
-    ref_model = FeatureStats.of(base_feats)
-    real = real_features(params.metrics.real_images, quality.features, device, bs)
-    ref_real = FeatureStats.of(real) if real is not None else None
-    x = forward_inputs(params, base, codec, embeds)
-    base_flops = flops(base, x)
+    def __init__(self, params: Params, embeds: PromptEmbeds, reference: Path):
+        from fastflux_core.metrics import load_quality
+        from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
 
-    def measure(model) -> dict:
-        imgs, _ = generate_images(params, model, scheduler, codec, embeds)
-        q = quality_against(imgs, prompts, quality, ref_model, ref_real, device, bs)
-        lat = latency({"base": base, "pruned": model}, x, cfg.latency_warmup, cfg.latency_repeats)
-        q.update(latency_ms_base=1e3 * lat["base"], latency_ms=1e3 * lat["pruned"],
-                 latency_ratio=lat["pruned"] / lat["base"], flops=flops(model, x), flops_base=base_flops)
-        q["flops_ratio"] = q["flops"] / base_flops
-        return {**q, "_images": imgs}
+        self.params, self.embeds, self.device = params, embeds, resolve_device(params.model.device)
+        self.base = load_transformer(params)
+        self.codec, self.scheduler = load_codec(params, self.base), load_scheduler(params)
+        self.quality = load_quality(params, self.device)
+        self.ref_model, self.ref_real = load_reference_stats(reference)
+        self.reference = read_json(reference / "metrics.json")
+        s = params.prompts.evaluation
+        self.items = prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed)
+        self.x = forward_inputs(params, self.base, self.codec, embeds)
 
-    pruned = load_pruned(pruned_dir).to(device)
-    m = measure(pruned)
-    comparison_grid(base_imgs, m.pop("_images"), prompts, rows=min(cfg.grid_rows, len(prompts))).save(out / "grid.png")
-    n = len(pruned.config.replaced_blocks)
-    metrics = {"ratio": params.ratio, "n_pruned": n, **m, "clip_kind": quality.alignment.name,
-               "base_clip": quality.alignment.score(base_imgs, prompts), "eval_images": len(base_imgs)}
-    if ref_real is not None:
-        metrics["base_fid_real"] = fid(base_feats, ref_real)
-    rows = []
-    if cfg.sweep:
-        n_blocks = len(pruned.transformer_blocks) + len(pruned.single_transformer_blocks)
-        for k in range(len(states)):
-            r = measure(pruned_model(params, states, k)[0].model)
-            r.pop("_images")
-            rows.append({"n_pruned": k, "ratio": k / n_blocks, **{key: r[key] for key in
-                         ("fid", "fid_real", "clip", "latency_ratio", "flops_ratio") if key in r}})
-    return metrics, rows
+    def quality_of(self, model) -> tuple[dict, np.ndarray, list[str]]:
+        """FID (vs base, vs real) and alignment of ``model``'s images of the evaluation items."""
+        gen = generate_with(model, self.scheduler, self.codec, self.embeds, self.items, self.params.sampling)
+        q = score_images(gen.images, gen.prompts, self.quality, self.ref_model, self.ref_real, self.device,
+                         self.params.metrics.batch_size)
+        q["clip"] = q.pop(self.quality.alignment.name)
+        return q, gen.images, gen.prompts
+
+    def speed_of(self, model) -> tuple[dict, dict]:
+        cfg = self.params.evaluate
+        return flops_against(self.base, model, self.x), latency_against(self.base, model, self.x, cfg.latency_warmup,
+                                                                       cfg.latency_repeats)
+
+
+def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: Path, out: Path) -> tuple[dict, dict]:
+    """Stage ``evaluate``: the exported model at ``params.ratio`` against the base. Writes the grid to
+    ``out``; returns (deterministic metrics, latency record)."""
+    from fastflux_core.assemble import load_pruned
+
+    ev = Evaluator(params, embeds, reference)
+    pruned = load_pruned(pruned_dir).to(ev.device)
+    q, images, prompts = ev.quality_of(pruned)
+    flops, lat = ev.speed_of(pruned)
+    rows = min(params.evaluate.grid_rows, len(prompts))
+    comparison_grid(load_reference_images(reference), images, prompts, rows).save(out / "grid.png")
+    metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks), **q, **flops,
+               "clip_kind": ev.quality.alignment.name, "base_clip": ev.reference["clip"], "eval_images": len(images)}
+    if "fid_real" in ev.reference:
+        metrics["base_fid_real"] = ev.reference["fid_real"]
+    return metrics, {"ratio": params.ratio, **lat}
+
+
+def sweep(params: Params, states: list, embeds: PromptEmbeds, reference: Path) -> tuple[list[dict], list[dict]]:
+    """Stage ``sweep``: every chain length n = 0..K (quality, FLOPs; latency separately) — the
+    quality/speed-versus-ratio curves (paper Table 6), independent of ``ratio``."""
+    from fastflux_core.assemble import pruned_model
+
+    ev = Evaluator(params, embeds, reference)
+    n_blocks = len(ev.base.transformer_blocks) + len(ev.base.single_transformer_blocks)
+    rows, timings = [], []
+    for k in range(len(states)):
+        model = pruned_model(params, states, k)[0].model
+        q, _, _ = ev.quality_of(model)
+        flops, lat = ev.speed_of(model)
+        rows.append({"n_pruned": k, "ratio": k / n_blocks, **{key: q[key] for key in ("fid", "fid_real", "clip") if key in q},
+                     "flops_ratio": flops["flops_ratio"]})
+        timings.append({"n_pruned": k, "latency_ratio": lat["latency_ratio"], "latency_ratio_iqr": lat["latency_ratio_iqr"]})
+    return rows, timings

@@ -18,6 +18,7 @@ stock diffusers block computes; ReplaceMe-style folding into a neighbour is impo
 
 from __future__ import annotations
 
+import torch
 from accelerate import init_empty_weights
 from diffusers import FluxTransformer2DModel
 from diffusers.configuration_utils import register_to_config
@@ -44,6 +45,7 @@ class PrunedFluxTransformer2DModel(FluxTransformer2DModel):
         guidance_embeds: bool = False,
         axes_dims_rope: tuple[int, int, int] = (16, 56, 56),
         replaced_blocks: list[int] | tuple[int, ...] = (),
+        weights_dtype: str | None = None,
     ):
         super().__init__(patch_size, in_channels, out_channels, num_layers, num_single_layers, attention_head_dim,
                          num_attention_heads, joint_attention_dim, pooled_projection_dim, guidance_embeds,
@@ -51,6 +53,17 @@ class PrunedFluxTransformer2DModel(FluxTransformer2DModel):
         adapter = FluxAdapter(self)
         for i in replaced_blocks:
             adapter.swap(i, LinearReplacement(self.inner_dim, adapter.blocks[i].kind))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As diffusers', but without a ``dtype`` the model loads in the dtype it was saved in
+        (``weights_dtype`` in its config) rather than diffusers' float32 default: a bfloat16 export
+        must not silently become a different, float32 model."""
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            config = cls.load_config(pretrained_model_name_or_path, subfolder=kwargs.get("subfolder"))
+            if config.get("weights_dtype"):
+                kwargs["dtype"] = getattr(torch, config["weights_dtype"])
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
 
 def merge_lora(model: FluxTransformer2DModel) -> None:
@@ -65,6 +78,7 @@ def to_pruned(model: FluxTransformer2DModel, replaced: list[int]) -> PrunedFluxT
     Weights are moved, not copied (``assign=True`` into an empty-weight skeleton)."""
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
     config["replaced_blocks"] = sorted(replaced)
+    config["weights_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     with init_empty_weights():
         pruned = PrunedFluxTransformer2DModel.from_config(config)
     pruned.load_state_dict(model.state_dict(), strict=True, assign=True)

@@ -141,7 +141,7 @@ def plot_png(ranking: dict, path: Path) -> None:
 
 def load_records(folder: Path) -> list[dict]:
     """Every ablation record under ``folder`` (``<index>/metrics.json``)."""
-    files = sorted(folder.glob("*/metrics.json"))
+    files = sorted(f for f in folder.glob("*/metrics.json") if not f.parent.name.startswith("."))  # no temp dirs
     if not files:
         raise FastFluxError(f"no ablation results under {folder}: run the ablate stages first")
     return [read_json(f) for f in files]  # type: ignore[misc]

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -84,6 +85,15 @@ def write_json(path: str | Path, obj: object) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_csv(path: str | Path, columns: list[str], rows: list[dict]) -> None:
+    """Write rows as CSV atomically (numbers with 6 significant digits, for DVC plots)."""
+    def cell(v: object) -> str:
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join([",".join(columns)] + [",".join(cell(r[c]) for c in columns) for r in rows]) + "\n")
+
+
 def read_json(path: str | Path) -> object:
     return json.loads(Path(path).read_text())
 
@@ -117,10 +127,29 @@ def image_grid(images: np.ndarray, cols: int, scale: int = 1) -> np.ndarray:
     return grid.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
+TIMING = Path("data/timing")
+
+
+def stage_name() -> str:
+    """The DVC stage this process runs, from its script and first argument (``capture@3``)."""
+    name = Path(sys.argv[0]).stem
+    return f"{name}@{sys.argv[1]}" if len(sys.argv) > 1 else name
+
+
+def write_timing(record: dict, name: str | None = None) -> None:
+    """Timings (wall seconds, latencies) go to ``data/timing/<stage>.json``, never into a DVC output:
+    they differ run to run, and an output's hash must depend on its inputs alone."""
+    write_json(TIMING / f"{name or stage_name()}.json", record)
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; a :class:`FastFluxError` becomes one line on stderr and exit code 2."""
+    """Run a stage's ``main`` deterministically and time it. A :class:`FastFluxError` becomes one line
+    on stderr and exit code 2; the wall time goes to ``data/timing/<stage>_wall.json``."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    t0 = time.perf_counter()
     try:
         main()
     except FastFluxError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    write_timing({"seconds": round(time.perf_counter() - t0, 2)}, f"{stage_name()}_wall")

@@ -38,12 +38,18 @@ def target_regex(adapter: BlockAdapter, blocks: list[int]) -> str:
     return "^(?:" + "|".join(alts) + ")$"
 
 
-def inject_lora(adapter: BlockAdapter, blocks: list[int], rank: int, alpha: float) -> dict:
+def inject_lora(adapter: BlockAdapter, blocks: list[int], rank: int, alpha: float, seed: int) -> dict:
     """Add a fresh LoRA adapter (B = 0, so the model's function is unchanged) to ``blocks``.
+
+    peft draws A (Kaiming-uniform) from torch's global generator; it is forked and seeded with
+    ``seed`` here, so the initialisation is reproducible and leaves the caller's random state alone.
     Returns the config as a dict, to be saved with the state."""
     config = {"r": rank, "lora_alpha": alpha, "target_modules": target_regex(adapter, blocks)}
     if blocks:
-        adapter.model.add_adapter(LoraConfig(**config, init_lora_weights=True))
+        device = next(adapter.model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            adapter.model.add_adapter(LoraConfig(**config, init_lora_weights=True))
     return config
 
 

@@ -44,18 +44,18 @@ class GramAccumulator:
         self.rows = 0
         self.device = device
 
-    def add(self, x: torch.Tensor, r: torch.Tensor) -> None:
-        """x (n, D_in), r (n, D_out): add one chunk."""
+    def add(self, x: torch.Tensor, r: torch.Tensor, weight: float = 1.0) -> None:
+        """x (n, D_in), r (n, D_out): add one chunk, every row counted ``weight`` times."""
         x = x.to(self.device, torch.float64)
         r = r.to(self.device, torch.float64)
-        sx = x.sum(0)
+        sx = weight * x.sum(0)
         d = x.shape[1]
-        self.gram[:d, :d].addmm_(x.T, x)  # XᵀX
+        self.gram[:d, :d].addmm_(x.T, x, alpha=weight)  # w·XᵀX
         self.gram[:d, d] += sx
         self.gram[d, :d] += sx
-        self.gram[d, d] += x.shape[0]
-        self.cross[:d].addmm_(x.T, r)  # XᵀR
-        self.cross[d] += r.sum(0)
+        self.gram[d, d] += weight * x.shape[0]
+        self.cross[:d].addmm_(x.T, r, alpha=weight)  # w·XᵀR
+        self.cross[d] += weight * r.sum(0)
         self.rows += x.shape[0]
 
     def solve(self, ridge: float) -> Solution:
@@ -78,12 +78,12 @@ class GramAccumulator:
         return Solution(sol[:d].T.contiguous(), sol[d].clone(), method, cond, self.rows)
 
 
-def relative_residual(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], sol: Solution) -> float:
-    """‖R − (XWᵀ + b)‖_F / ‖R‖_F over streamed (x, r) chunks, in float64."""
+def relative_residual(pairs: Iterable[tuple[torch.Tensor, torch.Tensor, float]], sol: Solution) -> float:
+    """‖R − (XWᵀ + b)‖_F / ‖R‖_F over streamed (x, r, row weight) chunks, in float64."""
     num = den = 0.0
     w, b = sol.weight.double(), sol.bias.double()
-    for x, r in pairs:
+    for x, r, weight in pairs:
         x, r = x.to(w.device, torch.float64), r.to(w.device, torch.float64)
-        num += float(((r - (x @ w.T + b)) ** 2).sum())
-        den += float((r**2).sum())
+        num += weight * float(((r - (x @ w.T + b)) ** 2).sum())
+        den += weight * float((r**2).sum())
     return (num / den) ** 0.5 if den > 0 else 0.0

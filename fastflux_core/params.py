@@ -19,6 +19,10 @@ invalid parameters in params:
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -28,10 +32,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fastflux_core.errors import ParamsError
 
 
+# Which params a stage reads, recorded when FASTFLUX_PARAMS_LOG names a folder: the test that keeps
+# dvc.yaml's ``params:`` lists complete compares them (a stage reading an undeclared key would be
+# served stale by DVC after that key changes). id(section) → its dotted path; None: not recording.
+_TRACED: dict[int, str] | None = None
+_READ: set[str] = set()
+
+
 class _Strict(BaseModel):
     """Unknown keys are errors: a misspelt key must not silently fall back to a default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if _TRACED is not None and name in type(self).model_fields and not isinstance(value, _Strict):
+            path = _TRACED.get(id(self))
+            if path is not None:
+                _READ.add(f"{path}.{name}" if path else name)
+        return value
 
 
 class ModelParams(_Strict):
@@ -98,10 +117,16 @@ class PromptSet(_Strict):
 
 
 class PromptParams(_Strict):
+    """The four prompt sets, kept disjoint as in the paper: least squares is fitted on ``calibration``,
+    sandwiches are trained on ``training``, blocks are ranked on ``importance`` and models are scored
+    on ``evaluation``. ``disjoint: prompts`` (default) forbids any prompt text in two sets;
+    ``disjoint: items`` only forbids the same (prompt text, seed) in two sets."""
+
     calibration: PromptSet
     training: PromptSet
     evaluation: PromptSet
     importance: PromptSet
+    disjoint: Literal["prompts", "items"] = "prompts"
 
 
 class SamplingParams(_Strict):
@@ -167,7 +192,7 @@ class Step(_Strict):
 class CaptureParams(_Strict):
     """What stage ``capture`` records (paper §3.1: input and residual output of the block replaced)."""
 
-    timesteps: list[int] = Field([0, 6, 13, 19], description="indices into the sampling schedule")
+    timesteps: int = Field(4, ge=1, description="schedule steps captured, spread evenly from the first to the last")
     image_tokens: int = Field(16, ge=1, description="image tokens per sample kept for least squares")
     text_tokens: int = Field(8, ge=1, description="text tokens per sample kept for least squares")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 is stored as uint16 bits")
@@ -179,8 +204,6 @@ class CaptureParams(_Strict):
     def _chunks_fit_shards(self) -> "CaptureParams":
         if self.shard_samples % self.chunk_samples:
             raise ValueError("capture.shard_samples must be a multiple of capture.chunk_samples")
-        if not self.timesteps or len(set(self.timesteps)) != len(self.timesteps) or min(self.timesteps) < 0:
-            raise ValueError("capture.timesteps must be distinct non-negative schedule indices")
         return self
 
 
@@ -202,7 +225,7 @@ class SandwichParams(_Strict):
     train_steps: int = Field(200, ge=0)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0, le=1)
-    holdout: float = Field(0.1, gt=0, lt=1, description="share of captured samples held out to measure the loss")
+    holdout: float = Field(0.2, gt=0, lt=1, description="share of training-set prompts held out to measure the loss")
     reuse: bool = Field(True, description="assemble ratio a from the latest-trained components of the whole chain")
 
 
@@ -256,8 +279,9 @@ class Params(_Strict):
                 f"ratio={self.ratio} is above max_ratio={self.max_ratio}: raise max_ratio (and steps) to train "
                 f"the chain that far, then run dvc repro"
             )
-        if max(self.capture.timesteps) >= self.sampling.steps:
-            raise ValueError(f"capture.timesteps must be < sampling.steps ({self.sampling.steps})")
+        if self.capture.timesteps > self.sampling.steps:
+            raise ValueError(f"capture.timesteps ({self.capture.timesteps}) must be <= sampling.steps "
+                             f"({self.sampling.steps}): each captured step is a distinct step of the schedule")
         return self
 
     @model_validator(mode="after")
@@ -265,6 +289,20 @@ class Params(_Strict):
         if self.importance.fid_against == "real" and self.metrics.real_images is None:
             raise ValueError("importance.fid_against is 'real' but metrics.real_images is null")
         return self
+
+
+def capture_schedule(count: int, steps: int) -> list[int]:
+    """Schedule indices captured: ``count`` distinct steps spread evenly from the first to the last,
+    so least squares and sandwiches see the whole denoising trajectory whatever ``steps`` is.
+
+    >>> capture_schedule(4, 20), capture_schedule(4, 28), capture_schedule(1, 20), capture_schedule(3, 3)
+    ([0, 6, 13, 19], [0, 9, 18, 27], [0], [0, 1, 2])
+    """
+    if not 1 <= count <= steps:
+        raise ValueError(f"cannot capture {count} distinct steps of a {steps}-step schedule")
+    if count == 1:
+        return [0]
+    return [round(i * (steps - 1) / (count - 1)) for i in range(count)]
 
 
 def n_replaced(ratio: float, n_blocks: int) -> int:
@@ -298,7 +336,10 @@ def parse_params(data: object, source: str = "params") -> Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml. Raises :class:`ParamsError` naming the offending key."""
+    """Read and validate params.yaml, including that the prompt sets are disjoint (which needs the
+    prompt files). Raises :class:`ParamsError` naming the offending key."""
+    from fastflux_core.prompts import check_disjoint
+
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"parameter file not found: {path}")
@@ -306,4 +347,36 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
-    return parse_params(data, str(path))
+    params = parse_params(data, str(path))
+    check_disjoint(params.prompts)
+    if os.environ.get("FASTFLUX_PARAMS_LOG"):
+        _trace(params)
+    return params
+
+
+def _trace(params: Params) -> None:
+    """Record every params key this process reads from now on; write them out at exit."""
+    global _TRACED
+    _TRACED = {}
+
+    def walk(model: BaseModel, path: str) -> None:
+        _TRACED[id(model)] = path
+        for name in type(model).model_fields:
+            value, sub = object.__getattribute__(model, name), f"{path}.{name}" if path else name
+            if isinstance(value, BaseModel):
+                walk(value, sub)
+            elif isinstance(value, dict):
+                for key, child in value.items():
+                    if isinstance(child, BaseModel):
+                        walk(child, f"{sub}.{key}")
+
+    walk(params, "")
+    folder = Path(os.environ["FASTFLUX_PARAMS_LOG"])
+    script = Path(sys.argv[0]).stem
+    record = {"script": script, "argv": sys.argv[1:]}
+
+    def dump() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{script}-{os.getpid()}.json").write_text(json.dumps({**record, "read": sorted(_READ)}))
+
+    atexit.register(dump)

@@ -9,14 +9,21 @@ still produce the same images.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from fastflux_core.errors import FastFluxError
+from fastflux_core.errors import FastFluxError, ParamsError
 from fastflux_core.io import load_tensors, save_tensors
+
+if TYPE_CHECKING:
+    from fastflux_core.params import PromptParams
+
+SETS = ("calibration", "training", "importance", "evaluation")
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
@@ -24,7 +31,11 @@ def read_prompt_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FastFluxError(f"prompt file not found: {path}")
-    prompts = [ln.strip() for ln in path.read_text().splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FastFluxError(f"prompt file is not UTF-8 text: {path} ({err.reason} at byte {err.start})") from None
+    prompts = [ln.strip() for ln in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise FastFluxError(f"prompt file has no prompts: {path}")
@@ -46,6 +57,40 @@ def prompt_items(n_prompts: int, images_per_prompt: int, seed: int) -> list[GenI
     [GenItem(prompt=0, seed=100), GenItem(prompt=1, seed=101), GenItem(prompt=0, seed=102), GenItem(prompt=1, seed=103)]
     """
     return [GenItem(i, seed + r * n_prompts + i) for r in range(images_per_prompt) for i in range(n_prompts)]
+
+
+def derive_seed(seed: int, *tags: object) -> int:
+    """A seed for one purpose (e.g. ``derive_seed(params.seed, "lora", k)``): every random draw of the
+    pipeline comes from params.seed through a named purpose, so two draws never share a stream and
+    none depends on the order in which stages ran.
+
+    >>> derive_seed(0, "capture", 1) == derive_seed(0, "capture", 1) != derive_seed(0, "capture", 2)
+    True
+    """
+    digest = hashlib.sha256(json.dumps([seed, *map(str, tags)]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def check_disjoint(prompts: "PromptParams") -> None:
+    """Refuse prompt sets that share items (the paper keeps LS data, sandwich data, importance and
+    evaluation prompts apart; a shared item lets a fitted model be scored on what it was fitted on).
+
+    ``prompts.disjoint: prompts`` — no prompt text in two sets; ``items`` — no (prompt text, seed)
+    in two sets. Raises :class:`ParamsError` naming both sets and the first shared prompt."""
+    seen: dict[str, tuple[str, str, int]] = {}  # key → (set, prompt, seed)
+    for name in SETS:
+        s = getattr(prompts, name)
+        texts = read_prompt_file(s.file)
+        for it in prompt_items(len(texts), s.images_per_prompt, s.seed):
+            text = texts[it.prompt]
+            key = text if prompts.disjoint == "prompts" else f"{text}\0{it.seed}"
+            other = seen.get(key)
+            if other is not None and other[0] != name:
+                what = "prompt" if prompts.disjoint == "prompts" else f"prompt and seed {it.seed}"
+                raise ParamsError(
+                    f"prompt sets {other[0]} ({getattr(prompts, other[0]).file}) and {name} ({s.file}) share the "
+                    f"{what} {text!r}: the four sets must be disjoint (prompts.disjoint: {prompts.disjoint})")
+            seen.setdefault(key, (name, text, it.seed))
 
 
 @dataclass

@@ -64,9 +64,14 @@ class LinearReplacement(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "double":
             img, txt = self.linears["img"], self.linears["txt"]
-            return encoder_hidden_states + txt(encoder_hidden_states), hidden_states + img(hidden_states)
+            return encoder_hidden_states + _apply(txt, encoder_hidden_states), hidden_states + _apply(img, hidden_states)
         g = self.linears["joint"]
-        return encoder_hidden_states + g(encoder_hidden_states), hidden_states + g(hidden_states)
+        return encoder_hidden_states + _apply(g, encoder_hidden_states), hidden_states + _apply(g, hidden_states)
+
+
+def _apply(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """g(x) in the linear's dtype, returned in x's: trainable fp32 linears inside a bf16 model."""
+    return linear(x.to(linear.weight.dtype)).to(x.dtype)
 
 
 def _register_with_diffusers() -> None:

@@ -9,13 +9,17 @@ model's: ``sandwich.target``), minimising the relative squared error
 
     L = ‖sandwich(x_u) − y_d‖² / ‖y_d‖²     (both streams)
 
-The held-out share of captured samples measures the loss before (least-squares init, fresh LoRA = no
-change) and after training. The new chain state = the previous state + everything trained here.
+Data: the *training* prompt set's store (least squares was fitted on the calibration set). A share
+``sandwich.holdout`` of the training set's prompts is held out whole — every seed and schedule step of
+those prompts — so the held-out loss before (least-squares init, fresh LoRA = no change) and after
+training is measured on items no fit and no training step saw. Trainable parameters are kept in
+float32 (master copies) even when the frozen model is bfloat16. The new chain state = the previous
+state + everything trained here.
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import trange
@@ -24,7 +28,8 @@ from fastflux_core.adapter import BlockAdapter, BlockState
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.errors import FastFluxError
 from fastflux_core.lora import lora_parameters, lora_tensors
-from fastflux_core.params import Params
+from fastflux_core.params import Params, SandwichParams
+from fastflux_core.prompts import derive_seed
 from fastflux_core.replacement import LinearReplacement
 from fastflux_core.store import StoreReader
 
@@ -63,9 +68,10 @@ def _run(adapter: BlockAdapter, x: dict, rotary, u: int, d: int) -> BlockState:
 
 
 def _rel_err(out: BlockState, y: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(squared error, squared target norm) summed over both streams."""
-    num = ((out.hidden_states - y[0]) ** 2).sum() + ((out.encoder_hidden_states - y[1]) ** 2).sum()
-    den = (y[0] ** 2).sum() + (y[1] ** 2).sum()
+    """(squared error, squared target norm) summed over both streams, in float32."""
+    (img, txt), (y_img, y_txt) = (out.hidden_states.float(), out.encoder_hidden_states.float()), (y[0].float(), y[1].float())
+    num = ((img - y_img) ** 2).sum() + ((txt - y_txt) ** 2).sum()
+    den = (y_img**2).sum() + (y_txt**2).sum()
     return num, den
 
 
@@ -80,55 +86,94 @@ def held_out_loss(adapter: BlockAdapter, data: SandwichData, idx: torch.Tensor, 
     return num / max(den, 1e-30)
 
 
-def train_sandwich(params: Params, step: PlanStep, state: ChainState,
-                   solved: dict[str, tuple[torch.Tensor, torch.Tensor]], store: StoreReader) -> tuple[ChainState, dict]:
-    """Train step k's sandwich; return the new chain state and a record (losses, sizes, seconds)."""
-    t0 = time.perf_counter()
-    cfg = params.sandwich
-    i, (u, d) = step.block, step.sandwich
-    lora_blocks, linear_blocks = step.lora_blocks(), step.linear_blocks()
-    adapter = build_chain_model(params, state, new_lora=lora_blocks)
+@dataclass(frozen=True)
+class Split:
+    """Sample indices of the training store: trained on, and held out (whole prompts)."""
+
+    train: torch.Tensor  # (n_train,) sample indices
+    holdout: torch.Tensor  # (n_hold,) sample indices
+    holdout_prompts: list[str]
+
+
+def holdout_split(store: StoreReader, share: float, seed: int) -> Split:
+    """Hold out ``round(share · prompts)`` (≥ 1) of the store's prompts with all their samples."""
+    prompts = store.attrs["prompts"]
+    n_hold = max(1, round(share * len(prompts)))
+    if n_hold >= len(prompts):
+        raise FastFluxError(f"sandwich.holdout={share} holds out all {len(prompts)} training prompts: lower it or "
+                            f"add prompts to {store.attrs['prompt_set']}")
+    held = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:n_hold]
+    of_sample = store.read("prompt")  # (n,) prompt index per sample
+    is_held = torch.isin(of_sample, held)
+    return Split(torch.nonzero(~is_held).flatten(), torch.nonzero(is_held).flatten(),
+                 [prompts[int(j)] for j in sorted(held.tolist())])
+
+
+def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
+                     solved: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[BlockAdapter, list[torch.nn.Parameter]]:
+    """The chain model after steps < k with block i as its least-squares linear and fresh LoRA on the
+    sandwich's unpruned blocks; returns it and its trainable parameters (float32, all else frozen)."""
+    i = step.block
+    adapter = build_chain_model(params, state, new_lora=step.lora_blocks())
     model = adapter.model
     p0 = next(model.parameters())
-    device, dtype = p0.device, p0.dtype
-
-    kind = adapter.blocks[i].kind
-    rep = LinearReplacement(model.inner_dim, kind).to(device, dtype)
+    rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind).to(p0.device, torch.float32)
     for s, (w, b) in solved.items():
         rep.set_affine(s, w, b)
     adapter.swap(i, rep)
-
     model.requires_grad_(False)
-    train_params = lora_parameters(adapter, lora_blocks)
-    for j in linear_blocks:
+    train_params = lora_parameters(adapter, step.lora_blocks())
+    for j in step.linear_blocks():
         train_params += list(adapter.block(j).parameters())
     for p in train_params:
+        p.data = p.data.float()  # fp32 master copy; forwards cast to the frozen model's dtype
         p.requires_grad_(True)
+    return adapter, train_params
 
-    data = SandwichData(store, cfg.target, device, dtype)
+
+def fit_sandwich(adapter: BlockAdapter, train_params: list[torch.nn.Parameter], data: SandwichData, split: Split,
+                 u: int, d: int, cfg: SandwichParams, seed: int) -> dict:
+    """AdamW on the relative sandwich loss over ``split.train``; held-out loss before and after."""
+    model = adapter.model
     rotary = model.pos_embed(torch.cat([data.txt_ids, data.img_ids]))
-    g = torch.Generator().manual_seed(params.seed + 104729 * step.k)
-    perm = torch.randperm(data.n, generator=g)
-    n_hold = max(1, int(round(cfg.holdout * data.n)))
-    hold, train = perm[:n_hold], perm[n_hold:]
-    before = held_out_loss(adapter, data, hold, rotary, u, d, cfg.batch_size)
-
+    g = torch.Generator().manual_seed(seed)
+    before = held_out_loss(adapter, data, split.holdout, rotary, u, d, cfg.batch_size)
     opt = torch.optim.AdamW(train_params, lr=cfg.learning_rate, weight_decay=0.0)
     model.train()
     losses = []
-    for _ in trange(cfg.train_steps, desc=f"sandwich {step.k}", unit="step"):
-        idx = train[torch.randint(len(train), (min(cfg.batch_size, len(train)),), generator=g)]
+    for _ in trange(cfg.train_steps, desc="sandwich", unit="step"):
+        idx = split.train[torch.randint(len(split.train), (min(cfg.batch_size, len(split.train)),), generator=g)]
         x, y = data.batch(idx)
         num, den = _rel_err(_run(adapter, x, rotary, u, d), y)
         loss = num / den.clamp(min=1e-30)
+        if not torch.isfinite(loss):
+            raise FastFluxError(f"sandwich loss became {loss.item()} at training step {len(losses)}: lower "
+                                f"sandwich.learning_rate or use model.dtype float32")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(train_params, 1.0)
         opt.step()
         losses.append(loss.item())
     model.eval()
-    after = held_out_loss(adapter, data, hold, rotary, u, d, cfg.batch_size)
+    after = held_out_loss(adapter, data, split.holdout, rotary, u, d, cfg.batch_size)
+    return {"holdout_loss_init": before, "holdout_loss_trained": after,
+            "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None}
 
+
+def train_sandwich(params: Params, step: PlanStep, state: ChainState,
+                   solved: dict[str, tuple[torch.Tensor, torch.Tensor]], store: StoreReader) -> tuple[ChainState, dict]:
+    """Train step k's sandwich on the training store; return the new chain state and a record."""
+    cfg = params.sandwich
+    i, (u, d) = step.block, step.sandwich
+    lora_blocks, linear_blocks = step.lora_blocks(), step.linear_blocks()
+    adapter, train_params = prepare_sandwich(params, step, state, solved)
+    p0 = next(adapter.model.parameters())
+    data = SandwichData(store, cfg.target, p0.device, p0.dtype)
+    split = holdout_split(store, cfg.holdout, derive_seed(params.seed, "sandwich-holdout", step.k))
+    losses = fit_sandwich(adapter, train_params, data, split, u, d, cfg,
+                          derive_seed(params.seed, "sandwich-batches", step.k))
+
+    kind = adapter.blocks[i].kind
     new = ChainState(step=step.k, kinds=dict(state.kinds), linears=dict(state.linears),
                      lora={j: t for j, t in state.lora.items() if j not in step.replaced},
                      lora_config={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha}, history=list(state.history))
@@ -137,13 +182,13 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
         blk = adapter.block(j)
         new.linears[j] = {s: (lin.weight.detach().float().cpu(), lin.bias.detach().float().cpu())
                           for s, lin in blk.linears.items()}
-    new.lora.update(lora_tensors(adapter, lora_blocks))
+    new.lora.update({j: {n: t.float() for n, t in named.items()} for j, named in lora_tensors(adapter, lora_blocks).items()})
+    seeds = store.read("seed")
     record = {
         "step": step.k, "block": i, "sandwich": [u, d], "lora_blocks": lora_blocks, "linear_blocks": linear_blocks,
-        "trainable_params": sum(p.numel() for p in train_params), "train_samples": len(train),
-        "holdout_samples": len(hold), "holdout_loss_init": before, "holdout_loss_trained": after,
-        "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
-        "target": cfg.target, "seconds": round(time.perf_counter() - t0, 2),
+        "trainable_params": sum(p.numel() for p in train_params), "train_samples": len(split.train),
+        "holdout_samples": len(split.holdout), "holdout_prompts": len(split.holdout_prompts),
+        "holdout_items": len({int(v) for v in seeds[split.holdout]}), **losses, "target": cfg.target,
     }
     new.history.append(record)
     return new, record

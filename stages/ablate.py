@@ -14,7 +14,7 @@ def main() -> None:
     index = int(sys.argv[1])
     embeds = PromptEmbeds.load("data/encoded/importance.safetensors")
     with atomic_dir(f"data/ablate/{index}") as out:
-        write_json(out / "metrics.json", ablate_block(params, index, embeds, Path("data/reference"), out))
+        write_json(out / "metrics.json", ablate_block(params, index, embeds, Path("data/reference/importance"), out))
 
 
 if __name__ == "__main__":

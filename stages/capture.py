@@ -1,4 +1,5 @@
-"""Stage capture@k: the model after steps < k runs the calibration prompts → data/capture/<k>/store.zarr."""
+"""Stage capture@k: the model after steps < k runs the calibration and training prompts →
+data/capture/<k>/calibration.zarr (least-squares data) and training.zarr (sandwich pairs)."""
 
 import sys
 from pathlib import Path
@@ -16,10 +17,10 @@ def main() -> None:
     step = PlanStep.load(Path(f"data/plan/{k}.json"))
     name = read_json(Path(f"data/plan/{k}.json"))["name"]
     state = ChainState.load(Path(f"data/state/{prev}"))
-    embeds = PromptEmbeds.load("data/encoded/calibration.safetensors")
+    calibration = PromptEmbeds.load("data/encoded/calibration.safetensors")
+    training = PromptEmbeds.load("data/encoded/training.safetensors")
     with atomic_dir(f"data/capture/{k}") as out:
-        record = capture_step(params, step, state, embeds, name, out / "store.zarr")
-        write_json(out / "info.json", record)
+        write_json(out / "info.json", capture_step(params, step, state, calibration, training, name, out))
 
 
 if __name__ == "__main__":

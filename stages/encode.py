@@ -5,7 +5,7 @@ Text encoders live only in this stage, so later stages generate without them in 
 
 from fastflux_core.io import atomic_dir, run_stage
 from fastflux_core.params import load_params
-from fastflux_core.prompts import read_prompt_file
+from fastflux_core.prompts import SETS, read_prompt_file
 from fastflux_core.source import load_text_encoder
 from fastflux_core.text import encode_prompts
 
@@ -14,7 +14,7 @@ OUT = "data/encoded"
 
 def main() -> None:
     params = load_params()
-    sets = {name: read_prompt_file(s.file) for name, s in params.prompts}
+    sets = {name: read_prompt_file(getattr(params.prompts, name).file) for name in SETS}
     encoder = load_text_encoder(params)
     with atomic_dir(OUT) as out:
         for name, prompts in sets.items():

@@ -1,24 +1,22 @@
-"""Stage evaluate: base vs pruned on the evaluation prompts → data/metrics/evaluate.json,
-data/evaluate/grid.png and data/evaluate/sweep.csv (quality and latency across ratios)."""
+"""Stage evaluate: the exported model vs its base on the evaluation prompts → data/metrics/evaluate.json
+(quality, FLOPs), data/evaluate/grid.png; latency → data/timing/evaluate.json (not a DVC output)."""
 
 from pathlib import Path
 
-from fastflux_core.assemble import load_states
 from fastflux_core.evaluation import evaluate
-from fastflux_core.io import atomic_dir, atomic_file, run_stage, write_json
+from fastflux_core.io import atomic_dir, run_stage, write_json, write_timing
 from fastflux_core.params import load_params
+from fastflux_core.prompts import PromptEmbeds
 
 
 def main() -> None:
     params = load_params()
-    states = load_states(Path("data/state"), len(params.steps))
+    embeds = PromptEmbeds.load("data/encoded/evaluation.safetensors")
     with atomic_dir("data/evaluate") as out:
-        metrics, sweep = evaluate(params, states, Path("data/assemble/transformer"), out)
-    if sweep:
-        cols = list(sweep[0])
-        with atomic_file("data/plots/sweep.csv") as tmp:
-            tmp.write_text("\n".join([",".join(cols)] + [",".join(f"{r[c]:.6g}" for c in cols) for r in sweep]) + "\n")
+        metrics, latency = evaluate(params, embeds, Path("data/reference/evaluation"),
+                                    Path("data/assemble/transformer"), out)
     write_json("data/metrics/evaluate.json", metrics)
+    write_timing(latency)
 
 
 if __name__ == "__main__":

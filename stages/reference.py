@@ -1,21 +1,20 @@
-"""Stage reference: the full model's images for the importance prompt set → data/reference/.
+"""Stage reference@<set>: the full model's images for a prompt set (importance or evaluation) →
+data/reference/<set>/. Ablations and pruned models are scored against them with the same seeds."""
 
-Every ablation is scored against these (FID, latent error), and against real images if configured.
-"""
+import sys
 
 from fastflux_core.ablation import make_reference
 from fastflux_core.io import atomic_dir, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.prompts import PromptEmbeds
 
-OUT = "data/reference"
-
 
 def main() -> None:
     params = load_params()
-    embeds = PromptEmbeds.load("data/encoded/importance.safetensors")
-    with atomic_dir(OUT) as out:
-        write_json(out / "metrics.json", make_reference(params, embeds, out))
+    set_name = sys.argv[1]
+    embeds = PromptEmbeds.load(f"data/encoded/{set_name}.safetensors")
+    with atomic_dir(f"data/reference/{set_name}") as out:
+        write_json(out / "metrics.json", make_reference(params, set_name, embeds, out))
 
 
 if __name__ == "__main__":

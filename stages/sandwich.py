@@ -17,7 +17,7 @@ def main() -> None:
     step = PlanStep.load(Path(f"data/plan/{k}.json"))
     state, record = train_sandwich(params, step, ChainState.load(Path(f"data/state/{prev}")),
                                    load_solution(Path(f"data/solve/{k}/linear.safetensors")),
-                                   StoreReader(Path(f"data/capture/{k}/store.zarr")))
+                                   StoreReader(Path(f"data/capture/{k}/training.zarr")))
     with atomic_dir(f"data/state/{k}") as out:
         state.save(out)
     write_json(f"data/metrics/sandwich/{k}.json", record)

@@ -14,7 +14,7 @@ from fastflux_core.store import StoreReader
 def main() -> None:
     params = load_params()
     k = int(sys.argv[1])
-    store = StoreReader(Path(f"data/capture/{k}/store.zarr"))
+    store = StoreReader(Path(f"data/capture/{k}/calibration.zarr"))
     solutions, metrics = solve_store(store, params.solve.ridge, params.solve.chunk_rows,
                                      resolve_device(params.model.device))
     info = {"step": k, "block": store.attrs["block"], "block_name": store.attrs["block_name"],

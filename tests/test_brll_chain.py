@@ -1,25 +1,31 @@
-"""capture → solve → sandwich on a tiny base: the store re-runs blocks, the solve recovers the
-residual's best linear fit, sandwich training beats the least-squares initialisation on held-out
-pairs, and chain states (linears + peft LoRA) load back into the model."""
+"""capture → solve → sandwich on a tiny base: the stores re-run blocks and keep the two prompt sets
+apart, the solve is numpy's least squares, sandwich training beats the least-squares initialisation
+on held-out prompts without moving frozen weights, and chain states (linears + peft LoRA) load back."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny import digit_captions, tiny_params, write_tiny_base
 
 from fastflux_core import capture as capture_mod
 from fastflux_core.adapter import BlockState, adapter_for
-from fastflux_core.brll import load_solution, save_solution, solve_store, wo_st_state
+from fastflux_core.brll import load_solution, row_weight, save_solution, solve_store, wo_st_state
 from fastflux_core.capture import NonFiniteActivations, capture_step
 from fastflux_core.chain import ChainState, build_chain_model, make_plan
 from fastflux_core.io import atomic_dir
 from fastflux_core.lora import lora_tensors
-from fastflux_core.sandwich import train_sandwich
+from fastflux_core.sandwich import SandwichData, fit_sandwich, holdout_split, prepare_sandwich, train_sandwich
 from fastflux_core.source import load_transformer
 from fastflux_core.store import StoreReader
 
 ORDER = [3, 1, 4, 0, 2]  # step 1 replaces single block 3, step 2 double block 1, step 3 the last block
+
+
+def _items(store: StoreReader) -> set[tuple[str, int]]:
+    prompts = store.attrs["prompts"]
+    return {(prompts[int(p)], int(s)) for p, s in zip(store.read("prompt"), store.read("seed"))}
 
 
 @pytest.fixture(scope="module")
@@ -28,29 +34,33 @@ def chain(tmp_path_factory):
     write_tiny_base(root, train_steps=150)
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    params = tiny_params(**{"sandwich.holdout": 0.2, "sandwich.train_steps": 100})
+    params = tiny_params(**{"sandwich.train_steps": 100})
     plan = make_plan(ORDER, 3, 5, params.sandwich.width)
-    embeds = digit_captions()
+    cal, train = digit_captions(name="calibration"), digit_captions(name="training")
     states, stores, records = [ChainState()], [], []
     for step in plan:
-        path = root / f"capture{step.k}.zarr"
-        capture_step(params, step, states[-1], embeds, f"b{step.block}", path)
-        store = StoreReader(path)
+        out = root / f"capture{step.k}"
+        out.mkdir()
+        capture_step(params, step, states[-1], cal, train, f"b{step.block}", out)
+        store = StoreReader(out / "calibration.zarr")
         sols, metrics = solve_store(store, params.solve.ridge, 7)
         save_solution(root / f"solve{step.k}.safetensors", sols)
-        state, record = train_sandwich(params, step, states[-1], load_solution(root / f"solve{step.k}.safetensors"), store)
+        state, record = train_sandwich(params, step, states[-1], load_solution(root / f"solve{step.k}.safetensors"),
+                                       StoreReader(out / "training.zarr"))
         states.append(state)
-        stores.append(store)
-        records.append((metrics, record))
+        stores.append((store, StoreReader(out / "training.zarr")))
+        records.append((metrics, record, sols))
     yield {"root": root, "params": params, "plan": plan, "states": states, "stores": stores, "records": records,
-           "embeds": embeds}
+           "cal": cal, "train": train}
     mp.undo()
 
 
-def test_store_holds_what_is_needed_to_rerun_the_sandwich(chain):
-    store, step = chain["stores"][0], chain["plan"][0]
-    assert store.attrs["sandwich"] == [2, 4] and store.n_samples == 10 * 2 * 3
-    assert store.read("block_in_img").shape == (60 * 16, 32) and store.read("residual_txt").shape == (60 * 8, 32)
+def test_training_store_holds_what_is_needed_to_rerun_the_sandwich(chain):
+    cal, store = chain["stores"][0]
+    step = chain["plan"][0]
+    assert store.attrs["sandwich"] == [2, 4] and store.n_samples == 10 * 4 * 3  # training: 10 prompts × 4 seeds × 3 steps
+    assert cal.n_samples == 10 * 2 * 3 and cal.read("block_in_img").shape == (60 * 16, 32)
+    assert cal.read("residual_txt").shape == (60 * 8, 32)
     base = adapter_for(load_transformer(chain["params"]))
     rotary = base.model.pos_embed(torch.cat([store.read("txt_ids"), store.read("img_ids")]))
     x = BlockState(store.read("sandwich_in_img"), store.read("sandwich_in_txt"), store.read("temb"), rotary)
@@ -58,26 +68,95 @@ def test_store_holds_what_is_needed_to_rerun_the_sandwich(chain):
         y = base.run(x, *[step.sandwich[0], step.sandwich[1] + 1])
     torch.testing.assert_close(y.hidden_states, store.read("sandwich_out_img"), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(y.encoder_hidden_states, store.read("sandwich_out_txt"), rtol=1e-4, atol=1e-5)
-    assert sorted(set(store.read("schedule_step").tolist())) == [0, 2, 3]
+    assert sorted(set(store.read("schedule_step").tolist())) == [0, 2, 3]  # the whole 4-step schedule is spanned
 
 
-def test_solve_metrics(chain):
-    metrics, _ = chain["records"][0]
-    assert set(metrics) == {"joint"}  # single block: one shared linear
-    assert 0 < metrics["joint"]["relative_residual"] < 1
-    metrics2, _ = chain["records"][1]
-    assert set(metrics2) == {"img", "txt"}  # double block: one per stream
+def test_least_squares_and_sandwich_data_come_from_disjoint_items(chain):
+    for cal, train in chain["stores"]:
+        assert cal.attrs["prompt_set"] == "calibration" and train.attrs["prompt_set"] == "training"
+        assert not _items(cal) & _items(train)
+        assert not {p for p, _ in _items(cal)} & {p for p, _ in _items(train)}
 
 
-def test_sandwich_training_beats_least_squares_init_on_held_out_pairs(chain):
-    for _, rec in chain["records"]:
+def test_held_out_items_are_in_no_training_batch_and_no_least_squares_fit(chain, monkeypatch):
+    params, step = chain["params"], chain["plan"][0]
+    cal, train = chain["stores"][0]
+    split = holdout_split(train, params.sandwich.holdout, seed=0)
+    assert len(split.holdout_prompts) == 2  # 20 % of 10 prompts, all their seeds and schedule steps
+    held = {(train.attrs["prompts"][int(train.read("prompt")[i])], int(train.read("seed")[i])) for i in split.holdout}
+    assert len(held) == 2 * 4 and not held & _items(cal)
+    seen: list[torch.Tensor] = []
+    real_batch = SandwichData.batch
+    monkeypatch.setattr(SandwichData, "batch", lambda self, idx: (seen.append(idx.clone()), real_batch(self, idx))[1])
+    adapter, trainable = prepare_sandwich(params, step, ChainState(), load_solution(chain["root"] / "solve1.safetensors"))
+    p0 = next(adapter.model.parameters())
+    data = SandwichData(train, "current", p0.device, p0.dtype)
+    fit_sandwich(adapter, trainable, data, split, *step.sandwich, params.sandwich.model_copy(update={"train_steps": 20}), 1)
+    n_hold_batches = -(-len(split.holdout) // params.sandwich.batch_size)
+    train_batches = seen[n_hold_batches:-n_hold_batches]  # held-out loss is measured before and after
+    assert len(train_batches) == 20
+    assert not set(torch.cat(train_batches).tolist()) & set(split.holdout.tolist())
+
+
+def test_solve_is_numpy_least_squares_with_token_weights(chain):
+    cal, _ = chain["stores"][0]
+    metrics, _, sols = chain["records"][0]
+    assert set(metrics) == {"joint"}  # single block: one shared linear over both streams
+    rows = []
+    for s in ("img", "txt"):
+        x, r = cal.read(f"block_in_{s}").double().numpy(), cal.read(f"residual_{s}").double().numpy()
+        rows.append((np.hstack([x, np.ones((len(x), 1))]) * np.sqrt(row_weight(cal, s)), r * np.sqrt(row_weight(cal, s))))
+    x, r = np.vstack([a for a, _ in rows]), np.vstack([b for _, b in rows])
+    ridge = chain["params"].solve.ridge * np.mean(np.diag(x.T @ x)[:-1])
+    a = x.T @ x + ridge * np.diag([1.0] * (x.shape[1] - 1) + [0.0])
+    want = np.linalg.solve(a, x.T @ r)  # (D+1, D): [Wᵀ; bᵀ]
+    np.testing.assert_allclose(sols["joint"].weight.numpy(), want[:-1].T, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(sols["joint"].bias.numpy(), want[-1], rtol=1e-6, atol=1e-8)
+    res = np.linalg.norm(r - x @ want) / np.linalg.norm(r)
+    assert metrics["joint"]["relative_residual"] == pytest.approx(res, rel=1e-6)
+    assert set(chain["records"][1][0]) == {"img", "txt"}  # double block: one per stream
+
+
+def test_sandwich_training_beats_least_squares_init_on_held_out_prompts(chain):
+    for _, rec, _ in chain["records"]:
+        assert rec["holdout_prompts"] == 2 and rec["holdout_items"] == 8
         assert rec["holdout_loss_trained"] < rec["holdout_loss_init"], rec
 
 
+def test_sandwich_moves_only_its_trainable_parameters(chain):
+    params, step = chain["params"], chain["plan"][1]  # double block 1, LoRA on blocks 0 and 2
+    adapter, trainable = prepare_sandwich(params, step, chain["states"][1], load_solution(chain["root"] / "solve2.safetensors"))
+    ids = {id(p) for p in trainable}
+    frozen = {n: p.detach().clone() for n, p in adapter.model.named_parameters() if id(p) not in ids}
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in trainable)
+    _, train = chain["stores"][1]
+    p0 = next(adapter.model.parameters())
+    split = holdout_split(train, 0.2, seed=0)
+    before = [p.detach().clone() for p in trainable]
+    fit_sandwich(adapter, trainable, SandwichData(train, "current", p0.device, p0.dtype), split, *step.sandwich,
+                 params.sandwich.model_copy(update={"train_steps": 5}), 1)
+    for n, p in adapter.model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainable))
+
+
+def test_lora_initialisation_is_seeded(chain):
+    params, step = chain["params"], chain["plan"][0]
+    sol = load_solution(chain["root"] / "solve1.safetensors")
+    torch.manual_seed(1)
+    a = lora_tensors(prepare_sandwich(params, step, ChainState(), sol)[0], step.lora_blocks())
+    torch.manual_seed(2)  # the global generator's state must not matter
+    b = lora_tensors(prepare_sandwich(params, step, ChainState(), sol)[0], step.lora_blocks())
+    for i in a:
+        for name in a[i]:
+            assert torch.equal(a[i][name], b[i][name])
+
+
 def test_overlap_and_edge_steps(chain):
-    _, rec2 = chain["records"][1]
+    _, rec2, _ = chain["records"][1]
     assert rec2["sandwich"] == [0, 2] and rec2["lora_blocks"] == [0, 2] and rec2["linear_blocks"] == [1]
-    _, rec3 = chain["records"][2]  # block 4 is last; block 3 (below) already replaced → u = 2, runs to the end
+    _, rec3, _ = chain["records"][2]  # block 4 is last; block 3 (below) already replaced → u = 2, runs to the end
     assert rec3["sandwich"] == [2, 4] and rec3["linear_blocks"] == [3, 4] and rec3["lora_blocks"] == [2]
 
 
@@ -119,7 +198,7 @@ def test_non_finite_activations_name_the_block(chain, monkeypatch):
     out = chain["root"] / "nan"
     with pytest.raises(NonFiniteActivations, match="block b3"):
         with atomic_dir(out) as tmp:
-            capture_step(chain["params"], chain["plan"][0], ChainState(), chain["embeds"], "b3", tmp / "store.zarr")
+            capture_step(chain["params"], chain["plan"][0], ChainState(), chain["cal"], chain["train"], "b3", tmp)
     assert not out.exists()
 
 
@@ -142,23 +221,24 @@ def test_interrupted_capture_leaves_nothing(chain, monkeypatch):
     out = chain["root"] / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         with atomic_dir(out) as tmp:
-            capture_step(chain["params"], chain["plan"][0], ChainState(), chain["embeds"], "b3", tmp / "store.zarr")
+            capture_step(chain["params"], chain["plan"][0], ChainState(), chain["cal"], chain["train"], "b3", tmp)
     assert not out.exists() and not [p for p in Path(chain["root"]).iterdir() if p.name.startswith(".interrupted")]
 
 
 def test_original_target_is_captured_from_the_unpruned_blocks(chain, tmp_path):
     params = tiny_params(**{"sandwich.target": "original"})
     # step 1: nothing modified yet, so the original and the current sandwich outputs agree
-    capture_step(params, chain["plan"][0], chain["states"][0], chain["embeds"], "b3", tmp_path / "o1.zarr")
-    s1 = StoreReader(tmp_path / "o1.zarr")
+    capture_step(params, chain["plan"][0], chain["states"][0], chain["cal"], chain["train"], "b3", tmp_path)
+    s1 = StoreReader(tmp_path / "training.zarr")
     torch.testing.assert_close(s1.read("original_out_img"), s1.read("sandwich_out_img"), rtol=1e-4, atol=1e-5)
     # step 2: block 2 carries step 1's LoRA, so the current model's sandwich [0, 2] differs from the original's
-    capture_step(params, chain["plan"][1], chain["states"][1], chain["embeds"], "b1", tmp_path / "o2.zarr")
-    s2 = StoreReader(tmp_path / "o2.zarr")
+    (tmp_path / "2").mkdir()
+    capture_step(params, chain["plan"][1], chain["states"][1], chain["cal"], chain["train"], "b1", tmp_path / "2")
+    s2 = StoreReader(tmp_path / "2" / "training.zarr")
     orig, cur = s2.read("original_out_img"), s2.read("sandwich_out_img")
     assert orig.shape == cur.shape and torch.isfinite(orig).all()
     assert not torch.allclose(orig, cur, rtol=1e-3, atol=1e-4)
-    assert "original_out_img" not in chain["stores"][1].group  # target=current stores no original states
+    assert "original_out_img" not in chain["stores"][1][1].group  # target=current stores no original states
 
 
 def test_exactly_affine_block_is_recovered_through_capture_and_store(chain, monkeypatch, tmp_path):
@@ -177,8 +257,8 @@ def test_exactly_affine_block_is_recovered_through_capture_and_store(chain, monk
 
     monkeypatch.setattr(capture_mod, "build_chain_model", affine_block)
     params = tiny_params(**{"capture.dtype": "float32"})
-    capture_step(params, chain["plan"][0], ChainState(), chain["embeds"], "b3", tmp_path / "affine.zarr")
-    sols, metrics = solve_store(StoreReader(tmp_path / "affine.zarr"), ridge=0.0, chunk_rows=100)
+    capture_step(params, chain["plan"][0], ChainState(), chain["cal"], chain["train"], "b3", tmp_path)
+    sols, metrics = solve_store(StoreReader(tmp_path / "calibration.zarr"), ridge=0.0, chunk_rows=100)
     torch.testing.assert_close(sols["joint"].weight.float(), w, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(sols["joint"].bias.float(), b, rtol=1e-3, atol=1e-4)
     assert metrics["joint"]["relative_residual"] < 1e-4

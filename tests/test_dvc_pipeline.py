@@ -1,4 +1,11 @@
-"""`dvc repro` on a micro config, in a temp copy with its own git repository."""
+"""`dvc repro` on micro configs, in temp copies with their own git repositories.
+
+Three pipelines start in the background as soon as the suite is collected (tests/conftest.py), so
+they run while the unit tests do: A and B are the same micro config — their dvc.lock files must be
+byte-identical (every output of every stage reproducible) — and C flips every boolean/enum switch of
+params.yaml that the embedded default can take. Copy A then checks caching, which stages a change
+re-runs, the params each stage reads, and a warm `dvc exp run -S ratio=…`.
+"""
 
 import json
 import os
@@ -9,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from depcheck import params_problems, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -18,94 +26,151 @@ ENV = {
     "DVC_NO_ANALYTICS": "1",
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
 }
+SWITCHES = {  # every enum/boolean the embedded default can take, flipped from params.yaml's value
+    "importance.method": "proxy", "importance.order": "end2start", "sandwich.width": 5,
+    "sandwich.target": "original", "sandwich.reuse": False, "capture.dtype": "bfloat16",
+    "evaluate.sweep": False, "prompts.disjoint": "items", "model.dtype": "bfloat16", "model.device": "cpu",
+}
 
 
-def _run(args, cwd, check=True):
-    r = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+def _run(args, cwd, check=True, env=None):
+    r = subprocess.run(args, cwd=cwd, env=env or ENV, capture_output=True, text=True)
     if check and r.returncode:
         raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
 
 
-def micro_params() -> dict:
+def _wait(proc: subprocess.Popen, what: str, log: Path) -> None:
+    if proc.wait():
+        raise AssertionError(f"{what} failed ({proc.returncode}):\n{log.read_text()[-5000:]}")
+
+
+def micro_params(switched: bool = False) -> dict:
+    """A and B: one double and one single block, a one-step chain (fewest stages). C: every switch
+    flipped, one double and two single blocks, a two-step chain (exported model: one block)."""
     d = yaml.safe_load((ROOT / "params.yaml").read_text())
     d["embedded"].update(train_steps=3, judge_steps=3, eval_images_per_prompt=1, batch_size=8,
-                         num_layers=1, num_single_layers=2)
-    d["importance"]["blocks"] = [0, 1, 2]
-    d["max_ratio"], d["ratio"] = 0.67, 0.34  # chain: 2 of 3 blocks; exported model: 1
+                         num_layers=1, num_single_layers=1)
+    d["importance"]["blocks"] = [0, 1]
+    d["max_ratio"], d["ratio"], d["steps"] = 0.5, 0.5, {"1": {"prev": 0}}
     d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3)
-    d["steps"] = {"1": {"prev": 0}, "2": {"prev": 1}}
-    d["capture"].update(timesteps=[0, 1], shard_samples=8, chunk_samples=4)
+    d["capture"].update(timesteps=2, shard_samples=8, chunk_samples=4)
     d["sandwich"].update(train_steps=5, batch_size=4)
     d["sampling"].update(steps=2)
     for s in d["prompts"].values():
-        s["images_per_prompt"] = 1
+        if isinstance(s, dict):
+            s["images_per_prompt"] = 1
+    if switched:
+        d["embedded"].update(num_single_layers=2)
+        d["importance"]["blocks"] = [0, 1, 2]
+        d["max_ratio"], d["ratio"], d["steps"] = 0.67, 0.34, {"1": {"prev": 0}, "2": {"prev": 1}}
+        for key, value in SWITCHES.items():
+            section, name = key.split(".")
+            d[section][name] = value
     return d
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("dvc") / "repo"
-    repo.mkdir()
+def _make_repo(path: Path, switched: bool = False) -> Path:
+    path.mkdir(parents=True)
     for f in ("dvc.yaml", ".dvcignore"):
         if (ROOT / f).exists():
-            shutil.copy(ROOT / f, repo / f)
+            shutil.copy(ROOT / f, path / f)
     ignore = shutil.ignore_patterns("__pycache__", "tmp", "cache", "*.lock")
     for d in ("stages", "fastflux_core", ".dvc"):
-        shutil.copytree(ROOT / d, repo / d, ignore=ignore)
-    shutil.copytree(ROOT / "data" / "prompts", repo / "data" / "prompts")
-    (repo / "params.yaml").write_text(yaml.safe_dump(micro_params(), sort_keys=False))
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "micro"], repo)
-    return repo
+        shutil.copytree(ROOT / d, path / d, ignore=ignore)
+    shutil.copytree(ROOT / "data" / "prompts", path / "data" / "prompts")
+    (path / "params.yaml").write_text(yaml.safe_dump(micro_params(switched), sort_keys=False))
+    _run(["git", "init", "-q"], path)
+    _run(["git", "add", "-A"], path)
+    _run(["git", "commit", "-qm", "micro"], path)
+    return path
+
+
+def start_runs(root: Path) -> dict:
+    """Start `dvc repro` in repos A, B (same config) and C (every switch flipped); one thread each
+    so that they share the machine's cores without oversubscribing them."""
+    env = {**ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = {}
+    for name in ("A", "B", "C"):
+        repo = _make_repo(root / name, switched=name == "C")
+        log = open(root / f"log-{name}.txt", "w")  # a file, not a pipe: nobody reads while the unit tests run
+        proc = subprocess.Popen(["dvc", "repro"], cwd=repo, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                env={**env, "FASTFLUX_PARAMS_LOG": str(root / f"params-{name}")})
+        started[name] = (repo, proc)
+    return {"root": root, "started": started}
+
+
+@pytest.fixture(scope="module")
+def runs(request):
+    """Repos A, B and C after their full `dvc repro` (started by conftest, or here when run alone)."""
+    handle = getattr(request.config, "_fastflux_dvc", None)
+    if handle is None:
+        import tempfile
+
+        handle = request.config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
+    out = {"log_a": handle["root"] / "params-A", "log_c": handle["root"] / "params-C"}
+    for name, (repo, proc) in handle["started"].items():
+        _wait(proc, f"dvc repro in {name}", handle["root"] / f"log-{name}.txt")
+        out[name] = repo
+    return out
 
 
 def _status(repo: Path) -> dict:
     return json.loads(_run(["dvc", "status", "--json"], repo).stdout or "{}")
 
 
-def test_repro_runs_and_caches(repo):
-    _run(["dvc", "repro"], repo)
+def test_two_full_runs_give_identical_outputs(runs):
+    lock_a = (runs["A"] / "dvc.lock").read_text()
+    assert lock_a == (runs["B"] / "dvc.lock").read_text()
+    assert "md5" in lock_a and "data/capture/1" in lock_a and "data/state/1" in lock_a
+
+
+def test_repro_runs_and_caches(runs):
+    repo = runs["A"]
     assert (repo / "data" / "base" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert sorted(p.name for p in (repo / "data" / "encoded").iterdir()) == [
         "calibration.safetensors", "evaluation.safetensors", "importance.safetensors", "training.safetensors"]
     metrics = json.loads((repo / "data" / "metrics" / "base.json").read_text())
-    assert 0.0 <= metrics["prompt_accuracy"] <= 1.0 and metrics["blocks"] == 3
+    assert 0.0 <= metrics["prompt_accuracy"] <= 1.0 and metrics["blocks"] == 2
     ranking = json.loads((repo / "data" / "rank" / "ranking.json").read_text())
-    assert sorted(ranking["order"]) == [0, 1, 2]
+    assert sorted(ranking["order"]) == [0, 1]
     assert all({"fid", "fid_real", "clip", "score", "rank", "proxy_mse"} <= set(b) for b in ranking["blocks"])
-    assert (repo / "data" / "ablate" / "2" / "grid.png").is_file()
-    assert (repo / "data" / "rank" / "importance_single.csv").read_text().startswith("position,")
-    state = json.loads((repo / "data" / "state" / "2" / "state.json").read_text())
-    assert len(state["replaced"]) == 2 and [h["step"] for h in state["history"]] == [1, 2]
-    assert set(json.loads((repo / "data" / "metrics" / "sandwich" / "2.json").read_text())) >= {
-        "holdout_loss_init", "holdout_loss_trained"}
+    assert (repo / "data" / "capture" / "1" / "calibration.zarr").is_dir()
+    assert (repo / "data" / "capture" / "1" / "training.zarr").is_dir()
+    state = json.loads((repo / "data" / "state" / "1" / "state.json").read_text())
+    assert len(state["replaced"]) == 1 and [h["step"] for h in state["history"]] == [1]
+    assert "seconds" not in json.dumps(state)  # timings never enter an output
+    sandwich = json.loads((repo / "data" / "metrics" / "sandwich" / "1.json").read_text())
+    assert sandwich["holdout_prompts"] >= 1 and {"holdout_loss_init", "holdout_loss_trained"} <= set(sandwich)
     metrics = json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())
-    assert {"ratio", "n_pruned", "fid", "clip", "latency_ratio", "flops_ratio"} <= set(metrics)
+    assert {"ratio", "n_pruned", "fid", "clip", "flops_ratio"} <= set(metrics) and "latency_ratio" not in metrics
     assert metrics["n_pruned"] == 1 and metrics["flops_ratio"] < 1
+    timing = json.loads((repo / "data" / "timing" / "evaluate.json").read_text())
+    assert {"latency_ratio", "latency_ms", "latency_iqr_ms", "latency_ratio_iqr"} <= set(timing)
     pruning = json.loads((repo / "data" / "assemble" / "pruning.json").read_text())
     assert len(pruning["replaced_blocks"]) == 1 and pruning["params_pruned"] < pruning["params_base"]
     assert (repo / "data" / "evaluate" / "grid.png").is_file()
-    assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1 + 3  # header + n = 0, 1, 2
+    assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1 + 2  # header + n = 0, 1
+    assert (repo / "data" / "timing" / "sweep.csv").read_text().count("\n") == 1 + 2
     assert _status(repo) == {}
     out = _run(["dvc", "repro"], repo).stdout
     assert "Stage 'base' didn't change" in out and "Stage 'ablate@1' didn't change" in out
-    assert "Stage 'sandwich@2' didn't change" in out and "Running stage" not in out
+    assert "Stage 'sandwich@1' didn't change" in out and "Running stage" not in out
 
 
-def test_alpha_change_reruns_rank_only(repo):
-    d = yaml.safe_load((repo / "params.yaml").read_text())
-    d["importance"]["alpha"] = 0.9
-    (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
-    assert set(_status(repo)) == {"rank"}
-    out = _run(["dvc", "repro"], repo).stdout
-    assert "Running stage 'rank'" in out
-    assert "Running stage 'ablate" not in out and "Running stage 'reference'" not in out
-    assert json.loads((repo / "data" / "rank" / "ranking.json").read_text())["alpha"] == 0.9
+def test_every_params_key_a_stage_reads_is_declared(runs):
+    repo = runs["A"]
+    dvc, params = (yaml.safe_load((repo / f).read_text()) for f in ("dvc.yaml", "params.yaml"))
+    records = read_records(runs["log_a"])
+    assert {r["script"] for r in records} >= {"encode", "base", "reference", "ablate", "rank", "plan", "capture",
+                                              "solve", "sandwich", "assemble", "evaluate", "sweep"}
+    assert params_problems(dvc, params, records) == []
+    dvc["stages"]["capture"]["do"]["params"].remove("capture")  # a doctored dvc.yaml is caught
+    assert any("capture.image_tokens" in p for p in params_problems(dvc, params, records))
 
 
-def test_changed_step_reruns_the_chain_from_that_step(repo):
+def test_changed_step_reruns_the_chain_from_that_step(runs):
+    repo = runs["C"]  # the two-step chain
     plan2 = repo / "data" / "plan" / "2.json"
     original = plan2.read_text()
     d = json.loads(original)
@@ -118,17 +183,21 @@ def test_changed_step_reruns_the_chain_from_that_step(repo):
     assert _status(repo) == {}
 
 
-def test_param_change_reruns_only_dependent_stages(repo):
+def test_param_change_reruns_only_dependent_stages(runs):
+    repo = runs["C"]
     d = yaml.safe_load((repo / "params.yaml").read_text())
     d["embedded"]["train_steps"] = 4
+    d["prompts"]["disjoint"] = "prompts"  # validation only: no stage reads it
     (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
     assert set(_status(repo)) == {"base"}
     d["embedded"]["train_steps"] = 3
+    d["prompts"]["disjoint"] = "items"
     (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
     assert _status(repo) == {}
 
 
-def test_bad_params_fail_cleanly(repo, tmp_path):
+def test_bad_params_fail_cleanly(runs, tmp_path):
+    repo = runs["A"]
     bad = tmp_path / "bad"
     shutil.copytree(repo, bad, ignore=shutil.ignore_patterns("data"))
     shutil.copytree(repo / "data" / "prompts", bad / "data" / "prompts")
@@ -141,13 +210,50 @@ def test_bad_params_fail_cleanly(repo, tmp_path):
     assert not (bad / "data" / "encoded").exists() and not (bad / "data" / "base").exists()
 
 
-# runs last: it leaves the workspace at the experiment
-def test_exp_run_with_another_ratio_reruns_only_assemble_and_evaluate(repo):
+def test_exp_run_with_another_ratio_reruns_only_assemble_and_evaluate(runs):
+    repo = runs["A"]
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "pipeline ran"], repo)
-    out = _run(["dvc", "exp", "run", "-S", "ratio=0.67"], repo)
+    sweep = (repo / "data" / "plots" / "sweep.csv").read_text()
+    out = _run(["dvc", "exp", "run", "-S", "ratio=0.0"], repo)
     ran = sorted(line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage"))
     assert ran == ["assemble", "evaluate"], out.stdout[-2000:]
-    assert json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())["n_pruned"] == 2
+    metrics = json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())
+    assert metrics["n_pruned"] == 0 and metrics["flops_ratio"] == 1.0
+    assert (repo / "data" / "plots" / "sweep.csv").read_text() == sweep
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout)
+    assert "latency_ratio" in json.dumps(shown)  # the timing file is a top-level metric of the experiment
     too_far = _run(["dvc", "exp", "run", "-S", "ratio=0.9"], repo, check=False)
     assert too_far.returncode != 0 and "raise max_ratio" in too_far.stdout + too_far.stderr
+
+
+# after the experiment above (it leaves A's workspace at ratio 0.0, fully reproduced)
+def test_alpha_and_fid_reference_change_rerun_rank_only(runs):
+    repo = runs["A"]
+    d = yaml.safe_load((repo / "params.yaml").read_text())
+    d["importance"].update(alpha=0.9, fid_against="real")
+    (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    assert set(_status(repo)) == {"rank"}
+    out = _run(["dvc", "repro", "rank"], repo).stdout
+    assert "Running stage 'rank'" in out
+    assert "Running stage 'ablate" not in out and "Running stage 'reference" not in out
+    ranking = json.loads((repo / "data" / "rank" / "ranking.json").read_text())
+    assert ranking["alpha"] == 0.9 and ranking["fid_key"] == "fid_real"
+
+
+def test_every_switch_runs_through_dvc(runs):
+    repo = runs["C"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert all(params[k.split(".")[0]][k.split(".")[1]] == v for k, v in SWITCHES.items())
+    ranking = json.loads((repo / "data" / "rank" / "ranking.json").read_text())
+    assert ranking["method"] == "proxy" and ranking["order"] == [2, 1, 0]  # end2start
+    import zarr
+
+    store = zarr.open_group(str(repo / "data" / "capture" / "1" / "training.zarr"), mode="r")
+    assert "original_out_img" in store and store.attrs["stored_as"] == "bfloat16"
+    assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1  # header only: sweep off
+    assert json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())["n_pruned"] == 1
+    config = json.loads((repo / "data" / "assemble" / "transformer" / "config.json").read_text())
+    assert config["weights_dtype"] == "bfloat16"
+    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
+    assert params_problems(dvc, params, read_records(runs["log_c"])) == []

@@ -17,7 +17,7 @@ def _chain_like_model(seed=0, guidance=True):
     """A tiny model as the chain leaves it: trained (non-zero) LoRA on two blocks, two linears."""
     m = tiny_transformer(seed, guidance_embeds=guidance)
     a = FluxAdapter(m)
-    inject_lora(a, [0, 4], rank=4, alpha=4.0)
+    inject_lora(a, [0, 4], rank=4, alpha=4.0, seed=0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in m.named_parameters():

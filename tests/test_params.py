@@ -88,3 +88,52 @@ def test_chain_steps_must_match_max_ratio():
     d["ratio"] = 0.6
     with pytest.raises(ParamsError, match="raise max_ratio"):
         parse_params(d)
+
+
+def _write_sets(tmp_path, texts: dict[str, list[str]], seeds=None) -> Path:
+    d = _default()
+    for name, lines in texts.items():
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n")
+        d["prompts"][name] = {"file": str(tmp_path / f"{name}.txt"), "images_per_prompt": 2,
+                              "seed": (seeds or {}).get(name, {"calibration": 0, "training": 100, "importance": 200,
+                                                               "evaluation": 300}[name])}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
+    return tmp_path / "params.yaml"
+
+
+def test_repo_prompt_sets_are_disjoint():
+    load_params(ROOT / "params.yaml")  # the shipped sets pass the strict (prompt text) check
+
+
+def test_overlapping_prompt_sets_are_refused_naming_both_sets_and_the_prompt(tmp_path):
+    sets = {"calibration": ["a one", "a two"], "training": ["a three"], "importance": ["a four"],
+            "evaluation": ["a five", "a two"]}
+    with pytest.raises(ParamsError, match=r"calibration .* and evaluation .* share the prompt 'a two'"):
+        load_params(_write_sets(tmp_path, sets))
+    d = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    d["prompts"]["disjoint"] = "items"  # same text allowed when no (prompt, seed) repeats
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
+    assert load_params(tmp_path / "params.yaml").prompts.disjoint == "items"
+
+
+def test_same_prompt_and_seed_in_two_sets_is_refused_even_when_texts_may_repeat(tmp_path):
+    sets = {"calibration": ["a one"], "training": ["a three"], "importance": ["a four"], "evaluation": ["a one"]}
+    path = _write_sets(tmp_path, sets, seeds={"calibration": 5, "training": 100, "importance": 200, "evaluation": 6})
+    d = yaml.safe_load(path.read_text())
+    d["prompts"]["disjoint"] = "items"  # calibration seeds 5, 6 and evaluation seeds 6, 7: 'a one' with seed 6 twice
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(ParamsError, match="share the prompt and seed 6 'a one'"):
+        load_params(path)
+
+
+def test_capture_timesteps_span_the_schedule():
+    from fastflux_core.params import capture_schedule
+
+    assert capture_schedule(4, 28) == [0, 9, 18, 27] and capture_schedule(2, 2) == [0, 1]
+    d = _default()
+    d["capture"]["timesteps"] = d["sampling"]["steps"] + 1
+    with pytest.raises(ParamsError, match="capture.timesteps"):
+        parse_params(d)
+    d["capture"]["timesteps"] = [0, 6]  # the old index list is refused, not reinterpreted
+    with pytest.raises(ParamsError, match="capture.timesteps"):
+        parse_params(d)

@@ -102,7 +102,7 @@ def tiny_params(**overrides):
     d["max_ratio"], d["ratio"] = 0.6, 0.4
     d["steps"] = {"1": {"prev": 0}, "2": {"prev": 1}, "3": {"prev": 2}}
     d["sampling"].update(steps=4, batch_size=8)
-    d["capture"].update(timesteps=[0, 2, 3], shard_samples=8, chunk_samples=4)
+    d["capture"].update(timesteps=3, shard_samples=8, chunk_samples=4)  # schedule steps 0, 2, 3
     d["sandwich"].update(train_steps=60, batch_size=8, learning_rate=3e-3)
     d["prompts"]["calibration"]["images_per_prompt"] = 2
     for key, value in overrides.items():
@@ -114,12 +114,13 @@ def tiny_params(**overrides):
     return parse_params(d)
 
 
-def digit_captions(tokens: int = 8):
-    """One random 'caption' per digit class: a stand-in text encoder output (10 prompts)."""
+def digit_captions(tokens: int = 8, name: str = "digit"):
+    """One random 'caption' per digit class: a stand-in text encoder output (10 prompts). ``name``
+    changes only the prompt texts, so two prompt sets condition alike but are distinct items."""
     from fastflux_core.prompts import PromptEmbeds
 
     g = torch.Generator().manual_seed(1234)
-    return PromptEmbeds([f"digit {i}" for i in range(10)], torch.randn(10, tokens, 384, generator=g),
+    return PromptEmbeds([f"{name} {i}" for i in range(10)], torch.randn(10, tokens, 384, generator=g),
                         torch.nn.functional.normalize(torch.randn(10, 384, generator=g), dim=-1))
 
 
