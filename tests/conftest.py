@@ -9,7 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# One thread: the DVC pipelines of test_dvc_pipeline.py run in three background processes meanwhile,
+# and spinning OpenMP threads on an oversubscribed 2-core machine only burn CPU.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

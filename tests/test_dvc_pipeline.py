@@ -89,7 +89,7 @@ def _make_repo(path: Path, switched: bool = False) -> Path:
 def start_runs(root: Path) -> dict:
     """Start `dvc repro` in repos A, B (same config) and C (every switch flipped); one thread each
     so that they share the machine's cores without oversubscribing them."""
-    env = {**ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     started = {}
     for name in ("A", "B", "C"):
         repo = _make_repo(root / name, switched=name == "C")
@@ -227,10 +227,11 @@ def test_exp_run_with_another_ratio_reruns_only_assemble_and_evaluate(runs):
     assert too_far.returncode != 0 and "raise max_ratio" in too_far.stdout + too_far.stderr
 
 
-# after the experiment above (it leaves A's workspace at ratio 0.0, fully reproduced)
+# after the experiment above (it leaves A's workspace reproduced at ratio 0.0; the refused run wrote 0.9)
 def test_alpha_and_fid_reference_change_rerun_rank_only(runs):
     repo = runs["A"]
     d = yaml.safe_load((repo / "params.yaml").read_text())
+    d["ratio"] = 0.0
     d["importance"].update(alpha=0.9, fid_against="real")
     (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
     assert set(_status(repo)) == {"rank"}
