@@ -169,6 +169,23 @@ def test_every_params_key_a_stage_reads_is_declared(runs):
     assert any("capture.image_tokens" in p for p in params_problems(dvc, params, records))
 
 
+def test_alpha_and_fid_reference_change_rerun_rank_only(runs):
+    repo = runs["A"]
+    d = yaml.safe_load((repo / "params.yaml").read_text())
+    d["importance"].update(alpha=0.9, fid_against="real")
+    (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    assert set(_status(repo)) == {"rank"}
+    out = _run(["dvc", "repro", "rank"], repo).stdout
+    assert "Running stage 'rank'" in out
+    assert "Running stage 'ablate" not in out and "Running stage 'reference" not in out
+    ranking = json.loads((repo / "data" / "rank" / "ranking.json").read_text())
+    assert ranking["alpha"] == 0.9 and ranking["fid_key"] == "fid_real"
+    d["importance"].update(alpha=0.5, fid_against="model")
+    (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    _run(["dvc", "repro", "rank"], repo)  # back to the committed ranking (from DVC's run cache)
+    assert _status(repo) == {}
+
+
 def test_changed_step_reruns_the_chain_from_that_step(runs):
     repo = runs["C"]  # the two-step chain
     plan2 = repo / "data" / "plan" / "2.json"
@@ -210,6 +227,7 @@ def test_bad_params_fail_cleanly(runs, tmp_path):
     assert not (bad / "data" / "encoded").exists() and not (bad / "data" / "base").exists()
 
 
+# runs after the other tests of A: it leaves the workspace at the experiment
 def test_exp_run_with_another_ratio_reruns_only_assemble_and_evaluate(runs):
     repo = runs["A"]
     _run(["git", "add", "-A"], repo)
@@ -225,21 +243,6 @@ def test_exp_run_with_another_ratio_reruns_only_assemble_and_evaluate(runs):
     assert "latency_ratio" in json.dumps(shown)  # the timing file is a top-level metric of the experiment
     too_far = _run(["dvc", "exp", "run", "-S", "ratio=0.9"], repo, check=False)
     assert too_far.returncode != 0 and "raise max_ratio" in too_far.stdout + too_far.stderr
-
-
-# after the experiment above (it leaves A's workspace reproduced at ratio 0.0; the refused run wrote 0.9)
-def test_alpha_and_fid_reference_change_rerun_rank_only(runs):
-    repo = runs["A"]
-    d = yaml.safe_load((repo / "params.yaml").read_text())
-    d["ratio"] = 0.0
-    d["importance"].update(alpha=0.9, fid_against="real")
-    (repo / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
-    assert set(_status(repo)) == {"rank"}
-    out = _run(["dvc", "repro", "rank"], repo).stdout
-    assert "Running stage 'rank'" in out
-    assert "Running stage 'ablate" not in out and "Running stage 'reference" not in out
-    ranking = json.loads((repo / "data" / "rank" / "ranking.json").read_text())
-    assert ranking["alpha"] == 0.9 and ranking["fid_key"] == "fid_real"
 
 
 def test_every_switch_runs_through_dvc(runs):
