@@ -23,6 +23,7 @@ from fastflux_core.adapter import BlockAdapter
 from fastflux_core.chain import ChainState, build_chain_model, state_for_steps
 from fastflux_core.errors import FastFluxError
 from fastflux_core.export import PrunedFluxTransformer2DModel, count_parameters, merge_lora, to_pruned
+from fastflux_core.integrity import loading
 from fastflux_core.params import Params, n_replaced
 from fastflux_core.source import empty_base_model
 
@@ -62,4 +63,5 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path)
 
 
 def load_pruned(folder: Path) -> PrunedFluxTransformer2DModel:
-    return PrunedFluxTransformer2DModel.from_pretrained(str(folder), use_safetensors=True).eval()
+    with loading(folder):
+        return PrunedFluxTransformer2DModel.from_pretrained(str(folder), use_safetensors=True).eval()

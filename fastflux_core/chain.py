@@ -31,6 +31,7 @@ import torch
 
 from fastflux_core.adapter import BlockAdapter, BlockRef
 from fastflux_core.errors import FastFluxError
+from fastflux_core.integrity import damaged
 from fastflux_core.io import load_tensors, read_json, save_tensors, write_json
 from fastflux_core.replacement import LinearReplacement
 
@@ -142,7 +143,7 @@ class ChainState:
     def load(cls, folder: Path) -> "ChainState":
         meta_path, data_path = folder / "state.json", folder / "state.safetensors"
         if not meta_path.is_file() or not data_path.is_file():
-            raise FastFluxError(f"chain state incomplete or missing in {folder}")
+            raise damaged(folder, "chain state incomplete or missing")
         meta = read_json(meta_path)
         tensors = load_tensors(data_path)
         state = cls(step=meta["step"], kinds={int(k): v for k, v in meta["kinds"].items()},

@@ -20,6 +20,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from tqdm.auto import trange
 
 from fastflux_core.codec import PixelCodec, latent_ids, pack
+from fastflux_core.integrity import require_finite
 from fastflux_core.params import EmbeddedParams
 from fastflux_core.prompts import PromptEmbeds
 
@@ -92,7 +93,8 @@ def train_base(
             img_ids=img_ids,
             return_dict=False,
         )[0]
-        loss = torch.nn.functional.mse_loss(pred, target)
+        loss = require_finite(torch.nn.functional.mse_loss(pred, target),
+                              f"base training loss at step {len(losses)} (lower embedded.learning_rate)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,8 +1,10 @@
-"""Atomic outputs, JSON, safetensors and PNG helpers.
+"""Atomic outputs, JSON, safetensors and PNG helpers, and the way every stage runs.
 
 DVC caches whatever a stage leaves at its output paths, so a stage that dies half-way must leave
-nothing there. Every output is built under a temporary name beside its final path and renamed into
-place only when complete (a rename within one filesystem is atomic).
+nothing there. Every output is built in a temporary folder and renamed into place only when complete
+(a rename within one filesystem is atomic). Temporaries live under ``.fastflux-tmp/<stage>/`` at the
+repository root — never inside an output or input folder, where a killed stage's leftovers would
+change a downstream hash — and the next run of the same stage removes them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from fastflux_core.errors import FastFluxError
+from fastflux_core.integrity import damaged, require_finite, require_finite_json, tensors_digest
+
+TMP_ROOT = Path(".fastflux-tmp")  # git- and dvc-ignored, at the repository root (the cwd of every stage)
+META_KEY = "fastflux"  # safetensors metadata: {"sha256": digest of the tensors, "meta": {...}}
 
 
 def _umask() -> int:
@@ -38,6 +44,27 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _tmp_parent(path: Path) -> Path:
+    """Where the temporary for ``path`` is built: under ``.fastflux-tmp/<stage>/`` of the DVC
+    repository holding ``path`` when that is on the same filesystem (so the final rename is atomic);
+    else — a data folder mounted from another disk, or no repository — hidden beside ``path``
+    (``.dvcignore`` hides ``.*.tmp-*`` from DVC's hashes)."""
+    path = path.absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repo = next((r for r in path.parents if (r / "dvc.yaml").is_file()), None)
+    if repo is not None:
+        tmp = repo / TMP_ROOT / stage_name()
+        tmp.mkdir(parents=True, exist_ok=True)
+        if os.stat(tmp).st_dev == os.stat(path.parent).st_dev:
+            return tmp
+    return path.parent
+
+
+def clean_tmp(stage: str | None = None) -> None:
+    """Remove what a killed earlier run of this stage left under TMP_ROOT."""
+    shutil.rmtree(TMP_ROOT / (stage or stage_name()), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``path`` only if the block succeeds.
@@ -50,8 +77,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=_tmp_parent(path)))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get ordinary permissions
     try:
         yield tmp
@@ -66,21 +92,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary file path that replaces ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=_tmp_parent(path))
     os.close(fd)
     tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and writers that recreate the file) make 0600
     os.replace(tmp, path)
 
 
 def write_json(path: str | Path, obj: object) -> None:
-    """Write JSON atomically, sorted and indented so DVC diffs stay readable."""
+    """Write JSON atomically, sorted and indented so DVC diffs stay readable; NaN/inf refused."""
+    require_finite_json(obj, str(path))
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -90,25 +116,63 @@ def write_csv(path: str | Path, columns: list[str], rows: list[dict]) -> None:
     def cell(v: object) -> str:
         return f"{v:.6g}" if isinstance(v, float) else str(v)
 
+    require_finite_json(rows, str(path))
     with atomic_file(path) as tmp:
         tmp.write_text("\n".join([",".join(columns)] + [",".join(cell(r[c]) for c in columns) for r in rows]) + "\n")
 
 
 def read_json(path: str | Path) -> object:
-    return json.loads(Path(path).read_text())
+    """A JSON file a stage reads; missing or unparsable → one line naming the stage to re-run."""
+    path = Path(path)
+    if not path.is_file():
+        raise damaged(path, "missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise damaged(path, f"not JSON: {err}") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors (never pickle), atomically."""
+    """Save tensors as safetensors (never pickle), atomically, with a digest of the payload.
+
+    All metadata goes under one key as sorted JSON: safetensors writes its metadata map in a random
+    order per process when it has several keys, which would make the file's bytes (and DVC's hash)
+    differ run to run. Non-finite values are refused: a NaN weight is a failed computation."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    for k, v in tensors.items():
+        require_finite(v, f"tensor {k!r} to be written to {path}")
+    meta = json.dumps({"sha256": tensors_digest(tensors), "meta": metadata or {}}, sort_keys=True)
     with atomic_file(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata={META_KEY: meta})
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, verified: readable, digest matching (when the file
+    has one, as every file FastFLUX writes does) and finite. Otherwise one line naming the stage to
+    re-run."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise damaged(path, "missing")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+        ours = json.loads(raw) if raw is not None else {"sha256": None, "meta": {}}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise damaged(path, f"unreadable safetensors: {str(err).splitlines()[0][:200]}") from None
+    if ours["sha256"] is not None and tensors_digest(tensors) != ours["sha256"]:
+        raise damaged(path, "checksum mismatch")
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise damaged(path, f"tensor {k!r} holds NaN/inf")
+    return tensors, ours["meta"]
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FastFluxError(f"missing tensor file: {path}")
-    return load_file(str(path))
+    """The tensors of a safetensors file, verified (see :func:`read_tensors`)."""
+    return read_tensors(path)[0]
 
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
@@ -142,14 +206,51 @@ def write_timing(record: dict, name: str | None = None) -> None:
     write_json(TIMING / f"{name or stage_name()}.json", record)
 
 
+def stage_args(*names: str) -> list[str]:
+    """The stage's command-line arguments (``names`` say what they are), or a usage error."""
+    args = sys.argv[1:]
+    if len(args) != len(names):
+        usage = " ".join(f"<{n}>" for n in names)
+        raise FastFluxError(f"usage: python {sys.argv[0]} {usage} (got {len(args)} arguments; "
+                            f"dvc.yaml passes them — run it with dvc repro)")
+    return args
+
+
+def int_args(*names: str) -> list[int]:
+    """Integer stage arguments (step or block numbers)."""
+    args = stage_args(*names)
+    bad = [f"{n}={a!r}" for n, a in zip(names, args) if not a.isdigit()]
+    if bad:
+        raise FastFluxError(f"python {sys.argv[0]}: {', '.join(bad)} must be a non-negative integer")
+    return [int(a) for a in args]
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main`` deterministically and time it. A :class:`FastFluxError` becomes one line
-    on stderr and exit code 2; the wall time goes to ``data/timing/<stage>_wall.json``."""
+    """Run a stage's ``main`` deterministically and time it.
+
+    A cause the user can fix — a :class:`FastFluxError`, or a full disk — becomes one line on stderr,
+    ``error: …``, and exit status 2; anything else is a bug and keeps its traceback. Leftovers of an
+    earlier, killed run of this stage are removed first. The wall time goes to
+    ``data/timing/<stage>_wall.json``."""
+    import errno
+
     torch.use_deterministic_algorithms(True, warn_only=True)
+    clean_tmp()
     t0 = time.perf_counter()
     try:
         main()
+        write_timing({"seconds": round(time.perf_counter() - t0, 2)}, f"{stage_name()}_wall")
     except FastFluxError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    write_timing({"seconds": round(time.perf_counter() - t0, 2)}, f"{stage_name()}_wall")
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: disk full while writing {err.filename or 'an output'}: free space and re-run", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        clean_tmp()

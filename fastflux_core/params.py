@@ -13,8 +13,7 @@ out-of-range value stops the stage *before* it writes anything, with an error th
 ...     parse_params({"ratoi": 0.1, **required})
 ... except ParamsError as err:
 ...     print(err)
-invalid parameters in params:
-  ratoi: unknown key
+invalid parameters in params: ratoi: unknown key
 """
 
 from __future__ import annotations
@@ -269,10 +268,10 @@ class Params(_Strict):
         n = n_replaced(self.max_ratio, len(self.importance.blocks))
         want = {k: {"prev": k - 1} for k in range(1, n + 1)}
         if {k: s.model_dump() for k, s in self.steps.items()} != want:
-            lines = "".join(f'\n    "{k}": {{prev: {k - 1}}}' for k in range(1, n + 1)) or " {}"
+            chain = ", ".join(f'"{k}": {{prev: {k - 1}}}' for k in range(1, n + 1))
             raise ValueError(
                 f"steps must write out the chain for max_ratio={self.max_ratio} ({n} of "
-                f"{len(self.importance.blocks)} blocks; DVC cannot compute it):\n  steps:{lines}"
+                f"{len(self.importance.blocks)} blocks; DVC cannot compute it): steps: {{{chain}}}"
             )
         if self.ratio > self.max_ratio:
             raise ValueError(
@@ -315,14 +314,13 @@ def n_replaced(ratio: float, n_blocks: int) -> int:
 
 
 def _describe(err: ValidationError, source: str) -> str:
-    lines = [f"invalid parameters in {source}:"]
+    """One line: every offending key and why (pydantic's own messages, 'unknown key' for typos)."""
+    problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+        msg = "unknown key" if e["type"] == "extra_forbidden" else " ".join(e["msg"].split())
+        problems.append(f"{key}: {msg.removeprefix('Value error, ')}")
+    return f"invalid parameters in {source}: " + "; ".join(problems)
 
 
 def parse_params(data: object, source: str = "params") -> Params:
@@ -336,19 +334,24 @@ def parse_params(data: object, source: str = "params") -> Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml, including that the prompt sets are disjoint (which needs the
-    prompt files). Raises :class:`ParamsError` naming the offending key."""
+    """Read and validate params.yaml: the schema, then that the prompt sets are disjoint and the
+    setup can run (:mod:`fastflux_core.preflight`: model folder, device, image size, metrics).
+    Raises a :class:`FastFluxError` (one line) naming the offending key or file."""
+    from fastflux_core import preflight
     from fastflux_core.prompts import check_disjoint
 
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"parameter file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     params = parse_params(data, str(path))
     check_disjoint(params.prompts)
+    preflight.check(params)
     if os.environ.get("FASTFLUX_PARAMS_LOG"):
         _trace(params)
     return params

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastflux_core.errors import FastFluxError, ParamsError
-from fastflux_core.io import load_tensors, save_tensors
+from fastflux_core.io import read_tensors, save_tensors
 
 if TYPE_CHECKING:
     from fastflux_core.params import PromptParams
@@ -120,9 +120,5 @@ class PromptEmbeds:
 
     @classmethod
     def load(cls, path: str | Path) -> "PromptEmbeds":
-        from safetensors import safe_open
-
-        tensors = load_tensors(path)
-        with safe_open(str(path), framework="pt") as f:
-            prompts = json.loads(f.metadata()["prompts"])
-        return cls(prompts, tensors["prompt_embeds"], tensors["pooled"])
+        tensors, meta = read_tensors(path)
+        return cls(json.loads(meta["prompts"]), tensors["prompt_embeds"], tensors["pooled"])

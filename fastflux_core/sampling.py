@@ -19,13 +19,23 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_tim
 from tqdm.auto import tqdm
 
 from fastflux_core.codec import latent_ids, pack, unpack
+from fastflux_core.errors import FastFluxError
 from fastflux_core.params import SamplingParams
 from fastflux_core.prompts import GenItem, PromptEmbeds
 
 
 def latent_size(height: int, width: int, scale_factor: int) -> tuple[int, int]:
-    """Latent cells (h, w) for an image, rounded like ``FluxPipeline`` (even, for 2×2 packing)."""
-    return 2 * (height // (scale_factor * 2)), 2 * (width // (scale_factor * 2))
+    """Latent cells (h, w) for an image (even, for 2×2 packing). ``FluxPipeline`` silently rounds a
+    size that does not pack down; here it is an error (params validation says so first).
+
+    >>> latent_size(1024, 768, 8)
+    (128, 96)
+    """
+    multiple = 2 * scale_factor
+    if height % multiple or width % multiple:
+        raise FastFluxError(f"image size {height}×{width} is not a multiple of {multiple} (2×2 packing of "
+                            f"{scale_factor}-pixel latent cells): set sampling.height/width to multiples of {multiple}")
+    return height // scale_factor, width // scale_factor
 
 
 def initial_noise(items: list[GenItem], channels: int, h: int, w: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from tqdm.auto import trange
 from fastflux_core.adapter import BlockAdapter, BlockState
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.errors import FastFluxError
+from fastflux_core.integrity import require_finite
 from fastflux_core.lora import lora_parameters, lora_tensors
 from fastflux_core.params import Params, SandwichParams
 from fastflux_core.prompts import derive_seed
@@ -145,10 +146,8 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[torch.nn.Parameter], 
         idx = split.train[torch.randint(len(split.train), (min(cfg.batch_size, len(split.train)),), generator=g)]
         x, y = data.batch(idx)
         num, den = _rel_err(_run(adapter, x, rotary, u, d), y)
-        loss = num / den.clamp(min=1e-30)
-        if not torch.isfinite(loss):
-            raise FastFluxError(f"sandwich loss became {loss.item()} at training step {len(losses)}: lower "
-                                f"sandwich.learning_rate or use model.dtype float32")
+        loss = require_finite(num / den.clamp(min=1e-30), f"sandwich loss at training step {len(losses)} "
+                              f"(lower sandwich.learning_rate or use model.dtype float32)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(train_params, 1.0)

@@ -10,7 +10,6 @@ pipeline folder (``transformer/``, ``scheduler/``), so both are loaded by ``from
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,41 +18,23 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransf
 from fastflux_core.adapter import BlockRef
 from fastflux_core.codec import LatentCodec, PixelCodec, VaeCodec
 from fastflux_core.errors import ModelFolderError
+from fastflux_core.integrity import loading
 from fastflux_core.params import Params
+from fastflux_core.preflight import check_device, check_flux_folder, read_config
 from fastflux_core.text import FluxTextEncoders, MiniLMTextEncoder, TextEncoder
 
 EMBEDDED_BASE = Path("data/base")
-FLUX_SUBFOLDERS = ("transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(name)
     return torch.device(name)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def check_flux_folder(path: Path) -> None:
-    """Fail with one clear message if ``path`` is not a FLUX diffusers folder."""
-    if not path.exists():
-        raise ModelFolderError(f"model.path does not exist: {path}")
-    if not path.is_dir():
-        raise ModelFolderError(f"model.path is not a directory: {path}")
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise ModelFolderError(f"not a diffusers pipeline folder (missing model_index.json): {path}")
-    cls = json.loads(index.read_text()).get("_class_name", "")
-    if "Flux" not in cls:
-        raise ModelFolderError(f"{index} describes a {cls or 'unknown'} pipeline, not a FLUX one")
-    for sub in FLUX_SUBFOLDERS:
-        if not (path / sub).is_dir():
-            raise ModelFolderError(f"FLUX folder {path} lacks its {sub}/ sub-folder")
-    weights = list((path / "transformer").glob("*.safetensors"))
-    if not weights:
-        raise ModelFolderError(f"no safetensors weights in {path / 'transformer'} (pickled weights are not loaded)")
 
 
 def model_root(params: Params) -> Path:
@@ -71,24 +52,27 @@ def model_root(params: Params) -> Path:
 def load_transformer(params: Params, root: Path | None = None) -> FluxTransformer2DModel:
     """The base transformer, in eval mode, on the configured device and dtype."""
     root = model_root(params) if root is None else root
-    model = FluxTransformer2DModel.from_pretrained(
-        str(root), subfolder="transformer", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
-    )
+    with loading(root / "transformer"):
+        model = FluxTransformer2DModel.from_pretrained(
+            str(root), subfolder="transformer", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
+        )
     return model.to(resolve_device(params.model.device)).eval()
 
 
 def load_scheduler(params: Params, root: Path | None = None) -> FlowMatchEulerDiscreteScheduler:
     root = model_root(params) if root is None else root
-    return FlowMatchEulerDiscreteScheduler.from_pretrained(str(root), subfolder="scheduler")
+    with loading(root / "scheduler"):
+        return FlowMatchEulerDiscreteScheduler.from_pretrained(str(root), subfolder="scheduler")
 
 
 def load_codec(params: Params, transformer: FluxTransformer2DModel) -> LatentCodec:
     """The latent codec: FLUX's VAE, or the identity on pixels for the embedded default."""
     if params.model.source == "flux":
         assert params.model.path is not None
-        vae = AutoencoderKL.from_pretrained(
-            str(params.model.path), subfolder="vae", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
-        )
+        with loading(params.model.path / "vae"):
+            vae = AutoencoderKL.from_pretrained(
+                str(params.model.path), subfolder="vae", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
+            )
         return VaeCodec(vae.to(resolve_device(params.model.device)).eval())
     return PixelCodec(transformer.config.in_channels // 4)
 
@@ -107,7 +91,7 @@ def describe_flux_base(params: Params) -> dict:
     the pipeline will prune (its path and block counts)."""
     assert params.model.path is not None
     check_flux_folder(params.model.path)
-    cfg = json.loads((params.model.path / "transformer" / "config.json").read_text())
+    cfg = read_config(params.model.path / "transformer" / "config.json", "FLUX folder")
     return {
         "source": "flux",
         "path": str(params.model.path.resolve()),
@@ -121,7 +105,9 @@ def empty_base_model(params: Params) -> FluxTransformer2DModel:
     """The base transformer built from its config on the meta device: structure without weights."""
     from accelerate import init_empty_weights
 
-    config = FluxTransformer2DModel.load_config(str(model_root(params)), subfolder="transformer")
+    root = model_root(params)
+    with loading(root / "transformer"):
+        config = FluxTransformer2DModel.load_config(str(root), subfolder="transformer")
     with init_empty_weights():
         return FluxTransformer2DModel.from_config(config)
 

@@ -12,6 +12,12 @@ Zarr dtype: it is stored as its uint16 bit pattern with ``stored_as: "bfloat16"`
 overflow: FLUX activations exceed 65504). ``complete: true`` is written last; readers refuse a
 store without it, so a half-written store is never read as data.
 
+Integrity: every compressed chunk carries a CRC32C (zarr's ``Crc32cCodec``; shard indexes carry one
+too), and ``complete`` comes with a ``manifest`` of every file and its size. A reader checks the
+manifest when it opens the store — Zarr would silently read a deleted shard as zeros — and every read
+checks the CRCs, so a damaged store stops the stage with one line naming the file and the stage that
+must re-run. Non-finite activations are refused when captured.
+
 >>> import tempfile, torch, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "s.zarr"
 >>> w = StoreWriter(path, [ArraySpec("x", (4,), ("sample", "dim"))], n_samples=3, shard_samples=2,
@@ -25,6 +31,7 @@ store without it, so a half-written store is never read as data.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from fastflux_core.errors import FastFluxError
+from fastflux_core.integrity import NonFiniteError, damaged
 
 FORMAT = "fastflux-activations/1"
 
@@ -106,7 +114,7 @@ class StoreWriter:
         self.group = zarr.open_group(zarr.storage.LocalStore(str(self.path)), mode="w-")
         self.group.attrs.update({"format": FORMAT, "complete": False, "stored_as": dtype,
                                  "n_samples": n_samples, **(attrs or {})})
-        codec = [BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle")]
+        codec = [BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle"), Crc32cCodec()]
         for s in specs:
             rows = s.rows_per_sample
             store_dtype = ("uint16" if dtype == "bfloat16" else "float32") if s.activation else s.dtype
@@ -123,12 +131,17 @@ class StoreWriter:
     def write_static(self, name: str, value: torch.Tensor, dims: tuple[str, ...]) -> None:
         """An array without a sample axis (e.g. rotary position ids), written at once."""
         a = value.detach().cpu().numpy()
-        arr = self.group.create_array(name, shape=a.shape, dtype=a.dtype, dimension_names=dims, fill_value=0)
+        arr = self.group.create_array(name, shape=a.shape, dtype=a.dtype, dimension_names=dims, fill_value=0,
+                                      compressors=[Crc32cCodec()])
         arr[...] = a
 
     def append(self, name: str, rows: torch.Tensor) -> None:
         """Append samples (rows_per_sample rows each) to ``name``; full shards go to disk."""
         spec = self.specs[name]
+        if rows.is_floating_point() and not bool(torch.isfinite(rows).all()):
+            first = self._written[name] + self._buffered[name]
+            raise NonFiniteError(f"captured {name} holds NaN/inf (samples from {first} on): the model being "
+                                 f"captured produces non-finite activations; nothing was stored")
         a = _encode(rows, self.dtype) if spec.activation else rows.detach().cpu().numpy().astype(spec.dtype)
         if a.shape[1:] != spec.shape or a.shape[0] % spec.rows_per_sample:
             raise StoreError(f"{name}: got rows of shape {tuple(a.shape)}, expected (k·{spec.rows_per_sample}, *{spec.shape})")
@@ -157,7 +170,18 @@ class StoreWriter:
                 self._flush(name, self._buffered[name])
             if self._written[name] != self.n:
                 raise StoreError(f"{name}: {self._written[name]} of {self.n} samples captured")
-        self.group.attrs["complete"] = True
+        self.group.attrs.update({"manifest": manifest(self.path), "complete": True})
+
+
+def manifest(path: Path) -> dict[str, int]:
+    """Every file of the store (but the root metadata, which holds the manifest) → its size in bytes."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            rel = (Path(root) / f).relative_to(path).as_posix()
+            if rel != "zarr.json":
+                out[rel] = (Path(root) / f).stat().st_size
+    return dict(sorted(out.items()))
 
 
 class StoreReader:
@@ -165,37 +189,58 @@ class StoreReader:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        if not self.path.is_dir():
+            raise damaged(self.path, "activation store missing")
         try:
             self.group = zarr.open_group(str(self.path), mode="r")
+            attrs = dict(self.group.attrs)
         except Exception as err:  # zarr raises several types for a missing/garbled store
-            raise StoreError(f"cannot open activation store {self.path}: {err}") from None
-        attrs = dict(self.group.attrs)
+            raise damaged(self.path, f"not a readable Zarr store: {str(err)[:200]}") from None
         if attrs.get("format") != FORMAT:
-            raise StoreError(f"{self.path} is not a FastFLUX activation store (format {attrs.get('format')!r})")
-        if attrs.get("complete") is not True:
-            raise StoreError(f"activation store {self.path} is incomplete (capture was interrupted); re-run capture")
+            raise damaged(self.path, f"not a FastFLUX activation store (format {attrs.get('format')!r})")
+        if attrs.get("complete") is not True or not isinstance(attrs.get("manifest"), dict):
+            raise damaged(self.path, "incomplete: capture was interrupted")
+        self._check_manifest(attrs["manifest"])
         self.attrs = attrs
         self.stored_as = attrs["stored_as"]
         self.n_samples = attrs["n_samples"]
 
+    def _check_manifest(self, expected: dict[str, int]) -> None:
+        """Every file written at completion is there with its size, and no file is missing from the list."""
+        found = manifest(self.path)
+        for rel, size in expected.items():
+            if rel not in found:
+                raise damaged(self.path / rel, "missing from the activation store")
+            if found[rel] != size:
+                raise damaged(self.path / rel, f"{found[rel]} bytes, {size} when captured")
+
     def array(self, name: str) -> zarr.Array:
-        if name not in self.group:
-            raise StoreError(f"activation store {self.path} has no array {name!r}")
-        return self.group[name]
+        try:
+            if name not in self.group:
+                raise damaged(self.path, f"no array {name!r}")
+            return self.group[name]
+        except FastFluxError:
+            raise
+        except Exception as err:  # garbled array metadata
+            raise damaged(self.path / name, f"unreadable array metadata: {str(err)[:200]}") from None
+
+    def _get(self, name: str, index) -> np.ndarray:
+        """Read with zarr, turning a checksum or decoding failure into one line naming the array."""
+        arr = self.array(name)
+        try:
+            return index(arr)
+        except Exception as err:  # zarr/numcodecs raise ValueError, RuntimeError, … for damaged chunks
+            raise damaged(self.path / name, f"unreadable chunk: {str(err)[:200]}") from None
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows [start, stop) of ``name`` as float32 (or the bookkeeping dtype)."""
-        arr = self.array(name)
-        try:
-            data = arr[start:stop]
-        except Exception as err:
-            raise StoreError(f"activation store {self.path}: array {name!r} is unreadable ({err})") from None
-        return decode(data, arr.attrs.get("stored_as", "float32"))
+        data = self._get(name, lambda a: a[start:stop])
+        return decode(data, self.array(name).attrs.get("stored_as", "float32"))
 
     def read_samples(self, name: str, idx: np.ndarray) -> torch.Tensor:
         """Rows of a per-sample array at sorted sample indices ``idx``."""
-        arr = self.array(name)
-        return decode(arr.oindex[idx], arr.attrs.get("stored_as", "float32"))
+        data = self._get(name, lambda a: a.oindex[idx])
+        return decode(data, self.array(name).attrs.get("stored_as", "float32"))
 
     def iter_rows(self, name: str, chunk_rows: int) -> Iterator[torch.Tensor]:
         """``name`` in consecutive pieces of at most ``chunk_rows`` rows (whole shards where possible)."""

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.integrity import loading
 
 
 class TextEncoder(Protocol):
@@ -63,9 +64,10 @@ class FluxTextEncoders:
         from diffusers import FluxPipeline
 
         # Only the text half of the pipeline is loaded; transformer and VAE stay on disk.
-        self.pipe = FluxPipeline.from_pretrained(
-            str(path), transformer=None, vae=None, dtype=dtype, use_safetensors=True
-        ).to(device)
+        with loading(path):
+            self.pipe = FluxPipeline.from_pretrained(
+                str(path), transformer=None, vae=None, dtype=dtype, use_safetensors=True
+            ).to(device)
         self.max_sequence_length = max_sequence_length
         self.device = device
 

@@ -1,19 +1,18 @@
 """Stage capture@k: the model after steps < k runs the calibration and training prompts →
 data/capture/<k>/calibration.zarr (least-squares data) and training.zarr (sandwich pairs)."""
 
-import sys
 from pathlib import Path
 
 from fastflux_core.capture import capture_step
 from fastflux_core.chain import ChainState, PlanStep
-from fastflux_core.io import atomic_dir, read_json, run_stage, write_json
+from fastflux_core.io import atomic_dir, int_args, read_json, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.prompts import PromptEmbeds
 
 
 def main() -> None:
+    k, prev = int_args("k", "prev")
     params = load_params()
-    k, prev = int(sys.argv[1]), int(sys.argv[2])
     step = PlanStep.load(Path(f"data/plan/{k}.json"))
     name = read_json(Path(f"data/plan/{k}.json"))["name"]
     state = ChainState.load(Path(f"data/state/{prev}"))

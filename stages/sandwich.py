@@ -1,19 +1,18 @@
 """Stage sandwich@k: train step k's sandwich → the chain state after step k (data/state/<k>)."""
 
-import sys
 from pathlib import Path
 
 from fastflux_core.brll import load_solution
 from fastflux_core.chain import ChainState, PlanStep
-from fastflux_core.io import atomic_dir, run_stage, write_json
+from fastflux_core.io import atomic_dir, int_args, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.sandwich import train_sandwich
 from fastflux_core.store import StoreReader
 
 
 def main() -> None:
+    k, prev = int_args("k", "prev")
     params = load_params()
-    k, prev = int(sys.argv[1]), int(sys.argv[2])
     step = PlanStep.load(Path(f"data/plan/{k}.json"))
     state, record = train_sandwich(params, step, ChainState.load(Path(f"data/state/{prev}")),
                                    load_solution(Path(f"data/solve/{k}/linear.safetensors")),

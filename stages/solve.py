@@ -1,19 +1,18 @@
 """Stage solve@k: streamed least squares over data/capture/<k> → data/solve/<k>/linear.safetensors (W, b),
 with relative residual and condition number in data/metrics/solve/<k>.json."""
 
-import sys
 from pathlib import Path
 
 from fastflux_core.brll import save_solution, solve_store
-from fastflux_core.io import atomic_dir, run_stage, write_json
+from fastflux_core.io import atomic_dir, int_args, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.source import resolve_device
 from fastflux_core.store import StoreReader
 
 
 def main() -> None:
+    (k,) = int_args("k")
     params = load_params()
-    k = int(sys.argv[1])
     store = StoreReader(Path(f"data/capture/{k}/calibration.zarr"))
     solutions, metrics = solve_store(store, params.solve.ridge, params.solve.chunk_rows,
                                      resolve_device(params.model.device))

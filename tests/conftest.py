@@ -21,19 +21,45 @@ def tiny_flux_folder(tmp_path_factory):
     return write_tiny_flux_folder(tmp_path_factory.mktemp("flux") / "FLUX.1-tiny")
 
 
+# Tests that need the finished micro pipelines, in the order they run (after every unit test): the
+# bad-input and crash tests copy repo A before test_dvc_pipeline.py changes it.
+PIPELINE_TESTS = ("test_bad_input.py", "test_crash_safety.py", "test_dvc_pipeline.py")
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The DVC pipeline tests go last, and their pipelines start now, in the background: they mostly
+    """The pipeline tests go last, and their pipelines start now, in the background: they mostly
     wait on process start-up (each stage imports torch and diffusers), so the unit tests run meanwhile."""
-    dvc = [i for i in items if i.path.name == "test_dvc_pipeline.py"]
-    if not dvc:
+    late = sorted((i for i in items if i.path.name in PIPELINE_TESTS), key=lambda i: PIPELINE_TESTS.index(i.path.name))
+    if not late:
         return
-    items[:] = [i for i in items if i.path.name != "test_dvc_pipeline.py"] + dvc
+    items[:] = [i for i in items if i.path.name not in PIPELINE_TESTS] + late
+    if os.environ.get("FASTFLUX_TEST_PIPELINES"):
+        return
     import tempfile
     from pathlib import Path
 
     from test_dvc_pipeline import start_runs
 
     config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
+
+
+@pytest.fixture(scope="session")
+def runs(request):
+    """Repos A, B and C after their full `dvc repro` (started at collection, or here when run alone)."""
+    from pathlib import Path
+
+    from test_dvc_pipeline import start_runs, wait_runs
+
+    done = os.environ.get("FASTFLUX_TEST_PIPELINES")
+    if done:  # a folder holding finished copies A, B, C (to iterate on these tests without re-running them)
+        return {"A": Path(done) / "A", "B": Path(done) / "B", "C": Path(done) / "C",
+                "log_a": Path(done) / "params-A", "log_c": Path(done) / "params-C"}
+    handle = getattr(request.config, "_fastflux_dvc", None)
+    if handle is None:
+        import tempfile
+
+        handle = request.config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
+    return wait_runs(handle)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from depcheck import params_problems, read_records
 
@@ -100,14 +99,8 @@ def start_runs(root: Path) -> dict:
     return {"root": root, "started": started}
 
 
-@pytest.fixture(scope="module")
-def runs(request):
-    """Repos A, B and C after their full `dvc repro` (started by conftest, or here when run alone)."""
-    handle = getattr(request.config, "_fastflux_dvc", None)
-    if handle is None:
-        import tempfile
-
-        handle = request.config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
+def wait_runs(handle: dict) -> dict:
+    """Wait for the three pipelines; their repos and params logs (the ``runs`` fixture, conftest.py)."""
     out = {"log_a": handle["root"] / "params-A", "log_c": handle["root"] / "params-C"}
     for name, (repo, proc) in handle["started"].items():
         _wait(proc, f"dvc repro in {name}", handle["root"] / f"log-{name}.txt")
@@ -116,7 +109,14 @@ def runs(request):
 
 
 def _status(repo: Path) -> dict:
-    return json.loads(_run(["dvc", "status", "--json"], repo).stdout or "{}")
+    """Stale stages, but ``validate``: it always runs (dvc.yaml marks it always_changed)."""
+    status = json.loads(_run(["dvc", "status", "--json"], repo).stdout or "{}")
+    assert status.pop("validate", None) == ["always changed"]
+    return status
+
+
+def _ran(stdout: str) -> list[str]:
+    return sorted(line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage"))
 
 
 def test_two_full_runs_give_identical_outputs(runs):
@@ -155,7 +155,7 @@ def test_repro_runs_and_caches(runs):
     assert _status(repo) == {}
     out = _run(["dvc", "repro"], repo).stdout
     assert "Stage 'base' didn't change" in out and "Stage 'ablate@1' didn't change" in out
-    assert "Stage 'sandwich@1' didn't change" in out and "Running stage" not in out
+    assert "Stage 'sandwich@1' didn't change" in out and _ran(out) == ["validate"]
 
 
 def test_every_params_key_a_stage_reads_is_declared(runs):
@@ -234,8 +234,7 @@ def test_exp_run_with_another_ratio_reruns_only_assemble_and_evaluate(runs):
     _run(["git", "commit", "-qm", "pipeline ran"], repo)
     sweep = (repo / "data" / "plots" / "sweep.csv").read_text()
     out = _run(["dvc", "exp", "run", "-S", "ratio=0.0"], repo)
-    ran = sorted(line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage"))
-    assert ran == ["assemble", "evaluate"], out.stdout[-2000:]
+    assert _ran(out.stdout) == ["assemble", "evaluate", "validate"], out.stdout[-2000:]
     metrics = json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())
     assert metrics["n_pruned"] == 0 and metrics["flops_ratio"] == 1.0
     assert (repo / "data" / "plots" / "sweep.csv").read_text() == sweep

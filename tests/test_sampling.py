@@ -1,9 +1,11 @@
 """Images depend on (prompt, seed) only: not on batching, order or how items are split."""
 
+import pytest
 import torch
 from tiny import tiny_transformer
 
 from fastflux_core.embedded import build_scheduler
+from fastflux_core.errors import FastFluxError
 from fastflux_core.params import SamplingParams
 from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
 from fastflux_core.sampling import initial_noise, latent_size, sample_latents
@@ -47,7 +49,9 @@ def test_seed_and_prompt_change_images():
     assert not torch.allclose(out[0], out[2])  # other prompt
 
 
-def test_latent_size_rounds_like_flux_pipeline():
+def test_latent_size_is_exact_or_refused():
+    """FluxPipeline rounds 1000 px down to 992; we refuse instead of scoring another size."""
     assert latent_size(1024, 1024, 8) == (128, 128)
-    assert latent_size(1000, 8, 8) == (124, 0)
     assert latent_size(8, 8, 1) == (8, 8)
+    with pytest.raises(FastFluxError, match="1000×1024 is not a multiple of 16"):
+        latent_size(1000, 1024, 8)

@@ -1,0 +1,159 @@
+"""Checks that need more than params.yaml itself: the model folder, the device, image sizes the
+model and the metrics can take, the prompt files the judge reads, the real-images folder.
+
+:func:`fastflux_core.params.load_params` runs them after the schema, so every stage — and the
+``validate`` stage that ``dvc repro`` runs first, every time — refuses a setup that would fail
+later (a prompt the judge cannot read used to fail after every image had been generated). Each
+failure is one :class:`FastFluxError` line naming the key or file and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastflux_core.errors import FastFluxError, ModelFolderError
+
+if TYPE_CHECKING:
+    from fastflux_core.params import Params
+
+FLUX_CONFIGS = {  # sub-folder → a config file diffusers/transformers needs there
+    "transformer": "config.json", "scheduler": "scheduler_config.json", "vae": "config.json",
+    "text_encoder": "config.json", "text_encoder_2": "config.json",
+    "tokenizer": "tokenizer_config.json", "tokenizer_2": "tokenizer_config.json",
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+JUDGE_SIZE = 8  # the embedded default's digit judge reads 8×8 images
+
+
+def read_config(path: Path, what: str) -> dict:
+    """A JSON config of a model folder, or :class:`ModelFolderError` saying which and why."""
+    if not path.is_file():
+        raise ModelFolderError(f"{what}: missing {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFolderError(f"{what}: {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{what}: {path} must hold a JSON object")
+    return data
+
+
+def check_flux_folder(path: Path) -> None:
+    """Fail with one clear message if ``path`` is not a FLUX diffusers folder with every component."""
+    if not path.exists():
+        raise ModelFolderError(f"model.path does not exist: {path}")
+    if not path.is_dir():
+        raise ModelFolderError(f"model.path is not a directory: {path}")
+    if not (path / "model_index.json").is_file():
+        raise ModelFolderError(f"not a diffusers pipeline folder (missing model_index.json): {path}")
+    index = read_config(path / "model_index.json", "model.path")
+    cls = index.get("_class_name", "")
+    if not isinstance(cls, str) or "Flux" not in cls:
+        raise ModelFolderError(f"{path / 'model_index.json'} describes a {cls or 'unknown'} pipeline, not a FLUX one")
+    for sub, config in FLUX_CONFIGS.items():
+        if not (path / sub).is_dir():
+            raise ModelFolderError(f"FLUX folder {path} lacks its {sub}/ sub-folder")
+        if sub.startswith("tokenizer") and not any((path / sub).iterdir()):
+            raise ModelFolderError(f"FLUX folder {path}: {sub}/ is empty")
+        if not sub.startswith("tokenizer"):
+            read_config(path / sub / config, f"FLUX folder {path}")
+    weights = list((path / "transformer").glob("*.safetensors"))
+    if not weights:
+        raise ModelFolderError(f"no safetensors weights in {path / 'transformer'} (pickled weights are not loaded)")
+
+
+def check_device(name: str) -> None:
+    """A CUDA or MPS device asked for must exist (``auto`` takes CUDA when there is one)."""
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FastFluxError(f"model.device is {name!r} but torch sees no CUDA device: use model.device: auto or cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise FastFluxError(f"model.device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if name == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise FastFluxError("model.device is 'mps' but this torch has no MPS device: use model.device: auto or cpu")
+
+
+def pixels_per_latent_cell(params: "Params") -> int:
+    """Image pixels per side of one latent cell: the VAE's downsampling (2^(levels−1)) for FLUX, 1 for
+    the embedded default, which diffuses pixels directly."""
+    if params.model.source != "flux":
+        return 1
+    assert params.model.path is not None
+    vae = read_config(params.model.path / "vae" / "config.json", "FLUX folder")
+    return 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+
+
+def check_sizes(params: "Params") -> None:
+    """Height and width must pack into 2×2 latent cells exactly (FluxPipeline silently rounds them
+    down, which would score a different image size than the one asked for), and least squares cannot
+    sample more tokens per sample than a sequence has (no silent clamping)."""
+    multiple = 2 * pixels_per_latent_cell(params)
+    s = params.sampling
+    for key, value in (("height", s.height), ("width", s.width)):
+        if value % multiple:
+            raise FastFluxError(f"sampling.{key}={value} must be a multiple of {multiple} for this model "
+                                f"(2×2 packing of {multiple // 2}-pixel latent cells), e.g. {value - value % multiple or multiple}")
+    n_img, n_txt = (s.height // multiple) * (s.width // multiple), params.text.max_sequence_length
+    cap = params.capture
+    if cap.image_tokens > n_img:
+        raise FastFluxError(f"capture.image_tokens={cap.image_tokens} exceeds the {n_img} image tokens of a "
+                            f"{s.height}×{s.width} image: lower it (or raise sampling.height/width)")
+    if cap.text_tokens > n_txt:
+        raise FastFluxError(f"capture.text_tokens={cap.text_tokens} exceeds the {n_txt} text tokens of a prompt "
+                            f"(text.max_sequence_length): lower it")
+
+
+def check_metrics(params: "Params") -> None:
+    """The configured metrics can score the configured images and prompts, before any is generated."""
+    from fastflux_core.prompts import read_prompt_file
+
+    m = params.metrics
+    uses_judge = "judge" in (m.fid_features, m.alignment)
+    if uses_judge and params.model.source == "flux":
+        raise FastFluxError("metrics use the digit judge, which only the embedded base has: for FLUX set "
+                            "metrics.fid_features: inception and metrics.alignment: clip")
+    if uses_judge and (params.sampling.height, params.sampling.width) != (JUDGE_SIZE, JUDGE_SIZE):
+        raise FastFluxError(f"the digit judge reads {JUDGE_SIZE}×{JUDGE_SIZE} images, but sampling is "
+                            f"{params.sampling.height}×{params.sampling.width}: set sampling.height/width to "
+                            f"{JUDGE_SIZE} or use metrics.fid_features: inception and metrics.alignment: clip")
+    if m.alignment == "judge":
+        from fastflux_core.digits import label_of
+
+        for name in ("importance", "evaluation"):
+            file = getattr(params.prompts, name).file
+            for line, prompt in enumerate(read_prompt_file(file), 1):
+                try:
+                    label_of(prompt)
+                except ValueError:
+                    raise FastFluxError(f"{file}: prompt {line} ({prompt!r}) names no single digit, so the judge "
+                                        f"cannot score it: name exactly one digit (0-9 or zero..nine)") from None
+    for key, folder, wanted in (("inception_path", m.inception_path, "inception-2015-12-05.pt"),
+                                ("clip_path", m.clip_path, "config.json")):
+        if folder is not None and not (Path(folder) / wanted).is_file():
+            raise FastFluxError(f"metrics.{key}: {Path(folder) / wanted} not found")
+    if m.real_images not in (None, "digits"):
+        folder = Path(m.real_images)
+        if not folder.is_dir():
+            raise FastFluxError(f"metrics.real_images folder not found: {folder}")
+        n = sum(1 for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if n < 2:
+            raise FastFluxError(f"metrics.real_images folder {folder} holds {n} images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                                f"FID needs at least 2")
+
+
+def check(params: "Params") -> None:
+    """Every check above, cheapest first."""
+    check_device(params.model.device)
+    if params.model.source == "flux":
+        assert params.model.path is not None
+        check_flux_folder(params.model.path)
+    check_sizes(params)
+    check_metrics(params)

@@ -1,0 +1,15 @@
+"""Stage validate: params.yaml and the setup it describes (prompt files, model folder, device, image
+size, metrics), checked on every `dvc repro` / `dvc exp run` — dvc.yaml marks it always_changed — so
+a typo or an inconsistent chain is reported even when no other stage would run."""
+
+from fastflux_core.io import run_stage, stage_args
+from fastflux_core.params import load_params
+
+
+def main() -> None:
+    stage_args()
+    load_params()
+
+
+if __name__ == "__main__":
+    run_stage(main)

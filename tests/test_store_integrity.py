@@ -1,0 +1,81 @@
+"""A damaged activation store is never read as data: incomplete, deleted or truncated shards, flipped
+bytes (per-chunk CRC32C) and non-finite activations each stop with one line naming file and stage."""
+
+import os
+
+import pytest
+import torch
+from test_store import _write
+
+from fastflux_core.integrity import DamagedInputError, NonFiniteError
+from fastflux_core.store import ArraySpec, StoreReader, StoreWriter
+
+
+def _shards(store):
+    return sorted(f for f in (store / "x" / "c").rglob("*") if f.is_file())
+
+
+def test_incomplete_store_is_refused(tmp_path):
+    _write(tmp_path / "c.zarr", close=False)
+    with pytest.raises(DamagedInputError, match="incomplete: capture was interrupted"):
+        StoreReader(tmp_path / "c.zarr")
+
+
+def test_missing_store_names_the_capture_stage(tmp_path):
+    with pytest.raises(DamagedInputError, match=r"re-run stage capture@3 \(dvc repro -f -s capture@3\)"):
+        StoreReader(tmp_path / "data" / "capture" / "3" / "calibration.zarr")
+
+
+def test_deleted_shard_is_caught_when_opened(tmp_path):
+    store = tmp_path / "data" / "capture" / "2" / "training.zarr"
+    _write(store)
+    StoreReader(store).read("x")  # intact: reads
+    shard = _shards(store)[1]
+    shard.unlink()  # zarr alone would read this shard as zeros
+    with pytest.raises(DamagedInputError, match=r"x/c/1/0 is damaged \(missing from the activation store\): re-run stage capture@2"):
+        StoreReader(store)
+
+
+def test_truncated_shard_is_caught_when_opened(tmp_path):
+    _write(tmp_path / "t.zarr")
+    shard = _shards(tmp_path / "t.zarr")[0]
+    shard.write_bytes(shard.read_bytes()[:-5])
+    with pytest.raises(DamagedInputError, match="bytes, .* when captured"):
+        StoreReader(tmp_path / "t.zarr")
+
+
+@pytest.mark.parametrize("where", ["chunk", "index"])
+def test_flipped_bytes_fail_the_checksum(tmp_path, where):
+    _write(tmp_path / "f.zarr")
+    shard = _shards(tmp_path / "f.zarr")[0]
+    data = bytearray(shard.read_bytes())
+    pos = 20 if where == "chunk" else len(data) - 10  # the shard index (with its own CRC) is at the end
+    data[pos : pos + 4] = bytes(b ^ 0xFF for b in data[pos : pos + 4])  # same size: only a checksum sees it
+    shard.write_bytes(bytes(data))
+    reader = StoreReader(tmp_path / "f.zarr")
+    with pytest.raises(DamagedInputError, match="unreadable chunk"):
+        reader.read("x")
+
+
+def test_corrupted_metadata_is_one_error(tmp_path):
+    _write(tmp_path / "m.zarr")
+    (tmp_path / "m.zarr" / "zarr.json").write_bytes(os.urandom(64))
+    with pytest.raises(DamagedInputError, match="not a readable Zarr store"):
+        StoreReader(tmp_path / "m.zarr")
+
+
+def test_non_finite_activations_are_refused_at_capture(tmp_path):
+    w = StoreWriter(tmp_path / "n.zarr", [ArraySpec("x", (4,), ("s", "d"))], 4, 2, 1, "float32")
+    w.append("x", torch.zeros(2, 4))
+    bad = torch.zeros(1, 4)
+    bad[0, 1] = float("inf")
+    with pytest.raises(NonFiniteError, match="captured x holds NaN/inf \\(samples from 2 on\\)"):
+        w.append("x", bad)
+
+
+def test_garbled_array_metadata_is_one_error(tmp_path):
+    _write(tmp_path / "g.zarr")
+    meta = tmp_path / "g.zarr" / "x" / "zarr.json"
+    meta.write_bytes(b"{" + b"x" * (meta.stat().st_size - 1))  # same size: the manifest alone cannot tell
+    with pytest.raises(DamagedInputError, match="unreadable array metadata"):
+        StoreReader(tmp_path / "g.zarr").read("x")
