@@ -2,8 +2,8 @@
 
 Copies the repository's tracked files into a fresh temporary git repository (no DVC cache), times a
 cold `dvc repro` of the whole default pipeline, commits, then times `dvc exp run -S ratio=<r>` (which
-should re-run only assemble and evaluate). Also reports whether the cold run's dvc.lock is
-byte-identical to the repository's committed dvc.lock (same code and params → same outputs).
+should re-run only validate, assemble and evaluate). Also lists the stages whose dvc.lock entry
+differs from the repository's committed dvc.lock (same code and params → same outputs: none).
 
 Run: python benchmarks/dvc_cold_warm.py [--ratio 0.2]
 Prints and writes benchmarks/results/dvc_cold_warm.json.
@@ -13,6 +13,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ import yaml
 from common import report
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's dvc
+       "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
        "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
 
 

@@ -185,7 +185,8 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
     specs = {"calibration": calibration_specs(dim, cap.image_tokens, cap.text_tokens),
              "training": training_specs(dim, n_img, n_txt, original)}
     n_samples = {name: len(items[name]) * len(schedule) for name in sets}
-    check_disk(out / "x", sum(estimate_bytes(specs[n], n_samples[n], cap.dtype) for n in sets))
+    check_disk(out / "x", sum(estimate_bytes(specs[n], n_samples[n], cap.dtype) for n in sets),
+               what=f"the activation stores of capture@{step.k} (calibration.zarr, training.zarr)")
     attrs = {"step": step.k, "block": i, "block_name": block_name, "kind": adapter.blocks[i].kind,
              "sandwich": [u, d], "replaced_before": list(step.replaced_before), "lora_blocks": step.lora_blocks(),
              "linear_blocks": step.linear_blocks(), "schedule_steps": schedule, "model_dtype": params.model.dtype}

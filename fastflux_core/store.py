@@ -86,13 +86,14 @@ def estimate_bytes(specs: list[ArraySpec], n_samples: int, dtype: str) -> int:
     return total
 
 
-def check_disk(path: Path, need: int, margin: float = 1.1) -> None:
-    """Fail before writing if the filesystem holding ``path`` cannot take ``need`` bytes (+10 %)."""
+def check_disk(path: Path, need: int, margin: float = 1.1, what: str | None = None) -> None:
+    """Fail before writing if the filesystem holding ``path`` cannot take ``need`` bytes (+10 %);
+    ``what`` names the store(s) in the message (default: ``path``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(path.parent).free
     if need * margin > free:
         raise StoreError(
-            f"not enough disk for the activation store {path}: needs about {need / 2**30:.2f} GiB "
+            f"not enough disk for {what or f'the activation store {path}'}: needs about {need / 2**30:.2f} GiB "
             f"(uncompressed, +10 %), {free / 2**30:.2f} GiB free; lower capture.image_tokens, "
             f"capture.timesteps or the calibration prompt count"
         )

@@ -362,3 +362,15 @@ def test_bad_input_through_dvc(case, ws):
         assert r.returncode == 2
         assert_one_error_line(r.stderr, pattern)
     assert snapshot(ws) == before
+
+
+def test_too_little_disk_for_the_activation_store(ws, monkeypatch, capsys):
+    """capture@1 on a full disk: refused before generating or writing anything."""
+    free = shutil._ntuple_diskusage(10**12, 10**12 - 10, 10)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+    shutil.rmtree(ws / "data" / "capture" / "1")  # as DVC does before it runs the stage
+    before = snapshot(ws)
+    code, stderr = run_in_process(ws, ["stages/capture.py", "1", "0"], monkeypatch, capsys)
+    assert code == 2
+    assert_one_error_line(stderr, r"not enough disk for the activation stores of capture@1 \(calibration\.zarr, training\.zarr\): needs about")
+    assert snapshot(ws) == before and not (ws / "data" / "capture" / "1").exists()

@@ -104,3 +104,18 @@ def test_foreign_safetensors_without_digest_are_checked_for_nan(tmp_path):
     save_file({"w": torch.tensor([1.0, float("nan")])}, str(tmp_path / "x.safetensors"))
     with pytest.raises(DamagedInputError, match="holds NaN/inf"):
         load_tensors(tmp_path / "x.safetensors")
+
+
+def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["stages/evaluate.py"])
+
+    def write_on_full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "data/evaluate/grid.png")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(write_on_full_disk)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: disk full while writing data/evaluate/grid.png: free space and re-run\n"
