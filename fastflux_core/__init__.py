@@ -2,6 +2,7 @@
 
 Modules, by the paper's concepts (the README's layout section says the same, with the stages):
     params       the one schema for params.yaml (and the disjointness check of the prompt sets)
+    preflight    checks beyond the schema: model folder, device, image size, metrics, prompt files
     adapter      block-level view of the transformer: list, run ranges, skip, swap blocks
     source       where the base model comes from (embedded default or a FLUX.1-dev folder)
     text         text encoders;  prompts: prompt sets, items (prompt, seed), derived seeds
@@ -17,5 +18,7 @@ Modules, by the paper's concepts (the README's layout section says the same, wit
     lora         peft LoRA on sandwich neighbours;  sandwich: Sandwich Training
     export       the diffusers-loadable pruned model;  assemble: the model at a ratio
     evaluation   held-out quality of pruned models;  speed: FLOPs and latency
-    io           atomic outputs, safetensors, PNG, timings;  errors: user-fixable errors
+    io           atomic outputs, verified safetensors and JSON, PNG, timings, how a stage runs
+    integrity    damaged inputs and the stage that re-makes them, finiteness, tensor digests
+    errors       user-fixable errors (one line, exit status 2)
 """

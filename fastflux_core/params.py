@@ -39,9 +39,25 @@ _READ: set[str] = set()
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors: a misspelt key must not silently fall back to a default."""
+    """Unknown keys are errors: a misspelt key must not silently fall back to a default. Numbers and
+    switches are taken exactly: pydantic would turn ``train_steps: yes`` (a YAML boolean) into 1 and
+    ``reuse: "no"`` into False; here both are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_silent_coercion(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            kind = field.annotation if field is not None else None
+            if kind in (int, float) and isinstance(value, (bool, str)):
+                raise ValueError(f"{name} must be a number, not {value!r} (yes/no/true/false are booleans in YAML)")
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, not {value!r}")
+        return data
 
     def __getattribute__(self, name: str):
         value = object.__getattribute__(self, name)
@@ -333,6 +349,21 @@ def parse_params(data: object, source: str = "params") -> Params:
         raise ParamsError(_describe(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last
+    silently: ``ratio: 0.1`` far below ``ratio: 0.2`` would win unnoticed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml: the schema, then that the prompt sets are disjoint and the
     setup can run (:mod:`fastflux_core.preflight`: model folder, device, image size, metrics).
@@ -344,7 +375,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ParamsError(f"parameter file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError as err:
         raise ParamsError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:

@@ -13,8 +13,9 @@ overflow: FLUX activations exceed 65504). ``complete: true`` is written last; re
 store without it, so a half-written store is never read as data.
 
 Integrity: every compressed chunk carries a CRC32C (zarr's ``Crc32cCodec``; shard indexes carry one
-too), and ``complete`` comes with a ``manifest`` of every file and its size. A reader checks the
-manifest when it opens the store — Zarr would silently read a deleted shard as zeros — and every read
+too), and after ``complete`` the writer adds ``manifest.json``: every file's size and the sha256 of
+every (small) ``zarr.json``, whose attributes say what the data means. A reader checks the manifest
+when it opens the store — Zarr would silently read a deleted shard as zeros — and every read
 checks the CRCs, so a damaged store stops the stage with one line naming the file and the stage that
 must re-run. Non-finite activations are refused when captured.
 
@@ -31,6 +32,8 @@ must re-run. Non-finite activations are refused when captured.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -171,18 +174,25 @@ class StoreWriter:
                 self._flush(name, self._buffered[name])
             if self._written[name] != self.n:
                 raise StoreError(f"{name}: {self._written[name]} of {self.n} samples captured")
-        self.group.attrs.update({"manifest": manifest(self.path), "complete": True})
+        self.group.attrs["complete"] = True
+        (self.path / MANIFEST).write_text(json.dumps(manifest(self.path), indent=1, sort_keys=True))
 
 
-def manifest(path: Path) -> dict[str, int]:
-    """Every file of the store (but the root metadata, which holds the manifest) → its size in bytes."""
-    out = {}
+MANIFEST = "manifest.json"
+
+
+def manifest(path: Path) -> dict[str, dict]:
+    """``sizes``: every file of the store (but the manifest) → bytes; ``sha256``: every metadata file."""
+    sizes, digests = {}, {}
     for root, _, files in os.walk(path):
         for f in files:
             rel = (Path(root) / f).relative_to(path).as_posix()
-            if rel != "zarr.json":
-                out[rel] = (Path(root) / f).stat().st_size
-    return dict(sorted(out.items()))
+            if rel == MANIFEST:
+                continue
+            sizes[rel] = (Path(root) / f).stat().st_size
+            if f == "zarr.json":
+                digests[rel] = hashlib.sha256((Path(root) / f).read_bytes()).hexdigest()
+    return {"sizes": sizes, "sha256": digests}
 
 
 class StoreReader:
@@ -199,21 +209,28 @@ class StoreReader:
             raise damaged(self.path, f"not a readable Zarr store: {str(err)[:200]}") from None
         if attrs.get("format") != FORMAT:
             raise damaged(self.path, f"not a FastFLUX activation store (format {attrs.get('format')!r})")
-        if attrs.get("complete") is not True or not isinstance(attrs.get("manifest"), dict):
+        if attrs.get("complete") is not True or not (self.path / MANIFEST).is_file():
             raise damaged(self.path, "incomplete: capture was interrupted")
-        self._check_manifest(attrs["manifest"])
+        try:
+            expected = json.loads((self.path / MANIFEST).read_text())
+            self._check_manifest(expected["sizes"], expected["sha256"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise damaged(self.path / MANIFEST, "unreadable manifest") from None
         self.attrs = attrs
         self.stored_as = attrs["stored_as"]
         self.n_samples = attrs["n_samples"]
 
-    def _check_manifest(self, expected: dict[str, int]) -> None:
-        """Every file written at completion is there with its size, and no file is missing from the list."""
-        found = manifest(self.path)
-        for rel, size in expected.items():
+    def _check_manifest(self, sizes: dict[str, int], digests: dict[str, str]) -> None:
+        """Every file written at completion is there with its size; metadata files are unchanged."""
+        found = manifest(self.path)["sizes"]
+        for rel, size in sizes.items():
             if rel not in found:
                 raise damaged(self.path / rel, "missing from the activation store")
             if found[rel] != size:
                 raise damaged(self.path / rel, f"{found[rel]} bytes, {size} when captured")
+        for rel, digest in digests.items():
+            if hashlib.sha256((self.path / rel).read_bytes()).hexdigest() != digest:
+                raise damaged(self.path / rel, "metadata changed since capture (checksum mismatch)")
 
     def array(self, name: str) -> zarr.Array:
         try:

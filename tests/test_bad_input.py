@@ -176,7 +176,9 @@ CASES = [
     Case("max_ratio without steps", params(max_ratio=0.0), V, r"steps must write out the chain for max_ratio=0\.0 \(0 of 2 blocks"),
     Case("ratio > max_ratio", params(ratio=0.6), V, r"ratio=0\.6 is above max_ratio=0\.5: raise max_ratio"),
     Case("integer step keys", params(steps={1: {"prev": 0}}), V, r"keys must be quoted"),
-    Case("wrong type", params(sandwich__train_steps="many"), V, r"sandwich\.train_steps: Input should be a valid integer"),
+    Case("wrong type", params(sandwich__train_steps="many"), V, r"sandwich: train_steps must be a number, not 'many'"),
+    Case("YAML yes for a number", params(sandwich__train_steps=True), V, r"sandwich: train_steps must be a number, not True"),
+    Case("quoted switch", params(evaluate__sweep="no"), V, r"evaluate: sweep must be true or false, not 'no'"),
     Case("negative seed", params(seed=-1), V, r"seed: Input should be greater than or equal to 0"),
     Case("sandwich width 4", params(sandwich__width=4), V, r"sandwich\.width: Input should be 1, 3 or 5"),
     Case("capture steps beyond schedule", params(capture__timesteps=9), V, r"capture\.timesteps \(9\) must be <= sampling\.steps"),
@@ -188,6 +190,8 @@ CASES = [
     Case("inception without a path", params(metrics__fid_features="inception"), V, r"inception_path is required"),
     Case("missing prompt set", params(prompts__training=DELETE), V, r"prompts\.training: Field required"),
     Case("params.yaml not YAML", write("params.yaml", "ratio: [0.1\nseed: 0\n"), V, r"params\.yaml is not valid YAML"),
+    Case("a key given twice", lambda ws: (ws / "params.yaml").write_text((ws / "params.yaml").read_text() + "ratio: 0.0\n"),
+         V, r"params\.yaml is not valid YAML: .*key 'ratio' appears twice in one mapping"),
     Case("params.yaml a list", write("params.yaml", "- 1\n- 2\n"), V, r"must be a mapping at the top level"),
     Case("params.yaml not UTF-8", write("params.yaml", b"ratio: 0.1 \xff\xfe\n"), V, r"params\.yaml is not UTF-8"),
     # model and device
@@ -331,7 +335,7 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(case, ws, monkeypatch
 
 
 def test_the_suite_is_big_enough():
-    assert len(CASES) + len(DVC_CASES) >= 40
+    assert len(CASES) + len(DVC_CASES) + 1 >= 40  # + the full disk below
 
 
 # Through DVC: validation runs on every `dvc repro` / `dvc exp run`, even when every stage is cached.

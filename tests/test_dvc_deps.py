@@ -33,12 +33,12 @@ def test_closure_follows_function_level_imports():
     assert "fastflux_core/speed.py" in closure
 
 
-def test_lock_holds_only_stages_of_dvc_yaml():
-    dvc, params = _dvc(), yaml.safe_load((ROOT / "params.yaml").read_text())
-    names = set()
+def expanded_stages(dvc: dict, params: dict) -> dict[str, list[str]]:
+    """Every stage of dvc.yaml as DVC names it (foreach members as name@key) → its output paths."""
+    out = {}
     for name, st in dvc["stages"].items():
         if "foreach" not in st:
-            names.add(name)
+            out[name] = [o if isinstance(o, str) else next(iter(o)) for o in st.get("outs", [])]
             continue
         group = st["foreach"]
         if isinstance(group, str):
@@ -46,6 +46,36 @@ def test_lock_holds_only_stages_of_dvc_yaml():
             for part in re.sub(r"[${}]", "", group).split("."):
                 value = value[part]
             group = value
-        names |= {f"{name}@{k}" for k in (group if isinstance(group, dict) else group)}
+        for key in group if isinstance(group, dict) else group:
+            item = group[key] if isinstance(group, dict) else key
+            outs = [o if isinstance(o, str) else next(iter(o)) for o in st["do"].get("outs", [])]
+            subst = {"${key}": str(key), "${item}": str(item)}
+            if isinstance(item, dict):
+                subst.update({f"${{item.{k}}}": str(v) for k, v in item.items()})
+            for a, b in subst.items():
+                outs = [o.replace(a, b) for o in outs]
+            out[f"{name}@{key}"] = outs
+    return out
+
+
+def test_lock_holds_only_stages_of_dvc_yaml():
+    dvc, params = _dvc(), yaml.safe_load((ROOT / "params.yaml").read_text())
+    names = set(expanded_stages(dvc, params))
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
     assert set(lock["stages"]) <= names, sorted(set(lock["stages"]) - names)
+
+
+def test_damaged_input_messages_name_the_stage_that_writes_it():
+    """integrity.producer's table agrees with dvc.yaml: every output a later stage reads maps to its stage."""
+    from fastflux_core.integrity import producer
+
+    dvc, params = _dvc(), yaml.safe_load((ROOT / "params.yaml").read_text())
+    checked = 0
+    for stage, outs in expanded_stages(dvc, params).items():
+        for out in outs:
+            if out.startswith(("data/metrics/", "data/plots/", "data/timing/", "data/evaluate")):
+                continue  # read by no stage
+            assert producer(out) == stage, (out, producer(out), stage)
+            assert producer(f"{out}/some/file") == stage
+            checked += 1
+    assert checked >= 20

@@ -73,9 +73,16 @@ def test_non_finite_activations_are_refused_at_capture(tmp_path):
         w.append("x", bad)
 
 
-def test_garbled_array_metadata_is_one_error(tmp_path):
+def test_changed_metadata_is_caught_when_opened(tmp_path):
+    """Same size, still valid: only the manifest's digest of every zarr.json sees it."""
     _write(tmp_path / "g.zarr")
-    meta = tmp_path / "g.zarr" / "x" / "zarr.json"
-    meta.write_bytes(b"{" + b"x" * (meta.stat().st_size - 1))  # same size: the manifest alone cannot tell
-    with pytest.raises(DamagedInputError, match="unreadable array metadata"):
-        StoreReader(tmp_path / "g.zarr").read("x")
+    meta = tmp_path / "g.zarr" / "zarr.json"
+    text = meta.read_text()
+    assert '"block": 7' in text
+    meta.write_text(text.replace('"block": 7', '"block": 8'))  # e.g. which block the data belongs to
+    with pytest.raises(DamagedInputError, match=r"g\.zarr/zarr\.json is damaged \(metadata changed since capture"):
+        StoreReader(tmp_path / "g.zarr")
+    _write(tmp_path / "h.zarr")
+    (tmp_path / "h.zarr" / "manifest.json").write_text("[1, 2")
+    with pytest.raises(DamagedInputError, match="unreadable manifest"):
+        StoreReader(tmp_path / "h.zarr")
