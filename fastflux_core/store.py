@@ -13,8 +13,9 @@ overflow: FLUX activations exceed 65504). ``complete: true`` is written last; re
 store without it, so a half-written store is never read as data.
 
 Integrity: every compressed chunk carries a CRC32C (zarr's ``Crc32cCodec``; shard indexes carry one
-too), and after ``complete`` the writer adds ``manifest.json``: every file's size and the sha256 of
-every (small) ``zarr.json``, whose attributes say what the data means. A reader checks the manifest
+too), and after ``complete`` the writer adds ``<store>.manifest.json`` beside the store (inside it,
+Zarr and xarray would warn about a foreign object): every file's size and the sha256 of every
+(small) ``zarr.json``, whose attributes say what the data means. A reader checks the manifest
 when it opens the store — Zarr would silently read a deleted shard as zeros — and every read
 checks the CRCs, so a damaged store stops the stage with one line naming the file and the stage that
 must re-run. Non-finite activations are refused when captured.
@@ -175,10 +176,12 @@ class StoreWriter:
             if self._written[name] != self.n:
                 raise StoreError(f"{name}: {self._written[name]} of {self.n} samples captured")
         self.group.attrs["complete"] = True
-        (self.path / MANIFEST).write_text(json.dumps(manifest(self.path), indent=1, sort_keys=True))
+        manifest_path(self.path).write_text(json.dumps(manifest(self.path), indent=1, sort_keys=True))
 
 
-MANIFEST = "manifest.json"
+def manifest_path(store: Path) -> Path:
+    """``x.zarr`` → ``x.zarr.manifest.json``, beside it."""
+    return store.with_name(store.name + ".manifest.json")
 
 
 def manifest(path: Path) -> dict[str, dict]:
@@ -187,8 +190,6 @@ def manifest(path: Path) -> dict[str, dict]:
     for root, _, files in os.walk(path):
         for f in files:
             rel = (Path(root) / f).relative_to(path).as_posix()
-            if rel == MANIFEST:
-                continue
             sizes[rel] = (Path(root) / f).stat().st_size
             if f == "zarr.json":
                 digests[rel] = hashlib.sha256((Path(root) / f).read_bytes()).hexdigest()
@@ -209,13 +210,13 @@ class StoreReader:
             raise damaged(self.path, f"not a readable Zarr store: {str(err)[:200]}") from None
         if attrs.get("format") != FORMAT:
             raise damaged(self.path, f"not a FastFLUX activation store (format {attrs.get('format')!r})")
-        if attrs.get("complete") is not True or not (self.path / MANIFEST).is_file():
+        if attrs.get("complete") is not True or not manifest_path(self.path).is_file():
             raise damaged(self.path, "incomplete: capture was interrupted")
         try:
-            expected = json.loads((self.path / MANIFEST).read_text())
+            expected = json.loads(manifest_path(self.path).read_text())
             self._check_manifest(expected["sizes"], expected["sha256"])
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise damaged(self.path / MANIFEST, "unreadable manifest") from None
+            raise damaged(manifest_path(self.path), "unreadable manifest") from None
         self.attrs = attrs
         self.stored_as = attrs["stored_as"]
         self.n_samples = attrs["n_samples"]

@@ -19,6 +19,10 @@ def test_incomplete_store_is_refused(tmp_path):
     _write(tmp_path / "c.zarr", close=False)
     with pytest.raises(DamagedInputError, match="incomplete: capture was interrupted"):
         StoreReader(tmp_path / "c.zarr")
+    _write(tmp_path / "m.zarr")
+    (tmp_path / "m.zarr.manifest.json").unlink()  # killed between the completion mark and the manifest
+    with pytest.raises(DamagedInputError, match="incomplete: capture was interrupted"):
+        StoreReader(tmp_path / "m.zarr")
 
 
 def test_missing_store_names_the_capture_stage(tmp_path):
@@ -83,6 +87,6 @@ def test_changed_metadata_is_caught_when_opened(tmp_path):
     with pytest.raises(DamagedInputError, match=r"g\.zarr/zarr\.json is damaged \(metadata changed since capture"):
         StoreReader(tmp_path / "g.zarr")
     _write(tmp_path / "h.zarr")
-    (tmp_path / "h.zarr" / "manifest.json").write_text("[1, 2")
+    (tmp_path / "h.zarr.manifest.json").write_text("[1, 2")
     with pytest.raises(DamagedInputError, match="unreadable manifest"):
         StoreReader(tmp_path / "h.zarr")
