@@ -163,16 +163,7 @@ class FluxAdapter:
         stop = len(self.blocks) if stop is None else stop
         if not 0 <= start <= stop <= len(self.blocks):
             raise IndexError(f"block range [{start}, {stop}) not within [0, {len(self.blocks)}]")
-        for index in range(start, stop):
-            encoder_hidden_states, hidden_states = self.block(index)(
-                hidden_states=state.hidden_states,
-                encoder_hidden_states=state.encoder_hidden_states,
-                temb=state.temb,
-                image_rotary_emb=state.image_rotary_emb,
-                joint_attention_kwargs=None,
-            )
-            state = state.with_streams(encoder_hidden_states, hidden_states)
-        return state
+        return run_blocks([self.block(i) for i in range(start, stop)], state, self.model)
 
     def head(self, state: BlockState) -> torch.Tensor:
         """Everything after the last block: final modulated norm and projection → (B, N_img, C_out)."""
@@ -182,6 +173,22 @@ class FluxAdapter:
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """embed → all blocks → head; equals the model's own forward."""
         return self.head(self.run(self.embed(inputs)))
+
+
+def run_blocks(modules: list[nn.Module], state: BlockState, model: nn.Module | None = None) -> BlockState:
+    """Run block modules in order on ``state``. When gradients are on and ``model`` has diffusers'
+    gradient checkpointing enabled (``model.enable_gradient_checkpointing()``), each block runs through
+    the model's own ``_gradient_checkpointing_func``, as ``FluxTransformer2DModel.forward`` does: only
+    block inputs are kept for backward, one block's activations are recomputed at a time."""
+    checkpoint = model is not None and torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False)
+    for block in modules:
+        args = (state.hidden_states, state.encoder_hidden_states, state.temb, state.image_rotary_emb)
+        if checkpoint:
+            encoder_hidden_states, hidden_states = model._gradient_checkpointing_func(block, *args)
+        else:
+            encoder_hidden_states, hidden_states = block(*args)
+        state = state.with_streams(encoder_hidden_states, hidden_states)
+    return state
 
 
 def adapter_for(model: nn.Module) -> BlockAdapter:

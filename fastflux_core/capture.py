@@ -10,16 +10,19 @@ steps of ``capture.timesteps`` (spread over the whole schedule) forward hooks re
         block's replacement is one linear for both streams; the solve weights image and text rows by
         the true token counts (attributes ``tokens`` and ``sampled``).
 
-``training.zarr`` — Sandwich Training pairs, from the training set:
-  sandwich_in_{img,txt}     (sample, N, D)  state entering the sandwich's first block u
-  sandwich_out_{img,txt}    (sample, N, D)  state leaving its last block d (current model)
-  original_out_{img,txt}    (sample, N, D)  the unpruned base's blocks u..d on the same input
-                                             (only with ``sandwich.target: original``)
-  temb (sample, D); img_ids (N_img, 3), txt_ids (N_txt, 3)   all else needed to re-run u..d
+``training.zarr`` — Sandwich Training inputs, from the training set:
+  latents    (sample, N_img, C_in)  the packed noisy latent the transformer received
+  timestep, guidance (sample,)      exactly as passed to the transformer
+  img_ids (N_img, 3), txt_ids (N_txt, 3)
+  With the prompt's encoded states (``data/encoded/training.safetensors``) these are the whole model
+  input, from which stage sandwich recomputes the sandwich's boundary states on the device
+  (:mod:`fastflux_core.sandwich`). Why not store the states themselves: at FLUX.1-dev scale one
+  state is 28 MB per sample (4608 tokens × 3072, bf16) — 116 GB per step for the 2048 (input, output)
+  pairs of 512 images × 4 timesteps — while a latent is 0.5 MB (4096 × 64). One sample per chunk:
+  sandwich reads samples by index, so no chunk is read for a sample it does not need.
 
 Both stores: prompt (sample,) index into the ``prompts`` attribute, seed (sample,), schedule_step,
 timestep — so every sample names the item (prompt, seed) it came from, and hold-outs are by item.
-Sandwich states keep every token: the sandwich contains attention, so it runs on whole sequences.
 """
 
 from __future__ import annotations
@@ -29,14 +32,13 @@ from pathlib import Path
 
 import torch
 
-from fastflux_core.adapter import BlockAdapter, BlockState, adapter_for
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.codec import latent_ids
 from fastflux_core.errors import FastFluxError
-from fastflux_core.params import Params, PromptSet, capture_schedule
+from fastflux_core.params import Params, capture_schedule
 from fastflux_core.prompts import GenItem, PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import flux_timesteps, latent_size, sample_latents
-from fastflux_core.source import load_codec, load_scheduler, load_transformer
+from fastflux_core.source import load_codec, load_scheduler
 from fastflux_core.store import ArraySpec, StoreWriter, check_disk, estimate_bytes
 
 
@@ -70,12 +72,9 @@ def calibration_specs(dim: int, k_img: int, k_txt: int) -> list[ArraySpec]:
     ] + ITEM_SPECS
 
 
-def training_specs(dim: int, n_img: int, n_txt: int, original: bool) -> list[ArraySpec]:
-    states = ["sandwich_in", "sandwich_out"] + (["original_out"] if original else [])
-    return [spec for name in states for spec in (
-        ArraySpec(f"{name}_img", (n_img, dim), ("sample", "image_seq", "dim")),
-        ArraySpec(f"{name}_txt", (n_txt, dim), ("sample", "text_seq", "dim")),
-    )] + [ArraySpec("temb", (dim,), ("sample", "dim"))] + ITEM_SPECS
+def training_specs(n_img: int, in_channels: int) -> list[ArraySpec]:
+    return [ArraySpec("latents", (n_img, in_channels), ("sample", "image_seq", "channel")),
+            ArraySpec("guidance", (), ("sample",), activation=False)] + ITEM_SPECS
 
 
 class Armed:
@@ -89,13 +88,16 @@ class Armed:
     def __call__(self, step: int, batch: slice) -> None:
         self.armed, self.step, self.batch = step in self.steps, step, batch
 
-    def write_items(self, writer: StoreWriter) -> None:
-        """Per-sample bookkeeping of the current batch: prompt, seed, schedule step, sigma."""
+    def write_items(self, writer: StoreWriter, timestep: torch.Tensor | None = None) -> None:
+        """Per-sample bookkeeping of the current batch: prompt, seed, schedule step, and the timestep
+        (sigma) — as the transformer received it when given, else the schedule's."""
         chunk = self.items[self.batch]
         writer.append("prompt", torch.tensor([it.prompt for it in chunk]))
         writer.append("seed", torch.tensor([it.seed for it in chunk]))
         writer.append("schedule_step", torch.full((len(chunk),), self.step))
-        writer.append("timestep", torch.full((len(chunk),), self.sigmas[self.step]))
+        if timestep is None:
+            timestep = torch.full((len(chunk),), self.sigmas[self.step])
+        writer.append("timestep", timestep.float())
 
 
 class BlockIOHooks:
@@ -132,36 +134,22 @@ class BlockIOHooks:
         self.armed.write_items(self.writer)
 
 
-class SandwichHooks:
-    """Records the whole state entering block u and leaving block d (Sandwich Training pairs), and with
-    ``base`` the unpruned model's blocks u..d run on the same input (``sandwich.target: original``)."""
+class ModelInputHooks:
+    """Records what the transformer receives at captured steps: the sandwich's data, recomputed later."""
 
-    def __init__(self, writer: StoreWriter, armed: Armed, u: int, d: int, base: BlockAdapter | None, block_name: str):
-        self.writer, self.armed, self.u, self.d, self.base, self.name = writer, armed, u, d, base, block_name
+    def __init__(self, writer: StoreWriter, armed: Armed, guidance_scale: float):
+        self.writer, self.armed, self.guidance_scale = writer, armed, guidance_scale
 
-    def pre_u(self, module, args, kwargs) -> None:
+    def pre(self, module, args, kwargs) -> None:
         if not self.armed.armed:
             return
-        hs, ehs, temb = kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["temb"]
-        for t in (hs, ehs):
-            _check_finite(t, "the sandwich input", self.name, self.armed.step)
-        self.writer.append("sandwich_in_img", hs)  # (b, N_img, D)
-        self.writer.append("sandwich_in_txt", ehs)  # (b, N_txt, D)
-        self.writer.append("temb", temb)  # (b, D)
-        self.armed.write_items(self.writer)
-        if self.base is not None:
-            y = self.base.run(BlockState(hs, ehs, temb, kwargs["image_rotary_emb"]), self.u, self.d + 1)
-            self.writer.append("original_out_img", y.hidden_states)
-            self.writer.append("original_out_txt", y.encoder_hidden_states)
-
-    def post_d(self, module, args, kwargs, output) -> None:
-        if not self.armed.armed:
-            return
-        o_txt, o_img = output
-        for t in (o_img, o_txt):
-            _check_finite(t, "the sandwich output", self.name, self.armed.step)
-        self.writer.append("sandwich_out_img", o_img)
-        self.writer.append("sandwich_out_txt", o_txt)
+        latents, timestep = kwargs["hidden_states"], kwargs["timestep"]  # (b, N_img, C_in), (b,)
+        guidance = kwargs.get("guidance")
+        if guidance is None:  # a model without guidance embedding: recorded, never used
+            guidance = torch.full((latents.shape[0],), self.guidance_scale)
+        self.writer.append("latents", latents)
+        self.writer.append("guidance", guidance.float())
+        self.armed.write_items(self.writer, timestep)
 
 
 def capture_step(params: Params, step: PlanStep, state: ChainState, calibration: PromptEmbeds,
@@ -175,15 +163,12 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
     codec = load_codec(params, model)
     h, w = latent_size(params.sampling.height, params.sampling.width, codec.scale_factor)
     n_img, n_txt, dim = (h // 2) * (w // 2), calibration.prompt_embeds.shape[1], model.inner_dim
-    if cap.image_tokens > n_img or cap.text_tokens > n_txt:
-        raise FastFluxError(f"capture.image_tokens={cap.image_tokens} / text_tokens={cap.text_tokens} exceed the "
-                            f"{n_img} image and {n_txt} text tokens of a sample at this resolution and text length")
+    # capture.image_tokens/text_tokens ≤ n_img/n_txt: checked with the params (preflight.check_sizes)
     schedule = capture_schedule(cap.timesteps, params.sampling.steps)
-    original = params.sandwich.target == "original"
     sets = {"calibration": (calibration, params.prompts.calibration), "training": (training, params.prompts.training)}
     items = {name: prompt_items(len(e.prompts), s.images_per_prompt, s.seed) for name, (e, s) in sets.items()}
     specs = {"calibration": calibration_specs(dim, cap.image_tokens, cap.text_tokens),
-             "training": training_specs(dim, n_img, n_txt, original)}
+             "training": training_specs(n_img, model.config.in_channels)}
     n_samples = {name: len(items[name]) * len(schedule) for name in sets}
     check_disk(out / "x", sum(estimate_bytes(specs[n], n_samples[n], cap.dtype) for n in sets),
                what=f"the activation stores of capture@{step.k} (calibration.zarr, training.zarr)")
@@ -196,8 +181,9 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
     summary = {"step": step.k, "block": i, "block_name": block_name, "sandwich": [u, d], "schedule_steps": schedule}
     for name, (embeds, prompt_set) in sets.items():
         writer = StoreWriter(
-            out / f"{name}.zarr", specs[name], n_samples[name], cap.shard_samples, cap.chunk_samples, cap.dtype,
-            cap.clevel, check_space=False,
+            out / f"{name}.zarr", specs[name], n_samples[name], cap.shard_samples,
+            cap.chunk_samples if name == "calibration" else 1, cap.dtype, cap.clevel, check_space=False,
+            compression=cap.compression,
             attrs={**attrs, "prompt_set": name, "prompts": embeds.prompts, "tokens": {"img": n_img, "txt": n_txt},
                    "sampled": {"img": cap.image_tokens, "txt": cap.text_tokens} if name == "calibration" else None,
                    "description": __doc__.split("\n\n")[0]})
@@ -210,10 +196,8 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
         else:
             writer.write_static("img_ids", latent_ids(h, w), ("image_seq", "xyz"))
             writer.write_static("txt_ids", torch.zeros(n_txt, 3), ("text_seq", "xyz"))
-            base = adapter_for(load_transformer(params)) if original else None  # the unpruned blocks u..d
-            hooks = SandwichHooks(writer, armed, u, d, base, block_name)
-            handles = [adapter.block(u).register_forward_pre_hook(hooks.pre_u, with_kwargs=True),
-                       adapter.block(d).register_forward_hook(hooks.post_d, with_kwargs=True)]
+            inputs = ModelInputHooks(writer, armed, params.sampling.guidance_scale)
+            handles = [model.register_forward_pre_hook(inputs.pre, with_kwargs=True)]
         try:
             with torch.no_grad():
                 sample_latents(model, sched, embeds, items[name], params.sampling, codec.latent_channels,

@@ -212,8 +212,11 @@ class CaptureParams(_Strict):
     text_tokens: int = Field(8, ge=1, description="text tokens per sample kept for least squares")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 is stored as uint16 bits")
     shard_samples: int = Field(32, ge=1, description="samples per Zarr shard (one shard is buffered in memory)")
-    chunk_samples: int = Field(8, ge=1, description="samples per compressed chunk inside a shard")
-    clevel: int = Field(3, ge=0, le=9, description="zstd level (Blosc)")
+    chunk_samples: int = Field(32, ge=1, description="samples per chunk of the calibration store, which solve "
+                               "streams whole (the training store: one sample per chunk, read by index)")
+    compression: Literal["none", "lz4", "zstd"] = Field(
+        "none", description="Blosc codec per chunk, CRC32C always (measured: benchmarks/capture_io.py)")
+    clevel: int = Field(1, ge=0, le=9, description="Blosc compression level")
 
     @model_validator(mode="after")
     def _chunks_fit_shards(self) -> "CaptureParams":
@@ -238,7 +241,11 @@ class SandwichParams(_Strict):
     target: Literal["current", "original"] = Field(
         "current", description="train towards the current model's sandwich output (paper) or the original model's")
     train_steps: int = Field(200, ge=0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="samples per optimizer step")
+    micro_batch: int = Field(8, ge=1, description="samples per forward/backward; gradients accumulate to batch_size")
+    round_samples: int = Field(128, ge=1, description="samples whose boundary states are recomputed and held in "
+                               "host memory at once (FLUX.1-dev, bf16: 57 MB per sample)")
+    gradient_checkpointing: bool = Field(True, description="keep only block inputs for backward (diffusers')")
     learning_rate: float = Field(1e-3, gt=0, le=1)
     holdout: float = Field(0.2, gt=0, lt=1, description="share of training-set prompts held out to measure the loss")
     reuse: bool = Field(True, description="assemble ratio a from the latest-trained components of the whole chain")

@@ -1,90 +1,151 @@
 """Sandwich Training (paper §3.2, Fig. 1 and 3, Eq. 3): repair step k's replacement locally.
 
-Blocks u..d around the replaced block i (see :func:`fastflux_core.chain.sandwich_bounds`) are cut out
-of the model as it stands after steps < k. Block i becomes its least-squares linear (stage solve@k);
+Blocks u..d around the replaced block i (see :func:`fastflux_core.chain.sandwich_bounds`) are trained
+in the model as it stands after steps < k. Block i becomes its least-squares linear (stage solve@k);
 the unpruned blocks in [u, d] get LoRA (peft); every replaced linear in [u, d] — i's and those of
-earlier overlapping steps — is trainable; everything else is frozen. Training maps the captured state
-entering B_u to the captured state leaving B_d (the current model's, as in the paper, or the original
+earlier overlapping steps — is trainable; everything else is frozen. Training maps the state
+entering B_u to the state leaving B_d (the current model's, as in the paper, or the original
 model's: ``sandwich.target``), minimising the relative squared error
 
     L = ‖sandwich(x_u) − y_d‖² / ‖y_d‖²     (both streams)
 
-Data: the *training* prompt set's store (least squares was fitted on the calibration set). A share
-``sandwich.holdout`` of the training set's prompts is held out whole — every seed and schedule step of
-those prompts — so the held-out loss before (least-squares init, fresh LoRA = no change) and after
-training is measured on items no fit and no training step saw. Trainable parameters are kept in
-float32 (master copies) even when the frozen model is bfloat16. The new chain state = the previous
+Data: the *training* prompt set (least squares was fitted on the calibration set). Capture stored
+each sample's transformer inputs (noisy latent, timestep, guidance, prompt); the boundary states
+are recomputed here on the device — x_u = blocks 0..u-1 of the current model, y_d = a frozen copy of
+its blocks u..d (or the base model's) on x_u — as storing them would take 116 GB per step at
+FLUX.1-dev scale (see :mod:`fastflux_core.capture`). Both are exact: nothing before u is trained here.
+
+Rounds: the training samples are shuffled and cut into rounds of ``round_samples``; a round's
+boundary states are computed once and held in host memory, and the ``train_steps`` are shared out
+over the rounds, so each sample's states are computed exactly once (for FLUX.1-dev about 1/6 of what
+capture spent on it). When every sample fits in one round, batches are drawn from the whole set.
+A batch of ``batch_size`` runs in micro-batches of ``micro_batch`` with gradient accumulation: the
+denominator ‖y_d‖² of the whole batch is known before any forward, so the accumulated gradient is
+exactly the whole batch's. With ``gradient_checkpointing`` only block inputs are kept for backward.
+
+A share ``sandwich.holdout`` of the training set's prompts is held out whole — every seed and schedule
+step of those prompts — so the held-out loss before (least-squares init, fresh LoRA = no change) and
+after training is measured on items no fit and no training step saw. Trainable parameters are kept
+in float32 (master copies) even when the frozen model is bfloat16. The new chain state = the previous
 state + everything trained here.
 """
 
 from __future__ import annotations
 
+import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import trange
+from torch import nn
+from tqdm.auto import tqdm
 
-from fastflux_core.adapter import BlockAdapter, BlockState
+from fastflux_core.adapter import BlockAdapter, BlockState, ModelInputs, run_blocks
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.errors import FastFluxError
 from fastflux_core.integrity import require_finite
 from fastflux_core.lora import lora_parameters, lora_tensors
 from fastflux_core.params import Params, SandwichParams
-from fastflux_core.prompts import derive_seed
+from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.replacement import LinearReplacement
 from fastflux_core.store import StoreReader
 
 
-class SandwichData:
-    """Captured (input state, target state) pairs of one sandwich. Held in memory when they fit in
-    ``memory_gb`` (the default model: always); otherwise read from the store batch by batch."""
+@dataclass(frozen=True)
+class Boundary:
+    """Boundary states of some samples, on the host in the model's dtype."""
 
-    def __init__(self, store: StoreReader, target: str, device: torch.device, dtype: torch.dtype,
-                 memory_gb: float = 4.0):
-        self.store, self.device, self.dtype = store, device, dtype
-        self.out_name = "sandwich_out" if target == "current" else "original_out"
-        if f"{self.out_name}_img" not in store.group:
-            raise FastFluxError(f"{store.path} has no {self.out_name} states: re-run capture with sandwich.target={target}")
-        self.n = store.n_samples
-        self.img_ids = store.read("img_ids").to(device, dtype)
-        self.txt_ids = store.read("txt_ids").to(device, dtype)
-        self.names = ["sandwich_in_img", "sandwich_in_txt", "temb", f"{self.out_name}_img", f"{self.out_name}_txt"]
-        nbytes = sum(4 * store.array(n).size for n in self.names)
-        self.cache = {n: store.read(n) for n in self.names} if nbytes <= memory_gb * 2**30 else None
+    img: torch.Tensor  # (n, N_img, D)  x_u, image stream
+    txt: torch.Tensor  # (n, N_txt, D)  x_u, text stream
+    temb: torch.Tensor  # (n, D)
+    y_img: torch.Tensor  # (n, N_img, D)  y_d, image stream
+    y_txt: torch.Tensor  # (n, N_txt, D)  y_d, text stream
 
-    def batch(self, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """Inputs {img, txt, temb} and targets (img, txt) for sample indices ``idx``."""
+    def __len__(self) -> int:
+        return self.img.shape[0]
+
+    def target_norm(self, idx: torch.Tensor) -> torch.Tensor:
+        """‖y_d‖² over samples ``idx``, both streams, float32."""
+        return (self.y_img[idx].float() ** 2).sum() + (self.y_txt[idx].float() ** 2).sum()
+
+    def take(self, idx: torch.Tensor, device: torch.device) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Inputs {img, txt, temb} and targets (img, txt) of samples ``idx`` on ``device``."""
+        x = {"img": self.img[idx].to(device), "txt": self.txt[idx].to(device), "temb": self.temb[idx].to(device)}
+        return x, (self.y_img[idx].to(device), self.y_txt[idx].to(device))
+
+
+class BoundaryStates:
+    """Recomputes sandwich boundary states from captured transformer inputs (the training store)."""
+
+    def __init__(self, store: StoreReader, embeds: PromptEmbeds, adapter: BlockAdapter, target: list[nn.Module],
+                 u: int, micro_batch: int):
+        if list(store.attrs["prompts"]) != list(embeds.prompts):
+            raise FastFluxError(f"{store.path} was captured from other training prompts than the encoded ones: "
+                                f"re-run capture")
+        self.store, self.embeds, self.adapter, self.target, self.u = store, embeds, adapter, target, u
+        self.micro_batch = micro_batch
+        p0 = next(adapter.model.parameters())
+        self.device, self.dtype = p0.device, p0.dtype
+        self.img_ids = store.read("img_ids").to(self.device, self.dtype)  # (N_img, 3)
+        self.txt_ids = store.read("txt_ids").to(self.device, self.dtype)  # (N_txt, 3)
+        self.rotary = adapter.model.pos_embed(torch.cat([self.txt_ids, self.img_ids]))
+        self.guidance = bool(adapter.model.config.guidance_embeds)
+
+    @torch.no_grad()
+    def compute(self, idx: torch.Tensor) -> Boundary:
+        """x_u and y_d of samples ``idx`` (store order), computed in micro-batches on the device."""
         idx = torch.sort(idx).values
-
-        def get(name: str) -> torch.Tensor:
-            t = self.cache[name][idx] if self.cache is not None else self.store.read_samples(name, idx.numpy())
-            return t.to(self.device, self.dtype)
-
-        x = {"img": get("sandwich_in_img"), "txt": get("sandwich_in_txt"), "temb": get("temb")}
-        return x, (get(f"{self.out_name}_img"), get(f"{self.out_name}_txt"))
+        parts: list[tuple[torch.Tensor, ...]] = []
+        for mb in idx.split(self.micro_batch):
+            rows = mb.numpy()
+            prompt_embeds, pooled = self.embeds.select(self.store.read_samples("prompt", rows))
+            inputs = ModelInputs(
+                hidden_states=self.store.read_samples("latents", rows).to(self.device, self.dtype),
+                encoder_hidden_states=prompt_embeds.to(self.device, self.dtype),
+                pooled_projections=pooled.to(self.device, self.dtype),
+                timestep=self.store.read_samples("timestep", rows).to(self.device, self.dtype),
+                img_ids=self.img_ids, txt_ids=self.txt_ids,
+                guidance=self.store.read_samples("guidance", rows).to(self.device) if self.guidance else None)
+            x = self.adapter.run(self.adapter.embed(inputs), 0, self.u)
+            y = run_blocks(self.target, x)
+            parts.append(tuple(t.cpu() for t in (x.hidden_states, x.encoder_hidden_states, x.temb,
+                                                  y.hidden_states, y.encoder_hidden_states)))
+        return Boundary(*(torch.cat(ts) for ts in zip(*parts)))
 
 
 def _run(adapter: BlockAdapter, x: dict, rotary, u: int, d: int) -> BlockState:
     return adapter.run(BlockState(x["img"], x["txt"], x["temb"], rotary), u, d + 1)
 
 
-def _rel_err(out: BlockState, y: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(squared error, squared target norm) summed over both streams, in float32."""
-    (img, txt), (y_img, y_txt) = (out.hidden_states.float(), out.encoder_hidden_states.float()), (y[0].float(), y[1].float())
-    num = ((img - y_img) ** 2).sum() + ((txt - y_txt) ** 2).sum()
-    den = (y_img**2).sum() + (y_txt**2).sum()
-    return num, den
+def _sq_err(out: BlockState, y: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Squared error summed over both streams, in float32."""
+    return ((out.hidden_states.float() - y[0].float()) ** 2).sum() + \
+        ((out.encoder_hidden_states.float() - y[1].float()) ** 2).sum()
 
 
 @torch.no_grad()
-def held_out_loss(adapter: BlockAdapter, data: SandwichData, idx: torch.Tensor, rotary, u: int, d: int,
-                  batch_size: int) -> float:
-    num = den = 0.0
-    for s in range(0, len(idx), batch_size):
-        x, y = data.batch(idx[s : s + batch_size])
-        n_, d_ = _rel_err(_run(adapter, x, rotary, u, d), y)
-        num, den = num + float(n_), den + float(d_)
-    return num / max(den, 1e-30)
+def _loss(adapter: BlockAdapter, b: Boundary, rotary, u: int, d: int, micro_batch: int, device) -> tuple[float, float]:
+    """(squared error, squared target norm) of the sandwich over every sample of ``b``."""
+    num = 0.0
+    for mb in torch.arange(len(b)).split(micro_batch):
+        x, y = b.take(mb, device)
+        num += float(_sq_err(_run(adapter, x, rotary, u, d), y))
+    return num, float(b.target_norm(torch.arange(len(b))))
+
+
+@contextmanager
+def _weights(params: list[nn.Parameter], values: list[torch.Tensor]):
+    """Temporarily set ``params`` to ``values`` (the least-squares init, to score it after training)."""
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
 
 
 @dataclass(frozen=True)
@@ -111,63 +172,105 @@ def holdout_split(store: StoreReader, share: float, seed: int) -> Split:
 
 
 def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
-                     solved: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[BlockAdapter, list[torch.nn.Parameter]]:
+                     solved: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                     ) -> tuple[BlockAdapter, list[nn.Parameter], list[nn.Module]]:
     """The chain model after steps < k with block i as its least-squares linear and fresh LoRA on the
-    sandwich's unpruned blocks; returns it and its trainable parameters (float32, all else frozen)."""
-    i = step.block
-    adapter = build_chain_model(params, state, new_lora=step.lora_blocks())
+    sandwich's unpruned blocks; returns it, its trainable parameters (float32, all else frozen), and
+    the frozen target blocks u..d (a copy of the current ones taken before any change, or the base
+    model's for ``sandwich.target: original``)."""
+    i, (u, d) = step.block, step.sandwich
+    adapter = build_chain_model(params, state, new_lora=step.lora_blocks())  # fresh LoRA: B = 0, no change
     model = adapter.model
+    model.requires_grad_(False)
+    if params.sandwich.target == "current":
+        target = [copy.deepcopy(adapter.block(j)) for j in range(u, d + 1)]
+    else:
+        from fastflux_core.source import load_base_blocks
+
+        target = load_base_blocks(params, list(range(u, d + 1)))
     p0 = next(model.parameters())
     rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind).to(p0.device, torch.float32)
     for s, (w, b) in solved.items():
         rep.set_affine(s, w, b)
     adapter.swap(i, rep)
-    model.requires_grad_(False)
     train_params = lora_parameters(adapter, step.lora_blocks())
     for j in step.linear_blocks():
         train_params += list(adapter.block(j).parameters())
     for p in train_params:
         p.data = p.data.float()  # fp32 master copy; forwards cast to the frozen model's dtype
         p.requires_grad_(True)
-    return adapter, train_params
+    if params.sandwich.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return adapter, train_params, target
 
 
-def fit_sandwich(adapter: BlockAdapter, train_params: list[torch.nn.Parameter], data: SandwichData, split: Split,
+def rounds(train: torch.Tensor, train_steps: int, round_samples: int, g: torch.Generator
+           ) -> list[tuple[torch.Tensor, int]]:
+    """Shuffled training samples cut into rounds of ≤ ``round_samples``, each with its share of steps.
+
+    >>> [(len(idx), n) for idx, n in rounds(torch.arange(10), 7, 4, torch.Generator().manual_seed(0))]
+    [(4, 3), (4, 2), (2, 2)]
+    """
+    order = train[torch.randperm(len(train), generator=g)]
+    chunks = list(order.split(round_samples))
+    n = len(chunks)
+    return [(c, train_steps // n + (r < train_steps % n)) for r, c in enumerate(chunks)]
+
+
+def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: BoundaryStates, split: Split,
                  u: int, d: int, cfg: SandwichParams, seed: int) -> dict:
     """AdamW on the relative sandwich loss over ``split.train``; held-out loss before and after."""
-    model = adapter.model
-    rotary = model.pos_embed(torch.cat([data.txt_ids, data.img_ids]))
+    model, device = adapter.model, data.device
     g = torch.Generator().manual_seed(seed)
-    before = held_out_loss(adapter, data, split.holdout, rotary, u, d, cfg.batch_size)
+    init = [p.detach().clone() for p in train_params]
     opt = torch.optim.AdamW(train_params, lr=cfg.learning_rate, weight_decay=0.0)
     model.train()
-    losses = []
-    for _ in trange(cfg.train_steps, desc="sandwich", unit="step"):
-        idx = split.train[torch.randint(len(split.train), (min(cfg.batch_size, len(split.train)),), generator=g)]
-        x, y = data.batch(idx)
-        num, den = _rel_err(_run(adapter, x, rotary, u, d), y)
-        loss = require_finite(num / den.clamp(min=1e-30), f"sandwich loss at training step {len(losses)} "
-                              f"(lower sandwich.learning_rate or use model.dtype float32)")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(train_params, 1.0)
-        opt.step()
-        losses.append(loss.item())
+    losses: list[float] = []
+    plan = rounds(split.train, cfg.train_steps, cfg.round_samples, g) if cfg.train_steps else []
+    bar = tqdm(total=cfg.train_steps, desc="sandwich", unit="step")
+    for chunk, n_steps in plan:
+        b = data.compute(chunk)
+        for _ in range(n_steps):
+            pick = torch.randint(len(b), (min(cfg.batch_size, len(b)),), generator=g)
+            den = b.target_norm(pick).clamp(min=1e-30).to(device)
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for mb in pick.split(cfg.micro_batch):
+                x, y = b.take(mb, device)
+                loss = require_finite(_sq_err(_run(adapter, x, data.rotary, u, d), y) / den,
+                                      f"sandwich loss at training step {len(losses)} "
+                                      f"(lower sandwich.learning_rate or use model.dtype float32)")
+                loss.backward()
+                total += loss.item()
+            torch.nn.utils.clip_grad_norm_(train_params, 1.0)
+            opt.step()
+            losses.append(total)
+            bar.update(1)
+    bar.close()
     model.eval()
-    after = held_out_loss(adapter, data, split.holdout, rotary, u, d, cfg.batch_size)
-    return {"holdout_loss_init": before, "holdout_loss_trained": after,
-            "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None}
+    trained = before = 0.0
+    norm = 0.0
+    for chunk in split.holdout.split(cfg.round_samples):
+        b = data.compute(chunk)
+        num, den = _loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
+        with _weights(train_params, init):
+            num0, _ = _loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
+        trained, before, norm = trained + num, before + num0, norm + den
+    return {"holdout_loss_init": before / max(norm, 1e-30), "holdout_loss_trained": trained / max(norm, 1e-30),
+            "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
+            "rounds": len(plan)}
 
 
 def train_sandwich(params: Params, step: PlanStep, state: ChainState,
-                   solved: dict[str, tuple[torch.Tensor, torch.Tensor]], store: StoreReader) -> tuple[ChainState, dict]:
-    """Train step k's sandwich on the training store; return the new chain state and a record."""
+                   solved: dict[str, tuple[torch.Tensor, torch.Tensor]], store: StoreReader,
+                   embeds: PromptEmbeds) -> tuple[ChainState, dict]:
+    """Train step k's sandwich on the training store (inputs) and the training prompts' encoded
+    states; return the new chain state and a record."""
     cfg = params.sandwich
     i, (u, d) = step.block, step.sandwich
     lora_blocks, linear_blocks = step.lora_blocks(), step.linear_blocks()
-    adapter, train_params = prepare_sandwich(params, step, state, solved)
-    p0 = next(adapter.model.parameters())
-    data = SandwichData(store, cfg.target, p0.device, p0.dtype)
+    adapter, train_params, target = prepare_sandwich(params, step, state, solved)
+    data = BoundaryStates(store, embeds, adapter, target, u, cfg.micro_batch)
     split = holdout_split(store, cfg.holdout, derive_seed(params.seed, "sandwich-holdout", step.k))
     losses = fit_sandwich(adapter, train_params, data, split, u, d, cfg,
                           derive_seed(params.seed, "sandwich-batches", step.k))

@@ -117,3 +117,35 @@ def model_blocks(params: Params) -> list[BlockRef]:
     from fastflux_core.adapter import adapter_for
 
     return adapter_for(empty_base_model(params)).blocks
+
+
+def load_base_blocks(params: Params, indices: list[int]) -> list[torch.nn.Module]:
+    """Blocks ``indices`` of the base transformer with their weights, and nothing else of the model:
+    read tensor by tensor from the folder's safetensors files (sharded or not), so the unpruned
+    blocks of a sandwich (``sandwich.target: original``) cost their own size in host memory, not the
+    model's. On the configured device and dtype, in eval mode, frozen."""
+    from safetensors import safe_open
+
+    from fastflux_core.adapter import adapter_for
+
+    root = model_root(params)
+    adapter = adapter_for(empty_base_model(params))
+    prefixes = {adapter.blocks[i].path + ".": i for i in indices}
+    wanted: dict[int, dict[str, torch.Tensor]] = {i: {} for i in indices}
+    files = sorted((root / "transformer").glob("*.safetensors"))
+    if not files:
+        raise ModelFolderError(f"no safetensors weights in {root / 'transformer'}")
+    device, dtype = resolve_device(params.model.device), resolve_dtype(params.model.dtype)
+    blocks = []
+    with loading(root / "transformer"):
+        for f in files:
+            with safe_open(str(f), framework="pt") as sf:
+                for key in sf.keys():
+                    prefix = next((p for p in prefixes if key.startswith(p)), None)
+                    if prefix is not None:
+                        wanted[prefixes[prefix]][key[len(prefix):]] = sf.get_tensor(key)
+        for i in indices:
+            block = adapter.block(i).to_empty(device="cpu")
+            block.load_state_dict(wanted[i], strict=True)  # a missing tensor: the folder is damaged
+            blocks.append(block.to(device, dtype).eval().requires_grad_(False))
+    return blocks

@@ -1,5 +1,5 @@
 """Stage capture@k: the model after steps < k runs the calibration and training prompts →
-data/capture/<k>/calibration.zarr (least-squares data) and training.zarr (sandwich pairs)."""
+data/capture/<k>/calibration.zarr (least-squares data) and training.zarr (transformer inputs for Sandwich Training)."""
 
 from pathlib import Path
 

@@ -1,4 +1,5 @@
-"""Stage sandwich@k: train step k's sandwich → the chain state after step k (data/state/<k>)."""
+"""Stage sandwich@k: train step k's sandwich on the captured inputs (recomputing its boundary states)
+→ the chain state after step k (data/state/<k>)."""
 
 from pathlib import Path
 
@@ -6,6 +7,7 @@ from fastflux_core.brll import load_solution
 from fastflux_core.chain import ChainState, PlanStep
 from fastflux_core.io import atomic_dir, int_args, run_stage, write_json
 from fastflux_core.params import load_params
+from fastflux_core.prompts import PromptEmbeds
 from fastflux_core.sandwich import train_sandwich
 from fastflux_core.store import StoreReader
 
@@ -16,7 +18,8 @@ def main() -> None:
     step = PlanStep.load(Path(f"data/plan/{k}.json"))
     state, record = train_sandwich(params, step, ChainState.load(Path(f"data/state/{prev}")),
                                    load_solution(Path(f"data/solve/{k}/linear.safetensors")),
-                                   StoreReader(Path(f"data/capture/{k}/training.zarr")))
+                                   StoreReader(Path(f"data/capture/{k}/training.zarr")),
+                                   PromptEmbeds.load("data/encoded/training.safetensors"))
     with atomic_dir(f"data/state/{k}") as out:
         state.save(out)
     write_json(f"data/metrics/sandwich/{k}.json", record)

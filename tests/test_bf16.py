@@ -39,13 +39,15 @@ def test_bf16_chain_capture_solve_sandwich_assemble_reload(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     params = tiny_params(**{"model.dtype": "bfloat16", "capture.dtype": "bfloat16", "sandwich.train_steps": 5})
     step = make_plan([3, 1, 4, 0, 2], 1, 5, params.sandwich.width)[0]
-    capture_step(params, step, ChainState(), digit_captions(name="cal"), digit_captions(name="train"), "s01", tmp_path)
+    train = digit_captions(name="train")
+    capture_step(params, step, ChainState(), digit_captions(name="cal"), train, "s01", tmp_path)
     sols, _ = solve_store(StoreReader(tmp_path / "calibration.zarr"), params.solve.ridge, 64)
     solved = {s: (v.weight.float(), v.bias.float()) for s, v in sols.items()}
-    adapter, trainable = prepare_sandwich(params, step, ChainState(), solved)
+    adapter, trainable, target = prepare_sandwich(params, step, ChainState(), solved)
     assert next(adapter.model.transformer_blocks.parameters()).dtype == torch.bfloat16  # frozen model stays bf16
     assert trainable and all(p.dtype == torch.float32 for p in trainable)  # master copies
-    state, record = train_sandwich(params, step, ChainState(), solved, StoreReader(tmp_path / "training.zarr"))
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for b in target for p in b.parameters())
+    state, record = train_sandwich(params, step, ChainState(), solved, StoreReader(tmp_path / "training.zarr"), train)
     assert all(t.dtype == torch.float32 for t in state.linears[3]["joint"])
     assert 0 < record["holdout_loss_trained"] < float("inf")
     states = [ChainState(), state]

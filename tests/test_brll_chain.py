@@ -1,6 +1,7 @@
-"""capture → solve → sandwich on a tiny base: the stores re-run blocks and keep the two prompt sets
-apart, the solve is numpy's least squares, sandwich training beats the least-squares initialisation
-on held-out prompts without moving frozen weights, and chain states (linears + peft LoRA) load back."""
+"""capture → solve → sandwich on a tiny base: the training store holds the transformer's inputs from
+which the sandwich's boundary states are recomputed exactly, the two prompt sets stay apart, the
+solve is numpy's least squares, sandwich training beats the least-squares initialisation on held-out
+prompts without moving frozen weights, and chain states (linears + peft LoRA) load back."""
 
 from pathlib import Path
 
@@ -10,14 +11,14 @@ import torch
 from tiny import digit_captions, tiny_params, write_tiny_base
 
 from fastflux_core import capture as capture_mod
-from fastflux_core.adapter import BlockState, adapter_for
+from fastflux_core.codec import pack
 from fastflux_core.brll import load_solution, row_weight, save_solution, solve_store, wo_st_state
 from fastflux_core.capture import NonFiniteActivations, capture_step
 from fastflux_core.chain import ChainState, build_chain_model, make_plan
 from fastflux_core.io import atomic_dir
 from fastflux_core.lora import lora_tensors
-from fastflux_core.sandwich import SandwichData, fit_sandwich, holdout_split, prepare_sandwich, train_sandwich
-from fastflux_core.source import load_transformer
+from fastflux_core.sampling import initial_noise
+from fastflux_core.sandwich import BoundaryStates, fit_sandwich, holdout_split, prepare_sandwich, train_sandwich
 from fastflux_core.store import StoreReader
 
 ORDER = [3, 1, 4, 0, 2]  # step 1 replaces single block 3, step 2 double block 1, step 3 the last block
@@ -46,7 +47,7 @@ def chain(tmp_path_factory):
         sols, metrics = solve_store(store, params.solve.ridge, 7)
         save_solution(root / f"solve{step.k}.safetensors", sols)
         state, record = train_sandwich(params, step, states[-1], load_solution(root / f"solve{step.k}.safetensors"),
-                                       StoreReader(out / "training.zarr"))
+                                       StoreReader(out / "training.zarr"), train)
         states.append(state)
         stores.append((store, StoreReader(out / "training.zarr")))
         records.append((metrics, record, sols))
@@ -55,20 +56,46 @@ def chain(tmp_path_factory):
     mp.undo()
 
 
-def test_training_store_holds_what_is_needed_to_rerun_the_sandwich(chain):
+def _boundary(params, step, state, store, embeds):
+    adapter, _, target = prepare_sandwich(params, step, state, load_solution(Path(f"solve{step.k}.safetensors")))
+    return BoundaryStates(store, embeds, adapter, target, step.sandwich[0], micro_batch=7)
+
+
+def test_training_store_holds_the_transformer_inputs_the_sampler_gave(chain):
     cal, store = chain["stores"][0]
-    step = chain["plan"][0]
     assert store.attrs["sandwich"] == [2, 4] and store.n_samples == 10 * 4 * 3  # training: 10 prompts × 4 seeds × 3 steps
     assert cal.n_samples == 10 * 2 * 3 and cal.read("block_in_img").shape == (60 * 16, 32)
     assert cal.read("residual_txt").shape == (60 * 8, 32)
-    base = adapter_for(load_transformer(chain["params"]))
-    rotary = base.model.pos_embed(torch.cat([store.read("txt_ids"), store.read("img_ids")]))
-    x = BlockState(store.read("sandwich_in_img"), store.read("sandwich_in_txt"), store.read("temb"), rotary)
-    with torch.no_grad():
-        y = base.run(x, *[step.sandwich[0], step.sandwich[1] + 1])
-    torch.testing.assert_close(y.hidden_states, store.read("sandwich_out_img"), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(y.encoder_hidden_states, store.read("sandwich_out_txt"), rtol=1e-4, atol=1e-5)
+    assert store.read("latents").shape == (120, 16, 4)  # (sample, N_img, C_in): no hidden states stored
     assert sorted(set(store.read("schedule_step").tolist())) == [0, 2, 3]  # the whole 4-step schedule is spanned
+    first = torch.nonzero(store.read("schedule_step") == 0).flatten()
+    noise = pack(initial_noise([type("Item", (), {"seed": int(s)}) for s in store.read("seed")[first]], 1, 8, 8))
+    torch.testing.assert_close(store.read("latents")[first], noise)  # step 0 sees each item's own seeded noise
+    assert store.read("timestep")[first].eq(1.0).all()
+
+
+def test_recomputed_boundary_states_are_those_of_the_models_own_forward(chain):
+    """x_u and y_d from the stored inputs equal what block u receives and block d returns when the
+    current model (after step 1) runs its own forward on those inputs."""
+    params, step, state = chain["params"], chain["plan"][1], chain["states"][1]
+    _, store = chain["stores"][1]
+    b = _boundary(params, step, state, store, chain["train"]).compute(torch.arange(store.n_samples))
+    model = build_chain_model(params, state).model
+    seen = {}
+    u, d = step.sandwich
+    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    blocks[u].register_forward_pre_hook(lambda m, a, kw: seen.update(x=kw["hidden_states"], t=kw["encoder_hidden_states"]),
+                                        with_kwargs=True)
+    blocks[d].register_forward_hook(lambda m, a, kw, out: seen.update(y=out[1], yt=out[0]), with_kwargs=True)
+    prompt_embeds, pooled = chain["train"].select(store.read("prompt"))
+    with torch.no_grad():
+        model(hidden_states=store.read("latents"), timestep=store.read("timestep"), pooled_projections=pooled,
+              encoder_hidden_states=prompt_embeds, img_ids=store.read("img_ids"), txt_ids=store.read("txt_ids"),
+              guidance=None, return_dict=False)
+    torch.testing.assert_close(b.img, seen["x"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.txt, seen["t"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.y_img, seen["y"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.y_txt, seen["yt"], rtol=1e-5, atol=1e-6)
 
 
 def test_least_squares_and_sandwich_data_come_from_disjoint_items(chain):
@@ -86,16 +113,18 @@ def test_held_out_items_are_in_no_training_batch_and_no_least_squares_fit(chain,
     held = {(train.attrs["prompts"][int(train.read("prompt")[i])], int(train.read("seed")[i])) for i in split.holdout}
     assert len(held) == 2 * 4 and not held & _items(cal)
     seen: list[torch.Tensor] = []
-    real_batch = SandwichData.batch
-    monkeypatch.setattr(SandwichData, "batch", lambda self, idx: (seen.append(idx.clone()), real_batch(self, idx))[1])
-    adapter, trainable = prepare_sandwich(params, step, ChainState(), load_solution(chain["root"] / "solve1.safetensors"))
-    p0 = next(adapter.model.parameters())
-    data = SandwichData(train, "current", p0.device, p0.dtype)
+    real = BoundaryStates.compute
+    monkeypatch.setattr(BoundaryStates, "compute", lambda self, idx: (seen.append(idx.clone()), real(self, idx))[1])
+    adapter, trainable, target = prepare_sandwich(params, step, ChainState(),
+                                                  load_solution(chain["root"] / "solve1.safetensors"))
+    data = BoundaryStates(train, chain["train"], adapter, target, step.sandwich[0], 3)
     fit_sandwich(adapter, trainable, data, split, *step.sandwich, params.sandwich.model_copy(update={"train_steps": 20}), 1)
-    n_hold_batches = -(-len(split.holdout) // params.sandwich.batch_size)
-    train_batches = seen[n_hold_batches:-n_hold_batches]  # held-out loss is measured before and after
-    assert len(train_batches) == 20
-    assert not set(torch.cat(train_batches).tolist()) & set(split.holdout.tolist())
+    n_rounds = -(-len(split.train) // params.sandwich.round_samples)
+    assert n_rounds == 3 and len(seen) == n_rounds + 1  # each training sample's states computed once; then held-out
+    trained_on = torch.cat(seen[:n_rounds])
+    assert sorted(trained_on.tolist()) == sorted(split.train.tolist())
+    assert not set(trained_on.tolist()) & set(split.holdout.tolist())
+    assert sorted(seen[-1].tolist()) == sorted(split.holdout.tolist())
 
 
 def test_solve_is_numpy_least_squares_with_token_weights(chain):
@@ -125,16 +154,16 @@ def test_sandwich_training_beats_least_squares_init_on_held_out_prompts(chain):
 
 def test_sandwich_moves_only_its_trainable_parameters(chain):
     params, step = chain["params"], chain["plan"][1]  # double block 1, LoRA on blocks 0 and 2
-    adapter, trainable = prepare_sandwich(params, step, chain["states"][1], load_solution(chain["root"] / "solve2.safetensors"))
+    adapter, trainable, target = prepare_sandwich(params, step, chain["states"][1],
+                                                  load_solution(chain["root"] / "solve2.safetensors"))
     ids = {id(p) for p in trainable}
     frozen = {n: p.detach().clone() for n, p in adapter.model.named_parameters() if id(p) not in ids}
     assert all(p.dtype == torch.float32 and p.requires_grad for p in trainable)
     _, train = chain["stores"][1]
-    p0 = next(adapter.model.parameters())
     split = holdout_split(train, 0.2, seed=0)
     before = [p.detach().clone() for p in trainable]
-    fit_sandwich(adapter, trainable, SandwichData(train, "current", p0.device, p0.dtype), split, *step.sandwich,
-                 params.sandwich.model_copy(update={"train_steps": 5}), 1)
+    data = BoundaryStates(train, chain["train"], adapter, target, step.sandwich[0], 5)
+    fit_sandwich(adapter, trainable, data, split, *step.sandwich, params.sandwich.model_copy(update={"train_steps": 5}), 1)
     for n, p in adapter.model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
@@ -225,20 +254,20 @@ def test_interrupted_capture_leaves_nothing(chain, monkeypatch):
     assert not out.exists() and not [p for p in Path(chain["root"]).iterdir() if p.name.startswith(".interrupted")]
 
 
-def test_original_target_is_captured_from_the_unpruned_blocks(chain, tmp_path):
+def test_original_target_comes_from_the_unpruned_blocks(chain):
     params = tiny_params(**{"sandwich.target": "original"})
+    _, s1 = chain["stores"][0]
+    idx = torch.arange(0, s1.n_samples, 5)
     # step 1: nothing modified yet, so the original and the current sandwich outputs agree
-    capture_step(params, chain["plan"][0], chain["states"][0], chain["cal"], chain["train"], "b3", tmp_path)
-    s1 = StoreReader(tmp_path / "training.zarr")
-    torch.testing.assert_close(s1.read("original_out_img"), s1.read("sandwich_out_img"), rtol=1e-4, atol=1e-5)
+    cur = _boundary(chain["params"], chain["plan"][0], chain["states"][0], s1, chain["train"]).compute(idx)
+    orig = _boundary(params, chain["plan"][0], chain["states"][0], s1, chain["train"]).compute(idx)
+    torch.testing.assert_close(orig.y_img, cur.y_img, rtol=1e-5, atol=1e-6)
     # step 2: block 2 carries step 1's LoRA, so the current model's sandwich [0, 2] differs from the original's
-    (tmp_path / "2").mkdir()
-    capture_step(params, chain["plan"][1], chain["states"][1], chain["cal"], chain["train"], "b1", tmp_path / "2")
-    s2 = StoreReader(tmp_path / "2" / "training.zarr")
-    orig, cur = s2.read("original_out_img"), s2.read("sandwich_out_img")
-    assert orig.shape == cur.shape and torch.isfinite(orig).all()
-    assert not torch.allclose(orig, cur, rtol=1e-3, atol=1e-4)
-    assert "original_out_img" not in chain["stores"][1][1].group  # target=current stores no original states
+    _, s2 = chain["stores"][1]
+    cur = _boundary(chain["params"], chain["plan"][1], chain["states"][1], s2, chain["train"]).compute(idx)
+    orig = _boundary(params, chain["plan"][1], chain["states"][1], s2, chain["train"]).compute(idx)
+    torch.testing.assert_close(orig.img, cur.img)  # same input x_u
+    assert torch.isfinite(orig.y_img).all() and not torch.allclose(orig.y_img, cur.y_img, rtol=1e-3, atol=1e-4)
 
 
 def test_exactly_affine_block_is_recovered_through_capture_and_store(chain, monkeypatch, tmp_path):

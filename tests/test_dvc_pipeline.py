@@ -29,6 +29,7 @@ SWITCHES = {  # every enum/boolean the embedded default can take, flipped from p
     "importance.method": "proxy", "importance.order": "end2start", "sandwich.width": 5,
     "sandwich.target": "original", "sandwich.reuse": False, "capture.dtype": "bfloat16",
     "evaluate.sweep": False, "prompts.disjoint": "items", "model.dtype": "bfloat16", "model.device": "cpu",
+    "capture.compression": "lz4", "sandwich.gradient_checkpointing": False,
 }
 
 
@@ -253,7 +254,8 @@ def test_every_switch_runs_through_dvc(runs):
     import zarr
 
     store = zarr.open_group(str(repo / "data" / "capture" / "1" / "training.zarr"), mode="r")
-    assert "original_out_img" in store and store.attrs["stored_as"] == "bfloat16"
+    assert store["latents"].attrs["stored_as"] == "bfloat16" and store.attrs["stored_as"] == "bfloat16"
+    assert json.loads((repo / "data" / "metrics" / "sandwich" / "1.json").read_text())["target"] == "original"
     assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1  # header only: sweep off
     assert json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())["n_pruned"] == 1
     config = json.loads((repo / "data" / "assemble" / "transformer" / "config.json").read_text())

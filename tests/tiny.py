@@ -103,7 +103,7 @@ def tiny_params(**overrides):
     d["steps"] = {"1": {"prev": 0}, "2": {"prev": 1}, "3": {"prev": 2}}
     d["sampling"].update(steps=4, batch_size=8)
     d["capture"].update(timesteps=3, shard_samples=8, chunk_samples=4)  # schedule steps 0, 2, 3
-    d["sandwich"].update(train_steps=60, batch_size=8, learning_rate=3e-3)
+    d["sandwich"].update(train_steps=60, batch_size=8, learning_rate=3e-3, micro_batch=3, round_samples=40)
     d["prompts"]["calibration"]["images_per_prompt"] = 2
     for key, value in overrides.items():
         section, _, field = key.partition(".")
