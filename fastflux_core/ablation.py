@@ -27,7 +27,7 @@ from fastflux_core.metrics import FeatureStats, Quality, fid, folder_features, i
 from fastflux_core.params import Params
 from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
 from fastflux_core.sampling import sample_latents
-from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
+from fastflux_core.source import load_codec, load_scheduler, load_transformer, on_device, resolve_device
 
 
 @dataclass
@@ -58,6 +58,7 @@ def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], skip: i
         if not 0 <= skip < len(adapter.blocks):
             raise FastFluxError(f"block {skip} does not exist: the model has {len(adapter.blocks)} blocks")
         adapter.skip(skip)
+    on_device(model, params, "reference" if skip is None else f"ablate@{skip}")
     return generate_with(model, load_scheduler(params), load_codec(params, model), embeds, items, params.sampling)
 
 

@@ -38,7 +38,7 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.params import Params, capture_schedule
 from fastflux_core.prompts import GenItem, PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import flux_timesteps, latent_size, sample_latents
-from fastflux_core.source import load_codec, load_scheduler
+from fastflux_core.source import load_codec, load_scheduler, on_device
 from fastflux_core.store import ArraySpec, StoreWriter, check_disk, estimate_bytes
 
 
@@ -157,7 +157,7 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
     """Run both sets through the chain model after steps < k; write ``out/calibration.zarr`` and
     ``out/training.zarr``. Returns a summary (deterministic: no timings)."""
     adapter = build_chain_model(params, state)
-    model = adapter.model.eval()
+    model = on_device(adapter.model, params, f"capture@{step.k}").eval()
     i, (u, d) = step.block, step.sandwich
     cap = params.capture
     codec = load_codec(params, model)

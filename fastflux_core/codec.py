@@ -42,6 +42,8 @@ class LatentCodec(Protocol):
     latent_channels: int
     scale_factor: int
 
+    def decode_batch(self, latents: torch.Tensor) -> torch.Tensor: ...
+
     def decode(self, latents: torch.Tensor) -> np.ndarray: ...
 
 
@@ -54,6 +56,9 @@ class PixelCodec:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images
+
+    def decode_batch(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         return to_uint8(latents)
@@ -68,11 +73,13 @@ class VaeCodec:
         self.scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, batch_size: int = 4) -> np.ndarray:
+    def decode_batch(self, latents: torch.Tensor) -> torch.Tensor:
+        """(b, C, h, w) latents → (b, 3, H, W) images in [-1, 1] on the VAE's device (the device work)."""
         p = next(self.vae.parameters())
-        out = []
-        for start in range(0, latents.shape[0], batch_size):
-            z = latents[start : start + batch_size].to(p.device, p.dtype)
-            z = z / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
-            out.append(to_uint8(self.vae.decode(z, return_dict=False)[0]))
-        return np.concatenate(out)
+        z = latents.to(p.device, p.dtype) / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
+        return self.vae.decode(z, return_dict=False)[0]
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 1) -> np.ndarray:
+        """Images as uint8, decoded ``batch_size`` at a time (one: a 1024² decode alone takes GiBs)."""
+        return np.concatenate([to_uint8(self.decode_batch(latents[s : s + batch_size]))
+                               for s in range(0, latents.shape[0], batch_size)])

@@ -6,13 +6,16 @@ the CLIP-style alignment (see metrics.py). No evaluation prompt is in the calibr
 importance sets (params validation checks it), so nothing fitted on these items scores them.
 
 Speed (:mod:`fastflux_core.speed`): FLOPs of one forward at the sampling resolution, counted with
-attention on every device, and latency of that forward, base and pruned timed in ABBA order.
+attention on every device, and latency of that forward, base and pruned timed in A B B A phases. Each
+model is on the device only during its own phases (placed as :func:`fastflux_core.placement.choose`
+decides for this stage), so base and pruned are never on the device together.
 Quality and FLOPs are deterministic and go to DVC-tracked outputs; latency is a timing, reported
 separately (``data/timing``), so a re-run never changes a cached output's hash.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +29,24 @@ from fastflux_core.io import read_json
 from fastflux_core.params import Params
 from fastflux_core.prompts import PromptEmbeds, prompt_items
 from fastflux_core.sampling import latent_size
-from fastflux_core.speed import count_flops, latency
+from fastflux_core.placement import placed
+from fastflux_core.speed import count_flops, latency_phases
 
 
-def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbeds) -> ModelInputs:
-    """Inputs of one denoising call at the sampling resolution, batch 1, mid-schedule."""
-    p = next(model.parameters())
+def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbeds, device: torch.device) -> ModelInputs:
+    """Inputs of one denoising call at the sampling resolution, batch 1, mid-schedule, on ``device``."""
+    dtype = model.dtype
     h, w = latent_size(params.sampling.height, params.sampling.width, codec.scale_factor)
     n_img = (h // 2) * (w // 2)
     g = torch.Generator().manual_seed(0)
-    guidance = torch.full((1,), params.sampling.guidance_scale, device=p.device) if model.config.guidance_embeds else None
+    guidance = torch.full((1,), params.sampling.guidance_scale, device=device) if model.config.guidance_embeds else None
     return ModelInputs(
-        hidden_states=torch.randn(1, n_img, 4 * codec.latent_channels, generator=g).to(p.device, p.dtype),
-        encoder_hidden_states=embeds.prompt_embeds[:1].to(p.device, p.dtype),
-        pooled_projections=embeds.pooled[:1].to(p.device, p.dtype),
-        timestep=torch.full((1,), 0.5, device=p.device, dtype=p.dtype),
-        img_ids=latent_ids(h, w, p.device, p.dtype),
-        txt_ids=torch.zeros(embeds.prompt_embeds.shape[1], 3, device=p.device, dtype=p.dtype),
+        hidden_states=torch.randn(1, n_img, 4 * codec.latent_channels, generator=g).to(device, dtype),
+        encoder_hidden_states=embeds.prompt_embeds[:1].to(device, dtype),
+        pooled_projections=embeds.pooled[:1].to(device, dtype),
+        timestep=torch.full((1,), 0.5, device=device, dtype=dtype),
+        img_ids=latent_ids(h, w, device, dtype),
+        txt_ids=torch.zeros(embeds.prompt_embeds.shape[1], 3, device=device, dtype=dtype),
         guidance=guidance,
     )
 
@@ -54,21 +58,23 @@ def _call(model, x: ModelInputs) -> torch.Tensor:
                  txt_ids=x.txt_ids, guidance=x.guidance, return_dict=False)[0]
 
 
-def flops_against(base, model, x: ModelInputs) -> dict:
-    """FLOPs of one forward of each, and their ratio (deterministic)."""
-    f_base, f = count_flops(lambda: _call(base, x)), count_flops(lambda: _call(model, x))
-    return {"flops": f, "flops_base": f_base, "flops_ratio": f / f_base}
-
-
-def latency_against(base, model, x: ModelInputs, warmup: int, repeats: int) -> dict:
-    """Median and IQR (ms) of one forward of each, ABBA-interleaved; the latency ratio is the ratio of
-    medians, and its IQR that of the per-round ratios (pruned / base within the same round)."""
-    b, p = latency((lambda: _call(base, x), lambda: _call(model, x)), warmup, repeats)
+def speed_against(base, model, x: ModelInputs, on_device: Callable, warmup: int, repeats: int) -> tuple[dict, dict]:
+    """FLOPs of one forward of each and their ratio (deterministic); median and IQR (ms) of one forward
+    of each, timed in A B B A phases (:func:`~fastflux_core.speed.latency_phases`); the latency ratio
+    is the ratio of medians, its IQR that of the per-round ratios. ``on_device(m)`` is the context
+    that holds ``m`` on the device."""
+    with on_device(base):
+        f_base = count_flops(lambda: _call(base, x))
+    with on_device(model):
+        f = count_flops(lambda: _call(model, x))
+    b, p = latency_phases((lambda: on_device(base), lambda: on_device(model)),
+                          (lambda: _call(base, x), lambda: _call(model, x)), warmup, repeats)
     per_round = np.asarray(p["times"]) / np.asarray(b["times"])
     q25, q75 = np.percentile(per_round, [25, 75])
-    return {"latency_ms_base": 1e3 * b["median"], "latency_iqr_ms_base": 1e3 * b["iqr"],
-            "latency_ms": 1e3 * p["median"], "latency_iqr_ms": 1e3 * p["iqr"],
-            "latency_ratio": p["median"] / b["median"], "latency_ratio_iqr": float(q75 - q25), "repeats": repeats}
+    return {"flops": f, "flops_base": f_base, "flops_ratio": f / f_base}, {
+        "latency_ms_base": 1e3 * b["median"], "latency_iqr_ms_base": 1e3 * b["iqr"],
+        "latency_ms": 1e3 * p["median"], "latency_iqr_ms": 1e3 * p["iqr"],
+        "latency_ratio": p["median"] / b["median"], "latency_ratio_iqr": float(q75 - q25), "repeats": len(p["times"])}
 
 
 def comparison_grid(base: np.ndarray, pruned: np.ndarray, prompts: list[str], rows: int, cell: int = 64) -> Image.Image:
@@ -93,21 +99,28 @@ class Evaluator:
 
     def __init__(self, params: Params, embeds: PromptEmbeds, reference: Path):
         from fastflux_core.metrics import load_quality
+        from fastflux_core.placement import choose
         from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
 
         self.params, self.embeds, self.device = params, embeds, resolve_device(params.model.device)
-        self.base = load_transformer(params)
+        self.placement = choose("evaluate", params, self.device)
+        self.base = load_transformer(params)  # on the host: on the device only while timed
         self.codec, self.scheduler = load_codec(params, self.base), load_scheduler(params)
         self.quality = load_quality(params, self.device)
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")
         s = params.prompts.evaluation
         self.items = prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed)
-        self.x = forward_inputs(params, self.base, self.codec, embeds)
+        self.x = forward_inputs(params, self.base, self.codec, embeds, self.device)
+
+    def on_device(self, model):
+        """Context holding ``model`` on the device (resident or offloaded), on the host after."""
+        return placed(model, self.device, self.placement)
 
     def quality_of(self, model) -> tuple[dict, np.ndarray, list[str]]:
         """FID (vs base, vs real) and alignment of ``model``'s images of the evaluation items."""
-        gen = generate_with(model, self.scheduler, self.codec, self.embeds, self.items, self.params.sampling)
+        with self.on_device(model):
+            gen = generate_with(model, self.scheduler, self.codec, self.embeds, self.items, self.params.sampling)
         q = score_images(gen.images, gen.prompts, self.quality, self.ref_model, self.ref_real, self.device,
                          self.params.metrics.batch_size)
         q["clip"] = q.pop(self.quality.alignment.name)
@@ -115,8 +128,7 @@ class Evaluator:
 
     def speed_of(self, model) -> tuple[dict, dict]:
         cfg = self.params.evaluate
-        return flops_against(self.base, model, self.x), latency_against(self.base, model, self.x, cfg.latency_warmup,
-                                                                       cfg.latency_repeats)
+        return speed_against(self.base, model, self.x, self.on_device, cfg.latency_warmup, cfg.latency_repeats)
 
 
 def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: Path, out: Path) -> tuple[dict, dict]:
@@ -125,7 +137,7 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
     from fastflux_core.assemble import load_pruned
 
     ev = Evaluator(params, embeds, reference)
-    pruned = load_pruned(pruned_dir).to(ev.device)
+    pruned = load_pruned(pruned_dir)  # host
     q, images, prompts = ev.quality_of(pruned)
     flops, lat = ev.speed_of(pruned)
     rows = min(params.evaluate.grid_rows, len(prompts))

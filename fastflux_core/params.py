@@ -80,6 +80,10 @@ class ModelParams(_Strict):
     path: Path | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    gpu_memory_gb: float = Field(22.0, gt=0, description="device memory one stage may use (GiB); stages offload "
+                                 "transformer blocks to fit it (python -m fastflux_core.budget shows each stage)")
+    offload: Literal["auto", "never", "always"] = Field(
+        "auto", description="auto: offload transformer blocks only when the stage would not fit gpu_memory_gb")
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> "ModelParams":

@@ -64,6 +64,24 @@ def flux_timesteps(
     return timesteps
 
 
+def velocity(transformer: FluxTransformer2DModel, latents: torch.Tensor, sigma: torch.Tensor,
+             guidance: torch.Tensor | None, pooled: torch.Tensor, prompt_embeds: torch.Tensor,
+             txt_ids: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
+    """One denoising call, as ``FluxPipeline`` makes it: (b, N_img, C_in) latents at ``sigma`` (b,)
+    (the pipeline's t / 1000) → predicted velocity, same shape. The device work of every sampling
+    stage; :mod:`fastflux_core.budget` measures it."""
+    return transformer(
+        hidden_states=latents,
+        timestep=sigma,
+        guidance=guidance,
+        pooled_projections=pooled,
+        encoder_hidden_states=prompt_embeds,
+        txt_ids=txt_ids,
+        img_ids=img_ids,
+        return_dict=False,
+    )[0]
+
+
 @torch.no_grad()
 def sample_latents(
     transformer: FluxTransformer2DModel,
@@ -101,16 +119,8 @@ def sample_latents(
         for i, t in enumerate(flux_timesteps(sched, sampling.steps, latents.shape[1], device)):
             if on_step is not None:
                 on_step(i, slice(start, start + b))
-            v = transformer(
-                hidden_states=latents,
-                timestep=t.expand(b).to(dtype) / 1000,
-                guidance=guidance,
-                pooled_projections=pooled,
-                encoder_hidden_states=prompt_embeds,
-                txt_ids=txt_ids,
-                img_ids=img_ids,
-                return_dict=False,
-            )[0]
+            v = velocity(transformer, latents, t.expand(b).to(dtype) / 1000, guidance, pooled, prompt_embeds,
+                         txt_ids, img_ids)
             latents = sched.step(v, t, latents, return_dict=False)[0]
             bar.update(b)
         out.append(unpack(latents.float().cpu(), h, w))

@@ -48,6 +48,7 @@ from fastflux_core.lora import lora_parameters, lora_tensors
 from fastflux_core.params import Params, SandwichParams
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.replacement import LinearReplacement
+from fastflux_core.source import resolve_device
 from fastflux_core.store import StoreReader
 
 
@@ -78,14 +79,13 @@ class BoundaryStates:
     """Recomputes sandwich boundary states from captured transformer inputs (the training store)."""
 
     def __init__(self, store: StoreReader, embeds: PromptEmbeds, adapter: BlockAdapter, target: list[nn.Module],
-                 u: int, micro_batch: int):
+                 u: int, micro_batch: int, device: torch.device):
         if list(store.attrs["prompts"]) != list(embeds.prompts):
             raise FastFluxError(f"{store.path} was captured from other training prompts than the encoded ones: "
                                 f"re-run capture")
         self.store, self.embeds, self.adapter, self.target, self.u = store, embeds, adapter, target, u
-        self.micro_batch = micro_batch
-        p0 = next(adapter.model.parameters())
-        self.device, self.dtype = p0.device, p0.dtype
+        self.micro_batch, self.device = micro_batch, device
+        self.dtype = adapter.model.dtype
         self.img_ids = store.read("img_ids").to(self.device, self.dtype)  # (N_img, 3)
         self.txt_ids = store.read("txt_ids").to(self.device, self.dtype)  # (N_txt, 3)
         self.rotary = adapter.model.pos_embed(torch.cat([self.txt_ids, self.img_ids]))
@@ -115,6 +115,13 @@ class BoundaryStates:
 
 def _run(adapter: BlockAdapter, x: dict, rotary, u: int, d: int) -> BlockState:
     return adapter.run(BlockState(x["img"], x["txt"], x["temb"], rotary), u, d + 1)
+
+
+def micro_step(adapter: BlockAdapter, x: dict, y: tuple[torch.Tensor, torch.Tensor], rotary, u: int, d: int,
+               den: torch.Tensor) -> torch.Tensor:
+    """The training forward of one micro-batch: sandwich u..d on x, squared error to y over the whole
+    batch's ‖y‖² (``den``) — its gradients summed over micro-batches are the batch's."""
+    return _sq_err(_run(adapter, x, rotary, u, d), y) / den
 
 
 def _sq_err(out: BlockState, y: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -177,7 +184,11 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
     """The chain model after steps < k with block i as its least-squares linear and fresh LoRA on the
     sandwich's unpruned blocks; returns it, its trainable parameters (float32, all else frozen), and
     the frozen target blocks u..d (a copy of the current ones taken before any change, or the base
-    model's for ``sandwich.target: original``)."""
+    model's for ``sandwich.target: original``). Placed on the device: the non-block modules, blocks
+    u..d and the target copy resident; blocks 0..u-1 resident or offloaded (``placement.choose``);
+    blocks after d stay on the host (never run here)."""
+    from fastflux_core.placement import choose, place_blocks
+
     i, (u, d) = step.block, step.sandwich
     adapter = build_chain_model(params, state, new_lora=step.lora_blocks())  # fresh LoRA: B = 0, no change
     model = adapter.model
@@ -188,8 +199,7 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
         from fastflux_core.source import load_base_blocks
 
         target = load_base_blocks(params, list(range(u, d + 1)))
-    p0 = next(model.parameters())
-    rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind).to(p0.device, torch.float32)
+    rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind)  # float32
     for s, (w, b) in solved.items():
         rep.set_affine(s, w, b)
     adapter.swap(i, rep)
@@ -201,7 +211,16 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
         p.requires_grad_(True)
     if params.sandwich.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    device = resolve_device(params.model.device)
+    offload = choose(f"sandwich@{step.k}", params, device) == "offloaded"
+    place_blocks(model, [adapter.block(j) for j in range(u)], [adapter.block(j) for j in range(u, d + 1)] + target,
+                 device, offload)
     return adapter, train_params, target
+
+
+def optimizer(train_params: list[nn.Parameter], cfg: SandwichParams) -> torch.optim.Optimizer:
+    """AdamW on the fp32 masters (its two moments: 8 bytes per trainable parameter, on the device)."""
+    return torch.optim.AdamW(train_params, lr=cfg.learning_rate, weight_decay=0.0)
 
 
 def rounds(train: torch.Tensor, train_steps: int, round_samples: int, g: torch.Generator
@@ -223,7 +242,7 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
     model, device = adapter.model, data.device
     g = torch.Generator().manual_seed(seed)
     init = [p.detach().clone() for p in train_params]
-    opt = torch.optim.AdamW(train_params, lr=cfg.learning_rate, weight_decay=0.0)
+    opt = optimizer(train_params, cfg)
     model.train()
     losses: list[float] = []
     plan = rounds(split.train, cfg.train_steps, cfg.round_samples, g) if cfg.train_steps else []
@@ -237,7 +256,7 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
             total = 0.0
             for mb in pick.split(cfg.micro_batch):
                 x, y = b.take(mb, device)
-                loss = require_finite(_sq_err(_run(adapter, x, data.rotary, u, d), y) / den,
+                loss = require_finite(micro_step(adapter, x, y, data.rotary, u, d, den),
                                       f"sandwich loss at training step {len(losses)} "
                                       f"(lower sandwich.learning_rate or use model.dtype float32)")
                 loss.backward()
@@ -270,7 +289,7 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
     i, (u, d) = step.block, step.sandwich
     lora_blocks, linear_blocks = step.lora_blocks(), step.linear_blocks()
     adapter, train_params, target = prepare_sandwich(params, step, state, solved)
-    data = BoundaryStates(store, embeds, adapter, target, u, cfg.micro_batch)
+    data = BoundaryStates(store, embeds, adapter, target, u, cfg.micro_batch, resolve_device(params.model.device))
     split = holdout_split(store, cfg.holdout, derive_seed(params.seed, "sandwich-holdout", step.k))
     losses = fit_sandwich(adapter, train_params, data, split, u, d, cfg,
                           derive_seed(params.seed, "sandwich-batches", step.k))

@@ -50,13 +50,23 @@ def model_root(params: Params) -> Path:
 
 
 def load_transformer(params: Params, root: Path | None = None) -> FluxTransformer2DModel:
-    """The base transformer, in eval mode, on the configured device and dtype."""
+    """The base transformer in eval mode and the model dtype, on the host: a stage places what it
+    runs on the device (:func:`on_device`, :mod:`fastflux_core.placement`)."""
     root = model_root(params) if root is None else root
     with loading(root / "transformer"):
         model = FluxTransformer2DModel.from_pretrained(
             str(root), subfolder="transformer", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
         )
-    return model.to(resolve_device(params.model.device)).eval()
+    return model.eval()
+
+
+def on_device(model: torch.nn.Module, params: Params, stage: str) -> torch.nn.Module:
+    """Place a host model for ``stage`` on the configured device: resident or block-offloaded, as
+    :func:`fastflux_core.placement.choose` decides from ``model.offload`` and ``model.gpu_memory_gb``."""
+    from fastflux_core.placement import choose, place
+
+    device = resolve_device(params.model.device)
+    return place(model, device, choose(stage, params, device))
 
 
 def load_scheduler(params: Params, root: Path | None = None) -> FlowMatchEulerDiscreteScheduler:

@@ -7,21 +7,21 @@ which torch registers no formula for (it would count 0 and a FLOPs ratio would i
 a quarter of a FLUX.1-dev block at 1024²); this module registers torch's own SDPA formula for it.
 :func:`block_flops` is the analytic count of one FLUX block, which the counter is tested against.
 
-Latency: one transformer forward, both models warmed up, then timed in ABBA order (A B B A A B …) so
-that drift (clock boost, cache state, other load) falls on both alike; median and interquartile range
-per model. Each call is timed with torch.utils.benchmark's clock (``benchmark.utils.timer.timer``,
-which synchronises the accelerator before reading the time); ``Timer.timeit`` itself is not used
-because it runs warm-up calls of its own, which would break the interleaving.
+Latency: one transformer forward per call, timed in four phases A B B A, each model warmed up at the
+start of its phase and on the device only during its phases (two FLUX.1-dev transformers do not fit
+one card), so that drift (clock boost, cache state, other load) falls on both alike; median and
+interquartile range per model. Each call is timed with torch.utils.benchmark's clock
+(``benchmark.utils.timer.timer``, which synchronises the accelerator before reading the time);
+``Timer.timeit`` itself is not used because it runs warm-up calls of its own inside each call.
 
 >>> block_flops("double", dim=3072, n_img=4096, n_txt=512) / 1e12  # FLUX.1-dev block at 1024²
 1.304822808576
->>> abba_order(3)
-[(0, 1), (1, 0), (0, 1)]
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -74,23 +74,22 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def abba_order(rounds: int) -> list[tuple[int, int]]:
-    """Round r times model 0 then 1 if r is even, else 1 then 0: each model is first in half the rounds."""
-    return [(0, 1) if r % 2 == 0 else (1, 0) for r in range(rounds)]
-
-
-def latency(fns: tuple[Callable[[], object], Callable[[], object]], warmup: int, repeats: int) -> list[dict]:
-    """Seconds per call of two functions, timed interleaved in ABBA order after ``warmup`` calls of each.
-    Returns per function: median, IQR (p75 − p25) and the raw times."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
+def latency_phases(contexts: tuple[Callable[[], AbstractContextManager], Callable[[], AbstractContextManager]],
+                   fns: tuple[Callable[[], object], Callable[[], object]], warmup: int, repeats: int) -> list[dict]:
+    """Seconds per call of two functions, each run inside its own context (which puts its model on the
+    device and takes it off after), in four phases A B B A: each phase enters the context, makes
+    ``warmup`` untimed calls, then times ``repeats // 2`` calls. Never both models on the device, and
+    drift over time hits both alike. Returns per function: median, IQR and the raw times (the k-th
+    times of the two functions form round k)."""
     times: list[list[float]] = [[], []]
-    for pair in abba_order(repeats):
-        for which in pair:
-            t0 = clock()
-            fns[which]()
-            times[which].append(clock() - t0)
+    for which in (0, 1, 1, 0):
+        with contexts[which]():
+            for _ in range(warmup):
+                fns[which]()
+            for _ in range(max(1, repeats // 2)):
+                t0 = clock()
+                fns[which]()
+                times[which].append(clock() - t0)
     out = []
     for t in times:
         q25, q50, q75 = np.percentile(t, [25, 50, 75])

@@ -79,11 +79,13 @@ class FluxTextEncoders:
         return prompt_embeds.float().cpu(), pooled.float().cpu()
 
 
-def encode_prompts(encoder: TextEncoder, prompts: list[str], batch_size: int, desc: str = "encode") -> PromptEmbeds:
-    """Encode a prompt list in batches (order kept)."""
+def encode_prompts(encoder: TextEncoder, prompts: list[str], batch_size: int, desc: str = "encode",
+                   dtype: torch.dtype = torch.float32) -> PromptEmbeds:
+    """Encode a prompt list in batches (order kept), kept in ``dtype`` — the transformer's, which is
+    all it ever sees of them (FLUX.1-dev: 512 prompts × 512 × 4096 are 2.1 GB in bf16, 4.3 in fp32)."""
     embeds, pooled = [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         e, p = encoder.encode(prompts[start : start + batch_size])
         embeds.append(e)
         pooled.append(p)
-    return PromptEmbeds(list(prompts), torch.cat(embeds), torch.cat(pooled))
+    return PromptEmbeds(list(prompts), torch.cat(embeds).to(dtype), torch.cat(pooled).to(dtype))

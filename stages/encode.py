@@ -6,7 +6,7 @@ Text encoders live only in this stage, so later stages generate without them in 
 from fastflux_core.io import atomic_dir, run_stage
 from fastflux_core.params import load_params
 from fastflux_core.prompts import SETS, read_prompt_file
-from fastflux_core.source import load_text_encoder
+from fastflux_core.source import load_text_encoder, resolve_dtype
 from fastflux_core.text import encode_prompts
 
 OUT = "data/encoded"
@@ -18,7 +18,8 @@ def main() -> None:
     encoder = load_text_encoder(params)
     with atomic_dir(OUT) as out:
         for name, prompts in sets.items():
-            encode_prompts(encoder, prompts, params.text.batch_size, desc=name).save(out / f"{name}.safetensors")
+            embeds = encode_prompts(encoder, prompts, params.text.batch_size, name, resolve_dtype(params.model.dtype))
+            embeds.save(out / f"{name}.safetensors")
 
 
 if __name__ == "__main__":

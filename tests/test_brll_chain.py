@@ -58,7 +58,7 @@ def chain(tmp_path_factory):
 
 def _boundary(params, step, state, store, embeds):
     adapter, _, target = prepare_sandwich(params, step, state, load_solution(Path(f"solve{step.k}.safetensors")))
-    return BoundaryStates(store, embeds, adapter, target, step.sandwich[0], micro_batch=7)
+    return BoundaryStates(store, embeds, adapter, target, step.sandwich[0], 7, torch.device("cpu"))
 
 
 def test_training_store_holds_the_transformer_inputs_the_sampler_gave(chain):
@@ -117,7 +117,7 @@ def test_held_out_items_are_in_no_training_batch_and_no_least_squares_fit(chain,
     monkeypatch.setattr(BoundaryStates, "compute", lambda self, idx: (seen.append(idx.clone()), real(self, idx))[1])
     adapter, trainable, target = prepare_sandwich(params, step, ChainState(),
                                                   load_solution(chain["root"] / "solve1.safetensors"))
-    data = BoundaryStates(train, chain["train"], adapter, target, step.sandwich[0], 3)
+    data = BoundaryStates(train, chain["train"], adapter, target, step.sandwich[0], 3, torch.device("cpu"))
     fit_sandwich(adapter, trainable, data, split, *step.sandwich, params.sandwich.model_copy(update={"train_steps": 20}), 1)
     n_rounds = -(-len(split.train) // params.sandwich.round_samples)
     assert n_rounds == 3 and len(seen) == n_rounds + 1  # each training sample's states computed once; then held-out
@@ -162,7 +162,7 @@ def test_sandwich_moves_only_its_trainable_parameters(chain):
     _, train = chain["stores"][1]
     split = holdout_split(train, 0.2, seed=0)
     before = [p.detach().clone() for p in trainable]
-    data = BoundaryStates(train, chain["train"], adapter, target, step.sandwich[0], 5)
+    data = BoundaryStates(train, chain["train"], adapter, target, step.sandwich[0], 5, torch.device("cpu"))
     fit_sandwich(adapter, trainable, data, split, *step.sandwich, params.sandwich.model_copy(update={"train_steps": 5}), 1)
     for n, p in adapter.model.named_parameters():
         if n in frozen:

