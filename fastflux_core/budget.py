@@ -601,12 +601,12 @@ def params_bytes(params, k: int) -> int:
 
 
 def format_table(rows: list[Row], summary: dict) -> str:
-    head = f"{'stage':18s} {'runs':>5s} {'placement':>10s} {'peak GiB':>9s} {'disk GB':>9s} {'TFLOP':>12s} {'hours':>8s}"
+    head = f"{'stage':21s} {'runs':>4s} {'placement':>18s} {'peak GiB':>9s} {'disk GB':>9s} {'TFLOP':>11s} {'hours':>7s}"
     lines = [head, "-" * len(head)]
     for r in rows:
         mark = "*" if r.activation_disk else " "
-        lines.append(f"{r.stage:18s} {r.runs:5d} {r.placement:>10s} {r.peak_gib:9.2f} {r.disk_gb:8.2f}{mark} "
-                     f"{r.tflop:12.1f} {r.hours:8.2f}")
+        lines.append(f"{r.stage:21s} {r.runs:4d} {r.placement:>18s} {r.peak_gib:9.2f} {r.disk_gb:8.2f}{mark} "
+                     f"{r.tflop:11.0f} {r.hours:7.2f}")
     lines.append(f"* activation disk: {summary['activation_disk_gb']} GB, {summary['activation_disk_gb_with_dvc_copy']} GB "
                  f"with DVC's cache copy; compute: {summary['total_hours']} h at {summary['tflops']:g} TFLOP/s; "
                  f"largest peak {summary['max_peak_gib']} GiB of {summary['gpu_memory_gb']:g}")
