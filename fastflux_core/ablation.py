@@ -24,7 +24,7 @@ from fastflux_core.adapter import adapter_for
 from fastflux_core.errors import FastFluxError
 from fastflux_core.io import image_grid, load_tensors, save_png, save_tensors
 from fastflux_core.metrics import FeatureStats, Quality, fid, folder_features, image_features, load_quality, real_features
-from fastflux_core.params import Params
+from fastflux_core.params import Params, SamplingParams, importance_sampling
 from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
 from fastflux_core.sampling import sample_latents
 from fastflux_core.source import load_codec, load_scheduler, load_transformer, on_device, resolve_device
@@ -50,8 +50,9 @@ def generate_with(model, scheduler, codec, embeds: PromptEmbeds, items: list[Gen
     return Generated(latents, codec.decode(latents), [embeds.prompts[it.prompt] for it in items])
 
 
-def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], skip: int | None = None) -> Generated:
-    """Generate ``items`` with the base model, block ``skip`` removed if given."""
+def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], sampling: SamplingParams,
+             skip: int | None = None) -> Generated:
+    """Generate ``items`` with the base model at ``sampling``'s settings, block ``skip`` removed if given."""
     model = load_transformer(params)
     if skip is not None:
         adapter = adapter_for(model)
@@ -59,7 +60,7 @@ def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], skip: i
             raise FastFluxError(f"block {skip} does not exist: the model has {len(adapter.blocks)} blocks")
         adapter.skip(skip)
     on_device(model, params, "reference" if skip is None else f"ablate@{skip}")
-    return generate_with(model, load_scheduler(params), load_codec(params, model), embeds, items, params.sampling)
+    return generate_with(model, load_scheduler(params), load_codec(params, model), embeds, items, sampling)
 
 
 def latent_error(latents: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -84,10 +85,12 @@ def score_images(images: np.ndarray, prompts: list[str], quality: Quality, ref_m
 def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Path) -> dict:
     """Stage ``reference@<set>``: the full model's images for a prompt set (PNGs, final latents) and
     feature statistics of those and of real images. Ablations (importance set) and pruned models
-    (evaluation set) are scored against these, with the same prompts and seeds."""
+    (evaluation set) are scored against these, with the same prompts and seeds — and the same
+    sampling settings (the importance set's own: :func:`~fastflux_core.params.importance_sampling`)."""
     device = resolve_device(params.model.device)
     s = getattr(params.prompts, set_name)
-    gen = generate(params, embeds, prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed))
+    sampling = importance_sampling(params) if set_name == "importance" else params.sampling
+    gen = generate(params, embeds, prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed), sampling)
     (out / "images").mkdir()
     for i, img in enumerate(gen.images):
         save_png(out / "images" / f"{i:05d}.png", img)
@@ -97,7 +100,8 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     quality = load_quality(params, device)
     feats = folder_features(out / "images", quality.features, device, params.metrics.batch_size)
     FeatureStats.of(feats).save(out / "stats_model.safetensors")
-    record = {"set": set_name, "images": len(gen.images), "clip_kind": quality.alignment.name,
+    record = {"set": set_name, "images": len(gen.images), "steps": sampling.steps, "size": [sampling.height, sampling.width],
+              "clip_kind": quality.alignment.name,
               "clip": quality.alignment.score(gen.images, gen.prompts)}
     real = real_features(params.metrics.real_images, quality.features, device, params.metrics.batch_size)
     if real is not None:
@@ -127,7 +131,7 @@ def ablate_block(params: Params, index: int, embeds: PromptEmbeds, reference: Pa
     device = resolve_device(params.model.device)
     proxy_only = params.importance.method == "proxy"
     items = importance_items(params, len(embeds.prompts), proxy_only)
-    gen = generate(params, embeds, items, skip=index)
+    gen = generate(params, embeds, items, importance_sampling(params), skip=index)
     ref_latents = load_tensors(reference / "latents.safetensors")["latents"][: len(items)]
     record: dict = {"block": index, "images": len(items), **latent_error(gen.latents, ref_latents)}
     if not proxy_only:

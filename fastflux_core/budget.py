@@ -511,7 +511,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
                 progress: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict]:
     """Every stage kind: placement chosen for ``gpu_memory_gb``, measured peak, disk, compute."""
     from fastflux_core.capture import calibration_specs, training_specs
-    from fastflux_core.params import capture_schedule
+    from fastflux_core.params import capture_schedule, importance_sampling
     from fastflux_core.store import estimate_bytes
 
     shapes, cfg = Shapes.of(params), transformer_config(params)
@@ -543,15 +543,25 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     place_s, samp = best("sampling", lambda p: measure_sampling(params, p))
     t, dec = samp.flops["transformer_per_item_step"], samp.flops["decode_per_item"]
     image_bytes = params.sampling.height * params.sampling.width * 3
-    for name in ("importance", "evaluation"):
-        add(f"reference@{name}", 1, place_s, samp, items[name] * (image_bytes + shapes.n_img * shapes.in_channels * 4),
-            False, items[name] * (steps * t + dec))
+    add("reference@evaluation", 1, place_s, samp,
+        items["evaluation"] * (image_bytes + shapes.n_img * shapes.in_channels * 4), False,
+        items["evaluation"] * (steps * t + dec))
+    imp = importance_sampling(params)  # the importance set's own steps and resolution
+    imp_params = params.model_copy(update={"sampling": imp})
+    if (imp.height, imp.width) == (params.sampling.height, params.sampling.width):
+        place_i, samp_i = place_s, samp
+    else:
+        place_i, samp_i = best("importance sampling", lambda p: measure_sampling(imp_params, p))
+    t_i, dec_i, shapes_i = samp_i.flops["transformer_per_item_step"], samp_i.flops["decode_per_item"], Shapes.of(imp_params)
+    add("reference@importance", 1, place_i, samp_i,
+        items["importance"] * (imp.height * imp.width * 3 + shapes_i.n_img * shapes_i.in_channels * 4), False,
+        items["importance"] * (imp.steps * t_i + dec_i))
     imp_items = items["importance"]
     if params.importance.method == "proxy":
         imp_items = counts["importance"] * min(params.importance.proxy_images_per_prompt,
                                                params.prompts.importance.images_per_prompt)
     n_ablate = len(params.importance.blocks)
-    add("ablate@j", n_ablate, place_s, samp, 0, False, n_ablate * imp_items * (steps * t + dec))
+    add("ablate@j", n_ablate, place_i, samp_i, 0, False, n_ablate * imp_items * (imp.steps * t_i + dec_i))
     place_c, cap = best("capture", lambda p: measure_sampling(params, p, capture=True))
     n_sched = len(capture_schedule(params.capture.timesteps, steps))
     c = params.capture
@@ -583,6 +593,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     summary = {"gpu_memory_gb": gpu_memory_gb, "tflops": tflops, "prompts": counts, "chain_steps": k_steps,
                "activation_disk_gb": round(act, 1), "activation_disk_gb_with_dvc_copy": round(2 * act, 1),
                "total_hours": round(sum(r.hours for r in rows), 1),
+               "importance_hours": round(sum(r.hours for r in rows if r.stage in ("reference@importance", "ablate@j")), 2),
                "max_peak_gib": max(r.peak_gib for r in rows)}
     return rows, summary
 

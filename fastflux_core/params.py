@@ -170,6 +170,10 @@ class ImportanceParams(_Strict):
     order: Literal["importance", "start2end", "end2start"] = "importance"
     fid_against: Literal["model", "real"] = Field("model", description="FID against the full model's images or real images")
     proxy_images_per_prompt: int = Field(2, ge=1, description="images per prompt when method is proxy")
+    steps: int | None = Field(None, ge=1, le=1000, description="sampling steps of the importance set "
+                              "(reference@importance and every ablate stage); null: sampling.steps")
+    height: int | None = Field(None, ge=2, description="image height of the importance set; null: sampling.height")
+    width: int | None = Field(None, ge=2, description="image width of the importance set; null: sampling.width")
 
     @model_validator(mode="after")
     def _blocks_are_a_range(self) -> "ImportanceParams":
@@ -315,6 +319,16 @@ class Params(_Strict):
         if self.importance.fid_against == "real" and self.metrics.real_images is None:
             raise ValueError("importance.fid_against is 'real' but metrics.real_images is null")
         return self
+
+
+def importance_sampling(params: "Params") -> SamplingParams:
+    """The sampling settings of the importance set: ``sampling`` with ``importance.steps``, ``height``
+    and ``width`` where given. Ranking blocks needs their relative harm, not final-quality images, so
+    fewer steps and a lower resolution rank them at a fraction of the cost (benchmarks/importance_cost.py
+    measures how well)."""
+    imp, s = params.importance, params.sampling
+    return s.model_copy(update={"steps": imp.steps or s.steps, "height": imp.height or s.height,
+                                "width": imp.width or s.width})
 
 
 def capture_schedule(count: int, steps: int) -> list[int]:

@@ -96,10 +96,11 @@ def check_sizes(params: "Params") -> None:
     down, which would score a different image size than the one asked for), and least squares cannot
     sample more tokens per sample than a sequence has (no silent clamping)."""
     multiple = 2 * pixels_per_latent_cell(params)
-    s = params.sampling
-    for key, value in (("height", s.height), ("width", s.width)):
-        if value % multiple:
-            raise FastFluxError(f"sampling.{key}={value} must be a multiple of {multiple} for this model "
+    s, imp = params.sampling, params.importance
+    for key, value in (("sampling.height", s.height), ("sampling.width", s.width),
+                       ("importance.height", imp.height), ("importance.width", imp.width)):
+        if value is not None and value % multiple:
+            raise FastFluxError(f"{key}={value} must be a multiple of {multiple} for this model "
                                 f"(2×2 packing of {multiple // 2}-pixel latent cells), e.g. {value - value % multiple or multiple}")
     n_img, n_txt = (s.height // multiple) * (s.width // multiple), params.text.max_sequence_length
     cap = params.capture
@@ -113,6 +114,7 @@ def check_sizes(params: "Params") -> None:
 
 def check_metrics(params: "Params") -> None:
     """The configured metrics can score the configured images and prompts, before any is generated."""
+    from fastflux_core.params import importance_sampling
     from fastflux_core.prompts import read_prompt_file
 
     m = params.metrics
@@ -120,10 +122,12 @@ def check_metrics(params: "Params") -> None:
     if uses_judge and params.model.source == "flux":
         raise FastFluxError("metrics use the digit judge, which only the embedded base has: for FLUX set "
                             "metrics.fid_features: inception and metrics.alignment: clip")
-    if uses_judge and (params.sampling.height, params.sampling.width) != (JUDGE_SIZE, JUDGE_SIZE):
-        raise FastFluxError(f"the digit judge reads {JUDGE_SIZE}×{JUDGE_SIZE} images, but sampling is "
-                            f"{params.sampling.height}×{params.sampling.width}: set sampling.height/width to "
-                            f"{JUDGE_SIZE} or use metrics.fid_features: inception and metrics.alignment: clip")
+    imp = importance_sampling(params)
+    for what, (h, w) in (("sampling", (params.sampling.height, params.sampling.width)),
+                         ("the importance set (importance.height/width)", (imp.height, imp.width))):
+        if uses_judge and (h, w) != (JUDGE_SIZE, JUDGE_SIZE):
+            raise FastFluxError(f"the digit judge reads {JUDGE_SIZE}×{JUDGE_SIZE} images, but {what} is {h}×{w}: "
+                                f"set it to {JUDGE_SIZE} or use metrics.fid_features: inception and metrics.alignment: clip")
     if m.alignment == "judge":
         from fastflux_core.digits import label_of
 

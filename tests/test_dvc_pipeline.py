@@ -30,6 +30,7 @@ SWITCHES = {  # every enum/boolean the embedded default can take, flipped from p
     "sandwich.target": "original", "sandwich.reuse": False, "capture.dtype": "bfloat16",
     "evaluate.sweep": False, "prompts.disjoint": "items", "model.dtype": "bfloat16", "model.device": "cpu",
     "capture.compression": "lz4", "sandwich.gradient_checkpointing": False, "model.offload": "always",
+    "importance.steps": 2,
 }
 
 
@@ -251,6 +252,8 @@ def test_every_switch_runs_through_dvc(runs):
     assert all(params[k.split(".")[0]][k.split(".")[1]] == v for k, v in SWITCHES.items())
     ranking = json.loads((repo / "data" / "rank" / "ranking.json").read_text())
     assert ranking["method"] == "proxy" and ranking["order"] == [2, 1, 0]  # end2start
+    reference = {s: json.loads((repo / "data" / "reference" / s / "metrics.json").read_text()) for s in ("importance", "evaluation")}
+    assert reference["importance"]["steps"] == 2 and reference["evaluation"]["steps"] == params["sampling"]["steps"]
     import zarr
 
     store = zarr.open_group(str(repo / "data" / "capture" / "1" / "training.zarr"), mode="r")

@@ -137,3 +137,14 @@ def test_capture_timesteps_span_the_schedule():
     d["capture"]["timesteps"] = [0, 6]  # the old index list is refused, not reinterpreted
     with pytest.raises(ParamsError, match="capture.timesteps"):
         parse_params(d)
+
+
+def test_importance_set_samples_with_its_own_steps_and_resolution():
+    from fastflux_core.params import importance_sampling
+
+    d = _default()
+    assert importance_sampling(parse_params(d)) == parse_params(d).sampling  # null: the sampling section's
+    d["importance"].update(steps=5, height=16)
+    s = importance_sampling(parse_params(d))
+    assert (s.steps, s.height, s.width) == (5, 16, d["sampling"]["width"])
+    assert s.batch_size == d["sampling"]["batch_size"]
