@@ -304,7 +304,7 @@ def measure_encode(params) -> Measured:
     """The text encoders' forward on one batch of ``text.batch_size`` prompts (both resident)."""
     from fastflux_core.speed import count_flops
 
-    b, n = params.text.batch_size, params.text.max_sequence_length
+    b = params.text.batch_size
     with fake_device(), torch.device(CUDA):
         encoders = _text_encoders(params)
         with tracked(*[m for m, _ in encoders]) as mem, torch.no_grad():

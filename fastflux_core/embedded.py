@@ -23,6 +23,7 @@ from fastflux_core.codec import PixelCodec, latent_ids, pack
 from fastflux_core.integrity import require_finite
 from fastflux_core.params import EmbeddedParams
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.sampling import velocity
 
 if TYPE_CHECKING:
     from fastflux_core.params import Params
@@ -84,15 +85,7 @@ def train_base(
         s = sigma.view(-1, 1, 1, 1)
         x_sigma = (1 - s) * x + s * noise
         target = pack(noise - x)  # (B, N_img, 4C) velocity
-        pred = model(
-            hidden_states=pack(x_sigma),
-            timestep=sigma,
-            pooled_projections=pooled,
-            encoder_hidden_states=prompt_embeds,
-            txt_ids=txt_ids,
-            img_ids=img_ids,
-            return_dict=False,
-        )[0]
+        pred = velocity(model, pack(x_sigma), sigma, None, pooled, prompt_embeds, txt_ids, img_ids)
         loss = require_finite(torch.nn.functional.mse_loss(pred, target),
                               f"base training loss at step {len(losses)} (lower embedded.learning_rate)")
         opt.zero_grad(set_to_none=True)

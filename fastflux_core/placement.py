@@ -88,10 +88,8 @@ def place_blocks(model: nn.Module, blocks: list[nn.Module], resident: list[nn.Mo
     its ``forward``): every module of ``model`` outside its block lists goes to ``device``, the
     ``resident`` blocks too; ``blocks`` (those run but not trained) go to the device, or with
     ``offload`` get diffusers' group-offloading hooks and move in only while each one runs."""
-    block_ids = {id(m) for name in ("transformer_blocks", "single_transformer_blocks")
-                 for m in getattr(model, name, [])}
     for name, child in model.named_children():
-        if name not in ("transformer_blocks", "single_transformer_blocks") and id(child) not in block_ids:
+        if name not in ("transformer_blocks", "single_transformer_blocks"):
             child.to(device)
     for block in resident:
         block.to(device)
