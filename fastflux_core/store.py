@@ -140,8 +140,11 @@ class StoreWriter:
         for s in specs:
             rows = s.rows_per_sample
             store_dtype = ("uint16" if dtype == "bfloat16" else "float32") if s.activation else s.dtype
+            # bookkeeping (a few bytes per sample) is read whole: one chunk per shard, as each chunk
+            # costs zarr a fixed encode + CRC (one-sample chunks made them 2/3 of a training write)
+            chunk = chunk_samples if s.activation else self.shard_samples
             self._arrays[s.name] = self.group.create_array(
-                s.name, shape=(n_samples * rows, *s.shape), chunks=(chunk_samples * rows, *s.shape),
+                s.name, shape=(n_samples * rows, *s.shape), chunks=(chunk * rows, *s.shape),
                 shards=(self.shard_samples * rows, *s.shape), dtype=store_dtype, compressors=codec,
                 dimension_names=s.dims, fill_value=0, config={"write_empty_chunks": True},
                 attributes={"rows_per_sample": rows, "stored_as": dtype if s.activation else s.dtype},

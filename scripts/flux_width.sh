@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# FLUX-width rehearsal (issue 12, item 6): the whole `dvc repro` through model.source: flux in bfloat16
+# on a random-weight folder with FLUX.1-dev's block width (examples/flux-width/params.yaml), run in a
+# clone of this repository's HEAD so the working copy's data/ is untouched.
+# Usage: bash scripts/flux_width.sh [WORKDIR]     (default /tmp/fastflux-flux-width; ~3 GB of disk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+work="$(realpath -m "${1:-/tmp/fastflux-flux-width}")"
+rm -rf "$work/repo" && mkdir -p "$work"
+git clone -q . "$work/repo"
+python scripts/make_flux_width_folder.py "$work/models" --params "$work/repo/params.yaml"
+cd "$work/repo"
+export PYTHONPATH="$work/repo"   # the clone's code, not the editable install's
+dvc repro
+python - <<'PY'
+import json, pathlib
+for f in ("data/metrics/evaluate.json", "data/metrics/speed.json"):
+    p = pathlib.Path(f)
+    if p.is_file():
+        print(f, json.dumps(json.loads(p.read_text()), indent=1)[:3000])
+PY
