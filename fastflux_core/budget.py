@@ -33,7 +33,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from fastflux_core.placement import Placement, place, place_blocks
 
 GiB = 2**30
 CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- fake device
@@ -95,6 +96,13 @@ def fake_device() -> Iterator[None]:
     finally:
         del FakeTensor.data
         nn.Module.to, F.scaled_dot_product_attention, capture._check_finite = real_to, real_sdpa, real_check
+
+
+def space(real: bool) -> tuple[AbstractContextManager, torch.device]:
+    """Where a measurement runs: fake tensors on a fake CUDA device (the budget), or, with ``real``,
+    real tensors on the CPU — the same code, to check the budget against a real run
+    (``benchmarks/flux_width_memory.py``)."""
+    return (nullcontext(), CPU) if real else (fake_device(), CUDA)
 
 
 def _tracker():
@@ -250,7 +258,7 @@ class _NullWriter:
         pass
 
 
-def measure_sampling(params, placement: Placement, capture: bool = False) -> Measured:
+def measure_sampling(params, placement: Placement, capture: bool = False, real: bool = False) -> Measured:
     """One sampling batch (``sampling.batch_size`` items, one step) through the placed transformer,
     with the capture hooks when ``capture``, then the VAE decode of that batch."""
     from fastflux_core.adapter import adapter_for
@@ -260,7 +268,8 @@ def measure_sampling(params, placement: Placement, capture: bool = False) -> Mea
     from fastflux_core.speed import count_flops
 
     shapes, b = Shapes.of(params), params.sampling.batch_size
-    with fake_device():
+    mode, dev = space(real)
+    with mode:
         model = build_transformer(params)
         adapter = adapter_for(model)
         handles = []
@@ -273,12 +282,12 @@ def measure_sampling(params, placement: Placement, capture: bool = False) -> Mea
             handles = [adapter.block(i).register_forward_pre_hook(io.pre, with_kwargs=True),
                        adapter.block(i).register_forward_hook(io.post, with_kwargs=True),
                        model.register_forward_pre_hook(inputs.pre, with_kwargs=True)]
-        place(model, CUDA, placement, prefetch=False)
+        place(model, dev, placement, prefetch=False)
         prefetched = _largest_block_bytes(adapter) if placement == "offloaded" else 0
-        codec = build_codec(params, shapes, CUDA)
+        codec = build_codec(params, shapes, dev)
         flops: dict[str, int] = {}
         with tracked(model) as mem:
-            x = _model_inputs(params, shapes, b, _dtype(params), CUDA)
+            x = _model_inputs(params, shapes, b, _dtype(params), dev)
             if capture:
                 armed(0, slice(0, b))
             with torch.no_grad():
@@ -290,7 +299,7 @@ def measure_sampling(params, placement: Placement, capture: bool = False) -> Mea
             flops["decode_per_item"] = count_flops(lambda: codec.decode_batch(latents))
         for h in handles:
             h.remove()
-    return Measured(mem["peak"].get("cuda", 0) + prefetched, flops)
+    return Measured(mem["peak"].get(dev.type, 0) + prefetched, flops)
 
 
 def _largest_block_bytes(adapter) -> int:
@@ -300,17 +309,18 @@ def _largest_block_bytes(adapter) -> int:
                for j in range(len(adapter.blocks)))
 
 
-def measure_encode(params) -> Measured:
+def measure_encode(params, real: bool = False) -> Measured:
     """The text encoders' forward on one batch of ``text.batch_size`` prompts (both resident)."""
     from fastflux_core.speed import count_flops
 
     b = params.text.batch_size
-    with fake_device(), torch.device(CUDA):
+    mode, dev = space(real)
+    with mode, torch.device(dev):
         encoders = _text_encoders(params)
         with tracked(*[m for m, _ in encoders]) as mem, torch.no_grad():
             flops = sum(count_flops(lambda m=m, t=t: m(input_ids=torch.zeros(b, t, dtype=torch.long)))
                         for m, t in encoders)
-    return Measured(mem["peak"].get("cuda", 0), {"per_prompt": flops // b})
+    return Measured(mem["peak"].get(dev.type, 0), {"per_prompt": flops // b})
 
 
 def _text_encoders(params) -> list[tuple[nn.Module, int]]:
@@ -333,7 +343,7 @@ def _text_encoders(params) -> list[tuple[nn.Module, int]]:
     return [(BertModel(cfg).eval(), n)]
 
 
-def measure_solve(params) -> Measured:
+def measure_solve(params, real: bool = False) -> Measured:
     """One chunk of ``solve.chunk_rows`` rows into the float64 Gram accumulator (its real ``add``),
     then the factorisations of both branches of ``GramAccumulator.solve`` (which branch runs depends
     on values a fake tensor does not have)."""
@@ -350,13 +360,14 @@ def measure_solve(params) -> Measured:
         vals, vecs = torch.linalg.eigh(a)
         vecs @ (vals[:, None] * (vecs.T @ acc.cross))
 
-    with fake_device():
+    mode, dev = space(real)
+    with mode:
         x = torch.empty(rows, shapes.dim)
         with tracked() as mem:
-            acc = GramAccumulator(shapes.dim, shapes.dim, CUDA)
+            acc = GramAccumulator(shapes.dim, shapes.dim, dev)
             f_add = count_flops(lambda: acc.add(x, x))
             f_solve = count_flops(lambda: factorise(acc))
-    return Measured(mem["peak"].get("cuda", 0), {"per_row": f_add // rows, "solve": f_solve})
+    return Measured(mem["peak"].get(dev.type, 0), {"per_row": f_add // rows, "solve": f_solve})
 
 
 def sandwich_case(params, kind: str) -> tuple[int, int, int]:
@@ -372,7 +383,7 @@ def sandwich_case(params, kind: str) -> tuple[int, int, int]:
     return u, i, d
 
 
-def measure_sandwich(params, placement: Placement, u: int, i: int, d: int) -> Measured:
+def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real: bool = False) -> Measured:
     """Both device phases of stage sandwich for sandwich [u, d] around block i:
     recompute — embed and blocks 0..u-1 (offloaded or resident) and the frozen target copy of u..d on
     one micro-batch; train — one micro-batch forward/backward through u..d (LoRA, linear, fp32
@@ -387,24 +398,25 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int) -> Me
     dtype = _dtype(params)
     lora_blocks = [j for j in range(u, d + 1) if j != i] if cfg.width > 1 else []
     flops: dict[str, int] = {}
-    with fake_device():
+    mode, dev = space(real)
+    with mode:
         model = build_transformer(params)
         adapter = adapter_for(model)
         inject_lora(adapter, lora_blocks, cfg.lora_rank, cfg.lora_alpha, seed=0)
         model.requires_grad_(False)
         target = [copy.deepcopy(adapter.block(j)) for j in range(u, d + 1)]
         sandwich = [adapter.block(j) for j in range(u, d + 1)]
-        place_blocks(model, [adapter.block(j) for j in range(u)], sandwich + target, CUDA, placement == "offloaded",
+        place_blocks(model, [adapter.block(j) for j in range(u)], sandwich + target, dev, placement == "offloaded",
                      prefetch=False)
         prefetched = _largest_block_bytes(adapter) if placement == "offloaded" and u > 0 else 0
-        x = _model_inputs(params, shapes, mb, dtype, CUDA)
+        x = _model_inputs(params, shapes, mb, dtype, dev)
         with tracked(model, *target) as mem_a:
             def recompute():
                 with torch.no_grad():
                     s = adapter.run(adapter.embed(x), 0, u)
                     run_blocks(target, s)
             flops["recompute_per_sample_block"] = count_flops(recompute) // (mb * max(d + 1, 1))
-    with fake_device():  # training step: fake CPU, only the sandwich's blocks exist
+    with space(real)[0]:  # training step: (fake) CPU, only the sandwich's blocks exist
         model = build_transformer(params)
         adapter = adapter_for(model)
         inject_lora(adapter, lora_blocks, cfg.lora_rank, cfg.lora_alpha, seed=0)
@@ -438,7 +450,7 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int) -> Me
                 opt.step()
                 opt.zero_grad(set_to_none=False)
             flops["train_per_sample"] = count_flops(step) // mb
-    return Measured(max(mem_a["peak"].get("cuda", 0) + prefetched, mem_b["peak"].get("cpu", 0)), flops)
+    return Measured(max(mem_a["peak"].get(dev.type, 0) + prefetched, mem_b["peak"].get("cpu", 0)), flops)
 
 
 def _rotary(model, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor]:
