@@ -294,7 +294,7 @@ def measure_sampling(params, placement: Placement, capture: bool = False, real: 
                 flops["transformer_per_item_step"] = count_flops(lambda: velocity(
                     model, x.hidden_states, x.timestep, x.guidance, x.pooled_projections, x.encoder_hidden_states,
                     x.txt_ids, x.img_ids)) // b
-            latents = torch.empty(1, shapes.latent_channels, params.sampling.height // shapes.scale_factor,
+            latents = torch.randn(1, shapes.latent_channels, params.sampling.height // shapes.scale_factor,
                                   params.sampling.width // shapes.scale_factor)  # decoded one image at a time
             flops["decode_per_item"] = count_flops(lambda: codec.decode_batch(latents))
         for h in handles:
@@ -362,7 +362,7 @@ def measure_solve(params, real: bool = False) -> Measured:
 
     mode, dev = space(real)
     with mode:
-        x = torch.empty(rows, shapes.dim)
+        x = torch.randn(rows, shapes.dim)
         with tracked() as mem:
             acc = GramAccumulator(shapes.dim, shapes.dim, dev)
             f_add = count_flops(lambda: acc.add(x, x))
@@ -438,9 +438,9 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
         model.train()
         opt = optimizer(trainable, cfg)
         target_copy = [copy.deepcopy(b).requires_grad_(False) for b in [adapter.block(j) for j in range(u, d + 1)]]
-        x = {"img": torch.empty(mb, shapes.n_img, shapes.dim, dtype=dtype),
-             "txt": torch.empty(mb, shapes.n_txt, shapes.dim, dtype=dtype), "temb": torch.empty(mb, shapes.dim, dtype=dtype)}
-        y = (torch.empty_like(x["img"]), torch.empty_like(x["txt"]))
+        x = {"img": torch.randn(mb, shapes.n_img, shapes.dim, dtype=dtype),
+             "txt": torch.randn(mb, shapes.n_txt, shapes.dim, dtype=dtype), "temb": torch.randn(mb, shapes.dim, dtype=dtype)}
+        y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
         rotary, den = _rotary(model, shapes, dtype), torch.ones(())
         with tracked(model, *target_copy, opt) as mem_b:
             def step():  # fit_sandwich's step, one micro-batch
@@ -459,14 +459,14 @@ def _rotary(model, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _model_inputs(params, shapes: Shapes, b: int, dtype, device: torch.device):
-    """Fake transformer inputs of a batch of ``b`` at the configured shapes, as the stages build them."""
+    """Transformer inputs (fake, or random on the CPU) of a batch of ``b`` at the configured shapes, as the stages build them."""
     from fastflux_core.adapter import ModelInputs
 
     with torch.device(device):
         guidance = torch.ones(b) if transformer_config(params).get("guidance_embeds") else None
-        return ModelInputs(torch.empty(b, shapes.n_img, shapes.in_channels, dtype=dtype),
-                           torch.empty(b, shapes.n_txt, shapes.text_dim, dtype=dtype),
-                           torch.empty(b, shapes.pooled_dim, dtype=dtype), torch.ones(b, dtype=dtype),
+        return ModelInputs(torch.randn(b, shapes.n_img, shapes.in_channels, dtype=dtype),
+                           torch.randn(b, shapes.n_txt, shapes.text_dim, dtype=dtype),
+                           torch.randn(b, shapes.pooled_dim, dtype=dtype), torch.ones(b, dtype=dtype),
                            torch.zeros(shapes.n_img, 3, dtype=dtype), torch.zeros(shapes.n_txt, 3, dtype=dtype),
                            guidance)
 
@@ -522,9 +522,7 @@ def prompt_counts(params, assumed: dict[str, int]) -> dict[str, int]:
 def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, int],
                 progress: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict]:
     """Every stage kind: placement chosen for ``gpu_memory_gb``, measured peak, disk, compute."""
-    from fastflux_core.capture import calibration_specs, training_specs
     from fastflux_core.params import capture_schedule, importance_sampling
-    from fastflux_core.store import estimate_bytes
 
     shapes, cfg = Shapes.of(params), transformer_config(params)
     n_blocks = cfg["num_layers"] + cfg["num_single_layers"]
@@ -577,8 +575,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     place_c, cap = best("capture", lambda p: measure_sampling(params, p, capture=True))
     n_sched = len(capture_schedule(params.capture.timesteps, steps))
     c = params.capture
-    store = (estimate_bytes(calibration_specs(shapes.dim, c.image_tokens, c.text_tokens), items["calibration"] * n_sched, c.dtype)
-             + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels), items["training"] * n_sched, c.dtype))
+    store = capture_bytes(params, shapes, items)
     add("capture@k", k_steps, place_c, cap, k_steps * store, True,
         k_steps * (items["calibration"] + items["training"]) * steps * t)
     sol = measure_solve(params)
@@ -608,6 +605,50 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
                "importance_hours": round(sum(r.hours for r in rows if r.stage in ("reference@importance", "ablate@j")), 2),
                "max_peak_gib": max(r.peak_gib for r in rows)}
     return rows, summary
+
+
+def capture_bytes(params, shapes: Shapes, items: dict[str, int]) -> int:
+    """Bytes of one capture@k's two stores (uncompressed), for ``items`` images per prompt set."""
+    from fastflux_core.capture import calibration_specs, training_specs
+    from fastflux_core.params import capture_schedule
+    from fastflux_core.store import estimate_bytes
+
+    c, n_sched = params.capture, len(capture_schedule(params.capture.timesteps, params.sampling.steps))
+    return (estimate_bytes(calibration_specs(shapes.dim, c.image_tokens, c.text_tokens), items["calibration"] * n_sched, c.dtype)
+            + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels), items["training"] * n_sched, c.dtype))
+
+
+def check_run(params, data: Path = Path("data"), assumed: dict[str, int] | None = None) -> None:
+    """Stage validate's up-front check, before any stage works: the disk holding ``data/`` takes every
+    capture@k's stores twice (DVC's cache copy; what ``data/capture`` holds now is replaced, so it
+    counts as free), and on a CUDA device every stage fits ``model.gpu_memory_gb`` resident or
+    offloaded (measured as the budget command does, ~1 min at FLUX.1-dev scale). One line names what
+    does not fit."""
+    import shutil
+
+    from fastflux_core.placement import DeviceMemoryError
+    from fastflux_core.source import resolve_device
+    from fastflux_core.store import StoreError
+
+    counts = prompt_counts(params, assumed or {})  # validate: the prompt files exist (preflight)
+    items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
+    need = 2 * len(params.steps) * capture_bytes(params, Shapes.of(params), items)
+    data.mkdir(parents=True, exist_ok=True)
+    held = sum(f.stat().st_size for f in (data / "capture").rglob("*") if f.is_file()) if (data / "capture").is_dir() else 0
+    free = shutil.disk_usage(data).free + held
+    if need > free:
+        raise StoreError(f"the chain's activation stores need about {need / 1e9:.1f} GB under {data}/ (capture@1.."
+                         f"{len(params.steps)}, with DVC's cache copy), {free / 1e9:.1f} GB is free: lower "
+                         f"capture.timesteps, capture.image_tokens or the calibration/training images, or free disk")
+    if resolve_device(params.model.device).type != "cuda" or params.model.offload != "auto":
+        return
+    gb = params.model.gpu_memory_gb
+    rows, _ = plan_budget(params, gb, 400.0, counts)
+    for r in rows:
+        if r.peak_gib > gb:
+            raise DeviceMemoryError(f"stage {r.stage} needs {r.peak_gib:.1f} GiB of device memory ({r.placement}), "
+                                    f"model.gpu_memory_gb is {gb:g}: lower sampling.batch_size / sandwich.micro_batch"
+                                    f" / text.batch_size, or see 'python -m fastflux_core.budget'")
 
 
 def params_bytes(params, k: int) -> int:

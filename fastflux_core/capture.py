@@ -202,6 +202,9 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
             with torch.no_grad():
                 sample_latents(model, sched, embeds, items[name], params.sampling, codec.latent_channels,
                                codec.scale_factor, on_step=armed)
+        except BaseException:
+            writer.abort()  # no shard write may land after the stage's output is removed
+            raise
         finally:
             for hnd in handles:
                 hnd.remove()

@@ -94,7 +94,8 @@ def write_clip_stand_in(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     cfg = CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, eos_token_id=tok.sep_token_id),
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.cls_token_id,
+                         eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id),
         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                            image_size=30, patch_size=2),
         projection_dim=32,

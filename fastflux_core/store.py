@@ -140,16 +140,18 @@ class StoreWriter:
         for s in specs:
             rows = s.rows_per_sample
             store_dtype = ("uint16" if dtype == "bfloat16" else "float32") if s.activation else s.dtype
-            # bookkeeping (a few bytes per sample) is read whole: one chunk per shard, as each chunk
-            # costs zarr a fixed encode + CRC (one-sample chunks made them 2/3 of a training write)
-            chunk = chunk_samples if s.activation else self.shard_samples
+            # bookkeeping (a few bytes per sample, read whole) is one chunk in one shard, buffered and
+            # written at close: each chunk and each write costs zarr a fixed overhead, which made the
+            # bookkeeping of one-sample chunks 2/3 of a training store's write time
+            shard = self.shard_samples if s.activation else n_samples
+            chunk = chunk_samples if s.activation else n_samples
             self._arrays[s.name] = self.group.create_array(
                 s.name, shape=(n_samples * rows, *s.shape), chunks=(chunk * rows, *s.shape),
-                shards=(self.shard_samples * rows, *s.shape), dtype=store_dtype, compressors=codec,
+                shards=(shard * rows, *s.shape), dtype=store_dtype, compressors=codec,
                 dimension_names=s.dims, fill_value=0, config={"write_empty_chunks": True},
                 attributes={"rows_per_sample": rows, "stored_as": dtype if s.activation else s.dtype},
             )
-            self._buf[s.name] = np.empty((self.shard_samples * rows, *s.shape), dtype=store_dtype)
+            self._buf[s.name] = np.empty((shard * rows, *s.shape), dtype=store_dtype)
         self._fill: dict[str, int] = {s: 0 for s in self.specs}  # rows in the shard buffer
         self._written: dict[str, int] = {s: 0 for s in self.specs}  # rows handed to the writers
         # Full shards are written by two background threads while capture goes on (Zarr's encode and
@@ -168,7 +170,8 @@ class StoreWriter:
     def append(self, name: str, rows: torch.Tensor) -> None:
         """Append samples (rows_per_sample rows each) to ``name``; full shards go to disk."""
         spec = self.specs[name]
-        if rows.is_floating_point() and not bool(torch.isfinite(rows.abs().amax())):  # NaN/inf propagate: one pass
+        if rows.is_floating_point() and rows.numel() and not all(map(bool, map(torch.isfinite, torch.aminmax(rows)))):
+            # NaN and ±inf reach the min or max: one pass, no copy
             first = (self._written[name] + self._fill[name]) // spec.rows_per_sample
             raise NonFiniteError(f"captured {name} holds NaN/inf (samples from {first} on): the model being "
                                  f"captured produces non-finite activations; nothing was stored")
@@ -197,6 +200,13 @@ class StoreWriter:
         self._buf[name] = np.empty_like(buf)
         self._written[name] += fill
         self._fill[name] = 0
+
+    def abort(self) -> None:
+        """Stop after a failure elsewhere: drop the shards still waiting and wait for those being
+        written, so no writer thread touches the (atomic, about to be removed) output after this."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        self._buf.clear()
 
     def close(self) -> None:
         """Flush the last (partial) shards, wait for the writers, check every array is full, and mark

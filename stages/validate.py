@@ -1,14 +1,16 @@
 """Stage validate: params.yaml and the setup it describes (prompt files, model folder, device, image
 size, metrics), checked on every `dvc repro` / `dvc exp run` — dvc.yaml marks it always_changed — so
-a typo or an inconsistent chain is reported even when no other stage would run."""
+a typo or an inconsistent chain is reported even when no other stage would run; then the run's
+budget: disk for the activation stores and, on a GPU, device memory of every stage."""
 
+from fastflux_core.budget import check_run
 from fastflux_core.io import run_stage, stage_args
 from fastflux_core.params import load_params
 
 
 def main() -> None:
     stage_args()
-    load_params()
+    check_run(load_params())
 
 
 if __name__ == "__main__":

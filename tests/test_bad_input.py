@@ -378,3 +378,15 @@ def test_too_little_disk_for_the_activation_store(ws, monkeypatch, capsys):
     assert code == 2
     assert_one_error_line(stderr, r"not enough disk for the activation stores of capture@1 \(calibration\.zarr, training\.zarr\): needs about")
     assert snapshot(ws) == before and not (ws / "data" / "capture" / "1").exists()
+
+
+def test_validate_refuses_a_run_whose_activation_stores_do_not_fit_the_disk(ws, monkeypatch, capsys):
+    """Up front, before any stage works: the chain's stores (twice: DVC's cache copy) against free disk
+    plus what data/capture holds now."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10, 10))
+    before = snapshot(ws)
+    code, stderr = run_in_process(ws, ["stages/validate.py"], monkeypatch, capsys)
+    assert code == 2
+    assert_one_error_line(stderr, r"the chain's activation stores need about [\d.]+ GB under data/ \(capture@1\.\.3, "
+                                  r"with DVC's cache copy\), [\d.]+ GB is free")
+    assert snapshot(ws) == before

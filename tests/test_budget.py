@@ -108,3 +108,40 @@ def test_stages_choose_resident_offloaded_or_stop(monkeypatch):
     assert choose("capture@1", with_budget(2), torch.device("cpu")) == "resident"  # no device budget on a CPU
     assert choose("capture@1", with_budget(2, "always"), cuda) == "offloaded"
     assert choose("capture@1", with_budget(2, "never"), cuda) == "resident"
+
+
+def test_validate_stops_a_run_a_stage_of_which_does_not_fit_the_gpu(monkeypatch, tmp_path):
+    """``check_run`` (stage validate): on a CUDA device every stage's measured peak against
+    model.gpu_memory_gb, one line naming the first that does not fit; nothing measured on a CPU."""
+    import shutil
+
+    from fastflux_core import source
+
+    params = flux_example(gpu_memory_gb=8)
+    assumed = {"calibration": 512, "training": 512, "importance": 64, "evaluation": 512}
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**15, 0, 10**15))
+    rows = [budget.Row("encode", 1, "resident", 10.6, 0.0, True, 1.0, 0.0),
+            budget.Row("capture@k", 11, "offloaded", 2.9, 4.2, True, 1.0, 0.0)]
+    calls = []
+    monkeypatch.setattr(budget, "plan_budget", lambda *a, **k: (calls.append(a), (rows, {}))[1])
+    monkeypatch.setattr(source, "resolve_device", lambda name: torch.device("cuda"))
+    with pytest.raises(DeviceMemoryError, match=r"^stage encode needs 10\.6 GiB of device memory \(resident\), "
+                                                r"model.gpu_memory_gb is 8"):
+        budget.check_run(params, tmp_path, assumed)
+    monkeypatch.setattr(source, "resolve_device", lambda name: torch.device("cpu"))
+    budget.check_run(params, tmp_path, assumed)
+    assert len(calls) == 1  # measured on the GPU only
+
+
+def test_validate_counts_the_chains_stores_twice_against_free_disk(monkeypatch, tmp_path):
+    import shutil
+
+    from fastflux_core.store import StoreError
+
+    params = flux_example()
+    assumed = {"calibration": 512, "training": 512, "importance": 64, "evaluation": 512}
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 60 * 10**9, 60 * 10**9))
+    # 11 steps × (512 + 512 images × 4 timesteps): 34.0 GB of stores, twice
+    with pytest.raises(StoreError, match=r"need about 67\.9 GB under .*capture@1\.\.11, with DVC's cache copy\), 60\.0 GB"):
+        budget.check_run(params.model_copy(update={"model": params.model.model_copy(update={"device": "cpu"})}),
+                         tmp_path, assumed)

