@@ -4,11 +4,13 @@
 Every *row-aligned* array has a leading axis that grows sample by sample (``rows_per_sample`` rows
 per captured sample: 1 for per-sample states, k for k sub-sampled tokens). Arrays are sharded along
 that axis, ``shard_samples`` samples per shard, each chunk optionally compressed (Blosc; none by
-default: ``benchmarks/capture_io.py`` measured zstd at 2/3 of the uncompressed write speed for 18 %
+default: ``benchmarks/capture_io.py`` measured zstd at 1/3 of the uncompressed write speed for 18 %
 less disk on bf16 activations, whose mantissas do not compress) and always CRC32C-checked. Full
 shards are written by background threads while capture goes on. Because writing
 part of a shard rewrites the whole shard, the writer buffers one whole shard per array in memory
-and writes it once — one writer per shard. *Static* arrays (rotary position ids) are written once.
+and writes it once — one writer per shard; whole uncompressed shards are written by
+:func:`write_shard` (the bytes Zarr writes, without zarr-python's single-threaded copies), the rest
+by Zarr. *Static* arrays (rotary position ids) are written once.
 
 Named dims are Zarr v3 ``dimension_names``; dtype and storage are in the attributes. bfloat16 has no
 Zarr dtype: it is stored as its uint16 bit pattern with ``stored_as: "bfloat16"`` (float16 would
@@ -41,12 +43,14 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import torch
 import zarr
@@ -158,6 +162,7 @@ class StoreWriter:
         # file writes release the GIL): each shard is one region written once, so writers never share
         # a shard. At most ``_MAX_PENDING`` shards wait; the next append waits for the oldest.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-writer")
+        self._direct = compression == "none" and sys.byteorder == "little"  # see write_shard
         self._pending: deque[Future] = deque()
 
     def write_static(self, name: str, value: torch.Tensor, dims: tuple[str, ...]) -> None:
@@ -191,12 +196,16 @@ class StoreWriter:
                 self._flush(name)
 
     def _flush(self, name: str) -> None:
-        """Hand the buffered rows (a whole shard, or the last one's rest) to a writer thread: one Zarr
-        write of one shard; the array gets a fresh buffer."""
+        """Hand the buffered rows (a whole shard, or the last one's rest) to a writer thread: one write
+        of one shard; the array gets a fresh buffer."""
         fill, start, buf = self._fill[name], self._written[name], self._buf[name]
         while len(self._pending) >= _MAX_PENDING:
             self._pending.popleft().result()  # re-raises a writer's error here
-        self._pending.append(self._pool.submit(self._arrays[name].__setitem__, slice(start, start + fill), buf[:fill]))
+        arr = self._arrays[name]
+        if self._direct and fill == len(buf) and start % fill == 0:
+            self._pending.append(self._pool.submit(write_shard, self.path / name, arr, start // fill, buf))
+        else:  # compressed, or the last partial shard: Zarr's own pipeline
+            self._pending.append(self._pool.submit(arr.__setitem__, slice(start, start + fill), buf[:fill]))
         self._buf[name] = np.empty_like(buf)
         self._written[name] += fill
         self._fill[name] = 0
@@ -225,6 +234,29 @@ class StoreWriter:
         self._buf.clear()
         self.group.attrs["complete"] = True
         manifest_path(self.path).write_text(json.dumps(manifest(self.path), indent=1, sort_keys=True))
+
+
+def write_shard(array_dir: Path, arr: zarr.Array, shard: int, data: np.ndarray) -> None:
+    """Write one whole uncompressed shard of ``arr`` (row shard number ``shard``) as the file Zarr's
+    ``sharding_indexed`` codec would — each inner chunk's little-endian bytes and its CRC32C, then the
+    index of (offset, nbytes) per chunk and its CRC32C — straight from ``data`` with no copy.
+    zarr-python encodes and writes every shard on its one event-loop thread, copying it twice; this
+    is what lets capture write at disk speed (``benchmarks/capture_io.py``). The files are
+    byte-identical to Zarr's (``tests/test_store.py``) and read back through Zarr."""
+    rows = arr.chunks[0]
+    parts, index, offset = [], np.empty((len(data) // rows, 2), dtype="<u8"), 0
+    for c in range(len(index)):
+        raw = np.ascontiguousarray(data[c * rows : (c + 1) * rows])  # a view: the shard buffer is C-ordered
+        parts += [raw, np.uint32(google_crc32c.value(raw)).tobytes()]
+        index[c] = (offset, raw.nbytes + 4)
+        offset += raw.nbytes + 4
+    idx = index.tobytes()
+    parts += [idx, np.uint32(google_crc32c.value(idx)).tobytes()]
+    path = array_dir / arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for part in parts:
+            f.write(part)
 
 
 def manifest_path(store: Path) -> Path:

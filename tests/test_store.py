@@ -64,3 +64,24 @@ def test_too_many_samples_and_wrong_shapes(tmp_path):
     w.append("x", torch.zeros(2, 4))
     with pytest.raises(StoreError, match="more samples"):
         w.append("x", torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_our_shard_files_are_the_bytes_zarr_writes(tmp_path, chunk):
+    """``write_shard`` (uncompressed shards, no copy) against Zarr's own sharding codec on the same data:
+    byte-identical files, so Zarr, xarray and our reader see a Zarr store either way."""
+    specs = [ArraySpec("x", (3, 2), ("sample", "a", "b"))]
+    data = torch.arange(8 * 3 * 2, dtype=torch.float32).reshape(8, 3, 2)
+    ours = StoreWriter(tmp_path / "ours.zarr", specs, n_samples=8, shard_samples=4, chunk_samples=chunk, dtype="bfloat16")
+    assert ours._direct
+    zarrs = StoreWriter(tmp_path / "zarr.zarr", specs, n_samples=8, shard_samples=4, chunk_samples=chunk, dtype="bfloat16")
+    zarrs._direct = False
+    for w in (ours, zarrs):
+        for i in range(8):
+            w.append("x", data[i : i + 1])
+        w.close()
+    files = sorted(p.relative_to(tmp_path / "ours.zarr") for p in (tmp_path / "ours.zarr" / "x").rglob("*") if p.is_file())
+    assert len(files) == 3  # zarr.json + two shards
+    for f in files:
+        assert (tmp_path / "ours.zarr" / f).read_bytes() == (tmp_path / "zarr.zarr" / f).read_bytes(), f
+    torch.testing.assert_close(StoreReader(tmp_path / "ours.zarr").read("x"), data.to(torch.bfloat16).float())

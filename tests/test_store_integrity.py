@@ -100,8 +100,11 @@ def test_abort_stops_every_writer_thread_before_it_returns(tmp_path, monkeypatch
 
     import zarr
 
-    real = zarr.Array.__setitem__
+    from fastflux_core import store
+
+    real, real_shard = zarr.Array.__setitem__, store.write_shard
     monkeypatch.setattr(zarr.Array, "__setitem__", lambda self, k, v: (time.sleep(0.05), real(self, k, v))[1])
+    monkeypatch.setattr(store, "write_shard", lambda *a: (time.sleep(0.05), real_shard(*a))[1])
     w = StoreWriter(tmp_path / "a.zarr", [ArraySpec("x", (4,), ("s", "d"))], 8, 1, 1, "float32")
     for i in range(8):
         w.append("x", torch.full((1, 4), float(i)))  # one shard each: writes queue up behind the slow ones
