@@ -618,6 +618,10 @@ def capture_bytes(params, shapes: Shapes, items: dict[str, int]) -> int:
             + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels), items["training"] * n_sched, c.dtype))
 
 
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 def check_run(params, data: Path = Path("data"), assumed: dict[str, int] | None = None) -> None:
     """Stage validate's up-front check, before any stage works: the disk holding ``data/`` takes every
     capture@k's stores twice (DVC's cache copy; what ``data/capture`` holds now is replaced, so it
@@ -637,8 +641,8 @@ def check_run(params, data: Path = Path("data"), assumed: dict[str, int] | None 
     held = sum(f.stat().st_size for f in (data / "capture").rglob("*") if f.is_file()) if (data / "capture").is_dir() else 0
     free = shutil.disk_usage(data).free + held
     if need > free:
-        raise StoreError(f"the chain's activation stores need about {need / 1e9:.1f} GB under {data}/ (capture@1.."
-                         f"{len(params.steps)}, with DVC's cache copy), {free / 1e9:.1f} GB is free: lower "
+        raise StoreError(f"the chain's activation stores need about {_size(need)} under {data}/ (capture@1.."
+                         f"{len(params.steps)}, with DVC's cache copy), {_size(free)} is free: lower "
                          f"capture.timesteps, capture.image_tokens or the calibration/training images, or free disk")
     if resolve_device(params.model.device).type != "cuda" or params.model.offload != "auto":
         return
