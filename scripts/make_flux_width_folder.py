@@ -7,9 +7,8 @@ Run: python scripts/make_flux_width_folder.py OUT [--double 1] [--single 3] [--p
 import argparse
 from pathlib import Path
 
-from fastflux_core.rehearsal import write_clip_stand_in, write_flux_width_folder, write_inception_stand_in
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flux-width" / "params.yaml"
+from fastflux_core.rehearsal import (example_params, write_clip_stand_in, write_flux_width_folder,
+                                     write_inception_stand_in)
 
 
 def main() -> None:
@@ -24,10 +23,7 @@ def main() -> None:
     inception = write_inception_stand_in(out / "inception")
     clip = write_clip_stand_in(out / "clip")
     if args.params:
-        text = EXAMPLE.read_text()
-        for key, path in (("FLUX_WIDTH_FOLDER", flux), ("INCEPTION_FOLDER", inception), ("CLIP_FOLDER", clip)):
-            text = text.replace(key, str(path))
-        args.params.write_text(text)
+        args.params.write_text(example_params(out))
     print(f"wrote {flux}, {inception}, {clip}")
 
 
