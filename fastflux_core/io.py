@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from fastflux_core.errors import FastFluxError
 from fastflux_core.integrity import damaged, require_finite, require_finite_json, tensors_digest
@@ -150,15 +151,13 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     """Tensors and metadata of a safetensors file, verified: readable, digest matching (when the file
     has one, as every file FastFLUX writes does) and finite. Otherwise one line naming the stage to
     re-run."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise damaged(path, "missing")
     try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # one open: metadata and every tensor
             raw = (f.metadata() or {}).get(META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
         ours = json.loads(raw) if raw is not None else {"sha256": None, "meta": {}}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise damaged(path, f"unreadable safetensors: {str(err).splitlines()[0][:200]}") from None

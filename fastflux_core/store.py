@@ -23,7 +23,7 @@ Zarr and xarray would warn about a foreign object): every file's size and the sh
 (small) ``zarr.json``, whose attributes say what the data means. A reader checks the manifest
 when it opens the store — Zarr would silently read a deleted shard as zeros — and every read
 checks the CRCs, so a damaged store stops the stage with one line naming the file and the stage that
-must re-run. Non-finite activations are refused when captured.
+must re-run. Non-finite activations are refused before their shard is written.
 
 >>> import tempfile, torch, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "s.zarr"
@@ -45,9 +45,10 @@ import os
 import shutil
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import google_crc32c
@@ -175,11 +176,6 @@ class StoreWriter:
     def append(self, name: str, rows: torch.Tensor) -> None:
         """Append samples (rows_per_sample rows each) to ``name``; full shards go to disk."""
         spec = self.specs[name]
-        if rows.is_floating_point() and rows.numel() and not all(map(bool, map(torch.isfinite, torch.aminmax(rows)))):
-            # NaN and ±inf reach the min or max: one pass, no copy
-            first = (self._written[name] + self._fill[name]) // spec.rows_per_sample
-            raise NonFiniteError(f"captured {name} holds NaN/inf (samples from {first} on): the model being "
-                                 f"captured produces non-finite activations; nothing was stored")
         a = _encode(rows, self.dtype) if spec.activation else rows.detach().cpu().numpy().astype(spec.dtype)
         if a.shape[1:] != spec.shape or a.shape[0] % spec.rows_per_sample:
             raise StoreError(f"{name}: got rows of shape {tuple(a.shape)}, expected (k·{spec.rows_per_sample}, *{spec.shape})")
@@ -200,15 +196,32 @@ class StoreWriter:
         of one shard; the array gets a fresh buffer."""
         fill, start, buf = self._fill[name], self._written[name], self._buf[name]
         while len(self._pending) >= _MAX_PENDING:
-            self._pending.popleft().result()  # re-raises a writer's error here
+            self._pending.popleft().result()  # re-raises a writer's error (NonFiniteError too) here
         arr = self._arrays[name]
         if self._direct and fill == len(buf) and start % fill == 0:
-            self._pending.append(self._pool.submit(write_shard, self.path / name, arr, start // fill, buf))
+            write = partial(write_shard, self.path / name, arr, start // fill, buf)
         else:  # compressed, or the last partial shard: Zarr's own pipeline
-            self._pending.append(self._pool.submit(arr.__setitem__, slice(start, start + fill), buf[:fill]))
+            write = partial(arr.__setitem__, slice(start, start + fill), buf[:fill])
+        self._pending.append(self._pool.submit(self._checked_write, name, buf[:fill], start, write))
         self._buf[name] = np.empty_like(buf)
         self._written[name] += fill
         self._fill[name] = 0
+
+    def _checked_write(self, name: str, rows: np.ndarray, start: int, write: Callable[[], None]) -> None:
+        """A writer thread's job: refuse NaN/inf, then write the shard. One ``aminmax`` over the whole
+        shard (NaN and ±inf reach the min or the max), beside capture rather than in its way: checking
+        each append cost more than the rest of a training store's write (``benchmarks/capture_io.py``).
+        The error reaches capture at the next shard handed over (or at close), before the store is
+        marked complete; the bad shard is never written."""
+        t = torch.from_numpy(rows.view(np.int16)).view(torch.bfloat16) if rows.dtype == np.uint16 else torch.from_numpy(rows)
+        if t.is_floating_point() and t.numel():
+            lo, hi = torch.aminmax(t)
+            if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+                row = int(torch.argmax((~torch.isfinite(t.reshape(len(t), -1))).any(1).to(torch.uint8)))
+                first = (start + row) // self.specs[name].rows_per_sample
+                raise NonFiniteError(f"captured {name} holds NaN/inf (sample {first} is the first): the model "
+                                     f"being captured produces non-finite activations; nothing was stored")
+        write()
 
     def abort(self) -> None:
         """Stop after a failure elsewhere: drop the shards still waiting and wait for those being

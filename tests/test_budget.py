@@ -2,6 +2,7 @@
 fits 22 GiB in every stage and 100 GB of activation disk; the measurement is torch's MemTracker's;
 offloading really lowers the peak; stages choose their placement from it or stop with one line."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -113,9 +114,6 @@ def test_stages_choose_resident_offloaded_or_stop(monkeypatch):
 def test_validate_stops_a_run_a_stage_of_which_does_not_fit_the_gpu(monkeypatch, tmp_path):
     """``check_run`` (stage validate): on a CUDA device every stage's measured peak against
     model.gpu_memory_gb, one line naming the first that does not fit; nothing measured on a CPU."""
-    import shutil
-
-    from fastflux_core import source
 
     params = flux_example(gpu_memory_gb=8)
     assumed = {"calibration": 512, "training": 512, "importance": 64, "evaluation": 512}
@@ -124,17 +122,16 @@ def test_validate_stops_a_run_a_stage_of_which_does_not_fit_the_gpu(monkeypatch,
             budget.Row("capture@k", 11, "offloaded", 2.9, 4.2, True, 1.0, 0.0)]
     calls = []
     monkeypatch.setattr(budget, "plan_budget", lambda *a, **k: (calls.append(a), (rows, {}))[1])
-    monkeypatch.setattr(source, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(budget, "resolve_device", lambda name: torch.device("cuda"))
     with pytest.raises(DeviceMemoryError, match=r"^stage encode needs 10\.6 GiB of device memory \(resident\), "
                                                 r"model.gpu_memory_gb is 8"):
         budget.check_run(params, tmp_path, assumed)
-    monkeypatch.setattr(source, "resolve_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(budget, "resolve_device", lambda name: torch.device("cpu"))
     budget.check_run(params, tmp_path, assumed)
     assert len(calls) == 1  # measured on the GPU only
 
 
 def test_validate_counts_the_chains_stores_twice_against_free_disk(monkeypatch, tmp_path):
-    import shutil
 
     from fastflux_core.store import StoreError
 

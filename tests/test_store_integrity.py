@@ -1,6 +1,7 @@
 """A damaged activation store is never read as data: incomplete, deleted or truncated shards, flipped
 bytes (per-chunk CRC32C) and non-finite activations each stop with one line naming file and stage."""
 
+import json
 import os
 
 import pytest
@@ -68,13 +69,24 @@ def test_corrupted_metadata_is_one_error(tmp_path):
         StoreReader(tmp_path / "m.zarr")
 
 
-def test_non_finite_activations_are_refused_at_capture(tmp_path):
-    w = StoreWriter(tmp_path / "n.zarr", [ArraySpec("x", (4,), ("s", "d"))], 4, 2, 1, "float32")
-    w.append("x", torch.zeros(2, 4))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_activations_are_refused_before_their_shard_is_written(tmp_path, dtype, value):
+    """Checked once per shard, by the writer thread before it writes: capture hears of it by close
+    at the latest (before ``complete``), naming the first bad sample, and that shard never reaches
+    the disk."""
+    w = StoreWriter(tmp_path / "n.zarr", [ArraySpec("x", (4,), ("s", "d"))], 6, 3, 1, dtype)
     bad = torch.zeros(1, 4)
-    bad[0, 1] = float("inf")
-    with pytest.raises(NonFiniteError, match="captured x holds NaN/inf \\(samples from 2 on\\)"):
-        w.append("x", bad)
+    bad[0, 1] = value
+    with pytest.raises(NonFiniteError, match="captured x holds NaN/inf \\(sample 4 is the first\\)"):
+        w.append("x", torch.zeros(3, 4))  # shard 0: fine, written
+        w.append("x", torch.zeros(1, 4))
+        w.append("x", bad)  # sample 4
+        w.append("x", torch.zeros(1, 4))
+        w.close()
+    w.abort()
+    assert not json.loads((tmp_path / "n.zarr" / "zarr.json").read_text())["attributes"]["complete"]
+    assert sorted(p.name for p in (tmp_path / "n.zarr" / "x" / "c").iterdir()) == ["0"]
 
 
 def test_changed_metadata_is_caught_when_opened(tmp_path):
