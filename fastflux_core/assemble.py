@@ -50,13 +50,15 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path)
         raise FastFluxError(f"ratio={params.ratio} needs {n} trained steps, the chain has {len(states) - 1}: "
                             f"raise max_ratio (and steps) and run dvc repro")
     adapter, state = pruned_model(params, states, n)
-    pruned = to_pruned(adapter.model, sorted(state.linears))
+    deleted = state.deleted()
+    pruned = to_pruned(adapter.model, [i for i in sorted(state.linears) if i not in deleted], deleted)
     pruned.save_pretrained(str(out / "transformer"), safe_serialization=True)
     base_params = count_parameters(empty_base_model(params))
     blocks = adapter.blocks
     return {
         "ratio": params.ratio, "n_pruned": n, "n_blocks": n_blocks, "reuse": params.sandwich.reuse,
-        "replaced_blocks": [{"index": i, "kind": blocks[i].kind, "name": blocks[i].name} for i in sorted(state.linears)],
+        "replaced_blocks": [{"index": i, "kind": blocks[i].kind, "name": blocks[i].name,
+                             "replacement": "delete" if i in deleted else "brll"} for i in sorted(state.linears)],
         "params_base": base_params, "params_pruned": count_parameters(pruned),
         "ratio_to_n_flux57": {f"{r:.2f}": {"paper": PAPER_TABLE6[r], "ours": n_replaced(r, 57)} for r in PAPER_TABLE6},
     }

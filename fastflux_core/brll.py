@@ -1,5 +1,5 @@
-"""BRLL (paper §3.1): fit the replacing linear of step k from its activation store, and the
-"w/o ST" model (Table 4): the ranking prefix replaced by least-squares linears and nothing else.
+"""BRLL (paper §3.1): fit the replacing linear of step k from its activation store (or, for the
+paper's "direct deletion" comparison, replace the block by nothing).
 
 Double block: one linear per stream (image tokens → image residual, text → text). Single block: one
 linear shared by both streams, fitted on image and text rows together — as the block itself shares
@@ -15,12 +15,10 @@ from pathlib import Path
 
 import torch
 
-from fastflux_core.adapter import BlockAdapter
-from fastflux_core.chain import ChainState, PlanStep, apply_linears
 from fastflux_core.errors import FastFluxError
-from fastflux_core.io import load_tensors, read_json, save_tensors
+from fastflux_core.io import load_tensors, save_tensors
 from fastflux_core.lstsq import GramAccumulator, Solution, relative_residual
-from fastflux_core.params import Params
+from fastflux_core.params import SolveParams
 from fastflux_core.replacement import STREAMS
 from fastflux_core.store import StoreReader
 
@@ -64,6 +62,16 @@ def solve_store(store: StoreReader, ridge: float, chunk_rows: int, device: torch
     return solutions, metrics
 
 
+def replacement_for(store: StoreReader, cfg: SolveParams, device: torch.device | str = "cpu"
+                    ) -> tuple[dict[str, Solution], dict[str, dict]]:
+    """Step k's replacement: the least-squares linear of every stream (BRLL) with its fit metrics, or
+    for ``solve.replacement: delete`` nothing at all — no streams, the block becomes the identity
+    (its calibration rows are not read)."""
+    if cfg.replacement == "delete":
+        return {}, {}
+    return solve_store(store, cfg.ridge, cfg.chunk_rows, device)
+
+
 def save_solution(path: Path, solutions: dict[str, Solution]) -> None:
     tensors = {}
     for s, sol in solutions.items():
@@ -72,33 +80,7 @@ def save_solution(path: Path, solutions: dict[str, Solution]) -> None:
 
 
 def load_solution(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Stream → (W, b); empty for a deleted block."""
     t = load_tensors(path)
     streams = sorted({k.split(".")[0] for k in t})
     return {s: (t[f"{s}.weight"], t[f"{s}.bias"]) for s in streams}
-
-
-def wo_st_state(solve_dirs: list[Path], plan: list[PlanStep], kinds: dict[int, str]) -> ChainState:
-    """"w/o ST": steps 1..n of the plan, each block replaced by its least-squares linear, no LoRA and
-    no sandwich training (paper Table 4)."""
-    if len(solve_dirs) != len(plan):
-        raise FastFluxError(f"{len(plan)} plan steps but {len(solve_dirs)} solved linears")
-    state = ChainState(step=len(plan))
-    for d, step in zip(solve_dirs, plan):
-        meta = read_json(d / "info.json")
-        if meta["block"] != step.block:
-            raise FastFluxError(f"{d} solved block {meta['block']}, but plan step {step.k} replaces block {step.block}")
-        state.linears[step.block] = load_solution(d / "linear.safetensors")
-        state.kinds[step.block] = kinds[step.block]
-    return state
-
-
-def build_wo_st_model(params: Params, n: int) -> BlockAdapter:
-    """The base model with the first ``n`` plan steps' blocks replaced by their solved linears."""
-    from fastflux_core.adapter import adapter_for
-    from fastflux_core.source import load_transformer
-
-    adapter = adapter_for(load_transformer(params))
-    plan = [PlanStep.load(Path(f"data/plan/{k}.json")) for k in range(1, n + 1)]
-    kinds = {b.index: b.kind for b in adapter.blocks}
-    apply_linears(adapter, wo_st_state([Path(f"data/solve/{k}") for k in range(1, n + 1)], plan, kinds))
-    return adapter

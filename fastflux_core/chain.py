@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastflux_core.adapter import BlockAdapter, BlockRef
+from fastflux_core.adapter import BlockAdapter, BlockRef, SkipBlock
 from fastflux_core.errors import FastFluxError
 from fastflux_core.integrity import damaged
 from fastflux_core.io import load_tensors, read_json, save_tensors, write_json
@@ -115,8 +115,10 @@ def write_plan(steps: list[PlanStep], blocks: list[BlockRef], out: Path) -> None
 class ChainState:
     """Trained components after some step: linears of replaced blocks, LoRA of neighbours.
 
-    ``linears[i][stream] = (weight (D, D), bias (D,))``; ``lora`` maps a block index to that block's
-    LoRA tensors (peft's names, relative to the block). Saved as one safetensors file + JSON manifest.
+    ``linears[i][stream] = (weight (D, D), bias (D,))`` — every replaced block has an entry, empty
+    for a deleted one (``solve.replacement: delete``: the identity); ``lora`` maps a block index to
+    that block's LoRA tensors (peft's names, relative to the block). Saved as one safetensors file +
+    JSON manifest.
     """
 
     step: int = 0
@@ -136,7 +138,8 @@ class ChainState:
                 tensors[f"lora.{i}.{name}"] = t
         save_tensors(folder / "state.safetensors", tensors)
         write_json(folder / "state.json", {
-            "step": self.step, "replaced": sorted(self.linears), "kinds": {str(k): v for k, v in self.kinds.items()},
+            "step": self.step, "replaced": sorted(self.linears), "deleted": self.deleted(),
+            "kinds": {str(k): v for k, v in self.kinds.items()},
             "lora_blocks": sorted(self.lora), "lora_config": self.lora_config, "history": self.history})
 
     @classmethod
@@ -148,6 +151,7 @@ class ChainState:
         tensors = load_tensors(data_path)
         state = cls(step=meta["step"], kinds={int(k): v for k, v in meta["kinds"].items()},
                     lora_config=meta["lora_config"], history=meta["history"])
+        state.linears = {int(i): {} for i in meta.get("deleted", [])}
         for key, t in tensors.items():
             kind, i, rest = key.split(".", 2)
             if kind == "linear":
@@ -159,16 +163,24 @@ class ChainState:
         state.linears = {i: {s: (p[0], p[1]) for s, p in d.items()} for i, d in state.linears.items()}
         return state
 
+    def deleted(self) -> list[int]:
+        """Replaced blocks with no linear: the identity."""
+        return sorted(i for i, streams in self.linears.items() if not streams)
+
     def describe(self) -> str:
         return json.dumps({"step": self.step, "replaced": sorted(self.linears), "lora_blocks": sorted(self.lora)})
 
 
 def apply_linears(adapter: BlockAdapter, state: ChainState) -> dict[int, LinearReplacement]:
-    """Swap every block the state replaced for a :class:`LinearReplacement` carrying its W, b."""
+    """Swap every block the state replaced for a :class:`LinearReplacement` carrying its W, b (a
+    deleted block for a :class:`~fastflux_core.adapter.SkipBlock`); return the linears."""
     p = next(adapter.model.parameters())
     dim = adapter.model.inner_dim
     out = {}
     for i, streams in state.linears.items():
+        if not streams:
+            adapter.swap(i, SkipBlock())
+            continue
         rep = LinearReplacement(dim, adapter.blocks[i].kind).to(p.device, p.dtype)
         for s, (w, b) in streams.items():
             rep.set_affine(s, w, b)

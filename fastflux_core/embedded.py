@@ -113,7 +113,7 @@ def make_embedded_base(params: "Params", evaluation: PromptEmbeds, out: Path) ->
 
     cfg = params.embedded
     images, labels = digits.load_digits()
-    judge, judge_acc = digits.train_judge(images, labels, cfg.judge_steps, params.seed)
+    judge, judge_acc = digits.train_judge(images, labels, cfg.judge_steps, cfg.seed)
     save_tensors(out / "judge.safetensors", judge.state_dict())
 
     encoder = load_text_encoder(params)
@@ -122,7 +122,7 @@ def make_embedded_base(params: "Params", evaluation: PromptEmbeds, out: Path) ->
     del encoder  # no text encoder in memory while training or generating
 
     model = build_model(cfg, latent_channels=images.shape[1], text_dims=(caps.prompt_embeds.shape[-1], caps.pooled.shape[-1]))
-    losses = train_base(model, images, labels, caps, caption_labels, cfg, params.seed)
+    losses = train_base(model, images, labels, caps, caption_labels, cfg, cfg.seed)
     scheduler = build_scheduler()
     model.save_pretrained(out / "transformer", safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")

@@ -142,7 +142,7 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
     flops, lat = ev.speed_of(pruned)
     rows = min(params.evaluate.grid_rows, len(prompts))
     comparison_grid(load_reference_images(reference), images, prompts, rows).save(out / "grid.png")
-    metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks), **q, **flops,
+    metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks) + len(pruned.config.deleted_blocks), **q, **flops,
                "clip_kind": ev.quality.alignment.name, "base_clip": ev.reference["clip"], "eval_images": len(images)}
     if "fid_real" in ev.reference:
         metrics["base_fid_real"] = ev.reference["fid_real"]

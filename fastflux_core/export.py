@@ -23,12 +23,13 @@ from accelerate import init_empty_weights
 from diffusers import FluxTransformer2DModel
 from diffusers.configuration_utils import register_to_config
 
-from fastflux_core.adapter import FluxAdapter
+from fastflux_core.adapter import FluxAdapter, SkipBlock
 from fastflux_core.replacement import LinearReplacement
 
 
 class PrunedFluxTransformer2DModel(FluxTransformer2DModel):
-    """FluxTransformer2DModel with the blocks in ``replaced_blocks`` replaced by BRLL linears."""
+    """FluxTransformer2DModel with the blocks in ``replaced_blocks`` replaced by BRLL linears and
+    those in ``deleted_blocks`` by the identity (the paper's "direct deletion" comparison)."""
 
     @register_to_config
     def __init__(
@@ -45,6 +46,7 @@ class PrunedFluxTransformer2DModel(FluxTransformer2DModel):
         guidance_embeds: bool = False,
         axes_dims_rope: tuple[int, int, int] = (16, 56, 56),
         replaced_blocks: list[int] | tuple[int, ...] = (),
+        deleted_blocks: list[int] | tuple[int, ...] = (),
         weights_dtype: str | None = None,
     ):
         super().__init__(patch_size, in_channels, out_channels, num_layers, num_single_layers, attention_head_dim,
@@ -53,6 +55,8 @@ class PrunedFluxTransformer2DModel(FluxTransformer2DModel):
         adapter = FluxAdapter(self)
         for i in replaced_blocks:
             adapter.swap(i, LinearReplacement(self.inner_dim, adapter.blocks[i].kind))
+        for i in deleted_blocks:
+            adapter.swap(i, SkipBlock())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -73,11 +77,13 @@ def merge_lora(model: FluxTransformer2DModel) -> None:
         model.unload_lora()
 
 
-def to_pruned(model: FluxTransformer2DModel, replaced: list[int]) -> PrunedFluxTransformer2DModel:
+def to_pruned(model: FluxTransformer2DModel, replaced: list[int], deleted: list[int] = ()
+              ) -> PrunedFluxTransformer2DModel:
     """The in-memory chain model (linears swapped in, LoRA merged) as a savable pruned model.
     Weights are moved, not copied (``assign=True`` into an empty-weight skeleton)."""
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
     config["replaced_blocks"] = sorted(replaced)
+    config["deleted_blocks"] = sorted(deleted)
     config["weights_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     with init_empty_weights():
         pruned = PrunedFluxTransformer2DModel.from_config(config)

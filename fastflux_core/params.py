@@ -107,6 +107,8 @@ class EmbeddedParams(_Strict):
     learning_rate: float = Field(1e-3, gt=0, le=1)
     judge_steps: int = Field(400, ge=1, description="training steps of the digit classifier")
     eval_images_per_prompt: int = Field(10, ge=1, description="images per evaluation prompt for prompt accuracy")
+    seed: int = Field(0, ge=0, description="the base's and the judge's training seed (the top-level seed is the "
+                      "pruning's, so experiments over seeds prune one base)")
 
     @model_validator(mode="after")
     def _rope_fits_head(self) -> "EmbeddedParams":
@@ -234,8 +236,11 @@ class CaptureParams(_Strict):
 
 
 class SolveParams(_Strict):
-    """Least squares for the replacing linear (paper Eq. 1)."""
+    """What replaces a pruned block: its least-squares linear (paper Eq. 1), or nothing."""
 
+    replacement: Literal["brll", "delete"] = Field(
+        "brll", description="brll: residual branch → least-squares linear, shortcut kept (paper §3.1); delete: "
+        "residual branch removed, the block is the identity (paper Fig. 6's 'direct deletion')")
     ridge: float = Field(1e-4, ge=0, description="ridge λ, relative to the mean diagonal of XᵀX")
     chunk_rows: int = Field(65536, ge=1, description="rows read from the store at a time")
 
@@ -243,6 +248,8 @@ class SolveParams(_Strict):
 class SandwichParams(_Strict):
     """Sandwich Training (paper §3.2): width 1 (no LoRA), 3 (one unpruned neighbour each side), 5 (two)."""
 
+    train: bool = Field(True, description="false: no Sandwich Training — each step keeps its replacement as "
+                        "solved and the chain goes on from it (paper Fig. 6's 'w/o ST', its own chain)")
     width: Literal[1, 3, 5] = 3
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(8.0, gt=0)
@@ -274,7 +281,8 @@ class Params(_Strict):
     ratio: float = Field(0.15, ge=0.0, lt=1.0, description="share of blocks replaced in the exported model")
     max_ratio: float = Field(0.25, ge=0.0, lt=1.0, description="the progressive chain is trained up to this ratio")
     steps: dict[int, Step] = Field(default_factory=dict, description="the chain written out for DVC: k = 1..n(max_ratio)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seed of everything pruning draws: captured tokens, LoRA init, sandwich "
+                      "batches and hold-out (the embedded base has its own, embedded.seed)")
     model: ModelParams = ModelParams()
     embedded: EmbeddedParams = EmbeddedParams()
     text: TextParams = TextParams()
@@ -312,6 +320,13 @@ class Params(_Strict):
         if self.capture.timesteps > self.sampling.steps:
             raise ValueError(f"capture.timesteps ({self.capture.timesteps}) must be <= sampling.steps "
                              f"({self.sampling.steps}): each captured step is a distinct step of the schedule")
+        return self
+
+    @model_validator(mode="after")
+    def _sandwich_has_something_to_train(self) -> "Params":
+        if self.sandwich.train and self.sandwich.width == 1 and self.solve.replacement == "delete":
+            raise ValueError("solve.replacement 'delete' with sandwich.width 1 leaves Sandwich Training nothing to "
+                             "train (no linear, no neighbour): use sandwich.width 3 or 5, or sandwich.train: false")
         return self
 
     @model_validator(mode="after")

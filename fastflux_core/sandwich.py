@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fastflux_core.adapter import BlockAdapter, BlockState, ModelInputs, run_blocks
+from fastflux_core.adapter import BlockAdapter, BlockState, ModelInputs, SkipBlock, run_blocks
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.errors import FastFluxError
 from fastflux_core.integrity import require_finite
@@ -200,7 +200,7 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
         from fastflux_core.source import load_base_blocks
 
         target = load_base_blocks(params, list(range(u, d + 1)))
-    rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind)  # float32
+    rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind) if solved else SkipBlock()  # float32
     for s, (w, b) in solved.items():
         rep.set_affine(s, w, b)
     adapter.swap(i, rep)
@@ -285,8 +285,11 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
                    solved: dict[str, tuple[torch.Tensor, torch.Tensor]], store: StoreReader,
                    embeds: PromptEmbeds) -> tuple[ChainState, dict]:
     """Train step k's sandwich on the training store (inputs) and the training prompts' encoded
-    states; return the new chain state and a record."""
+    states; return the new chain state and a record. With ``sandwich.train: false`` the state is the
+    previous one plus block i's replacement as solved (no LoRA, nothing trained)."""
     cfg = params.sandwich
+    if not cfg.train:
+        return untrained_step(step, state, solved, store.attrs["kind"])
     i, (u, d) = step.block, step.sandwich
     lora_blocks, linear_blocks = step.lora_blocks(), step.linear_blocks()
     adapter, train_params, target = prepare_sandwich(params, step, state, solved)
@@ -303,7 +306,7 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
     for j in linear_blocks:
         blk = adapter.block(j)
         new.linears[j] = {s: (lin.weight.detach().float().cpu(), lin.bias.detach().float().cpu())
-                          for s, lin in blk.linears.items()}
+                          for s, lin in getattr(blk, "linears", {}).items()}  # a SkipBlock (deleted): none
     new.lora.update({j: {n: t.float() for n, t in named.items()} for j, named in lora_tensors(adapter, lora_blocks).items()})
     seeds = store.read("seed")
     record = {
@@ -311,6 +314,21 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
         "trainable_params": sum(p.numel() for p in train_params), "train_samples": len(split.train),
         "holdout_samples": len(split.holdout), "holdout_prompts": len(split.holdout_prompts),
         "holdout_items": len({int(v) for v in seeds[split.holdout]}), **losses, "target": cfg.target,
+        "trained": True, "replacement": "brll" if solved else "delete",
     }
+    new.history.append(record)
+    return new, record
+
+
+def untrained_step(step: PlanStep, state: ChainState, solved: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                   kind: str) -> tuple[ChainState, dict]:
+    """Step k without Sandwich Training (paper Fig. 6 "w/o ST"): block i takes its replacement as
+    solved, nothing else changes — the next step captures from this model, so the untrained chain
+    is progressive too."""
+    new = ChainState(step=step.k, kinds={**state.kinds, step.block: kind},
+                     linears={**state.linears, step.block: {s: (w.float(), b.float()) for s, (w, b) in solved.items()}},
+                     lora={j: t for j, t in state.lora.items() if j not in step.replaced},
+                     lora_config=state.lora_config, history=list(state.history))
+    record = {"step": step.k, "block": step.block, "trained": False, "replacement": "brll" if solved else "delete"}
     new.history.append(record)
     return new, record

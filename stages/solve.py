@@ -3,7 +3,7 @@ with relative residual and condition number in data/metrics/solve/<k>.json."""
 
 from pathlib import Path
 
-from fastflux_core.brll import save_solution, solve_store
+from fastflux_core.brll import replacement_for, save_solution
 from fastflux_core.io import atomic_dir, int_args, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.source import resolve_device
@@ -14,10 +14,10 @@ def main() -> None:
     (k,) = int_args("k")
     params = load_params()
     store = StoreReader(Path(f"data/capture/{k}/calibration.zarr"))
-    solutions, metrics = solve_store(store, params.solve.ridge, params.solve.chunk_rows,
-                                     resolve_device(params.model.device))
+    solutions, metrics = replacement_for(store, params.solve, resolve_device(params.model.device))
     info = {"step": k, "block": store.attrs["block"], "block_name": store.attrs["block_name"],
-            "kind": store.attrs["kind"], "ridge": params.solve.ridge, "streams": metrics}
+            "kind": store.attrs["kind"], "replacement": params.solve.replacement, "ridge": params.solve.ridge,
+            "streams": metrics}
     with atomic_dir(f"data/solve/{k}") as out:
         save_solution(out / "linear.safetensors", solutions)
         write_json(out / "info.json", info)

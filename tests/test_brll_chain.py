@@ -12,7 +12,7 @@ from tiny import digit_captions, tiny_params, write_tiny_base
 
 from fastflux_core import capture as capture_mod
 from fastflux_core.codec import pack
-from fastflux_core.brll import load_solution, row_weight, save_solution, solve_store, wo_st_state
+from fastflux_core.brll import load_solution, replacement_for, row_weight, save_solution, solve_store
 from fastflux_core.capture import NonFiniteActivations, capture_step
 from fastflux_core.chain import ChainState, build_chain_model, make_plan
 from fastflux_core.io import atomic_dir
@@ -203,16 +203,35 @@ def test_chain_state_reloads_linears_and_lora(chain):
     assert 4 not in chain["states"][3].lora and sorted(chain["states"][3].linears) == [1, 3, 4]
 
 
-def test_wo_st_state_uses_solved_linears_only(chain, tmp_path):
-    dirs = []
-    for k, step in enumerate(chain["plan"][:2], start=1):
-        d = tmp_path / str(k)
-        d.mkdir()
-        (d / "info.json").write_text(f'{{"block": {step.block}}}')
-        (d / "linear.safetensors").write_bytes((chain["root"] / f"solve{k}.safetensors").read_bytes())
-        dirs.append(d)
-    s = wo_st_state(dirs, chain["plan"][:2], {3: "single", 1: "double"})
-    assert sorted(s.linears) == [1, 3] and not s.lora
+def test_without_sandwich_training_a_step_keeps_its_solved_linear_and_adds_no_lora(chain):
+    """``sandwich.train: false`` (paper Fig. 6 "w/o ST" as its own chain): the state after the step
+    is the previous one plus the least-squares linear, exactly; the next step captures from it."""
+    params = tiny_params(**{"sandwich.train": False})
+    step, (_, store) = chain["plan"][0], chain["stores"][0]
+    solved = load_solution(Path("solve1.safetensors"))
+    state, record = train_sandwich(params, step, ChainState(), solved, store, chain["train"])
+    assert record["trained"] is False and not state.lora and sorted(state.linears) == [3]
+    torch.testing.assert_close(state.linears[3]["joint"][0], solved["joint"][0], rtol=0, atol=0)
+    adapter = build_chain_model(params, state)
+    assert not any("lora" in n for n, _ in adapter.model.named_parameters())
+    torch.testing.assert_close(adapter.block(3).linears["joint"].bias.detach(), solved["joint"][1], rtol=0, atol=0)
+
+
+def test_deletion_with_sandwich_training_trains_only_the_neighbours_lora(chain, tmp_path):
+    """``solve.replacement: delete``: no linear (the block is the identity, in the chain and in the
+    saved state), and Sandwich Training still repairs the neighbours: held-out loss falls."""
+    params = tiny_params(**{"sandwich.train_steps": 100, "solve.replacement": "delete"})
+    step, (cal, store) = chain["plan"][0], chain["stores"][0]
+    solved, metrics = replacement_for(cal, params.solve)
+    assert solved == {} and metrics == {}
+    state, record = train_sandwich(params, step, ChainState(), solved, store, chain["train"])
+    assert record["replacement"] == "delete" and record["trainable_params"] > 0
+    assert record["holdout_loss_trained"] < record["holdout_loss_init"]
+    assert state.linears == {3: {}} and sorted(state.lora) == step.lora_blocks()
+    state.save(tmp_path)
+    loaded = ChainState.load(tmp_path)
+    assert loaded.linears == {3: {}} and loaded.deleted() == [3]
+    assert type(build_chain_model(params, loaded).block(3)).__name__ == "SkipBlock"
 
 
 def test_non_finite_activations_name_the_block(chain, monkeypatch):

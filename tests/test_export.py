@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import FluxAdapter
+from fastflux_core.adapter import FluxAdapter, SkipBlock
 from fastflux_core.assemble import PAPER_TABLE6
 from fastflux_core.export import PrunedFluxTransformer2DModel, merge_lora, to_pruned
 from fastflux_core.lora import inject_lora
@@ -44,6 +44,22 @@ def test_exported_model_loads_back_with_the_same_output(tmp_path):
     assert not any("lora" in n for n, _ in loaded.named_parameters())
     torch.testing.assert_close(_model_forward(loaded, x), in_memory, rtol=1e-4, atol=1e-5)
     assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in tiny_transformer().parameters())
+
+
+@torch.no_grad()
+def test_deleted_blocks_export_as_the_identity(tmp_path):
+    """A chain with a deleted block (``solve.replacement: delete``) exports it as the identity,
+    listed in ``deleted_blocks``, with no weights: the loaded model computes what the chain did."""
+    m = _chain_like_model()
+    FluxAdapter(m).skip(3)
+    x = _inputs()
+    in_memory = _model_forward(m, x)
+    merge_lora(m)
+    to_pruned(m, [1, 2], [3]).save_pretrained(str(tmp_path), safe_serialization=True)
+    loaded = PrunedFluxTransformer2DModel.from_pretrained(str(tmp_path), use_safetensors=True)
+    assert loaded.config.deleted_blocks == [3] and isinstance(FluxAdapter(loaded).block(3), SkipBlock)
+    assert not any(n.startswith("single_transformer_blocks.1.") for n, _ in loaded.named_parameters())
+    torch.testing.assert_close(_model_forward(loaded, x), in_memory, rtol=1e-4, atol=1e-5)
 
 
 @torch.no_grad()
