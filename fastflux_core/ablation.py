@@ -23,7 +23,8 @@ from PIL import Image
 from fastflux_core.adapter import adapter_for
 from fastflux_core.errors import FastFluxError
 from fastflux_core.io import image_grid, load_tensors, save_png, save_tensors
-from fastflux_core.metrics import FeatureStats, Quality, fid, folder_features, image_features, load_quality, real_features
+from fastflux_core.metrics import (FeatureStats, Quality, extra_scores, fid, folder_features, image_features, load_quality,
+                                   real_features)
 from fastflux_core.params import Params, SamplingParams, importance_sampling
 from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
 from fastflux_core.sampling import sample_latents
@@ -76,7 +77,8 @@ def score_images(images: np.ndarray, prompts: list[str], quality: Quality, ref_m
                  ref_real: FeatureStats | None, device: torch.device, batch_size: int) -> dict[str, float]:
     """FID against the full model's images (and real images) and the alignment score (keyed by its name)."""
     feats = image_features(images, quality.features, device, batch_size)
-    out = {"fid": fid(feats, ref_model), quality.alignment.name: quality.alignment.score(images, prompts)}
+    out = {"fid": fid(feats, ref_model), quality.alignment.name: quality.alignment.score(images, prompts),
+           **extra_scores(quality.alignment, images, prompts)}
     if ref_real is not None:
         out["fid_real"] = fid(feats, ref_real)
     return out
@@ -102,7 +104,8 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     FeatureStats.of(feats).save(out / "stats_model.safetensors")
     record = {"set": set_name, "images": len(gen.images), "steps": sampling.steps, "size": [sampling.height, sampling.width],
               "clip_kind": quality.alignment.name,
-              "clip": quality.alignment.score(gen.images, gen.prompts)}
+              "clip": quality.alignment.score(gen.images, gen.prompts),
+              **extra_scores(quality.alignment, gen.images, gen.prompts)}
     real = real_features(params.metrics.real_images, quality.features, device, params.metrics.batch_size)
     if real is not None:
         stats = FeatureStats.of(real)

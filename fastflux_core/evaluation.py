@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from fastflux_core.ablation import generate_with, load_reference_images, load_reference_stats, score_images
 from fastflux_core.adapter import ModelInputs
 from fastflux_core.codec import LatentCodec, latent_ids
+from fastflux_core.integrity import tensors_digest
 from fastflux_core.io import read_json
 from fastflux_core.params import Params
 from fastflux_core.prompts import PromptEmbeds, prompt_items
@@ -127,8 +128,13 @@ class Evaluator:
         return q, gen.images, gen.prompts
 
     def speed_of(self, model) -> tuple[dict, dict]:
+        """FLOPs (deterministic) and latency (not) of ``model`` against the base, both stamped with a
+        digest of the weights timed: a timing file that DVC did not rewrite (the stage was restored
+        from its run-cache) then shows it belongs to another model (``fastflux_core.report``)."""
         cfg = self.params.evaluate
-        return speed_against(self.base, model, self.x, self.on_device, cfg.latency_warmup, cfg.latency_repeats)
+        digest = tensors_digest(model.state_dict())[:16]
+        flops, lat = speed_against(self.base, model, self.x, self.on_device, cfg.latency_warmup, cfg.latency_repeats)
+        return {**flops, "model": digest}, {**lat, "model": digest}
 
 
 def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: Path, out: Path) -> tuple[dict, dict]:
@@ -144,8 +150,9 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
     comparison_grid(load_reference_images(reference), images, prompts, rows).save(out / "grid.png")
     metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks) + len(pruned.config.deleted_blocks), **q, **flops,
                "clip_kind": ev.quality.alignment.name, "base_clip": ev.reference["clip"], "eval_images": len(images)}
-    if "fid_real" in ev.reference:
-        metrics["base_fid_real"] = ev.reference["fid_real"]
+    for key in ("fid_real", "prompt_accuracy"):
+        if key in ev.reference:
+            metrics[f"base_{key}"] = ev.reference[key]
     return metrics, {"ratio": params.ratio, **lat}
 
 
@@ -161,7 +168,9 @@ def sweep(params: Params, states: list, embeds: PromptEmbeds, reference: Path) -
         model = pruned_model(params, states, k)[0].model
         q, _, _ = ev.quality_of(model)
         flops, lat = ev.speed_of(model)
-        rows.append({"n_pruned": k, "ratio": k / n_blocks, **{key: q[key] for key in ("fid", "fid_real", "clip") if key in q},
-                     "flops_ratio": flops["flops_ratio"]})
-        timings.append({"n_pruned": k, "latency_ratio": lat["latency_ratio"], "latency_ratio_iqr": lat["latency_ratio_iqr"]})
+        rows.append({"n_pruned": k, "ratio": k / n_blocks,
+                     **{key: q[key] for key in ("fid", "fid_real", "clip", "prompt_accuracy") if key in q},
+                     "flops_ratio": flops["flops_ratio"], "model": flops["model"]})
+        timings.append({"n_pruned": k, "latency_ratio": lat["latency_ratio"], "latency_ratio_iqr": lat["latency_ratio_iqr"],
+                        "model": lat["model"]})
     return rows, timings

@@ -133,13 +133,25 @@ class JudgeAlignment:
         self.judge = judge
 
     @torch.no_grad()
-    def score(self, images: np.ndarray, prompts: list[str]) -> float:
+    def _probs(self, images: np.ndarray, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         from fastflux_core.digits import label_of
 
         x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).unsqueeze(1)  # (N, 1, 8, 8)
-        want = torch.tensor([label_of(p) for p in prompts])
-        probs = self.judge(x).softmax(-1)  # (N, 10)
+        return self.judge(x).softmax(-1), torch.tensor([label_of(p) for p in prompts])  # (N, 10), (N,)
+
+    def score(self, images: np.ndarray, prompts: list[str]) -> float:
+        probs, want = self._probs(images, prompts)
         return probs.gather(1, want[:, None]).mean().item()
+
+    def accuracy(self, images: np.ndarray, prompts: list[str]) -> float:
+        """Share of images the judge reads as the prompted digit (its most likely class)."""
+        probs, want = self._probs(images, prompts)
+        return probs.argmax(1).eq(want).float().mean().item()
+
+
+def extra_scores(alignment: Alignment, images: np.ndarray, prompts: list[str]) -> dict[str, float]:
+    """Scores only some alignments have: the judge's prompt accuracy."""
+    return {"prompt_accuracy": alignment.accuracy(images, prompts)} if isinstance(alignment, JudgeAlignment) else {}
 
 
 def _projected(out: "torch.Tensor | object") -> torch.Tensor:

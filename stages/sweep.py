@@ -1,17 +1,17 @@
 """Stage sweep: every chain length 0..K vs the base on the evaluation prompts → data/plots/sweep.csv
-(quality, FLOPs ratio) and data/timing/sweep.csv (latency ratio; not a DVC output). Independent of
-`ratio`, so `dvc exp run -S ratio=…` does not re-run it. With evaluate.sweep false it writes the
-header only."""
+and data/metrics/sweep.json (quality, FLOPs ratio; the JSON is what `dvc exp show` reports), and
+data/timing/sweep.csv / sweep.json (latency ratio; not DVC outputs). Independent of `ratio`, so
+`dvc exp run -S ratio=…` does not re-run it. With evaluate.sweep false it writes the header only."""
 
 from pathlib import Path
 
 from fastflux_core.assemble import load_states
 from fastflux_core.evaluation import sweep
-from fastflux_core.io import TIMING, run_stage, write_csv
+from fastflux_core.io import TIMING, run_stage, write_csv, write_json, write_timing
 from fastflux_core.params import load_params
 from fastflux_core.prompts import PromptEmbeds
 
-COLUMNS = ["n_pruned", "ratio", "fid", "fid_real", "clip", "flops_ratio"]
+COLUMNS = ["n_pruned", "ratio", "fid", "fid_real", "clip", "prompt_accuracy", "flops_ratio"]
 
 
 def main() -> None:
@@ -22,7 +22,9 @@ def main() -> None:
         embeds = PromptEmbeds.load("data/encoded/evaluation.safetensors")
         rows, timings = sweep(params, states, embeds, Path("data/reference/evaluation"))
     write_csv("data/plots/sweep.csv", [c for c in COLUMNS if not rows or c in rows[0]], rows)
+    write_json("data/metrics/sweep.json", {f"n{r['n_pruned']}": r for r in rows})
     write_csv(TIMING / "sweep.csv", ["n_pruned", "latency_ratio", "latency_ratio_iqr"], timings)
+    write_timing({f"n{t['n_pruned']}": t for t in timings})
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ SWITCHES = {  # every enum/boolean the embedded default can take, flipped from p
     "sandwich.target": "original", "sandwich.reuse": False, "capture.dtype": "bfloat16",
     "evaluate.sweep": False, "prompts.disjoint": "items", "model.dtype": "bfloat16", "model.device": "cpu",
     "capture.compression": "lz4", "sandwich.gradient_checkpointing": False, "model.offload": "always",
-    "importance.steps": 2,
-}
+    "importance.steps": 2, "solve.replacement": "delete",
+}  # sandwich.train: false runs through DVC in tests/test_report.py's experiments
 
 
 def _run(args, cwd, check=True, env=None):
@@ -263,5 +263,27 @@ def test_every_switch_runs_through_dvc(runs):
     assert json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())["n_pruned"] == 1
     config = json.loads((repo / "data" / "assemble" / "transformer" / "config.json").read_text())
     assert config["weights_dtype"] == "bfloat16"
+    assert config["deleted_blocks"] == [2] and config["replaced_blocks"] == []  # end2start: block 2 first
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
     assert params_problems(dvc, params, read_records(runs["log_c"])) == []
+
+
+def test_report_runs_are_queued_dvc_experiments_read_back_by_name(runs, monkeypatch):
+    """The report's machinery on the micro pipeline: one run (BRLL without Sandwich Training — the
+    untrained chain through DVC) queued and run in DVC's temporary copy, read back from
+    ``dvc exp show --json`` by name; the workspace is left as it was."""
+    from fastflux_core.experiments import Run, collect, run_all
+
+    repo = runs["A"]
+    for key in ("PATH", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(key, ENV[key])
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "baseline of the experiments", "--allow-empty"], repo)
+    params_before = (repo / "params.yaml").read_text()
+    todo = [Run("brll-nost-s0", "brll-nost", 0, {"sandwich.train": False})]
+    run_all(todo, repo)
+    (got,) = collect(repo, todo)["runs"]
+    assert got["name"] == "brll-nost-s0" and len(got["rev"]) == 40
+    assert got["metrics"]["data/metrics/sandwich/1.json"]["trained"] is False
+    assert got["metrics"]["data/metrics/evaluate.json"]["n_pruned"] == 1
+    assert (repo / "params.yaml").read_text() == params_before

@@ -1,0 +1,223 @@
+"""The paper's experiments as DVC experiments: each variant of each experiment, over seeds.
+
+An *experiment* compares *variants* that differ in a few params.yaml keys (e.g. Fig. 6: deletion,
+deletion + ST, BRLL w/o ST, BRLL + ST) at otherwise identical settings; a *run* is one variant at
+one pruning ``seed`` (captured tokens, LoRA init, sandwich batches and hold-out: everything pruning
+draws; the base model and every prompt set stay fixed, so the spread over seeds is the spread of
+the pruning method). Every run is a ``dvc exp run`` — queued, then run in DVC's temporary copies —
+so each is cached, reproducible and listed by ``dvc exp show``; variants that share stages (the
+same ranking, the same chain) share DVC's run-cache. The results are read back from
+``dvc exp show --json`` (:func:`collect`), never copied by hand, and :mod:`fastflux_core.report`
+turns them into ``report/README.md``.
+
+Every run prunes to the whole chain (``ratio = max_ratio``) with the sweep off, except the sweep
+experiment, which evaluates every chain length with and without reuse.
+
+>>> sorted(r.name for r in runs(["replacement"], [0]))
+['brll-nost-s0', 'brll-st-s0', 'delete-s0', 'delete-st-s0']
+>>> run_overrides(runs(["width"], [2])[0], max_ratio=0.25)["seed"]
+2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fastflux_core.io import write_json
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One setting of an experiment: ``label`` in the report, ``name`` of its DVC runs (shared by
+    every experiment that uses the same ``overrides``), the params.yaml keys it changes."""
+
+    label: str
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Variants at matched settings, the paper's claim about them, and the pairs that claim orders:
+    ``(a, b)`` = variant ``a`` gives better quality than ``b`` (empty: the paper claims nothing)."""
+
+    key: str
+    title: str
+    claim: str
+    variants: tuple[Variant, ...]
+    better: tuple[tuple[str, str], ...] = ()
+    sweep: bool = False
+
+
+def _default(label: str) -> Variant:
+    return Variant(label, "brll-st", {})
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
+    Experiment(
+        "replacement", "Replacement kind at the same blocks (paper Fig. 6, Table 4, Fig. 9)",
+        "BRLL + ST beats direct deletion + ST (the linear matters) and BRLL without ST (the training "
+        "matters); deletion without training is worst.",
+        (Variant("delete", "delete", {"solve.replacement": "delete", "sandwich.train": False}),
+         Variant("delete + ST", "delete-st", {"solve.replacement": "delete"}),
+         Variant("BRLL w/o ST", "brll-nost", {"sandwich.train": False}),
+         _default("BRLL + ST")),
+        better=(("brll-st", "delete-st"), ("brll-st", "brll-nost"), ("brll-st", "delete"))),
+    Experiment(
+        "order", "Replacement order (paper Table 5)",
+        "Importance order beats End2Start, which beats Start2End.",
+        (_default("importance"), Variant("start2end", "start2end", {"importance.order": "start2end"}),
+         Variant("end2start", "end2start", {"importance.order": "end2start"})),
+        better=(("brll-st", "end2start"), ("brll-st", "start2end"), ("end2start", "start2end"))),
+    Experiment(
+        "width", "Sandwich width (paper Fig. 7)",
+        "Width 3 (LoRA on one unpruned neighbour each side) clearly beats width 1 (no LoRA); width 5 "
+        "adds only a marginal gain over 3.",
+        (Variant("1", "width1", {"sandwich.width": 1}), _default("3"), Variant("5", "width5", {"sandwich.width": 5})),
+        better=(("brll-st", "width1"),)),
+    Experiment(
+        "target", "Sandwich target: the current model vs the original",
+        "No claim in the paper: it trains each sandwich towards the current model (the one before the step).",
+        (_default("current"), Variant("original", "target-original", {"sandwich.target": "original"}))),
+    Experiment(
+        "importance", "Importance signal: Eq. 2 (FID + CLIP) vs the latent-error proxy",
+        "No claim in the paper (the proxy is ours): how well the cheap ranking agrees with Eq. 2, and the "
+        "quality of the models each ranking leads to.",
+        (_default("Eq. 2"), Variant("proxy", "proxy", {"importance.method": "proxy"}))),
+    Experiment(
+        "sweep", "Ratio sweep and inference reuse (paper Table 6, §3.2)",
+        "Quality falls slowly with the ratio while FLOPs and latency fall linearly; a lower ratio "
+        "assembled from components trained further (reuse) beats the components of its own step.",
+        (Variant("reuse", "sweep-reuse", {"evaluate.sweep": True}),
+         Variant("exact", "sweep-exact", {"evaluate.sweep": True, "sandwich.reuse": False})),
+        better=(("sweep-reuse", "sweep-exact"),), sweep=True),
+)}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``dvc exp run``: a variant at a seed."""
+
+    name: str  # DVC experiment name: <variant>-s<seed>
+    variant: str
+    seed: int
+    overrides: dict[str, Any]
+
+
+def runs(keys: list[str], seeds: list[int]) -> list[Run]:
+    """The distinct runs the experiments ``keys`` need (a variant shared by two runs once)."""
+    out: dict[str, Run] = {}
+    for key in keys:
+        for v in EXPERIMENTS[key].variants:
+            for s in seeds:
+                r = Run(f"{v.name}-s{s}", v.name, s, v.overrides)
+                if out.setdefault(r.name, r).overrides != r.overrides:
+                    raise ValueError(f"variant name {v.name} is used for two different settings")
+    return list(out.values())
+
+
+def run_overrides(run: Run, max_ratio: float) -> dict[str, Any]:
+    """Every params.yaml key a run sets: the whole chain, no sweep (unless its variant sweeps), its seed."""
+    return {"ratio": max_ratio, "evaluate.sweep": False, **run.overrides, "seed": run.seed}
+
+
+def _dvc(*args: str, cwd: Path) -> str:
+    r = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"dvc {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r.stdout
+
+
+def _value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, bool) else str(v)
+
+
+def run_all(todo: list[Run], repo: Path, jobs: int = 1) -> None:
+    """Queue every run not already among the repo's experiments (``dvc exp run --queue``), then run
+    the queue (``dvc exp run --run-all``: DVC's temporary copies, ``jobs`` at a time). The baseline
+    is the repo's HEAD: commit the code and dvc.lock the runs should start from."""
+    max_ratio = yaml.safe_load((repo / "params.yaml").read_text())["max_ratio"]
+    done = set(experiment_results(repo))
+    for r in todo:
+        if r.name in done:
+            continue
+        sets = [a for k, v in run_overrides(r, max_ratio).items() for a in ("-S", f"{k}={_value(v)}")]
+        _dvc("exp", "run", "--queue", "-n", r.name, *sets, cwd=repo)
+    if not todo:
+        return
+    _dvc("exp", "run", "--run-all", "-j", str(jobs), cwd=repo)
+    missing = [r.name for r in todo if r.name not in experiment_results(repo)]
+    if missing:
+        raise RuntimeError(f"runs that did not finish: {', '.join(missing)} (see `dvc queue logs <name>`)")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def experiment_results(repo: Path) -> dict[str, dict]:
+    """``dvc exp show --json`` of the repo's HEAD, per experiment name: its git revision, params
+    (flattened keys) and metrics (per metrics file, flattened)."""
+    shown = json.loads(_dvc("exp", "show", "--json", "--no-fetch", cwd=repo) or "[]")
+    out: dict[str, dict] = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                name, data = rev.get("name"), rev.get("data") or {}
+                if not name or rev.get("error"):
+                    continue
+                params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+                metrics = {f: _flatten(m.get("data", {})) for f, m in (data.get("metrics") or {}).items()}
+                out[name] = {"rev": data.get("rev", rev.get("rev")), "params": _flatten(params), "metrics": metrics}
+    return out
+
+
+def collect(repo: Path, todo: list[Run]) -> dict:
+    """Everything the report needs: per run, its variant, seed, revision and metrics."""
+    found = experiment_results(repo)
+    return {"runs": [{"name": r.name, "variant": r.variant, "seed": r.seed, "overrides": r.overrides,
+                      "rev": found[r.name]["rev"], "metrics": found[r.name]["metrics"]}
+                     for r in todo if r.name in found]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fastflux_core.experiments", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated keys of EXPERIMENTS")
+    ap.add_argument("--seeds", default="0,1,2", help="pruning seeds (params.yaml seed), comma-separated")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each stage uses every core anyway)")
+    ap.add_argument("--out", default="report/results.json")
+    ap.add_argument("--collect-only", action="store_true", help="only read back runs that already exist")
+    args = ap.parse_args(argv)
+    keys = [k for k in args.experiments.split(",") if k]
+    unknown = [k for k in keys if k not in EXPERIMENTS]
+    if unknown:
+        raise SystemExit(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
+    todo = runs(keys, [int(s) for s in args.seeds.split(",")])
+    repo = Path.cwd()
+    if not args.collect_only:
+        # runs in parallel share the cores, so their latencies are noisy: the sweep, whose latency
+        # is Table 6's, runs alone afterwards
+        timed = {f"{v.name}-s{s}" for k in keys if EXPERIMENTS[k].sweep for v in EXPERIMENTS[k].variants
+                 for s in (int(x) for x in args.seeds.split(","))}
+        run_all([r for r in todo if r.name not in timed], repo, args.jobs)
+        run_all([r for r in todo if r.name in timed], repo, 1)
+    results = {"experiments": keys, "seeds": [int(s) for s in args.seeds.split(",")], **collect(repo, todo)}
+    write_json(args.out, results)
+    print(f"{len(results['runs'])} runs → {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""The experiments report: ``report/results.json`` (:mod:`fastflux_core.experiments`) → ``report/README.md``
+with tables, plots and a verdict per experiment.
+
+Quality is each run's ``data/metrics/evaluate.json`` (or, for the sweep, ``data/metrics/sweep.json``):
+FID against the full model's images of the evaluation set (``fid``, lower is better: the primary
+metric), FID against real images (``fid_real``), the alignment score (``clip``: the judge's
+probability of the prompted digit on the default, CLIP score on FLUX) and, with the judge, the
+share of images it reads as the prompted digit (``prompt_accuracy``). A paper claim "a beats b" is
+tested on the primary metric with a paired t-test over seeds (the same seed gives both variants the
+same captured tokens, LoRA init and batches): **supports** when the mean paired difference favours
+a with p < 0.05, **contradicts** when it favours b with p < 0.05, **inconclusive** otherwise — the
+effect size and its spread are printed either way. Latency is shown only where the timing file
+belongs to the model the run evaluated (the digest both carry): a stage DVC restored from its
+run-cache leaves the previous timing behind.
+
+>>> paired([3.0, 2.0, 4.0], [4.0, 3.1, 5.05])["verdict"]
+'supports'
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from fastflux_core.experiments import EXPERIMENTS, Experiment
+from fastflux_core.io import atomic_file
+
+EVALUATE, SWEEP = "data/metrics/evaluate.json", "data/metrics/sweep.json"
+TIMING_EVALUATE, TIMING_SWEEP = "data/timing/evaluate.json", "data/timing/sweep.json"
+METRICS = ("fid", "fid_real", "clip", "prompt_accuracy")  # fid: primary, lower is better
+LOWER_IS_BETTER = {"fid": True, "fid_real": True, "clip": False, "prompt_accuracy": False}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired(a: list[float], b: list[float], lower_is_better: bool = True) -> dict:
+    """Paired comparison over seeds of a metric of variants a and b (same seed order): mean and std
+    of b − a ("how much better a is" when lower is better), the t-test's p, and the verdict."""
+    from scipy.stats import ttest_rel
+
+    diff = [(y - x) if lower_is_better else (x - y) for x, y in zip(a, b)]  # > 0: a is better
+    m, s = mean_std(diff)
+    p = float(ttest_rel(a, b).pvalue) if len(diff) > 1 and s > 0 else (0.0 if m != 0 else 1.0)
+    verdict = "inconclusive" if p >= 0.05 or m == 0 else ("supports" if m > 0 else "contradicts")
+    return {"advantage_mean": m, "advantage_std": s, "p": p, "verdict": verdict, "per_seed": diff}
+
+
+def _by_seed(runs: list[dict], variant: str) -> dict[int, dict]:
+    return {r["seed"]: r for r in runs if r["variant"] == variant}
+
+
+def _latency(run: dict, metrics_file: str, timing_file: str, key: str | None = None) -> float | None:
+    """The run's latency ratio if its timing belongs to the model it evaluated, else None."""
+    m, t = run["metrics"].get(metrics_file, {}), run["metrics"].get(timing_file, {})
+    prefix = f"{key}." if key else ""
+    if m.get(f"{prefix}model") and m.get(f"{prefix}model") == t.get(f"{prefix}model"):
+        return t.get(f"{prefix}latency_ratio")
+    return None
+
+
+def variant_table(exp: Experiment, runs: list[dict], seeds: list[int]) -> tuple[list[str], dict]:
+    """Markdown rows (mean ± std and per-seed values of every metric) and the values per variant."""
+    rows, values = [], {}
+    for v in exp.variants:
+        by_seed = _by_seed(runs, v.name)
+        got = [s for s in seeds if s in by_seed]
+        if not got:
+            rows.append(f"| {v.label} | not run | | | | | |")
+            continue
+        vals = {k: [by_seed[s]["metrics"][EVALUATE].get(k) for s in got] for k in (*METRICS, "flops_ratio")}
+        lat = [x for x in (_latency(by_seed[s], EVALUATE, TIMING_EVALUATE) for s in got) if x is not None]
+        values[v.name] = {"seeds": got, **vals, "latency_ratio": lat}
+        cells = []
+        for k in METRICS:
+            xs = [x for x in vals[k] if x is not None]
+            cells.append(_pm(xs) + f"<br><sub>{', '.join(f'{x:.4g}' for x in xs)}</sub>" if xs else "—")
+        flops = vals["flops_ratio"][0]
+        rows.append(f"| {v.label} | " + " | ".join(cells) + f" | {flops:.3f} | {_pm(lat) if lat else '—'} |")
+    return rows, values
+
+
+def _pm(xs: list[float]) -> str:
+    m, s = mean_std(xs)
+    return f"{m:.4g} ± {s:.2g}"
+
+
+def verdicts(exp: Experiment, values: dict, labels: dict[str, str]) -> tuple[list[str], str]:
+    """One line per claimed pair and the experiment's overall verdict."""
+    lines, seen = [], []
+    for a, b in exp.better:
+        if a not in values or b not in values:
+            lines.append(f"- {labels[a]} vs {labels[b]}: not run")
+            continue
+        common = [s for s in values[a]["seeds"] if s in values[b]["seeds"]]
+        xa = [values[a]["fid"][values[a]["seeds"].index(s)] for s in common]
+        xb = [values[b]["fid"][values[b]["seeds"].index(s)] for s in common]
+        r = paired(xa, xb)
+        seen.append(r["verdict"])
+        lines.append(f"- {labels[a]} better than {labels[b]} (FID vs full model): advantage "
+                     f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} over {len(common)} seeds "
+                     f"(per seed {', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → "
+                     f"**{r['verdict']}**")
+    if not exp.better:
+        overall = "no paper claim to test: reported as measured"
+    elif not seen:
+        overall = "not run"
+    elif all(v == "supports" for v in seen) and len(seen) == len(exp.better):
+        overall = "supports the paper's claim"
+    elif any(v == "contradicts" for v in seen):
+        overall = "does not support the paper's claim (a claimed order is reversed)"
+    else:
+        overall = "partly supported or inconclusive (differences within the spread over seeds)"
+    return lines, overall
+
+
+def bar_plot(exp: Experiment, values: dict, path: Path) -> None:
+    """Mean FID (vs the full model) per variant with std error bars and each seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [v for v in exp.variants if v.name in values]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.2))
+    for i, v in enumerate(names):
+        xs = values[v.name]["fid"]
+        m, s = mean_std(xs)
+        ax.bar(i, m, yerr=s, capsize=4, color="#8fb3d9")
+        ax.scatter([i] * len(xs), xs, color="k", s=10, zorder=3)
+    ax.set_xticks(range(len(names)), [v.label for v in names])
+    ax.set_ylabel("FID vs full model (lower is better)")
+    ax.set_title(exp.title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def sweep_section(exp: Experiment, runs: list[dict], seeds: list[int], out: Path) -> list[str]:
+    """Quality, FLOPs and latency per chain length, reuse vs the components of the step itself."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for v in exp.variants:
+        for s, run in _by_seed(runs, v.name).items():
+            rows = {k.split(".")[0]: None for k in run["metrics"].get(SWEEP, {})}
+            for key in sorted(rows, key=lambda k: int(k[1:])):
+                n = int(key[1:])
+                cell = curves.setdefault(v.name, {}).setdefault(n, {m: [] for m in (*METRICS, "flops_ratio", "latency_ratio", "ratio")})
+                for m in (*METRICS, "flops_ratio", "ratio"):
+                    x = run["metrics"][SWEEP].get(f"{key}.{m}")
+                    if x is not None:
+                        cell[m].append(x)
+                lat = _latency(run, SWEEP, TIMING_SWEEP, key)
+                if lat is not None:
+                    cell["latency_ratio"].append(lat)
+    if not curves:
+        return ["Not run."]
+    lines = ["| blocks replaced | ratio | FID vs full (reuse) | FID vs full (exact) | judge/CLIP (reuse) | "
+             "prompt acc. (reuse) | FLOPs ratio | latency ratio |", "|---|---|---|---|---|---|---|---|"]
+    reuse, exact = curves.get("sweep-reuse", {}), curves.get("sweep-exact", {})
+    for n in sorted(reuse):
+        r, e = reuse[n], exact.get(n, {})
+        lines.append(f"| {n} | {r['ratio'][0]:.3f} | {_pm(r['fid']) if r['fid'] else '—'} | "
+                     f"{_pm(e['fid']) if e.get('fid') else '—'} | {_pm(r['clip']) if r['clip'] else '—'} | "
+                     f"{_pm(r['prompt_accuracy']) if r['prompt_accuracy'] else '—'} | {r['flops_ratio'][0]:.3f} | "
+                     f"{_pm(r['latency_ratio']) if r['latency_ratio'] else '—'} |")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.3))
+    for name, curve, style in (("reuse", reuse, "-o"), ("exact", exact, "--s")):
+        ns = sorted(curve)
+        if not ns:
+            continue
+        m = [mean_std(curve[n]["fid"])[0] for n in ns]
+        s = [mean_std(curve[n]["fid"])[1] for n in ns]
+        a1.errorbar([curve[n]["ratio"][0] for n in ns], m, yerr=s, fmt=style, capsize=3, label=name)
+    a1.set_xlabel("share of blocks replaced")
+    a1.set_ylabel("FID vs full model")
+    a1.legend()
+    ns = sorted(reuse)
+    a2.plot([reuse[n]["ratio"][0] for n in ns], [reuse[n]["flops_ratio"][0] for n in ns], "-o", label="FLOPs ratio")
+    lat = [(reuse[n]["ratio"][0], mean_std(reuse[n]["latency_ratio"])) for n in ns if reuse[n]["latency_ratio"]]
+    if lat:
+        a2.errorbar([x for x, _ in lat], [m for _, (m, _) in lat], yerr=[s for _, (_, s) in lat], fmt="-s",
+                    capsize=3, label="latency ratio")
+    a2.set_xlabel("share of blocks replaced")
+    a2.set_ylabel("pruned / full")
+    a2.legend()
+    fig.tight_layout()
+    _save(fig, out / "sweep.png")
+    lines += ["", "![quality, FLOPs and latency vs ratio](sweep.png)", ""]
+    k_max = max(reuse)
+    for n in sorted(reuse):
+        if n == 0 or n == k_max or n not in exact:
+            continue
+        common = min(len(reuse[n]["fid"]), len(exact[n]["fid"]))
+        r = paired(reuse[n]["fid"][:common], exact[n]["fid"][:common])
+        lines.append(f"- {n} blocks: reuse better than exact by {r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} "
+                     f"FID (p = {r['p']:.3g}) → **{r['verdict']}**")
+    return lines
+
+
+def grid_image(runs: list[dict], exp: Experiment, seed: int, repo: Path) -> Image.Image | None:
+    """Each variant's evaluate grid (prompt | full model | pruned) at one seed, side by side, labelled."""
+    import dvc.api
+
+    tiles = []
+    for v in exp.variants:
+        run = _by_seed(runs, v.name).get(seed)
+        if run is None or not run.get("rev"):
+            continue
+        try:
+            data = dvc.api.read("data/evaluate/grid.png", repo=str(repo), rev=run["rev"], mode="rb")
+        except Exception:  # an output no longer in the cache: the report says so instead
+            continue
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        head = Image.new("RGB", (img.width, 18), "white")
+        ImageDraw.Draw(head).text((4, 3), v.label, fill="black")
+        tile = Image.new("RGB", (img.width, img.height + 18), "white")
+        tile.paste(head, (0, 0))
+        tile.paste(img, (0, 18))
+        tiles.append(tile)
+    if not tiles:
+        return None
+    out = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), max(t.height for t in tiles)), "white")
+    x = 0
+    for t in tiles:
+        out.paste(t, (x, 0))
+        x += t.width + 8
+    return out
+
+
+def importance_plot(ranking: dict, path: Path) -> None:
+    """Eq. 2 importance score per block (higher = more important) and the proxy's, rank-normalised."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = ranking["blocks"]
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(blocks)), 3))
+    idx = [b["index"] for b in blocks]
+    ax.bar(idx, [b["score"] for b in blocks], color=["#d98f8f" if b["kind"] == "double" else "#8fb3d9" for b in blocks])
+    ax.set_xlabel("block (red: double-stream, blue: single-stream)")
+    ax.set_ylabel("importance score s_i (Eq. 2)")
+    ax.set_xticks(idx)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_report(results: dict, repo: Path, out: Path) -> str:
+    """Tables, plots, grids and verdicts → ``out/README.md`` (returned)."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs, seeds = results["runs"], results["seeds"]
+    any_eval = next((r["metrics"].get(EVALUATE) for r in runs if r["metrics"].get(EVALUATE)), {})
+    head = ["# FastFLUX experiments report", "",
+             "Generated by `bash scripts/report.sh` (`python -m fastflux_core.experiments` then "
+             "`python -m fastflux_core.report`) from `dvc exp show --json`; do not edit by hand.", "",
+             f"Seeds (params.yaml `seed`, the pruning's randomness; base model and prompt sets fixed): {seeds}. "
+             f"Evaluation images per run: {any_eval.get('eval_images', '?')}. Each variant prunes the whole "
+             f"chain (ratio = max_ratio) unless noted. Quality: FID against the full model's images (primary, "
+             f"lower is better), FID against real images, alignment ({any_eval.get('clip_kind', '?')}) and the "
+             f"judge's prompt accuracy. Verdicts: paired t-test over seeds on the primary metric, p < 0.05.", ""]
+    lines, summary = [], []
+    for key in results["experiments"]:
+        exp = EXPERIMENTS[key]
+        labels = {v.name: v.label for v in exp.variants}
+        lines += [f"## {exp.title}", "", f"Paper: {exp.claim}", ""]
+        if exp.sweep:
+            lines += sweep_section(exp, runs, seeds, out)
+            verdict_lines, overall = [], "see the per-length lines above"
+        else:
+            rows, values = variant_table(exp, runs, seeds)
+            lines += ["| variant | FID vs full | FID vs real | alignment | prompt accuracy | FLOPs ratio | latency ratio |",
+                      "|---|---|---|---|---|---|---|", *rows, ""]
+            if values:
+                bar_plot(exp, values, out / f"{key}.png")
+                lines += [f"![{key}]({key}.png)", ""]
+            verdict_lines, overall = verdicts(exp, values, labels)
+        if key == "importance":
+            lines += _importance_lines(runs, repo, out)
+        grid = grid_image(runs, exp, seeds[0], repo) if not exp.sweep else None
+        if grid is not None:
+            with atomic_file(out / f"{key}_grid.png") as tmp:
+                grid.save(tmp, format="PNG")
+            lines += [f"Seed {seeds[0]}, each variant's evaluation grid (prompt | full model | pruned):", "",
+                      f"![{key} images]({key}_grid.png)", ""]
+        lines += verdict_lines + ["", f"**Verdict: {overall}.**", ""]
+        summary.append(f"| {exp.title} | {overall} |")
+    lines = head + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines
+    text = "\n".join(lines) + "\n"
+    with atomic_file(out / "README.md") as tmp:
+        tmp.write_text(text)
+    return text
+
+
+def _importance_lines(runs: list[dict], repo: Path, out: Path) -> list[str]:
+    """Spearman of the proxy against Eq. 2 (rank stage) and the per-block scores of the baseline."""
+    lines = []
+    rank = next((r["metrics"].get("data/metrics/rank.json", {}) for r in runs if r["variant"] == "brll-st"), {})
+    if rank.get("spearman_proxy") is not None:
+        lines.append(f"Spearman correlation of the proxy's block ranking with Eq. 2's (stage rank, importance set): "
+                     f"{rank['spearman_proxy']:.3f}. Its spread over importance-set seeds is measured by "
+                     f"`python benchmarks/importance_cost.py`.")
+    ranking_file = repo / "data" / "rank" / "ranking.json"
+    if ranking_file.is_file():
+        importance_plot(json.loads(ranking_file.read_text()), out / "importance_scores.png")
+        lines += ["", "![importance per block](importance_scores.png)", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fastflux_core.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", default="report/results.json")
+    ap.add_argument("--out", default="report")
+    args = ap.parse_args(argv)
+    results = json.loads(Path(args.results).read_text())
+    write_report(results, Path.cwd(), Path(args.out))
+    print(f"report → {Path(args.out) / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up, runs the pipeline (dvc repro) and the paper's experiments as queued DVC experiments
+# (python -m fastflux_core.experiments: every variant × seeds 0,1,2), then writes report/README.md
+# (python -m fastflux_core.report). Arguments go to the experiments command, e.g.
+#   bash scripts/report.sh --experiments replacement,order --seeds 0,1,2 --jobs 1
+# The experiments start from HEAD: commit first. README.md says how long it takes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+# every DVC experiment is a git commit under refs/exps: it needs an author
+export GIT_AUTHOR_NAME="${GIT_AUTHOR_NAME:-$(git config user.name || echo fastflux-report)}"
+export GIT_AUTHOR_EMAIL="${GIT_AUTHOR_EMAIL:-$(git config user.email || echo report@fastflux.invalid)}"
+export GIT_COMMITTER_NAME="${GIT_COMMITTER_NAME:-$GIT_AUTHOR_NAME}"
+export GIT_COMMITTER_EMAIL="${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}"
+start=$(date +%s)
+dvc repro
+# two runs at a time, one thread each (the sweep, whose latency is reported, runs alone)
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m fastflux_core.experiments --jobs 2 "$@"
+python -m fastflux_core.report
+echo "report written in $(( ($(date +%s) - start) / 60 )) min (after setup)"

@@ -1,0 +1,79 @@
+"""The experiments report machinery: runs are deduplicated across experiments, `dvc exp show --json`
+is read back per experiment name, claims get paired verdicts that can go either way, a stale timing
+is never shown, and the report (tables, plots, verdicts) is written from results alone. The DVC
+round trip (queue → run → read back) runs in tests/test_dvc_pipeline.py on the micro pipeline."""
+
+import json
+
+import pytest
+
+from fastflux_core import experiments, report
+from fastflux_core.experiments import EXPERIMENTS, Run, run_overrides, runs
+
+
+def test_variants_shared_by_experiments_run_once_per_seed():
+    todo = runs(list(EXPERIMENTS), [0, 1, 2])
+    names = [r.name for r in todo]
+    assert len(names) == len(set(names)) and names.count("brll-st-s1") == 1
+    assert {r.variant for r in todo} >= {"brll-st", "delete", "delete-st", "brll-nost", "start2end", "width5"}
+    o = run_overrides(next(r for r in todo if r.name == "delete-s2"), max_ratio=0.25)
+    assert o == {"ratio": 0.25, "evaluate.sweep": False, "solve.replacement": "delete", "sandwich.train": False, "seed": 2}
+    assert run_overrides(Run("sweep-exact-s0", "sweep-exact", 0, {"evaluate.sweep": True, "sandwich.reuse": False}),
+                         0.25)["evaluate.sweep"] is True
+
+
+@pytest.mark.parametrize("b, verdict", [([4.0, 3.1, 5.05], "supports"), ([2.0, 0.9, 2.95], "contradicts"),
+                                        ([3.2, 1.9, 4.1], "inconclusive")])
+def test_paired_verdict_goes_either_way(b, verdict):
+    assert report.paired([3.0, 2.0, 4.0], b)["verdict"] == verdict
+
+
+def _exp_show(runs_: dict[str, dict]) -> list:
+    """What `dvc exp show --json` prints (DVC 3.67): the workspace, then the baseline with its experiments."""
+    exps = [{"revs": [{"rev": f"{i:040x}", "name": name, "data": {
+        "rev": f"{i:040x}", "params": {"params.yaml": {"data": {"seed": 0}}},
+        "metrics": {f: {"data": m} for f, m in metrics.items()}}}]} for i, (name, metrics) in enumerate(runs_.items())]
+    return [{"rev": "workspace", "name": None, "data": {}, "experiments": None},
+            {"rev": "f" * 40, "name": "main", "data": {}, "experiments": exps}]
+
+
+def _metrics(fid: float, model: str, timing_model: str, latency: float = 0.8) -> dict:
+    return {"data/metrics/evaluate.json": {"fid": fid, "fid_real": 3.0 + fid, "clip": 0.8, "prompt_accuracy": 0.9,
+                                           "flops_ratio": 0.77, "eval_images": 200, "clip_kind": "judge_alignment",
+                                           "model": model},
+            "data/timing/evaluate.json": {"latency_ratio": latency, "model": timing_model}}
+
+
+def test_results_are_read_back_from_dvc_exp_show(monkeypatch):
+    shown = _exp_show({"brll-st-s0": _metrics(1.0, "aa", "aa"), "delete-s0": _metrics(2.0, "bb", "aa")})
+    monkeypatch.setattr(experiments, "_dvc", lambda *a, cwd: json.dumps(shown))
+    got = experiments.collect(None, [Run("brll-st-s0", "brll-st", 0, {}), Run("delete-s0", "delete", 0, {}),
+                                     Run("width1-s0", "width1", 0, {"sandwich.width": 1})])
+    assert [r["name"] for r in got["runs"]] == ["brll-st-s0", "delete-s0"]  # width1 never ran: left out
+    assert got["runs"][1]["metrics"]["data/metrics/evaluate.json"]["fid"] == 2.0
+
+
+def _results(fids: dict[str, list[float]]) -> dict:
+    out = []
+    for variant, values in fids.items():
+        for seed, fid in enumerate(values):
+            # the delete runs' timing belongs to another model (their evaluate was restored from run-cache)
+            out.append({"name": f"{variant}-s{seed}", "variant": variant, "seed": seed, "overrides": {}, "rev": None,
+                        "metrics": _metrics(fid, f"m-{variant}-{seed}",
+                                            "other" if variant == "delete" else f"m-{variant}-{seed}")})
+    return {"experiments": ["replacement"], "seeds": [0, 1, 2], "runs": out}
+
+
+def test_report_tables_verdicts_and_plots_from_results_alone(tmp_path):
+    results = _results({"brll-st": [1.0, 1.2, 0.9], "delete-st": [2.0, 2.3, 1.8], "brll-nost": [1.5, 1.6, 1.4],
+                        "delete": [3.0, 3.1, 2.9]})
+    text = report.write_report(results, tmp_path, tmp_path / "report")
+    assert "| Replacement kind at the same blocks (paper Fig. 6, Table 4, Fig. 9) | supports the paper's claim |" in text
+    assert "| BRLL + ST | 1.033 ± 0.15<br><sub>1, 1.2, 0.9</sub>" in text
+    row = next(line for line in text.splitlines() if line.startswith("| delete |"))
+    assert row.endswith("| 0.770 | — |")  # stale timing (another model's digest): not shown
+    assert "| 0.770 | 0.8 ± 0 |" in next(line for line in text.splitlines() if line.startswith("| BRLL + ST |"))
+    assert (tmp_path / "report" / "replacement.png").stat().st_size > 1000
+    reversed_ = _results({"brll-st": [2.0, 2.3, 1.8], "delete-st": [1.0, 1.2, 0.9], "brll-nost": [1.5, 1.6, 1.4],
+                          "delete": [3.0, 3.1, 2.9]})
+    assert "does not support the paper's claim" in report.write_report(reversed_, tmp_path, tmp_path / "r2")
