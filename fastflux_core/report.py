@@ -25,6 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
+from matplotlib.figure import Figure  # no pyplot: no global state, no backend to choose
 from PIL import Image, ImageDraw
 
 from fastflux_core.experiments import EXPERIMENTS, Experiment
@@ -122,13 +123,9 @@ def verdicts(exp: Experiment, values: dict, labels: dict[str, str]) -> tuple[lis
 
 def bar_plot(exp: Experiment, values: dict, path: Path) -> None:
     """Mean FID (vs the full model) per variant with std error bars and each seed as a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [v for v in exp.variants if v.name in values]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.2))
+    fig = Figure(figsize=(1.6 + 1.3 * len(names), 3.2))
+    ax = fig.subplots()
     for i, v in enumerate(names):
         xs = values[v.name]["fid"]
         m, s = mean_std(xs)
@@ -141,35 +138,32 @@ def bar_plot(exp: Experiment, values: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+def _save(fig: Figure, path: Path) -> None:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
-def sweep_section(exp: Experiment, runs: list[dict], seeds: list[int], out: Path) -> list[str]:
-    """Quality, FLOPs and latency per chain length, reuse vs the components of the step itself."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def sweep_curves(exp: Experiment, runs: list[dict]) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """variant → chain length n → metric → values over seeds (latency only where it is the model's)."""
+    keys = (*METRICS, "flops_ratio", "ratio")
     curves: dict[str, dict[int, dict[str, list[float]]]] = {}
     for v in exp.variants:
-        for s, run in _by_seed(runs, v.name).items():
-            rows = {k.split(".")[0]: None for k in run["metrics"].get(SWEEP, {})}
-            for key in sorted(rows, key=lambda k: int(k[1:])):
-                n = int(key[1:])
-                cell = curves.setdefault(v.name, {}).setdefault(n, {m: [] for m in (*METRICS, "flops_ratio", "latency_ratio", "ratio")})
-                for m in (*METRICS, "flops_ratio", "ratio"):
-                    x = run["metrics"][SWEEP].get(f"{key}.{m}")
-                    if x is not None:
-                        cell[m].append(x)
-                lat = _latency(run, SWEEP, TIMING_SWEEP, key)
+        for run in _by_seed(runs, v.name).values():
+            sweep = run["metrics"].get(SWEEP, {})
+            for n in sorted({int(k.split(".")[0][1:]) for k in sweep}):
+                cell = curves.setdefault(v.name, {}).setdefault(n, {m: [] for m in (*keys, "latency_ratio")})
+                for m in keys:
+                    if sweep.get(f"n{n}.{m}") is not None:
+                        cell[m].append(sweep[f"n{n}.{m}"])
+                lat = _latency(run, SWEEP, TIMING_SWEEP, f"n{n}")
                 if lat is not None:
                     cell["latency_ratio"].append(lat)
+    return curves
+
+
+def sweep_section(exp: Experiment, runs: list[dict], out: Path) -> list[str]:
+    """Quality, FLOPs and latency per chain length, reuse vs the components of the step itself."""
+    curves = sweep_curves(exp, runs)
     if not curves:
         return ["Not run."]
     lines = ["| blocks replaced | ratio | FID vs full (reuse) | FID vs full (exact) | judge/CLIP (reuse) | "
@@ -181,7 +175,8 @@ def sweep_section(exp: Experiment, runs: list[dict], seeds: list[int], out: Path
                      f"{_pm(e['fid']) if e.get('fid') else '—'} | {_pm(r['clip']) if r['clip'] else '—'} | "
                      f"{_pm(r['prompt_accuracy']) if r['prompt_accuracy'] else '—'} | {r['flops_ratio'][0]:.3f} | "
                      f"{_pm(r['latency_ratio']) if r['latency_ratio'] else '—'} |")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.3))
+    fig = Figure(figsize=(9, 3.3))
+    a1, a2 = fig.subplots(1, 2)
     for name, curve, style in (("reuse", reuse, "-o"), ("exact", exact, "--s")):
         ns = sorted(curve)
         if not ns:
@@ -247,13 +242,9 @@ def grid_image(runs: list[dict], exp: Experiment, seed: int, repo: Path) -> Imag
 
 def importance_plot(ranking: dict, path: Path) -> None:
     """Eq. 2 importance score per block (higher = more important) and the proxy's, rank-normalised."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     blocks = ranking["blocks"]
-    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(blocks)), 3))
+    fig = Figure(figsize=(max(5, 0.35 * len(blocks)), 3))
+    ax = fig.subplots()
     idx = [b["index"] for b in blocks]
     ax.bar(idx, [b["score"] for b in blocks], color=["#d98f8f" if b["kind"] == "double" else "#8fb3d9" for b in blocks])
     ax.set_xlabel("block (red: double-stream, blue: single-stream)")
@@ -282,7 +273,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
         labels = {v.name: v.label for v in exp.variants}
         lines += [f"## {exp.title}", "", f"Paper: {exp.claim}", ""]
         if exp.sweep:
-            lines += sweep_section(exp, runs, seeds, out)
+            lines += sweep_section(exp, runs, out)
             verdict_lines, overall = [], "see the per-length lines above"
         else:
             rows, values = variant_table(exp, runs, seeds)

@@ -77,3 +77,22 @@ def test_report_tables_verdicts_and_plots_from_results_alone(tmp_path):
     reversed_ = _results({"brll-st": [2.0, 2.3, 1.8], "delete-st": [1.0, 1.2, 0.9], "brll-nost": [1.5, 1.6, 1.4],
                           "delete": [3.0, 3.1, 2.9]})
     assert "does not support the paper's claim" in report.write_report(reversed_, tmp_path, tmp_path / "r2")
+
+
+def test_sweep_section_pairs_reuse_with_exact_per_chain_length(tmp_path):
+    def sweep_run(variant, seed, fids, stale=False):
+        m = {f"n{n}.{k}": v for n, fid in enumerate(fids)
+             for k, v in (("fid", fid), ("ratio", n / 12), ("flops_ratio", 1 - 0.075 * n), ("clip", 0.8),
+                          ("model", f"{variant}{seed}{n}"))}
+        t = {f"n{n}.{k}": v for n in range(len(fids))
+             for k, v in (("latency_ratio", 1 - 0.07 * n), ("model", "x" if stale else f"{variant}{seed}{n}"))}
+        return {"name": f"{variant}-s{seed}", "variant": variant, "seed": seed, "overrides": {}, "rev": None,
+                "metrics": {"data/metrics/sweep.json": m, "data/timing/sweep.json": t}}
+
+    runs_ = [sweep_run("sweep-reuse", s, [0.0, 0.5 + 0.01 * s, 1.0 + 0.02 * s, 1.5]) for s in range(3)]
+    runs_ += [sweep_run("sweep-exact", s, [0.0, 0.9 + 0.01 * s, 1.3 + 0.01 * s, 1.5], stale=True) for s in range(3)]
+    text = "\n".join(report.sweep_section(EXPERIMENTS["sweep"], runs_, tmp_path))
+    assert "| 2 | 0.167 | 1.02 ± 0.02 | 1.31 ± 0.01 |" in text and "| 0.850 | 0.86 ± 0 |" in text
+    assert "- 1 blocks: reuse better than exact by 0.4 ± 0 FID" in text and "**supports**" in text
+    assert "3 blocks" not in text  # the longest chain is the same model either way
+    assert (tmp_path / "sweep.png").is_file()
