@@ -161,11 +161,12 @@ def sweep_curves(exp: Experiment, runs: list[dict]) -> dict[str, dict[int, dict[
     return curves
 
 
-def sweep_section(exp: Experiment, runs: list[dict], out: Path) -> list[str]:
-    """Quality, FLOPs and latency per chain length, reuse vs the components of the step itself."""
+def sweep_section(exp: Experiment, runs: list[dict], out: Path) -> tuple[list[str], str]:
+    """Quality, FLOPs and latency per chain length, reuse vs the components of the step itself;
+    the lines and the overall verdict on reuse."""
     curves = sweep_curves(exp, runs)
     if not curves:
-        return ["Not run."]
+        return ["Not run."], "not run"
     lines = ["| blocks replaced | ratio | FID vs full (reuse) | FID vs full (exact) | judge/CLIP (reuse) | "
              "prompt acc. (reuse) | FLOPs ratio | latency ratio |", "|---|---|---|---|---|---|---|---|"]
     reuse, exact = curves.get("sweep-reuse", {}), curves.get("sweep-exact", {})
@@ -199,15 +200,20 @@ def sweep_section(exp: Experiment, runs: list[dict], out: Path) -> list[str]:
     fig.tight_layout()
     _save(fig, out / "sweep.png")
     lines += ["", "![quality, FLOPs and latency vs ratio](sweep.png)", ""]
-    k_max = max(reuse)
+    k_max, seen = max(reuse), []
     for n in sorted(reuse):
         if n == 0 or n == k_max or n not in exact:
             continue
         common = min(len(reuse[n]["fid"]), len(exact[n]["fid"]))
         r = paired(reuse[n]["fid"][:common], exact[n]["fid"][:common])
+        seen.append(r["verdict"])
         lines.append(f"- {n} blocks: reuse better than exact by {r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} "
                      f"FID (p = {r['p']:.3g}) → **{r['verdict']}**")
-    return lines
+    if seen and all(v == "supports" for v in seen):
+        return lines, "supports the paper's reuse claim at every shorter chain"
+    if any(v == "contradicts" for v in seen):
+        return lines, "does not support the paper's reuse claim (the step's own components score better)"
+    return lines, "inconclusive on reuse (differences within the spread over seeds)" if seen else "not run"
 
 
 def grid_image(runs: list[dict], exp: Experiment, seed: int, repo: Path) -> Image.Image | None:
@@ -266,15 +272,23 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
              f"Evaluation images per run: {any_eval.get('eval_images', '?')}. Each variant prunes the whole "
              f"chain (ratio = max_ratio) unless noted. Quality: FID against the full model's images (primary, "
              f"lower is better), FID against real images, alignment ({any_eval.get('clip_kind', '?')}) and the "
-             f"judge's prompt accuracy. Verdicts: paired t-test over seeds on the primary metric, p < 0.05.", ""]
+             f"judge's prompt accuracy. Verdicts: paired t-test over seeds on the primary metric, p < 0.05.", "",
+            "Reading these numbers: every variant is scored on the same evaluation items with the same feature "
+            "extractor, so FID's small-sample bias is shared and differences are comparable; the spread is over "
+            "pruning seeds only — it does not include the sampling error of the evaluation set itself. A variant "
+            "with nothing random left has zero spread (on the default, least squares sees every token, so the "
+            "untrained variants are deterministic). Latency: ratio of median forward times, base and pruned "
+            "interleaved; the non-sweep runs ran two at a time, so their latencies are noisy, the sweep's ran "
+            "alone; a run whose evaluate stage DVC restored from its run-cache shows none.", ""]
     lines, summary = [], []
     for key in results["experiments"]:
         exp = EXPERIMENTS[key]
         labels = {v.name: v.label for v in exp.variants}
         lines += [f"## {exp.title}", "", f"Paper: {exp.claim}", ""]
         if exp.sweep:
-            lines += sweep_section(exp, runs, out)
-            verdict_lines, overall = [], "see the per-length lines above"
+            sweep_lines, overall = sweep_section(exp, runs, out)
+            lines += sweep_lines
+            verdict_lines = []
         else:
             rows, values = variant_table(exp, runs, seeds)
             lines += ["| variant | FID vs full | FID vs real | alignment | prompt accuracy | FLOPs ratio | latency ratio |",

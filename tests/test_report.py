@@ -91,7 +91,9 @@ def test_sweep_section_pairs_reuse_with_exact_per_chain_length(tmp_path):
 
     runs_ = [sweep_run("sweep-reuse", s, [0.0, 0.5 + 0.01 * s, 1.0 + 0.02 * s, 1.5]) for s in range(3)]
     runs_ += [sweep_run("sweep-exact", s, [0.0, 0.9 + 0.01 * s, 1.3 + 0.01 * s, 1.5], stale=True) for s in range(3)]
-    text = "\n".join(report.sweep_section(EXPERIMENTS["sweep"], runs_, tmp_path))
+    lines, overall = report.sweep_section(EXPERIMENTS["sweep"], runs_, tmp_path)
+    text = "\n".join(lines)
+    assert overall == "supports the paper's reuse claim at every shorter chain"
     assert "| 2 | 0.167 | 1.02 ± 0.02 | 1.31 ± 0.01 |" in text and "| 0.850 | 0.86 ± 0 |" in text
     assert "- 1 blocks: reuse better than exact by 0.4 ± 0 FID" in text and "**supports**" in text
     assert "3 blocks" not in text  # the longest chain is the same model either way
