@@ -79,6 +79,17 @@ class ModelInputs:
     guidance: torch.Tensor | None = None  # (B,) or None for models without guidance embedding
 
 
+@dataclass(frozen=True)
+class MlpRef:
+    """One MLP of a block, as width pruning sees it: its hidden units are ``up``'s output channels and
+    ``down``'s input columns ``offset .. offset + up.out_features``."""
+
+    name: str  # e.g. "transformer_blocks.3.ff"
+    up: nn.Linear  # (H, D)
+    down: nn.Linear  # (D, offset + H)
+    offset: int  # 0, or D where ``down`` also reads the attention output first
+
+
 class SkipBlock(nn.Module):
     """Stand-in that returns its inputs: the block is removed, shortcut kept (importance ablation)."""
 
@@ -104,6 +115,7 @@ class BlockAdapter(Protocol):
     def run(self, state: BlockState, start: int, stop: int) -> BlockState: ...
     def head(self, state: BlockState) -> torch.Tensor: ...
     def swap(self, index: int, module: nn.Module) -> nn.Module: ...
+    def mlps(self) -> list[MlpRef]: ...
 
 
 class FluxAdapter:
@@ -138,6 +150,20 @@ class FluxAdapter:
         old = modules[pos]
         modules[pos] = module
         return old
+
+    def mlps(self) -> list[MlpRef]:
+        """Every MLP of the blocks still in the model: a double block's image (``ff``) and text
+        (``ff_context``) MLPs, ``net.0.proj`` → GELU → ``net.2``; a single block's ``proj_mlp`` → GELU →
+        the MLP half of ``proj_out``, whose input is ``cat([attention (D), mlp (H)])``."""
+        out = []
+        for ref in self.blocks:
+            blk = self.block(ref.index)
+            if ref.kind == "double" and hasattr(blk, "ff"):
+                out += [MlpRef(f"{ref.path}.{n}", getattr(blk, n).net[0].proj, getattr(blk, n).net[2], 0)
+                        for n in ("ff", "ff_context")]
+            elif ref.kind == "single" and hasattr(blk, "proj_mlp"):
+                out.append(MlpRef(ref.path, blk.proj_mlp, blk.proj_out, blk.proj_out.in_features - blk.proj_mlp.out_features))
+        return out
 
     def skip(self, index: int) -> nn.Module:
         """Replace block ``index`` by the identity; return the removed block (swap it back to undo)."""

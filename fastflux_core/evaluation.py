@@ -53,7 +53,7 @@ def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbe
 
 
 @torch.no_grad()
-def _call(model, x: ModelInputs) -> torch.Tensor:
+def call_model(model, x: ModelInputs) -> torch.Tensor:
     return model(hidden_states=x.hidden_states, encoder_hidden_states=x.encoder_hidden_states,
                  pooled_projections=x.pooled_projections, timestep=x.timestep, img_ids=x.img_ids,
                  txt_ids=x.txt_ids, guidance=x.guidance, return_dict=False)[0]
@@ -65,11 +65,11 @@ def speed_against(base, model, x: ModelInputs, on_device: Callable, warmup: int,
     is the ratio of medians, its IQR that of the per-round ratios. ``on_device(m)`` is the context
     that holds ``m`` on the device."""
     with on_device(base):
-        f_base = count_flops(lambda: _call(base, x))
+        f_base = count_flops(lambda: call_model(base, x))
     with on_device(model):
-        f = count_flops(lambda: _call(model, x))
+        f = count_flops(lambda: call_model(model, x))
     b, p = latency_phases((lambda: on_device(base), lambda: on_device(model)),
-                          (lambda: _call(base, x), lambda: _call(model, x)), warmup, repeats)
+                          (lambda: call_model(base, x), lambda: call_model(model, x)), warmup, repeats)
     per_round = np.asarray(p["times"]) / np.asarray(b["times"])
     q25, q75 = np.percentile(per_round, [25, 75])
     return {"flops": f, "flops_base": f_base, "flops_ratio": f / f_base}, {
@@ -78,18 +78,19 @@ def speed_against(base, model, x: ModelInputs, on_device: Callable, warmup: int,
         "latency_ratio": p["median"] / b["median"], "latency_ratio_iqr": float(q75 - q25), "repeats": len(p["times"])}
 
 
-def comparison_grid(base: np.ndarray, pruned: np.ndarray, prompts: list[str], rows: int, cell: int = 64) -> Image.Image:
-    """Rows of ``prompt | base | pruned`` for the first ``rows`` images (same prompt and seed)."""
+def comparison_grid(columns: dict[str, np.ndarray], prompts: list[str], rows: int, cell: int = 64) -> Image.Image:
+    """Rows of ``prompt | column 1 | column 2 …`` for the first ``rows`` images (same prompt and seed);
+    ``columns`` maps a heading to its images (n, H, W) in the same item order."""
     label_w = 8 + 7 * max(len(p) for p in prompts[:rows])
-    img = Image.new("RGB", (label_w + 2 * cell + 12, 20 + rows * (cell + 4)), "white")
+    img = Image.new("RGB", (label_w + len(columns) * (cell + 8) - 4, 20 + rows * (cell + 4)), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((label_w, 4), "base", fill="black")
-    draw.text((label_w + cell + 8, 4), "pruned", fill="black")
+    for c, name in enumerate(columns):
+        draw.text((label_w + c * (cell + 8), 4), name, fill="black")
     for r in range(min(rows, len(prompts))):
         y = 20 + r * (cell + 4)
         draw.text((4, y + cell // 2 - 6), prompts[r], fill="black")
-        for c, arr in enumerate((base[r], pruned[r])):
-            tile = Image.fromarray(arr).convert("RGB").resize((cell, cell), Image.NEAREST)
+        for c, arr in enumerate(columns.values()):
+            tile = Image.fromarray(arr[r]).convert("RGB").resize((cell, cell), Image.NEAREST)
             img.paste(tile, (label_w + c * (cell + 8), y))
     return img
 
@@ -108,6 +109,7 @@ class Evaluator:
         self.base = load_transformer(params)  # on the host: on the device only while timed
         self.codec, self.scheduler = load_codec(params, self.base), load_scheduler(params)
         self.quality = load_quality(params, self.device)
+        self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")
         s = params.prompts.evaluation
@@ -147,7 +149,7 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
     q, images, prompts = ev.quality_of(pruned)
     flops, lat = ev.speed_of(pruned)
     rows = min(params.evaluate.grid_rows, len(prompts))
-    comparison_grid(load_reference_images(reference), images, prompts, rows).save(out / "grid.png")
+    comparison_grid({"base": load_reference_images(reference), "pruned": images}, prompts, rows).save(out / "grid.png")
     metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks) + len(pruned.config.deleted_blocks), **q, **flops,
                "clip_kind": ev.quality.alignment.name, "base_clip": ev.reference["clip"], "eval_images": len(images)}
     for key in ("fid_real", "prompt_accuracy"):

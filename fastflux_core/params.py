@@ -275,6 +275,31 @@ class EvaluateParams(_Strict):
     grid_rows: int = Field(10, ge=1)
 
 
+class BaselineParams(_Strict):
+    """Stage ``baseline``: the paper's L1-norm width-pruning baseline (Tables 1–2), matched to our
+    models' FLOPs at ``ratios`` and fine-tuned with the sandwiches' budget (:mod:`fastflux_core.width`).
+    Off unless ``ratios`` names some: it fine-tunes whole models, the report's ``baseline`` experiment
+    turns it on."""
+
+    ratios: list[float] = Field(default_factory=list, description="ratios whose FastFLUX model is matched "
+                                "(each <= max_ratio; e.g. [0.1, 0.2]); empty: the stage does nothing")
+    finetune: Literal["full", "lora"] = Field(
+        "full", description="full (every weight, the paper's L1 setting; AdamW needs ~16 bytes per parameter) "
+        "| lora (LoRA of sandwich.lora_rank on every block linear: what fits one card at FLUX.1-dev scale)")
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    round_to: int = Field(8, ge=1, description="kept MLP width is a multiple of this (FLUX.1-dev: e.g. 64)")
+    micro_batch: int = Field(32, ge=1, description="samples per forward/backward; gradients accumulate to "
+                             "sandwich.batch_size (FLUX.1-dev: 1)")
+    gradient_checkpointing: bool = Field(False, description="keep only block inputs for backward (FLUX.1-dev: true)")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_in_range(cls, v: list[float]) -> list[float]:
+        if any(not 0 < r < 1 for r in v) or len(set(v)) != len(v):
+            raise ValueError(f"must be distinct values in (0, 1), got {v}")
+        return sorted(v)
+
+
 class Params(_Strict):
     """Top level of params.yaml. ``ratio`` is top-level so that ``dvc exp run -S ratio=0.15`` works."""
 
@@ -294,6 +319,7 @@ class Params(_Strict):
     solve: SolveParams = SolveParams()
     sandwich: SandwichParams = SandwichParams()
     evaluate: EvaluateParams = EvaluateParams()
+    baseline: BaselineParams = BaselineParams()
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -317,6 +343,14 @@ class Params(_Strict):
                 f"ratio={self.ratio} is above max_ratio={self.max_ratio}: raise max_ratio (and steps) to train "
                 f"the chain that far, then run dvc repro"
             )
+        above = [r for r in self.baseline.ratios if r > self.max_ratio]
+        if above:
+            raise ValueError(f"baseline.ratios {above} are above max_ratio={self.max_ratio}: the baseline is matched "
+                             f"to the FastFLUX model at each ratio, which the chain must reach")
+        none = [r for r in self.baseline.ratios if n_replaced(r, len(self.importance.blocks)) == 0]
+        if none:
+            raise ValueError(f"baseline.ratios {none} replace no block of {len(self.importance.blocks)}: "
+                             f"nothing to match")
         if self.capture.timesteps > self.sampling.steps:
             raise ValueError(f"capture.timesteps ({self.capture.timesteps}) must be <= sampling.steps "
                              f"({self.sampling.steps}): each captured step is a distinct step of the schedule")

@@ -31,8 +31,9 @@ from PIL import Image, ImageDraw
 from fastflux_core.experiments import EXPERIMENTS, Experiment
 from fastflux_core.io import atomic_file
 
-EVALUATE, SWEEP = "data/metrics/evaluate.json", "data/metrics/sweep.json"
-TIMING_EVALUATE, TIMING_SWEEP = "data/timing/evaluate.json", "data/timing/sweep.json"
+EVALUATE, SWEEP, BASELINE = "data/metrics/evaluate.json", "data/metrics/sweep.json", "data/metrics/baseline.json"
+TIMING_EVALUATE, TIMING_SWEEP, TIMING_BASELINE = ("data/timing/evaluate.json", "data/timing/sweep.json",
+                                                  "data/timing/baseline.json")
 METRICS = ("fid", "fid_real", "clip", "prompt_accuracy")  # fid: primary, lower is better
 LOWER_IS_BETTER = {"fid": True, "fid_real": True, "clip": False, "prompt_accuracy": False}
 
@@ -216,20 +217,111 @@ def sweep_section(exp: Experiment, runs: list[dict], out: Path) -> tuple[list[st
     return lines, "inconclusive on reuse (differences within the spread over seeds)" if seen else "not run"
 
 
-def grid_image(runs: list[dict], exp: Experiment, seed: int, repo: Path) -> Image.Image | None:
-    """Each variant's evaluate grid (prompt | full model | pruned) at one seed, side by side, labelled."""
+def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: Path, out: Path
+                     ) -> tuple[list[str], str]:
+    """Per matched ratio: FastFLUX, the L1 model before and after fine-tuning (quality, FLOPs,
+    latency, parameters), the fine-tuning budget, the seed-0 grid and the paired verdict; the lines
+    and the overall verdict."""
+    by_seed = {s: r for s, r in _by_seed(runs, exp.variants[0].name).items() if s in seeds}
+    if not by_seed:
+        return ["Not run."], "not run"
+    first = by_seed[min(by_seed)]
+    ns = sorted({int(k.split(".")[0][1:]) for k in first["metrics"].get(BASELINE, {})})
+    lines, seen, plotted = [], [], {}
+    for n in ns:
+        def vals(model: str, key: str) -> list[float]:
+            return [r["metrics"][BASELINE][f"n{n}.{model}.{key}"] for r in by_seed.values()
+                    if r["metrics"].get(BASELINE, {}).get(f"n{n}.{model}.{key}") is not None]
+
+        m = first["metrics"][BASELINE]
+        lines += [f"### {m[f'n{n}.ratio']:.0%}: {n} blocks replaced by FastFLUX", "",
+                  "| model | FID vs full | FID vs real | alignment | prompt accuracy | FLOPs ratio | latency ratio | "
+                  "parameters |", "|---|---|---|---|---|---|---|---|"]
+        for model, label in (("fastflux", "FastFLUX (BRLL + ST)"), ("l1_untuned", "L1 width pruning, not fine-tuned"),
+                             ("l1", "L1 width pruning + fine-tuning")):
+            cells = [_pm(v) + f"<br><sub>{', '.join(f'{x:.4g}' for x in v)}</sub>" if v else "—"
+                     for v in (vals(model, k) for k in METRICS)]
+            flops = vals("fastflux" if model == "fastflux" else "l1", "flops_ratio")
+            lat = [x for x in (_latency(r, BASELINE, TIMING_BASELINE, f"n{n}.{model}") for r in by_seed.values())
+                   if x is not None] if model != "l1_untuned" else []
+            size = f"{m[f'n{n}.l1.params']:,}" if model != "fastflux" else "—"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {flops[0]:.3f} | {_pm(lat) if lat else '—'} | {size} |")
+        budget = (f"Fine-tuning budget: {m[f'n{n}.l1.train_steps']} AdamW steps × {m[f'n{n}.l1.batch_size']} samples "
+                  f"of the training store (the sandwiches' steps × batch of the chain this FastFLUX model comes from), "
+                  f"{m[f'n{n}.l1.finetune']} fine-tuning: {m[f'n{n}.l1.trainable_params']:,} trainable parameters "
+                  f"(of {m[f'n{n}.l1.params_base']:,} in the base); every MLP keeps {m[f'n{n}.l1.kept_widths']} of its units. "
+                  f"Held-out distillation error (relative, held-out training prompts) "
+                  f"{_pm(vals('l1', 'holdout_loss_init'))} before → {_pm(vals('l1', 'holdout_loss_trained'))} after.")
+        secs = [r["metrics"].get(TIMING_BASELINE, {}).get(f"n{n}.l1.finetune_seconds") for r in by_seed.values()]
+        secs = [x for x in secs if x is not None]
+        lines += ["", budget + (f" Wall-clock: {_pm(secs)} s." if secs else ""), ""]
+        grid = _read_image(repo, first.get("rev"), f"data/baseline/grid_n{n}.png")
+        if grid is not None:
+            name = f"baseline_grid_n{n}.png"
+            with atomic_file(out / name) as tmp:
+                grid.save(tmp, format="PNG")
+            lines += [f"Seed {min(by_seed)} (prompt | full model | FastFLUX | L1 + fine-tuning):", "",
+                      f"![baseline at {n} blocks]({name})", ""]
+        a, b = vals("fastflux", "fid"), vals("l1", "fid")
+        plotted[n] = {"FastFLUX": a, "L1 untuned": vals("l1_untuned", "fid"), "L1 + fine-tuning": b}
+        r = paired(a, b)
+        seen.append(r["verdict"])
+        lines += [f"- FastFLUX better than L1 + fine-tuning at {n} blocks (FID vs full model): advantage "
+                  f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} over {len(a)} seeds (per seed "
+                  f"{', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → **{r['verdict']}**", ""]
+    _grouped_bars(plotted, out / "baseline.png", "blocks replaced by FastFLUX (L1 at the same FLOPs)")
+    lines += ["![FastFLUX vs L1 width pruning](baseline.png)", ""]
+    if all(v == "supports" for v in seen):
+        return lines, "supports the paper's claim at every matched ratio"
+    if any(v == "contradicts" for v in seen):
+        return lines, "does not support the paper's claim (the L1 baseline scores better)"
+    return lines, "inconclusive (differences within the spread over seeds)"
+
+
+def _grouped_bars(groups: dict[int, dict[str, list[float]]], path: Path, xlabel: str) -> None:
+    """Mean FID (vs the full model) with std error bars and seeds as dots, one group per x value."""
+    names = list(next(iter(groups.values())))
+    fig = Figure(figsize=(2 + 1.8 * len(groups), 3.2))
+    ax = fig.subplots()
+    width = 0.8 / len(names)
+    colors = ("#8fb3d9", "#d9c98f", "#d98f8f", "#9fd98f")
+    for g, (x, series) in enumerate(groups.items()):
+        for j, name in enumerate(names):
+            xs = series[name]
+            if not xs:
+                continue
+            m, sd = mean_std(xs)
+            pos = g + (j - (len(names) - 1) / 2) * width
+            ax.bar(pos, m, width, yerr=sd, capsize=3, color=colors[j % len(colors)], label=name if g == 0 else None)
+            ax.scatter([pos] * len(xs), xs, color="k", s=8, zorder=3)
+    ax.set_xticks(range(len(groups)), [str(x) for x in groups])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FID vs full model (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _read_image(repo: Path, rev: str | None, path: str) -> Image.Image | None:
+    """An image output of an experiment's revision, or None when it is no longer in the cache."""
     import dvc.api
 
+    if not rev:
+        return None
+    try:
+        return Image.open(io.BytesIO(dvc.api.read(path, repo=str(repo), rev=rev, mode="rb"))).convert("RGB")
+    except Exception:  # an output no longer in the cache: the report goes without it
+        return None
+
+
+def grid_image(runs: list[dict], exp: Experiment, seed: int, repo: Path) -> Image.Image | None:
+    """Each variant's evaluate grid (prompt | full model | pruned) at one seed, side by side, labelled."""
     tiles = []
     for v in exp.variants:
         run = _by_seed(runs, v.name).get(seed)
-        if run is None or not run.get("rev"):
+        img = _read_image(repo, run and run.get("rev"), "data/evaluate/grid.png")
+        if img is None:
             continue
-        try:
-            data = dvc.api.read("data/evaluate/grid.png", repo=str(repo), rev=run["rev"], mode="rb")
-        except Exception:  # an output no longer in the cache: the report says so instead
-            continue
-        img = Image.open(io.BytesIO(data)).convert("RGB")
         head = Image.new("RGB", (img.width, 18), "white")
         ImageDraw.Draw(head).text((4, 3), v.label, fill="black")
         tile = Image.new("RGB", (img.width, img.height + 18), "white")
@@ -285,9 +377,13 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
         exp = EXPERIMENTS[key]
         labels = {v.name: v.label for v in exp.variants}
         lines += [f"## {exp.title}", "", f"Paper: {exp.claim}", ""]
-        if exp.sweep:
+        if exp.kind == "sweep":
             sweep_lines, overall = sweep_section(exp, runs, out)
             lines += sweep_lines
+            verdict_lines = []
+        elif exp.kind == "baseline":
+            baseline_lines, overall = baseline_section(exp, runs, seeds, repo, out)
+            lines += baseline_lines
             verdict_lines = []
         else:
             rows, values = variant_table(exp, runs, seeds)
@@ -299,7 +395,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
             verdict_lines, overall = verdicts(exp, values, labels)
         if key == "importance":
             lines += _importance_lines(runs, repo, out)
-        grid = grid_image(runs, exp, seeds[0], repo) if not exp.sweep else None
+        grid = grid_image(runs, exp, seeds[0], repo) if exp.kind == "variants" else None
         if grid is not None:
             with atomic_file(out / f"{key}_grid.png") as tmp:
                 grid.save(tmp, format="PNG")

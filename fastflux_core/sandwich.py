@@ -33,6 +33,7 @@ state + everything trained here.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -75,38 +76,49 @@ class Boundary:
         return x, (self.y_img[idx].to(device), self.y_txt[idx].to(device))
 
 
-class BoundaryStates:
-    """Recomputes sandwich boundary states from captured transformer inputs (the training store)."""
+class CapturedInputs:
+    """The transformer inputs of a training store's samples (noisy latent, timestep, guidance, and the
+    prompt's encoded states), as :class:`~fastflux_core.adapter.ModelInputs` on the device."""
 
-    def __init__(self, store: StoreReader, embeds: PromptEmbeds, adapter: BlockAdapter, target: list[nn.Module],
-                 u: int, micro_batch: int, device: torch.device):
+    def __init__(self, store: StoreReader, embeds: PromptEmbeds, model: nn.Module, device: torch.device):
         if list(store.attrs["prompts"]) != list(embeds.prompts):
             raise FastFluxError(f"{store.path} was captured from other training prompts than the encoded ones: "
                                 f"re-run capture")
-        self.store, self.embeds, self.adapter, self.target, self.u = store, embeds, adapter, target, u
-        self.micro_batch, self.device = micro_batch, device
-        self.dtype = adapter.model.dtype
-        self.img_ids = store.read("img_ids").to(self.device, self.dtype)  # (N_img, 3)
-        self.txt_ids = store.read("txt_ids").to(self.device, self.dtype)  # (N_txt, 3)
-        self.rotary = adapter.model.pos_embed(torch.cat([self.txt_ids, self.img_ids]))
-        self.guidance = bool(adapter.model.config.guidance_embeds)
+        self.store, self.embeds, self.device, self.dtype = store, embeds, device, model.dtype
+        self.img_ids = store.read("img_ids").to(device, self.dtype)  # (N_img, 3)
+        self.txt_ids = store.read("txt_ids").to(device, self.dtype)  # (N_txt, 3)
+        self.guidance = bool(model.config.guidance_embeds)
 
-    @torch.no_grad()
-    def compute(self, idx: torch.Tensor) -> Boundary:
-        """x_u and y_d of samples ``idx`` (store order), computed in micro-batches on the device; the
-        samples' inputs are read from the store once (a round's latents: 32 MB at FLUX.1-dev, 64 samples)."""
+    def batches(self, idx: torch.Tensor, micro_batch: int) -> Iterator[ModelInputs]:
+        """Samples ``idx`` in store order, ``micro_batch`` at a time; each sample's inputs are read from
+        the store once (a round's latents: 32 MB at FLUX.1-dev, 64 samples)."""
         rows = torch.sort(idx).values.numpy()
         read = {name: self.store.read_samples(name, rows) for name in ("prompt", "latents", "timestep", "guidance")}
-        parts: list[tuple[torch.Tensor, ...]] = []
-        for mb in torch.arange(len(rows)).split(self.micro_batch):  # positions in ``read``
+        for mb in torch.arange(len(rows)).split(micro_batch):  # positions in ``read``
             prompt_embeds, pooled = self.embeds.select(read["prompt"][mb])
-            inputs = ModelInputs(
+            yield ModelInputs(
                 hidden_states=read["latents"][mb].to(self.device, self.dtype),
                 encoder_hidden_states=prompt_embeds.to(self.device, self.dtype),
                 pooled_projections=pooled.to(self.device, self.dtype),
                 timestep=read["timestep"][mb].to(self.device, self.dtype),
                 img_ids=self.img_ids, txt_ids=self.txt_ids,
                 guidance=read["guidance"][mb].to(self.device) if self.guidance else None)
+
+
+class BoundaryStates:
+    """Recomputes sandwich boundary states from captured transformer inputs (the training store)."""
+
+    def __init__(self, store: StoreReader, embeds: PromptEmbeds, adapter: BlockAdapter, target: list[nn.Module],
+                 u: int, micro_batch: int, device: torch.device):
+        self.inputs = CapturedInputs(store, embeds, adapter.model, device)
+        self.adapter, self.target, self.u, self.micro_batch, self.device = adapter, target, u, micro_batch, device
+        self.rotary = adapter.model.pos_embed(torch.cat([self.inputs.txt_ids, self.inputs.img_ids]))
+
+    @torch.no_grad()
+    def compute(self, idx: torch.Tensor) -> Boundary:
+        """x_u and y_d of samples ``idx`` (store order), computed in micro-batches on the device."""
+        parts: list[tuple[torch.Tensor, ...]] = []
+        for inputs in self.inputs.batches(idx, self.micro_batch):
             x = self.adapter.run(self.adapter.embed(inputs), 0, self.u)
             y = run_blocks(self.target, x)
             parts.append(tuple(t.cpu() for t in (x.hidden_states, x.encoder_hidden_states, x.temb,
@@ -314,10 +326,15 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
         "trainable_params": sum(p.numel() for p in train_params), "train_samples": len(split.train),
         "holdout_samples": len(split.holdout), "holdout_prompts": len(split.holdout_prompts),
         "holdout_items": len({int(v) for v in seeds[split.holdout]}), **losses, "target": cfg.target,
-        "trained": True, "replacement": "brll" if solved else "delete",
+        "trained": True, "replacement": replacement_kind(solved),
     }
     new.history.append(record)
     return new, record
+
+
+def replacement_kind(solved: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str:
+    """What stage solve gave block i: a least-squares linear per stream ("brll"), or nothing ("delete")."""
+    return "brll" if solved else "delete"
 
 
 def untrained_step(step: PlanStep, state: ChainState, solved: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -329,6 +346,6 @@ def untrained_step(step: PlanStep, state: ChainState, solved: dict[str, tuple[to
                      linears={**state.linears, step.block: {s: (w.float(), b.float()) for s, (w, b) in solved.items()}},
                      lora={j: t for j, t in state.lora.items() if j not in step.replaced},
                      lora_config=state.lora_config, history=list(state.history))
-    record = {"step": step.k, "block": step.block, "trained": False, "replacement": "brll" if solved else "delete"}
+    record = {"step": step.k, "block": step.block, "trained": False, "replacement": replacement_kind(solved)}
     new.history.append(record)
     return new, record

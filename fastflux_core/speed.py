@@ -74,6 +74,16 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def count_flops_by_module(fn: Callable[[], object]) -> tuple[int, dict[str, int]]:
+    """FLOPs of ``fn()`` in total and per module, by the module's name inside the model called
+    (``FlopCounterMode`` names them ``<ModelClass>.<name>``; a parent includes its children)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    per_module = {name.split(".", 1)[1]: sum(ops.values()) for name, ops in counter.get_flop_counts().items() if "." in name}
+    return counter.get_total_flops(), per_module
+
+
 def latency_phases(contexts: tuple[Callable[[], AbstractContextManager], Callable[[], AbstractContextManager]],
                    fns: tuple[Callable[[], object], Callable[[], object]], warmup: int, repeats: int) -> list[dict]:
     """Seconds per call of two functions, each run inside its own context (which puts its model on the

@@ -68,6 +68,8 @@ def micro_params(switched: bool = False) -> dict:
         for key, value in SWITCHES.items():
             section, name = key.split(".")
             d[section][name] = value
+        # the L1 baseline at the one-block model, LoRA fine-tuning (the FLUX.1-dev setting)
+        d["baseline"].update(ratios=[0.34], finetune="lora", gradient_checkpointing=True, round_to=4)
     return d
 
 
@@ -264,6 +266,11 @@ def test_every_switch_runs_through_dvc(runs):
     config = json.loads((repo / "data" / "assemble" / "transformer" / "config.json").read_text())
     assert config["weights_dtype"] == "bfloat16"
     assert config["deleted_blocks"] == [2] and config["replaced_blocks"] == []  # end2start: block 2 first
+    base = json.loads((repo / "data" / "metrics" / "baseline.json").read_text())["n1"]
+    assert base["l1"]["finetune"] == "lora" and base["l1"]["trainable_params"] < base["l1"]["params"]
+    assert abs(base["l1"]["flops_ratio"] - base["fastflux"]["flops_ratio"]) < 0.03  # matched up to round_to
+    assert not params["sandwich"]["reuse"] and base["l1"]["train_steps"] == params["sandwich"]["train_steps"]  # steps 1..n
+    assert (repo / "data" / "baseline" / "grid_n1.png").is_file()
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
     assert params_problems(dvc, params, read_records(runs["log_c"])) == []
 

@@ -11,7 +11,7 @@ from fastflux_core.assemble import assemble, load_pruned, pruned_model
 from fastflux_core.brll import load_solution, save_solution, solve_store
 from fastflux_core.capture import capture_step
 from fastflux_core.chain import ChainState, make_plan
-from fastflux_core.evaluation import _call, forward_inputs
+from fastflux_core.evaluation import call_model, forward_inputs
 from fastflux_core.params import parse_params
 from fastflux_core.rehearsal import write_flux_width_folder
 from fastflux_core.sandwich import train_sandwich
@@ -72,4 +72,4 @@ def test_capture_solve_sandwich_assemble_reload_at_flux_width(flux_width, tmp_pa
     in_memory = pruned_model(params, states, 1)[0].model
     codec = source.load_codec(params, in_memory)
     x = forward_inputs(params, in_memory, codec, train, torch.device("cpu"))
-    torch.testing.assert_close(_call(reloaded, x), _call(in_memory, x), rtol=0, atol=0)  # bit-exact round trip
+    torch.testing.assert_close(call_model(reloaded, x), call_model(in_memory, x), rtol=0, atol=0)  # bit-exact round trip

@@ -36,6 +36,9 @@ def test_repo_params_are_valid():
         (lambda d: d["prompts"].pop("evaluation"), "prompts.evaluation"),
         (lambda d: d["embedded"].update(axes_dims_rope=[8, 8, 8]), "embedded"),
         (lambda d: d["model"].update(source="flux"), "model"),  # flux needs a path
+        (lambda d: d["baseline"].update(ratios=[0.1, 0.3]), "baseline.ratios"),  # above max_ratio
+        (lambda d: d["baseline"].update(ratios=[0.05]), "baseline.ratios"),  # replaces no block of 12
+        (lambda d: d["baseline"].update(ratios=[0.1, 0.1]), "baseline.ratios"),
     ],
 )
 def test_bad_values_name_the_key(edit, key):

@@ -1,0 +1,298 @@
+"""L1-norm structured width pruning: the paper's baseline (§4, Tables 1–2, Fig. 5), compared with
+FastFLUX at the same cost.
+
+Where FastFLUX replaces whole blocks, this baseline makes every MLP narrower. Each MLP
+(:meth:`~fastflux_core.adapter.FluxAdapter.mlps`) is one pruning group: its hidden units are the
+up-projection's output channels and the matching input columns of the down-projection. A unit's
+importance is the L1 norm of every weight removed with it — up row, up bias, down column — summed as
+torch-pruning's ``GroupMagnitudeImportance(p=1)`` sums a group; every MLP keeps the same share of its
+units (a multiple of ``baseline.round_to``), and torch-pruning's ``prune_linear_out_channels`` /
+``prune_linear_in_channels`` cut the rest.
+
+Why the groups are given, not traced by torch-pruning's ``DependencyGraph``: traced through a FLUX
+single block, it ties ``proj_mlp``'s channels to the attention's q/k projections and RMSNorm weights
+across ``cat([attention, mlp])`` (tests/test_width.py shows it), which would cut the wrong channels.
+Attention heads are kept: the MLPs hold two thirds of a block's linear FLOPs, more than any ratio of
+the paper's tables needs.
+
+Matching: a forward's FLOPs are affine in the kept share (each MLP matmul is linear in its width), so
+one count of the base, per module, gives the share that meets a FLOPs target; the pruned model is
+counted again and both numbers are reported.
+
+Fine-tuning, with the budget FastFLUX's sandwiches had: the pruned model is distilled towards the
+base on the training store's captured transformer inputs (the items the sandwiches trained on) for as
+many AdamW steps of the same batch size as the sandwiches that produced the FastFLUX model took
+(with ``sandwich.reuse`` every step of the chain, else the first n), minimising
+‖student(x) − base(x)‖² / ‖base(x)‖² on the transformer's output. ``full`` trains every weight, as the
+paper's L1 models were (AdamW's state: ~16 bytes per parameter); ``lora`` trains LoRA of
+``sandwich.lora_rank`` on every block linear. The first sandwich's held-out training prompts give
+the loss before and after.
+
+>>> kept_width(256, 0.8, 8), kept_width(256, 0.01, 8), share_for_flops(100, 60, 0.85)
+(208, 8, 0.75)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fastflux_core.adapter import BlockAdapter, MlpRef, ModelInputs, adapter_for
+from fastflux_core.errors import FastFluxError
+from fastflux_core.evaluation import Evaluator, call_model, comparison_grid
+from fastflux_core.integrity import require_finite
+from fastflux_core.params import Params, n_replaced
+from fastflux_core.prompts import PromptEmbeds, derive_seed
+from fastflux_core.params import SandwichParams
+from fastflux_core.sandwich import CapturedInputs, Split, holdout_split, rounds
+from fastflux_core.speed import count_flops_by_module
+from fastflux_core.store import StoreReader
+
+QUALITY = ("fid", "fid_real", "clip", "prompt_accuracy")
+
+
+def unit_importance(mlp: MlpRef) -> torch.Tensor:
+    """(H,) L1 norm of each hidden unit's weights: its up row and bias, its down column."""
+    width = mlp.up.out_features
+    norm = mlp.up.weight.detach().float().abs().sum(1)  # (H,)
+    if mlp.up.bias is not None:
+        norm = norm + mlp.up.bias.detach().float().abs()
+    return norm + mlp.down.weight.detach()[:, mlp.offset:mlp.offset + width].float().abs().sum(0)
+
+
+def kept_width(width: int, share: float, round_to: int) -> int:
+    """Units an MLP of ``width`` keeps: ``share`` of them to the nearest multiple of ``round_to``
+    (at least one multiple, at most all)."""
+    return min(width, max(round_to, round_to * round(width * share / round_to)))
+
+
+def share_for_flops(flops_base: float, flops_width: float, target_ratio: float) -> float:
+    """The kept share s with flops_base − (1 − s) · flops_width = target_ratio · flops_base, where
+    ``flops_width`` is the part of the base's FLOPs proportional to the MLP widths."""
+    cut = (1.0 - target_ratio) * flops_base
+    if cut >= flops_width:
+        raise FastFluxError(f"MLP width pruning cannot reach a FLOPs ratio of {target_ratio:.3f}: the MLPs hold "
+                            f"{flops_width / flops_base:.1%} of the FLOPs; lower baseline.ratios")
+    return 1.0 - cut / flops_width
+
+
+def width_flops(adapter: BlockAdapter, per_module: dict[str, int]) -> int:
+    """The FLOPs (of a forward counted per module) that scale with the MLP widths: every up-projection,
+    and each down-projection's share that reads the hidden units."""
+    names = {m: n for n, m in adapter.model.named_modules()}
+    total = 0.0
+    for mlp in adapter.mlps():
+        total += per_module.get(names[mlp.up], 0)
+        total += per_module.get(names[mlp.down], 0) * mlp.up.out_features / mlp.down.in_features
+    return int(total)
+
+
+def prune_widths(adapter: BlockAdapter, share: float, round_to: int) -> dict[str, int]:
+    """Cut every MLP to :func:`kept_width` units, the lowest-L1 ones first (in place); kept widths."""
+    import torch_pruning as tp
+
+    kept = {}
+    for mlp in adapter.mlps():
+        width = mlp.up.out_features
+        keep = kept_width(width, share, round_to)
+        drop = torch.argsort(unit_importance(mlp))[:width - keep].sort().values.tolist()
+        if drop:
+            tp.prune_linear_out_channels(mlp.up, drop)
+            tp.prune_linear_in_channels(mlp.down, [mlp.offset + j for j in drop])
+        kept[mlp.name] = keep
+    return kept
+
+
+def width_share(model: nn.Module, x: ModelInputs, target_ratio: float) -> float:
+    """The share of MLP units every MLP of ``model`` keeps so that a forward on ``x`` costs
+    ``target_ratio`` of its FLOPs now (one count, split by module: FLOPs are affine in the share)."""
+    flops, per_module = count_flops_by_module(lambda: call_model(model, x))
+    return share_for_flops(flops, width_flops(adapter_for(model), per_module), target_ratio)
+
+
+def moved(x: ModelInputs, device: torch.device, dtype: torch.dtype) -> ModelInputs:
+    """``x`` on ``device``, every floating tensor but guidance in ``dtype``."""
+    return replace(x, **{f.name: getattr(x, f.name).to(device=device, dtype=None if f.name == "guidance" else dtype)
+                         for f in fields(x) if getattr(x, f.name) is not None})
+
+
+def take(x: ModelInputs, idx: torch.Tensor) -> ModelInputs:
+    """Samples ``idx`` of ``x`` (the token ids are shared by all samples)."""
+    return replace(x, **{f.name: getattr(x, f.name)[idx] for f in fields(x)
+                         if f.name not in ("img_ids", "txt_ids") and getattr(x, f.name) is not None})
+
+
+@dataclass(frozen=True)
+class Round:
+    """Some training samples' inputs and the base model's outputs on them, on the host."""
+
+    x: ModelInputs  # batch = the round's samples
+    y: torch.Tensor  # (n, N_img, C_out) float32
+
+
+def teacher_round(teacher: BlockAdapter, inputs: CapturedInputs, idx: torch.Tensor, micro_batch: int,
+                  device: torch.device) -> Round:
+    """Inputs of samples ``idx`` (read once) and the teacher's outputs, computed on ``device``."""
+    xs = list(inputs.batches(idx, micro_batch))
+    with torch.no_grad():
+        ys = [teacher.forward(moved(x, device, teacher.model.dtype)).float().cpu() for x in xs]
+    x = replace(xs[0], **{f.name: torch.cat([getattr(b, f.name) for b in xs]) for f in fields(xs[0])
+                          if f.name not in ("img_ids", "txt_ids") and getattr(xs[0], f.name) is not None})
+    return Round(x, torch.cat(ys))
+
+
+def _sq_err(student: BlockAdapter, x: ModelInputs, y: torch.Tensor, device: torch.device) -> torch.Tensor:
+    out = student.forward(moved(x, device, student.model.dtype)).float()  # (b, N_img, C_out)
+    return ((out - y.to(device)) ** 2).sum()
+
+
+def distill(student: BlockAdapter, teacher: BlockAdapter, train_params: list[nn.Parameter], inputs: CapturedInputs,
+            split: Split, steps: int, cfg: SandwichParams, micro_batch: int, lr: float, seed: int,
+            device: torch.device) -> dict:
+    """``steps`` AdamW steps of ``cfg.batch_size`` training samples, in rounds of ``cfg.round_samples``
+    whose teacher outputs are computed once (as the sandwich's boundary states); ``micro_batch``-sized
+    pieces accumulate the exact batch gradient (the batch's ‖teacher‖² is known first). Held-out
+    relative error before and after."""
+    def holdout() -> float:
+        num = den = 0.0
+        for chunk in split.holdout.split(cfg.round_samples):
+            r = teacher_round(teacher, inputs, chunk, micro_batch, device)
+            with torch.no_grad():
+                for mb in torch.arange(len(r.y)).split(micro_batch):
+                    num += float(_sq_err(student, take(r.x, mb), r.y[mb], device))
+            den += float((r.y ** 2).sum())
+        return num / max(den, 1e-30)
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(train_params, lr=lr, weight_decay=0.0)
+    before = holdout()
+    student.model.train()
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc="baseline fine-tuning", unit="step")
+    for chunk, n_steps in (rounds(split.train, steps, cfg.round_samples, g) if steps else []):
+        r = teacher_round(teacher, inputs, chunk, micro_batch, device)
+        for _ in range(n_steps):
+            pick = torch.randint(len(r.y), (min(cfg.batch_size, len(r.y)),), generator=g)
+            den = (r.y[pick] ** 2).sum().clamp(min=1e-30).to(device)
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for mb in pick.split(micro_batch):
+                loss = require_finite(_sq_err(student, take(r.x, mb), r.y[mb], device) / den,
+                                      f"baseline fine-tuning loss at step {len(losses)} (lower baseline.learning_rate)")
+                loss.backward()
+                total += loss.item()
+            torch.nn.utils.clip_grad_norm_(train_params, 1.0)
+            opt.step()
+            losses.append(total)
+            bar.update(1)
+    bar.close()
+    student.model.eval()
+    return {"holdout_loss_init": before, "holdout_loss_trained": holdout(),
+            "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None}
+
+
+def trainable(params: Params, adapter: BlockAdapter) -> list[nn.Parameter]:
+    """The parameters fine-tuning updates, in float32 (``full``: the whole model is made float32)."""
+    from fastflux_core.lora import inject_lora, lora_parameters
+
+    model = adapter.model
+    model.requires_grad_(False)
+    if params.baseline.finetune == "full":
+        model.float()
+        train_params = list(model.parameters())
+    else:
+        blocks = list(range(len(adapter.blocks)))
+        inject_lora(adapter, blocks, params.sandwich.lora_rank, params.sandwich.lora_alpha,
+                    derive_seed(params.seed, "baseline-lora"))
+        train_params = lora_parameters(adapter, blocks)
+        for p in train_params:
+            p.data = p.data.float()
+    for p in train_params:
+        p.requires_grad_(True)
+    if params.baseline.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return train_params
+
+
+def _scores(q: dict, flops: dict) -> dict:
+    return {**{k: q[k] for k in QUALITY if k in q}, "flops_ratio": flops["flops_ratio"], "model": flops["model"]}
+
+
+def _timing(lat: dict) -> dict:
+    return {k: lat[k] for k in ("latency_ratio", "latency_ratio_iqr", "model")}
+
+
+def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: CapturedInputs, split: Split,
+               out: Path) -> tuple[dict, dict]:
+    """FastFLUX with ``n`` blocks replaced vs the base width-pruned to its FLOPs and fine-tuned: their
+    quality, FLOPs and (separately) latency; the grid prompt | full | FastFLUX | L1 to ``out``."""
+    from fastflux_core.ablation import load_reference_images
+    from fastflux_core.assemble import pruned_model
+    from fastflux_core.export import merge_lora
+    from fastflux_core.source import load_transformer
+
+    ours = pruned_model(params, states, n)[0].model
+    q_ours, img_ours, prompts = ev.quality_of(ours)
+    f_ours, lat_ours = ev.speed_of(ours)
+    del ours
+
+    student = load_transformer(params)  # a fresh base, pruned in place on the host
+    with ev.on_device(student):
+        share = width_share(student, ev.x, f_ours["flops_ratio"])
+    widths = sorted(set(prune_widths(adapter_for(student), share, params.baseline.round_to).values()))
+    record = {"target_flops_ratio": f_ours["flops_ratio"], "kept_share": share, "kept_widths": widths,
+              "params": sum(p.numel() for p in student.parameters()),
+              "params_base": sum(p.numel() for p in ev.base.parameters())}
+    q_pruned, _, _ = ev.quality_of(student)
+    adapter = adapter_for(student)
+    train_params = trainable(params, adapter)
+    cfg = params.sandwich
+    steps = cfg.train_steps * (len(states) - 1 if cfg.reuse else n)
+    teacher = adapter_for(ev.base)
+    ev.base.to(ev.device)
+    student.to(ev.device)
+    start = time.perf_counter()
+    losses = distill(adapter, teacher, train_params, inputs, split, steps, cfg, params.baseline.micro_batch,
+                     params.baseline.learning_rate, derive_seed(params.seed, "baseline-batches", n), ev.device)
+    seconds = time.perf_counter() - start
+    ev.base.to("cpu")
+    student.to("cpu")
+    merge_lora(student)
+    student.to(ev.base.dtype)
+    q_l1, img_l1, _ = ev.quality_of(student)
+    f_l1, lat_l1 = ev.speed_of(student)
+
+    rows = min(params.evaluate.grid_rows, len(prompts))
+    columns = {"full": load_reference_images(ev.reference_dir), "FastFLUX": img_ours, "L1": img_l1}
+    comparison_grid(columns, prompts, rows).save(out / f"grid_n{n}.png")
+    metrics = {
+        "n_pruned": n,
+        "fastflux": _scores(q_ours, f_ours),
+        "l1": {**_scores(q_l1, f_l1), **record, **losses, "finetune": params.baseline.finetune,
+               "train_steps": steps, "batch_size": cfg.batch_size, "trainable_params": sum(p.numel() for p in train_params)},
+        "l1_untuned": {k: q_pruned[k] for k in QUALITY if k in q_pruned},
+    }
+    return metrics, {"fastflux": _timing(lat_ours), "l1": {**_timing(lat_l1), "finetune_seconds": seconds}}
+
+
+def baseline(params: Params, states: list, store: StoreReader, train_embeds: PromptEmbeds,
+             eval_embeds: PromptEmbeds, reference: Path, out: Path) -> tuple[dict, dict]:
+    """Stage ``baseline``: :func:`compare_at` at every ratio of ``baseline.ratios``; (metrics, timings)
+    keyed ``n<blocks replaced>``, as the sweep's."""
+    ev = Evaluator(params, eval_embeds, reference)
+    n_blocks = len(adapter_for(ev.base).blocks)
+    inputs = CapturedInputs(store, train_embeds, ev.base, torch.device("cpu"))  # rounds are held on the host
+    split = holdout_split(store, params.sandwich.holdout, derive_seed(params.seed, "sandwich-holdout", 1))
+    metrics, timings = {}, {}
+    for r in params.baseline.ratios:
+        n = n_replaced(r, n_blocks)
+        m, t = compare_at(params, ev, states, n, inputs, split, out)
+        metrics[f"n{n}"] = {**m, "ratio": r}
+        timings[f"n{n}"] = t
+    return metrics, timings
+

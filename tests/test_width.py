@@ -1,0 +1,77 @@
+"""The L1-norm width-pruning baseline (fastflux_core/width.py): the surgery cuts exactly the
+lowest-L1 hidden units of every MLP (double and single blocks), hits the FLOPs it was asked for,
+and torch-pruning's traced graph is still wrong for a FLUX single block (why the groups are given)."""
+
+import copy
+
+import torch
+from tiny import tiny_transformer
+
+from fastflux_core.adapter import ModelInputs, adapter_for
+from fastflux_core.evaluation import call_model
+from fastflux_core.speed import count_flops
+from fastflux_core.width import prune_widths, unit_importance, width_share
+
+B, N_IMG, N_TXT = 2, 16, 8
+
+
+def _inputs(seed: int = 0) -> ModelInputs:
+    g = torch.Generator().manual_seed(seed)
+    return ModelInputs(hidden_states=torch.randn(B, N_IMG, 16, generator=g),
+                       encoder_hidden_states=torch.randn(B, N_TXT, 32, generator=g),
+                       pooled_projections=torch.randn(B, 32, generator=g), timestep=torch.full((B,), 0.5),
+                       img_ids=torch.zeros(N_IMG, 3), txt_ids=torch.zeros(N_TXT, 3), guidance=torch.full((B,), 3.5))
+
+
+def test_pruning_units_that_carry_nothing_leaves_the_output_unchanged():
+    """Zero a quarter of every MLP's units (up row, bias, down column): they have the lowest L1 norm,
+    so a 75 % cut removes exactly them — in double blocks' ff/ff_context and in single blocks, whose
+    down-projection reads them after the attention output — and the output does not move."""
+    model = tiny_transformer()
+    adapter = adapter_for(model)
+    mlps = adapter.mlps()
+    assert len(mlps) == 2 * 2 + 3 and {m.offset for m in mlps} == {0, 32}
+    dead = {}
+    with torch.no_grad():
+        for m in mlps:
+            idx = torch.randperm(m.up.out_features, generator=torch.Generator().manual_seed(len(dead)))[:m.up.out_features // 4]
+            m.up.weight[idx] = 0
+            m.up.bias[idx] = 0
+            m.down.weight[:, m.offset + idx] = 0
+            dead[m.name] = idx
+            assert set(torch.argsort(unit_importance(m))[:len(idx)].tolist()) == set(idx.tolist())
+    x = _inputs()
+    before = call_model(model, x)
+    kept = prune_widths(adapter, 0.75, 8)
+    assert set(kept.values()) == {96}
+    for m in adapter_for(model).mlps():
+        assert m.up.out_features == 96 and m.down.in_features == m.offset + 96
+    torch.testing.assert_close(call_model(model, x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_width_pruning_meets_the_flops_target():
+    x = _inputs()
+    f_base = count_flops(lambda: call_model(tiny_transformer(), x))
+    for target in (0.9, 0.8):
+        model = tiny_transformer()
+        share = width_share(model, x, target)
+        prune_widths(adapter_for(model), share, round_to=1)
+        ratio = count_flops(lambda: call_model(model, x)) / f_base
+        assert abs(ratio - target) < 0.01, (ratio, target)
+
+
+def test_torch_pruning_traced_graph_ties_a_single_blocks_mlp_to_its_attention():
+    """If this starts failing, torch-pruning traces FLUX's single block correctly: its automatic
+    groups could then replace :meth:`FluxAdapter.mlps`."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(tiny_transformer())
+    x = _inputs()
+    kwargs = {"hidden_states": x.hidden_states, "encoder_hidden_states": x.encoder_hidden_states,
+              "pooled_projections": x.pooled_projections, "timestep": x.timestep, "img_ids": x.img_ids,
+              "txt_ids": x.txt_ids, "guidance": x.guidance, "return_dict": False}
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=kwargs, output_transform=lambda out: out[0])
+    block = model.single_transformer_blocks[0]
+    group = graph.get_pruning_group(block.proj_mlp, tp.prune_linear_out_channels, idxs=[0, 1])
+    touched = {dep.target.module for dep, _ in group}
+    assert block.attn.to_q in touched or block.attn.to_k in touched
