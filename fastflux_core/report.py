@@ -234,7 +234,7 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
                     if r["metrics"].get(BASELINE, {}).get(f"n{n}.{model}.{key}") is not None]
 
         m = first["metrics"][BASELINE]
-        lines += [f"### {m[f'n{n}.ratio']:.0%}: {n} blocks replaced by FastFLUX", "",
+        lines += [f"### {m[f'n{n}.ratio']:.0%}: FastFLUX replaces {n} of the blocks", "",
                   "| model | FID vs full | FID vs real | alignment | prompt accuracy | FLOPs ratio | latency ratio | "
                   "parameters |", "|---|---|---|---|---|---|---|---|"]
         for model, label in (("fastflux", "FastFLUX (BRLL + ST)"), ("l1_untuned", "L1 width pruning, not fine-tuned"),
@@ -249,7 +249,8 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
         budget = (f"Fine-tuning budget: {m[f'n{n}.l1.train_steps']} AdamW steps × {m[f'n{n}.l1.batch_size']} samples "
                   f"of the training store (the sandwiches' steps × batch of the chain this FastFLUX model comes from), "
                   f"{m[f'n{n}.l1.finetune']} fine-tuning: {m[f'n{n}.l1.trainable_params']:,} trainable parameters "
-                  f"(of {m[f'n{n}.l1.params_base']:,} in the base); every MLP keeps {m[f'n{n}.l1.kept_widths']} of its units. "
+                  f"(of {m[f'n{n}.l1.params_base']:,} in the base); every MLP keeps {m[f'n{n}.l1.kept_share']:.1%} of its hidden units "
+                  f"(the share solved for the FLOPs, rounded to multiples of baseline.round_to). "
                   f"Held-out distillation error (relative, held-out training prompts) "
                   f"{_pm(vals('l1', 'holdout_loss_init'))} before → {_pm(vals('l1', 'holdout_loss_trained'))} after.")
         secs = [r["metrics"].get(TIMING_BASELINE, {}).get(f"n{n}.l1.finetune_seconds") for r in by_seed.values()]
@@ -266,7 +267,7 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
         plotted[n] = {"FastFLUX": a, "L1 untuned": vals("l1_untuned", "fid"), "L1 + fine-tuning": b}
         r = paired(a, b)
         seen.append(r["verdict"])
-        lines += [f"- FastFLUX better than L1 + fine-tuning at {n} blocks (FID vs full model): advantage "
+        lines += [f"- FastFLUX better than L1 + fine-tuning with {n} blocks replaced (FID vs full model): advantage "
                   f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} over {len(a)} seeds (per seed "
                   f"{', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → **{r['verdict']}**", ""]
     _grouped_bars(plotted, out / "baseline.png", "blocks replaced by FastFLUX (L1 at the same FLOPs)")

@@ -105,7 +105,7 @@ def test_baseline_section_pairs_fastflux_with_l1_per_ratio(tmp_path):
     over seeds and goes against the paper when L1 scores better."""
     def run(seed: int, ours: float, l1: float) -> dict:
         m = {"n1.ratio": 0.1, "n1.n_pruned": 1, "n1.l1.params": 900, "n1.l1.params_base": 1000, "n1.l1.train_steps": 600,
-             "n1.l1.batch_size": 32, "n1.l1.finetune": "full", "n1.l1.trainable_params": 900, "n1.l1.kept_widths": [224],
+             "n1.l1.batch_size": 32, "n1.l1.finetune": "full", "n1.l1.trainable_params": 900, "n1.l1.kept_share": 0.876,
              "n1.l1.holdout_loss_init": 0.04, "n1.l1.holdout_loss_trained": 0.001}
         for model, fid in (("fastflux", ours), ("l1", l1), ("l1_untuned", l1 + 1)):
             m.update({f"n1.{model}.{k}": v for k, v in (("fid", fid), ("fid_real", 3.0), ("clip", 0.8),
@@ -123,4 +123,4 @@ def test_baseline_section_pairs_fastflux_with_l1_per_ratio(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| L1 width pruning + fine-tuning |"))
     assert row.endswith("| 0.924 | — | 900 |")  # the L1 timing belongs to another model: not shown
     assert "| 0.925 | 0.9 ± 0 | — |" in next(line for line in text.splitlines() if line.startswith("| FastFLUX"))
-    assert "600 AdamW steps × 32 samples" in text and (tmp_path / "report" / "baseline.png").stat().st_size > 1000
+    assert "600 AdamW steps × 32 samples" in text and "keeps 87.6% of its hidden units" in text and (tmp_path / "report" / "baseline.png").stat().st_size > 1000
