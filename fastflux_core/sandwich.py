@@ -249,6 +249,21 @@ def rounds(train: torch.Tensor, train_steps: int, round_samples: int, g: torch.G
     return [(c, train_steps // n + (r < train_steps % n)) for r, c in enumerate(chunks)]
 
 
+def accumulated_step(opt: torch.optim.Optimizer, train_params: list[nn.Parameter], micro_losses: Iterator[torch.Tensor],
+                     what: str) -> float:
+    """One optimizer step over a batch given as micro-batch losses (each already divided by the whole
+    batch's denominator, so the accumulated gradient is the batch's): backward each as it comes,
+    clip the gradient norm to 1, step. Returns the batch loss; a non-finite one is refused naming ``what``."""
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for loss in micro_losses:
+        require_finite(loss, what).backward()
+        total += loss.item()
+    torch.nn.utils.clip_grad_norm_(train_params, 1.0)
+    opt.step()
+    return total
+
+
 def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: BoundaryStates, split: Split,
                  u: int, d: int, cfg: SandwichParams, seed: int) -> dict:
     """AdamW on the relative sandwich loss over ``split.train``; held-out loss before and after."""
@@ -265,18 +280,10 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
         for _ in range(n_steps):
             pick = torch.randint(len(b), (min(cfg.batch_size, len(b)),), generator=g)
             den = b.target_norm(pick).clamp(min=1e-30).to(device)
-            opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for mb in pick.split(cfg.micro_batch):
-                x, y = b.take(mb, device)
-                loss = require_finite(micro_step(adapter, x, y, data.rotary, u, d, den),
-                                      f"sandwich loss at training step {len(losses)} "
-                                      f"(lower sandwich.learning_rate or use model.dtype float32)")
-                loss.backward()
-                total += loss.item()
-            torch.nn.utils.clip_grad_norm_(train_params, 1.0)
-            opt.step()
-            losses.append(total)
+            losses.append(accumulated_step(
+                opt, train_params, (micro_step(adapter, *b.take(mb, device), data.rotary, u, d, den)
+                                    for mb in pick.split(cfg.micro_batch)),
+                f"sandwich loss at training step {len(losses)} (lower sandwich.learning_rate or use model.dtype float32)"))
             bar.update(1)
     bar.close()
     model.eval()

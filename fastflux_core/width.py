@@ -45,11 +45,10 @@ from tqdm.auto import tqdm
 from fastflux_core.adapter import BlockAdapter, MlpRef, ModelInputs, adapter_for
 from fastflux_core.errors import FastFluxError
 from fastflux_core.evaluation import Evaluator, call_model, comparison_grid
-from fastflux_core.integrity import require_finite
 from fastflux_core.params import Params, n_replaced
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.params import SandwichParams
-from fastflux_core.sandwich import CapturedInputs, Split, holdout_split, rounds
+from fastflux_core.sandwich import CapturedInputs, Split, accumulated_step, holdout_split, rounds
 from fastflux_core.speed import count_flops_by_module
 from fastflux_core.store import StoreReader
 
@@ -179,16 +178,9 @@ def distill(student: BlockAdapter, teacher: BlockAdapter, train_params: list[nn.
         for _ in range(n_steps):
             pick = torch.randint(len(r.y), (min(cfg.batch_size, len(r.y)),), generator=g)
             den = (r.y[pick] ** 2).sum().clamp(min=1e-30).to(device)
-            opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for mb in pick.split(micro_batch):
-                loss = require_finite(_sq_err(student, take(r.x, mb), r.y[mb], device) / den,
-                                      f"baseline fine-tuning loss at step {len(losses)} (lower baseline.learning_rate)")
-                loss.backward()
-                total += loss.item()
-            torch.nn.utils.clip_grad_norm_(train_params, 1.0)
-            opt.step()
-            losses.append(total)
+            losses.append(accumulated_step(
+                opt, train_params, (_sq_err(student, take(r.x, mb), r.y[mb], device) / den for mb in pick.split(micro_batch)),
+                f"baseline fine-tuning loss at step {len(losses)} (lower baseline.learning_rate)"))
             bar.update(1)
     bar.close()
     student.model.eval()
