@@ -78,7 +78,7 @@ def score_images(images: np.ndarray, prompts: list[str], quality: Quality, ref_m
     """FID against the full model's images (and real images) and the alignment score (keyed by its name)."""
     feats = image_features(images, quality.features, device, batch_size)
     out = {"fid": fid(feats, ref_model), quality.alignment.name: quality.alignment.score(images, prompts),
-           **extra_scores(quality.alignment, images, prompts)}
+           **extra_scores(quality, images, prompts)}
     if ref_real is not None:
         out["fid_real"] = fid(feats, ref_real)
     return out
@@ -99,13 +99,13 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     save_png(out / "grid.png", image_grid(gen.images[: 4 * len(embeds.prompts)], cols=len(embeds.prompts),
                                           scale=max(1, 64 // gen.images.shape[1])))
     save_tensors(out / "latents.safetensors", {"latents": gen.latents})
-    quality = load_quality(params, device)
+    quality = load_quality(params, device, hps=set_name == "evaluation")
     feats = folder_features(out / "images", quality.features, device, params.metrics.batch_size)
     FeatureStats.of(feats).save(out / "stats_model.safetensors")
     record = {"set": set_name, "images": len(gen.images), "steps": sampling.steps, "size": [sampling.height, sampling.width],
               "clip_kind": quality.alignment.name,
               "clip": quality.alignment.score(gen.images, gen.prompts),
-              **extra_scores(quality.alignment, gen.images, gen.prompts)}
+              **extra_scores(quality, gen.images, gen.prompts)}
     real = real_features(params.metrics.real_images, quality.features, device, params.metrics.batch_size)
     if real is not None:
         stats = FeatureStats.of(real)

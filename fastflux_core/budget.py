@@ -127,10 +127,33 @@ def space(real: bool) -> tuple[AbstractContextManager, torch.device]:
     return (nullcontext(), CPU) if real else (fake_device(), CUDA)
 
 
-def _tracker():
-    """torch's MemTracker with two changes: no gradient hooks on frozen parameters (which cannot take
-    one), and only the global peak is kept — MemTracker also keeps every module's own peak, walking
-    all tracked modules at each allocation, which takes FLUX.1-dev's forward from 1.4 s to 20 s."""
+class OverLimit(Exception):
+    """A measurement under :func:`stop_above` passed its limit: that placement does not fit."""
+
+
+_STOP_ABOVE: list[int | None] = [None]  # bytes on the measured device; set by stop_above
+
+
+@contextmanager
+def stop_above(limit: int) -> Iterator[None]:
+    """Measurements inside raise :class:`OverLimit` as soon as the measured device holds more than
+    ``limit`` bytes. Choosing a placement only asks "does resident fit?": a resident FLUX.1-dev stops
+    at its first operation (22.2 GiB of weights are already there) instead of running a whole fake
+    forward and backward to say no."""
+    _STOP_ABOVE[0] = limit
+    try:
+        yield
+    finally:
+        _STOP_ABOVE[0] = None
+
+
+def _tracker(device: str):
+    """torch's MemTracker with three changes: no gradient hooks on frozen parameters (which cannot take
+    one); only the global peak is kept — MemTracker also keeps every module's own peak, walking
+    all tracked modules at each allocation, which takes FLUX.1-dev's forward from 1.4 s to 20 s; and
+    under :func:`stop_above` it stops once ``device`` (the device type measured) passes the limit."""
+    limit = _STOP_ABOVE[0]
+
     class Tracker(MemTracker):
         def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
             frozen = any(not p.requires_grad for p in module.parameters())
@@ -141,14 +164,17 @@ def _tracker():
                 if self._peak_mem.get(dev, 0) < snap["Total"]:
                     self._peak_mem[dev] = snap["Total"]
                     self._peak_mem_snap[dev] = dict(snap)
+                    if limit is not None and str(dev).split(":")[0] == device and snap["Total"] > limit:
+                        raise OverLimit(f"{snap['Total'] / GiB:.2f} GiB on {device} > {limit / GiB:.2f} GiB")
 
     return Tracker()
 
 
 @contextmanager
-def tracked(*modules: nn.Module) -> Iterator[dict]:
-    """Track device memory while the block runs; ``out["peak"]`` = {device type: peak bytes}."""
-    mt = _tracker()
+def tracked(*modules: nn.Module, device: str) -> Iterator[dict]:
+    """Track device memory while the block runs; ``out["peak"]`` = {device type: peak bytes}.
+    ``device``: the device type measured (what :func:`stop_above` watches)."""
+    mt = _tracker(device)
     if modules:
         mt.track_external(*modules)
     out: dict = {}
@@ -283,7 +309,7 @@ def measure_sampling(params, placement: Placement, capture: bool = False, real: 
         prefetched = _largest_block_bytes(adapter) if placement == "offloaded" else 0
         codec = build_codec(params, shapes, dev)
         flops: dict[str, int] = {}
-        with tracked(model) as mem:
+        with tracked(model, device=dev.type) as mem:
             x = _model_inputs(params, shapes, b, _dtype(params), dev)
             if capture:
                 armed(0, slice(0, b))
@@ -312,7 +338,7 @@ def measure_encode(params, real: bool = False) -> Measured:
     mode, dev = space(real)
     with mode, torch.device(dev):
         encoders = _text_encoders(params)
-        with tracked(*[m for m, _ in encoders]) as mem, torch.no_grad():
+        with tracked(*[m for m, _ in encoders], device=dev.type) as mem, torch.no_grad():
             flops = sum(count_flops(lambda m=m, t=t: m(input_ids=torch.zeros(b, t, dtype=torch.long)))
                         for m, t in encoders)
     return Measured(mem["peak"].get(dev.type, 0), {"per_prompt": flops // b})
@@ -350,7 +376,7 @@ def measure_solve(params, real: bool = False) -> Measured:
     mode, dev = space(real)
     with mode:
         x = torch.randn(rows, shapes.dim)
-        with tracked() as mem:
+        with tracked(device=dev.type) as mem:
             acc = GramAccumulator(shapes.dim, shapes.dim, dev)
             f_add = count_flops(lambda: acc.add(x, x))
             f_solve = count_flops(lambda: factorise(acc))
@@ -389,7 +415,7 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
                      prefetch=False)
         prefetched = _largest_block_bytes(adapter) if placement == "offloaded" and u > 0 else 0
         x = _model_inputs(params, shapes, mb, dtype, dev)
-        with tracked(model, *target) as mem_a:
+        with tracked(model, *target, device=dev.type) as mem_a:
             def recompute():
                 with torch.no_grad():
                     s = adapter.run(adapter.embed(x), 0, u)
@@ -420,7 +446,7 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
              "txt": torch.randn(mb, shapes.n_txt, shapes.dim, dtype=dtype), "temb": torch.randn(mb, shapes.dim, dtype=dtype)}
         y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
         rotary, den = _rotary(model, shapes, dtype), torch.ones(())
-        with tracked(model, *target_copy, opt) as mem_b:
+        with tracked(model, *target_copy, opt, device="cpu") as mem_b:
             def step():  # fit_sandwich's step, one micro-batch
                 loss = micro_step(adapter, x, y, rotary, u, d, den)
                 loss.backward()
@@ -506,8 +532,15 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     def best(key: str, fn: Callable[[Placement], Measured]) -> tuple[str, Measured]:
         if key not in measured:
             progress(key)
-            m = fn("resident")
-            measured[key] = ("resident", m) if m.peak <= limit else ("offloaded", fn("offloaded"))
+            try:
+                with stop_above(limit):  # resident stops measuring as soon as it is over the budget
+                    m = fn("resident")
+                if m.peak <= limit:
+                    measured[key] = ("resident", m)
+            except OverLimit:
+                pass
+            if key not in measured:
+                measured[key] = ("offloaded", fn("offloaded"))
         return measured[key]
 
     rows: list[Row] = []

@@ -27,6 +27,7 @@ from fastflux_core.adapter import ModelInputs
 from fastflux_core.codec import LatentCodec, latent_ids
 from fastflux_core.integrity import tensors_digest
 from fastflux_core.io import read_json
+from fastflux_core.metrics import QUALITY_KEYS
 from fastflux_core.params import Params
 from fastflux_core.prompts import PromptEmbeds, prompt_items
 from fastflux_core.sampling import latent_size
@@ -108,7 +109,7 @@ class Evaluator:
         self.placement = choose("evaluate", params, self.device)
         self.base = load_transformer(params)  # on the host: on the device only while timed
         self.codec, self.scheduler = load_codec(params, self.base), load_scheduler(params)
-        self.quality = load_quality(params, self.device)
+        self.quality = load_quality(params, self.device, hps=True)
         self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")
@@ -152,7 +153,7 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
     comparison_grid({"base": load_reference_images(reference), "pruned": images}, prompts, rows).save(out / "grid.png")
     metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks) + len(pruned.config.deleted_blocks), **q, **flops,
                "clip_kind": ev.quality.alignment.name, "base_clip": ev.reference["clip"], "eval_images": len(images)}
-    for key in ("fid_real", "prompt_accuracy"):
+    for key in ("fid_real", "prompt_accuracy", "hps"):
         if key in ev.reference:
             metrics[f"base_{key}"] = ev.reference[key]
     return metrics, {"ratio": params.ratio, **lat}
@@ -171,7 +172,7 @@ def sweep(params: Params, states: list, embeds: PromptEmbeds, reference: Path) -
         q, _, _ = ev.quality_of(model)
         flops, lat = ev.speed_of(model)
         rows.append({"n_pruned": k, "ratio": k / n_blocks,
-                     **{key: q[key] for key in ("fid", "fid_real", "clip", "prompt_accuracy") if key in q},
+                     **{key: q[key] for key in QUALITY_KEYS if key in q},
                      "flops_ratio": flops["flops_ratio"], "model": flops["model"]})
         timings.append({"n_pruned": k, "latency_ratio": lat["latency_ratio"], "latency_ratio_iqr": lat["latency_ratio_iqr"],
                         "model": lat["model"]})

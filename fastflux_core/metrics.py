@@ -7,6 +7,8 @@ feature extractor is a param:
   ``judge``   the digit classifier stage ``base`` trains on the real digits (embedded default), passed
               to clean-fid as its custom feature extractor; images keep their 8×8 size.
 
+HPS v2 (optional, evaluation set only): :mod:`fastflux_core.hps`, in the user's own HPS environment.
+
 Alignment (the paper's "CLIP score" slot):
   ``clip``    CLIP score, 100 · max(cos(image, text), 0), averaged, with a CLIP model from a local folder.
   ``judge``   the judge's mean probability of the prompted digit ("judge alignment"): what CLIP score
@@ -28,9 +30,11 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.io import load_tensors, save_png, save_tensors
 
 if TYPE_CHECKING:
+    from fastflux_core.hps import HpsScorer
     from fastflux_core.params import Params
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
+QUALITY_KEYS = ("fid", "fid_real", "clip", "prompt_accuracy", "hps")  # what a quality record may hold
 
 
 @dataclass
@@ -149,9 +153,14 @@ class JudgeAlignment:
         return probs.argmax(1).eq(want).float().mean().item()
 
 
-def extra_scores(alignment: Alignment, images: np.ndarray, prompts: list[str]) -> dict[str, float]:
-    """Scores only some alignments have: the judge's prompt accuracy."""
-    return {"prompt_accuracy": alignment.accuracy(images, prompts)} if isinstance(alignment, JudgeAlignment) else {}
+def extra_scores(quality: "Quality", images: np.ndarray, prompts: list[str]) -> dict[str, float]:
+    """Scores only some configurations have: the judge's prompt accuracy, HPS v2."""
+    out = {}
+    if isinstance(quality.alignment, JudgeAlignment):
+        out["prompt_accuracy"] = quality.alignment.accuracy(images, prompts)
+    if quality.hps is not None:
+        out["hps"] = quality.hps.score(images, prompts)
+    return out
 
 
 def _projected(out: "torch.Tensor | object") -> torch.Tensor:
@@ -190,10 +199,11 @@ class ClipAlignment:
 
 @dataclass
 class Quality:
-    """The configured FID feature extractor and alignment score."""
+    """The configured FID feature extractor and alignment score, and HPS v2 where configured."""
 
     features: FeatureExtractor
     alignment: Alignment
+    hps: "HpsScorer | None" = None
 
 
 JUDGE_FILE = Path("data/base/judge.safetensors")
@@ -212,12 +222,17 @@ def _load_judge() -> torch.nn.Module:
     return judge.eval()
 
 
-def load_quality(params: "Params", device: torch.device) -> Quality:
+def load_quality(params: "Params", device: torch.device, hps: bool = False) -> Quality:
+    """The configured metrics; ``hps``: with HPS v2 if configured (the evaluation set's stages ask for it;
+    importance ablations rank by FID and CLIP alone, Eq. 2)."""
+    from fastflux_core.hps import HpsScorer
+
     m = params.metrics
     judge = _load_judge() if "judge" in (m.fid_features, m.alignment) else None
     features = judge_features(judge) if m.fid_features == "judge" else inception_features(m.inception_path, device)
     alignment = JudgeAlignment(judge) if m.alignment == "judge" else ClipAlignment(m.clip_path, device)
-    return Quality(features, alignment)
+    scorer = HpsScorer(m.hps_python, m.hps_checkpoint, m.batch_size) if hps and m.hps_python is not None else None
+    return Quality(features, alignment, scorer)
 
 
 def real_features(real_images: "str | Path | None", fx: FeatureExtractor, device: torch.device,

@@ -197,6 +197,11 @@ class MetricsParams(_Strict):
         "digits", description="real images for FID: 'digits' (scikit-learn's), a folder of images, or null"
     )
     batch_size: int = Field(64, ge=1)
+    hps_python: Path | None = Field(
+        None, description="HPS v2 on the evaluation set: the Python interpreter of a separate environment with "
+        "hpsv2 installed (its pinned packages stay out of ours; fastflux_core/hps.py)")
+    hps_checkpoint: Path | None = Field(None, description="local HPS v2 / v2.1 checkpoint (.safetensors, or a "
+                                        "tensors-only .pt such as HPS_v2.1_compressed.pt)")
 
     @model_validator(mode="after")
     def _paths_present(self) -> "MetricsParams":
@@ -204,6 +209,8 @@ class MetricsParams(_Strict):
             raise ValueError("metrics.inception_path is required when metrics.fid_features is 'inception'")
         if self.alignment == "clip" and self.clip_path is None:
             raise ValueError("metrics.clip_path is required when metrics.alignment is 'clip'")
+        if (self.hps_python is None) != (self.hps_checkpoint is None):
+            raise ValueError("metrics.hps_python and metrics.hps_checkpoint go together: set both for HPS v2, or neither")
         return self
 
 

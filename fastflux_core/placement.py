@@ -114,16 +114,20 @@ def choose(stage: str, params, device: torch.device) -> Placement:
         return "offloaded"
     if device.type != "cuda":
         return "resident"
-    from fastflux_core.budget import stage_peak
+    from fastflux_core.budget import OverLimit, stage_peak, stop_above
 
     limit = params.model.gpu_memory_gb * 2**30
-    peaks = {}
-    for placement in ("resident", "offloaded"):
-        peaks[placement] = stage_peak(stage, params, placement)
-        if peaks[placement] <= limit:
-            return placement  # type: ignore[return-value]
+    try:
+        with stop_above(limit):  # resident stops measuring as soon as it is over the budget
+            if stage_peak(stage, params, "resident") <= limit:
+                return "resident"
+    except OverLimit:
+        pass
+    peak = stage_peak(stage, params, "offloaded")
+    if peak <= limit:
+        return "offloaded"
     raise DeviceMemoryError(
-        f"stage {stage} needs {peaks['offloaded'] / 2**30:.1f} GiB of device memory even with its blocks offloaded "
-        f"({peaks['resident'] / 2**30:.1f} GiB resident), model.gpu_memory_gb is {params.model.gpu_memory_gb:g}: "
+        f"stage {stage} needs {peak / 2**30:.1f} GiB of device memory even with its blocks offloaded "
+        f"(more resident), model.gpu_memory_gb is {params.model.gpu_memory_gb:g}: "
         f"lower sampling.batch_size / sandwich.micro_batch / text.batch_size, or run "
         f"'python -m fastflux_core.budget' to see every stage")

@@ -10,6 +10,7 @@ failure is one :class:`FastFluxError` line naming the key or file and what to do
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,6 +144,12 @@ def check_metrics(params: "Params") -> None:
                                 ("clip_path", m.clip_path, "config.json")):
         if folder is not None and not (Path(folder) / wanted).is_file():
             raise FastFluxError(f"metrics.{key}: {Path(folder) / wanted} not found")
+    if m.hps_python is not None:
+        if not (Path(m.hps_python).is_file() and os.access(m.hps_python, os.X_OK)):
+            raise FastFluxError(f"metrics.hps_python: {m.hps_python} is not an executable file (the Python of an "
+                                f"environment with hpsv2 installed)")
+        if not Path(m.hps_checkpoint).is_file():
+            raise FastFluxError(f"metrics.hps_checkpoint: {m.hps_checkpoint} not found")
     if m.real_images not in (None, "digits"):
         folder = Path(m.real_images)
         if not folder.is_dir():

@@ -34,8 +34,9 @@ from fastflux_core.io import atomic_file
 EVALUATE, SWEEP, BASELINE = "data/metrics/evaluate.json", "data/metrics/sweep.json", "data/metrics/baseline.json"
 TIMING_EVALUATE, TIMING_SWEEP, TIMING_BASELINE = ("data/timing/evaluate.json", "data/timing/sweep.json",
                                                   "data/timing/baseline.json")
-METRICS = ("fid", "fid_real", "clip", "prompt_accuracy")  # fid: primary, lower is better
-LOWER_IS_BETTER = {"fid": True, "fid_real": True, "clip": False, "prompt_accuracy": False}
+# quality metrics (fid: the primary one, lower is better) → column heading; a table shows those some run has
+METRICS = {"fid": "FID vs full", "fid_real": "FID vs real", "clip": "alignment", "prompt_accuracy": "prompt accuracy",
+           "hps": "HPS v2"}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -68,29 +69,38 @@ def _latency(run: dict, metrics_file: str, timing_file: str, key: str | None = N
 
 
 def variant_table(exp: Experiment, runs: list[dict], seeds: list[int]) -> tuple[list[str], dict]:
-    """Markdown rows (mean ± std and per-seed values of every metric) and the values per variant."""
-    rows, values = [], {}
+    """The Markdown table (mean ± std and per-seed values of every metric some run has) and the values
+    per variant."""
+    values = {}
     for v in exp.variants:
         by_seed = _by_seed(runs, v.name)
         got = [s for s in seeds if s in by_seed]
-        if not got:
-            rows.append(f"| {v.label} | not run | | | | | |")
+        if got:
+            vals = {k: [by_seed[s]["metrics"][EVALUATE].get(k) for s in got] for k in (*METRICS, "flops_ratio")}
+            lat = [x for x in (_latency(by_seed[s], EVALUATE, TIMING_EVALUATE) for s in got) if x is not None]
+            values[v.name] = {"seeds": got, **vals, "latency_ratio": lat}
+    shown = [k for k in METRICS if any(x is not None for val in values.values() for x in val[k])] or ["fid"]
+    rows = ["| variant | " + " | ".join(METRICS[k] for k in shown) + " | FLOPs ratio | latency ratio |",
+            "|---|" + "---|" * (len(shown) + 2)]
+    for v in exp.variants:
+        if v.name not in values:
+            rows.append(f"| {v.label} | not run |" + " |" * (len(shown) + 1))
             continue
-        vals = {k: [by_seed[s]["metrics"][EVALUATE].get(k) for s in got] for k in (*METRICS, "flops_ratio")}
-        lat = [x for x in (_latency(by_seed[s], EVALUATE, TIMING_EVALUATE) for s in got) if x is not None]
-        values[v.name] = {"seeds": got, **vals, "latency_ratio": lat}
-        cells = []
-        for k in METRICS:
-            xs = [x for x in vals[k] if x is not None]
-            cells.append(_pm(xs) + f"<br><sub>{', '.join(f'{x:.4g}' for x in xs)}</sub>" if xs else "—")
-        flops = vals["flops_ratio"][0]
-        rows.append(f"| {v.label} | " + " | ".join(cells) + f" | {flops:.3f} | {_pm(lat) if lat else '—'} |")
+        val = values[v.name]
+        cells = [_cell([x for x in val[k] if x is not None]) for k in shown]
+        lat = val["latency_ratio"]
+        rows.append(f"| {v.label} | " + " | ".join(cells) + f" | {val['flops_ratio'][0]:.3f} | {_pm(lat) if lat else '—'} |")
     return rows, values
 
 
 def _pm(xs: list[float]) -> str:
     m, s = mean_std(xs)
     return f"{m:.4g} ± {s:.2g}"
+
+
+def _cell(xs: list[float]) -> str:
+    """mean ± std with the per-seed values below, or — when there are none."""
+    return _pm(xs) + f"<br><sub>{', '.join(f'{x:.4g}' for x in xs)}</sub>" if xs else "—"
 
 
 def verdicts(exp: Experiment, values: dict, labels: dict[str, str]) -> tuple[list[str], str]:
@@ -234,13 +244,14 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
                     if r["metrics"].get(BASELINE, {}).get(f"n{n}.{model}.{key}") is not None]
 
         m = first["metrics"][BASELINE]
+        models = (("fastflux", "FastFLUX (BRLL + ST)"), ("l1_untuned", "L1 width pruning, not fine-tuned"),
+                  ("l1", "L1 width pruning + fine-tuning"))
+        shown = [k for k in METRICS if any(vals(model, k) for model, _ in models)] or ["fid"]
         lines += [f"### {m[f'n{n}.ratio']:.0%}: FastFLUX replaces {n} of the blocks", "",
-                  "| model | FID vs full | FID vs real | alignment | prompt accuracy | FLOPs ratio | latency ratio | "
-                  "parameters |", "|---|---|---|---|---|---|---|---|"]
-        for model, label in (("fastflux", "FastFLUX (BRLL + ST)"), ("l1_untuned", "L1 width pruning, not fine-tuned"),
-                             ("l1", "L1 width pruning + fine-tuning")):
-            cells = [_pm(v) + f"<br><sub>{', '.join(f'{x:.4g}' for x in v)}</sub>" if v else "—"
-                     for v in (vals(model, k) for k in METRICS)]
+                  "| model | " + " | ".join(METRICS[k] for k in shown) + " | FLOPs ratio | latency ratio | parameters |",
+                  "|---|" + "---|" * (len(shown) + 3)]
+        for model, label in models:
+            cells = [_cell(vals(model, k)) for k in shown]
             flops = vals("fastflux" if model == "fastflux" else "l1", "flops_ratio")
             lat = [x for x in (_latency(r, BASELINE, TIMING_BASELINE, f"n{n}.{model}") for r in by_seed.values())
                    if x is not None] if model != "l1_untuned" else []
@@ -388,8 +399,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
             verdict_lines = []
         else:
             rows, values = variant_table(exp, runs, seeds)
-            lines += ["| variant | FID vs full | FID vs real | alignment | prompt accuracy | FLOPs ratio | latency ratio |",
-                      "|---|---|---|---|---|---|---|", *rows, ""]
+            lines += [*rows, ""]
             if values:
                 bar_plot(exp, values, out / f"{key}.png")
                 lines += [f"![{key}]({key}.png)", ""]

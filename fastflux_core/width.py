@@ -45,14 +45,13 @@ from tqdm.auto import tqdm
 from fastflux_core.adapter import BlockAdapter, MlpRef, ModelInputs, adapter_for
 from fastflux_core.errors import FastFluxError
 from fastflux_core.evaluation import Evaluator, call_model, comparison_grid
+from fastflux_core.metrics import QUALITY_KEYS
 from fastflux_core.params import Params, n_replaced
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.params import SandwichParams
 from fastflux_core.sandwich import CapturedInputs, Split, accumulated_step, holdout_split, rounds
 from fastflux_core.speed import count_flops_by_module
 from fastflux_core.store import StoreReader
-
-QUALITY = ("fid", "fid_real", "clip", "prompt_accuracy")
 
 
 def unit_importance(mlp: MlpRef) -> torch.Tensor:
@@ -212,7 +211,7 @@ def trainable(params: Params, adapter: BlockAdapter) -> list[nn.Parameter]:
 
 
 def _scores(q: dict, flops: dict) -> dict:
-    return {**{k: q[k] for k in QUALITY if k in q}, "flops_ratio": flops["flops_ratio"], "model": flops["model"]}
+    return {**{k: q[k] for k in QUALITY_KEYS if k in q}, "flops_ratio": flops["flops_ratio"], "model": flops["model"]}
 
 
 def _timing(lat: dict) -> dict:
@@ -267,7 +266,7 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
         "fastflux": _scores(q_ours, f_ours),
         "l1": {**_scores(q_l1, f_l1), **record, **losses, "finetune": params.baseline.finetune,
                "train_steps": steps, "batch_size": cfg.batch_size, "trainable_params": sum(p.numel() for p in train_params)},
-        "l1_untuned": {k: q_pruned[k] for k in QUALITY if k in q_pruned},
+        "l1_untuned": {k: q_pruned[k] for k in QUALITY_KEYS if k in q_pruned},
     }
     return metrics, {"fastflux": _timing(lat_ours), "l1": {**_timing(lat_l1), "finetune_seconds": seconds}}
 

@@ -48,18 +48,23 @@ def runs(request):
     """Repos A, B and C after their full `dvc repro` (started at collection, or here when run alone)."""
     from pathlib import Path
 
-    from test_dvc_pipeline import start_runs, wait_runs
+    from test_dvc_pipeline import start_b, start_runs, wait_runs
 
     done = os.environ.get("FASTFLUX_TEST_PIPELINES")
     if done:  # a folder holding finished copies A, B, C (to iterate on these tests without re-running them)
-        return {"A": Path(done) / "A", "B": Path(done) / "B", "C": Path(done) / "C",
-                "log_a": Path(done) / "params-A", "log_c": Path(done) / "params-C"}
-    handle = getattr(request.config, "_fastflux_dvc", None)
-    if handle is None:
-        import tempfile
+        out = {"A": Path(done) / "A", "B": Path(done) / "B", "C": Path(done) / "C",
+               "log_a": Path(done) / "params-A", "log_c": Path(done) / "params-C"}
+        handle = {}
+    else:
+        handle = getattr(request.config, "_fastflux_dvc", None)
+        if handle is None:
+            import tempfile
 
-        handle = request.config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
-    return wait_runs(handle)
+            handle = request.config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
+        out = wait_runs(handle)
+    # B's experiments (the report's queued run, a warm exp run) run in the background from now on
+    out["b"], out["b_before"] = handle["b"] = start_b(out["B"])
+    return out
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -67,6 +72,8 @@ def pytest_sessionfinish(session, exitstatus):
 
     handle = getattr(session.config, "_fastflux_dvc", None)
     if handle is not None:
+        if "b" in handle:  # let DVC finish in B before its folder goes
+            handle["b"][0].exception()
         for _, proc in handle["started"].values():
             if proc.poll() is None:
                 proc.kill()

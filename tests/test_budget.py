@@ -81,7 +81,7 @@ def _peaks(tracker_factory) -> tuple[int, int]:
 def test_our_tracker_reports_torchs_memtracker_peak():
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    assert _peaks(budget._tracker) == _peaks(MemTracker)
+    assert _peaks(lambda: budget._tracker("cpu")) == _peaks(MemTracker)
 
 
 def test_offloaded_placement_lowers_the_measured_peak_below_the_weights():
@@ -142,3 +142,20 @@ def test_validate_counts_the_chains_stores_twice_against_free_disk(monkeypatch, 
     with pytest.raises(StoreError, match=r"need about 67\.9 GB under .*capture@1\.\.11, with DVC's cache copy\), 60\.0 GB"):
         budget.check_run(params.model_copy(update={"model": params.model.model_copy(update={"device": "cpu"})}),
                          tmp_path, assumed)
+
+
+def test_a_resident_measurement_over_the_limit_stops_before_the_forward(monkeypatch):
+    """Choosing a placement asks only whether resident fits: FLUX.1-dev's 22.2 GiB of weights are over
+    22 GiB before anything runs, so the measurement stops there (no fake forward); under a limit it
+    does not reach, the measurement is the one without a limit."""
+    calls = []
+    real_velocity = budget.velocity
+    monkeypatch.setattr(budget, "velocity", lambda *a: (calls.append(1), real_velocity(*a))[1])
+    params = flux_example()
+    with pytest.raises(budget.OverLimit, match="GiB on cuda > 22.00 GiB"), budget.stop_above(22 * 2**30):
+        budget.measure_sampling(params, "resident")
+    assert calls == []
+    small = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))  # the embedded default
+    free = budget.measure_sampling(small, "resident")
+    with budget.stop_above(free.peak):
+        assert budget.measure_sampling(small, "resident") == free

@@ -65,8 +65,8 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_stage_exits_nonzero_and_writes_nothing(tmp_path):
-    for item in ("stages", "data"):
-        shutil.copytree(ROOT / item, tmp_path / item, ignore=shutil.ignore_patterns("encoded", "base", "metrics", ".*"))
+    shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns(".*"))
+    shutil.copytree(ROOT / "data" / "prompts", tmp_path / "data" / "prompts")  # the only inputs of encode
     d = _default()
     d["ratio"] = 2.0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
