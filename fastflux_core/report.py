@@ -364,6 +364,20 @@ def importance_plot(ranking: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def sample_size_note(n: int | None) -> str:
+    """What ``n`` evaluation images can and cannot resolve, in numbers a reader can check."""
+    if not n:
+        return "Sample size: unknown (no evaluate record)."
+    se = (0.9 * 0.1 / n) ** 0.5
+    return (f"Sample size: {n} evaluation images per model, the same items (prompts, seeds, initial noise) for "
+            f"every variant, so item-to-item variation is shared and cancels largely in the paired differences "
+            f"the verdicts test. Prompt accuracy near 0.9 is a share of {n} images: its binomial standard error "
+            f"is {se:.3f}, so accuracy differences below ~{2 * se:.2f} are within what the item sample alone "
+            f"could produce. For FID the item-sampling error is not measured (the stages keep no per-image "
+            f"features to bootstrap), so a verdict holds for these {n} items: a small FID difference could "
+            f"change on another evaluation set even where the seeds agree.")
+
+
 def write_report(results: dict, repo: Path, out: Path) -> str:
     """Tables, plots, grids and verdicts → ``out/README.md`` (returned)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -382,8 +396,9 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
             "pruning seeds only — it does not include the sampling error of the evaluation set itself. A variant "
             "with nothing random left has zero spread (on the default, least squares sees every token, so the "
             "untrained variants are deterministic). Latency: ratio of median forward times, base and pruned "
-            "interleaved; the non-sweep runs ran two at a time, so their latencies are noisy, the sweep's ran "
-            "alone; a run whose evaluate stage DVC restored from its run-cache shows none.", ""]
+            "interleaved; the runs ran two at a time, so their latencies are noisy, but the sweep's reuse runs "
+            "(Table 6's latency) ran alone; a run whose evaluate stage DVC restored from its run-cache shows none.", "",
+            sample_size_note(any_eval.get("eval_images")), ""]
     lines, summary = [], []
     for key in results["experiments"]:
         exp = EXPERIMENTS[key]

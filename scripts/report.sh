@@ -15,7 +15,7 @@ export GIT_COMMITTER_NAME="${GIT_COMMITTER_NAME:-$GIT_AUTHOR_NAME}"
 export GIT_COMMITTER_EMAIL="${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}"
 start=$(date +%s)
 dvc repro
-# two runs at a time, one thread each (the sweep, whose latency is reported, runs alone)
+# two runs at a time, one thread each (the sweep's reuse runs, whose latency is reported, run alone)
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m fastflux_core.experiments --jobs 2 "$@"
 python -m fastflux_core.report
 echo "report written in $(( ($(date +%s) - start) / 60 )) min (after setup)"

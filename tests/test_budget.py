@@ -44,6 +44,8 @@ def test_flux1_dev_fits_22_gib_in_every_stage_and_100_gb_of_activation_disk():
     peaks = {r.stage: r.peak_gib for r in rows}
     assert all(p <= 22.0 for p in peaks.values()), peaks
     assert {r.stage: r.placement for r in rows}["capture@k"] == "offloaded"  # 22.2 GiB of weights alone
+    assert peaks["capture@k"] < 11.9e9 * 2 / 4 / 2**30  # offloading really lowers the peak: two blocks, the
+    # embedders, the VAE and activations
     assert peaks["encode"] > 9.0  # T5-XXL's 4.7 B bf16 parameters are really on the device
     assert summary["activation_disk_gb_with_dvc_copy"] <= 100.0, summary
     assert summary["chain_steps"] == 11
@@ -82,14 +84,6 @@ def test_our_tracker_reports_torchs_memtracker_peak():
     from torch.distributed._tools.mem_tracker import MemTracker
 
     assert _peaks(lambda: budget._tracker("cpu")) == _peaks(MemTracker)
-
-
-def test_offloaded_placement_lowers_the_measured_peak_below_the_weights():
-    params = flux_example()
-    params = params.model_copy(update={"sampling": params.sampling.model_copy(update={"batch_size": 1})})
-    offloaded = budget.measure_sampling(params, "offloaded").peak
-    weights = 11.9e9 * 2
-    assert offloaded < weights / 4  # two blocks, the embedders, the VAE and activations
 
 
 def test_stages_choose_resident_offloaded_or_stop(monkeypatch):

@@ -77,6 +77,21 @@ def test_report_tables_verdicts_and_plots_from_results_alone(tmp_path):
     reversed_ = _results({"brll-st": [2.0, 2.3, 1.8], "delete-st": [1.0, 1.2, 0.9], "brll-nost": [1.5, 1.6, 1.4],
                           "delete": [3.0, 3.1, 2.9]})
     assert "does not support the paper's claim" in report.write_report(reversed_, tmp_path, tmp_path / "r2")
+    assert "Sample size: 200 evaluation images" in text and "standard error is 0.021" in text
+    header = "| variant | FID vs full | FID vs real | alignment | prompt accuracy | FLOPs ratio | latency ratio |"
+    assert header in text  # no HPS v2 column: no run has one
+
+
+def test_a_metric_gets_a_column_when_some_run_has_it(tmp_path):
+    """HPS v2 (FLUX.1-dev with metrics.hps_*): its column appears; runs without it show —."""
+    results = _results({"brll-st": [1.0, 1.2, 0.9], "delete-st": [2.0, 2.3, 1.8]})
+    for r in results["runs"]:
+        if r["variant"] == "brll-st":
+            r["metrics"]["data/metrics/evaluate.json"]["hps"] = 0.25 + 0.01 * r["seed"]
+    text = report.write_report(results, tmp_path, tmp_path / "report")
+    assert "| prompt accuracy | HPS v2 | FLOPs ratio |" in text
+    assert "| 0.26 ± 0.01<br><sub>0.25, 0.26, 0.27</sub> | 0.770 |" in text
+    assert next(line for line in text.splitlines() if line.startswith("| delete + ST |")).count("| — |") == 1
 
 
 def test_sweep_section_pairs_reuse_with_exact_per_chain_length(tmp_path):
