@@ -2,7 +2,7 @@
 
 Copies the repository's tracked files into a fresh temporary git repository (no DVC cache), times a
 cold `dvc repro` of the whole default pipeline, commits, then times `dvc exp run -S ratio=<r>` (which
-should re-run only validate, assemble and evaluate). Also lists the stages whose dvc.lock entry
+should re-run only validate, assemble, evaluate and export). Also lists the stages whose dvc.lock entry
 differs from the repository's committed dvc.lock (same code and params → same outputs: none).
 
 Run: python benchmarks/dvc_cold_warm.py [--ratio 0.2]

@@ -11,12 +11,15 @@ Modules, by the paper's concepts (the README's layout section says the same, wit
     metrics      FID through clean-fid, CLIP-style alignment
     ablation     remove one block, generate, measure (importance's raw data); reference images
     importance   Eq. 2, replacement orders, the latent-error proxy
-    replacement  the BRLL block (shortcut + linear)
+    replacement  the BRLL block (shortcut + linear);  pruned_flux: the exported model's own code
+                 (self-contained: it ships beside every export, for loading without FastFLUX)
     chain        the progressive chain: plan, sandwich bounds (Eq. 3), chain state
     store        sharded Zarr activation stores;  capture: the hooks that fill them
     lstsq        streamed least squares (Eq. 1);  brll: per-block solve and the "w/o ST" model
     lora         peft LoRA on sandwich neighbours;  sandwich: Sandwich Training
-    export       the diffusers-loadable pruned model;  assemble: the model at a ratio
+    export       the diffusers-loadable pruned model and pipeline folder;  assemble: the model at a ratio
+    model_card   the export's README.md;  lora_compat: existing FLUX LoRAs on a pruned export
+    store_info   what an activation store holds;  cli: the `fastflux` command
     evaluation   held-out quality of pruned models;  speed: FLOPs and latency
     io           atomic outputs, verified safetensors and JSON, PNG, timings, how a stage runs
     integrity    damaged inputs and the stage that re-makes them, finiteness, tensor digests

@@ -36,6 +36,8 @@ import torch
 from diffusers import FluxTransformer2DModel
 from torch import nn
 
+from fastflux_core.pruned_flux import SkipBlock  # the identity stand-in; ships with exports
+
 BlockKind = Literal["double", "single"]
 
 
@@ -88,20 +90,6 @@ class MlpRef:
     up: nn.Linear  # (H, D)
     down: nn.Linear  # (D, offset + H)
     offset: int  # 0, or D where ``down`` also reads the attention output first
-
-
-class SkipBlock(nn.Module):
-    """Stand-in that returns its inputs: the block is removed, shortcut kept (importance ablation)."""
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        temb: torch.Tensor,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-        joint_attention_kwargs: dict | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return encoder_hidden_states, hidden_states
 
 
 class BlockAdapter(Protocol):

@@ -17,6 +17,7 @@ floor never replaces more than the requested share and matches four of six.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from fastflux_core.adapter import BlockAdapter
@@ -25,7 +26,8 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.export import PrunedFluxTransformer2DModel, count_parameters, merge_lora, to_pruned
 from fastflux_core.integrity import loading
 from fastflux_core.params import Params, n_replaced
-from fastflux_core.source import empty_base_model
+from fastflux_core.prompts import read_prompt_file
+from fastflux_core.source import empty_base_model, model_root
 
 PAPER_TABLE6 = {0.05: 3, 0.10: 5, 0.15: 8, 0.20: 11, 0.25: 14, 0.30: 16}
 
@@ -57,11 +59,33 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path)
     blocks = adapter.blocks
     return {
         "ratio": params.ratio, "n_pruned": n, "n_blocks": n_blocks, "reuse": params.sandwich.reuse,
-        "replaced_blocks": [{"index": i, "kind": blocks[i].kind, "name": blocks[i].name,
+        "chain_step": n, "components_from_step": len(states) - 1 if params.sandwich.reuse else n,
+        "replaced_blocks": [{"index": i, "kind": blocks[i].kind, "name": blocks[i].name, "path": blocks[i].path,
                              "replacement": "delete" if i in deleted else "brll"} for i in sorted(state.linears)],
         "params_base": base_params, "params_pruned": count_parameters(pruned),
+        "base": base_identity(params), "training_data": training_data(params),
         "ratio_to_n_flux57": {f"{r:.2f}": {"paper": PAPER_TABLE6[r], "ours": n_replaced(r, 57)} for r in PAPER_TABLE6},
     }
+
+
+def base_identity(params: Params) -> dict:
+    """Which model was pruned: its source, folder (as configured) and a hash of its transformer config."""
+    root = model_root(params)
+    config = (root / "transformer" / "config.json").read_bytes()
+    return {"source": params.model.source, "path": str(root), "config_sha256": hashlib.sha256(config).hexdigest()}
+
+
+def training_data(params: Params) -> dict:
+    """How many captured samples fitted the replacements: least squares (calibration set) and
+    Sandwich Training (training set, less ``sandwich.holdout`` of its prompts held out to score it)."""
+    out = {}
+    for name, used_for in (("calibration", "least squares"), ("training", "Sandwich Training and its held-out loss")):
+        prompt_set = getattr(params.prompts, name)
+        n_prompts = len(read_prompt_file(prompt_set.file))
+        out[name] = {"prompts": n_prompts, "images_per_prompt": prompt_set.images_per_prompt,
+                     "timesteps": params.capture.timesteps,
+                     "samples": n_prompts * prompt_set.images_per_prompt * params.capture.timesteps, "used_for": used_for}
+    return out
 
 
 def load_pruned(folder: Path) -> PrunedFluxTransformer2DModel:

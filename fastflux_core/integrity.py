@@ -41,6 +41,7 @@ _PRODUCERS = [
     (r"data/state/0(/|$)", "plan"),
     (r"data/state/([^/]+)", "sandwich@{0}"),
     (r"data/assemble(/|$)", "assemble"),
+    (r"data/export(/|$)", "export"),
 ]
 
 

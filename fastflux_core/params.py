@@ -282,6 +282,14 @@ class EvaluateParams(_Strict):
     grid_rows: int = Field(10, ge=1)
 
 
+class ExportParams(_Strict):
+    """Stage ``export``: the pipeline folder (``data/export``)."""
+
+    numbering: Literal["original", "contiguous"] = Field(
+        "original", description="original: blocks keep FLUX's indices (transformer/ links to data/assemble's) | "
+        "contiguous: kept blocks renumbered 0, 1, … for runtimes that count blocks (a rewritten copy)")
+
+
 class BaselineParams(_Strict):
     """Stage ``baseline``: the paper's L1-norm width-pruning baseline (Tables 1–2), matched to our
     models' FLOPs at ``ratios`` and fine-tuned with the sandwiches' budget (:mod:`fastflux_core.width`).
@@ -326,6 +334,7 @@ class Params(_Strict):
     solve: SolveParams = SolveParams()
     sandwich: SandwichParams = SandwichParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
     baseline: BaselineParams = BaselineParams()
 
     @field_validator("steps", mode="before")

@@ -160,9 +160,9 @@ def start_b(repo: Path) -> tuple[Future, dict]:
 
 
 def _status(repo: Path) -> dict:
-    """Stale stages, but ``validate``: it always runs (dvc.yaml marks it always_changed)."""
+    """Stale stages, but ``validate`` and ``export``: they always run (dvc.yaml marks them always_changed)."""
     status = json.loads(_run(["dvc", "status", "--json"], repo).stdout or "{}")
-    assert status.pop("validate", None) == ["always changed"]
+    assert status.pop("validate", None) == ["always changed"] and status.pop("export", None) == ["always changed"]
     return status
 
 
@@ -200,13 +200,18 @@ def test_repro_runs_and_caches(runs):
     assert {"latency_ratio", "latency_ms", "latency_iqr_ms", "latency_ratio_iqr"} <= set(timing)
     pruning = json.loads((repo / "data" / "assemble" / "pruning.json").read_text())
     assert len(pruning["replaced_blocks"]) == 1 and pruning["params_pruned"] < pruning["params_base"]
+    assert pruning["base"]["path"] == "data/base" and len(pruning["base"]["config_sha256"]) == 64
+    export = repo / "data" / "export"  # links, not copies; the card's numbers are evaluate's
+    assert os.readlink(export / "transformer") == "../assemble/transformer" and (export / "scheduler").is_symlink()
+    assert json.loads((export / "block_map.json").read_text()) == {**pruning, "numbering": "original", "metrics": metrics}
+    assert f"| {metrics['fid']:.4g} |" in (export / "README.md").read_text()
     assert (repo / "data" / "evaluate" / "grid.png").is_file()
     assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1 + 2  # header + n = 0, 1
     assert (repo / "data" / "timing" / "sweep.csv").read_text().count("\n") == 1 + 2
     assert _status(repo) == {}
     out = _run(["dvc", "repro"], repo).stdout
     assert "Stage 'base' didn't change" in out and "Stage 'ablate@1' didn't change" in out
-    assert "Stage 'sandwich@1' didn't change" in out and _ran(out) == ["validate"]
+    assert "Stage 'sandwich@1' didn't change" in out and _ran(out) == ["export", "validate"]
 
 
 def test_every_params_key_a_stage_reads_is_declared(runs):
@@ -278,9 +283,9 @@ def test_bad_params_fail_cleanly(runs, tmp_path):
     assert not (bad / "data" / "encoded").exists() and not (bad / "data" / "base").exists()
 
 
-def test_exp_run_with_another_ratio_reruns_only_assemble_and_evaluate(runs):
+def test_exp_run_with_another_ratio_reruns_only_assemble_evaluate_and_export(runs):
     got = runs["b"].result()  # run on B in the background (b_experiments)
-    assert _ran(got["exp_run"]) == ["assemble", "evaluate", "validate"], got["exp_run"][-2000:]
+    assert _ran(got["exp_run"]) == ["assemble", "evaluate", "export", "validate"], got["exp_run"][-2000:]
     assert got["evaluate"]["n_pruned"] == 0 and got["evaluate"]["flops_ratio"] == 1.0
     assert got["sweep_after"] == got["sweep_before"]
     assert "latency_ratio" in json.dumps(got["shown"])  # the timing file is a top-level metric of the experiment

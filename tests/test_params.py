@@ -16,7 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _default() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    """params.yaml with its prompt files as absolute paths (readable from a test's tmp_path)."""
+    d = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for prompt_set in d["prompts"].values():
+        if isinstance(prompt_set, dict):
+            prompt_set["file"] = str(ROOT / prompt_set["file"])
+    return d
 
 
 def test_repo_params_are_valid():

@@ -105,6 +105,9 @@ def tiny_params(**overrides):
     d["capture"].update(timesteps=3, shard_samples=8, chunk_samples=4)  # schedule steps 0, 2, 3
     d["sandwich"].update(train_steps=60, batch_size=8, learning_rate=3e-3, micro_batch=3, round_samples=40)
     d["prompts"]["calibration"]["images_per_prompt"] = 2
+    for prompt_set in d["prompts"].values():  # readable from any working directory
+        if isinstance(prompt_set, dict):
+            prompt_set["file"] = str(root / prompt_set["file"])
     for key, value in overrides.items():
         section, _, field = key.partition(".")
         if field:

@@ -1,0 +1,288 @@
+"""The pruned FLUX transformer as it is exported — self-contained: imports only torch and diffusers.
+
+This file is copied beside every exported transformer's ``config.json`` (and named there in
+``auto_map``), so the export loads without FastFLUX installed, through diffusers' documented
+custom-model route::
+
+    from diffusers import AutoModel
+    transformer = AutoModel.from_pretrained("data/export/transformer", trust_remote_code=True)
+
+With FastFLUX installed, ``fastflux_core.export.PrunedFluxTransformer2DModel`` is this class.
+
+What it adds to ``FluxTransformer2DModel``: config entries ``replaced_blocks`` / ``deleted_blocks``
+(global block indices: double blocks 0..num_layers-1, then single blocks), whose slots hold a
+:class:`LinearReplacement` (BRLL: shortcut + one linear, y = x + W·x + b) or a :class:`SkipBlock`
+(identity). Block numbering is unchanged, so every kept block's weights keep their standard FLUX keys.
+
+No silent wrong model: diffusers' plain ``FluxTransformer2DModel.from_pretrained`` has no strict mode
+— it would build the original blocks, initialise the replaced ones at random and only warn. The one
+config entry it validates before building is ``quantization_config``, so an export carries a marker
+there whose ``quant_method`` names this class; the plain class stops with "Unknown quantization
+type, got fastflux-pruned: … load it with …". This class removes the marker when it reads a config
+and writes it back when it saves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import FluxTransformer2DModel
+from diffusers import ModelMixin  # noqa: F401  diffusers checks a passed transformer against this name here
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+STREAMS = {"double": ("img", "txt"), "single": ("joint",)}
+
+GUARD = {
+    "quant_method": (
+        "fastflux-pruned: blocks of this FLUX transformer are replaced by linear layers (config "
+        "'replaced_blocks'), which FluxTransformer2DModel would silently re-create at random. Load it with "
+        "diffusers.AutoModel.from_pretrained(folder, trust_remote_code=True) or "
+        "fastflux_core.export.PrunedFluxTransformer2DModel.from_pretrained(folder)"
+    )
+}
+MODULE_FILE = "pruned_flux.py"
+
+
+class LinearReplacement(nn.Module):
+    """BRLL block: shortcut + one linear per stream (double) or one shared linear (single). Starts at g = 0.
+
+    >>> r = LinearReplacement(dim=4, kind="single")
+    >>> enc, hid = r(torch.ones(1, 2, 4), torch.ones(1, 1, 4), temb=None)
+    >>> torch.equal(hid, torch.ones(1, 2, 4))  # initialised to the identity: g = 0
+    True
+    """
+
+    def __init__(self, dim: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.linears = nn.ModuleDict({s: nn.Linear(dim, dim) for s in STREAMS[kind]})
+        for lin in self.linears.values():
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return STREAMS[self.kind]
+
+    def set_affine(self, stream: str, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Load g's parameters: ``weight`` (D_out, D_in), ``bias`` (D_out,) — nn.Linear's layout."""
+        lin = self.linears[stream]
+        with torch.no_grad():
+            lin.weight.copy_(weight.to(lin.weight.dtype))
+            lin.bias.copy_(bias.to(lin.bias.dtype))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, N_img, D)
+        encoder_hidden_states: torch.Tensor,  # (B, N_txt, D)
+        temb: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        joint_attention_kwargs: dict | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "double":
+            img, txt = self.linears["img"], self.linears["txt"]
+            return encoder_hidden_states + _apply(txt, encoder_hidden_states), hidden_states + _apply(img, hidden_states)
+        g = self.linears["joint"]
+        return encoder_hidden_states + _apply(g, encoder_hidden_states), hidden_states + _apply(g, hidden_states)
+
+
+def _apply(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """g(x) in the linear's dtype, returned in x's: trainable fp32 linears inside a bf16 model."""
+    return linear(x.to(linear.weight.dtype)).to(x.dtype)
+
+
+class SkipBlock(nn.Module):
+    """Stand-in that returns its inputs: the block is removed, shortcut kept (importance ablation,
+    the paper's "direct deletion")."""
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        joint_attention_kwargs: dict | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return encoder_hidden_states, hidden_states
+
+
+class PrunedFluxTransformer2DModel(FluxTransformer2DModel):
+    """FluxTransformer2DModel with the blocks in ``replaced_blocks`` replaced by BRLL linears and
+    those in ``deleted_blocks`` by the identity."""
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: int = 1,
+        in_channels: int = 64,
+        out_channels: int | None = None,
+        num_layers: int = 19,
+        num_single_layers: int = 38,
+        attention_head_dim: int = 128,
+        num_attention_heads: int = 24,
+        joint_attention_dim: int = 4096,
+        pooled_projection_dim: int = 768,
+        guidance_embeds: bool = False,
+        axes_dims_rope: tuple[int, int, int] = (16, 56, 56),
+        replaced_blocks: list[int] | tuple[int, ...] = (),
+        deleted_blocks: list[int] | tuple[int, ...] = (),
+        weights_dtype: str | None = None,
+    ):
+        super().__init__(patch_size, in_channels, out_channels, num_layers, num_single_layers, attention_head_dim,
+                         num_attention_heads, joint_attention_dim, pooled_projection_dim, guidance_embeds,
+                         axes_dims_rope)
+        for i in replaced_blocks:
+            modules, pos = self._slot(i)
+            modules[pos] = LinearReplacement(self.inner_dim, "double" if i < num_layers else "single")
+        for i in deleted_blocks:
+            modules, pos = self._slot(i)
+            modules[pos] = SkipBlock()
+
+    def _slot(self, index: int) -> tuple[nn.ModuleList, int]:
+        """The ModuleList and position of global block ``index``."""
+        n_double = len(self.transformer_blocks)
+        if index < n_double:
+            return self.transformer_blocks, index
+        return self.single_transformer_blocks, index - n_double
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """As diffusers', less what only the plain class must see: the guard and ``auto_map``."""
+        out = super().load_config(*args, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        if config.get("quantization_config") == GUARD:
+            del config["quantization_config"]
+        config.pop("auto_map", None)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As diffusers', but without a ``dtype`` the model loads in the dtype it was saved in
+        (``weights_dtype`` in its config) rather than diffusers' float32 default: a bfloat16 export
+        must not silently become a different, float32 model. A folder saved with contiguous
+        numbering is renumbered back while loading (:func:`load_contiguous`)."""
+        config = cls.load_config(pretrained_model_name_or_path, subfolder=kwargs.get("subfolder"))
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None and config.get("weights_dtype"):
+            kwargs["dtype"] = getattr(torch, config["weights_dtype"])
+        if config.get("numbering") == "contiguous":
+            folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+            return load_contiguous(cls, folder, config, kwargs.get("dtype") or kwargs.get("torch_dtype"))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, numbering: str = "original", **kwargs) -> None:
+        """As diffusers', plus the guard, ``auto_map`` and this file beside the config, so the saved
+        folder loads without FastFLUX (``trust_remote_code``) and never as the plain class.
+        ``numbering="contiguous"``: kept blocks renumbered 0, 1, … (:func:`save_contiguous`)."""
+        folder = Path(save_directory)
+        if numbering == "contiguous":
+            save_contiguous(self, folder)
+        elif numbering == "original":
+            super().save_pretrained(save_directory, *args, **kwargs)
+        else:
+            raise ValueError(f"numbering must be 'original' or 'contiguous', not {numbering!r}")
+        path = folder / self.config_name
+        config = json.loads(path.read_text())
+        config["quantization_config"] = GUARD
+        config["auto_map"] = {"AutoModel": f"{MODULE_FILE.removesuffix('.py')}.{type(self).__name__}"}
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        shutil.copyfile(Path(__file__), folder / MODULE_FILE)
+
+
+# Contiguous numbering, for runtimes that infer the depth from the block keys: kept blocks are
+# renumbered 0, 1, … within each kind (num_layers / num_single_layers become the kept counts), the
+# replaced blocks' linears go to their own file keyed by original global index, and the config keeps
+# what is needed to renumber back (numbering, original_num_layers, original_num_single_layers).
+
+REPLACED_FILE = "replaced_blocks.safetensors"
+_BLOCK_KEY = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.*)$")
+
+
+def kept_blocks(n_double: int, n_single: int, removed: set[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """Original → contiguous index within each kind, for the blocks kept (``removed``: global indices).
+
+    >>> kept_blocks(3, 2, {1, 3})
+    ({0: 0, 2: 1}, {1: 0})
+    """
+    double = [i for i in range(n_double) if i not in removed]
+    single = [j for j in range(n_single) if n_double + j not in removed]
+    return {i: k for k, i in enumerate(double)}, {j: k for k, j in enumerate(single)}
+
+
+def _removed(config) -> set[int]:
+    return set(config["replaced_blocks"]) | set(config["deleted_blocks"])
+
+
+def save_contiguous(model: PrunedFluxTransformer2DModel, folder: Path) -> None:
+    """Write ``model`` with contiguous block numbering: config.json, the kept weights under standard
+    names, the replacing linears in ``replaced_blocks.safetensors`` (``<global index>.<stream>.weight``)."""
+    from safetensors.torch import save_file
+
+    cfg = model.config
+    n_double, n_single = len(model.transformer_blocks), len(model.single_transformer_blocks)
+    double, single = kept_blocks(n_double, n_single, _removed(cfg))
+    kept, replaced = {}, {}
+    for key, value in model.state_dict().items():
+        m = _BLOCK_KEY.match(key)
+        if not m:
+            kept[key] = value.contiguous()
+            continue
+        kind, index, rest = m.group(1), int(m.group(2)), m.group(3)
+        renumber = double if kind == "transformer_blocks" else single
+        if index in renumber:
+            kept[f"{kind}.{renumber[index]}.{rest}"] = value.contiguous()
+        else:  # a LinearReplacement: linears.<stream>.<weight|bias>
+            global_index = index if kind == "transformer_blocks" else n_double + index
+            replaced[f"{global_index}.{rest.removeprefix('linears.')}"] = value.contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(kept, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    save_file(replaced, str(folder / REPLACED_FILE), metadata={"format": "pt"})
+    config = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    config.update(_class_name=type(model).__name__, numbering="contiguous", num_layers=len(double),
+                  num_single_layers=len(single), original_num_layers=n_double, original_num_single_layers=n_single)
+    (folder / model.config_name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_contiguous(cls, folder: Path, config: dict, dtype: torch.dtype | None) -> PrunedFluxTransformer2DModel:
+    """Load a folder written by :func:`save_contiguous` into the original block layout."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    n_double, n_single = config.pop("original_num_layers"), config.pop("original_num_single_layers")
+    config.pop("numbering")
+    config.update(num_layers=n_double, num_single_layers=n_single)
+    double, single = kept_blocks(n_double, n_single, _removed(config))
+    back = {("transformer_blocks", k): i for i, k in double.items()}
+    back.update({("single_transformer_blocks", k): j for j, k in single.items()})
+    state = {}
+    for key, value in load_file(str(folder / "diffusion_pytorch_model.safetensors")).items():
+        m = _BLOCK_KEY.match(key)
+        state[key if not m else f"{m.group(1)}.{back[(m.group(1), int(m.group(2)))]}.{m.group(3)}"] = value
+    for key, value in load_file(str(folder / REPLACED_FILE)).items():
+        index, rest = key.split(".", 1)
+        index = int(index)
+        kind, pos = ("transformer_blocks", index) if index < n_double else ("single_transformer_blocks", index - n_double)
+        state[f"{kind}.{pos}.linears.{rest}"] = value
+    with init_empty_weights():
+        model = cls.from_config(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    return (model.to(dtype) if dtype is not None else model).eval()
+
+
+def _register_with_diffusers() -> None:
+    """Let diffusers' block hooks (layer skip, caching, group offloading) accept the stand-in blocks."""
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+    for cls in (LinearReplacement, SkipBlock):
+        TransformerBlockRegistry.register(
+            model_class=cls,
+            metadata=TransformerBlockMetadata(return_hidden_states_index=1, return_encoder_hidden_states_index=0),
+        )
+
+
+_register_with_diffusers()

@@ -1,0 +1,147 @@
+"""Loading the export: as a pipeline folder, without FastFLUX (diffusers' remote code), never silently
+as the plain FLUX class."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_adapter import _inputs, _model_forward
+from test_export import _chain_like_model
+from test_flux_folder import _flux_params
+
+from fastflux_core import source
+from fastflux_core.adapter import FluxAdapter
+from fastflux_core.export import PrunedFluxTransformer2DModel, load_pipeline, merge_lora, to_pruned, write_pipeline
+from fastflux_core.prompts import prompt_items
+from fastflux_core.replacement import LinearReplacement
+from fastflux_core.text import encode_prompts
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """A saved pruned tiny transformer (two linears, merged LoRA) and its forward on fixed inputs."""
+    folder = tmp_path_factory.mktemp("export") / "transformer"
+    m = _chain_like_model()
+    merge_lora(m)
+    pruned = to_pruned(m, [1, 2])
+    pruned.save_pretrained(str(folder))
+    with torch.no_grad():
+        out = _model_forward(pruned, _inputs())
+    return folder, out
+
+
+def test_plain_flux_class_refuses_and_names_the_class(export):
+    from diffusers import FluxTransformer2DModel
+
+    folder, _ = export
+    with pytest.raises(ValueError, match="PrunedFluxTransformer2DModel") as err:
+        FluxTransformer2DModel.from_pretrained(str(folder))
+    assert "trust_remote_code=True" in str(err.value)
+
+
+@torch.no_grad()
+def test_our_class_loads_and_resaves_with_the_guard(export, tmp_path):
+    folder, out = export
+    loaded = PrunedFluxTransformer2DModel.from_pretrained(str(folder))
+    assert "quantization_config" not in loaded.config and "auto_map" not in loaded.config
+    torch.testing.assert_close(_model_forward(loaded, _inputs()), out, rtol=0, atol=0)
+    loaded.save_pretrained(str(tmp_path))  # a re-saved export still refuses the plain class
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "fastflux-pruned" in config["quantization_config"]["quant_method"]
+    assert config["auto_map"] == {"AutoModel": "pruned_flux.PrunedFluxTransformer2DModel"}
+    assert (tmp_path / "pruned_flux.py").read_bytes() == (folder / "pruned_flux.py").read_bytes()
+
+
+def test_loads_where_fastflux_cannot_be_imported(export, tmp_path):
+    """diffusers' AutoModel runs the pruned_flux.py shipped in the folder: same output, in a process
+    where importing fastflux_core fails."""
+    folder, out = export
+    x = _inputs()
+    save_file({k: v for k, v in vars(x).items() if v is not None}, tmp_path / "x.safetensors")
+    script = f"""
+import sys; sys.modules["fastflux_core"] = None  # any import of our package now raises
+import torch
+from diffusers import AutoModel
+from safetensors.torch import load_file, save_file
+m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
+assert type(m).__module__.startswith("diffusers_modules"), type(m).__module__
+with torch.no_grad():
+    y = m(**load_file("x.safetensors"), return_dict=False)[0]
+save_file({{"y": y.contiguous()}}, "y.safetensors")
+"""
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path)
+    torch.testing.assert_close(load_file(tmp_path / "y.safetensors")["y"], out, rtol=1e-5, atol=1e-6)  # another process
+
+
+@torch.no_grad()
+def test_pipeline_folder_generates_like_our_sampler(tmp_path, tiny_flux_folder):
+    """FluxPipeline and DiffusionPipeline load the export folder (transformer linked, the rest linked
+    to the base); generating from prompts equals our sampler with the pruned transformer on the same noise."""
+    from diffusers import DiffusionPipeline, FluxPipeline
+
+    from fastflux_core.codec import pack
+    from fastflux_core.sampling import initial_noise, latent_size, sample_latents
+
+    m = FluxPipeline.from_pretrained(str(tiny_flux_folder)).transformer
+    rep = LinearReplacement(m.inner_dim, "single")
+    g = torch.Generator().manual_seed(0)
+    rep.set_affine("joint", torch.randn(m.inner_dim, m.inner_dim, generator=g) * 0.05, torch.randn(m.inner_dim, generator=g) * 0.05)
+    FluxAdapter(m).swap(3, rep)
+    to_pruned(m, [3]).save_pretrained(str(tmp_path / "assemble" / "transformer"))
+    out = tmp_path / "export"
+    out.mkdir()
+    linked = write_pipeline(tmp_path / "assemble" / "transformer", tiny_flux_folder, out)
+    assert sorted(linked) == sorted(["transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"])
+    assert all((out / c).is_symlink() for c in linked)  # nothing copied
+
+    pipe = FluxPipeline.from_pretrained(str(out), trust_remote_code=True)
+    assert type(pipe.transformer).__name__ == "PrunedFluxTransformer2DModel" and pipe.transformer.config.replaced_blocks == [3]
+    assert type(DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)).__name__ == "FluxPipeline"
+    ours_pipe = load_pipeline(out)
+    assert type(ours_pipe.transformer) is PrunedFluxTransformer2DModel
+
+    params = _flux_params(tiny_flux_folder)
+    prompts = ["a red cube", "a blue sphere"]
+    items = prompt_items(2, 1, 7)
+    codec = source.load_codec(params, pipe.transformer)
+    h, w = latent_size(params.sampling.height, params.sampling.width, codec.scale_factor)
+    s = params.sampling
+    theirs = pipe(prompt=prompts, latents=pack(initial_noise(items, codec.latent_channels, h, w)), height=s.height,
+                  width=s.width, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+                  max_sequence_length=params.text.max_sequence_length, output_type="latent").images
+    embeds = encode_prompts(source.load_text_encoder(params), prompts, batch_size=2)
+    ours = sample_latents(ours_pipe.transformer, source.load_scheduler(params), embeds, items, s,
+                          codec.latent_channels, codec.scale_factor, progress=False)
+    torch.testing.assert_close(pack(ours), theirs, rtol=1e-5, atol=1e-5)
+    base = sample_latents(FluxPipeline.from_pretrained(str(tiny_flux_folder)).transformer, source.load_scheduler(params),
+                          embeds, items, s, codec.latent_channels, codec.scale_factor, progress=False)
+    assert not torch.allclose(base, ours)  # the pruned transformer is the one that ran
+
+
+@torch.no_grad()
+def test_contiguous_numbering_round_trips(export, tmp_path):
+    """Kept blocks renumbered 0, 1, … (standard keys a block-counting runtime reads), replaced linears in
+    their own file; our class renumbers back and computes the same function."""
+    from safetensors import safe_open
+
+    folder, out = export
+    PrunedFluxTransformer2DModel.from_pretrained(str(folder)).save_pretrained(tmp_path, numbering="contiguous")
+    config = json.loads((tmp_path / "config.json").read_text())  # tiny: 2 double + 3 single, 1 and 2 replaced
+    assert (config["num_layers"], config["num_single_layers"], config["numbering"]) == (1, 2, "contiguous")
+    with safe_open(tmp_path / "diffusion_pytorch_model.safetensors", "pt") as f:
+        blocks = {k.split(".")[0] + "." + k.split(".")[1] for k in f.keys() if "blocks." in k}
+    assert blocks == {"transformer_blocks.0", "single_transformer_blocks.0", "single_transformer_blocks.1"}
+    with safe_open(tmp_path / "replaced_blocks.safetensors", "pt") as f:
+        assert sorted(f.keys()) == ["1.img.bias", "1.img.weight", "1.txt.bias", "1.txt.weight", "2.joint.bias", "2.joint.weight"]
+    loaded = PrunedFluxTransformer2DModel.from_pretrained(str(tmp_path))
+    assert loaded.config.replaced_blocks == [1, 2] and len(loaded.single_transformer_blocks) == 3
+    torch.testing.assert_close(_model_forward(loaded, _inputs()), out, rtol=0, atol=0)
+    from diffusers import FluxTransformer2DModel
+
+    with pytest.raises(ValueError, match="PrunedFluxTransformer2DModel"):
+        FluxTransformer2DModel.from_pretrained(str(tmp_path))
