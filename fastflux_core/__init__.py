@@ -17,7 +17,8 @@ Modules, by the paper's concepts (the README's layout section says the same, wit
     store        sharded Zarr activation stores;  capture: the hooks that fill them
     lstsq        streamed least squares (Eq. 1);  brll: per-block solve and the "w/o ST" model
     lora         peft LoRA on sandwich neighbours;  sandwich: Sandwich Training
-    export       the diffusers-loadable pruned model and pipeline folder;  assemble: the model at a ratio
+    export       the diffusers-loadable pruned model;  export_folder: the pipeline folder around it
+    assemble     the model at a ratio from the chain
     model_card   the export's README.md;  lora_compat: existing FLUX LoRAs on a pruned export
     store_info   what an activation store holds;  cli: the `fastflux` command
     evaluation   held-out quality of pruned models;  speed: FLOPs and latency

@@ -16,7 +16,7 @@ True
 
 from __future__ import annotations
 
-from fastflux_core.pruned_flux import MODULE_FILE
+from fastflux_core.export_folder import MODULE
 
 REPLACEMENT = {"brll": "BRLL linear", "delete": "removed (identity)"}
 
@@ -32,8 +32,11 @@ def _front_matter() -> str:
     ])
 
 
-def _loading(numbering: str) -> str:
-    module = MODULE_FILE.removesuffix(".py")
+def _loading(numbering: str, pipeline: bool) -> str:
+    module = MODULE
+    whole = ("" if pipeline else "\nThis base is not a diffusers pipeline (no `model_index.json`: e.g. the embedded default "
+             "has no VAE or CLIP/T5), so the pipeline lines do not apply: load the transformer and scheduler "
+             "folders on their own.\n")
     renumbered = ("" if numbering != "contiguous" else
                   "\nBlocks are numbered contiguously (kept blocks 0, 1, … within each kind; `num_layers` / "
                   "`num_single_layers` count them); the replacing linears are in `transformer/replaced_blocks.safetensors`, "
@@ -41,7 +44,7 @@ def _loading(numbering: str) -> str:
     return f"""## How to load
 
 ```python
-# Without FastFLUX: the pruned transformer's class ships in transformer/{MODULE_FILE}
+# Without FastFLUX: the pruned transformer's class ships in transformer/{module}.py
 from diffusers import FluxPipeline
 pipe = FluxPipeline.from_pretrained("<this folder>", trust_remote_code=True)
 
@@ -50,14 +53,14 @@ from diffusers import AutoModel
 transformer = AutoModel.from_pretrained("<this folder>/transformer", trust_remote_code=True)
 
 # With FastFLUX installed (no remote code runs)
-from fastflux_core.export import load_pipeline
+from fastflux_core.export_folder import load_pipeline
 pipe = load_pipeline("<this folder>")
 ```
 
 `FluxTransformer2DModel.from_pretrained` refuses this transformer (an error naming the class above)
 instead of re-creating the replaced blocks at random. Kept blocks keep FLUX's standard parameter
 names; `model_index.json` names the transformer `["{module}", "PrunedFluxTransformer2DModel"]`.
-{renumbered}"""
+{renumbered}{whole}"""
 
 
 def _removed(block_map: dict) -> str:
@@ -133,9 +136,10 @@ def _provenance(block_map: dict) -> str:
 """
 
 
-def model_card(block_map: dict, metrics: dict, latency: dict) -> str:
-    """The README.md text for an export (``metrics``/``latency`` may be empty: not measured)."""
+def model_card(block_map: dict, metrics: dict, latency: dict, pipeline: bool = True) -> str:
+    """The README.md text for an export (``metrics``/``latency`` may be empty: not measured);
+    ``pipeline``: the folder has a ``model_index.json`` (the base was a diffusers pipeline)."""
     title = f"# FLUX pruned with FastFLUX: {block_map['n_pruned']} of {block_map['n_blocks']} blocks replaced"
     return "\n\n".join([_front_matter(), title,
                         "Block-wise pruning by BRLL and Sandwich Training (arXiv 2506.10035), made with FastFLUX.",
-                        _loading(block_map.get("numbering", "original")), _removed(block_map), _quality(metrics, latency), _provenance(block_map)])
+                        _loading(block_map.get("numbering", "original"), pipeline), _removed(block_map), _quality(metrics, latency), _provenance(block_map)])

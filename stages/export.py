@@ -9,7 +9,7 @@ cache: false, and DVC does not follow links into folders). README.md quotes the 
 
 from pathlib import Path
 
-from fastflux_core.export import contiguous_map, write_pipeline
+from fastflux_core.export_folder import contiguous_map, write_pipeline
 from fastflux_core.io import atomic_dir, read_json, run_stage, write_json
 from fastflux_core.model_card import model_card
 from fastflux_core.params import load_params
@@ -26,7 +26,7 @@ def main() -> None:
         write_pipeline(Path("data/assemble/transformer"), Path(block_map["base"]["path"]), out, final=Path("data/export"),
                        numbering=export.numbering)
         write_json(out / "block_map.json", block_map)
-        (out / "README.md").write_text(model_card(block_map, metrics, latency))
+        (out / "README.md").write_text(model_card(block_map, metrics, latency, (out / "model_index.json").is_file()))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastflux_core.cli import main
 from fastflux_core.store import ArraySpec, StoreWriter
 
 FASTFLUX = str(Path(sys.executable).with_name("fastflux"))  # installed beside this Python by scripts/setup.sh
@@ -30,12 +31,15 @@ def _store(path: Path, complete: bool = True) -> Path:
 
 
 @pytest.mark.parametrize("command", ["inspect", "lora", "budget", "experiments", "report"])
-def test_every_command_has_help(command):
-    out = _run(command, "--help")
-    assert out.returncode == 0 and "usage:" in out.stdout and len(out.stdout.splitlines()) > 3
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "usage:" in out and len(out.splitlines()) > 3
 
 
 def test_inspect_prints_layout_and_statistics(tmp_path):
+    """Through the installed console script (the only test that starts one: each start imports torch)."""
     store = _store(tmp_path / "s.zarr")
     out = _run("inspect", str(store), "--sample", "2", "--json", str(tmp_path / "info.json"))
     assert out.returncode == 0, out.stderr
@@ -48,20 +52,24 @@ def test_inspect_prints_layout_and_statistics(tmp_path):
 
 
 @pytest.mark.parametrize("case, match", [("missing", "no activation store"), ("incomplete", "incomplete")])
-def test_inspect_refuses_missing_and_incomplete_stores_in_one_line(case, match, tmp_path):
+def test_inspect_refuses_missing_and_incomplete_stores_in_one_line(case, match, tmp_path, capsys):
     path = tmp_path / "s.zarr" if case == "missing" else _store(tmp_path / "s.zarr", complete=False)
-    out = _run("inspect", str(path))
-    assert out.returncode == 2 and out.stderr.startswith("fastflux: error:") and match in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and out.stdout == ""
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect", "--quiet", str(path)])
+    out = capsys.readouterr()
+    assert exit_.value.code == 2 and out.err.startswith("fastflux: error:") and match in out.err
+    assert len(out.err.strip().splitlines()) == 1 and out.out == ""
 
 
-def test_lora_error_is_one_line_and_writes_nothing(tmp_path):
+def test_lora_error_is_one_line_and_writes_nothing(tmp_path, capsys):
     from safetensors.torch import save_file
 
     save_file({"some.random.key": torch.zeros(2)}, tmp_path / "l.safetensors")
     (tmp_path / "export" / "transformer").mkdir(parents=True)
     (tmp_path / "export" / "transformer" / "config.json").write_text(json.dumps(
         {"replaced_blocks": [1], "num_layers": 2, "num_single_layers": 3, "num_attention_heads": 2, "attention_head_dim": 16}))
-    out = _run("lora", str(tmp_path / "l.safetensors"), str(tmp_path / "export"))
-    assert out.returncode == 2 and "no known FLUX format" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["lora", str(tmp_path / "l.safetensors"), str(tmp_path / "export")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "no known FLUX format" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "l.pruned.safetensors").exists()

@@ -15,8 +15,10 @@ from test_flux_folder import _flux_params
 
 from fastflux_core import source
 from fastflux_core.adapter import FluxAdapter
-from fastflux_core.export import PrunedFluxTransformer2DModel, load_pipeline, merge_lora, to_pruned, write_pipeline
+from fastflux_core.export import PrunedFluxTransformer2DModel, merge_lora, to_pruned
+from fastflux_core.export_folder import TRANSFORMER_ENTRY, load_pipeline, write_pipeline
 from fastflux_core.prompts import prompt_items
+from fastflux_core.pruned_flux import MODULE_FILE
 from fastflux_core.replacement import LinearReplacement
 from fastflux_core.text import encode_prompts
 
@@ -99,6 +101,8 @@ def test_pipeline_folder_generates_like_our_sampler(tmp_path, tiny_flux_folder):
     assert sorted(linked) == sorted(["transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"])
     assert all((out / c).is_symlink() for c in linked)  # nothing copied
 
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["transformer"] == TRANSFORMER_ENTRY == [MODULE_FILE.removesuffix(".py"), PrunedFluxTransformer2DModel.__name__]
     pipe = FluxPipeline.from_pretrained(str(out), trust_remote_code=True)
     assert type(pipe.transformer).__name__ == "PrunedFluxTransformer2DModel" and pipe.transformer.config.replaced_blocks == [3]
     assert type(DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)).__name__ == "FluxPipeline"

@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from fastflux_core.adapter import FluxAdapter
 from fastflux_core.errors import FastFluxError
-from fastflux_core.export import PrunedFluxTransformer2DModel, to_pruned, write_pipeline
+from fastflux_core.export import PrunedFluxTransformer2DModel, to_pruned
+from fastflux_core.export_folder import write_pipeline
 from fastflux_core.lora_compat import convert_file
 from fastflux_core.replacement import LinearReplacement
 
@@ -74,7 +75,7 @@ class _Warnings(logging.Handler):
 
 
 def _load_lora_warnings(export, lora_path) -> tuple[list[str], object]:
-    from fastflux_core.export import load_pipeline
+    from fastflux_core.export_folder import load_pipeline
 
     pipe = load_pipeline(export)
     handler = _Warnings()

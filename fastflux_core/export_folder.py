@@ -1,0 +1,94 @@
+"""The export folder (stage ``export``): the base's pipeline with the pruned transformer swapped in.
+
+``model_index.json`` names the pruned class, ``transformer/`` links to the assembled transformer and
+every other component (scheduler, VAE, text encoders, tokenizers) links to the base folder's —
+nothing of FLUX.1-dev's 24 GB is copied. Three ways to load it:
+
+    from diffusers import DiffusionPipeline, FluxPipeline
+    pipe = FluxPipeline.from_pretrained("data/export", trust_remote_code=True)     # no FastFLUX needed
+    pipe = DiffusionPipeline.from_pretrained("data/export", trust_remote_code=True)
+    from fastflux_core.export_folder import load_pipeline
+    pipe = load_pipeline("data/export")                                              # our class, no remote code
+
+This module imports diffusers only where a function needs the model class, so the stage that writes
+the folder (links, index, card) starts in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fastflux_core.errors import ModelFolderError
+
+# model_index.json's entry for the transformer: the module shipped in transformer/ and its class
+# (fastflux_core/pruned_flux.py's MODULE_FILE and class name; tests/test_export_loading.py checks both)
+MODULE = "pruned_flux"
+TRANSFORMER_ENTRY = [MODULE, "PrunedFluxTransformer2DModel"]
+
+
+def write_pipeline(transformer: Path, base_root: Path, out: Path, final: Path | None = None,
+                   numbering: str = "original") -> list[str]:
+    """Make ``out`` a pipeline folder: ``transformer/`` links to ``transformer`` (relative, so the
+    project can move), every other component of ``base_root`` links to it (absolute). With a base
+    that is a diffusers pipeline folder (``model_index.json``), ``model_index.json`` is the base's
+    with the transformer entry naming the pruned class; a base without one (the embedded default:
+    transformer and scheduler only, no VAE or CLIP/T5) gets the links but no index, and loads
+    component by component. ``final``: where ``out`` is renamed to afterwards (an atomic write),
+    which the relative link is made for. ``numbering="contiguous"``: ``transformer/`` is instead a
+    rewritten copy with the kept blocks renumbered (:func:`~fastflux_core.pruned_flux.save_contiguous`).
+    Returns the component names."""
+    if numbering == "contiguous":
+        from fastflux_core.pruned_flux import PrunedFluxTransformer2DModel
+
+        PrunedFluxTransformer2DModel.from_pretrained(str(transformer)).save_pretrained(out / "transformer",
+                                                                                      numbering="contiguous")
+    else:
+        os.symlink(os.path.relpath(transformer.absolute(), (final or out).absolute()), out / "transformer")
+    index_path = base_root / "model_index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        if "transformer" not in index:
+            raise ModelFolderError(f"{index_path} lists no transformer: not a FLUX pipeline folder")
+        components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]]
+        index["transformer"] = TRANSFORMER_ENTRY
+        (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    else:
+        components = sorted(p.name for p in base_root.iterdir() if p.is_dir() and any(p.glob("*.json")))
+    linked = []
+    for name in components:
+        if name == "transformer":
+            continue
+        if not (base_root / name).is_dir():
+            raise ModelFolderError(f"base folder {base_root} lacks {name}/, which its model_index.json lists")
+        os.symlink((base_root / name).resolve(), out / name)
+        linked.append(name)
+    return ["transformer", *linked]
+
+
+def contiguous_map(transformer: Path) -> dict[str, dict[str, int]]:
+    """Original → contiguous index within each kind for the kept blocks of a saved pruned transformer
+    (what ``numbering: contiguous`` does to the keys)."""
+    from fastflux_core.pruned_flux import kept_blocks
+
+    config = json.loads((transformer / "config.json").read_text())
+    removed = set(config["replaced_blocks"]) | set(config["deleted_blocks"])
+    double, single = kept_blocks(config["num_layers"], config["num_single_layers"], removed)
+    return {"double": {str(i): k for i, k in double.items()}, "single": {str(j): k for j, k in single.items()}}
+
+
+def load_pipeline(folder: str | Path, **kwargs):
+    """The exported pipeline with FastFLUX's class for the transformer (no remote code run)."""
+    import sys
+
+    from diffusers import DiffusionPipeline
+
+    from fastflux_core import pruned_flux
+    from fastflux_core.pruned_flux import PrunedFluxTransformer2DModel
+
+    # model_index.json names the library "pruned_flux" (the file beside the transformer); diffusers
+    # checks a passed component against that library, which it takes from sys.modules.
+    sys.modules.setdefault(TRANSFORMER_ENTRY[0], pruned_flux)
+    transformer = PrunedFluxTransformer2DModel.from_pretrained(str(Path(folder) / "transformer"))
+    return DiffusionPipeline.from_pretrained(str(folder), transformer=transformer, **kwargs)
