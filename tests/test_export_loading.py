@@ -2,13 +2,10 @@
 as the plain FLUX class."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from test_adapter import _inputs, _model_forward
 from test_export import _chain_like_model
 from test_flux_folder import _flux_params
@@ -58,26 +55,20 @@ def test_our_class_loads_and_resaves_with_the_guard(export, tmp_path):
     assert (tmp_path / "pruned_flux.py").read_bytes() == (folder / "pruned_flux.py").read_bytes()
 
 
-def test_loads_where_fastflux_cannot_be_imported(export, tmp_path):
-    """diffusers' AutoModel runs the pruned_flux.py shipped in the folder: same output, in a process
-    where importing fastflux_core fails."""
+@torch.no_grad()
+def test_loads_where_fastflux_cannot_be_imported(export, monkeypatch):
+    """diffusers' AutoModel runs the pruned_flux.py shipped in the folder, and gets the same output, while
+    any import of our package raises (in this process, with fastflux_core hidden from sys.modules)."""
+    from diffusers import AutoModel
+
     folder, out = export
-    x = _inputs()
-    save_file({k: v for k, v in vars(x).items() if v is not None}, tmp_path / "x.safetensors")
-    script = f"""
-import sys; sys.modules["fastflux_core"] = None  # any import of our package now raises
-import torch
-from diffusers import AutoModel
-from safetensors.torch import load_file, save_file
-m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
-assert type(m).__module__.startswith("diffusers_modules"), type(m).__module__
-with torch.no_grad():
-    y = m(**load_file("x.safetensors"), return_dict=False)[0]
-save_file({{"y": y.contiguous()}}, "y.safetensors")
-"""
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path)
-    torch.testing.assert_close(load_file(tmp_path / "y.safetensors")["y"], out, rtol=1e-5, atol=1e-6)  # another process
+    for name in [n for n in sys.modules if n.split(".")[0] in ("fastflux_core", "diffusers_modules")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastflux_core", None)  # `import fastflux_core…` now fails
+    m = AutoModel.from_pretrained(str(folder), trust_remote_code=True)
+    assert type(m).__module__.startswith("diffusers_modules"), type(m).__module__
+    monkeypatch.undo()  # our package back before comparing
+    torch.testing.assert_close(_model_forward(m, _inputs()), out, rtol=0, atol=0)
 
 
 @torch.no_grad()
@@ -149,3 +140,20 @@ def test_contiguous_numbering_round_trips(export, tmp_path):
 
     with pytest.raises(ValueError, match="PrunedFluxTransformer2DModel"):
         FluxTransformer2DModel.from_pretrained(str(tmp_path))
+
+
+def test_export_folder_of_a_base_without_pipeline_index_and_contiguous(export, tmp_path):
+    """The embedded default's base (transformer/ and scheduler/, no model_index.json): links, no index;
+    numbering contiguous makes transformer/ a renumbered copy, and the map says where each kept block went."""
+    from fastflux_core.export_folder import contiguous_map
+
+    folder, _ = export
+    base = tmp_path / "base"
+    (base / "scheduler").mkdir(parents=True)
+    (base / "scheduler" / "scheduler_config.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert write_pipeline(folder, base, out, numbering="contiguous") == ["transformer", "scheduler"]
+    assert not (out / "model_index.json").exists() and (out / "scheduler").is_symlink()
+    assert not (out / "transformer").is_symlink() and (out / "transformer" / "replaced_blocks.safetensors").is_file()
+    assert contiguous_map(folder) == {"double": {"0": 0}, "single": {"1": 0, "2": 1}}  # global 3, 4 → 0, 1
