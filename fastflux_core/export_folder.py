@@ -5,10 +5,10 @@ every other component (scheduler, VAE, text encoders, tokenizers) links to the b
 nothing of FLUX.1-dev's 24 GB is copied. Three ways to load it:
 
     from diffusers import DiffusionPipeline, FluxPipeline
-    pipe = FluxPipeline.from_pretrained("data/export", trust_remote_code=True)     # no FastFLUX needed
-    pipe = DiffusionPipeline.from_pretrained("data/export", trust_remote_code=True)
+    pipe = FluxPipeline.from_pretrained("./data/export", trust_remote_code=True)     # no FastFLUX needed
+    pipe = DiffusionPipeline.from_pretrained("./data/export", trust_remote_code=True)
     from fastflux_core.export_folder import load_pipeline
-    pipe = load_pipeline("data/export")                                              # our class, no remote code
+    pipe = load_pipeline("./data/export")                                              # our class, no remote code
 
 This module imports diffusers only where a function needs the model class, so the stage that writes
 the folder (links, index, card) starts in seconds.

@@ -129,7 +129,7 @@ def convert(lora: dict[str, torch.Tensor], n_double: int, n_single: int, removed
     pattern, kinds = BLOCK_PATTERNS[fmt]
     double, single = kept_blocks(n_double, n_single, removed)
     norms = _delta_sq_norms(lora)
-    out, dropped = {}, []
+    out, dropped, dropped_blocks = {}, [], set()
     for key, value in lora.items():
         m = pattern.match(key)
         if not m:
@@ -143,22 +143,17 @@ def convert(lora: dict[str, torch.Tensor], n_double: int, n_single: int, removed
         renumber = double if is_double else single
         if index not in renumber:
             dropped.append(key)
+            dropped_blocks.add(index if is_double else n_double + index)
             continue
         new_index = renumber[index] if numbering == "contiguous" else index
         out[f"{prefix}{kind}{'.' if fmt != 'kohya' else '_'}{new_index}{rest}"] = value
     total = sum(norms.values())
-    dropped_blocks = sorted({_global_index(pattern.match(k), kinds, n_double) for k in dropped})
     return out, {
         "format": fmt, "numbering": numbering, "keys_in": len(lora), "keys_out": len(out),
-        "dropped_blocks": dropped_blocks, "dropped_keys": sorted(dropped),
+        "dropped_blocks": sorted(dropped_blocks), "dropped_keys": sorted(dropped),
         "dropped_share": sum(norms[k] for k in dropped) / total if total > 0 else 0.0,
         "renumbered": numbering == "contiguous",
     }
-
-
-def _global_index(m: re.Match, kinds: tuple[str, str], n_double: int) -> int:
-    index = int(m.group(3))
-    return index if m.group(2) == kinds[0] else n_double + index
 
 
 def convert_file(lora_path: Path, export: Path, out_path: Path, numbering: str | None = None) -> dict:

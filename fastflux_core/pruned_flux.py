@@ -5,7 +5,7 @@ This file is copied beside every exported transformer's ``config.json`` (and nam
 custom-model route::
 
     from diffusers import AutoModel
-    transformer = AutoModel.from_pretrained("data/export/transformer", trust_remote_code=True)
+    transformer = AutoModel.from_pretrained("./data/export/transformer", trust_remote_code=True)
 
 With FastFLUX installed, ``fastflux_core.export.PrunedFluxTransformer2DModel`` is this class.
 

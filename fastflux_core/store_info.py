@@ -25,13 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from fastflux_core.errors import FastFluxError
-from fastflux_core.store import StoreReader
+from fastflux_core.store import StoreReader, manifest
 
 _ROWS_PER_READ = 1 << 16
-
-
-def _bytes_on_disk(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _stats(reader: StoreReader, name: str, bar: tqdm) -> dict:
@@ -60,6 +56,7 @@ def describe(path: str | Path, sample: int = 0, progress: bool = True) -> dict:
     if not path.exists():
         raise FastFluxError(f"no activation store at {path}")
     reader = StoreReader(path)
+    sizes = manifest(path)["sizes"]  # every file of the store → bytes
     arrays = {}
     names = sorted(reader.group.array_keys())
     total_rows = sum(reader.array(n).shape[0] if reader.array(n).ndim else 1 for n in names)
@@ -71,7 +68,7 @@ def describe(path: str | Path, sample: int = 0, progress: bool = True) -> dict:
                 "stored_as": arr.attrs.get("stored_as", str(arr.dtype)), "chunks": list(arr.chunks),
                 "shards": list(arr.shards) if arr.shards else None,
                 "compressors": [type(c).__name__ for c in arr.compressors],
-                "bytes_on_disk": _bytes_on_disk(path / name),
+                "bytes_on_disk": sum(b for rel, b in sizes.items() if rel.startswith(name + "/")),
             }
             info.update(_stats(reader, name, bar))
             if sample:
@@ -79,7 +76,7 @@ def describe(path: str | Path, sample: int = 0, progress: bool = True) -> dict:
             arrays[name] = info
     attrs = {k: v for k, v in reader.attrs.items() if k != "prompts"}
     attrs["n_prompts"] = len(reader.attrs.get("prompts", []))
-    return {"path": str(path), "complete": reader.attrs.get("complete") is True, "bytes_on_disk": _bytes_on_disk(path),
+    return {"path": str(path), "complete": reader.attrs.get("complete") is True, "bytes_on_disk": sum(sizes.values()),
             "attrs": attrs, "arrays": arrays}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import repo_params
 
 from fastflux_core.errors import ParamsError
 from fastflux_core.params import load_params, parse_params
@@ -16,12 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _default() -> dict:
-    """params.yaml with its prompt files as absolute paths (readable from a test's tmp_path)."""
-    d = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for prompt_set in d["prompts"].values():
-        if isinstance(prompt_set, dict):
-            prompt_set["file"] = str(ROOT / prompt_set["file"])
-    return d
+    return repo_params()
 
 
 def test_repo_params_are_valid():

@@ -90,14 +90,23 @@ def write_tiny_base(root: Path, seed: int = 0, train_steps: int = 0) -> Path:
     return base
 
 
-def tiny_params(**overrides):
-    """params.yaml with the chain sized for a 5-block model (3 steps) and tiny capture/training."""
+def repo_params() -> dict:
+    """params.yaml with its prompt files as absolute paths (readable from a test's tmp_path)."""
     import yaml
-
-    from fastflux_core.params import parse_params
 
     root = Path(__file__).resolve().parents[1]
     d = yaml.safe_load((root / "params.yaml").read_text())
+    for prompt_set in d["prompts"].values():
+        if isinstance(prompt_set, dict):
+            prompt_set["file"] = str(root / prompt_set["file"])
+    return d
+
+
+def tiny_params(**overrides):
+    """params.yaml with the chain sized for a 5-block model (3 steps) and tiny capture/training."""
+    from fastflux_core.params import parse_params
+
+    d = repo_params()
     d["importance"]["blocks"] = [0, 1, 2, 3, 4]
     d["max_ratio"], d["ratio"] = 0.6, 0.4
     d["steps"] = {"1": {"prev": 0}, "2": {"prev": 1}, "3": {"prev": 2}}
@@ -105,9 +114,6 @@ def tiny_params(**overrides):
     d["capture"].update(timesteps=3, shard_samples=8, chunk_samples=4)  # schedule steps 0, 2, 3
     d["sandwich"].update(train_steps=60, batch_size=8, learning_rate=3e-3, micro_batch=3, round_samples=40)
     d["prompts"]["calibration"]["images_per_prompt"] = 2
-    for prompt_set in d["prompts"].values():  # readable from any working directory
-        if isinstance(prompt_set, dict):
-            prompt_set["file"] = str(root / prompt_set["file"])
     for key, value in overrides.items():
         section, _, field = key.partition(".")
         if field:
