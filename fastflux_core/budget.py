@@ -32,7 +32,6 @@ import copy
 import itertools
 import json
 import math
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -51,22 +50,21 @@ from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, T
 from fastflux_core import capture as capture_module
 from fastflux_core import flux_configs
 from fastflux_core.adapter import ModelInputs, SkipBlock, adapter_for, run_blocks
-from fastflux_core.capture import Armed, BlockIOHooks, ModelInputHooks, calibration_specs, training_specs
+from fastflux_core.capture import Armed, BlockIOHooks, ModelInputHooks
 from fastflux_core.chain import PlanStep, sandwich_bounds
 from fastflux_core.codec import PixelCodec, VaeCodec
-from fastflux_core.embedded import build_model
 from fastflux_core.embedded import build_scheduler as embedded_scheduler
 from fastflux_core.lora import inject_lora, lora_parameters
 from fastflux_core.lstsq import GramAccumulator
 from fastflux_core.params import capture_schedule, importance_sampling, parse_params
-from fastflux_core.placement import DeviceMemoryError, Placement, place, place_blocks
-from fastflux_core.prompts import prompt_items, read_prompt_file
+from fastflux_core.placement import Placement, place, place_blocks
+from fastflux_core.preflight import prompt_counts
+from fastflux_core.prompts import prompt_items
 from fastflux_core.replacement import LinearReplacement
 from fastflux_core.sampling import velocity
 from fastflux_core.sandwich import micro_step, optimizer
-from fastflux_core.source import resolve_device
+from fastflux_core.shapes import Shapes, capture_bytes, component_config, transformer_config
 from fastflux_core.speed import count_flops
-from fastflux_core.store import StoreError, estimate_bytes
 
 GiB = 2**30
 CUDA = torch.device("cuda")
@@ -196,23 +194,6 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 # ----------------------------------------------------------------------------- configs and shapes
 
 
-def transformer_config(params) -> dict:
-    """The base transformer's config: the FLUX folder's, the embedded base's, or FLUX.1-dev's own."""
-    if params.model.source == "flux":
-        path = params.model.path / "transformer" / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else dict(flux_configs.TRANSFORMER)
-    path = Path("data/base/transformer/config.json")
-    if path.is_file():
-        return json.loads(path.read_text())
-    with torch.device("meta"):
-        return dict(build_model(params.embedded, 1, (384, 384)).config)
-
-
-def component_config(params, folder: str, builtin: dict) -> dict:
-    path = params.model.path / folder / "config.json" if params.model.path else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else dict(builtin)
-
-
 def _dtype(params) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[params.model.dtype]
 
@@ -222,32 +203,6 @@ def build_transformer(params) -> nn.Module:
     cfg = {k: v for k, v in transformer_config(params).items() if not k.startswith("_")}
     with default_dtype(_dtype(params)):
         return FluxTransformer2DModel.from_config(cfg).eval()
-
-
-@dataclass(frozen=True)
-class Shapes:
-    """Sequence lengths and widths at the configured resolution and text length."""
-
-    n_img: int
-    n_txt: int
-    dim: int
-    in_channels: int
-    text_dim: int
-    pooled_dim: int
-    latent_channels: int
-    scale_factor: int
-
-    @classmethod
-    def of(cls, params) -> "Shapes":
-        t = transformer_config(params)
-        scale = 1
-        if params.model.source == "flux":
-            scale = 2 ** (len(component_config(params, "vae", flux_configs.VAE)["block_out_channels"]) - 1)
-        h, w = params.sampling.height // scale, params.sampling.width // scale
-        return cls(n_img=(h // 2) * (w // 2), n_txt=params.text.max_sequence_length,
-                   dim=t["num_attention_heads"] * t["attention_head_dim"], in_channels=t["in_channels"],
-                   text_dim=t["joint_attention_dim"], pooled_dim=t["pooled_projection_dim"],
-                   latent_channels=t["in_channels"] // 4, scale_factor=scale)
 
 
 def build_codec(params, shapes: Shapes, device: torch.device):
@@ -508,15 +463,6 @@ class Row:
     hours: float
 
 
-def prompt_counts(params, assumed: dict[str, int]) -> dict[str, int]:
-    """Prompts per set: from the prompt files when they exist, else ``assumed`` (reported)."""
-    out = {}
-    for name in ("calibration", "training", "importance", "evaluation"):
-        f = getattr(params.prompts, name).file
-        out[name] = len(read_prompt_file(f)) if Path(f).is_file() else assumed[name]
-    return out
-
-
 def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, int],
                 progress: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict]:
     """Every stage kind: placement chosen for ``gpu_memory_gb``, measured peak, disk, compute."""
@@ -608,44 +554,6 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
                "importance_hours": round(sum(r.hours for r in rows if r.stage in ("reference@importance", "ablate@j")), 2),
                "max_peak_gib": max(r.peak_gib for r in rows)}
     return rows, summary
-
-
-def capture_bytes(params, shapes: Shapes, items: dict[str, int]) -> int:
-    """Bytes of one capture@k's two stores (uncompressed), for ``items`` images per prompt set."""
-    c, n_sched = params.capture, len(capture_schedule(params.capture.timesteps, params.sampling.steps))
-    return (estimate_bytes(calibration_specs(shapes.dim, c.image_tokens, c.text_tokens), items["calibration"] * n_sched, c.dtype)
-            + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels), items["training"] * n_sched, c.dtype))
-
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-
-
-def check_run(params, data: Path = Path("data"), assumed: dict[str, int] | None = None) -> None:
-    """Stage validate's up-front check, before any stage works: the disk holding ``data/`` takes every
-    capture@k's stores twice (DVC's cache copy; what ``data/capture`` holds now is replaced, so it
-    counts as free), and on a CUDA device every stage fits ``model.gpu_memory_gb`` resident or
-    offloaded (measured as the budget command does, ~1 min at FLUX.1-dev scale). One line names what
-    does not fit."""
-    counts = prompt_counts(params, assumed or {})  # validate: the prompt files exist (preflight)
-    items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
-    need = 2 * len(params.steps) * capture_bytes(params, Shapes.of(params), items)
-    data.mkdir(parents=True, exist_ok=True)
-    held = sum(f.stat().st_size for f in (data / "capture").rglob("*") if f.is_file()) if (data / "capture").is_dir() else 0
-    free = shutil.disk_usage(data).free + held
-    if need > free:
-        raise StoreError(f"the chain's activation stores need about {_size(need)} under {data}/ (capture@1.."
-                         f"{len(params.steps)}, with DVC's cache copy), {_size(free)} is free: lower "
-                         f"capture.timesteps, capture.image_tokens or the calibration/training images, or free disk")
-    if resolve_device(params.model.device).type != "cuda" or params.model.offload != "auto":
-        return
-    gb = params.model.gpu_memory_gb
-    rows, _ = plan_budget(params, gb, 400.0, counts)
-    for r in rows:
-        if r.peak_gib > gb:
-            raise DeviceMemoryError(f"stage {r.stage} needs {r.peak_gib:.1f} GiB of device memory ({r.placement}), "
-                                    f"model.gpu_memory_gb is {gb:g}: lower sampling.batch_size / sandwich.micro_batch"
-                                    f" / text.batch_size, or see 'python -m fastflux_core.budget'")
 
 
 def params_bytes(params, k: int) -> int:

@@ -38,8 +38,9 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.params import Params, capture_schedule
 from fastflux_core.prompts import GenItem, PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import flux_timesteps, latent_size, sample_latents
+from fastflux_core.shapes import calibration_specs, training_specs
 from fastflux_core.source import load_codec, load_scheduler, on_device
-from fastflux_core.store import ArraySpec, StoreWriter, check_disk, estimate_bytes
+from fastflux_core.store import StoreWriter, check_disk, estimate_bytes
 
 
 class NonFiniteActivations(FastFluxError):
@@ -53,28 +54,6 @@ def _check_finite(t: torch.Tensor, what: str, block: str, step: int) -> None:
             f"{bad} non-finite values (NaN/inf) in {what} of block {block} at schedule step {step}; "
             f"try model.dtype: float32 or bfloat16 (float16 overflows in FLUX)"
         )
-
-
-ITEM_SPECS = [
-    ArraySpec("prompt", (), ("sample",), activation=False, dtype="int64"),
-    ArraySpec("seed", (), ("sample",), activation=False, dtype="int64"),
-    ArraySpec("schedule_step", (), ("sample",), activation=False, dtype="int64"),
-    ArraySpec("timestep", (), ("sample",), activation=False),
-]
-
-
-def calibration_specs(dim: int, k_img: int, k_txt: int) -> list[ArraySpec]:
-    return [
-        ArraySpec("block_in_img", (dim,), ("token", "dim"), k_img),
-        ArraySpec("residual_img", (dim,), ("token", "dim"), k_img),
-        ArraySpec("block_in_txt", (dim,), ("text_token", "dim"), k_txt),
-        ArraySpec("residual_txt", (dim,), ("text_token", "dim"), k_txt),
-    ] + ITEM_SPECS
-
-
-def training_specs(n_img: int, in_channels: int) -> list[ArraySpec]:
-    return [ArraySpec("latents", (n_img, in_channels), ("sample", "image_seq", "channel")),
-            ArraySpec("guidance", (), ("sample",), activation=False)] + ITEM_SPECS
 
 
 class Armed:

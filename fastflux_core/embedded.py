@@ -24,6 +24,7 @@ from fastflux_core.integrity import require_finite
 from fastflux_core.params import EmbeddedParams
 from fastflux_core.prompts import PromptEmbeds
 from fastflux_core.sampling import velocity
+from fastflux_core.shapes import embedded_transformer_config
 
 if TYPE_CHECKING:
     from fastflux_core.params import Params
@@ -31,18 +32,7 @@ if TYPE_CHECKING:
 
 def build_model(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> FluxTransformer2DModel:
     """A fresh FluxTransformer2DModel for ``latent_channels``-channel latents packed 2×2."""
-    return FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4 * latent_channels,
-        num_layers=cfg.num_layers,
-        num_single_layers=cfg.num_single_layers,
-        attention_head_dim=cfg.attention_head_dim,
-        num_attention_heads=cfg.num_attention_heads,
-        joint_attention_dim=text_dims[0],
-        pooled_projection_dim=text_dims[1],
-        guidance_embeds=False,
-        axes_dims_rope=cfg.axes_dims_rope,
-    )
+    return FluxTransformer2DModel(**embedded_transformer_config(cfg, latent_channels, text_dims))
 
 
 def build_scheduler() -> FlowMatchEulerDiscreteScheduler:

@@ -3,14 +3,17 @@ model and the metrics can take, the prompt files the judge reads, the real-image
 
 :func:`fastflux_core.params.load_params` runs them after the schema, so every stage — and the
 ``validate`` stage that ``dvc repro`` runs first, every time — refuses a setup that would fail
-later (a prompt the judge cannot read used to fail after every image had been generated). Each
-failure is one :class:`FastFluxError` line naming the key or file and what to do.
+later (a prompt the judge cannot read used to fail after every image had been generated). Stage
+``validate`` then runs :func:`check_run` (disk for the activation stores; device memory on a GPU).
+Each failure is one :class:`FastFluxError` line naming the key or file and what to do. Light on
+purpose — torch at most, no diffusers — since ``validate`` runs on every ``dvc repro``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +83,16 @@ def check_device(name: str) -> None:
 
         if not torch.backends.mps.is_available():
             raise FastFluxError("model.device is 'mps' but this torch has no MPS device: use model.device: auto or cpu")
+
+
+def resolve_device(name: str):
+    """The ``torch.device`` that ``model.device`` names (``auto``: CUDA when there is one, else the CPU)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(name)
+    return torch.device(name)
 
 
 def pixels_per_latent_cell(params: "Params") -> int:
@@ -168,3 +181,52 @@ def check(params: "Params") -> None:
         check_flux_folder(params.model.path)
     check_sizes(params)
     check_metrics(params)
+
+
+def prompt_counts(params: "Params", assumed: dict[str, int]) -> dict[str, int]:
+    """Prompts per set: from the prompt files when they exist, else ``assumed`` (the budget's guess
+    for a run whose prompt files are not written yet)."""
+    from fastflux_core.prompts import read_prompt_file
+
+    out = {}
+    for name in ("calibration", "training", "importance", "evaluation"):
+        f = getattr(params.prompts, name).file
+        out[name] = len(read_prompt_file(f)) if Path(f).is_file() else assumed[name]
+    return out
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def check_run(params: "Params", data: Path = Path("data"), assumed: dict[str, int] | None = None) -> None:
+    """Stage validate's budget check, before any stage works: the disk holding ``data/`` takes every
+    capture@k's stores twice (DVC's cache copy; what ``data/capture`` holds now is replaced, so it
+    counts as free), and on a CUDA device every stage fits ``model.gpu_memory_gb`` resident or
+    offloaded (measured as the budget command does, ~1 min at FLUX.1-dev scale; only then is
+    :mod:`fastflux_core.budget` imported, with diffusers). One line names what does not fit."""
+    from fastflux_core.placement import DeviceMemoryError
+    from fastflux_core.shapes import Shapes, capture_bytes
+    from fastflux_core.store import StoreError
+
+    counts = prompt_counts(params, assumed or {})  # validate: the prompt files exist (preflight)
+    items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
+    need = 2 * len(params.steps) * capture_bytes(params, Shapes.of(params), items)
+    data.mkdir(parents=True, exist_ok=True)
+    held = sum(f.stat().st_size for f in (data / "capture").rglob("*") if f.is_file()) if (data / "capture").is_dir() else 0
+    free = shutil.disk_usage(data).free + held
+    if need > free:
+        raise StoreError(f"the chain's activation stores need about {_size(need)} under {data}/ (capture@1.."
+                         f"{len(params.steps)}, with DVC's cache copy), {_size(free)} is free: lower "
+                         f"capture.timesteps, capture.image_tokens or the calibration/training images, or free disk")
+    if resolve_device(params.model.device).type != "cuda" or params.model.offload != "auto":
+        return
+    from fastflux_core.budget import plan_budget
+
+    gb = params.model.gpu_memory_gb
+    rows, _ = plan_budget(params, gb, 400.0, counts)
+    for r in rows:
+        if r.peak_gib > gb:
+            raise DeviceMemoryError(f"stage {r.stage} needs {r.peak_gib:.1f} GiB of device memory ({r.placement}), "
+                                    f"model.gpu_memory_gb is {gb:g}: lower sampling.batch_size / sandwich.micro_batch"
+                                    f" / text.batch_size, or see 'python -m fastflux_core.budget'")

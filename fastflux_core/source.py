@@ -20,17 +20,10 @@ from fastflux_core.codec import LatentCodec, PixelCodec, VaeCodec
 from fastflux_core.errors import ModelFolderError
 from fastflux_core.integrity import loading
 from fastflux_core.params import Params
-from fastflux_core.preflight import check_device, check_flux_folder, read_config
+from fastflux_core.preflight import check_flux_folder, read_config, resolve_device
 from fastflux_core.text import FluxTextEncoders, MiniLMTextEncoder, TextEncoder
 
 EMBEDDED_BASE = Path("data/base")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(name)
-    return torch.device(name)
 
 
 def resolve_dtype(name: str) -> torch.dtype:

@@ -3,9 +3,9 @@ size, metrics), checked on every `dvc repro` / `dvc exp run` — dvc.yaml marks 
 a typo or an inconsistent chain is reported even when no other stage would run; then the run's
 budget: disk for the activation stores and, on a GPU, device memory of every stage."""
 
-from fastflux_core.budget import check_run
 from fastflux_core.io import run_stage, stage_args
 from fastflux_core.params import load_params
+from fastflux_core.preflight import check_run
 
 
 def main() -> None:
@@ -14,4 +14,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, deterministic=False)

@@ -43,28 +43,49 @@ def pytest_collection_modifyitems(session, config, items):
     config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
 
 
-@pytest.fixture(scope="session")
-def runs(request):
-    """Repos A, B and C after their full `dvc repro` (started at collection, or here when run alone)."""
+def _handle(request) -> dict:
+    """The three background pipelines (started at collection, or now when a pipeline test runs alone)."""
+    import tempfile
     from pathlib import Path
 
-    from test_dvc_pipeline import start_b, start_runs, wait_runs
+    from test_dvc_pipeline import start_runs
+
+    if getattr(request.config, "_fastflux_dvc", None) is None:
+        request.config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
+    return request.config._fastflux_dvc
+
+
+def _finished(names: tuple[str, ...]) -> dict | None:
+    """FASTFLUX_TEST_PIPELINES: a folder holding finished copies A, B, C (to iterate on the pipeline
+    tests without re-running them)."""
+    from pathlib import Path
 
     done = os.environ.get("FASTFLUX_TEST_PIPELINES")
-    if done:  # a folder holding finished copies A, B, C (to iterate on these tests without re-running them)
-        out = {"A": Path(done) / "A", "B": Path(done) / "B", "C": Path(done) / "C",
-               "log_a": Path(done) / "params-A", "log_c": Path(done) / "params-C"}
-        handle = {}
-    else:
-        handle = getattr(request.config, "_fastflux_dvc", None)
-        if handle is None:
-            import tempfile
+    if not done:
+        return None
+    return {k: v for name in names for k, v in ((name, Path(done) / name), (f"log_{name.lower()}", Path(done) / f"params-{name}"))}
 
-            handle = request.config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
-        out = wait_runs(handle)
-    # B's experiments (the report's queued run, a warm exp run) run in the background from now on
+
+@pytest.fixture(scope="session")
+def runs(request):
+    """Repos A and B after their full `dvc repro`; then B's experiments (the report's queued run, a
+    warm exp run) run in the background."""
+    from test_dvc_pipeline import start_b, wait_runs
+
+    out = _finished(("A", "B"))
+    handle = {} if out is not None else _handle(request)
+    if out is None:
+        out = wait_runs(handle, ("A", "B"))
     out["b"], out["b_before"] = handle["b"] = start_b(out["B"])
     return out
+
+
+@pytest.fixture(scope="session")
+def runs_c(request):
+    """Repo C (every switch flipped) after its `dvc repro`: it takes longest, so only its tests wait for it."""
+    from test_dvc_pipeline import wait_runs
+
+    return _finished(("C",)) or wait_runs(_handle(request), ("C",))
 
 
 def pytest_sessionfinish(session, exitstatus):

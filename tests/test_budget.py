@@ -10,9 +10,10 @@ import torch
 import yaml
 from tiny import tiny_transformer
 
-from fastflux_core import budget
+from fastflux_core import budget, preflight
 from fastflux_core.params import parse_params
 from fastflux_core.placement import DeviceMemoryError, choose
+from fastflux_core.shapes import transformer_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def flux_example(**model) -> object:
 
 def test_flux1_dev_fits_22_gib_in_every_stage_and_100_gb_of_activation_disk():
     params = flux_example()
-    assert budget.transformer_config(params)["num_single_layers"] == 38  # the real FLUX.1-dev shape
+    assert transformer_config(params)["num_single_layers"] == 38  # the real FLUX.1-dev shape
     assumed = {"calibration": 512, "training": 512, "importance": 64, "evaluation": 512}
     rows, summary = budget.plan_budget(params, 22.0, 400.0, assumed)
     peaks = {r.stage: r.peak_gib for r in rows}
@@ -116,12 +117,12 @@ def test_validate_stops_a_run_a_stage_of_which_does_not_fit_the_gpu(monkeypatch,
             budget.Row("capture@k", 11, "offloaded", 2.9, 4.2, True, 1.0, 0.0)]
     calls = []
     monkeypatch.setattr(budget, "plan_budget", lambda *a, **k: (calls.append(a), (rows, {}))[1])
-    monkeypatch.setattr(budget, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(preflight, "resolve_device", lambda name: torch.device("cuda"))
     with pytest.raises(DeviceMemoryError, match=r"^stage encode needs 10\.6 GiB of device memory \(resident\), "
                                                 r"model.gpu_memory_gb is 8"):
-        budget.check_run(params, tmp_path, assumed)
-    monkeypatch.setattr(budget, "resolve_device", lambda name: torch.device("cpu"))
-    budget.check_run(params, tmp_path, assumed)
+        preflight.check_run(params, tmp_path, assumed)
+    monkeypatch.setattr(preflight, "resolve_device", lambda name: torch.device("cpu"))
+    preflight.check_run(params, tmp_path, assumed)
     assert len(calls) == 1  # measured on the GPU only
 
 
@@ -134,7 +135,7 @@ def test_validate_counts_the_chains_stores_twice_against_free_disk(monkeypatch, 
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 60 * 10**9, 60 * 10**9))
     # 11 steps × (512 + 512 images × 4 timesteps): 34.0 GB of stores, twice
     with pytest.raises(StoreError, match=r"need about 67\.9 GB under .*capture@1\.\.11, with DVC's cache copy\), 60\.0 GB"):
-        budget.check_run(params.model_copy(update={"model": params.model.model_copy(update={"device": "cpu"})}),
+        preflight.check_run(params.model_copy(update={"model": params.model.model_copy(update={"device": "cpu"})}),
                          tmp_path, assumed)
 
 

@@ -3,7 +3,8 @@ temporary where a hash sees it; the next run removes the leftovers and writes th
 
 capture@1, sandwich@1 and ablate@0 of the finished micro pipeline A each run in their own copy (the
 three at once): killed during start-up, as soon as their temporary output exists, then re-run to
-completion (bytes compared with DVC's run), then killed at 50 % and 90 % of that run's time.
+completion (bytes compared with DVC's run), then killed at 90 % of that run's time (a stage's run
+here is mostly start-up — imports — so earlier time-based kills would repeat the first case).
 """
 
 from __future__ import annotations
@@ -86,10 +87,9 @@ def exercise(stage: str, ws: Path) -> dict:
     assert digest(ws, outs) == good, f"{stage}: the re-run wrote different bytes"
     assert not tmp.exists(), f"{stage}: leftovers not removed"
 
-    for share in (0.5, 0.9):
-        code, _ = run(ws, argv, kill_when=lambda t: t > share * seconds)
-        report["killed"].append((f"{share:.0%}", code))
-        check_after_kill(f"at {share:.0%} of its run")
+    code, _ = run(ws, argv, kill_when=lambda t: t > 0.9 * seconds)
+    report["killed"].append(("90%", code))
+    check_after_kill("at 90% of its run")
     return report
 
 
