@@ -580,8 +580,8 @@ def format_table(rows: list[Row], summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fastflux_core.budget", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.budget") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--gpu-memory-gb", type=float, default=None, help="default: model.gpu_memory_gb")
     ap.add_argument("--tflops", type=float, default=400.0, help="sustained TFLOP/s for the hours column")

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         import importlib
 
         module, _ = DELEGATED[argv[0]]
-        run = lambda: importlib.import_module(module).main(argv[1:])  # noqa: E731
+        run = lambda: importlib.import_module(module).main(argv[1:], prog=f"fastflux {argv[0]}")  # noqa: E731
     else:
         args = parser().parse_args(argv)
         run = lambda: args.run(args)  # noqa: E731

@@ -201,8 +201,8 @@ def collect(repo: Path, todo: list[Run]) -> dict:
                      for r in todo if r.name in found]}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fastflux_core.experiments", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.experiments") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated keys of EXPERIMENTS")
     ap.add_argument("--seeds", default="0,1,2", help="pruning seeds (params.yaml seed), comma-separated")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each stage uses every core anyway)")

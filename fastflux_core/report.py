@@ -451,8 +451,8 @@ def _importance_lines(runs: list[dict], repo: Path, out: Path) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fastflux_core.report", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.report") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default="report/results.json")
     ap.add_argument("--out", default="report")
     args = ap.parse_args(argv)

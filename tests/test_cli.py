@@ -35,7 +35,7 @@ def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     out = capsys.readouterr().out
-    assert exit_.value.code == 0 and "usage:" in out and len(out.splitlines()) > 3
+    assert exit_.value.code == 0 and f"usage: fastflux {command} " in out and len(out.splitlines()) > 3
 
 
 def test_inspect_prints_layout_and_statistics(tmp_path):
