@@ -51,6 +51,15 @@ class World:
         if self.size > 1:
             torch.distributed.barrier()
 
+    def end(self) -> None:
+        """Wait for every rank, then leave the process group. A process that exits without
+        ``destroy_process_group`` can abort at interpreter teardown ("terminate called without an
+        active exception", SIGABRT: gloo's threads outlive Python; pytorch/pytorch#190489) — seen
+        here once in a 2-process test under load."""
+        if self.size > 1:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
 
 def current_world(device_type: str = "cpu") -> World:
     """The world the launcher started (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``/``PORT`` set by

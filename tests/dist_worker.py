@@ -39,3 +39,4 @@ if __name__ == "__main__":
     result = solve(world)
     if world.is_main:
         save_file(result, sys.argv[1])
+    world.end()
