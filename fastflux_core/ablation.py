@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from fastflux_core.adapter import adapter_for
+from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
 from fastflux_core.io import image_grid, load_tensors, save_png, save_tensors
 from fastflux_core.metrics import (FeatureStats, Quality, extra_scores, fid, folder_features, image_features, load_quality,
@@ -45,15 +46,28 @@ def importance_items(params: Params, n_prompts: int, proxy_only: bool) -> list[G
     return prompt_items(n_prompts, per_prompt, s.seed)
 
 
-def generate_with(model, scheduler, codec, embeds: PromptEmbeds, items: list[GenItem], sampling) -> Generated:
-    """Generate ``items`` with a given model: final latents, decoded images, and each image's prompt."""
-    latents = sample_latents(model, scheduler, embeds, items, sampling, codec.latent_channels, codec.scale_factor)
-    return Generated(latents, codec.decode(latents), [embeds.prompts[it.prompt] for it in items])
+def generate_with(model, scheduler, codec, embeds: PromptEmbeds, items: list[GenItem], sampling,
+                  world: World = World(), tag: str = "generated") -> Generated | None:
+    """Generate ``items`` with a given model: final latents, decoded images, and each image's prompt.
+
+    With several ranks each generates its share, in whole sampling batches — the batches a single
+    process runs, so every image is the one-process image — and the main rank gets them all in item
+    order; the others get ``None``. ``tag`` names this exchange (unique within a stage)."""
+    mine = world.share(items, sampling.batch_size)
+    part = {}
+    if mine:
+        latents = sample_latents(model, scheduler, embeds, mine, sampling, codec.latent_channels, codec.scale_factor)
+        part = {"latents": latents, "images": torch.from_numpy(codec.decode(latents))}
+    got = world.gather(part, tag)
+    if got is None:
+        return None
+    return Generated(got["latents"], got["images"].numpy(), [embeds.prompts[it.prompt] for it in items])
 
 
 def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], sampling: SamplingParams,
-             skip: int | None = None) -> Generated:
-    """Generate ``items`` with the base model at ``sampling``'s settings, block ``skip`` removed if given."""
+             skip: int | None = None, world: World = World()) -> Generated | None:
+    """Generate ``items`` with the base model at ``sampling``'s settings, block ``skip`` removed if
+    given (with several ranks: each its share, the main rank gets all; see :func:`generate_with`)."""
     model = load_transformer(params)
     if skip is not None:
         adapter = adapter_for(model)
@@ -61,7 +75,7 @@ def generate(params: Params, embeds: PromptEmbeds, items: list[GenItem], samplin
             raise FastFluxError(f"block {skip} does not exist: the model has {len(adapter.blocks)} blocks")
         adapter.skip(skip)
     on_device(model, params, "reference" if skip is None else f"ablate@{skip}")
-    return generate_with(model, load_scheduler(params), load_codec(params, model), embeds, items, sampling)
+    return generate_with(model, load_scheduler(params), load_codec(params, model), embeds, items, sampling, world)
 
 
 def latent_error(latents: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -84,15 +98,18 @@ def score_images(images: np.ndarray, prompts: list[str], quality: Quality, ref_m
     return out
 
 
-def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Path) -> dict:
+def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Path, world: World = World()) -> dict | None:
     """Stage ``reference@<set>``: the full model's images for a prompt set (PNGs, final latents) and
     feature statistics of those and of real images. Ablations (importance set) and pruned models
     (evaluation set) are scored against these, with the same prompts and seeds — and the same
-    sampling settings (the importance set's own: :func:`~fastflux_core.params.importance_sampling`)."""
+    sampling settings (the importance set's own: :func:`~fastflux_core.params.importance_sampling`).
+    Every rank generates its share; the main rank writes and scores (the others return ``None``)."""
     device = resolve_device(params.model.device)
     s = getattr(params.prompts, set_name)
     sampling = importance_sampling(params) if set_name == "importance" else params.sampling
-    gen = generate(params, embeds, prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed), sampling)
+    gen = generate(params, embeds, prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed), sampling, world=world)
+    if gen is None:
+        return None
     (out / "images").mkdir()
     for i, img in enumerate(gen.images):
         save_png(out / "images" / f"{i:05d}.png", img)
@@ -129,12 +146,16 @@ def load_reference_stats(reference: Path) -> tuple[FeatureStats, FeatureStats | 
     return FeatureStats.load(reference / "stats_model.safetensors"), FeatureStats.load(real) if real.is_file() else None
 
 
-def ablate_block(params: Params, index: int, embeds: PromptEmbeds, reference: Path, out: Path) -> dict:
-    """Stage ``ablate@index``: skip block ``index``, generate, score. Returns the block's record."""
+def ablate_block(params: Params, index: int, embeds: PromptEmbeds, reference: Path, out: Path,
+                 world: World = World()) -> dict | None:
+    """Stage ``ablate@index``: skip block ``index``, generate, score. Returns the block's record (on
+    the main rank; every rank generates its share, the others return ``None``)."""
     device = resolve_device(params.model.device)
     proxy_only = params.importance.method == "proxy"
     items = importance_items(params, len(embeds.prompts), proxy_only)
-    gen = generate(params, embeds, items, importance_sampling(params), skip=index)
+    gen = generate(params, embeds, items, importance_sampling(params), skip=index, world=world)
+    if gen is None:
+        return None
     ref_latents = load_tensors(reference / "latents.safetensors")["latents"][: len(items)]
     record: dict = {"block": index, "images": len(items), **latent_error(gen.latents, ref_latents)}
     if not proxy_only:

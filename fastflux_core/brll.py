@@ -17,7 +17,8 @@ import torch
 
 from fastflux_core.errors import FastFluxError
 from fastflux_core.io import load_tensors, save_tensors
-from fastflux_core.lstsq import GramAccumulator, Solution, relative_residual
+from fastflux_core.distributed import World, sum_accumulator
+from fastflux_core.lstsq import GramAccumulator, Solution, residual_sums
 from fastflux_core.params import SolveParams
 from fastflux_core.replacement import STREAMS
 from fastflux_core.store import StoreReader
@@ -30,11 +31,13 @@ def row_weight(store: StoreReader, stream: str) -> float:
     return store.attrs["tokens"][stream] / store.attrs["sampled"][stream]
 
 
-def _pairs(store: StoreReader, streams: tuple[str, ...], chunk_rows: int):
-    """(inputs, residuals, row weight) chunks of the given store streams."""
+def _pairs(store: StoreReader, streams: tuple[str, ...], chunk_rows: int, world: World):
+    """(inputs, residuals, row weight) chunks of the given store streams — this rank's share of them."""
     for s in streams:
         w = row_weight(store, s)
-        for x, r in zip(store.iter_rows(f"block_in_{s}", chunk_rows), store.iter_rows(f"residual_{s}", chunk_rows)):
+        mine = world.share(store.row_ranges(f"block_in_{s}", chunk_rows))
+        for x, r in zip(store.iter_rows(f"block_in_{s}", chunk_rows, mine),
+                        store.iter_rows(f"residual_{s}", chunk_rows, mine)):
             yield x, r, w
 
 
@@ -44,32 +47,36 @@ def _finite(x: torch.Tensor, what: str, store: StoreReader) -> torch.Tensor:
     return x
 
 
-def solve_store(store: StoreReader, ridge: float, chunk_rows: int, device: torch.device | str = "cpu"
-                ) -> tuple[dict[str, Solution], dict]:
-    """Least-squares linears for the block captured in ``store``; returns them and their metrics."""
+def solve_store(store: StoreReader, ridge: float, chunk_rows: int, device: torch.device | str = "cpu",
+                world: World = World()) -> tuple[dict[str, Solution], dict]:
+    """Least-squares linears for the block captured in ``store``; returns them and their metrics.
+    With several ranks each reads its share of the row chunks; the float64 accumulators and the
+    residual's sums are added across ranks, and every rank solves the same summed system."""
     kind = store.attrs["kind"]
     dim = store.array("block_in_img").shape[1]
     solutions, metrics = {}, {}
     for stream in STREAMS[kind]:
         acc = GramAccumulator(dim, dim, device)
-        for x, r, w in _pairs(store, SOURCES[stream], chunk_rows):
+        for x, r, w in _pairs(store, SOURCES[stream], chunk_rows, world):
             acc.add(_finite(x, "block inputs", store), _finite(r, "residual outputs", store), w)
-        sol = acc.solve(ridge)
-        res = relative_residual(_pairs(store, SOURCES[stream], chunk_rows), sol)
+        sol = sum_accumulator(acc, world).solve(ridge)
+        sums = world.sum_(torch.tensor(residual_sums(_pairs(store, SOURCES[stream], chunk_rows, world), sol),
+                                       dtype=torch.float64, device=acc.gram.device))
+        res = float((sums[0] / sums[1]).sqrt()) if sums[1] > 0 else 0.0
         solutions[stream] = sol
         metrics[stream] = {"relative_residual": res, "condition_number": sol.condition_number,
                            "method": sol.method, "rows": sol.rows}
     return solutions, metrics
 
 
-def replacement_for(store: StoreReader, cfg: SolveParams, device: torch.device | str = "cpu"
-                    ) -> tuple[dict[str, Solution], dict[str, dict]]:
+def replacement_for(store: StoreReader, cfg: SolveParams, device: torch.device | str = "cpu",
+                    world: World = World()) -> tuple[dict[str, Solution], dict[str, dict]]:
     """Step k's replacement: the least-squares linear of every stream (BRLL) with its fit metrics, or
     for ``solve.replacement: delete`` nothing at all — no streams, the block becomes the identity
     (its calibration rows are not read)."""
     if cfg.replacement == "delete":
         return {}, {}
-    return solve_store(store, cfg.ridge, cfg.chunk_rows, device)
+    return solve_store(store, cfg.ridge, cfg.chunk_rows, device, world)
 
 
 def save_solution(path: Path, solutions: dict[str, Solution]) -> None:

@@ -50,7 +50,7 @@ from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, T
 from fastflux_core import capture as capture_module
 from fastflux_core import flux_configs
 from fastflux_core.adapter import ModelInputs, SkipBlock, adapter_for, run_blocks
-from fastflux_core.capture import Armed, BlockIOHooks, ModelInputHooks
+from fastflux_core.capture import Armed, BlockIOHooks, ModelInputHooks, capture_unit
 from fastflux_core.chain import PlanStep, sandwich_bounds
 from fastflux_core.codec import PixelCodec, VaeCodec
 from fastflux_core.embedded import build_scheduler as embedded_scheduler
@@ -62,7 +62,7 @@ from fastflux_core.preflight import prompt_counts
 from fastflux_core.prompts import prompt_items
 from fastflux_core.replacement import LinearReplacement
 from fastflux_core.sampling import velocity
-from fastflux_core.sandwich import micro_step, optimizer
+from fastflux_core.sandwich import SandwichBlocks, micro_step, optimizer
 from fastflux_core.shapes import Shapes, capture_bytes, component_config, transformer_config
 from fastflux_core.speed import count_flops
 
@@ -403,7 +403,7 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
         rotary, den = _rotary(model, shapes, dtype), torch.ones(())
         with tracked(model, *target_copy, opt, device="cpu") as mem_b:
             def step():  # fit_sandwich's step, one micro-batch
-                loss = micro_step(adapter, x, y, rotary, u, d, den)
+                loss = micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 opt.step()
@@ -461,11 +461,28 @@ class Row:
     activation_disk: bool  # counted in the activation budget (stores, encoded prompts, chain states)
     tflop: float
     hours: float
+    hours_gpus: float  # the same on ``gpus`` data-parallel GPUs (the slowest rank's share)
+
+
+def rank_share(items: int, unit: int, gpus: int) -> float:
+    """The share of a data-parallel stage's work that its busiest rank does: items are split among
+    ``gpus`` ranks in whole ``unit``-item pieces (:meth:`fastflux_core.distributed.World.part`).
+
+    >>> rank_share(64, 1, 8), rank_share(20, 8, 2)
+    (0.125, 0.8)
+    """
+    if items <= 0:
+        return 1.0
+    pieces = -(-items // unit)
+    return min(1.0, -(-pieces // gpus) * unit / items)
 
 
 def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, int],
-                progress: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict]:
-    """Every stage kind: placement chosen for ``gpu_memory_gb``, measured peak, disk, compute."""
+                progress: Callable[[str], None] = lambda s: None, gpus: int = 1) -> tuple[list[Row], dict]:
+    """Every stage kind: placement chosen for ``gpu_memory_gb``, measured peak, disk, compute — and
+    hours on ``gpus`` data-parallel GPUs (``FASTFLUX_LAUNCH``, README): generation stages split their
+    items in whole sampling batches (capture: in whole shards), least squares its rows, Sandwich
+    Training its batches — but every rank recomputes each round's boundary states."""
     shapes, cfg = Shapes.of(params), transformer_config(params)
     n_blocks = cfg["num_layers"] + cfg["num_single_layers"]
     counts = prompt_counts(params, assumed)
@@ -491,9 +508,16 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
 
     rows: list[Row] = []
 
-    def add(stage, runs, placement, m: Measured | None, disk, activation, flop):
+    def hours(flop: float) -> float:
+        return flop / (tflops * 1e12) / 3600
+
+    def add(stage, runs, placement, m: Measured | None, disk, activation, flop, parallel_flop: float | None = None):
+        """``parallel_flop``: what the busiest of ``gpus`` ranks computes (default: all of it)."""
         rows.append(Row(stage, runs, placement, round((m.peak if m else 0) / GiB, 2), round(disk / 1e9, 2),
-                        activation, round(flop / 1e12, 1), round(flop / (tflops * 1e12) / 3600, 2)))
+                        activation, round(flop / 1e12, 1), round(hours(flop), 2),
+                        round(hours(flop if parallel_flop is None else parallel_flop), 2)))
+
+    batch = params.sampling.batch_size
 
     enc = measure_encode(params)
     n_prompts = sum(counts.values())
@@ -502,9 +526,10 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     place_s, samp = best("sampling", lambda p: measure_sampling(params, p))
     t, dec = samp.flops["transformer_per_item_step"], samp.flops["decode_per_item"]
     image_bytes = params.sampling.height * params.sampling.width * 3
+    share_e = rank_share(items["evaluation"], batch, gpus)
     add("reference@evaluation", 1, place_s, samp,
         items["evaluation"] * (image_bytes + shapes.n_img * shapes.in_channels * 4), False,
-        items["evaluation"] * (steps * t + dec))
+        items["evaluation"] * (steps * t + dec), share_e * items["evaluation"] * (steps * t + dec))
     imp = importance_sampling(params)  # the importance set's own steps and resolution
     imp_params = params.model_copy(update={"sampling": imp})
     if (imp.height, imp.width) == (params.sampling.height, params.sampling.width):
@@ -514,44 +539,56 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     t_i, dec_i, shapes_i = samp_i.flops["transformer_per_item_step"], samp_i.flops["decode_per_item"], Shapes.of(imp_params)
     add("reference@importance", 1, place_i, samp_i,
         items["importance"] * (imp.height * imp.width * 3 + shapes_i.n_img * shapes_i.in_channels * 4), False,
-        items["importance"] * (imp.steps * t_i + dec_i))
+        items["importance"] * (imp.steps * t_i + dec_i),
+        rank_share(items["importance"], batch, gpus) * items["importance"] * (imp.steps * t_i + dec_i))
     imp_items = items["importance"]
     if params.importance.method == "proxy":
         imp_items = counts["importance"] * min(params.importance.proxy_images_per_prompt,
                                                params.prompts.importance.images_per_prompt)
     n_ablate = len(params.importance.blocks)
-    add("ablate@j", n_ablate, place_i, samp_i, 0, False, n_ablate * imp_items * (imp.steps * t_i + dec_i))
+    ablate_flop = n_ablate * imp_items * (imp.steps * t_i + dec_i)
+    add("ablate@j", n_ablate, place_i, samp_i, 0, False, ablate_flop, rank_share(imp_items, batch, gpus) * ablate_flop)
     place_c, cap = best("capture", lambda p: measure_sampling(params, p, capture=True))
     n_sched = len(capture_schedule(params.capture.timesteps, steps))
     c = params.capture
     store = capture_bytes(params, shapes, items)
+    unit = capture_unit(batch, n_sched, c.shard_samples)
     add("capture@k", k_steps, place_c, cap, k_steps * store, True,
-        k_steps * (items["calibration"] + items["training"]) * steps * t)
+        k_steps * (items["calibration"] + items["training"]) * steps * t,
+        k_steps * (rank_share(items["calibration"], unit, gpus) * items["calibration"]
+                   + rank_share(items["training"], unit, gpus) * items["training"]) * steps * t)
     sol = measure_solve(params)
     rows_ls = items["calibration"] * n_sched * (c.image_tokens + c.text_tokens)
     linear_bytes = 2 * (shapes.dim * shapes.dim + shapes.dim) * 4  # two streams (double block), float32
     add("solve@k", k_steps, "resident", sol, k_steps * linear_bytes, True,
-        k_steps * (2 * 2 * rows_ls * sol.flops["per_row"] + sol.flops["solve"]))
+        k_steps * (2 * 2 * rows_ls * sol.flops["per_row"] + sol.flops["solve"]),
+        k_steps * (2 * 2 * rows_ls * sol.flops["per_row"] / gpus + sol.flops["solve"]))
     sw = [best(f"sandwich-{kind}", lambda p, kind=kind: measure_sandwich(params, p, *sandwich_case(params, kind)))
           for kind in ("double", "single")]
     place_w = "/".join(sorted({pw for pw, _ in sw})) if len({pw for pw, _ in sw}) > 1 else sw[0][0]
     sand = max((m for _, m in sw), key=lambda m: m.peak)
     samples = items["training"] * n_sched
-    per_step = (samples * sand.flops["recompute_per_sample_block"] * n_blocks * 2 // 3
-                + params.sandwich.train_steps * params.sandwich.batch_size * sand.flops["train_per_sample"])
+    recompute = samples * sand.flops["recompute_per_sample_block"] * n_blocks * 2 // 3
+    train = params.sandwich.train_steps * params.sandwich.batch_size * sand.flops["train_per_sample"]
     states = sum(k * linear_bytes for k in range(1, k_steps + 1))  # each state holds every linear so far
-    add("sandwich@k", k_steps, place_w, sand, states, True, k_steps * per_step)
+    add("sandwich@k", k_steps, place_w, sand, states, True, k_steps * (recompute + train),
+        k_steps * (recompute + rank_share(params.sandwich.batch_size, 1, gpus) * train))
     add("assemble", 1, "host", None, params_bytes(params, k_steps), False, 0)
     e = params.evaluate
-    add("evaluate", 1, place_s, samp, 0, False,
-        items["evaluation"] * (steps * t + dec) + 2 * (e.latency_warmup + e.latency_repeats) * t)
+    timed = 2 * (e.latency_warmup + e.latency_repeats) * t  # on the main rank alone
+    add("evaluate", 1, place_s, samp, 0, False, items["evaluation"] * (steps * t + dec) + timed,
+        share_e * items["evaluation"] * (steps * t + dec) + timed)
     if e.sweep:
-        add("sweep", 1, place_s, samp, 0, False, (k_steps + 1) * items["evaluation"] * (steps * t + dec))
+        sweep_flop = (k_steps + 1) * items["evaluation"] * (steps * t + dec)
+        add("sweep", 1, place_s, samp, 0, False, sweep_flop, share_e * sweep_flop)
     act = sum(r.disk_gb for r in rows if r.activation_disk)
     summary = {"gpu_memory_gb": gpu_memory_gb, "tflops": tflops, "prompts": counts, "chain_steps": k_steps,
                "activation_disk_gb": round(act, 1), "activation_disk_gb_with_dvc_copy": round(2 * act, 1),
                "total_hours": round(sum(r.hours for r in rows), 1),
                "importance_hours": round(sum(r.hours for r in rows if r.stage in ("reference@importance", "ablate@j")), 2),
+               "gpus": gpus, "total_hours_gpus": round(sum(r.hours_gpus for r in rows), 1),
+               "importance_hours_gpus": round(sum(r.hours_gpus for r in rows
+                                                  if r.stage in ("reference@importance", "ablate@j")), 2),
                "max_peak_gib": max(r.peak_gib for r in rows)}
     return rows, summary
 
@@ -568,15 +605,21 @@ def params_bytes(params, k: int) -> int:
 
 
 def format_table(rows: list[Row], summary: dict) -> str:
-    head = f"{'stage':21s} {'runs':>4s} {'placement':>18s} {'peak GiB':>9s} {'disk GB':>9s} {'TFLOP':>11s} {'hours':>7s}"
+    n = summary["gpus"]
+    gpus = f"h/{n} GPUs" if n > 1 else ""
+    head = (f"{'stage':21s} {'runs':>4s} {'placement':>18s} {'peak GiB':>9s} {'disk GB':>9s} {'TFLOP':>11s} {'hours':>7s}"
+            + (f" {gpus:>10s}" if n > 1 else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         mark = "*" if r.activation_disk else " "
         lines.append(f"{r.stage:21s} {r.runs:4d} {r.placement:>18s} {r.peak_gib:9.2f} {r.disk_gb:8.2f}{mark} "
-                     f"{r.tflop:11.0f} {r.hours:7.2f}")
+                     f"{r.tflop:11.0f} {r.hours:7.2f}" + (f" {r.hours_gpus:10.2f}" if n > 1 else ""))
     lines.append(f"* activation disk: {summary['activation_disk_gb']} GB, {summary['activation_disk_gb_with_dvc_copy']} GB "
                  f"with DVC's cache copy; compute: {summary['total_hours']} h at {summary['tflops']:g} TFLOP/s; "
                  f"largest peak {summary['max_peak_gib']} GiB of {summary['gpu_memory_gb']:g}")
+    if n > 1:
+        lines.append(f"on {n} GPUs (data-parallel, ideal scaling of each rank's share): {summary['total_hours_gpus']} h, "
+                     f"importance {summary['importance_hours_gpus']} h; benchmarks/scaling.py measures the efficiency")
     return "\n".join(lines)
 
 
@@ -587,13 +630,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
     ap.add_argument("--tflops", type=float, default=400.0, help="sustained TFLOP/s for the hours column")
     ap.add_argument("--prompts", default="calibration=512,training=512,importance=64,evaluation=512",
                     help="prompt counts assumed for sets whose file does not exist")
+    ap.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs for an extra hours column")
     ap.add_argument("--json", default=None, help="also write rows and summary here")
     args = ap.parse_args(argv)
 
     params = parse_params(yaml.safe_load(Path(args.params).read_text()))
     assumed = {k: int(v) for k, v in (kv.split("=") for kv in args.prompts.split(","))}
     gb = args.gpu_memory_gb or params.model.gpu_memory_gb
-    rows, summary = plan_budget(params, gb, args.tflops, assumed, progress=lambda s: print(f"measuring {s} …", flush=True))
+    rows, summary = plan_budget(params, gb, args.tflops, assumed, progress=lambda s: print(f"measuring {s} …", flush=True),
+                                gpus=args.gpus)
     print(format_table(rows, summary))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in rows], "summary": summary}, indent=1))

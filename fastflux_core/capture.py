@@ -28,12 +28,14 @@ timestep — so every sample names the item (prompt, seed) it came from, and hol
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
 
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.codec import latent_ids
+from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
 from fastflux_core.params import Params, capture_schedule
 from fastflux_core.prompts import GenItem, PromptEmbeds, derive_seed, prompt_items
@@ -80,15 +82,19 @@ class Armed:
 
 
 class BlockIOHooks:
-    """Records block i's input and residual output on random tokens (the LS data of Eq. 1)."""
+    """Records block i's input and residual output on random tokens (the LS data of Eq. 1). Each
+    sample's tokens are drawn from a generator of its own — seeded by the item and schedule step — so
+    they do not depend on which batch or which process captured it."""
 
     def __init__(self, writer: StoreWriter, armed: Armed, k_img: int, k_txt: int, seed: int, block_name: str):
         self.writer, self.armed, self.k_img, self.k_txt, self.name = writer, armed, k_img, k_txt, block_name
-        self.gen = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _pick(self, n: int, k: int, b: int) -> torch.Tensor:  # (b, k) distinct token indices per sample
-        return torch.stack([torch.randperm(n, generator=self.gen)[:k] for _ in range(b)])
+    def _pick(self, n: int, k: int, stream: str) -> torch.Tensor:  # (b, k) distinct token indices per sample
+        gens = [torch.Generator().manual_seed(derive_seed(self.seed, stream, it.prompt, it.seed, self.armed.step))
+                for it in self.armed.items[self.armed.batch]]
+        return torch.stack([torch.randperm(n, generator=g)[:k] for g in gens])
 
     @staticmethod
     def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # (b, n, D), (b, k) → (b·k, D)
@@ -104,8 +110,7 @@ class BlockIOHooks:
         (x_img, x_txt), (o_txt, o_img) = self.inputs, output
         for t in (x_img, x_txt, o_img, o_txt):
             _check_finite(t, "the input or output", self.name, self.armed.step)
-        b = x_img.shape[0]
-        ii, it = self._pick(x_img.shape[1], self.k_img, b), self._pick(x_txt.shape[1], self.k_txt, b)
+        ii, it = self._pick(x_img.shape[1], self.k_img, "img"), self._pick(x_txt.shape[1], self.k_txt, "txt")
         self.writer.append("block_in_img", self._gather(x_img, ii))
         self.writer.append("residual_img", self._gather(o_img - x_img, ii))
         self.writer.append("block_in_txt", self._gather(x_txt, it))
@@ -131,10 +136,22 @@ class ModelInputHooks:
         self.armed.write_items(self.writer, timestep)
 
 
+def capture_unit(batch_size: int, schedule_steps: int, shard_samples: int) -> int:
+    """Items in the smallest piece of capture work that ranks can split: whole sampling batches (the
+    batches of a single process, so every activation is the one-process one) whose samples — one per
+    captured schedule step — fill whole shards of the stores (no two ranks write one shard).
+
+    >>> capture_unit(batch_size=1, schedule_steps=4, shard_samples=32)  # FLUX.1-dev: 8 items, 32 samples
+    8
+    """
+    return math.lcm(batch_size, shard_samples // math.gcd(shard_samples, schedule_steps))
+
+
 def capture_step(params: Params, step: PlanStep, state: ChainState, calibration: PromptEmbeds,
-                 training: PromptEmbeds, block_name: str, out: Path) -> dict:
+                 training: PromptEmbeds, block_name: str, out: Path, world: World = World()) -> dict:
     """Run both sets through the chain model after steps < k; write ``out/calibration.zarr`` and
-    ``out/training.zarr``. Returns a summary (deterministic: no timings)."""
+    ``out/training.zarr``. Returns a summary (deterministic: no timings). With several ranks each
+    captures its share of the items (:func:`capture_unit`) into the same stores."""
     adapter = build_chain_model(params, state)
     model = on_device(adapter.model, params, f"capture@{step.k}").eval()
     i, (u, d) = step.block, step.sandwich
@@ -149,6 +166,8 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
     specs = {"calibration": calibration_specs(dim, cap.image_tokens, cap.text_tokens),
              "training": training_specs(n_img, model.config.in_channels)}
     n_samples = {name: len(items[name]) * len(schedule) for name in sets}
+    unit = capture_unit(params.sampling.batch_size, len(schedule), cap.shard_samples)
+    mine = {name: world.part(len(items[name]), unit) for name in sets}
     check_disk(out / "x", sum(estimate_bytes(specs[n], n_samples[n], cap.dtype) for n in sets),
                what=f"the activation stores of capture@{step.k} (calibration.zarr, training.zarr)")
     attrs = {"step": step.k, "block": i, "block_name": block_name, "kind": adapter.blocks[i].kind,
@@ -162,11 +181,13 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
         writer = StoreWriter(
             out / f"{name}.zarr", specs[name], n_samples[name], cap.shard_samples,
             cap.chunk_samples if name == "calibration" else 1, cap.dtype, cap.clevel, check_space=False,
-            compression=cap.compression,
+            compression=cap.compression, world=world,
+            span=range(mine[name].start * len(schedule), mine[name].stop * len(schedule)),
             attrs={**attrs, "prompt_set": name, "prompts": embeds.prompts, "tokens": {"img": n_img, "txt": n_txt},
                    "sampled": {"img": cap.image_tokens, "txt": cap.text_tokens} if name == "calibration" else None,
                    "description": __doc__.split("\n\n")[0]})
-        armed = Armed(schedule, items[name], sigmas)
+        todo = items[name][mine[name].start : mine[name].stop]
+        armed = Armed(schedule, todo, sigmas)
         if name == "calibration":
             hooks = BlockIOHooks(writer, armed, cap.image_tokens, cap.text_tokens,
                                  derive_seed(params.seed, "capture-tokens", step.k), block_name)
@@ -179,8 +200,9 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
             handles = [model.register_forward_pre_hook(inputs.pre, with_kwargs=True)]
         try:
             with torch.no_grad():
-                sample_latents(model, sched, embeds, items[name], params.sampling, codec.latent_channels,
-                               codec.scale_factor, on_step=armed)
+                if todo:
+                    sample_latents(model, sched, embeds, todo, params.sampling, codec.latent_channels,
+                                   codec.scale_factor, on_step=armed)
         except BaseException:
             writer.abort()  # no shard write may land after the stage's output is removed
             raise

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from fastflux_core.ablation import generate_with, load_reference_images, load_reference_stats, score_images
 from fastflux_core.adapter import ModelInputs
 from fastflux_core.codec import LatentCodec, latent_ids
+from fastflux_core.distributed import World
 from fastflux_core.integrity import tensors_digest
 from fastflux_core.io import read_json
 from fastflux_core.metrics import QUALITY_KEYS
@@ -98,18 +99,19 @@ def comparison_grid(columns: dict[str, np.ndarray], prompts: list[str], rows: in
 
 class Evaluator:
     """Everything both ``evaluate`` and ``sweep`` score models with: the base model (for speed), the
-    reference images and statistics of the evaluation set, the quality metrics."""
+    reference images and statistics of the evaluation set, the quality metrics. With several ranks
+    every rank generates its share of the evaluation items; the main rank alone scores and times."""
 
-    def __init__(self, params: Params, embeds: PromptEmbeds, reference: Path):
+    def __init__(self, params: Params, embeds: PromptEmbeds, reference: Path, world: World = World()):
         from fastflux_core.metrics import load_quality
         from fastflux_core.placement import choose
         from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
 
-        self.params, self.embeds, self.device = params, embeds, resolve_device(params.model.device)
+        self.params, self.embeds, self.device, self.world = params, embeds, resolve_device(params.model.device), world
         self.placement = choose("evaluate", params, self.device)
         self.base = load_transformer(params)  # on the host: on the device only while timed
         self.codec, self.scheduler = load_codec(params, self.base), load_scheduler(params)
-        self.quality = load_quality(params, self.device, hps=True)
+        self.quality = load_quality(params, self.device, hps=True) if world.is_main else None
         self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")
@@ -121,10 +123,14 @@ class Evaluator:
         """Context holding ``model`` on the device (resident or offloaded), on the host after."""
         return placed(model, self.device, self.placement)
 
-    def quality_of(self, model) -> tuple[dict, np.ndarray, list[str]]:
-        """FID (vs base, vs real) and alignment of ``model``'s images of the evaluation items."""
+    def quality_of(self, model, tag: str = "quality") -> tuple[dict, np.ndarray, list[str]] | None:
+        """FID (vs base, vs real) and alignment of ``model``'s images of the evaluation items (on the
+        main rank; ``None`` on the others). ``tag`` names the exchange of images between ranks."""
         with self.on_device(model):
-            gen = generate_with(model, self.scheduler, self.codec, self.embeds, self.items, self.params.sampling)
+            gen = generate_with(model, self.scheduler, self.codec, self.embeds, self.items, self.params.sampling,
+                                self.world, tag)
+        if gen is None:
+            return None
         q = score_images(gen.images, gen.prompts, self.quality, self.ref_model, self.ref_real, self.device,
                          self.params.metrics.batch_size)
         q["clip"] = q.pop(self.quality.alignment.name)
@@ -140,14 +146,19 @@ class Evaluator:
         return {**flops, "model": digest}, {**lat, "model": digest}
 
 
-def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: Path, out: Path) -> tuple[dict, dict]:
+def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: Path, out: Path,
+             world: World = World()) -> tuple[dict, dict] | None:
     """Stage ``evaluate``: the exported model at ``params.ratio`` against the base. Writes the grid to
-    ``out``; returns (deterministic metrics, latency record)."""
+    ``out``; returns (deterministic metrics, latency record) — on the main rank; every rank generates
+    its share of the images, the others return ``None``."""
     from fastflux_core.assemble import load_pruned
 
-    ev = Evaluator(params, embeds, reference)
+    ev = Evaluator(params, embeds, reference, world)
     pruned = load_pruned(pruned_dir)  # host
-    q, images, prompts = ev.quality_of(pruned)
+    scored = ev.quality_of(pruned)
+    if scored is None:
+        return None
+    q, images, prompts = scored
     flops, lat = ev.speed_of(pruned)
     rows = min(params.evaluate.grid_rows, len(prompts))
     comparison_grid({"base": load_reference_images(reference), "pruned": images}, prompts, rows).save(out / "grid.png")
@@ -159,21 +170,26 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
     return metrics, {"ratio": params.ratio, **lat}
 
 
-def sweep(params: Params, states: list, embeds: PromptEmbeds, reference: Path) -> tuple[list[dict], list[dict]]:
+def sweep(params: Params, states: list, embeds: PromptEmbeds, reference: Path, world: World = World()
+          ) -> tuple[list[dict], list[dict]] | None:
     """Stage ``sweep``: every chain length n = 0..K (quality, FLOPs; latency separately) — the
-    quality/speed-versus-ratio curves (paper Table 6), independent of ``ratio``."""
+    quality/speed-versus-ratio curves (paper Table 6), independent of ``ratio``. On the main rank;
+    every rank generates its share of each model's images, the others return ``None``."""
     from fastflux_core.assemble import pruned_model
 
-    ev = Evaluator(params, embeds, reference)
+    ev = Evaluator(params, embeds, reference, world)
     n_blocks = len(ev.base.transformer_blocks) + len(ev.base.single_transformer_blocks)
     rows, timings = [], []
     for k in range(len(states)):
         model = pruned_model(params, states, k)[0].model
-        q, _, _ = ev.quality_of(model)
+        scored = ev.quality_of(model, tag=f"n{k}")
+        if scored is None:
+            continue
+        q = scored[0]
         flops, lat = ev.speed_of(model)
         rows.append({"n_pruned": k, "ratio": k / n_blocks,
                      **{key: q[key] for key in QUALITY_KEYS if key in q},
                      "flops_ratio": flops["flops_ratio"], "model": flops["model"]})
         timings.append({"n_pruned": k, "latency_ratio": lat["latency_ratio"], "latency_ratio_iqr": lat["latency_ratio_iqr"],
                         "model": lat["model"]})
-    return rows, timings
+    return (rows, timings) if world.is_main else None

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from safetensors.torch import save_file
 
 from fastflux_core.errors import FastFluxError
 from fastflux_core.integrity import damaged, require_finite, require_finite_json, tensors_digest
+
+if TYPE_CHECKING:
+    from fastflux_core.distributed import World
 
 TMP_ROOT = Path(".fastflux-tmp")  # git- and dvc-ignored, at the repository root (the cwd of every stage)
 META_KEY = "fastflux"  # safetensors metadata: {"sha256": digest of the tensors, "meta": {...}}
@@ -67,8 +71,13 @@ def clean_tmp(stage: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, world: World | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``path`` only if the block succeeds.
+
+    With a ``world`` of several ranks every rank gets the same directory (a fixed name, made by rank 0
+    before any rank writes) and rank 0 renames it into place once every rank has finished its part. A
+    rank that fails leaves it under the stage's temporaries; the launcher stops the other ranks, and
+    the stage's next run removes it (:func:`run_stage`).
 
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -78,6 +87,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
+    if world is not None and world.size > 1:
+        tmp = _tmp_parent(path) / f".{path.name}.tmp-shared"
+        if world.is_main:
+            _remove(tmp)
+            tmp.mkdir()
+        world.barrier()
+        yield tmp
+        world.barrier()
+        if world.is_main:
+            _remove(path)
+            os.replace(tmp, path)
+        return
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=_tmp_parent(path)))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get ordinary permissions
     try:
@@ -236,16 +257,26 @@ def run_stage(main: Callable[[], None], deterministic: bool = True) -> None:
     earlier, killed run of this stage are removed first. The wall time goes to
     ``data/timing/<stage>_wall.json``. ``deterministic=False`` is for stages that run no torch
     kernels (validate, export): switching torch's deterministic mode imports its compiler's config,
-    2.5 s of a stage that otherwise takes two."""
+    2.5 s of a stage that otherwise takes two.
+
+    Under a launcher (``RANK`` set; :mod:`fastflux_core.distributed`) the temporaries are rank 0's to
+    remove — before the other ranks can pass the process group's start-up, and after every rank has
+    finished — and every rank leaves the process group before it exits."""
     import errno
 
+    from fastflux_core.distributed import leave_group
+
+    main_rank = os.environ.get("RANK", "0") == "0"
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    clean_tmp()
+    if main_rank:
+        clean_tmp()
     t0 = time.perf_counter()
     try:
         main()
-        write_timing({"seconds": round(time.perf_counter() - t0, 2)}, f"{stage_name()}_wall")
+        leave_group()
+        if main_rank:
+            write_timing({"seconds": round(time.perf_counter() - t0, 2)}, f"{stage_name()}_wall")
     except FastFluxError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
@@ -255,4 +286,5 @@ def run_stage(main: Callable[[], None], deterministic: bool = True) -> None:
         print(f"error: disk full while writing {err.filename or 'an output'}: free space and re-run", file=sys.stderr)
         sys.exit(2)
     finally:
-        clean_tmp()
+        if main_rank:
+            clean_tmp()

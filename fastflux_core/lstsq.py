@@ -78,12 +78,19 @@ class GramAccumulator:
         return Solution(sol[:d].T.contiguous(), sol[d].clone(), method, cond, self.rows)
 
 
-def relative_residual(pairs: Iterable[tuple[torch.Tensor, torch.Tensor, float]], sol: Solution) -> float:
-    """‖R − (XWᵀ + b)‖_F / ‖R‖_F over streamed (x, r, row weight) chunks, in float64."""
+def residual_sums(pairs: Iterable[tuple[torch.Tensor, torch.Tensor, float]], sol: Solution) -> tuple[float, float]:
+    """(‖R − (XWᵀ + b)‖²_F, ‖R‖²_F) over streamed (x, r, row weight) chunks, in float64: sums that
+    data-parallel ranks add before the ratio is taken."""
     num = den = 0.0
     w, b = sol.weight.double(), sol.bias.double()
     for x, r, weight in pairs:
         x, r = x.to(w.device, torch.float64), r.to(w.device, torch.float64)
         num += weight * float(((r - (x @ w.T + b)) ** 2).sum())
         den += weight * float((r**2).sum())
+    return num, den
+
+
+def relative_residual(pairs: Iterable[tuple[torch.Tensor, torch.Tensor, float]], sol: Solution) -> float:
+    """‖R − (XWᵀ + b)‖_F / ‖R‖_F over streamed (x, r, row weight) chunks, in float64."""
+    num, den = residual_sums(pairs, sol)
     return (num / den) ** 0.5 if den > 0 else 0.0

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from fastflux_core.errors import FastFluxError, ModelFolderError
 
 if TYPE_CHECKING:
+    import torch
+
     from fastflux_core.params import Params
 
 FLUX_CONFIGS = {  # sub-folder → a config file diffusers/transformers needs there
@@ -85,13 +87,16 @@ def check_device(name: str) -> None:
             raise FastFluxError("model.device is 'mps' but this torch has no MPS device: use model.device: auto or cpu")
 
 
-def resolve_device(name: str):
-    """The ``torch.device`` that ``model.device`` names (``auto``: CUDA when there is one, else the CPU)."""
+def resolve_device(name: str) -> "torch.device":
+    """The ``torch.device`` that ``model.device`` names (``auto``: CUDA when there is one, else the
+    CPU). Under a launcher (``LOCAL_RANK`` set), ``auto`` and ``cuda`` mean this process's own GPU."""
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     check_device(name)
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
 
 

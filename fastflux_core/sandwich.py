@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from fastflux_core.adapter import BlockAdapter, BlockState, ModelInputs, SkipBlock, run_blocks
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
+from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
 from fastflux_core.integrity import require_finite
 from fastflux_core.lora import lora_parameters, lora_tensors
@@ -130,11 +131,38 @@ def _run(adapter: BlockAdapter, x: dict, rotary, u: int, d: int) -> BlockState:
     return adapter.run(BlockState(x["img"], x["txt"], x["temb"], rotary), u, d + 1)
 
 
-def micro_step(adapter: BlockAdapter, x: dict, y: tuple[torch.Tensor, torch.Tensor], rotary, u: int, d: int,
-               den: torch.Tensor) -> torch.Tensor:
-    """The training forward of one micro-batch: sandwich u..d on x, squared error to y over the whole
-    batch's ‖y‖² (``den``) — its gradients summed over micro-batches are the batch's."""
-    return _sq_err(_run(adapter, x, rotary, u, d), y) / den
+class SandwichBlocks(nn.Module):
+    """Blocks u..d as one module — what ``DistributedDataParallel`` wraps when several ranks train
+    (its hooks sum the trainable parameters' gradients across ranks). The blocks stay where they are
+    in the model; this only groups them."""
+
+    def __init__(self, adapter: BlockAdapter, u: int, d: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(adapter.block(j) for j in range(u, d + 1))
+        self.adapter, self.u, self.d = adapter, u, d
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor]:
+        out = _run(self.adapter, {"img": img, "txt": txt, "temb": temb}, rotary, self.u, self.d)
+        return out.hidden_states, out.encoder_hidden_states  # (b, N_img, D), (b, N_txt, D)
+
+
+def data_parallel(net: SandwichBlocks, world: World, device: torch.device) -> nn.Module:
+    """``net`` wrapped in ``DistributedDataParallel`` for several ranks (gradients averaged across
+    ranks at every backward), ``net`` itself for one."""
+    if world.size == 1:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
+def micro_step(net: nn.Module, x: dict, y: tuple[torch.Tensor, torch.Tensor], rotary, den: torch.Tensor) -> torch.Tensor:
+    """The training forward of one micro-batch: the sandwich ``net`` (:class:`SandwichBlocks`) on x,
+    squared error to y over the whole batch's ‖y‖² (``den``) — its gradients summed over
+    micro-batches are the batch's."""
+    img, txt = net(x["img"], x["txt"], x["temb"], rotary)
+    return _sq_err(BlockState(img, txt, x["temb"], rotary), y) / den
 
 
 def _sq_err(out: BlockState, y: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -250,10 +278,11 @@ def rounds(train: torch.Tensor, train_steps: int, round_samples: int, g: torch.G
 
 
 def accumulated_step(opt: torch.optim.Optimizer, train_params: list[nn.Parameter], micro_losses: Iterator[torch.Tensor],
-                     what: str) -> float:
+                     what: str, world: World = World()) -> float:
     """One optimizer step over a batch given as micro-batch losses (each already divided by the whole
     batch's denominator, so the accumulated gradient is the batch's): backward each as it comes,
-    clip the gradient norm to 1, step. Returns the batch loss; a non-finite one is refused naming ``what``."""
+    clip the gradient norm to 1, step. Returns the batch loss (summed over ranks); a non-finite one
+    is refused naming ``what``."""
     opt.zero_grad(set_to_none=True)
     total = 0.0
     for loss in micro_losses:
@@ -261,40 +290,72 @@ def accumulated_step(opt: torch.optim.Optimizer, train_params: list[nn.Parameter
         total += loss.item()
     torch.nn.utils.clip_grad_norm_(train_params, 1.0)
     opt.step()
-    return total
+    return float(world.sum_(torch.tensor([total], dtype=torch.float64))) if world.size > 1 else total
+
+
+def rank_micro_batches(pick: torch.Tensor, micro_batch: int, world: World) -> list[torch.Tensor]:
+    """This rank's share of a batch (positions into ``pick``'s round) as micro-batches of at most
+    ``micro_batch``, in a number every rank shares — DDP sums gradients at every backward, so every
+    rank runs the same number of them; a rank may get an empty one (it then contributes zero).
+
+    >>> [len(m) for m in rank_micro_batches(torch.arange(9), 2, World(1, 2))]
+    [2, 2, 1]
+    >>> [len(m) for m in rank_micro_batches(torch.arange(3), 1, World(0, 2))]
+    [1, 0]
+    """
+    per_rank = -(-len(pick) // world.size)
+    n = -(-per_rank // micro_batch)
+    mine = world.share(pick)
+    return [mine[i * micro_batch : (i + 1) * micro_batch] for i in range(n)]
 
 
 def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: BoundaryStates, split: Split,
-                 u: int, d: int, cfg: SandwichParams, seed: int) -> dict:
-    """AdamW on the relative sandwich loss over ``split.train``; held-out loss before and after."""
+                 u: int, d: int, cfg: SandwichParams, seed: int, world: World = World()) -> dict:
+    """AdamW on the relative sandwich loss over ``split.train``; held-out loss before and after.
+
+    Several ranks train data-parallel on the same global batches: every rank draws the same batch
+    (same generator) from the same round — whose boundary states every rank computes, so that any
+    sample of the round can be in its share — runs its contiguous share of it, and
+    ``DistributedDataParallel`` sums the gradients (each micro-batch loss is scaled by the rank count,
+    as DDP averages). The held-out samples are split among the ranks and their sums added."""
     model, device = adapter.model, data.device
     g = torch.Generator().manual_seed(seed)
     init = [p.detach().clone() for p in train_params]
     opt = optimizer(train_params, cfg)
+    net = data_parallel(SandwichBlocks(adapter, u, d), world, device)
     model.train()
     losses: list[float] = []
     plan = rounds(split.train, cfg.train_steps, cfg.round_samples, g) if cfg.train_steps else []
-    bar = tqdm(total=cfg.train_steps, desc="sandwich", unit="step")
+    bar = tqdm(total=cfg.train_steps, desc="sandwich", unit="step", disable=not world.is_main)
+
+    def micro_losses(b: Boundary, pick: torch.Tensor, den: torch.Tensor) -> Iterator[torch.Tensor]:
+        for mb in rank_micro_batches(pick, cfg.micro_batch, world):
+            weight = world.size if len(mb) else 0.0  # an empty share still joins DDP's gradient sum
+            yield weight * micro_step(net, *b.take(mb if len(mb) else pick[:1], device), data.rotary, den)
+
     for chunk, n_steps in plan:
         b = data.compute(chunk)
         for _ in range(n_steps):
             pick = torch.randint(len(b), (min(cfg.batch_size, len(b)),), generator=g)
             den = b.target_norm(pick).clamp(min=1e-30).to(device)
             losses.append(accumulated_step(
-                opt, train_params, (micro_step(adapter, *b.take(mb, device), data.rotary, u, d, den)
-                                    for mb in pick.split(cfg.micro_batch)),
-                f"sandwich loss at training step {len(losses)} (lower sandwich.learning_rate or use model.dtype float32)"))
+                opt, train_params, micro_losses(b, pick, den),
+                f"sandwich loss at training step {len(losses)} (lower sandwich.learning_rate or use model.dtype float32)",
+                world) / world.size)  # the batch loss: each rank's share was scaled by the rank count
             bar.update(1)
     bar.close()
     model.eval()
-    trained = before = 0.0
-    norm = 0.0
+    sums = torch.zeros(3, dtype=torch.float64)  # trained error, least-squares-init error, target norm
     for chunk in split.holdout.split(cfg.round_samples):
-        b = data.compute(chunk)
+        mine = world.share(torch.sort(chunk).values)
+        if not len(mine):
+            continue
+        b = data.compute(mine)
         num, den = _loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
         with _weights(train_params, init):
             num0, _ = _loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
-        trained, before, norm = trained + num, before + num0, norm + den
+        sums += torch.tensor([num, num0, den], dtype=torch.float64)
+    trained, before, norm = world.sum_(sums).tolist()
     return {"holdout_loss_init": before / max(norm, 1e-30), "holdout_loss_trained": trained / max(norm, 1e-30),
             "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
             "rounds": len(plan)}
@@ -302,10 +363,11 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
 
 def train_sandwich(params: Params, step: PlanStep, state: ChainState,
                    solved: dict[str, tuple[torch.Tensor, torch.Tensor]], store: StoreReader,
-                   embeds: PromptEmbeds) -> tuple[ChainState, dict]:
+                   embeds: PromptEmbeds, world: World = World()) -> tuple[ChainState, dict]:
     """Train step k's sandwich on the training store (inputs) and the training prompts' encoded
-    states; return the new chain state and a record. With ``sandwich.train: false`` the state is the
-    previous one plus block i's replacement as solved (no LoRA, nothing trained)."""
+    states; return the new chain state and a record (the same on every rank: DDP keeps the ranks'
+    weights equal). With ``sandwich.train: false`` the state is the previous one plus block i's
+    replacement as solved (no LoRA, nothing trained)."""
     cfg = params.sandwich
     if not cfg.train:
         return untrained_step(step, state, solved, store.attrs["kind"])
@@ -315,7 +377,7 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
     data = BoundaryStates(store, embeds, adapter, target, u, cfg.micro_batch, resolve_device(params.model.device))
     split = holdout_split(store, cfg.holdout, derive_seed(params.seed, "sandwich-holdout", step.k))
     losses = fit_sandwich(adapter, train_params, data, split, u, d, cfg,
-                          derive_seed(params.seed, "sandwich-batches", step.k))
+                          derive_seed(params.seed, "sandwich-batches", step.k), world)
 
     kind = adapter.blocks[i].kind
     new = ChainState(step=step.k, kinds=dict(state.kinds), linears=dict(state.linears),

@@ -58,6 +58,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
+from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
 from fastflux_core.integrity import NonFiniteError, damaged
 
@@ -124,41 +125,58 @@ def check_disk(path: Path, need: int, margin: float = 1.1, what: str | None = No
 
 
 class StoreWriter:
-    """Streams captured tensors into a new store, one whole shard per write."""
+    """Streams captured tensors into a new store, one whole shard per write.
+
+    With a ``world`` of several ranks (:mod:`fastflux_core.distributed`) every rank writes the samples
+    ``span`` of one store: rank 0 creates it (group, arrays, attributes) before any rank writes, each
+    rank writes whole shards of its own span — spans start on shard boundaries, so no two ranks write
+    one shard — and rank 0 marks it complete once every rank has closed. The files are those of one
+    process writing every sample."""
 
     def __init__(self, path: Path, specs: list[ArraySpec], n_samples: int, shard_samples: int,
                  chunk_samples: int, dtype: str, clevel: int = 1, attrs: dict | None = None,
-                 check_space: bool = True, compression: str = "none"):
+                 check_space: bool = True, compression: str = "none", world: World = World(),
+                 span: range | None = None):
         self.path, self.specs, self.n, self.dtype = Path(path), {s.name: s for s in specs}, n_samples, dtype
+        self.world, self.span = world, range(n_samples) if span is None else span
         if check_space:
-            check_disk(self.path, estimate_bytes(specs, n_samples, dtype))
+            check_disk(self.path, estimate_bytes(specs, len(self.span), dtype))
         self.shard_samples = min(shard_samples, n_samples)
+        if self.span and self.span.start % self.shard_samples:
+            raise StoreError(f"{self.path}: a writer's samples must start on a shard boundary "
+                             f"({self.span.start} is not a multiple of {self.shard_samples})")
         chunk_samples = min(chunk_samples, self.shard_samples)
         if self.shard_samples % chunk_samples:
             chunk_samples = self.shard_samples
-        self.group = zarr.open_group(zarr.storage.LocalStore(str(self.path)), mode="w-")
-        self.group.attrs.update({"format": FORMAT, "complete": False, "stored_as": dtype,
-                                 "n_samples": n_samples, **(attrs or {})})
+        if world.is_main:
+            self.group = zarr.open_group(zarr.storage.LocalStore(str(self.path)), mode="w-")
+            self.group.attrs.update({"format": FORMAT, "complete": False, "stored_as": dtype,
+                                     "n_samples": n_samples, **(attrs or {})})
         codec = compressors(compression, clevel)
         self._arrays: dict[str, zarr.Array] = {}
         self._buf: dict[str, np.ndarray] = {}  # one shard per array, filled in place
         for s in specs:
             rows = s.rows_per_sample
             store_dtype = ("uint16" if dtype == "bfloat16" else "float32") if s.activation else s.dtype
-            # bookkeeping (a few bytes per sample, read whole) is one chunk in one shard, buffered and
-            # written at close: each chunk and each write costs zarr a fixed overhead, which made the
-            # bookkeeping of one-sample chunks 2/3 of a training store's write time
-            shard = self.shard_samples if s.activation else n_samples
-            chunk = chunk_samples if s.activation else n_samples
-            self._arrays[s.name] = self.group.create_array(
-                s.name, shape=(n_samples * rows, *s.shape), chunks=(chunk * rows, *s.shape),
-                shards=(shard * rows, *s.shape), dtype=store_dtype, compressors=codec,
-                dimension_names=s.dims, fill_value=0, config={"write_empty_chunks": True},
-                attributes={"rows_per_sample": rows, "stored_as": dtype if s.activation else s.dtype},
-            )
-            self._buf[s.name] = np.empty((shard * rows, *s.shape), dtype=store_dtype)
+            # bookkeeping (a few bytes per sample) is one chunk per shard: each chunk and each write
+            # costs zarr a fixed overhead, which made the bookkeeping of one-sample chunks 2/3 of a
+            # training store's write time
+            chunk = chunk_samples if s.activation else self.shard_samples
+            if world.is_main:
+                self._arrays[s.name] = self.group.create_array(
+                    s.name, shape=(n_samples * rows, *s.shape), chunks=(chunk * rows, *s.shape),
+                    shards=(self.shard_samples * rows, *s.shape), dtype=store_dtype, compressors=codec,
+                    dimension_names=s.dims, fill_value=0, config={"write_empty_chunks": True},
+                    attributes={"rows_per_sample": rows, "stored_as": dtype if s.activation else s.dtype},
+                )
+            self._buf[s.name] = np.empty((self.shard_samples * rows, *s.shape), dtype=store_dtype)
+        world.barrier()  # the store exists before any rank opens it
+        if not world.is_main:
+            self.group = zarr.open_group(zarr.storage.LocalStore(str(self.path)), mode="r+")
+            self._arrays = {s.name: self.group[s.name] for s in specs}
         self._fill: dict[str, int] = {s: 0 for s in self.specs}  # rows in the shard buffer
-        self._written: dict[str, int] = {s: 0 for s in self.specs}  # rows handed to the writers
+        # rows handed to the writers, counted from the store's first row
+        self._written: dict[str, int] = {s.name: self.span.start * s.rows_per_sample for s in specs}
         # Full shards are written by two background threads while capture goes on (Zarr's encode and
         # file writes release the GIL): each shard is one region written once, so writers never share
         # a shard. At most ``_MAX_PENDING`` shards wait; the next append waits for the oldest.
@@ -167,7 +185,9 @@ class StoreWriter:
         self._pending: deque[Future] = deque()
 
     def write_static(self, name: str, value: torch.Tensor, dims: tuple[str, ...]) -> None:
-        """An array without a sample axis (e.g. rotary position ids), written at once."""
+        """An array without a sample axis (e.g. rotary position ids), written at once (by rank 0)."""
+        if not self.world.is_main:
+            return
         a = value.detach().cpu().numpy()
         arr = self.group.create_array(name, shape=a.shape, dtype=a.dtype, dimension_names=dims, fill_value=0,
                                       compressors=[Crc32cCodec()])
@@ -179,8 +199,8 @@ class StoreWriter:
         a = _encode(rows, self.dtype) if spec.activation else rows.detach().cpu().numpy().astype(spec.dtype)
         if a.shape[1:] != spec.shape or a.shape[0] % spec.rows_per_sample:
             raise StoreError(f"{name}: got rows of shape {tuple(a.shape)}, expected (k·{spec.rows_per_sample}, *{spec.shape})")
-        if self._written[name] + self._fill[name] + len(a) > self.n * spec.rows_per_sample:
-            raise StoreError(f"{name}: more samples than the {self.n} declared")
+        if self._written[name] + self._fill[name] + len(a) > self.span.stop * spec.rows_per_sample:
+            raise StoreError(f"{name}: more samples than the {len(self.span)} declared")
         pos = 0
         while pos < len(a):
             buf = self._buf[name]  # a fresh one after each flush
@@ -232,7 +252,7 @@ class StoreWriter:
 
     def close(self) -> None:
         """Flush the last (partial) shards, wait for the writers, check every array is full, and mark
-        the store complete."""
+        the store complete (rank 0, once every rank has closed)."""
         try:
             for name in self.specs:
                 if self._fill[name]:
@@ -242,11 +262,14 @@ class StoreWriter:
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         for name, spec in self.specs.items():
-            if self._written[name] != self.n * spec.rows_per_sample:
-                raise StoreError(f"{name}: {self._written[name] // spec.rows_per_sample} of {self.n} samples captured")
+            if self._written[name] != self.span.stop * spec.rows_per_sample:
+                done = self._written[name] // spec.rows_per_sample - self.span.start
+                raise StoreError(f"{name}: {done} of {len(self.span)} samples captured")
         self._buf.clear()
-        self.group.attrs["complete"] = True
-        manifest_path(self.path).write_text(json.dumps(manifest(self.path), indent=1, sort_keys=True))
+        self.world.barrier()
+        if self.world.is_main:
+            self.group.attrs["complete"] = True
+            manifest_path(self.path).write_text(json.dumps(manifest(self.path), indent=1, sort_keys=True))
 
 
 def write_shard(array_dir: Path, arr: zarr.Array, shard: int, data: np.ndarray) -> None:
@@ -365,11 +388,16 @@ class StoreReader:
         data = self._get(name, read)
         return decode(data, self.array(name).attrs.get("stored_as", "float32"))
 
-    def iter_rows(self, name: str, chunk_rows: int) -> Iterator[torch.Tensor]:
-        """``name`` in consecutive pieces of at most ``chunk_rows`` rows (whole shards where possible)."""
+    def row_ranges(self, name: str, chunk_rows: int) -> list[range]:
+        """``name``'s rows cut into consecutive pieces of at most ``chunk_rows`` rows, whole shards
+        where possible (what :meth:`iter_rows` reads; ranks split these pieces among themselves)."""
         arr = self.array(name)
         n = arr.shape[0]
         shard = arr.shards[0] if arr.shards else chunk_rows
         step = max(shard, (chunk_rows // shard) * shard)
-        for start in range(0, n, step):
-            yield self.read(name, start, min(n, start + step))
+        return [range(start, min(n, start + step)) for start in range(0, n, step)]
+
+    def iter_rows(self, name: str, chunk_rows: int, ranges: list[range] | None = None) -> Iterator[torch.Tensor]:
+        """``name`` in consecutive pieces (:meth:`row_ranges`), or just the pieces ``ranges``."""
+        for r in self.row_ranges(name, chunk_rows) if ranges is None else ranges:
+            yield self.read(name, r.start, r.stop)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from fastflux_core.capture import capture_step
 from fastflux_core.chain import ChainState, PlanStep
+from fastflux_core.distributed import current_world
 from fastflux_core.io import atomic_dir, int_args, read_json, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.prompts import PromptEmbeds
@@ -13,13 +14,16 @@ from fastflux_core.prompts import PromptEmbeds
 def main() -> None:
     k, prev = int_args("k", "prev")
     params = load_params()
+    world = current_world(params.model.device)
     step = PlanStep.load(Path(f"data/plan/{k}.json"))
     name = read_json(Path(f"data/plan/{k}.json"))["name"]
     state = ChainState.load(Path(f"data/state/{prev}"))
     calibration = PromptEmbeds.load("data/encoded/calibration.safetensors")
     training = PromptEmbeds.load("data/encoded/training.safetensors")
-    with atomic_dir(f"data/capture/{k}") as out:
-        write_json(out / "info.json", capture_step(params, step, state, calibration, training, name, out))
+    with atomic_dir(f"data/capture/{k}", world) as out:
+        info = capture_step(params, step, state, calibration, training, name, out, world)
+        if world.is_main:
+            write_json(out / "info.json", info)
 
 
 if __name__ == "__main__":

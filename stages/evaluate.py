@@ -3,6 +3,7 @@
 
 from pathlib import Path
 
+from fastflux_core.distributed import current_world
 from fastflux_core.evaluation import evaluate
 from fastflux_core.io import atomic_dir, run_stage, write_json, write_timing
 from fastflux_core.params import load_params
@@ -11,12 +12,14 @@ from fastflux_core.prompts import PromptEmbeds
 
 def main() -> None:
     params = load_params()
+    world = current_world(params.model.device)
     embeds = PromptEmbeds.load("data/encoded/evaluation.safetensors")
-    with atomic_dir("data/evaluate") as out:
-        metrics, latency = evaluate(params, embeds, Path("data/reference/evaluation"),
-                                    Path("data/assemble/transformer"), out)
-    write_json("data/metrics/evaluate.json", metrics)
-    write_timing(latency)
+    with atomic_dir("data/evaluate", world) as out:
+        result = evaluate(params, embeds, Path("data/reference/evaluation"), Path("data/assemble/transformer"), out, world)
+    if world.is_main:
+        metrics, latency = result
+        write_json("data/metrics/evaluate.json", metrics)
+        write_timing(latency)
 
 
 if __name__ == "__main__":

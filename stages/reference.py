@@ -2,6 +2,7 @@
 data/reference/<set>/. Ablations and pruned models are scored against them with the same seeds."""
 
 from fastflux_core.ablation import make_reference
+from fastflux_core.distributed import current_world
 from fastflux_core.errors import FastFluxError
 from fastflux_core.io import atomic_dir, run_stage, stage_args, write_json
 from fastflux_core.params import load_params
@@ -13,9 +14,12 @@ def main() -> None:
     if set_name not in ("importance", "evaluation"):
         raise FastFluxError(f"reference images are made for the importance or evaluation set, not {set_name!r}")
     params = load_params()
+    world = current_world(params.model.device)
     embeds = PromptEmbeds.load(f"data/encoded/{set_name}.safetensors")
-    with atomic_dir(f"data/reference/{set_name}") as out:
-        write_json(out / "metrics.json", make_reference(params, set_name, embeds, out))
+    with atomic_dir(f"data/reference/{set_name}", world) as out:
+        record = make_reference(params, set_name, embeds, out, world)
+        if world.is_main:
+            write_json(out / "metrics.json", record)
 
 
 if __name__ == "__main__":

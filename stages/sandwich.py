@@ -5,6 +5,7 @@ from pathlib import Path
 
 from fastflux_core.brll import load_solution
 from fastflux_core.chain import ChainState, PlanStep
+from fastflux_core.distributed import current_world
 from fastflux_core.io import atomic_dir, int_args, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.prompts import PromptEmbeds
@@ -15,11 +16,14 @@ from fastflux_core.store import StoreReader
 def main() -> None:
     k, prev = int_args("k", "prev")
     params = load_params()
+    world = current_world(params.model.device)
     step = PlanStep.load(Path(f"data/plan/{k}.json"))
     state, record = train_sandwich(params, step, ChainState.load(Path(f"data/state/{prev}")),
                                    load_solution(Path(f"data/solve/{k}/linear.safetensors")),
                                    StoreReader(Path(f"data/capture/{k}/training.zarr")),
-                                   PromptEmbeds.load("data/encoded/training.safetensors"))
+                                   PromptEmbeds.load("data/encoded/training.safetensors"), world)
+    if not world.is_main:  # DDP kept every rank's weights equal: rank 0 writes them
+        return
     with atomic_dir(f"data/state/{k}") as out:
         state.save(out)
     write_json(f"data/metrics/sandwich/{k}.json", record)

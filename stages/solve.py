@@ -4,6 +4,7 @@ with relative residual and condition number in data/metrics/solve/<k>.json."""
 from pathlib import Path
 
 from fastflux_core.brll import replacement_for, save_solution
+from fastflux_core.distributed import current_world
 from fastflux_core.io import atomic_dir, int_args, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.source import resolve_device
@@ -13,8 +14,11 @@ from fastflux_core.store import StoreReader
 def main() -> None:
     (k,) = int_args("k")
     params = load_params()
+    world = current_world(params.model.device)
     store = StoreReader(Path(f"data/capture/{k}/calibration.zarr"))
-    solutions, metrics = replacement_for(store, params.solve, resolve_device(params.model.device))
+    solutions, metrics = replacement_for(store, params.solve, resolve_device(params.model.device), world)
+    if not world.is_main:  # every rank holds the same solution: rank 0 writes it
+        return
     info = {"step": k, "block": store.attrs["block"], "block_name": store.attrs["block_name"],
             "kind": store.attrs["kind"], "replacement": params.solve.replacement, "ridge": params.solve.ridge,
             "streams": metrics}

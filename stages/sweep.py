@@ -6,6 +6,7 @@ data/timing/sweep.csv / sweep.json (latency ratio; not DVC outputs). Independent
 from pathlib import Path
 
 from fastflux_core.assemble import load_states
+from fastflux_core.distributed import current_world
 from fastflux_core.evaluation import sweep
 from fastflux_core.io import TIMING, run_stage, write_csv, write_json, write_timing
 from fastflux_core.params import load_params
@@ -16,11 +17,15 @@ COLUMNS = ["n_pruned", "ratio", "fid", "fid_real", "clip", "prompt_accuracy", "f
 
 def main() -> None:
     params = load_params()
+    world = current_world(params.model.device)
     rows, timings = [], []
     if params.evaluate.sweep:
         states = load_states(Path("data/state"), len(params.steps))
         embeds = PromptEmbeds.load("data/encoded/evaluation.safetensors")
-        rows, timings = sweep(params, states, embeds, Path("data/reference/evaluation"))
+        result = sweep(params, states, embeds, Path("data/reference/evaluation"), world)
+        if result is None:  # not the main rank: its share of the images is with rank 0
+            return
+        rows, timings = result
     write_csv("data/plots/sweep.csv", [c for c in COLUMNS if not rows or c in rows[0]], rows)
     write_json("data/metrics/sweep.json", {f"n{r['n_pruned']}": r for r in rows})
     write_csv(TIMING / "sweep.csv", ["n_pruned", "latency_ratio", "latency_ratio_iqr"], timings)

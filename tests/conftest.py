@@ -23,7 +23,7 @@ def tiny_flux_folder(tmp_path_factory):
 
 # Tests that need the finished micro pipelines, in the order they run (after every unit test): the
 # bad-input and crash tests copy repo A before test_dvc_pipeline.py changes it.
-PIPELINE_TESTS = ("test_bad_input.py", "test_crash_safety.py", "test_dvc_pipeline.py")
+PIPELINE_TESTS = ("test_bad_input.py", "test_crash_safety.py", "test_distributed_stages.py", "test_dvc_pipeline.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

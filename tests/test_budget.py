@@ -41,8 +41,12 @@ def test_flux1_dev_fits_22_gib_in_every_stage_and_100_gb_of_activation_disk():
     params = flux_example()
     assert transformer_config(params)["num_single_layers"] == 38  # the real FLUX.1-dev shape
     assumed = {"calibration": 512, "training": 512, "importance": 64, "evaluation": 512}
-    rows, summary = budget.plan_budget(params, 22.0, 400.0, assumed)
+    rows, summary = budget.plan_budget(params, 22.0, 400.0, assumed, gpus=8)
     peaks = {r.stage: r.peak_gib for r in rows}
+    by = {r.stage: r for r in rows}  # 8 data-parallel GPUs: 64 ablation items in batches of 4 split evenly
+    assert by["ablate@j"].hours_gpus == pytest.approx(by["ablate@j"].hours / 8, abs=0.01)
+    assert by["encode"].hours_gpus == by["encode"].hours  # one process
+    assert by["sandwich@k"].hours / 8 < by["sandwich@k"].hours_gpus < by["sandwich@k"].hours  # recompute not split
     assert all(p <= 22.0 for p in peaks.values()), peaks
     assert {r.stage: r.placement for r in rows}["capture@k"] == "offloaded"  # 22.2 GiB of weights alone
     assert peaks["capture@k"] < 11.9e9 * 2 / 4 / 2**30  # offloading really lowers the peak: two blocks, the

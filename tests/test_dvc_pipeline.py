@@ -61,7 +61,7 @@ def micro_params(switched: bool = False) -> dict:
     d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3)
     d["capture"].update(timesteps=2, shard_samples=8, chunk_samples=4)
     d["sandwich"].update(train_steps=5, batch_size=4)
-    d["sampling"].update(steps=2)
+    d["sampling"].update(steps=2, batch_size=8)  # several batches per set: 2 ranks share them (test_distributed_stages)
     for s in d["prompts"].values():
         if isinstance(s, dict):
             s["images_per_prompt"] = 1
