@@ -117,8 +117,8 @@ def test_validate_stops_a_run_a_stage_of_which_does_not_fit_the_gpu(monkeypatch,
     params = flux_example(gpu_memory_gb=8)
     assumed = {"calibration": 512, "training": 512, "importance": 64, "evaluation": 512}
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**15, 0, 10**15))
-    rows = [budget.Row("encode", 1, "resident", 10.6, 0.0, True, 1.0, 0.0),
-            budget.Row("capture@k", 11, "offloaded", 2.9, 4.2, True, 1.0, 0.0)]
+    rows = [budget.Row("encode", 1, "resident", 10.6, 0.0, True, 1.0, 0.0, 0.0),
+            budget.Row("capture@k", 11, "offloaded", 2.9, 4.2, True, 1.0, 0.0, 0.0)]
     calls = []
     monkeypatch.setattr(budget, "plan_budget", lambda *a, **k: (calls.append(a), (rows, {}))[1])
     monkeypatch.setattr(preflight, "resolve_device", lambda name: torch.device("cuda"))
