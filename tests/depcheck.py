@@ -102,7 +102,8 @@ def declared_params(dvc: dict, params: dict, script: str, argv: list[str]) -> li
         pairs = group.items() if isinstance(group, dict) else [(None, v) for v in group]
         for key, item in pairs:
             cmd = _expand(body["cmd"], item, key).split()
-            if cmd[2:] == argv:
+            script_at = next(i for i, w in enumerate(cmd) if w.startswith("stages/"))  # after a launcher's words
+            if cmd[script_at + 1 :] == argv:
                 return [_expand(str(p), item, key) for p in body.get("params", [])]
     return None
 
