@@ -25,13 +25,15 @@ accumulator up to the order of float64 additions (relative differences ~1e-15 pe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 
+from fastflux_core.errors import FastFluxError
 from fastflux_core.io import TMP_ROOT, load_tensors, save_tensors, stage_name
 from fastflux_core.lstsq import GramAccumulator
 from fastflux_core.preflight import resolve_device
@@ -66,9 +68,15 @@ class World:
         return items[r.start : r.stop]
 
     def sum_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over all ranks, in place (every rank gets the sum)."""
+        """Sum ``t`` over all ranks, in place (every rank gets the sum). NCCL reduces GPU tensors only:
+        a host tensor (a loss, a count) goes through this rank's GPU and back."""
         if self.size > 1:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+            if torch.distributed.get_backend() == "nccl" and t.device.type != "cuda":
+                on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+                torch.distributed.all_reduce(on_gpu, op=torch.distributed.ReduceOp.SUM)
+                t.copy_(on_gpu)
+            else:
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
         return t
 
     def barrier(self) -> None:
@@ -107,20 +115,38 @@ def leave_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def current_world(device: str = "cpu") -> World:
+_joined: World | None = None  # the world this process joined (a process joins once)
+
+
+def current_world(device: str = "cpu", follow: bool = False) -> World:
     """The world the launcher started (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``/``PORT`` set by
     ``accelerate launch`` / ``torchrun``), its process group joined and every rank past rank 0's
     start-up; a world of one without them. ``device`` is ``model.device``: CPU processes talk gloo,
-    GPU processes NCCL, each on the GPU of its ``LOCAL_RANK``."""
+    GPU processes NCCL, each on the GPU of its ``LOCAL_RANK``.
+
+    Rank 0 tells every rank which stage it runs (its command line): a rank running another stage — a
+    node started out of step — stops with one line, and a ``follow`` rank (:mod:`fastflux_core.follow`,
+    the other nodes of a multi-node run) takes it as its own."""
+    global _joined
+    if _joined is not None:
+        return _joined
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()
     from accelerate import PartialState
 
     state = PartialState(cpu=resolve_device(device).type == "cpu")
+    command = [[Path(sys.argv[0]).as_posix(), *sys.argv[1:]]]
+    torch.distributed.broadcast_object_list(command, src=0)
+    if follow:
+        sys.argv = list(command[0])
+    elif command[0] != [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]:
+        raise FastFluxError(f"rank {state.process_index} runs {' '.join(sys.argv)} but rank 0 runs "
+                            f"{' '.join(command[0])}: every node must run the same stage (README: many machines)")
     world = World(state.process_index, state.num_processes, Path(TMP_ROOT / stage_name() / "exchange").absolute())
     if world.is_main:
         world.scratch.mkdir(parents=True, exist_ok=True)
     world.barrier()
+    _joined = world
     return world
 
 

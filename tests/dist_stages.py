@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from fastflux_core import distributed
 from fastflux_core.distributed import leave_group
 
 if __name__ == "__main__":
@@ -14,5 +15,6 @@ if __name__ == "__main__":
     for command in sys.argv[1:]:  # "capture.py 1 0"
         script, *args = command.split()
         sys.argv = [f"stages/{script}", *args]
+        distributed._joined = None  # each stage joins (and checks rank 0's command) as its own process would
         runpy.run_path(f"stages/{script}")["main"]()
     leave_group()
