@@ -477,12 +477,28 @@ def rank_share(items: int, unit: int, gpus: int) -> float:
     return min(1.0, -(-pieces // gpus) * unit / items)
 
 
+def busiest_share(batch: int, micro_batch: int, gpus: int, draws: int = 2000) -> float:
+    """The expected share of a Sandwich Training batch that the busiest of ``gpus`` ranks runs: each
+    rank holds a contiguous 1/gpus of the round, a batch draws samples uniformly, so they fall unevenly,
+    and every rank runs as many micro-batches as the busiest needs (Monte Carlo over the draw, fixed seed).
+
+    >>> busiest_share(32, 1, 1), round(busiest_share(32, 1, 8), 2)
+    (1.0, 0.22)
+    """
+    if gpus == 1:
+        return 1.0
+    owners = torch.randint(gpus, (draws, batch), generator=torch.Generator().manual_seed(0))
+    counts = torch.stack([(owners == r).sum(1) for r in range(gpus)], 1)  # (draws, gpus)
+    busiest = (-(-counts // micro_batch)).amax(1) * micro_batch
+    return min(1.0, float(busiest.double().mean()) / batch)
+
+
 def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, int],
                 progress: Callable[[str], None] = lambda s: None, gpus: int = 1) -> tuple[list[Row], dict]:
     """Every stage kind: placement chosen for ``gpu_memory_gb``, measured peak, disk, compute — and
     hours on ``gpus`` data-parallel GPUs (``FASTFLUX_LAUNCH``, README): generation stages split their
     items in whole sampling batches (capture: in whole shards), least squares its rows, Sandwich
-    Training its batches — but every rank recomputes each round's boundary states."""
+    Training its rounds' boundary states and each batch's samples (unevenly: :func:`busiest_share`)."""
     shapes, cfg = Shapes.of(params), transformer_config(params)
     n_blocks = cfg["num_layers"] + cfg["num_single_layers"]
     counts = prompt_counts(params, assumed)
@@ -572,7 +588,8 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     train = params.sandwich.train_steps * params.sandwich.batch_size * sand.flops["train_per_sample"]
     states = sum(k * linear_bytes for k in range(1, k_steps + 1))  # each state holds every linear so far
     add("sandwich@k", k_steps, place_w, sand, states, True, k_steps * (recompute + train),
-        k_steps * (recompute + rank_share(params.sandwich.batch_size, 1, gpus) * train))
+        k_steps * (rank_share(samples, 1, gpus) * recompute
+                   + busiest_share(params.sandwich.batch_size, params.sandwich.micro_batch, gpus) * train))
     add("assemble", 1, "host", None, params_bytes(params, k_steps), False, 0)
     e = params.evaluate
     timed = 2 * (e.latency_warmup + e.latency_repeats) * t  # on the main rank alone

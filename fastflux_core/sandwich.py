@@ -71,6 +71,10 @@ class Boundary:
         """‖y_d‖² over samples ``idx``, both streams, float32."""
         return (self.y_img[idx].float() ** 2).sum() + (self.y_txt[idx].float() ** 2).sum()
 
+    def sample_norms(self) -> torch.Tensor:
+        """(n,) ‖y_d‖² of each sample, both streams, float32."""
+        return (self.y_img.float() ** 2).flatten(1).sum(1) + (self.y_txt.float() ** 2).flatten(1).sum(1)
+
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """Inputs {img, txt, temb} and targets (img, txt) of samples ``idx`` on ``device``."""
         x = {"img": self.img[idx].to(device), "txt": self.txt[idx].to(device), "temb": self.temb[idx].to(device)}
@@ -293,19 +297,20 @@ def accumulated_step(opt: torch.optim.Optimizer, train_params: list[nn.Parameter
     return float(world.sum_(torch.tensor([total], dtype=torch.float64))) if world.size > 1 else total
 
 
-def rank_micro_batches(pick: torch.Tensor, micro_batch: int, world: World) -> list[torch.Tensor]:
-    """This rank's share of a batch (positions into ``pick``'s round) as micro-batches of at most
-    ``micro_batch``, in a number every rank shares — DDP sums gradients at every backward, so every
-    rank runs the same number of them; a rank may get an empty one (it then contributes zero).
+def rank_micro_batches(pick: torch.Tensor, n_rows: int, micro_batch: int, world: World) -> list[torch.Tensor]:
+    """The samples of a batch (``pick``: positions in a round of ``n_rows``) that this rank holds — its
+    contiguous share of the round, :meth:`World.part` — as rows of its own boundary states, in
+    micro-batches of at most ``micro_batch``, as many as the busiest rank needs: DDP sums gradients at
+    every backward, so every rank runs the same number; a rank's extra ones are empty (it then
+    contributes zero).
 
-    >>> [len(m) for m in rank_micro_batches(torch.arange(9), 2, World(1, 2))]
-    [2, 2, 1]
-    >>> [len(m) for m in rank_micro_batches(torch.arange(3), 1, World(0, 2))]
-    [1, 0]
+    >>> [m.tolist() for m in rank_micro_batches(torch.tensor([0, 1, 2, 5, 6]), 8, 2, World(1, 2))]
+    [[1, 2], []]
     """
-    per_rank = -(-len(pick) // world.size)
-    n = -(-per_rank // micro_batch)
-    mine = world.share(pick)
+    shares = [World(r, world.size).part(n_rows) for r in range(world.size)]
+    n = max(-(-int(((pick >= s.start) & (pick < s.stop)).sum()) // micro_batch) for s in shares)
+    own = shares[world.rank]
+    mine = pick[(pick >= own.start) & (pick < own.stop)] - own.start
     return [mine[i * micro_batch : (i + 1) * micro_batch] for i in range(n)]
 
 
@@ -313,11 +318,12 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
                  u: int, d: int, cfg: SandwichParams, seed: int, world: World = World()) -> dict:
     """AdamW on the relative sandwich loss over ``split.train``; held-out loss before and after.
 
-    Several ranks train data-parallel on the same global batches: every rank draws the same batch
-    (same generator) from the same round — whose boundary states every rank computes, so that any
-    sample of the round can be in its share — runs its contiguous share of it, and
-    ``DistributedDataParallel`` sums the gradients (each micro-batch loss is scaled by the rank count,
-    as DDP averages). The held-out samples are split among the ranks and their sums added."""
+    Several ranks train data-parallel on the same global batches: each rank computes the boundary
+    states of its contiguous share of each round (the expensive part, forwards through blocks 0..d),
+    every rank draws the same batch from the round (same generator), runs the batch's samples it
+    holds, and ``DistributedDataParallel`` sums the gradients (each micro-batch loss is scaled by the
+    rank count, as DDP averages). The per-sample target norms are summed across ranks, so every rank
+    knows the batch's denominator. The held-out samples are split among the ranks and their sums added."""
     model, device = adapter.model, data.device
     g = torch.Generator().manual_seed(seed)
     init = [p.detach().clone() for p in train_params]
@@ -328,18 +334,25 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
     plan = rounds(split.train, cfg.train_steps, cfg.round_samples, g) if cfg.train_steps else []
     bar = tqdm(total=cfg.train_steps, desc="sandwich", unit="step", disable=not world.is_main)
 
-    def micro_losses(b: Boundary, pick: torch.Tensor, den: torch.Tensor) -> Iterator[torch.Tensor]:
-        for mb in rank_micro_batches(pick, cfg.micro_batch, world):
-            weight = world.size if len(mb) else 0.0  # an empty share still joins DDP's gradient sum
-            yield weight * micro_step(net, *b.take(mb if len(mb) else pick[:1], device), data.rotary, den)
+    def micro_losses(b: Boundary, pick: torch.Tensor, n_rows: int, den: torch.Tensor) -> Iterator[torch.Tensor]:
+        for mb in rank_micro_batches(pick, n_rows, cfg.micro_batch, world):
+            weight = world.size if len(mb) else 0.0  # an empty one still joins DDP's gradient sum
+            yield weight * micro_step(net, *b.take(mb if len(mb) else torch.zeros(1, dtype=torch.long), device),
+                                      data.rotary, den)
 
     for chunk, n_steps in plan:
-        b = data.compute(chunk)
+        order = torch.sort(chunk).values  # the round in store order
+        own = world.part(len(order))
+        b = data.compute(order[own.start : own.stop] if len(own) else order[:1])  # a rank with none: a stand-in
+        norms = torch.zeros(len(order))
+        if len(own):
+            norms[own.start : own.stop] = b.sample_norms()
+        world.sum_(norms)
         for _ in range(n_steps):
-            pick = torch.randint(len(b), (min(cfg.batch_size, len(b)),), generator=g)
-            den = b.target_norm(pick).clamp(min=1e-30).to(device)
+            pick = torch.randint(len(order), (min(cfg.batch_size, len(order)),), generator=g)
+            den = norms[pick].sum().clamp(min=1e-30).to(device)
             losses.append(accumulated_step(
-                opt, train_params, micro_losses(b, pick, den),
+                opt, train_params, micro_losses(b, pick, len(order), den),
                 f"sandwich loss at training step {len(losses)} (lower sandwich.learning_rate or use model.dtype float32)",
                 world) / world.size)  # the batch loss: each rank's share was scaled by the rank count
             bar.update(1)
