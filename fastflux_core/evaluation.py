@@ -109,15 +109,18 @@ class Evaluator:
 
         self.params, self.embeds, self.device, self.world = params, embeds, resolve_device(params.model.device), world
         self.placement = choose("evaluate", params, self.device)
-        self.base = load_transformer(params)  # on the host: on the device only while timed
-        self.codec, self.scheduler = load_codec(params, self.base), load_scheduler(params)
+        # the base is for timing, which rank 0 alone does: on its host, on the device only while timed (other
+        # ranks do not hold it — FLUX.1-dev: 24 GB of host memory each); their codec comes with the first model
+        self.base = load_transformer(params) if world.is_main else None
+        self.codec = load_codec(params, self.base) if world.is_main else None
+        self.scheduler = load_scheduler(params)
         self.quality = load_quality(params, self.device, hps=True) if world.is_main else None
         self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")
         s = params.prompts.evaluation
         self.items = prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed)
-        self.x = forward_inputs(params, self.base, self.codec, embeds, self.device)
+        self.x = forward_inputs(params, self.base, self.codec, embeds, self.device) if world.is_main else None
 
     def on_device(self, model):
         """Context holding ``model`` on the device (resident or offloaded), on the host after."""
@@ -126,6 +129,10 @@ class Evaluator:
     def quality_of(self, model, tag: str = "quality") -> tuple[dict, np.ndarray, list[str]] | None:
         """FID (vs base, vs real) and alignment of ``model``'s images of the evaluation items (on the
         main rank; ``None`` on the others). ``tag`` names the exchange of images between ranks."""
+        from fastflux_core.source import load_codec
+
+        if self.codec is None:
+            self.codec = load_codec(self.params, model)
         with self.on_device(model):
             gen = generate_with(model, self.scheduler, self.codec, self.embeds, self.items, self.params.sampling,
                                 self.world, tag)
@@ -178,10 +185,10 @@ def sweep(params: Params, states: list, embeds: PromptEmbeds, reference: Path, w
     from fastflux_core.assemble import pruned_model
 
     ev = Evaluator(params, embeds, reference, world)
-    n_blocks = len(ev.base.transformer_blocks) + len(ev.base.single_transformer_blocks)
     rows, timings = [], []
     for k in range(len(states)):
-        model = pruned_model(params, states, k)[0].model
+        adapter = pruned_model(params, states, k)[0]
+        model, n_blocks = adapter.model, len(adapter.blocks)
         scored = ev.quality_of(model, tag=f"n{k}")
         if scored is None:
             continue
