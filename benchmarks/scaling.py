@@ -41,12 +41,13 @@ def worker(args: argparse.Namespace) -> None:
     import yaml
 
     from fastflux_core.params import parse_params
+    from fastflux_core.preflight import resolve_device
     from fastflux_core.prompts import PromptEmbeds, prompt_items
     from fastflux_core.shapes import EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS
 
     params = parse_params(yaml.safe_load(Path(args.params).read_text()))  # the schema (prompt files unused)
     world = current_world(args.device)
-    device = torch.device("cuda", world.rank) if args.device == "cuda" else torch.device("cpu")
+    device = resolve_device(args.device)  # under the launcher: this rank's GPU (LOCAL_RANK)
     torch.manual_seed(0)
     model = build_model(params.embedded, EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS).to(device).eval()
     g = torch.Generator().manual_seed(0)

@@ -135,11 +135,12 @@ def current_world(device: str = "cpu", follow: bool = False) -> World:
     from accelerate import PartialState
 
     state = PartialState(cpu=resolve_device(device).type == "cpu")
-    command = [[Path(sys.argv[0]).as_posix(), *sys.argv[1:]]]
-    torch.distributed.broadcast_object_list(command, src=0)
+    own = [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]
+    command = [own]
+    torch.distributed.broadcast_object_list(command, src=0)  # every rank now holds rank 0's
     if follow:
         sys.argv = list(command[0])
-    elif command[0] != [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]:
+    elif command[0] != own:
         raise FastFluxError(f"rank {state.process_index} runs {' '.join(sys.argv)} but rank 0 runs "
                             f"{' '.join(command[0])}: every node must run the same stage (README: many machines)")
     world = World(state.process_index, state.num_processes, Path(TMP_ROOT / stage_name() / "exchange").absolute())
