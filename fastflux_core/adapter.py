@@ -1,28 +1,31 @@
 """Block-level view of a diffusion transformer: the one interface every pruning stage uses.
 
-FastFLUX thinks of FLUX as a chain of N blocks in execution order (FLUX.1-dev: 19 double-stream then
-38 single-stream, N = 57). Between blocks the model's whole state is a :class:`BlockState`:
+FastFLUX thinks of a transformer as a chain of N blocks in execution order (FLUX.1-dev: 19
+double-stream then 38 single-stream, N = 57; SD3-medium: 24 joint blocks). Between blocks the
+model's whole state is a :class:`BlockState`:
 
     hidden_states          (B, N_img, D)   image stream
     encoder_hidden_states  (B, N_txt, D)   text stream
     temb                   (B, D)          timestep (+ guidance) + pooled-text embedding
-    image_rotary_emb       (cos, sin), each (N_txt + N_img, head_dim)
+    image_rotary_emb       (cos, sin), each (N_txt + N_img, head_dim) — FLUX; None for SD3
 
-Since diffusers 0.35 both FLUX block kinds take ``(hidden_states, encoder_hidden_states, temb,
-image_rotary_emb, joint_attention_kwargs)`` and return ``(encoder_hidden_states, hidden_states)``, so
-any contiguous range of blocks, including one that crosses the double→single boundary, runs the same
-way, and any module with that signature can stand in for a block (:meth:`FluxAdapter.swap`). Swaps
-edit the model's own ``ModuleList``s, so the model's ``forward`` — and ``save_pretrained`` of a
-pruned model — see them too.
+Everything family-specific — which modules are blocks, how the model's inputs become the first
+state, how a block is called, what follows the last one, which linears LoRA targets, how the
+pipeline schedules its timesteps — lives in one module per model family behind
+:class:`BlockAdapter`: :mod:`fastflux_core.flux` (``FluxTransformer2DModel``) and
+:mod:`fastflux_core.sd3` (``SD3Transformer2DModel``, SD3 and SD3.5). Stages only talk to this
+interface; :func:`adapter_for` picks the family from the model, :func:`family` from its name.
 
-Adding another architecture (e.g. SD3's ``SD3Transformer2DModel``) means writing one more class with
-:class:`BlockAdapter`'s methods; stages only talk to that interface.
+Latents travel between stages as FLUX-style packed tokens (B, h/2 · w/2, 4C) whatever the family
+(``ModelInputs.hidden_states``): the sampler, the activation stores and the sandwich's inputs are then
+one code path; an adapter whose model takes spatial latents (SD3) unpacks them in ``embed``/``call``.
 
+>>> from fastflux_core.flux import FluxAdapter
 >>> from diffusers import FluxTransformer2DModel
 >>> m = FluxTransformer2DModel(in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8,
 ...                            num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
 ...                            axes_dims_rope=(2, 2, 4))
->>> a = FluxAdapter(m)
+>>> a = adapter_for(m)
 >>> [(b.index, b.kind, b.path) for b in a.blocks][1:3]
 [(1, 'double', 'transformer_blocks.1'), (2, 'single', 'single_transformer_blocks.0')]
 """
@@ -30,23 +33,23 @@ Adding another architecture (e.g. SD3's ``SD3Transformer2DModel``) means writing
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
-from diffusers import FluxTransformer2DModel
 from torch import nn
 
-from fastflux_core.pruned_flux import SkipBlock  # the identity stand-in; ships with exports
+from fastflux_core.pruned_flux import SkipBlock  # noqa: F401  the identity stand-in; ships with exports
 
-BlockKind = Literal["double", "single"]
+FAMILIES = ("flux", "sd3")
 
 
 @dataclass(frozen=True)
 class BlockRef:
-    """One block: global execution index, kind, and dotted module path inside the transformer."""
+    """One block: global execution index, kind (a family's block type: ``double``/``single`` in FLUX,
+    ``joint``/``final`` in SD3) and dotted module path inside the transformer."""
 
     index: int
-    kind: BlockKind
+    kind: str
     path: str
 
     @property
@@ -62,7 +65,7 @@ class BlockState:
     hidden_states: torch.Tensor  # (B, N_img, D)
     encoder_hidden_states: torch.Tensor  # (B, N_txt, D)
     temb: torch.Tensor  # (B, D)
-    image_rotary_emb: tuple[torch.Tensor, torch.Tensor]  # cos, sin: (N_txt + N_img, head_dim)
+    image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin: (N_txt + N_img, head_dim); SD3: None
 
     def with_streams(self, encoder_hidden_states: torch.Tensor, hidden_states: torch.Tensor) -> "BlockState":
         return replace(self, hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states)
@@ -70,13 +73,13 @@ class BlockState:
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """The transformer's own inputs for one denoising call (what the pipeline passes to ``forward``)."""
+    """One denoising call's inputs, family-neutral (an adapter's ``call`` turns them into the model's)."""
 
-    hidden_states: torch.Tensor  # (B, N_img, C_in) packed latents
+    hidden_states: torch.Tensor  # (B, N_img, C_tok) packed latent tokens (C_tok = 4 · latent channels)
     encoder_hidden_states: torch.Tensor  # (B, N_txt, D_text)
     pooled_projections: torch.Tensor  # (B, D_pool)
-    timestep: torch.Tensor  # (B,) sigma in [0, 1] (the pipeline's t / 1000)
-    img_ids: torch.Tensor  # (N_img, 3)
+    timestep: torch.Tensor  # (B,) sigma in [0, 1] (the FLUX pipeline's t / 1000)
+    img_ids: torch.Tensor  # (N_img, 3) token grid positions (0, row, col): FLUX's rotary ids, SD3's grid
     txt_ids: torch.Tensor  # (N_txt, 3)
     guidance: torch.Tensor | None = None  # (B,) or None for models without guidance embedding
 
@@ -93,120 +96,60 @@ class MlpRef:
 
 
 class BlockAdapter(Protocol):
-    """What stages may use. Implemented by :class:`FluxAdapter`; an SD3 adapter would add another."""
+    """What stages may use of a model family. Implemented by :class:`fastflux_core.flux.FluxAdapter`
+    and :class:`fastflux_core.sd3.SD3Adapter`; a new family (FLUX.2, Qwen-Image) is one more class.
 
+    Class-level, from a config alone (no weights): ``family``, ``model_class``, ``pipeline_class``,
+    ``pruned_class`` (names), ``token_channels``/``latent_channels``, ``embedded_config`` (the small
+    model stage ``base`` trains), ``timesteps`` (the pipeline's schedule), ``text_encoder``."""
+
+    family: str
     model: nn.Module
     blocks: list[BlockRef]
 
+    @property
+    def uses_guidance(self) -> bool: ...
     def block(self, index: int) -> nn.Module: ...
-    def embed(self, inputs: ModelInputs) -> BlockState: ...
-    def run(self, state: BlockState, start: int, stop: int) -> BlockState: ...
-    def head(self, state: BlockState) -> torch.Tensor: ...
     def swap(self, index: int, module: nn.Module) -> nn.Module: ...
+    def skip(self, index: int) -> nn.Module: ...
+    def embed(self, inputs: ModelInputs) -> BlockState: ...
+    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+    def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState: ...
+    def run_modules(self, modules: list[nn.Module], state: BlockState, start: int) -> BlockState: ...
+    def head(self, state: BlockState) -> torch.Tensor: ...
+    def call(self, inputs: ModelInputs) -> torch.Tensor: ...
+    def lora_targets(self, index: int) -> tuple[str, ...]: ...
     def mlps(self) -> list[MlpRef]: ...
 
 
-class FluxAdapter:
-    """Block-level access to a diffusers ``FluxTransformer2DModel`` (any size, FLUX.1-dev included)."""
+def family(name: str) -> type:
+    """The adapter class of a family by name (``model.source`` / ``embedded.family``)."""
+    if name == "flux":
+        from fastflux_core.flux import FluxAdapter
 
-    def __init__(self, model: FluxTransformer2DModel):
-        self.model = model
-        n_double = len(model.transformer_blocks)
-        n_single = len(model.single_transformer_blocks)
-        self.blocks: list[BlockRef] = [
-            BlockRef(i, "double", f"transformer_blocks.{i}") for i in range(n_double)
-        ] + [BlockRef(n_double + j, "single", f"single_transformer_blocks.{j}") for j in range(n_single)]
+        return FluxAdapter
+    if name == "sd3":
+        from fastflux_core.sd3 import SD3Adapter
 
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def _slot(self, index: int) -> tuple[nn.ModuleList, int]:
-        if not 0 <= index < len(self.blocks):
-            raise IndexError(f"block index {index} out of range 0..{len(self.blocks) - 1}")
-        ref = self.blocks[index]
-        attr, pos = ref.path.rsplit(".", 1)
-        return getattr(self.model, attr), int(pos)
-
-    def block(self, index: int) -> nn.Module:
-        """The module currently at block ``index`` (the original block or whatever was swapped in)."""
-        modules, pos = self._slot(index)
-        return modules[pos]
-
-    def swap(self, index: int, module: nn.Module) -> nn.Module:
-        """Put ``module`` at block ``index``; return the module that was there."""
-        modules, pos = self._slot(index)
-        old = modules[pos]
-        modules[pos] = module
-        return old
-
-    def mlps(self) -> list[MlpRef]:
-        """Every MLP of the blocks still in the model: a double block's image (``ff``) and text
-        (``ff_context``) MLPs, ``net.0.proj`` → GELU → ``net.2``; a single block's ``proj_mlp`` → GELU →
-        the MLP half of ``proj_out``, whose input is ``cat([attention (D), mlp (H)])``."""
-        out = []
-        for ref in self.blocks:
-            blk = self.block(ref.index)
-            if ref.kind == "double" and hasattr(blk, "ff"):
-                out += [MlpRef(f"{ref.path}.{n}", getattr(blk, n).net[0].proj, getattr(blk, n).net[2], 0)
-                        for n in ("ff", "ff_context")]
-            elif ref.kind == "single" and hasattr(blk, "proj_mlp"):
-                out.append(MlpRef(ref.path, blk.proj_mlp, blk.proj_out, blk.proj_out.in_features - blk.proj_mlp.out_features))
-        return out
-
-    def skip(self, index: int) -> nn.Module:
-        """Replace block ``index`` by the identity; return the removed block (swap it back to undo)."""
-        return self.swap(index, SkipBlock())
-
-    def embed(self, inputs: ModelInputs) -> BlockState:
-        """Everything ``FluxTransformer2DModel.forward`` does before its first block."""
-        m = self.model
-        hidden_states = m.x_embedder(inputs.hidden_states)  # (B, N_img, D)
-        timestep = inputs.timestep.to(hidden_states.dtype) * 1000
-        if inputs.guidance is None:
-            temb = m.time_text_embed(timestep, inputs.pooled_projections)  # (B, D)
-        else:
-            guidance = inputs.guidance.to(hidden_states.dtype) * 1000
-            temb = m.time_text_embed(timestep, guidance, inputs.pooled_projections)
-        encoder_hidden_states = m.context_embedder(inputs.encoder_hidden_states)  # (B, N_txt, D)
-        ids = torch.cat((inputs.txt_ids, inputs.img_ids), dim=0)  # (N_txt + N_img, 3)
-        image_rotary_emb = m.pos_embed(ids)
-        return BlockState(hidden_states, encoder_hidden_states, temb, image_rotary_emb)
-
-    def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState:
-        """Run blocks ``start .. stop-1`` (global indices, any kinds) on ``state``."""
-        stop = len(self.blocks) if stop is None else stop
-        if not 0 <= start <= stop <= len(self.blocks):
-            raise IndexError(f"block range [{start}, {stop}) not within [0, {len(self.blocks)}]")
-        return run_blocks([self.block(i) for i in range(start, stop)], state, self.model)
-
-    def head(self, state: BlockState) -> torch.Tensor:
-        """Everything after the last block: final modulated norm and projection → (B, N_img, C_out)."""
-        hidden_states = self.model.norm_out(state.hidden_states, state.temb)
-        return self.model.proj_out(hidden_states)
-
-    def forward(self, inputs: ModelInputs) -> torch.Tensor:
-        """embed → all blocks → head; equals the model's own forward."""
-        return self.head(self.run(self.embed(inputs)))
+        return SD3Adapter
+    raise ValueError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})")
 
 
-def run_blocks(modules: list[nn.Module], state: BlockState, model: nn.Module | None = None) -> BlockState:
-    """Run block modules in order on ``state``. When gradients are on and ``model`` has diffusers'
-    gradient checkpointing enabled (``model.enable_gradient_checkpointing()``), each block runs through
-    the model's own ``_gradient_checkpointing_func``, as ``FluxTransformer2DModel.forward`` does: only
-    block inputs are kept for backward, one block's activations are recomputed at a time."""
-    checkpoint = model is not None and torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False)
-    for block in modules:
-        args = (state.hidden_states, state.encoder_hidden_states, state.temb, state.image_rotary_emb)
-        if checkpoint:
-            encoder_hidden_states, hidden_states = model._gradient_checkpointing_func(block, *args)
-        else:
-            encoder_hidden_states, hidden_states = block(*args)
-        state = state.with_streams(encoder_hidden_states, hidden_states)
-    return state
+def family_of_config(config: dict) -> type:
+    """The adapter class for a transformer config (its ``_class_name``, pruned exports included)."""
+    name = str(config.get("_class_name", ""))
+    for f in FAMILIES:
+        cls = family(f)
+        if name in (cls.model_class.__name__, cls.pruned_class):
+            return cls
+    raise ValueError(f"no block adapter for a transformer of class {name!r}")
 
 
 def adapter_for(model: nn.Module) -> BlockAdapter:
     """The block adapter for a transformer; stages call this, never a concrete class."""
-    if isinstance(model, FluxTransformer2DModel):
-        return FluxAdapter(model)
-    raise TypeError(f"no block adapter for {type(model).__name__} (supported: FluxTransformer2DModel)")
+    for f in FAMILIES:
+        cls = family(f)
+        if isinstance(model, cls.model_class):
+            return cls(model)
+    raise TypeError(f"no block adapter for {type(model).__name__} "
+                    f"(supported: {', '.join(family(f).model_class.__name__ for f in FAMILIES)})")

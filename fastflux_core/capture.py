@@ -11,7 +11,7 @@ steps of ``capture.timesteps`` (spread over the whole schedule) forward hooks re
         the true token counts (attributes ``tokens`` and ``sampled``).
 
 ``training.zarr`` — Sandwich Training inputs, from the training set:
-  latents    (sample, N_img, C_in)  the packed noisy latent the transformer received
+  latents    (sample, N_img, C_tok) the packed noisy latent the transformer received
   timestep, guidance (sample,)      exactly as passed to the transformer
   img_ids (N_img, 3), txt_ids (N_txt, 3)
   With the prompt's encoded states (``data/encoded/training.safetensors``) these are the whole model
@@ -33,13 +33,14 @@ from pathlib import Path
 
 import torch
 
+from fastflux_core.adapter import ModelInputs
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.codec import latent_ids
 from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
 from fastflux_core.params import Params, capture_schedule
 from fastflux_core.prompts import GenItem, PromptEmbeds, derive_seed, prompt_items
-from fastflux_core.sampling import flux_timesteps, latent_size, sample_latents
+from fastflux_core.sampling import latent_size, sample_latents, timesteps_for
 from fastflux_core.shapes import calibration_specs, training_specs
 from fastflux_core.source import load_codec, load_scheduler, on_device
 from fastflux_core.store import StoreWriter, check_disk, estimate_bytes
@@ -60,14 +61,18 @@ def _check_finite(t: torch.Tensor, what: str, block: str, step: int) -> None:
 
 class Armed:
     """What the next transformer call is for (schedule step, which items); hooks record only at
-    captured steps. ``sample_latents`` calls it before every transformer call."""
+    captured steps. ``sample_latents`` calls it before every transformer call, with the call's inputs,
+    which go to ``record`` (if set) at captured steps."""
 
     def __init__(self, steps: list[int], items: list[GenItem], sigmas: list[float]):
         self.steps, self.items, self.sigmas = set(steps), items, sigmas
         self.armed, self.step, self.batch = False, -1, slice(0, 0)
+        self.record = None
 
-    def __call__(self, step: int, batch: slice) -> None:
+    def __call__(self, step: int, batch: slice, inputs: ModelInputs | None = None) -> None:
         self.armed, self.step, self.batch = step in self.steps, step, batch
+        if self.armed and self.record is not None:
+            self.record(inputs)
 
     def write_items(self, writer: StoreWriter, timestep: torch.Tensor | None = None) -> None:
         """Per-sample bookkeeping of the current batch: prompt, seed, schedule step, and the timestep
@@ -108,6 +113,8 @@ class BlockIOHooks:
         if not self.armed.armed:
             return
         (x_img, x_txt), (o_txt, o_img) = self.inputs, output
+        if o_txt is None:  # a block without text output (SD3's last): zero text residual, never fitted
+            o_txt = x_txt
         for t in (x_img, x_txt, o_img, o_txt):
             _check_finite(t, "the input or output", self.name, self.armed.step)
         ii, it = self._pick(x_img.shape[1], self.k_img, "img"), self._pick(x_txt.shape[1], self.k_txt, "txt")
@@ -118,17 +125,14 @@ class BlockIOHooks:
         self.armed.write_items(self.writer)
 
 
-class ModelInputHooks:
+class ModelInputRecorder:
     """Records what the transformer receives at captured steps: the sandwich's data, recomputed later."""
 
     def __init__(self, writer: StoreWriter, armed: Armed, guidance_scale: float):
         self.writer, self.armed, self.guidance_scale = writer, armed, guidance_scale
 
-    def pre(self, module, args, kwargs) -> None:
-        if not self.armed.armed:
-            return
-        latents, timestep = kwargs["hidden_states"], kwargs["timestep"]  # (b, N_img, C_in), (b,)
-        guidance = kwargs.get("guidance")
+    def __call__(self, x: ModelInputs) -> None:
+        latents, timestep, guidance = x.hidden_states, x.timestep, x.guidance  # (b, N_img, C_tok), (b,), (b,)
         if guidance is None:  # a model without guidance embedding: recorded, never used
             guidance = torch.full((latents.shape[0],), self.guidance_scale)
         self.writer.append("latents", latents)
@@ -164,7 +168,7 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
     sets = {"calibration": (calibration, params.prompts.calibration), "training": (training, params.prompts.training)}
     items = {name: prompt_items(len(e.prompts), s.images_per_prompt, s.seed) for name, (e, s) in sets.items()}
     specs = {"calibration": calibration_specs(dim, cap.image_tokens, cap.text_tokens),
-             "training": training_specs(n_img, model.config.in_channels)}
+             "training": training_specs(n_img, adapter.token_channels(model.config))}
     n_samples = {name: len(items[name]) * len(schedule) for name in sets}
     unit = capture_unit(params.sampling.batch_size, len(schedule), cap.shard_samples)
     mine = {name: world.part(len(items[name]), unit) for name in sets}
@@ -175,7 +179,7 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
              "linear_blocks": step.linear_blocks(), "schedule_steps": schedule, "model_dtype": params.model.dtype}
 
     sched = load_scheduler(params)
-    sigmas = (flux_timesteps(copy.deepcopy(sched), params.sampling.steps, n_img, torch.device("cpu")) / 1000).tolist()
+    sigmas = (timesteps_for(model, copy.deepcopy(sched), params.sampling.steps, n_img, torch.device("cpu")) / 1000).tolist()
     summary = {"step": step.k, "block": i, "block_name": block_name, "sandwich": [u, d], "schedule_steps": schedule}
     for name, (embeds, prompt_set) in sets.items():
         writer = StoreWriter(
@@ -196,8 +200,8 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
         else:
             writer.write_static("img_ids", latent_ids(h, w), ("image_seq", "xyz"))
             writer.write_static("txt_ids", torch.zeros(n_txt, 3), ("text_seq", "xyz"))
-            inputs = ModelInputHooks(writer, armed, params.sampling.guidance_scale)
-            handles = [model.register_forward_pre_hook(inputs.pre, with_kwargs=True)]
+            armed.record = ModelInputRecorder(writer, armed, params.sampling.guidance_scale)
+            handles = []
         try:
             with torch.no_grad():
                 if todo:

@@ -1,9 +1,10 @@
-"""The embedded default base: a small FluxTransformer2DModel trained with rectified flow on digits.
+"""The embedded default base: a small diffusion transformer trained with rectified flow on digits.
 
-It is an ordinary diffusers ``FluxTransformer2DModel`` — FLUX's block types, FLUX's 1:2
-double:single proportion (4 + 8 blocks by default), text through ``encoder_hidden_states`` and
-``pooled_projections`` — only small, so every pruning stage can run for real on a CPU. Nothing
-downstream knows it is small.
+It is an ordinary diffusers model of the family ``embedded.family`` names — ``FluxTransformer2DModel``
+(FLUX's block types, FLUX's 1:2 double:single proportion, 4 + 8 blocks by default) or
+``SD3Transformer2DModel`` (12 joint blocks by default, the last without text output) — with text
+through ``encoder_hidden_states`` and ``pooled_projections``, only small, so every pruning stage can
+run for real on a CPU. Nothing downstream knows it is small; the family's adapter builds it.
 
 Training is rectified flow as FLUX uses it (diffusers' convention): x_σ = (1 − σ)·x + σ·ε and the
 model predicts the velocity ε − x, with σ drawn logit-normally (SD3's recipe).
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import trange
 
+from fastflux_core.adapter import adapter_for, family
 from fastflux_core.codec import PixelCodec, latent_ids, pack
 from fastflux_core.integrity import require_finite
 from fastflux_core.params import EmbeddedParams
@@ -30,9 +32,10 @@ if TYPE_CHECKING:
     from fastflux_core.params import Params
 
 
-def build_model(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> FluxTransformer2DModel:
-    """A fresh FluxTransformer2DModel for ``latent_channels``-channel latents packed 2×2."""
-    return FluxTransformer2DModel(**embedded_transformer_config(cfg, latent_channels, text_dims))
+def build_model(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> torch.nn.Module:
+    """A fresh transformer of ``embedded.family`` for ``latent_channels``-channel latents."""
+    config = embedded_transformer_config(cfg, latent_channels, text_dims)
+    return family(cfg.family).model_class(**{k: v for k, v in config.items() if not k.startswith("_")})
 
 
 def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
@@ -41,7 +44,7 @@ def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
 
 
 def train_base(
-    model: FluxTransformer2DModel,
+    model: torch.nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     captions: PromptEmbeds,
@@ -126,7 +129,8 @@ def make_embedded_base(params: "Params", evaluation: PromptEmbeds, out: Path) ->
     save_png(out / "samples.png", image_grid(generated[: n * min(4, cfg.eval_images_per_prompt)], cols=n, scale=4))
     return {
         "params": sum(p.numel() for p in model.parameters()),
-        "blocks": cfg.num_layers + cfg.num_single_layers,
+        "family": cfg.family,
+        "blocks": len(adapter_for(model).blocks),
         "train_steps": cfg.train_steps,
         "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 5),
         "judge_test_accuracy": round(judge_acc, 4),

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from fastflux_core.ablation import generate_with, load_reference_images, load_reference_stats, score_images
-from fastflux_core.adapter import ModelInputs
+from fastflux_core.adapter import ModelInputs, adapter_for
 from fastflux_core.codec import LatentCodec, latent_ids
 from fastflux_core.distributed import World
 from fastflux_core.integrity import tensors_digest
@@ -42,7 +42,7 @@ def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbe
     h, w = latent_size(params.sampling.height, params.sampling.width, codec.scale_factor)
     n_img = (h // 2) * (w // 2)
     g = torch.Generator().manual_seed(0)
-    guidance = torch.full((1,), params.sampling.guidance_scale, device=device) if model.config.guidance_embeds else None
+    guidance = torch.full((1,), params.sampling.guidance_scale, device=device) if adapter_for(model).uses_guidance else None
     return ModelInputs(
         hidden_states=torch.randn(1, n_img, 4 * codec.latent_channels, generator=g).to(device, dtype),
         encoder_hidden_states=embeds.prompt_embeds[:1].to(device, dtype),
@@ -56,9 +56,7 @@ def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbe
 
 @torch.no_grad()
 def call_model(model, x: ModelInputs) -> torch.Tensor:
-    return model(hidden_states=x.hidden_states, encoder_hidden_states=x.encoder_hidden_states,
-                 pooled_projections=x.pooled_projections, timestep=x.timestep, img_ids=x.img_ids,
-                 txt_ids=x.txt_ids, guidance=x.guidance, return_dict=False)[0]
+    return adapter_for(model).call(x)
 
 
 def speed_against(base, model, x: ModelInputs, on_device: Callable, warmup: int, repeats: int) -> tuple[dict, dict]:

@@ -1,7 +1,8 @@
-"""The exported pruned model: the in-memory chain model → a savable ``PrunedFluxTransformer2DModel``.
+"""The exported pruned model: the in-memory chain model → a savable pruned transformer.
 
 The transformer is a :class:`~fastflux_core.pruned_flux.PrunedFluxTransformer2DModel` (a
-``FluxTransformer2DModel`` whose config lists ``replaced_blocks``); LoRA from Sandwich Training is
+``FluxTransformer2DModel`` whose config lists ``replaced_blocks``) or, for SD3, a
+``PrunedSD3Transformer2DModel`` — the family adapter names the class; LoRA from Sandwich Training is
 merged into the weights first, so inference needs neither peft nor FastFLUX's chain. Its class ships
 inside the folder (``pruned_flux.py``, named in ``auto_map``), and the plain class refuses it.
 
@@ -14,22 +15,29 @@ diffusers block computes; ReplaceMe-style folding into a neighbour is impossible
 from __future__ import annotations
 
 from accelerate import init_empty_weights
-from diffusers import FluxTransformer2DModel
+from torch import nn
 
-from fastflux_core.pruned_flux import PrunedFluxTransformer2DModel
+from fastflux_core import pruned_flux
+from fastflux_core.adapter import adapter_for, family_of_config
+from fastflux_core.pruned_flux import PrunedFluxTransformer2DModel, PrunedMixin, PrunedSD3Transformer2DModel
 
-__all__ = ["PrunedFluxTransformer2DModel", "merge_lora", "to_pruned", "count_parameters"]
+__all__ = ["PrunedFluxTransformer2DModel", "PrunedSD3Transformer2DModel", "merge_lora", "to_pruned",
+           "count_parameters", "pruned_class"]
 
 
-def merge_lora(model: FluxTransformer2DModel) -> None:
+def pruned_class(config: dict) -> type[PrunedMixin]:
+    """The pruned class for a transformer config (plain or pruned, any family)."""
+    return getattr(pruned_flux, family_of_config(config).pruned_class)
+
+
+def merge_lora(model: nn.Module) -> None:
     """Fold every LoRA adapter into its base weights and remove peft's layers (in place)."""
     if getattr(model, "peft_config", None):
         model.fuse_lora()
         model.unload_lora()
 
 
-def to_pruned(model: FluxTransformer2DModel, replaced: list[int], deleted: list[int] = ()
-              ) -> PrunedFluxTransformer2DModel:
+def to_pruned(model: nn.Module, replaced: list[int], deleted: list[int] = ()) -> PrunedMixin:
     """The in-memory chain model (linears swapped in, LoRA merged) as a savable pruned model.
     Weights are moved, not copied (``assign=True`` into an empty-weight skeleton)."""
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
@@ -37,7 +45,7 @@ def to_pruned(model: FluxTransformer2DModel, replaced: list[int], deleted: list[
     config["deleted_blocks"] = sorted(deleted)
     config["weights_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     with init_empty_weights():
-        pruned = PrunedFluxTransformer2DModel.from_config(config)
+        pruned = getattr(pruned_flux, adapter_for(model).pruned_class).from_config(config)
     pruned.load_state_dict(model.state_dict(), strict=True, assign=True)
     return pruned.eval()
 

@@ -4,7 +4,7 @@
 every other component (scheduler, VAE, text encoders, tokenizers) links to the base folder's —
 nothing of FLUX.1-dev's 24 GB is copied. Three ways to load it:
 
-    from diffusers import DiffusionPipeline, FluxPipeline
+    from diffusers import DiffusionPipeline, FluxPipeline          # SD3: StableDiffusion3Pipeline
     pipe = FluxPipeline.from_pretrained("./data/export", trust_remote_code=True)     # no FastFLUX needed
     pipe = DiffusionPipeline.from_pretrained("./data/export", trust_remote_code=True)
     from fastflux_core.export_folder import load_pipeline
@@ -23,9 +23,13 @@ from pathlib import Path
 from fastflux_core.errors import ModelFolderError
 
 # model_index.json's entry for the transformer: the module shipped in transformer/ and its class
-# (fastflux_core/pruned_flux.py's MODULE_FILE and class name; tests/test_export_loading.py checks both)
+# (fastflux_core/pruned_flux.py's MODULE_FILE and the class the config names; tests/test_export_loading.py checks both)
 MODULE = "pruned_flux"
-TRANSFORMER_ENTRY = [MODULE, "PrunedFluxTransformer2DModel"]
+
+
+def transformer_entry(transformer: Path) -> list[str]:
+    """``[module, class]`` of a saved pruned transformer (``PrunedFluxTransformer2DModel``, ``PrunedSD3…``)."""
+    return [MODULE, json.loads((transformer / "config.json").read_text())["_class_name"]]
 
 
 def write_pipeline(transformer: Path, base_root: Path, out: Path, final: Path | None = None,
@@ -40,19 +44,19 @@ def write_pipeline(transformer: Path, base_root: Path, out: Path, final: Path | 
     rewritten copy with the kept blocks renumbered (:func:`~fastflux_core.pruned_flux.save_contiguous`).
     Returns the component names."""
     if numbering == "contiguous":
-        from fastflux_core.pruned_flux import PrunedFluxTransformer2DModel
+        from fastflux_core import pruned_flux
 
-        PrunedFluxTransformer2DModel.from_pretrained(str(transformer)).save_pretrained(out / "transformer",
-                                                                                      numbering="contiguous")
+        cls = getattr(pruned_flux, transformer_entry(transformer)[1])
+        cls.from_pretrained(str(transformer)).save_pretrained(out / "transformer", numbering="contiguous")
     else:
         os.symlink(os.path.relpath(transformer.absolute(), (final or out).absolute()), out / "transformer")
     index_path = base_root / "model_index.json"
     if index_path.is_file():
         index = json.loads(index_path.read_text())
         if "transformer" not in index:
-            raise ModelFolderError(f"{index_path} lists no transformer: not a FLUX pipeline folder")
+            raise ModelFolderError(f"{index_path} lists no transformer: not a FLUX or SD3 pipeline folder")
         components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]]
-        index["transformer"] = TRANSFORMER_ENTRY
+        index["transformer"] = transformer_entry(transformer)
         (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     else:
         components = sorted(p.name for p in base_root.iterdir() if p.is_dir() and any(p.glob("*.json")))
@@ -74,7 +78,7 @@ def contiguous_map(transformer: Path) -> dict[str, dict[str, int]]:
 
     config = json.loads((transformer / "config.json").read_text())
     removed = set(config["replaced_blocks"]) | set(config["deleted_blocks"])
-    double, single = kept_blocks(config["num_layers"], config["num_single_layers"], removed)
+    double, single = kept_blocks(config["num_layers"], config.get("num_single_layers", 0), removed)
     return {"double": {str(i): k for i, k in double.items()}, "single": {str(j): k for j, k in single.items()}}
 
 
@@ -85,10 +89,10 @@ def load_pipeline(folder: str | Path, **kwargs):
     from diffusers import DiffusionPipeline
 
     from fastflux_core import pruned_flux
-    from fastflux_core.pruned_flux import PrunedFluxTransformer2DModel
 
     # model_index.json names the library "pruned_flux" (the file beside the transformer); diffusers
     # checks a passed component against that library, which it takes from sys.modules.
-    sys.modules.setdefault(TRANSFORMER_ENTRY[0], pruned_flux)
-    transformer = PrunedFluxTransformer2DModel.from_pretrained(str(Path(folder) / "transformer"))
+    sys.modules.setdefault(MODULE, pruned_flux)
+    module, name = transformer_entry(Path(folder) / "transformer")
+    transformer = getattr(pruned_flux, name).from_pretrained(str(Path(folder) / "transformer"))
     return DiffusionPipeline.from_pretrained(str(folder), transformer=transformer, **kwargs)

@@ -105,14 +105,13 @@ def rank(records: list[dict], blocks: list[dict], cfg: ImportanceParams) -> dict
 
 
 def write_plot_data(ranking: dict, out: Path) -> None:
-    """CSV files for the DVC plot: importance per block in ascending order, one file per block kind
-    (paper Fig. 8: double and single blocks distinguished)."""
+    """The CSV for the DVC plot: importance per block in ascending order, with each block's kind
+    (paper Fig. 8 distinguishes FLUX's double and single blocks; SD3's are joint and final)."""
     rows = sorted(ranking["blocks"], key=lambda r: r["rank"])
-    for kind in ("double", "single"):
-        lines = ["position,block,name,score"] + [
-            f"{r['rank']},{r['index']},{r['name']},{r['score']:.6g}" for r in rows if r["kind"] == kind]
-        with atomic_file(out / f"importance_{kind}.csv") as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
+    lines = ["position,block,name,kind,score"] + [
+        f"{r['rank']},{r['index']},{r['name']},{r['kind']},{r['score']:.6g}" for r in rows]
+    with atomic_file(out / "importance.csv") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def plot_png(ranking: dict, path: Path) -> None:
@@ -124,7 +123,8 @@ def plot_png(ranking: dict, path: Path) -> None:
 
     rows = sorted(ranking["blocks"], key=lambda r: r["rank"])
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.15), 3.2), dpi=120)
-    for kind, color in (("double", "#e0a800"), ("single", "#1f77b4")):
+    for kind, color in zip(dict.fromkeys(r["kind"] for r in sorted(rows, key=lambda r: r["index"])),
+                           ("#e0a800", "#1f77b4", "#2ca02c", "#d62728")):
         pts = [(r["rank"], r["score"]) for r in rows if r["kind"] == kind]
         if pts:
             ax.scatter(*zip(*pts), s=18, c=color, label=f"{kind} block")

@@ -1,9 +1,9 @@
 """LoRA on sandwich neighbours, through peft (paper Fig. 3).
 
 One LoRA adapter per block, on that block's attention projections and MLP linears (not its AdaLN
-modulation). peft injects it with a regex over module names that matches only the chosen blocks,
-so the rest of the model stays plain. A block keeps one adapter for the whole chain: a later
-sandwich that reaches it again continues training it.
+modulation; the family adapter names them: ``lora_targets``). peft injects it with a regex over module
+names that matches only the chosen blocks, so the rest of the model stays plain. A block keeps one
+adapter for the whole chain: a later sandwich that reaches it again continues training it.
 
 If a block that carries LoRA is later replaced by a linear, its adapter is dropped: the linear is
 fitted to that block's input/output *as the model then runs it* (adapter included), so nothing the
@@ -20,20 +20,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from fastflux_core.adapter import BlockAdapter
 
-TARGETS = {
-    "double": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-               "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
-               "ff_context.net.2"),
-    "single": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out"),
-}
-
-
 def target_regex(adapter: BlockAdapter, blocks: list[int]) -> str:
     """A regex that fullmatches exactly the LoRA target linears of ``blocks``."""
     alts = []
     for i in sorted(blocks):
         ref = adapter.blocks[i]
-        names = "|".join(re.escape(t) for t in TARGETS[ref.kind])
+        names = "|".join(re.escape(t) for t in adapter.lora_targets(i))
         alts.append(f"{re.escape(ref.path)}\\.(?:{names})")
     return "^(?:" + "|".join(alts) + ")$"
 

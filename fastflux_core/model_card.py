@@ -32,7 +32,11 @@ def _front_matter() -> str:
     ])
 
 
-def _loading(numbering: str, pipeline: bool) -> str:
+FLUX_FAMILY = {"name": "flux", "pipeline": "FluxPipeline", "transformer": "FluxTransformer2DModel",
+               "pruned": "PrunedFluxTransformer2DModel"}  # a block map written before families were recorded
+
+
+def _loading(numbering: str, pipeline: bool, family: dict) -> str:
     module = MODULE
     whole = ("" if pipeline else "\nThis base is not a diffusers pipeline (no `model_index.json`: e.g. the embedded default "
              "has no VAE or CLIP/T5), so the pipeline lines do not apply: load the transformer and scheduler "
@@ -45,8 +49,8 @@ def _loading(numbering: str, pipeline: bool) -> str:
 
 ```python
 # Without FastFLUX: the pruned transformer's class ships in transformer/{module}.py
-from diffusers import FluxPipeline
-pipe = FluxPipeline.from_pretrained("<this folder>", trust_remote_code=True)
+from diffusers import {family['pipeline']}
+pipe = {family['pipeline']}.from_pretrained("<this folder>", trust_remote_code=True)
 
 # The transformer alone
 from diffusers import AutoModel
@@ -57,9 +61,9 @@ from fastflux_core.export_folder import load_pipeline
 pipe = load_pipeline("<this folder>")
 ```
 
-`FluxTransformer2DModel.from_pretrained` refuses this transformer (an error naming the class above)
-instead of re-creating the replaced blocks at random. Kept blocks keep FLUX's standard parameter
-names; `model_index.json` names the transformer `["{module}", "PrunedFluxTransformer2DModel"]`.
+`{family['transformer']}.from_pretrained` refuses this transformer (an error naming the class above)
+instead of re-creating the replaced blocks at random. Kept blocks keep their standard parameter
+names; `model_index.json` names the transformer `["{module}", "{family['pruned']}"]`.
 {renumbered}{whole}"""
 
 
@@ -74,7 +78,7 @@ def _removed(block_map: dict) -> str:
 taken from step {block_map['chain_step']} of the progressive chain
 ({'each component in its latest-trained version, paper §3.2 "inference reuse"' if block_map['reuse'] else 'the state after that step'}).
 A BRLL linear keeps the block's shortcut and replaces its residual branch by one linear layer
-(y = x + W·x + b; a double block has one per stream), fitted by least squares and repaired by
+(y = x + W·x + b; a block with two streams' weights has one per stream), fitted by least squares and repaired by
 Sandwich Training; LoRA from that training is merged into the neighbouring blocks' weights.
 Parameters: {block_map['params_base']:,} → {block_map['params_pruned']:,} ({share:.1%} fewer).
 
@@ -139,7 +143,9 @@ def _provenance(block_map: dict) -> str:
 def model_card(block_map: dict, metrics: dict, latency: dict, pipeline: bool = True) -> str:
     """The README.md text for an export (``metrics``/``latency`` may be empty: not measured);
     ``pipeline``: the folder has a ``model_index.json`` (the base was a diffusers pipeline)."""
-    title = f"# FLUX pruned with FastFLUX: {block_map['n_pruned']} of {block_map['n_blocks']} blocks replaced"
+    family = block_map.get("family", FLUX_FAMILY)
+    title = (f"# {'FLUX' if family['name'] == 'flux' else family['name'].upper()} pruned with FastFLUX: "
+             f"{block_map['n_pruned']} of {block_map['n_blocks']} blocks replaced")
     return "\n\n".join([_front_matter(), title,
                         "Block-wise pruning by BRLL and Sandwich Training (arXiv 2506.10035), made with FastFLUX.",
-                        _loading(block_map.get("numbering", "original"), pipeline), _removed(block_map), _quality(metrics, latency), _provenance(block_map)])
+                        _loading(block_map.get("numbering", "original"), pipeline, family), _removed(block_map), _quality(metrics, latency), _provenance(block_map)])

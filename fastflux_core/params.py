@@ -71,12 +71,13 @@ class _Strict(BaseModel):
 class ModelParams(_Strict):
     """Which base model is pruned.
 
-    ``embedded``: the small FluxTransformer2DModel that stage ``base`` trains on digits.
+    ``embedded``: the small transformer (``embedded.family``: FLUX or SD3) that stage ``base`` trains on digits.
     ``flux``: a local diffusers folder in FLUX.1-dev's layout (``model_index.json``, ``transformer/``,
     ``text_encoder/``, ``text_encoder_2/``, ``tokenizer/``, ``tokenizer_2/``, ``vae/``, ``scheduler/``).
+    ``sd3``: a local diffusers SD3 / SD3.5 folder (the same, plus ``text_encoder_3/``, ``tokenizer_3/``).
     """
 
-    source: Literal["embedded", "flux"] = "embedded"
+    source: Literal["embedded", "flux", "sd3"] = "embedded"
     path: Path | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -87,21 +88,38 @@ class ModelParams(_Strict):
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> "ModelParams":
-        if self.source == "flux" and self.path is None:
-            raise ValueError("model.path is required when model.source is 'flux'")
+        if self.source != "embedded" and self.path is None:
+            raise ValueError(f"model.path is required when model.source is {self.source!r}")
         if self.source == "embedded" and self.path is not None:
             raise ValueError("model.path must be null when model.source is 'embedded' (stage base builds it)")
         return self
 
 
-class EmbeddedParams(_Strict):
-    """The embedded default base: architecture and rectified-flow training (used by stage ``base``)."""
+class EmbeddedFluxParams(_Strict):
+    """The embedded base as a FLUX transformer (``FluxTransformer2DModel``)."""
 
     num_layers: int = Field(4, ge=1, description="double-stream blocks")
     num_single_layers: int = Field(8, ge=1, description="single-stream blocks")
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
+
+
+class EmbeddedSD3Params(_Strict):
+    """The embedded base as an SD3 transformer (``SD3Transformer2DModel``; SD3.5 with the last two)."""
+
+    num_layers: int = Field(12, ge=2, description="joint blocks (the last one has no text output)")
+    pos_embed_max_size: int = Field(8, ge=4, description="largest latent grid side, in patches")
+    dual_attention_layers: list[int] = Field([], description="SD3.5: blocks with a second image self-attention")
+    qk_norm: Literal["rms_norm"] | None = Field(None, description="SD3.5: rms_norm")
+
+
+class EmbeddedParams(_Strict):
+    """The embedded default base: architecture and rectified-flow training (used by stage ``base``)."""
+
+    family: Literal["flux", "sd3"] = Field("flux", description="the architecture the base is built as")
+    flux: EmbeddedFluxParams = EmbeddedFluxParams()
+    sd3: EmbeddedSD3Params = EmbeddedSD3Params()
     num_attention_heads: int = Field(2, ge=1)
     attention_head_dim: int = Field(32, ge=4)
-    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
     train_steps: int = Field(1500, ge=1)
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0, le=1)
@@ -111,14 +129,18 @@ class EmbeddedParams(_Strict):
                       "pruning's, so experiments over seeds prune one base)")
 
     @model_validator(mode="after")
-    def _rope_fits_head(self) -> "EmbeddedParams":
-        if sum(self.axes_dims_rope) != self.attention_head_dim:
+    def _architecture_fits(self) -> "EmbeddedParams":
+        rope = self.flux.axes_dims_rope
+        if self.family == "flux" and sum(rope) != self.attention_head_dim:
             raise ValueError(
-                f"embedded.axes_dims_rope must sum to embedded.attention_head_dim "
-                f"({sum(self.axes_dims_rope)} != {self.attention_head_dim})"
+                f"embedded.flux.axes_dims_rope must sum to embedded.attention_head_dim "
+                f"({sum(rope)} != {self.attention_head_dim})"
             )
-        if any(d % 2 for d in self.axes_dims_rope):
-            raise ValueError("embedded.axes_dims_rope entries must be even")
+        if self.family == "flux" and any(d % 2 for d in rope):
+            raise ValueError("embedded.flux.axes_dims_rope entries must be even")
+        bad = [i for i in self.sd3.dual_attention_layers if not 0 <= i < self.sd3.num_layers]
+        if self.family == "sd3" and bad:
+            raise ValueError(f"embedded.sd3.dual_attention_layers {bad} are not blocks 0..{self.sd3.num_layers - 1}")
         return self
 
 

@@ -84,7 +84,7 @@ class _Blocks(nn.Module):
 
 def place_blocks(model: nn.Module, blocks: list[nn.Module], resident: list[nn.Module], device: torch.device,
                  offload: bool, prefetch: bool | None = None) -> None:
-    """Place a model that is run block by block (:meth:`~fastflux_core.adapter.FluxAdapter.run`, not
+    """Place a model that is run block by block (:meth:`~fastflux_core.flux.FluxAdapter.run`, not
     its ``forward``): every module of ``model`` outside its block lists goes to ``device``, the
     ``resident`` blocks too; ``blocks`` (those run but not trained) go to the device, or with
     ``offload`` get diffusers' group-offloading hooks and move in only while each one runs."""

@@ -29,6 +29,9 @@ FLUX_CONFIGS = {  # sub-folder → a config file diffusers/transformers needs th
     "text_encoder": "config.json", "text_encoder_2": "config.json",
     "tokenizer": "tokenizer_config.json", "tokenizer_2": "tokenizer_config.json",
 }
+SD3_CONFIGS = {**FLUX_CONFIGS, "text_encoder_3": "config.json", "tokenizer_3": "tokenizer_config.json"}
+# model.source → (what model_index.json's pipeline class names, what it needs in the folder)
+FOLDERS = {"flux": ("Flux", "FLUX", FLUX_CONFIGS), "sd3": ("StableDiffusion3", "SD3", SD3_CONFIGS)}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 JUDGE_SIZE = 8  # the embedded default's digit judge reads 8×8 images
 
@@ -46,8 +49,10 @@ def read_config(path: Path, what: str) -> dict:
     return data
 
 
-def check_flux_folder(path: Path) -> None:
-    """Fail with one clear message if ``path`` is not a FLUX diffusers folder with every component."""
+def check_model_folder(path: Path, source: str) -> None:
+    """Fail with one clear message if ``path`` is not a diffusers folder of ``source``'s family (FLUX
+    or SD3) with every component."""
+    marker, label, configs = FOLDERS[source]
     if not path.exists():
         raise ModelFolderError(f"model.path does not exist: {path}")
     if not path.is_dir():
@@ -56,15 +61,16 @@ def check_flux_folder(path: Path) -> None:
         raise ModelFolderError(f"not a diffusers pipeline folder (missing model_index.json): {path}")
     index = read_config(path / "model_index.json", "model.path")
     cls = index.get("_class_name", "")
-    if not isinstance(cls, str) or "Flux" not in cls:
-        raise ModelFolderError(f"{path / 'model_index.json'} describes a {cls or 'unknown'} pipeline, not a FLUX one")
-    for sub, config in FLUX_CONFIGS.items():
+    if not isinstance(cls, str) or marker not in cls:
+        raise ModelFolderError(f"{path / 'model_index.json'} describes a {cls or 'unknown'} pipeline, not a {label} one "
+                               f"(model.source: {source})")
+    for sub, config in configs.items():
         if not (path / sub).is_dir():
-            raise ModelFolderError(f"FLUX folder {path} lacks its {sub}/ sub-folder")
+            raise ModelFolderError(f"{label} folder {path} lacks its {sub}/ sub-folder")
         if sub.startswith("tokenizer") and not any((path / sub).iterdir()):
-            raise ModelFolderError(f"FLUX folder {path}: {sub}/ is empty")
+            raise ModelFolderError(f"{label} folder {path}: {sub}/ is empty")
         if not sub.startswith("tokenizer"):
-            read_config(path / sub / config, f"FLUX folder {path}")
+            read_config(path / sub / config, f"{label} folder {path}")
     weights = list((path / "transformer").glob("*.safetensors"))
     if not weights:
         raise ModelFolderError(f"no safetensors weights in {path / 'transformer'} (pickled weights are not loaded)")
@@ -101,12 +107,12 @@ def resolve_device(name: str) -> "torch.device":
 
 
 def pixels_per_latent_cell(params: "Params") -> int:
-    """Image pixels per side of one latent cell: the VAE's downsampling (2^(levels−1)) for FLUX, 1 for
-    the embedded default, which diffuses pixels directly."""
-    if params.model.source != "flux":
+    """Image pixels per side of one latent cell: the VAE's downsampling (2^(levels−1)) for a model
+    folder, 1 for the embedded default, which diffuses pixels directly."""
+    if params.model.source == "embedded":
         return 1
     assert params.model.path is not None
-    vae = read_config(params.model.path / "vae" / "config.json", "FLUX folder")
+    vae = read_config(params.model.path / "vae" / "config.json", "model folder")
     return 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
 
 
@@ -138,8 +144,8 @@ def check_metrics(params: "Params") -> None:
 
     m = params.metrics
     uses_judge = "judge" in (m.fid_features, m.alignment)
-    if uses_judge and params.model.source == "flux":
-        raise FastFluxError("metrics use the digit judge, which only the embedded base has: for FLUX set "
+    if uses_judge and params.model.source != "embedded":
+        raise FastFluxError(f"metrics use the digit judge, which only the embedded base has: for {params.model.source} set "
                             "metrics.fid_features: inception and metrics.alignment: clip")
     imp = importance_sampling(params)
     for what, (h, w) in (("sampling", (params.sampling.height, params.sampling.width)),
@@ -181,9 +187,9 @@ def check_metrics(params: "Params") -> None:
 def check(params: "Params") -> None:
     """Every check above, cheapest first."""
     check_device(params.model.device)
-    if params.model.source == "flux":
+    if params.model.source != "embedded":
         assert params.model.path is not None
-        check_flux_folder(params.model.path)
+        check_model_folder(params.model.path, params.model.source)
     check_sizes(params)
     check_metrics(params)
 

@@ -1,4 +1,4 @@
-"""The pruned FLUX transformer as it is exported — self-contained: imports only torch and diffusers.
+"""The pruned transformers as they are exported (FLUX and SD3) — self-contained: imports only torch and diffusers.
 
 This file is copied beside every exported transformer's ``config.json`` (and named there in
 ``auto_map``), so the export loads without FastFLUX installed, through diffusers' documented
@@ -7,12 +7,14 @@ custom-model route::
     from diffusers import AutoModel
     transformer = AutoModel.from_pretrained("./data/export/transformer", trust_remote_code=True)
 
-With FastFLUX installed, ``fastflux_core.export.PrunedFluxTransformer2DModel`` is this class.
+With FastFLUX installed, ``fastflux_core.export.PrunedFluxTransformer2DModel`` is this class (and
+``PrunedSD3Transformer2DModel`` its SD3 counterpart, the same in every respect below).
 
 What it adds to ``FluxTransformer2DModel``: config entries ``replaced_blocks`` / ``deleted_blocks``
-(global block indices: double blocks 0..num_layers-1, then single blocks), whose slots hold a
-:class:`LinearReplacement` (BRLL: shortcut + one linear, y = x + W·x + b) or a :class:`SkipBlock`
-(identity). Block numbering is unchanged, so every kept block's weights keep their standard FLUX keys.
+(global block indices: double blocks 0..num_layers-1, then single blocks; SD3: its blocks 0..num_layers-1),
+whose slots hold a :class:`LinearReplacement` (BRLL: shortcut + one linear, y = x + W·x + b) or a
+:class:`SkipBlock` (identity). Block numbering is unchanged, so every kept block's weights keep their
+standard keys.
 
 No silent wrong model: diffusers' plain ``FluxTransformer2DModel.from_pretrained`` has no strict mode
 — it would build the original blocks, initialise the replaced ones at random and only warn. The one
@@ -30,26 +32,35 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import FluxTransformer2DModel
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 from diffusers import ModelMixin  # noqa: F401  diffusers checks a passed transformer against this name here
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-STREAMS = {"double": ("img", "txt"), "single": ("joint",)}
+# Block kind → the streams its replacement has a linear for (FLUX: double, single; SD3: joint, final —
+# SD3's last block outputs no text, so its replacement has none either).
+STREAMS = {"double": ("img", "txt"), "single": ("joint",), "joint": ("img", "txt"), "final": ("img",)}
 
-GUARD = {
-    "quant_method": (
-        "fastflux-pruned: blocks of this FLUX transformer are replaced by linear layers (config "
-        "'replaced_blocks'), which FluxTransformer2DModel would silently re-create at random. Load it with "
-        "diffusers.AutoModel.from_pretrained(folder, trust_remote_code=True) or "
-        "fastflux_core.export.PrunedFluxTransformer2DModel.from_pretrained(folder)"
-    )
-}
+
+def guard(family: str, plain: str, pruned: str) -> dict:
+    """The ``quantization_config`` marker that stops the plain class from loading an export."""
+    return {
+        "quant_method": (
+            f"fastflux-pruned: blocks of this {family} transformer are replaced by linear layers (config "
+            f"'replaced_blocks'), which {plain} would silently re-create at random. Load it with "
+            "diffusers.AutoModel.from_pretrained(folder, trust_remote_code=True) or "
+            f"fastflux_core.export.{pruned}.from_pretrained(folder)"
+        )
+    }
+
+
+GUARD = guard("FLUX", "FluxTransformer2DModel", "PrunedFluxTransformer2DModel")
 MODULE_FILE = "pruned_flux.py"
 
 
 class LinearReplacement(nn.Module):
-    """BRLL block: shortcut + one linear per stream (double) or one shared linear (single). Starts at g = 0.
+    """BRLL block: shortcut + one linear per stream (double, joint), one shared linear (single), or one
+    on the image stream of a block without text output (final: returns no text, as the block). Starts at g = 0.
 
     >>> r = LinearReplacement(dim=4, kind="single")
     >>> enc, hid = r(torch.ones(1, 2, 4), torch.ones(1, 1, 4), temb=None)
@@ -83,12 +94,14 @@ class LinearReplacement(nn.Module):
         temb: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         joint_attention_kwargs: dict | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.kind == "double":
-            img, txt = self.linears["img"], self.linears["txt"]
-            return encoder_hidden_states + _apply(txt, encoder_hidden_states), hidden_states + _apply(img, hidden_states)
-        g = self.linears["joint"]
-        return encoder_hidden_states + _apply(g, encoder_hidden_states), hidden_states + _apply(g, hidden_states)
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if "joint" in self.linears:
+            g = self.linears["joint"]
+            return encoder_hidden_states + _apply(g, encoder_hidden_states), hidden_states + _apply(g, hidden_states)
+        hidden_states = hidden_states + _apply(self.linears["img"], hidden_states)
+        if "txt" not in self.linears:
+            return None, hidden_states
+        return encoder_hidden_states + _apply(self.linears["txt"], encoder_hidden_states), hidden_states
 
 
 def _apply(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -111,9 +124,61 @@ class SkipBlock(nn.Module):
         return encoder_hidden_states, hidden_states
 
 
-class PrunedFluxTransformer2DModel(FluxTransformer2DModel):
+class PrunedMixin:
+    """Loading and saving shared by the pruned classes: the guard, ``auto_map``, the saved dtype,
+    contiguous numbering. A class sets ``GUARD`` and ``_slot(index)``."""
+
+    GUARD: dict = {}
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """As diffusers', less what only the plain class must see: the guard and ``auto_map``."""
+        out = super().load_config(*args, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        if config.get("quantization_config") == cls.GUARD:
+            del config["quantization_config"]
+        config.pop("auto_map", None)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As diffusers', but without a ``dtype`` the model loads in the dtype it was saved in
+        (``weights_dtype`` in its config) rather than diffusers' float32 default: a bfloat16 export
+        must not silently become a different, float32 model. A folder saved with contiguous
+        numbering is renumbered back while loading (:func:`load_contiguous`)."""
+        config = cls.load_config(pretrained_model_name_or_path, subfolder=kwargs.get("subfolder"))
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None and config.get("weights_dtype"):
+            kwargs["dtype"] = getattr(torch, config["weights_dtype"])
+        if config.get("numbering") == "contiguous":
+            folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+            return load_contiguous(cls, folder, config, kwargs.get("dtype") or kwargs.get("torch_dtype"))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, numbering: str = "original", **kwargs) -> None:
+        """As diffusers', plus the guard, ``auto_map`` and this file beside the config, so the saved
+        folder loads without FastFLUX (``trust_remote_code``) and never as the plain class.
+        ``numbering="contiguous"``: kept blocks renumbered 0, 1, … (:func:`save_contiguous`)."""
+        folder = Path(save_directory)
+        if numbering == "contiguous":
+            save_contiguous(self, folder)
+        elif numbering == "original":
+            super().save_pretrained(save_directory, *args, **kwargs)
+        else:
+            raise ValueError(f"numbering must be 'original' or 'contiguous', not {numbering!r}")
+        path = folder / self.config_name
+        config = json.loads(path.read_text())
+        config["quantization_config"] = self.GUARD
+        config["auto_map"] = {"AutoModel": f"{MODULE_FILE.removesuffix('.py')}.{type(self).__name__}"}
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        shutil.copyfile(Path(__file__), folder / MODULE_FILE)
+
+
+
+class PrunedFluxTransformer2DModel(PrunedMixin, FluxTransformer2DModel):
     """FluxTransformer2DModel with the blocks in ``replaced_blocks`` replaced by BRLL linears and
     those in ``deleted_blocks`` by the identity."""
+
+    GUARD = GUARD
 
     @register_to_config
     def __init__(
@@ -150,47 +215,42 @@ class PrunedFluxTransformer2DModel(FluxTransformer2DModel):
             return self.transformer_blocks, index
         return self.single_transformer_blocks, index - n_double
 
-    @classmethod
-    def load_config(cls, *args, **kwargs):
-        """As diffusers', less what only the plain class must see: the guard and ``auto_map``."""
-        out = super().load_config(*args, **kwargs)
-        config = out[0] if isinstance(out, tuple) else out
-        if config.get("quantization_config") == GUARD:
-            del config["quantization_config"]
-        config.pop("auto_map", None)
-        return out
+class PrunedSD3Transformer2DModel(PrunedMixin, SD3Transformer2DModel):
+    """SD3Transformer2DModel (SD3, SD3.5) with the blocks in ``replaced_blocks`` replaced by BRLL
+    linears (the last block's on the image stream only) and those in ``deleted_blocks`` by the identity."""
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """As diffusers', but without a ``dtype`` the model loads in the dtype it was saved in
-        (``weights_dtype`` in its config) rather than diffusers' float32 default: a bfloat16 export
-        must not silently become a different, float32 model. A folder saved with contiguous
-        numbering is renumbered back while loading (:func:`load_contiguous`)."""
-        config = cls.load_config(pretrained_model_name_or_path, subfolder=kwargs.get("subfolder"))
-        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None and config.get("weights_dtype"):
-            kwargs["dtype"] = getattr(torch, config["weights_dtype"])
-        if config.get("numbering") == "contiguous":
-            folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
-            return load_contiguous(cls, folder, config, kwargs.get("dtype") or kwargs.get("torch_dtype"))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    GUARD = guard("SD3", "SD3Transformer2DModel", "PrunedSD3Transformer2DModel")
 
-    def save_pretrained(self, save_directory, *args, numbering: str = "original", **kwargs) -> None:
-        """As diffusers', plus the guard, ``auto_map`` and this file beside the config, so the saved
-        folder loads without FastFLUX (``trust_remote_code``) and never as the plain class.
-        ``numbering="contiguous"``: kept blocks renumbered 0, 1, … (:func:`save_contiguous`)."""
-        folder = Path(save_directory)
-        if numbering == "contiguous":
-            save_contiguous(self, folder)
-        elif numbering == "original":
-            super().save_pretrained(save_directory, *args, **kwargs)
-        else:
-            raise ValueError(f"numbering must be 'original' or 'contiguous', not {numbering!r}")
-        path = folder / self.config_name
-        config = json.loads(path.read_text())
-        config["quantization_config"] = GUARD
-        config["auto_map"] = {"AutoModel": f"{MODULE_FILE.removesuffix('.py')}.{type(self).__name__}"}
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        shutil.copyfile(Path(__file__), folder / MODULE_FILE)
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 128,
+        patch_size: int = 2,
+        in_channels: int = 16,
+        num_layers: int = 18,
+        attention_head_dim: int = 64,
+        num_attention_heads: int = 18,
+        joint_attention_dim: int = 4096,
+        caption_projection_dim: int = 1152,
+        pooled_projection_dim: int = 2048,
+        out_channels: int = 16,
+        pos_embed_max_size: int = 96,
+        dual_attention_layers: tuple[int, ...] = (),
+        qk_norm: str | None = None,
+        replaced_blocks: list[int] | tuple[int, ...] = (),
+        deleted_blocks: list[int] | tuple[int, ...] = (),
+        weights_dtype: str | None = None,
+    ):
+        super().__init__(sample_size, patch_size, in_channels, num_layers, attention_head_dim, num_attention_heads,
+                         joint_attention_dim, caption_projection_dim, pooled_projection_dim, out_channels,
+                         pos_embed_max_size, tuple(dual_attention_layers), qk_norm)
+        for i in replaced_blocks:
+            self.transformer_blocks[i] = LinearReplacement(self.inner_dim, "final" if i == num_layers - 1 else "joint")
+        for i in deleted_blocks:
+            self.transformer_blocks[i] = SkipBlock()
+
+    def _slot(self, index: int) -> tuple[nn.ModuleList, int]:
+        return self.transformer_blocks, index
 
 
 # Contiguous numbering, for runtimes that infer the depth from the block keys: kept blocks are
@@ -217,13 +277,13 @@ def _removed(config) -> set[int]:
     return set(config["replaced_blocks"]) | set(config["deleted_blocks"])
 
 
-def save_contiguous(model: PrunedFluxTransformer2DModel, folder: Path) -> None:
+def save_contiguous(model: PrunedMixin, folder: Path) -> None:
     """Write ``model`` with contiguous block numbering: config.json, the kept weights under standard
     names, the replacing linears in ``replaced_blocks.safetensors`` (``<global index>.<stream>.weight``)."""
     from safetensors.torch import save_file
 
     cfg = model.config
-    n_double, n_single = len(model.transformer_blocks), len(model.single_transformer_blocks)
+    n_double, n_single = len(model.transformer_blocks), len(getattr(model, "single_transformer_blocks", ()))
     double, single = kept_blocks(n_double, n_single, _removed(cfg))
     kept, replaced = {}, {}
     for key, value in model.state_dict().items():
@@ -243,20 +303,24 @@ def save_contiguous(model: PrunedFluxTransformer2DModel, folder: Path) -> None:
     save_file(replaced, str(folder / REPLACED_FILE), metadata={"format": "pt"})
     config = {k: v for k, v in cfg.items() if not k.startswith("_")}
     config.update(_class_name=type(model).__name__, numbering="contiguous", num_layers=len(double),
-                  num_single_layers=len(single), original_num_layers=n_double, original_num_single_layers=n_single)
+                  original_num_layers=n_double)
+    if "num_single_layers" in config:  # FLUX; SD3 has one kind of block
+        config.update(num_single_layers=len(single), original_num_single_layers=n_single)
     (folder / model.config_name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def load_contiguous(cls, folder: Path, config: dict, dtype: torch.dtype | None) -> PrunedFluxTransformer2DModel:
+def load_contiguous(cls, folder: Path, config: dict, dtype: torch.dtype | None) -> PrunedMixin:
     """Load a folder written by :func:`save_contiguous` into the original block layout."""
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
 
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    n_double, n_single = config.pop("original_num_layers"), config.pop("original_num_single_layers")
+    n_double, n_single = config.pop("original_num_layers"), config.pop("original_num_single_layers", None)
     config.pop("numbering")
-    config.update(num_layers=n_double, num_single_layers=n_single)
-    double, single = kept_blocks(n_double, n_single, _removed(config))
+    config.update(num_layers=n_double)
+    if n_single is not None:
+        config.update(num_single_layers=n_single)
+    double, single = kept_blocks(n_double, n_single or 0, _removed(config))
     back = {("transformer_blocks", k): i for i, k in double.items()}
     back.update({("single_transformer_blocks", k): j for j, k in single.items()})
     state = {}

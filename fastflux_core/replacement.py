@@ -10,7 +10,7 @@ keeps the shortcut and replaces f by g(x) = W·x + b:
 
 Either way every token goes through one D×D matmul: ≈ 0.087 TFLOPs for FLUX.1-dev at 1024² against
 ≈ 1.305 TFLOPs for the block it replaces. The module has the blocks' forward signature, so
-:meth:`fastflux_core.adapter.FluxAdapter.swap` puts it in place, and it is registered with diffusers'
+:meth:`fastflux_core.flux.FluxAdapter.swap` puts it in place, and it is registered with diffusers'
 ``TransformerBlockRegistry`` so diffusers' block hooks (layer skip, caching) accept it.
 
 The "delete" baseline (residual branch removed, no linear) is :class:`SkipBlock`.

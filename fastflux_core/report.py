@@ -227,6 +227,38 @@ def sweep_section(exp: Experiment, runs: list[dict], out: Path) -> tuple[list[st
     return lines, "inconclusive on reuse (differences within the spread over seeds)" if seen else "not run"
 
 
+def family_section(exp: Experiment, runs: list[dict], ratios: tuple[float, ...] = (0.1, 0.2)) -> tuple[list[str], str]:
+    """Each family's quality at ``ratios`` (its sweep's chain length n = floor(ratio · N)) beside its own
+    full model (n = 0), mean ± std over seeds; the lines and a summary."""
+    curves = sweep_curves(exp, runs)
+    if not curves:
+        return ["Not run."], "not run"
+    keys = [m for m in ("fid", "fid_real", "clip", "prompt_accuracy", "hps")
+            if any(c.get(m) for curve in curves.values() for c in curve.values())]
+    lines = ["| architecture | blocks replaced | ratio | " + " | ".join(METRICS[m] for m in keys) + " | FLOPs ratio |",
+             "|---|---|---|" + "---|" * (len(keys) + 1)]
+    drops = []
+    for v in exp.variants:
+        curve = curves.get(v.name, {})
+        if not curve:
+            continue
+        n_blocks = round(max(curve) / curve[max(curve)]["ratio"][0]) if curve[max(curve)]["ratio"][0] else 0
+        wanted = [0] + [int(r * n_blocks + 1e-9) for r in ratios]
+        for n in [n for n in dict.fromkeys(wanted) if n in curve]:
+            c = curve[n]
+            lines.append(f"| {v.label} | {n} of {n_blocks} | {c['ratio'][0]:.3f} | "
+                         + " | ".join(_pm(c[m]) if c[m] else "—" for m in keys) + f" | {c['flops_ratio'][0]:.3f} |")
+        if "prompt_accuracy" in keys and 0 in curve:
+            for n in wanted[1:]:
+                if n in curve and curve[n]["prompt_accuracy"]:
+                    d = [b - a for a, b in zip(curve[0]["prompt_accuracy"], curve[n]["prompt_accuracy"])]
+                    drops.append(f"{v.label} at {n} block(s): prompt accuracy {_pm(d)} vs its full model")
+    lines += ["", "Each row's FID vs full is against that architecture's own full model; n = 0 is the full "
+              "model itself. The spread is over pruning seeds (the bases are trained once, embedded.seed)."]
+    lines += [f"- {d}" for d in drops]
+    return lines, "; ".join(drops) if drops else "reported (no paper claim to test on this metric)"
+
+
 def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: Path, out: Path
                      ) -> tuple[list[str], str]:
     """Per matched ratio: FastFLUX, the L1 model before and after fine-tuning (quality, FLOPs,
@@ -356,8 +388,10 @@ def importance_plot(ranking: dict, path: Path) -> None:
     fig = Figure(figsize=(max(5, 0.35 * len(blocks)), 3))
     ax = fig.subplots()
     idx = [b["index"] for b in blocks]
-    ax.bar(idx, [b["score"] for b in blocks], color=["#d98f8f" if b["kind"] == "double" else "#8fb3d9" for b in blocks])
-    ax.set_xlabel("block (red: double-stream, blue: single-stream)")
+    kinds = list(dict.fromkeys(b["kind"] for b in sorted(blocks, key=lambda b: b["index"])))
+    colors = dict(zip(kinds, ("#d98f8f", "#8fb3d9", "#8fd9a0", "#d9c38f")))
+    ax.bar(idx, [b["score"] for b in blocks], color=[colors[b["kind"]] for b in blocks])
+    ax.set_xlabel("block (" + ", ".join(f"{n}: {k}" for k, n in zip(kinds, ("red", "blue", "green", "ochre"))) + ")")
     ax.set_ylabel("importance score s_i (Eq. 2)")
     ax.set_xticks(idx)
     fig.tight_layout()
@@ -407,6 +441,10 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
         if exp.kind == "sweep":
             sweep_lines, overall = sweep_section(exp, runs, out)
             lines += sweep_lines
+            verdict_lines = []
+        elif exp.kind == "family":
+            family_lines, overall = family_section(exp, runs)
+            lines += family_lines
             verdict_lines = []
         elif exp.kind == "baseline":
             baseline_lines, overall = baseline_section(exp, runs, seeds, repo, out)

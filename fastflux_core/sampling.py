@@ -1,7 +1,8 @@
 """Seeded flow-matching sampling with diffusers' ``FlowMatchEulerDiscreteScheduler``.
 
-The loop is ``FluxPipeline.__call__``'s (same sigma schedule, same resolution-dependent shift ``mu``,
-same ``timestep / 1000`` and distilled-guidance handling) but takes a list of :class:`GenItem`
+The loop is the family pipeline's (``FluxPipeline.__call__``: its sigma schedule and resolution shift
+``mu``, ``timestep / 1000``, distilled guidance; ``StableDiffusion3Pipeline``: its schedule — the
+adapter's ``timesteps`` and ``call`` hold what differs) but takes a list of :class:`GenItem`
 (prompt index, seed) instead of prompts: each item's starting noise comes from its own seeded
 generator on the CPU, so an image does not depend on which batch or which process made it (beyond
 float tolerance). That is what lets later stages shard generation across GPUs.
@@ -12,12 +13,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
+from fastflux_core.adapter import ModelInputs, adapter_for
 from fastflux_core.codec import latent_ids, pack, unpack
 from fastflux_core.errors import FastFluxError
 from fastflux_core.params import SamplingParams
@@ -46,45 +46,24 @@ def initial_noise(items: list[GenItem], channels: int, h: int, w: int) -> torch.
     return out
 
 
-def flux_timesteps(
-    scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int, device: torch.device
-) -> torch.Tensor:
-    """The FLUX pipeline's schedule: sigmas linspace(1, 1/steps), shifted by mu(image_seq_len)."""
-    sigmas = np.linspace(1.0, 1 / steps, steps)
-    if scheduler.config.get("use_flow_sigmas", False):
-        sigmas = None
-    mu = calculate_shift(
-        image_seq_len,
-        scheduler.config.get("base_image_seq_len", 256),
-        scheduler.config.get("max_image_seq_len", 4096),
-        scheduler.config.get("base_shift", 0.5),
-        scheduler.config.get("max_shift", 1.15),
-    )
-    timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
-    return timesteps
+def timesteps_for(transformer: torch.nn.Module, scheduler: FlowMatchEulerDiscreteScheduler, steps: int,
+             image_seq_len: int, device: torch.device) -> torch.Tensor:
+    """The timesteps (sigma · 1000) the model's pipeline runs for ``steps`` steps at ``image_seq_len`` tokens."""
+    return adapter_for(transformer).timesteps(scheduler, steps, image_seq_len, device)
 
 
-def velocity(transformer: FluxTransformer2DModel, latents: torch.Tensor, sigma: torch.Tensor,
+def velocity(transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor,
              guidance: torch.Tensor | None, pooled: torch.Tensor, prompt_embeds: torch.Tensor,
              txt_ids: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
-    """One denoising call, as ``FluxPipeline`` makes it: (b, N_img, C_in) latents at ``sigma`` (b,)
-    (the pipeline's t / 1000) → predicted velocity, same shape. The device work of every sampling
-    stage; :mod:`fastflux_core.budget` measures it."""
-    return transformer(
-        hidden_states=latents,
-        timestep=sigma,
-        guidance=guidance,
-        pooled_projections=pooled,
-        encoder_hidden_states=prompt_embeds,
-        txt_ids=txt_ids,
-        img_ids=img_ids,
-        return_dict=False,
-    )[0]
+    """One denoising call, as the model's pipeline makes it: (b, N_img, C_tok) packed latents at
+    ``sigma`` (b,) (the FLUX pipeline's t / 1000) → predicted velocity, same shape. The device work of
+    every sampling stage; :mod:`fastflux_core.budget` measures it."""
+    return adapter_for(transformer).call(ModelInputs(latents, prompt_embeds, pooled, sigma, img_ids, txt_ids, guidance))
 
 
 @torch.no_grad()
 def sample_latents(
-    transformer: FluxTransformer2DModel,
+    transformer: torch.nn.Module,
     scheduler: FlowMatchEulerDiscreteScheduler,
     embeds: PromptEmbeds,
     items: list[GenItem],
@@ -92,12 +71,13 @@ def sample_latents(
     latent_channels: int,
     scale_factor: int,
     progress: bool = True,
-    on_step: Callable[[int, slice], None] | None = None,
+    on_step: Callable[[int, slice, ModelInputs], None] | None = None,
 ) -> torch.Tensor:
     """Denoise every item; return final latents (N, C, h, w), float32 on CPU, in item order.
 
-    ``on_step(i, batch)`` runs before the transformer call of schedule step ``i`` on
-    ``items[batch]``: activation capture uses it to arm its hooks at chosen timesteps."""
+    ``on_step(i, batch, inputs)`` runs before the transformer call of schedule step ``i`` on
+    ``items[batch]`` with its inputs: activation capture arms its hooks at chosen timesteps and
+    records the inputs there."""
     p = next(transformer.parameters())
     device, dtype = p.device, p.dtype
     h, w = latent_size(sampling.height, sampling.width, scale_factor)
@@ -113,14 +93,15 @@ def sample_latents(
         prompt_embeds, pooled = embeds.select([it.prompt for it in chunk])
         prompt_embeds, pooled = prompt_embeds.to(device, dtype), pooled.to(device, dtype)
         guidance = None
-        if transformer.config.guidance_embeds:
+        if adapter_for(transformer).uses_guidance:
             guidance = torch.full((b,), sampling.guidance_scale, device=device, dtype=torch.float32)
         sched = copy.deepcopy(scheduler)  # step index is per-run state
-        for i, t in enumerate(flux_timesteps(sched, sampling.steps, latents.shape[1], device)):
+        for i, t in enumerate(timesteps_for(transformer, sched, sampling.steps, latents.shape[1], device)):
+            x = ModelInputs(latents, prompt_embeds, pooled, t.expand(b).to(dtype) / 1000, img_ids, txt_ids, guidance)
             if on_step is not None:
-                on_step(i, slice(start, start + b))
-            v = velocity(transformer, latents, t.expand(b).to(dtype) / 1000, guidance, pooled, prompt_embeds,
-                         txt_ids, img_ids)
+                on_step(i, slice(start, start + b), x)
+            v = velocity(transformer, x.hidden_states, x.timestep, x.guidance, x.pooled_projections,
+                         x.encoder_hidden_states, x.txt_ids, x.img_ids)
             latents = sched.step(v, t, latents, return_dict=False)[0]
             bar.update(b)
         out.append(unpack(latents.float().cpu(), h, w))

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fastflux_core.adapter import BlockAdapter, BlockState, ModelInputs, SkipBlock, run_blocks
+from fastflux_core.adapter import BlockAdapter, BlockState, ModelInputs, SkipBlock, adapter_for
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
@@ -92,7 +92,7 @@ class CapturedInputs:
         self.store, self.embeds, self.device, self.dtype = store, embeds, device, model.dtype
         self.img_ids = store.read("img_ids").to(device, self.dtype)  # (N_img, 3)
         self.txt_ids = store.read("txt_ids").to(device, self.dtype)  # (N_txt, 3)
-        self.guidance = bool(model.config.guidance_embeds)
+        self.guidance = adapter_for(model).uses_guidance
 
     def batches(self, idx: torch.Tensor, micro_batch: int) -> Iterator[ModelInputs]:
         """Samples ``idx`` in store order, ``micro_batch`` at a time; each sample's inputs are read from
@@ -117,7 +117,7 @@ class BoundaryStates:
                  u: int, micro_batch: int, device: torch.device):
         self.inputs = CapturedInputs(store, embeds, adapter.model, device)
         self.adapter, self.target, self.u, self.micro_batch, self.device = adapter, target, u, micro_batch, device
-        self.rotary = adapter.model.pos_embed(torch.cat([self.inputs.txt_ids, self.inputs.img_ids]))
+        self.rotary = adapter.rotary(self.inputs.txt_ids, self.inputs.img_ids)  # FLUX's; SD3: None
 
     @torch.no_grad()
     def compute(self, idx: torch.Tensor) -> Boundary:
@@ -125,7 +125,7 @@ class BoundaryStates:
         parts: list[tuple[torch.Tensor, ...]] = []
         for inputs in self.inputs.batches(idx, self.micro_batch):
             x = self.adapter.run(self.adapter.embed(inputs), 0, self.u)
-            y = run_blocks(self.target, x)
+            y = self.adapter.run_modules(self.target, x, self.u)
             parts.append(tuple(t.cpu() for t in (x.hidden_states, x.encoder_hidden_states, x.temb,
                                                   y.hidden_states, y.encoder_hidden_states)))
         return Boundary(*(torch.cat(ts) for ts in zip(*parts)))

@@ -31,19 +31,23 @@ EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS = 1, (384, 384)
 
 
 def embedded_transformer_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
-    """The FluxTransformer2DModel arguments of the embedded base, for ``latent_channels``-channel
-    latents packed 2×2 and text of widths ``text_dims`` (tokens, pooled)."""
-    return {"patch_size": 1, "in_channels": 4 * latent_channels, "num_layers": cfg.num_layers,
-            "num_single_layers": cfg.num_single_layers, "attention_head_dim": cfg.attention_head_dim,
-            "num_attention_heads": cfg.num_attention_heads, "joint_attention_dim": text_dims[0],
-            "pooled_projection_dim": text_dims[1], "guidance_embeds": False, "axes_dims_rope": cfg.axes_dims_rope}
+    """The transformer arguments of the embedded base (its family's, ``embedded.family``), for
+    ``latent_channels``-channel latents and text of widths ``text_dims`` (tokens, pooled); with the
+    class name, as diffusers writes it into config.json."""
+    from fastflux_core.adapter import family
+
+    cls = family(cfg.family)
+    return {"_class_name": cls.model_class.__name__, **cls.embedded_config(cfg, latent_channels, text_dims)}
 
 
 def transformer_config(params: Params) -> dict:
-    """The base transformer's config: the FLUX folder's, the embedded base's, or FLUX.1-dev's own."""
-    if params.model.source == "flux":
+    """The base transformer's config: the model folder's, the embedded base's, or (a FLUX folder not
+    there yet, for the budget) FLUX.1-dev's own."""
+    if params.model.source != "embedded":
         path = params.model.path / "transformer" / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else dict(flux_configs.TRANSFORMER)
+        if path.is_file() or params.model.source != "flux":
+            return json.loads(path.read_text())
+        return dict(flux_configs.TRANSFORMER)
     path = Path("data/base/transformer/config.json")
     if path.is_file():
         return json.loads(path.read_text())
@@ -51,7 +55,7 @@ def transformer_config(params: Params) -> dict:
 
 
 def component_config(params: Params, folder: str, builtin: dict) -> dict:
-    """A FLUX folder component's config (``vae``, ``text_encoder``, …), or FLUX.1-dev's own."""
+    """A model folder component's config (``vae``, ``text_encoder``, …), or FLUX.1-dev's own."""
     path = params.model.path / folder / "config.json" if params.model.path else None
     return json.loads(path.read_text()) if path is not None and path.is_file() else dict(builtin)
 
@@ -63,7 +67,7 @@ class Shapes:
     n_img: int
     n_txt: int
     dim: int
-    in_channels: int
+    in_channels: int  # values per packed latent token (C_tok = 4 · latent_channels)
     text_dim: int
     pooled_dim: int
     latent_channels: int
@@ -71,15 +75,19 @@ class Shapes:
 
     @classmethod
     def of(cls, params: Params) -> Shapes:
+        from fastflux_core.adapter import family, family_of_config  # diffusers: only when sizes are asked for
+
         t = transformer_config(params)
-        scale = 1
-        if params.model.source == "flux":
+        fam = family_of_config(t)
+        scale, n_txt = 1, params.text.max_sequence_length  # the embedded base: pixels, MiniLM's tokens
+        if params.model.source != "embedded":
             scale = 2 ** (len(component_config(params, "vae", flux_configs.VAE)["block_out_channels"]) - 1)
+            n_txt = family(params.model.source).text_tokens(n_txt)
         h, w = params.sampling.height // scale, params.sampling.width // scale
-        return cls(n_img=(h // 2) * (w // 2), n_txt=params.text.max_sequence_length,
-                   dim=t["num_attention_heads"] * t["attention_head_dim"], in_channels=t["in_channels"],
+        return cls(n_img=(h // 2) * (w // 2), n_txt=n_txt,
+                   dim=t["num_attention_heads"] * t["attention_head_dim"], in_channels=fam.token_channels(t),
                    text_dim=t["joint_attention_dim"], pooled_dim=t["pooled_projection_dim"],
-                   latent_channels=t["in_channels"] // 4, scale_factor=scale)
+                   latent_channels=fam.latent_channels(t), scale_factor=scale)
 
 
 # ----------------------------------------------------------------------------- what capture@k writes

@@ -1,8 +1,10 @@
-"""Where the base model comes from: the embedded default or a local FLUX.1-dev folder.
+"""Where the base model comes from: the embedded default or a local FLUX.1-dev / SD3 folder.
 
 This is the only place that looks at ``model.source``. Everything downstream receives the same
-objects either way — a ``FluxTransformer2DModel``, a ``FlowMatchEulerDiscreteScheduler``, a text
-encoder and a latent codec — and runs the same code.
+objects either way — a transformer (whose family :func:`~fastflux_core.adapter.adapter_for` finds),
+a ``FlowMatchEulerDiscreteScheduler``, a text encoder and a latent codec — and runs the same code.
+Which transformer class a folder holds is read from its config (``_class_name``), so the embedded
+base of either family and a FLUX or SD3 folder load through the same lines.
 
 Embedded default: stage ``base`` writes ``data/base/`` in the same sub-folder layout as a diffusers
 pipeline folder (``transformer/``, ``scheduler/``), so both are loaded by ``from_pretrained``.
@@ -13,15 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
-from fastflux_core.adapter import BlockRef
+from fastflux_core.adapter import BlockRef, adapter_for, family, family_of_config
 from fastflux_core.codec import LatentCodec, PixelCodec, VaeCodec
 from fastflux_core.errors import ModelFolderError
 from fastflux_core.integrity import loading
 from fastflux_core.params import Params
-from fastflux_core.preflight import check_flux_folder, read_config, resolve_device
-from fastflux_core.text import FluxTextEncoders, MiniLMTextEncoder, TextEncoder
+from fastflux_core.preflight import check_model_folder, read_config, resolve_device
+from fastflux_core.text import MiniLMTextEncoder, TextEncoder
 
 EMBEDDED_BASE = Path("data/base")
 
@@ -32,9 +34,9 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def model_root(params: Params) -> Path:
     """Folder holding ``transformer/`` and ``scheduler/`` for the configured source."""
-    if params.model.source == "flux":
+    if params.model.source != "embedded":
         assert params.model.path is not None
-        check_flux_folder(params.model.path)
+        check_model_folder(params.model.path, params.model.source)
         return params.model.path
     root = EMBEDDED_BASE
     if not (root / "transformer" / "config.json").is_file():
@@ -42,12 +44,21 @@ def model_root(params: Params) -> Path:
     return root
 
 
-def load_transformer(params: Params, root: Path | None = None) -> FluxTransformer2DModel:
+def transformer_class(root: Path) -> type:
+    """The diffusers class of ``root/transformer`` (FLUX or SD3), from its config."""
+    config = read_config(root / "transformer" / "config.json", "model folder")
+    try:
+        return family_of_config(config).model_class
+    except ValueError as err:
+        raise ModelFolderError(f"{root / 'transformer' / 'config.json'}: {err}") from None
+
+
+def load_transformer(params: Params, root: Path | None = None) -> torch.nn.Module:
     """The base transformer in eval mode and the model dtype, on the host: a stage places what it
     runs on the device (:func:`on_device`, :mod:`fastflux_core.placement`)."""
     root = model_root(params) if root is None else root
     with loading(root / "transformer"):
-        model = FluxTransformer2DModel.from_pretrained(
+        model = transformer_class(root).from_pretrained(
             str(root), subfolder="transformer", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
         )
     return model.eval()
@@ -68,57 +79,56 @@ def load_scheduler(params: Params, root: Path | None = None) -> FlowMatchEulerDi
         return FlowMatchEulerDiscreteScheduler.from_pretrained(str(root), subfolder="scheduler")
 
 
-def load_codec(params: Params, transformer: FluxTransformer2DModel) -> LatentCodec:
-    """The latent codec: FLUX's VAE, or the identity on pixels for the embedded default."""
-    if params.model.source == "flux":
+def load_codec(params: Params, transformer: torch.nn.Module) -> LatentCodec:
+    """The latent codec: the folder's VAE, or the identity on pixels for the embedded default."""
+    if params.model.source != "embedded":
         assert params.model.path is not None
         with loading(params.model.path / "vae"):
             vae = AutoencoderKL.from_pretrained(
                 str(params.model.path), subfolder="vae", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
             )
         return VaeCodec(vae.to(resolve_device(params.model.device)).eval())
-    return PixelCodec(transformer.config.in_channels // 4)
+    return PixelCodec(adapter_for(transformer).latent_channels(transformer.config))
 
 
 def load_text_encoder(params: Params) -> TextEncoder:
     device = resolve_device(params.model.device)
-    if params.model.source == "flux":
+    if params.model.source != "embedded":
         assert params.model.path is not None
-        check_flux_folder(params.model.path)
-        return FluxTextEncoders(params.model.path, params.text.max_sequence_length, device, resolve_dtype(params.model.dtype))
+        check_model_folder(params.model.path, params.model.source)
+        return family(params.model.source).text_encoder(params.model.path, params.text.max_sequence_length, device,
+                                                        resolve_dtype(params.model.dtype))
     return MiniLMTextEncoder(params.text.max_sequence_length, device)
 
 
-def describe_flux_base(params: Params) -> dict:
-    """Stage ``base`` for ``model.source: flux``: nothing to train; check the folder and record what
-    the pipeline will prune (its path and block counts)."""
+def describe_folder_base(params: Params) -> dict:
+    """Stage ``base`` for a model folder (``model.source: flux | sd3``): nothing to train; check the
+    folder and record what the pipeline will prune (its path and blocks per kind)."""
     assert params.model.path is not None
-    check_flux_folder(params.model.path)
-    cfg = read_config(params.model.path / "transformer" / "config.json", "FLUX folder")
+    check_model_folder(params.model.path, params.model.source)
+    blocks = model_blocks(params)
     return {
-        "source": "flux",
+        "source": params.model.source,
         "path": str(params.model.path.resolve()),
-        "blocks": cfg.get("num_layers", 19) + cfg.get("num_single_layers", 38),
-        "double_blocks": cfg.get("num_layers", 19),
-        "single_blocks": cfg.get("num_single_layers", 38),
+        "blocks": len(blocks),
+        **{f"{kind}_blocks": sum(b.kind == kind for b in blocks) for kind in dict.fromkeys(b.kind for b in blocks)},
     }
 
 
-def empty_base_model(params: Params) -> FluxTransformer2DModel:
+def empty_base_model(params: Params) -> torch.nn.Module:
     """The base transformer built from its config on the meta device: structure without weights."""
     from accelerate import init_empty_weights
 
     root = model_root(params)
+    cls = transformer_class(root)
     with loading(root / "transformer"):
-        config = FluxTransformer2DModel.load_config(str(root), subfolder="transformer")
+        config = cls.load_config(str(root), subfolder="transformer")
     with init_empty_weights():
-        return FluxTransformer2DModel.from_config(config)
+        return cls.from_config(config)
 
 
 def model_blocks(params: Params) -> list[BlockRef]:
     """The base model's blocks, in execution order, read from its config without loading weights."""
-    from fastflux_core.adapter import adapter_for
-
     return adapter_for(empty_base_model(params)).blocks
 
 
@@ -128,8 +138,6 @@ def load_base_blocks(params: Params, indices: list[int]) -> list[torch.nn.Module
     blocks of a sandwich (``sandwich.target: original``) cost their own size in host memory, not the
     model's. On the configured device and dtype, in eval mode, frozen."""
     from safetensors import safe_open
-
-    from fastflux_core.adapter import adapter_for
 
     root = model_root(params)
     adapter = adapter_for(empty_base_model(params))

@@ -2,7 +2,7 @@
 FastFLUX at the same cost.
 
 Where FastFLUX replaces whole blocks, this baseline makes every MLP narrower. Each MLP
-(:meth:`~fastflux_core.adapter.FluxAdapter.mlps`) is one pruning group: its hidden units are the
+(:meth:`~fastflux_core.flux.FluxAdapter.mlps`) is one pruning group: its hidden units are the
 up-projection's output channels and the matching input columns of the down-projection. A unit's
 importance is the L1 norm of every weight removed with it — up row, up bias, down column — summed as
 torch-pruning's ``GroupMagnitudeImportance(p=1)`` sums a group; every MLP keeps the same share of its

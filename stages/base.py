@@ -1,14 +1,14 @@
 """Stage base: the model to prune → data/base/ and metrics in data/metrics/base.json.
 
-Embedded default: train the small FLUX transformer on digits (and the digit judge), then measure
-how often its samples show the prompted digit. FLUX.1-dev: check the local folder and record it.
+Embedded default: train the small transformer (FLUX or SD3: embedded.family) on digits (and the digit
+judge), then measure how often its samples show the prompted digit. A model folder: check it and record it.
 """
 
 from fastflux_core.embedded import make_embedded_base
 from fastflux_core.io import atomic_dir, run_stage, write_json
 from fastflux_core.params import load_params
 from fastflux_core.prompts import PromptEmbeds
-from fastflux_core.source import EMBEDDED_BASE, describe_flux_base
+from fastflux_core.source import EMBEDDED_BASE, describe_folder_base
 
 METRICS = "data/metrics/base.json"
 
@@ -16,8 +16,8 @@ METRICS = "data/metrics/base.json"
 def main() -> None:
     params = load_params()
     with atomic_dir(EMBEDDED_BASE) as out:
-        if params.model.source == "flux":
-            metrics = describe_flux_base(params)
+        if params.model.source != "embedded":
+            metrics = describe_folder_base(params)
         else:
             evaluation = PromptEmbeds.load("data/encoded/evaluation.safetensors")
             metrics = {"source": "embedded", **make_embedded_base(params, evaluation, out)}

@@ -4,7 +4,8 @@ import pytest
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import FluxAdapter, ModelInputs, SkipBlock
+from fastflux_core.adapter import ModelInputs, SkipBlock
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.codec import latent_ids
 
 

@@ -4,7 +4,7 @@ reloads as the bf16 model it was built as (no silent float32 upcast)."""
 import torch
 from tiny import digit_captions, tiny_params, tiny_transformer, write_tiny_base
 
-from fastflux_core.adapter import FluxAdapter
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.assemble import assemble, load_pruned, pruned_model
 from fastflux_core.brll import solve_store
 from fastflux_core.capture import capture_step

@@ -257,11 +257,11 @@ def test_interrupted_capture_leaves_nothing(chain, monkeypatch):
     def interrupted(*args, **kwargs):
         on_step = kwargs["on_step"]
 
-        def boom(s, batch):
+        def boom(s, batch, inputs):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise KeyboardInterrupt
-            on_step(s, batch)
+            on_step(s, batch, inputs)
 
         return real(*args, **{**kwargs, "on_step": boom})
 

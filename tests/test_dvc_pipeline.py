@@ -54,8 +54,9 @@ def micro_params(switched: bool = False) -> dict:
     """A and B: one double and one single block, a one-step chain (fewest stages). C: every switch
     flipped, one double and two single blocks, a two-step chain (exported model: one block)."""
     d = yaml.safe_load((ROOT / "params.yaml").read_text())
-    d["embedded"].update(train_steps=3, judge_steps=3, eval_images_per_prompt=1, batch_size=8,
-                         num_layers=1, num_single_layers=1)
+    d["embedded"].update(train_steps=3, judge_steps=3, eval_images_per_prompt=1, batch_size=8)
+    d["embedded"]["flux"].update(num_layers=1, num_single_layers=1)
+    d["embedded"]["sd3"].update(num_layers=2)
     d["importance"]["blocks"] = [0, 1]
     d["max_ratio"], d["ratio"], d["steps"] = 0.5, 0.5, {"1": {"prev": 0}}
     d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3)
@@ -66,7 +67,7 @@ def micro_params(switched: bool = False) -> dict:
         if isinstance(s, dict):
             s["images_per_prompt"] = 1
     if switched:
-        d["embedded"].update(num_single_layers=2)
+        d["embedded"]["flux"].update(num_single_layers=2)
         d["importance"]["blocks"] = [0, 1, 2]
         d["max_ratio"], d["ratio"], d["steps"] = 0.67, 0.34, {"1": {"prev": 0}, "2": {"prev": 1}}
         for key, value in SWITCHES.items():

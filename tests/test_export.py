@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import FluxAdapter, SkipBlock
+from fastflux_core.adapter import SkipBlock
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.assemble import PAPER_TABLE6
 from fastflux_core.export import PrunedFluxTransformer2DModel, merge_lora, to_pruned
 from fastflux_core.lora import inject_lora

@@ -11,9 +11,9 @@ from test_export import _chain_like_model
 from test_flux_folder import _flux_params
 
 from fastflux_core import source
-from fastflux_core.adapter import FluxAdapter
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.export import PrunedFluxTransformer2DModel, merge_lora, to_pruned
-from fastflux_core.export_folder import TRANSFORMER_ENTRY, load_pipeline, write_pipeline
+from fastflux_core.export_folder import load_pipeline, transformer_entry, write_pipeline
 from fastflux_core.prompts import prompt_items
 from fastflux_core.pruned_flux import MODULE_FILE
 from fastflux_core.replacement import LinearReplacement
@@ -93,7 +93,7 @@ def test_pipeline_folder_generates_like_our_sampler(tmp_path, tiny_flux_folder):
     assert all((out / c).is_symlink() for c in linked)  # nothing copied
 
     index = json.loads((out / "model_index.json").read_text())
-    assert index["transformer"] == TRANSFORMER_ENTRY == [MODULE_FILE.removesuffix(".py"), PrunedFluxTransformer2DModel.__name__]
+    assert index["transformer"] == transformer_entry(out / "transformer") == [MODULE_FILE.removesuffix(".py"), PrunedFluxTransformer2DModel.__name__]
     pipe = FluxPipeline.from_pretrained(str(out), trust_remote_code=True)
     assert type(pipe.transformer).__name__ == "PrunedFluxTransformer2DModel" and pipe.transformer.config.replaced_blocks == [3]
     assert type(DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)).__name__ == "FluxPipeline"

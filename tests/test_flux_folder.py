@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fastflux_core import preflight, source
-from fastflux_core.adapter import FluxAdapter
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.errors import ModelFolderError
 from fastflux_core.params import parse_params
 from fastflux_core.prompts import prompt_items
@@ -42,7 +42,7 @@ def test_load_encode_sample_decode(tiny_flux_folder):
                              params.sampling, codec.latent_channels, codec.scale_factor, progress=False)
     images = codec.decode(latents)
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
-    assert source.describe_flux_base(params)["blocks"] == 5
+    assert source.describe_folder_base(params)["blocks"] == 5
 
 
 def test_missing_folder(tmp_path):
@@ -53,7 +53,7 @@ def test_missing_folder(tmp_path):
 
 def test_not_a_pipeline_folder(tmp_path):
     with pytest.raises(ModelFolderError, match="model_index.json"):
-        preflight.check_flux_folder(tmp_path)
+        preflight.check_model_folder(tmp_path, "flux")
 
 
 def test_wrong_pipeline_class(tmp_path, tiny_flux_folder):
@@ -63,7 +63,7 @@ def test_wrong_pipeline_class(tmp_path, tiny_flux_folder):
     index["_class_name"] = "StableDiffusionPipeline"
     (bad / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelFolderError, match="not a FLUX one"):
-        preflight.check_flux_folder(bad)
+        preflight.check_model_folder(bad, "flux")
 
 
 def test_missing_subfolder_and_pickled_weights(tmp_path, tiny_flux_folder):
@@ -71,13 +71,13 @@ def test_missing_subfolder_and_pickled_weights(tmp_path, tiny_flux_folder):
     shutil.copytree(tiny_flux_folder, bad)
     shutil.rmtree(bad / "vae")
     with pytest.raises(ModelFolderError, match="vae/"):
-        preflight.check_flux_folder(bad)
+        preflight.check_model_folder(bad, "flux")
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_flux_folder, pickled)
     for f in (pickled / "transformer").glob("*.safetensors"):
         f.rename(f.with_suffix(".bin"))
     with pytest.raises(ModelFolderError, match="safetensors"):
-        preflight.check_flux_folder(pickled)
+        preflight.check_model_folder(pickled, "flux")
 
 
 def test_params_yaml_for_flux_round_trip(tiny_flux_folder):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import FluxAdapter
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.errors import FastFluxError
 from fastflux_core.ablation import latent_error
 from fastflux_core.importance import importance_scores, minmax, order_blocks, rank, spearman, write_plot_data
@@ -90,10 +90,9 @@ def test_rank_proxy_only_and_missing_blocks(tmp_path):
     with pytest.raises(FastFluxError, match="cover blocks"):
         rank(recs[:3], _blocks(), ImportanceParams(blocks=[0, 1, 2, 3], method="proxy"))
     write_plot_data(r, tmp_path)
-    double = (tmp_path / "importance_double.csv").read_text().splitlines()
-    single = (tmp_path / "importance_single.csv").read_text().splitlines()
-    assert double[0] == "position,block,name,score" and len(double) == 3 and len(single) == 3
-    assert double[1].startswith("0,0,d00,")
+    lines = (tmp_path / "importance.csv").read_text().splitlines()
+    assert lines[0] == "position,block,name,kind,score" and len(lines) == 5
+    assert lines[1].startswith("0,0,d00,double,") and sum(",single," in line for line in lines) == 2
 
 
 @torch.no_grad()

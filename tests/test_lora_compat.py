@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fastflux_core.adapter import FluxAdapter
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.errors import FastFluxError
 from fastflux_core.export import PrunedFluxTransformer2DModel, to_pruned
 from fastflux_core.export_folder import write_pipeline

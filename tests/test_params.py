@@ -35,7 +35,9 @@ def test_repo_params_are_valid():
         (lambda d: d["sampling"].update(steps=0), "sampling.steps"),
         (lambda d: d["model"].update(dtype="float8"), "model.dtype"),
         (lambda d: d["prompts"].pop("evaluation"), "prompts.evaluation"),
-        (lambda d: d["embedded"].update(axes_dims_rope=[8, 8, 8]), "embedded"),
+        (lambda d: d["embedded"]["flux"].update(axes_dims_rope=[8, 8, 8]), "embedded"),
+        (lambda d: d["embedded"].update(family="sd3", sd3={"num_layers": 4, "dual_attention_layers": [4]}), "dual_attention"),
+        (lambda d: d["embedded"].update(family="sd2"), "embedded.family"),
         (lambda d: d["model"].update(source="flux"), "model"),  # flux needs a path
         (lambda d: d["baseline"].update(ratios=[0.1, 0.3]), "baseline.ratios"),  # above max_ratio
         (lambda d: d["baseline"].update(ratios=[0.05]), "baseline.ratios"),  # replaces no block of 12

@@ -5,7 +5,7 @@ model's forward and block by block; ``placed`` leaves the model on the host afte
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import FluxAdapter
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.placement import place, place_blocks, placed
 from test_adapter import _inputs, _model_forward
 

@@ -3,7 +3,8 @@
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import FluxAdapter, SkipBlock
+from fastflux_core.adapter import SkipBlock
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.replacement import LinearReplacement
 from test_adapter import _inputs, _model_forward
 

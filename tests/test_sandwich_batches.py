@@ -6,7 +6,8 @@ import pytest
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import BlockState, FluxAdapter
+from fastflux_core.adapter import BlockState
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.replacement import LinearReplacement
 from fastflux_core.sandwich import Boundary, _run, _sq_err, rounds
 

@@ -81,8 +81,9 @@ def write_tiny_base(root: Path, seed: int = 0, train_steps: int = 0) -> Path:
 
         images, labels = load_digits()
         caps = digit_captions()
-        cfg = EmbeddedParams(num_layers=2, num_single_layers=3, num_attention_heads=2, attention_head_dim=16,
-                             axes_dims_rope=(4, 6, 6), train_steps=train_steps, batch_size=64, learning_rate=2e-3)
+        cfg = EmbeddedParams(flux={"num_layers": 2, "num_single_layers": 3, "axes_dims_rope": (4, 6, 6)},
+                             num_attention_heads=2, attention_head_dim=16, train_steps=train_steps, batch_size=64,
+                             learning_rate=2e-3)
         train_base(model, images, labels, caps, torch.arange(10), cfg, seed)
     base = root / "data" / "base"
     model.save_pretrained(str(base / "transformer"), safe_serialization=True)

@@ -1,0 +1,219 @@
+"""The FLUX family (``FluxTransformer2DModel``: FLUX.1-dev, FLUX.1-schnell, the embedded default).
+
+A FLUX transformer is ``num_layers`` double-stream blocks (``transformer_blocks``: image and text
+each with their own weights, joint attention) then ``num_single_layers`` single-stream blocks
+(``single_transformer_blocks``: one set of weights over the joined sequence). Since diffusers 0.35
+both kinds take ``(hidden_states, encoder_hidden_states, temb, image_rotary_emb)`` and return
+``(encoder_hidden_states, hidden_states)``, so any contiguous range of blocks, including one that
+crosses the double→single boundary, runs the same way, and any module with that signature can stand
+in for a block (:meth:`FluxAdapter.swap`). Swaps edit the model's own ``ModuleList``s, so the
+model's ``forward`` — and ``save_pretrained`` of a pruned model — see them too.
+
+Everything FastFLUX knows about FLUX that is not in diffusers is in this module; the other stages
+reach it through :class:`~fastflux_core.adapter.BlockAdapter`.
+
+>>> from diffusers import FluxTransformer2DModel
+>>> m = FluxTransformer2DModel(in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8,
+...                            num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
+...                            axes_dims_rope=(2, 2, 4))
+>>> [b.name for b in FluxAdapter(m).blocks]
+['d00', 'd01', 's00', 's01']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from torch import nn
+
+from fastflux_core.adapter import BlockRef, BlockState, MlpRef, ModelInputs
+from fastflux_core.pruned_flux import SkipBlock
+
+if TYPE_CHECKING:
+    from fastflux_core.params import EmbeddedParams
+
+# LoRA targets of Sandwich Training: attention projections and MLP linears, not the AdaLN modulation.
+LORA_TARGETS = {
+    "double": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+               "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+               "ff_context.net.2"),
+    "single": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out"),
+}
+
+
+class FluxAdapter:
+    """Block-level access to a diffusers ``FluxTransformer2DModel`` (any size, FLUX.1-dev included)."""
+
+    family = "flux"
+    model_class = FluxTransformer2DModel
+    pipeline_class = "FluxPipeline"
+    pruned_class = "PrunedFluxTransformer2DModel"
+
+    def __init__(self, model: FluxTransformer2DModel):
+        self.model = model
+        n_double = len(model.transformer_blocks)
+        n_single = len(model.single_transformer_blocks)
+        self.blocks: list[BlockRef] = [
+            BlockRef(i, "double", f"transformer_blocks.{i}") for i in range(n_double)
+        ] + [BlockRef(n_double + j, "single", f"single_transformer_blocks.{j}") for j in range(n_single)]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    # ------------------------------------------------------------------ from a config alone
+
+    @staticmethod
+    def token_channels(config: dict) -> int:
+        """Values per packed latent token (C_tok = 4C): the model reads tokens as they are."""
+        return config["in_channels"]
+
+    @staticmethod
+    def latent_channels(config: dict) -> int:
+        return config["in_channels"] // 4
+
+    @staticmethod
+    def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
+        """The ``FluxTransformer2DModel`` arguments of the embedded base (``embedded.flux``)."""
+        return {"patch_size": 1, "in_channels": 4 * latent_channels, "num_layers": cfg.flux.num_layers,
+                "num_single_layers": cfg.flux.num_single_layers, "attention_head_dim": cfg.attention_head_dim,
+                "num_attention_heads": cfg.num_attention_heads, "joint_attention_dim": text_dims[0],
+                "pooled_projection_dim": text_dims[1], "guidance_embeds": False,
+                "axes_dims_rope": cfg.flux.axes_dims_rope}
+
+    @staticmethod
+    def timesteps(scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int,
+                  device: torch.device) -> torch.Tensor:
+        """``FluxPipeline``'s schedule: sigmas linspace(1, 1/steps), shifted by mu(image_seq_len)."""
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        if scheduler.config.get("use_flow_sigmas", False):
+            sigmas = None
+        mu = calculate_shift(
+            image_seq_len,
+            scheduler.config.get("base_image_seq_len", 256),
+            scheduler.config.get("max_image_seq_len", 4096),
+            scheduler.config.get("base_shift", 0.5),
+            scheduler.config.get("max_shift", 1.15),
+        )
+        timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
+        return timesteps
+
+    @staticmethod
+    def text_encoder(path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
+        """CLIP-L (pooled) + T5-XXL (tokens) of a FLUX pipeline folder."""
+        from fastflux_core.text import FluxTextEncoders
+
+        return FluxTextEncoders(path, max_sequence_length, device, dtype)
+
+    @staticmethod
+    def text_tokens(max_sequence_length: int) -> int:
+        """Text tokens per prompt of the folder's own encoders: T5's, ``max_sequence_length``."""
+        return max_sequence_length
+
+    # ------------------------------------------------------------------ blocks
+
+    @property
+    def uses_guidance(self) -> bool:
+        """FLUX.1-dev's distilled guidance is a model input (``guidance_embeds``)."""
+        return bool(self.model.config.guidance_embeds)
+
+    def _slot(self, index: int) -> tuple[nn.ModuleList, int]:
+        if not 0 <= index < len(self.blocks):
+            raise IndexError(f"block index {index} out of range 0..{len(self.blocks) - 1}")
+        ref = self.blocks[index]
+        attr, pos = ref.path.rsplit(".", 1)
+        return getattr(self.model, attr), int(pos)
+
+    def block(self, index: int) -> nn.Module:
+        """The module currently at block ``index`` (the original block or whatever was swapped in)."""
+        modules, pos = self._slot(index)
+        return modules[pos]
+
+    def swap(self, index: int, module: nn.Module) -> nn.Module:
+        """Put ``module`` at block ``index``; return the module that was there."""
+        modules, pos = self._slot(index)
+        old = modules[pos]
+        modules[pos] = module
+        return old
+
+    def skip(self, index: int) -> nn.Module:
+        """Replace block ``index`` by the identity; return the removed block (swap it back to undo)."""
+        return self.swap(index, SkipBlock())
+
+    def lora_targets(self, index: int) -> tuple[str, ...]:
+        return LORA_TARGETS[self.blocks[index].kind]
+
+    def mlps(self) -> list[MlpRef]:
+        """Every MLP of the blocks still in the model: a double block's image (``ff``) and text
+        (``ff_context``) MLPs, ``net.0.proj`` → GELU → ``net.2``; a single block's ``proj_mlp`` → GELU →
+        the MLP half of ``proj_out``, whose input is ``cat([attention (D), mlp (H)])``."""
+        out = []
+        for ref in self.blocks:
+            blk = self.block(ref.index)
+            if ref.kind == "double" and hasattr(blk, "ff"):
+                out += [MlpRef(f"{ref.path}.{n}", getattr(blk, n).net[0].proj, getattr(blk, n).net[2], 0)
+                        for n in ("ff", "ff_context")]
+            elif ref.kind == "single" and hasattr(blk, "proj_mlp"):
+                out.append(MlpRef(ref.path, blk.proj_mlp, blk.proj_out, blk.proj_out.in_features - blk.proj_mlp.out_features))
+        return out
+
+    # ------------------------------------------------------------------ forward, piece by piece
+
+    def embed(self, inputs: ModelInputs) -> BlockState:
+        """Everything ``FluxTransformer2DModel.forward`` does before its first block."""
+        m = self.model
+        hidden_states = m.x_embedder(inputs.hidden_states)  # (B, N_img, D)
+        timestep = inputs.timestep.to(hidden_states.dtype) * 1000
+        if inputs.guidance is None:
+            temb = m.time_text_embed(timestep, inputs.pooled_projections)  # (B, D)
+        else:
+            guidance = inputs.guidance.to(hidden_states.dtype) * 1000
+            temb = m.time_text_embed(timestep, guidance, inputs.pooled_projections)
+        encoder_hidden_states = m.context_embedder(inputs.encoder_hidden_states)  # (B, N_txt, D)
+        return BlockState(hidden_states, encoder_hidden_states, temb, self.rotary(inputs.txt_ids, inputs.img_ids))
+
+    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary embedding of the joined sequence (cos, sin), each (N_txt + N_img, head_dim)."""
+        return self.model.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
+
+    def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState:
+        """Run blocks ``start .. stop-1`` (global indices, any kinds) on ``state``."""
+        stop = len(self.blocks) if stop is None else stop
+        if not 0 <= start <= stop <= len(self.blocks):
+            raise IndexError(f"block range [{start}, {stop}) not within [0, {len(self.blocks)}]")
+        return self.run_modules([self.block(i) for i in range(start, stop)], state, start)
+
+    def run_modules(self, modules: list[nn.Module], state: BlockState, start: int = 0) -> BlockState:
+        """Run block modules in order on ``state`` as blocks ``start, start + 1, …``. When gradients are
+        on and the model has diffusers' gradient checkpointing enabled, each block runs through the
+        model's own ``_gradient_checkpointing_func``, as ``FluxTransformer2DModel.forward`` does: only
+        block inputs are kept for backward, one block's activations are recomputed at a time."""
+        model = self.model
+        checkpoint = torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False)
+        for block in modules:
+            args = (state.hidden_states, state.encoder_hidden_states, state.temb, state.image_rotary_emb)
+            if checkpoint:
+                encoder_hidden_states, hidden_states = model._gradient_checkpointing_func(block, *args)
+            else:
+                encoder_hidden_states, hidden_states = block(*args)
+            state = state.with_streams(encoder_hidden_states, hidden_states)
+        return state
+
+    def head(self, state: BlockState) -> torch.Tensor:
+        """Everything after the last block: final modulated norm and projection → (B, N_img, C_out)."""
+        hidden_states = self.model.norm_out(state.hidden_states, state.temb)
+        return self.model.proj_out(hidden_states)
+
+    def forward(self, inputs: ModelInputs) -> torch.Tensor:
+        """embed → all blocks → head; equals the model's own forward."""
+        return self.head(self.run(self.embed(inputs)))
+
+    def call(self, x: ModelInputs) -> torch.Tensor:
+        """The model's own forward, as ``FluxPipeline`` calls it: (B, N_img, C_tok) → velocity, same shape."""
+        return self.model(hidden_states=x.hidden_states, timestep=x.timestep, guidance=x.guidance,
+                          pooled_projections=x.pooled_projections, encoder_hidden_states=x.encoder_hidden_states,
+                          txt_ids=x.txt_ids, img_ids=x.img_ids, return_dict=False)[0]

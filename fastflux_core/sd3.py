@@ -1,0 +1,237 @@
+"""The Stable Diffusion 3 family (``SD3Transformer2DModel``: SD3-medium, SD3.5-medium/large).
+
+An SD3 transformer (MMDiT) is ``num_layers`` ``JointTransformerBlock``s, each with image and text
+weights of its own and joint attention — FLUX's double block without rotary embeddings. Two
+differences matter to pruning:
+
+* The **last block is ``context_pre_only``**: it reads the text stream but outputs none (returns
+  ``None`` for it). Its kind is ``final``; its BRLL replacement is one linear on the image stream
+  only, and after it the adapter's state carries a zero text stream — nothing reads it, and it adds
+  nothing to a sandwich's loss or its normaliser.
+* **SD3.5** adds a second self-attention on the image stream in some blocks (``attn2``,
+  ``dual_attention_layers``) and RMS q/k norms: the same block kind, with ``attn2``'s projections
+  among the LoRA targets.
+
+The model takes spatial latents (B, C, h, w) and patchifies them itself (``pos_embed``, patch 2).
+Between stages latents are FLUX-packed tokens (B, h/2 · w/2, 4C) whatever the family (see
+:mod:`fastflux_core.adapter`); a 2×2 patch is the same token in both, only its channel order
+differs — (c, p, q) packed, (p, q, c) in SD3's output — so :meth:`SD3Adapter.embed` unpacks to the
+spatial grid (read from ``img_ids``) and :meth:`SD3Adapter.head` permutes channels.
+
+Sampling is ``StableDiffusion3Pipeline``'s: the scheduler's own sigmas (static shift, or ``mu`` when
+the scheduler shifts dynamically), ``timestep = sigma · 1000``. Not yet here: classifier-free
+guidance (the pipeline's default 7.0), which doubles every call with a negative prompt.
+
+>>> from diffusers import SD3Transformer2DModel
+>>> m = SD3Transformer2DModel(sample_size=8, in_channels=1, out_channels=1, num_layers=3, attention_head_dim=8,
+...                           num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+...                           pooled_projection_dim=16, pos_embed_max_size=8)
+>>> [b.name for b in SD3Adapter(m).blocks]
+['j00', 'j01', 'f02']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from torch import nn
+
+from fastflux_core.adapter import BlockRef, BlockState, MlpRef, ModelInputs
+from fastflux_core.codec import pack, unpack
+from fastflux_core.pruned_flux import SkipBlock
+
+if TYPE_CHECKING:
+    from fastflux_core.params import EmbeddedParams
+
+# LoRA targets of Sandwich Training: attention projections (SD3.5: attn2's too) and MLP linears, not
+# the AdaLN modulation; a block has those of them it holds (the final block: no text output projections).
+LORA_CANDIDATES = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                   "attn.add_v_proj", "attn.to_add_out", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+                   "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
+CLIP_TOKENS = 77  # SD3's prompt embedding: CLIP-L/G's 77 tokens, then T5's max_sequence_length
+
+
+class SD3Adapter:
+    """Block-level access to a diffusers ``SD3Transformer2DModel``."""
+
+    family = "sd3"
+    model_class = SD3Transformer2DModel
+    pipeline_class = "StableDiffusion3Pipeline"
+    pruned_class = "PrunedSD3Transformer2DModel"
+
+    def __init__(self, model: SD3Transformer2DModel):
+        if model.config.patch_size != 2:
+            raise ValueError(f"SD3 adapter needs patch_size 2 (a patch is a packed 2×2 token), got {model.config.patch_size}")
+        self.model = model
+        n = len(model.transformer_blocks)
+        self.blocks: list[BlockRef] = [BlockRef(i, "final" if i == n - 1 else "joint", f"transformer_blocks.{i}")
+                                       for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    # ------------------------------------------------------------------ from a config alone
+
+    @staticmethod
+    def token_channels(config: dict) -> int:
+        return 4 * config["in_channels"]
+
+    @staticmethod
+    def latent_channels(config: dict) -> int:
+        return config["in_channels"]
+
+    @staticmethod
+    def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
+        """The ``SD3Transformer2DModel`` arguments of the embedded base (``embedded.sd3``); the digits
+        are 8×8 latent cells (``sample_size``)."""
+        dim = cfg.num_attention_heads * cfg.attention_head_dim
+        return {"sample_size": 8, "patch_size": 2, "in_channels": latent_channels, "out_channels": latent_channels,
+                "num_layers": cfg.sd3.num_layers, "attention_head_dim": cfg.attention_head_dim,
+                "num_attention_heads": cfg.num_attention_heads, "joint_attention_dim": text_dims[0],
+                "caption_projection_dim": dim, "pooled_projection_dim": text_dims[1],
+                "pos_embed_max_size": cfg.sd3.pos_embed_max_size,
+                "dual_attention_layers": list(cfg.sd3.dual_attention_layers), "qk_norm": cfg.sd3.qk_norm}
+
+    @staticmethod
+    def timesteps(scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int,
+                  device: torch.device) -> torch.Tensor:
+        """``StableDiffusion3Pipeline``'s schedule: the scheduler's sigmas, ``mu`` only when it shifts
+        dynamically (SD3's schedulers shift statically, by 3.0)."""
+        kwargs = {}
+        if scheduler.config.get("use_dynamic_shifting", None):
+            kwargs["mu"] = calculate_shift(
+                image_seq_len,
+                scheduler.config.get("base_image_seq_len", 256),
+                scheduler.config.get("max_image_seq_len", 4096),
+                scheduler.config.get("base_shift", 0.5),
+                scheduler.config.get("max_shift", 1.16),
+            )
+        timesteps, _ = retrieve_timesteps(scheduler, steps, device, **kwargs)
+        return timesteps
+
+    @staticmethod
+    def text_encoder(path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
+        """CLIP-L + CLIP-G (pooled, and 77 tokens) + T5-XXL of an SD3 pipeline folder."""
+        return SD3TextEncoders(path, max_sequence_length, device, dtype)
+
+    @staticmethod
+    def text_tokens(max_sequence_length: int) -> int:
+        """Text tokens per prompt of the folder's own encoders: CLIP's 77, then T5's."""
+        return CLIP_TOKENS + max_sequence_length
+
+    # ------------------------------------------------------------------ blocks
+
+    @property
+    def uses_guidance(self) -> bool:
+        return False
+
+    def block(self, index: int) -> nn.Module:
+        if not 0 <= index < len(self.blocks):
+            raise IndexError(f"block index {index} out of range 0..{len(self.blocks) - 1}")
+        return self.model.transformer_blocks[index]
+
+    def swap(self, index: int, module: nn.Module) -> nn.Module:
+        old = self.block(index)
+        self.model.transformer_blocks[index] = module
+        return old
+
+    def skip(self, index: int) -> nn.Module:
+        return self.swap(index, SkipBlock())
+
+    def lora_targets(self, index: int) -> tuple[str, ...]:
+        blk = self.block(index)
+        names = dict(blk.named_modules())
+        return tuple(n for n in LORA_CANDIDATES if names.get(n) is not None)
+
+    def mlps(self) -> list[MlpRef]:
+        """Every MLP of the blocks still in the model: image (``ff``) and, but in the final block,
+        text (``ff_context``), ``net.0.proj`` → GELU → ``net.2``."""
+        out = []
+        for ref in self.blocks:
+            blk = self.block(ref.index)
+            out += [MlpRef(f"{ref.path}.{n}", getattr(blk, n).net[0].proj, getattr(blk, n).net[2], 0)
+                    for n in ("ff", "ff_context") if getattr(blk, n, None) is not None]
+        return out
+
+    # ------------------------------------------------------------------ forward, piece by piece
+
+    @staticmethod
+    def _grid(img_ids: torch.Tensor) -> tuple[int, int]:
+        """Latent cells (h, w) of the token grid ``img_ids`` (rows of (0, row, col))."""
+        return 2 * (int(img_ids[:, 1].max()) + 1), 2 * (int(img_ids[:, 2].max()) + 1)
+
+    def embed(self, inputs: ModelInputs) -> BlockState:
+        """Everything ``SD3Transformer2DModel.forward`` does before its first block."""
+        m = self.model
+        latents = unpack(inputs.hidden_states, *self._grid(inputs.img_ids))  # (B, C, h, w)
+        hidden_states = m.pos_embed(latents).contiguous()  # (B, N_img, D), positions included
+        temb = m.time_text_embed(inputs.timestep.to(hidden_states.dtype) * 1000, inputs.pooled_projections)
+        encoder_hidden_states = m.context_embedder(inputs.encoder_hidden_states)  # (B, N_txt, D)
+        return BlockState(hidden_states, encoder_hidden_states, temb, None)
+
+    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> None:
+        """SD3 has no rotary embedding (its positions are added in ``pos_embed``)."""
+        return None
+
+    def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState:
+        stop = len(self.blocks) if stop is None else stop
+        if not 0 <= start <= stop <= len(self.blocks):
+            raise IndexError(f"block range [{start}, {stop}) not within [0, {len(self.blocks)}]")
+        return self.run_modules([self.block(i) for i in range(start, stop)], state, start)
+
+    def run_modules(self, modules: list[nn.Module], state: BlockState, start: int = 0) -> BlockState:
+        """Run block modules as blocks ``start, start + 1, …`` (gradient checkpointing as the model's
+        forward does it). After the final block the text stream is zero, whatever stands there."""
+        model = self.model
+        checkpoint = torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False)
+        for j, block in enumerate(modules):
+            args = (state.hidden_states, state.encoder_hidden_states, state.temb)
+            if checkpoint:
+                encoder_hidden_states, hidden_states = model._gradient_checkpointing_func(block, *args, None)
+            else:
+                encoder_hidden_states, hidden_states = block(*args)
+            if self.blocks[start + j].kind == "final":
+                encoder_hidden_states = torch.zeros_like(state.encoder_hidden_states)
+            state = state.with_streams(encoder_hidden_states, hidden_states)
+        return state
+
+    def head(self, state: BlockState) -> torch.Tensor:
+        """Final modulated norm and projection → (B, N_img, 4C) packed tokens."""
+        x = self.model.proj_out(self.model.norm_out(state.hidden_states, state.temb))  # (B, N, p·p·C), (p, q, c)
+        b, n, _ = x.shape
+        return x.view(b, n, 2, 2, -1).permute(0, 1, 4, 2, 3).reshape(b, n, -1)  # (c, p, q): FLUX packing
+
+    def forward(self, inputs: ModelInputs) -> torch.Tensor:
+        return self.head(self.run(self.embed(inputs)))
+
+    def call(self, x: ModelInputs) -> torch.Tensor:
+        """The model's own forward, as ``StableDiffusion3Pipeline`` calls it, on packed tokens."""
+        latents = unpack(x.hidden_states, *self._grid(x.img_ids))  # (B, C, h, w)
+        out = self.model(hidden_states=latents, timestep=x.timestep * 1000, pooled_projections=x.pooled_projections,
+                         encoder_hidden_states=x.encoder_hidden_states, return_dict=False)[0]
+        return pack(out)
+
+
+class SD3TextEncoders:
+    """CLIP-L, CLIP-G and T5 of an SD3 folder, through ``StableDiffusion3Pipeline.encode_prompt``."""
+
+    def __init__(self, path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
+        from diffusers import StableDiffusion3Pipeline
+
+        from fastflux_core.integrity import loading
+
+        with loading(path):  # only the text half: transformer and VAE stay on disk
+            self.pipe = StableDiffusion3Pipeline.from_pretrained(
+                str(path), transformer=None, vae=None, dtype=dtype, use_safetensors=True).to(device)
+        self.max_sequence_length, self.device = max_sequence_length, device
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length)
+        return embeds.float().cpu(), pooled.float().cpu()
