@@ -82,6 +82,7 @@ class ModelInputs:
     img_ids: torch.Tensor  # (N_img, 3) token grid positions (0, row, col): FLUX's rotary ids, SD3's grid
     txt_ids: torch.Tensor  # (N_txt, 3)
     guidance: torch.Tensor | None = None  # (B,) or None for models without guidance embedding
+    grid: tuple[int, int] | None = None  # latent cells (h, w) when known; else an adapter reads img_ids
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,16 @@ class BlockAdapter(Protocol):
     def call(self, inputs: ModelInputs) -> torch.Tensor: ...
     def lora_targets(self, index: int) -> tuple[str, ...]: ...
     def mlps(self) -> list[MlpRef]: ...
+
+
+def resolution_shift(scheduler, image_seq_len: int, max_shift: float) -> float:
+    """``mu`` of a dynamically shifting flow-matching schedule at ``image_seq_len`` image tokens, from
+    the scheduler's config (``max_shift`` where it has none: each pipeline has its own default)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    return calculate_shift(image_seq_len, scheduler.config.get("base_image_seq_len", 256),
+                           scheduler.config.get("max_image_seq_len", 4096), scheduler.config.get("base_shift", 0.5),
+                           scheduler.config.get("max_shift", max_shift))
 
 
 def family(name: str) -> type:

@@ -3,7 +3,7 @@
 n = floor(ratio · N) blocks are replaced: the first n of the plan. Their components come from the
 chain — with ``sandwich.reuse`` in their latest-trained version, else from the state after step n —
 LoRA is merged into the weights, and the model is exported as a
-:class:`~fastflux_core.export.PrunedFluxTransformer2DModel`.
+:class:`~fastflux_core.export.PrunedFluxTransformer2DModel` (SD3: ``PrunedSD3Transformer2DModel``).
 
 Ratio → n for FLUX.1-dev's 57 blocks, ours (floor) next to the paper's Table 6:
 

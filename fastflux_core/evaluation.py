@@ -51,6 +51,7 @@ def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbe
         img_ids=latent_ids(h, w, device, dtype),
         txt_ids=torch.zeros(embeds.prompt_embeds.shape[1], 3, device=device, dtype=dtype),
         guidance=guidance,
+        grid=(h, w),
     )
 
 

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.adapter import BlockRef, BlockState, MlpRef, ModelInputs
+from fastflux_core import flux_configs
+from fastflux_core.adapter import BlockRef, BlockState, MlpRef, ModelInputs, resolution_shift
 from fastflux_core.pruned_flux import SkipBlock
 
 if TYPE_CHECKING:
@@ -53,6 +54,12 @@ class FluxAdapter:
     model_class = FluxTransformer2DModel
     pipeline_class = "FluxPipeline"
     pruned_class = "PrunedFluxTransformer2DModel"
+    # the folder's text encoders: (sub-folder, transformers class, tokens; None: text.max_sequence_length)
+    text_encoders = (("text_encoder", "CLIPTextModel", 77), ("text_encoder_2", "T5EncoderModel", None))
+    # FLUX.1-dev's published component configs: the budget of a run whose folder is not there yet
+    reference_configs = {"transformer": flux_configs.TRANSFORMER, "vae": flux_configs.VAE,
+                         "scheduler": flux_configs.SCHEDULER, "text_encoder": flux_configs.CLIP_TEXT,
+                         "text_encoder_2": flux_configs.T5_ENCODER}
 
     def __init__(self, model: FluxTransformer2DModel):
         self.model = model
@@ -92,13 +99,7 @@ class FluxAdapter:
         sigmas = np.linspace(1.0, 1 / steps, steps)
         if scheduler.config.get("use_flow_sigmas", False):
             sigmas = None
-        mu = calculate_shift(
-            image_seq_len,
-            scheduler.config.get("base_image_seq_len", 256),
-            scheduler.config.get("max_image_seq_len", 4096),
-            scheduler.config.get("base_shift", 0.5),
-            scheduler.config.get("max_shift", 1.15),
-        )
+        mu = resolution_shift(scheduler, image_seq_len, max_shift=1.15)
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
         return timesteps
 

@@ -181,10 +181,10 @@ def convert_file(lora_path: Path, export: Path, out_path: Path, numbering: str |
             metadata = f.metadata() or {}
     except (OSError, ValueError, RuntimeError) as err:
         raise FastFluxError(f"{lora_path}: not a readable safetensors file ({str(err)[:200]})") from None
-    if config.get("numbering") == "contiguous":
-        n_double, n_single = config["original_num_layers"], config["original_num_single_layers"]
+    if config.get("numbering") == "contiguous":  # SD3 has one block kind: no single blocks
+        n_double, n_single = config["original_num_layers"], config.get("original_num_single_layers", 0)
     else:
-        n_double, n_single = config["num_layers"], config["num_single_layers"]
+        n_double, n_single = config["num_layers"], config.get("num_single_layers", 0)
     removed = set(config["replaced_blocks"]) | set(config.get("deleted_blocks", []))
     width = config["num_attention_heads"] * config["attention_head_dim"]
     tensors, report = convert(lora, n_double, n_single, removed, numbering or config.get("numbering", "original"), width)

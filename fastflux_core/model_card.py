@@ -21,13 +21,13 @@ from fastflux_core.export_folder import MODULE
 REPLACEMENT = {"brll": "BRLL linear", "delete": "removed (identity)"}
 
 
-def _front_matter() -> str:
+def _front_matter(family: str) -> str:
     return "\n".join([
         "---",
         "library_name: diffusers",
         "pipeline_tag: text-to-image",
         "license: other  # the base model's license applies",
-        "tags: [fastflux, flux, pruned, block-pruning, brll, sandwich-training]",
+        f"tags: [fastflux, {family}, pruned, block-pruning, brll, sandwich-training]",
         "---",
     ])
 
@@ -146,6 +146,6 @@ def model_card(block_map: dict, metrics: dict, latency: dict, pipeline: bool = T
     family = block_map.get("family", FLUX_FAMILY)
     title = (f"# {'FLUX' if family['name'] == 'flux' else family['name'].upper()} pruned with FastFLUX: "
              f"{block_map['n_pruned']} of {block_map['n_blocks']} blocks replaced")
-    return "\n\n".join([_front_matter(), title,
+    return "\n\n".join([_front_matter(family["name"]), title,
                         "Block-wise pruning by BRLL and Sandwich Training (arXiv 2506.10035), made with FastFLUX.",
                         _loading(block_map.get("numbering", "original"), pipeline, family), _removed(block_map), _quality(metrics, latency), _provenance(block_map)])

@@ -125,10 +125,20 @@ class SkipBlock(nn.Module):
 
 
 class PrunedMixin:
-    """Loading and saving shared by the pruned classes: the guard, ``auto_map``, the saved dtype,
-    contiguous numbering. A class sets ``GUARD`` and ``_slot(index)``."""
+    """What the pruned classes share: the stand-ins put in place, and loading and saving — the guard,
+    ``auto_map``, the saved dtype, contiguous numbering. A class sets ``GUARD`` and ``_slot(index)``."""
 
     GUARD: dict = {}
+
+    def _stand_in(self, replaced, deleted, kind_of) -> None:
+        """A :class:`LinearReplacement` of kind ``kind_of(i)`` at every replaced block, a
+        :class:`SkipBlock` at every deleted one."""
+        for i in replaced:
+            modules, pos = self._slot(i)
+            modules[pos] = LinearReplacement(self.inner_dim, kind_of(i))
+        for i in deleted:
+            modules, pos = self._slot(i)
+            modules[pos] = SkipBlock()
 
     @classmethod
     def load_config(cls, *args, **kwargs):
@@ -201,12 +211,7 @@ class PrunedFluxTransformer2DModel(PrunedMixin, FluxTransformer2DModel):
         super().__init__(patch_size, in_channels, out_channels, num_layers, num_single_layers, attention_head_dim,
                          num_attention_heads, joint_attention_dim, pooled_projection_dim, guidance_embeds,
                          axes_dims_rope)
-        for i in replaced_blocks:
-            modules, pos = self._slot(i)
-            modules[pos] = LinearReplacement(self.inner_dim, "double" if i < num_layers else "single")
-        for i in deleted_blocks:
-            modules, pos = self._slot(i)
-            modules[pos] = SkipBlock()
+        self._stand_in(replaced_blocks, deleted_blocks, lambda i: "double" if i < num_layers else "single")
 
     def _slot(self, index: int) -> tuple[nn.ModuleList, int]:
         """The ModuleList and position of global block ``index``."""
@@ -244,10 +249,7 @@ class PrunedSD3Transformer2DModel(PrunedMixin, SD3Transformer2DModel):
         super().__init__(sample_size, patch_size, in_channels, num_layers, attention_head_dim, num_attention_heads,
                          joint_attention_dim, caption_projection_dim, pooled_projection_dim, out_channels,
                          pos_embed_max_size, tuple(dual_attention_layers), qk_norm)
-        for i in replaced_blocks:
-            self.transformer_blocks[i] = LinearReplacement(self.inner_dim, "final" if i == num_layers - 1 else "joint")
-        for i in deleted_blocks:
-            self.transformer_blocks[i] = SkipBlock()
+        self._stand_in(replaced_blocks, deleted_blocks, lambda i: "final" if i == num_layers - 1 else "joint")
 
     def _slot(self, index: int) -> tuple[nn.ModuleList, int]:
         return self.transformer_blocks, index

@@ -54,11 +54,12 @@ def timesteps_for(transformer: torch.nn.Module, scheduler: FlowMatchEulerDiscret
 
 def velocity(transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor,
              guidance: torch.Tensor | None, pooled: torch.Tensor, prompt_embeds: torch.Tensor,
-             txt_ids: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
+             txt_ids: torch.Tensor, img_ids: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """One denoising call, as the model's pipeline makes it: (b, N_img, C_tok) packed latents at
-    ``sigma`` (b,) (the FLUX pipeline's t / 1000) → predicted velocity, same shape. The device work of
-    every sampling stage; :mod:`fastflux_core.budget` measures it."""
-    return adapter_for(transformer).call(ModelInputs(latents, prompt_embeds, pooled, sigma, img_ids, txt_ids, guidance))
+    ``sigma`` (b,) (the FLUX pipeline's t / 1000) on a grid of ``grid`` latent cells → predicted
+    velocity, same shape. The device work of every sampling stage; :mod:`fastflux_core.budget` measures it."""
+    x = ModelInputs(latents, prompt_embeds, pooled, sigma, img_ids, txt_ids, guidance, grid)
+    return adapter_for(transformer).call(x)
 
 
 @torch.no_grad()
@@ -97,11 +98,11 @@ def sample_latents(
             guidance = torch.full((b,), sampling.guidance_scale, device=device, dtype=torch.float32)
         sched = copy.deepcopy(scheduler)  # step index is per-run state
         for i, t in enumerate(timesteps_for(transformer, sched, sampling.steps, latents.shape[1], device)):
-            x = ModelInputs(latents, prompt_embeds, pooled, t.expand(b).to(dtype) / 1000, img_ids, txt_ids, guidance)
+            x = ModelInputs(latents, prompt_embeds, pooled, t.expand(b).to(dtype) / 1000, img_ids, txt_ids, guidance, (h, w))
             if on_step is not None:
                 on_step(i, slice(start, start + b), x)
             v = velocity(transformer, x.hidden_states, x.timestep, x.guidance, x.pooled_projections,
-                         x.encoder_hidden_states, x.txt_ids, x.img_ids)
+                         x.encoder_hidden_states, x.txt_ids, x.img_ids, x.grid)
             latents = sched.step(v, t, latents, return_dict=False)[0]
             bar.update(b)
         out.append(unpack(latents.float().cpu(), h, w))

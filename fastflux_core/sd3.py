@@ -16,7 +16,7 @@ The model takes spatial latents (B, C, h, w) and patchifies them itself (``pos_e
 Between stages latents are FLUX-packed tokens (B, h/2 · w/2, 4C) whatever the family (see
 :mod:`fastflux_core.adapter`); a 2×2 patch is the same token in both, only its channel order
 differs — (c, p, q) packed, (p, q, c) in SD3's output — so :meth:`SD3Adapter.embed` unpacks to the
-spatial grid (read from ``img_ids``) and :meth:`SD3Adapter.head` permutes channels.
+spatial grid (``ModelInputs.grid``, or read from ``img_ids``) and :meth:`SD3Adapter.head` permutes channels.
 
 Sampling is ``StableDiffusion3Pipeline``'s: the scheduler's own sigmas (static shift, or ``mu`` when
 the scheduler shifts dynamically), ``timestep = sigma · 1000``. Not yet here: classifier-free
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.adapter import BlockRef, BlockState, MlpRef, ModelInputs
+from fastflux_core.adapter import BlockRef, BlockState, MlpRef, ModelInputs, resolution_shift
 from fastflux_core.codec import pack, unpack
 from fastflux_core.pruned_flux import SkipBlock
 
@@ -62,6 +62,9 @@ class SD3Adapter:
     model_class = SD3Transformer2DModel
     pipeline_class = "StableDiffusion3Pipeline"
     pruned_class = "PrunedSD3Transformer2DModel"
+    text_encoders = (("text_encoder", "CLIPTextModelWithProjection", 77),
+                     ("text_encoder_2", "CLIPTextModelWithProjection", 77), ("text_encoder_3", "T5EncoderModel", None))
+    reference_configs: dict = {}  # none shipped: an SD3 budget reads the folder's configs
 
     def __init__(self, model: SD3Transformer2DModel):
         if model.config.patch_size != 2:
@@ -103,13 +106,7 @@ class SD3Adapter:
         dynamically (SD3's schedulers shift statically, by 3.0)."""
         kwargs = {}
         if scheduler.config.get("use_dynamic_shifting", None):
-            kwargs["mu"] = calculate_shift(
-                image_seq_len,
-                scheduler.config.get("base_image_seq_len", 256),
-                scheduler.config.get("max_image_seq_len", 4096),
-                scheduler.config.get("base_shift", 0.5),
-                scheduler.config.get("max_shift", 1.16),
-            )
+            kwargs["mu"] = resolution_shift(scheduler, image_seq_len, max_shift=1.16)
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, **kwargs)
         return timesteps
 
@@ -160,14 +157,16 @@ class SD3Adapter:
     # ------------------------------------------------------------------ forward, piece by piece
 
     @staticmethod
-    def _grid(img_ids: torch.Tensor) -> tuple[int, int]:
-        """Latent cells (h, w) of the token grid ``img_ids`` (rows of (0, row, col))."""
-        return 2 * (int(img_ids[:, 1].max()) + 1), 2 * (int(img_ids[:, 2].max()) + 1)
+    def _grid(x: ModelInputs) -> tuple[int, int]:
+        """Latent cells (h, w): given, or read from the token grid ``img_ids`` (rows of (0, row, col))."""
+        if x.grid is not None:
+            return x.grid
+        return 2 * (int(x.img_ids[:, 1].max()) + 1), 2 * (int(x.img_ids[:, 2].max()) + 1)
 
     def embed(self, inputs: ModelInputs) -> BlockState:
         """Everything ``SD3Transformer2DModel.forward`` does before its first block."""
         m = self.model
-        latents = unpack(inputs.hidden_states, *self._grid(inputs.img_ids))  # (B, C, h, w)
+        latents = unpack(inputs.hidden_states, *self._grid(inputs))  # (B, C, h, w)
         hidden_states = m.pos_embed(latents).contiguous()  # (B, N_img, D), positions included
         temb = m.time_text_embed(inputs.timestep.to(hidden_states.dtype) * 1000, inputs.pooled_projections)
         encoder_hidden_states = m.context_embedder(inputs.encoder_hidden_states)  # (B, N_txt, D)
@@ -210,7 +209,7 @@ class SD3Adapter:
 
     def call(self, x: ModelInputs) -> torch.Tensor:
         """The model's own forward, as ``StableDiffusion3Pipeline`` calls it, on packed tokens."""
-        latents = unpack(x.hidden_states, *self._grid(x.img_ids))  # (B, C, h, w)
+        latents = unpack(x.hidden_states, *self._grid(x))  # (B, C, h, w)
         out = self.model(hidden_states=latents, timestep=x.timestep * 1000, pooled_projections=x.pooled_projections,
                          encoder_hidden_states=x.encoder_hidden_states, return_dict=False)[0]
         return pack(out)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastflux_core import flux_configs
 from fastflux_core.params import capture_schedule
 from fastflux_core.store import ArraySpec, estimate_bytes
 
@@ -41,23 +40,34 @@ def embedded_transformer_config(cfg: EmbeddedParams, latent_channels: int, text_
 
 
 def transformer_config(params: Params) -> dict:
-    """The base transformer's config: the model folder's, the embedded base's, or (a FLUX folder not
-    there yet, for the budget) FLUX.1-dev's own."""
+    """The base transformer's config: the model folder's, the embedded base's, or (a folder not there
+    yet, for the budget) the family's published one (FLUX.1-dev's)."""
     if params.model.source != "embedded":
-        path = params.model.path / "transformer" / "config.json"
-        if path.is_file() or params.model.source != "flux":
-            return json.loads(path.read_text())
-        return dict(flux_configs.TRANSFORMER)
+        return component_config(params, "transformer", reference_config(params, "transformer"))
     path = Path("data/base/transformer/config.json")
     if path.is_file():
         return json.loads(path.read_text())
     return embedded_transformer_config(params.embedded, EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS)
 
 
-def component_config(params: Params, folder: str, builtin: dict) -> dict:
-    """A model folder component's config (``vae``, ``text_encoder``, …), or FLUX.1-dev's own."""
+def reference_config(params: Params, component: str) -> dict | None:
+    """The model family's published config of a folder component (FLUX.1-dev's; none for SD3)."""
+    from fastflux_core.adapter import family
+
+    return family(params.model.source).reference_configs.get(component)
+
+
+def component_config(params: Params, folder: str, builtin: dict | None) -> dict:
+    """A model folder component's config (``vae``, ``text_encoder``, …), or ``builtin`` — the family's
+    published one (FLUX.1-dev's), for a budget made before the folder exists."""
     path = params.model.path / folder / "config.json" if params.model.path else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else dict(builtin)
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
+    if builtin is None:
+        from fastflux_core.errors import ModelFolderError
+
+        raise ModelFolderError(f"model folder: missing {path}")
+    return dict(builtin)
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ class Shapes:
         fam = family_of_config(t)
         scale, n_txt = 1, params.text.max_sequence_length  # the embedded base: pixels, MiniLM's tokens
         if params.model.source != "embedded":
-            scale = 2 ** (len(component_config(params, "vae", flux_configs.VAE)["block_out_channels"]) - 1)
+            scale = 2 ** (len(component_config(params, "vae", reference_config(params, "vae"))["block_out_channels"]) - 1)
             n_txt = family(params.model.source).text_tokens(n_txt)
         h, w = params.sampling.height // scale, params.sampling.width // scale
         return cls(n_img=(h // 2) * (w // 2), n_txt=n_txt,

@@ -21,6 +21,13 @@ def tiny_flux_folder(tmp_path_factory):
     return write_tiny_flux_folder(tmp_path_factory.mktemp("flux") / "FLUX.1-tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3_folder(tmp_path_factory):
+    from tiny import write_tiny_sd3_folder
+
+    return write_tiny_sd3_folder(tmp_path_factory.mktemp("sd3") / "SD3-tiny")
+
+
 # Tests that need the finished micro pipelines, in the order they run (after every unit test): the
 # bad-input and crash tests copy repo A before test_dvc_pipeline.py changes it.
 PIPELINE_TESTS = ("test_bad_input.py", "test_crash_safety.py", "test_distributed_stages.py", "test_dvc_pipeline.py")

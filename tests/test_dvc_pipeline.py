@@ -33,7 +33,7 @@ SWITCHES = {  # every enum/boolean the embedded default can take, flipped from p
     "sandwich.target": "original", "sandwich.reuse": False, "capture.dtype": "bfloat16",
     "evaluate.sweep": False, "prompts.disjoint": "items", "model.dtype": "bfloat16", "model.device": "cpu",
     "capture.compression": "lz4", "sandwich.gradient_checkpointing": False, "model.offload": "always",
-    "importance.steps": 2, "solve.replacement": "delete",
+    "importance.steps": 2, "solve.replacement": "delete", "embedded.family": "sd3",
 }  # sandwich.train: false runs through DVC as the report's queued experiment (queued_runs, below)
 GIT_ENV = ("PATH", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
 
@@ -52,11 +52,11 @@ def _wait(proc: subprocess.Popen, what: str, log: Path) -> None:
 
 def micro_params(switched: bool = False) -> dict:
     """A and B: one double and one single block, a one-step chain (fewest stages). C: every switch
-    flipped, one double and two single blocks, a two-step chain (exported model: one block)."""
+    flipped — the SD3 architecture among them —, three joint blocks (the last without text output), a
+    two-step chain (exported model: one block)."""
     d = yaml.safe_load((ROOT / "params.yaml").read_text())
     d["embedded"].update(train_steps=3, judge_steps=3, eval_images_per_prompt=1, batch_size=8)
     d["embedded"]["flux"].update(num_layers=1, num_single_layers=1)
-    d["embedded"]["sd3"].update(num_layers=2)
     d["importance"]["blocks"] = [0, 1]
     d["max_ratio"], d["ratio"], d["steps"] = 0.5, 0.5, {"1": {"prev": 0}}
     d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3)
@@ -67,7 +67,7 @@ def micro_params(switched: bool = False) -> dict:
         if isinstance(s, dict):
             s["images_per_prompt"] = 1
     if switched:
-        d["embedded"]["flux"].update(num_single_layers=2)
+        d["embedded"]["sd3"].update(num_layers=3)
         d["importance"]["blocks"] = [0, 1, 2]
         d["max_ratio"], d["ratio"], d["steps"] = 0.67, 0.34, {"1": {"prev": 0}, "2": {"prev": 1}}
         for key, value in SWITCHES.items():
@@ -308,7 +308,9 @@ def test_every_switch_runs_through_dvc(runs_c):
     assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1  # header only: sweep off
     assert json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())["n_pruned"] == 1
     config = json.loads((repo / "data" / "assemble" / "transformer" / "config.json").read_text())
-    assert config["weights_dtype"] == "bfloat16"
+    assert config["weights_dtype"] == "bfloat16" and config["_class_name"] == "PrunedSD3Transformer2DModel"
+    assert json.loads((repo / "data" / "metrics" / "base.json").read_text())["family"] == "sd3"
+    assert "StableDiffusion3Pipeline" in (repo / "data" / "export" / "README.md").read_text()
     assert config["deleted_blocks"] == [2] and config["replaced_blocks"] == []  # end2start: block 2 first
     base = json.loads((repo / "data" / "metrics" / "baseline.json").read_text())["n1"]
     assert base["l1"]["finetune"] == "lora" and base["l1"]["trainable_params"] < base["l1"]["params"]

