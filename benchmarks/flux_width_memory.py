@@ -31,7 +31,7 @@ from common import report
 
 from fastflux_core import budget
 from fastflux_core.params import parse_params
-from fastflux_core.rehearsal import EXAMPLE_PARAMS, example_params
+from fastflux_core.rehearsal import example_params
 
 GiB = 2**30
 
@@ -80,7 +80,7 @@ def main() -> None:
                       "seconds_fake": round(t1 - t0, 1), "seconds_real": round(t2 - t1, 1)}
         print(f"{name:20s} predicted {predicted / GiB:7.3f} GiB   real {real_all / GiB:7.3f} GiB "
               f"(- host {host.get(name, 0) / GiB:.3f}) = {real / GiB:7.3f}   ratio {predicted / real:.3f}", flush=True)
-    report("flux_width_memory", {"params": str(EXAMPLE_PARAMS.relative_to(EXAMPLE_PARAMS.parents[2])), "device_real": "cpu (MemTracker)",
+    report("flux_width_memory", {"params": "examples/flux-width/params.yaml", "device_real": "cpu (MemTracker)",
                                  "device_predicted": "fake cuda (FakeTensorMode + MemTracker)", "stages": rows})
 
 

