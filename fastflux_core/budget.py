@@ -457,7 +457,8 @@ def stage_peak(stage: str, params, placement: Placement) -> int:
         if key:
             step = PlanStep.load(Path(f"data/plan/{key}.json"))
             return measure_sandwich(params, placement, step.sandwich[0], step.block, step.sandwich[1]).peak
-        return max(measure_sandwich(params, placement, *sandwich_case(params, k)).peak for k in ("double", "single"))
+        return max(measure_sandwich(params, placement, *sandwich_case(params, k)).peak
+                   for k in dict.fromkeys(block_kinds(params)))
     if name == "encode":
         return measure_encode(params).peak
     if name == "solve":

@@ -78,7 +78,9 @@ def contiguous_map(transformer: Path) -> dict[str, dict[str, int]]:
 
     config = json.loads((transformer / "config.json").read_text())
     removed = set(config["replaced_blocks"]) | set(config["deleted_blocks"])
-    double, single = kept_blocks(config["num_layers"], config.get("num_single_layers", 0), removed)
+    if "num_single_layers" not in config:  # SD3: one list of blocks
+        return {"blocks": {str(i): k for i, k in kept_blocks(config["num_layers"], 0, removed)[0].items()}}
+    double, single = kept_blocks(config["num_layers"], config["num_single_layers"], removed)
     return {"double": {str(i): k for i, k in double.items()}, "single": {str(j): k for j, k in single.items()}}
 
 

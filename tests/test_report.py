@@ -139,3 +139,20 @@ def test_baseline_section_pairs_fastflux_with_l1_per_ratio(tmp_path):
     assert row.endswith("| 0.924 | — | 900 |")  # the L1 timing belongs to another model: not shown
     assert "| 0.925 | 0.9 ± 0 | — |" in next(line for line in text.splitlines() if line.startswith("| FastFLUX"))
     assert "600 AdamW steps × 32 samples" in text and "keeps 87.6% of its hidden units" in text and (tmp_path / "report" / "baseline.png").stat().st_size > 1000
+
+
+def test_family_section_reads_each_architecture_at_10_and_20_percent():
+    def sweep_run(variant, seed, acc):
+        m = {f"n{n}.{k}": v for n, a in enumerate(acc)
+             for k, v in (("fid", 0.1 * n), ("ratio", n / 12), ("flops_ratio", 1 - 0.08 * n), ("prompt_accuracy", a))}
+        return {"name": f"{variant}-s{seed}", "variant": variant, "seed": seed, "overrides": {}, "rev": None,
+                "metrics": {"data/metrics/sweep.json": m}}
+
+    runs_ = [sweep_run("sweep-reuse", s, [0.9, 0.88 - 0.01 * s, 0.8, 0.7]) for s in range(3)]
+    runs_ += [sweep_run("sd3-sweep", s, [0.95, 0.9, 0.85 + 0.01 * s, 0.6]) for s in range(3)]
+    lines, overall = report.family_section(EXPERIMENTS["family"], runs_)
+    text = "\n".join(lines)
+    assert "| FLUX | 0 of 12 | 0.000 |" in text and "| SD3 | 2 of 12 | 0.167 |" in text
+    assert "3 of 12" not in text  # 25 %: not asked for
+    assert "FLUX at 1 block(s): prompt accuracy -0.03 ± 0.01 vs its full model" in text
+    assert "SD3 at 2 block(s): prompt accuracy -0.09 ± 0.01" in overall
