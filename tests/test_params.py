@@ -25,6 +25,21 @@ def test_repo_params_are_valid():
     assert 0 <= p.ratio < 1 and p.model.source == "embedded"
 
 
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_rehearsal_params_are_valid_and_hold_every_key_dvc_reads(family, tmp_path):
+    """examples/<family>-width/params.yaml: valid, and every key of params.yaml present — DVC stops a
+    stage whose declared params section lacks a key the repository's params.yaml has."""
+    from fastflux_core.rehearsal import example_params
+
+    def keys(d: dict, prefix: str = "") -> set[str]:
+        return {k for name, v in d.items() if name != "steps"
+                for k in (keys(v, f"{prefix}{name}.") if isinstance(v, dict) else {f"{prefix}{name}"})}
+
+    example = yaml.safe_load(example_params(tmp_path, family))
+    assert parse_params(example).model.source == family
+    assert keys(yaml.safe_load((ROOT / "params.yaml").read_text())) <= keys(example)
+
+
 @pytest.mark.parametrize(
     "edit, key",
     [
