@@ -178,7 +178,8 @@ class SamplingParams(_Strict):
     height: int = Field(8, ge=2)
     width: int = Field(8, ge=2)
     steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(3.5, ge=0, description="FLUX distilled guidance; unused if the model has none")
+    guidance_scale: float = Field(3.5, ge=0, description="FLUX distilled guidance; unused if the model has none "
+                                  "(SD3 folders: must be 1.0, no classifier-free guidance yet)")
     batch_size: int = Field(64, ge=1)
 
 
@@ -392,6 +393,15 @@ class Params(_Strict):
         if self.capture.timesteps > self.sampling.steps:
             raise ValueError(f"capture.timesteps ({self.capture.timesteps}) must be <= sampling.steps "
                              f"({self.sampling.steps}): each captured step is a distinct step of the schedule")
+        return self
+
+    @model_validator(mode="after")
+    def _no_silent_guidance(self) -> "Params":
+        if self.model.source == "sd3" and self.sampling.guidance_scale != 1.0:
+            raise ValueError(
+                f"sampling.guidance_scale={self.sampling.guidance_scale} with model.source: sd3: SD3 is sampled "
+                f"without classifier-free guidance for now (StableDiffusion3Pipeline at guidance_scale=1; "
+                f"sampling.guidance_scale is FLUX's distilled guidance) — set sampling.guidance_scale: 1.0")
         return self
 
     @model_validator(mode="after")

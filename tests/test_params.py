@@ -53,6 +53,7 @@ def test_rehearsal_params_are_valid_and_hold_every_key_dvc_reads(family, tmp_pat
         (lambda d: d["embedded"]["flux"].update(axes_dims_rope=[8, 8, 8]), "embedded"),
         (lambda d: d["embedded"].update(family="sd3", sd3={"num_layers": 4, "dual_attention_layers": [4]}), "dual_attention"),
         (lambda d: d["embedded"].update(family="sd2"), "embedded.family"),
+        (lambda d: d["model"].update(source="sd3", path="/models/sd3"), "guidance_scale"),  # no CFG: not silently
         (lambda d: d["model"].update(source="flux"), "model"),  # flux needs a path
         (lambda d: d["baseline"].update(ratios=[0.1, 0.3]), "baseline.ratios"),  # above max_ratio
         (lambda d: d["baseline"].update(ratios=[0.05]), "baseline.ratios"),  # replaces no block of 12

@@ -25,7 +25,7 @@ def _sd3_params(path):
     d = _default()
     d["model"] = {"source": "sd3", "path": str(path), "dtype": "float32", "device": "cpu"}
     d["text"]["max_sequence_length"] = 16
-    d["sampling"].update(height=16, width=16, steps=3, batch_size=2)
+    d["sampling"].update(height=16, width=16, steps=3, batch_size=2, guidance_scale=1.0)
     d["capture"]["timesteps"] = 2
     return parse_params(d)
 
@@ -121,7 +121,7 @@ def test_budget_measures_every_stage_of_an_sd3_folder(tiny_sd3_folder):
     d = _default()
     d["model"] = {"source": "sd3", "path": str(tiny_sd3_folder), "dtype": "bfloat16", "device": "cuda"}
     d["text"]["max_sequence_length"] = 16
-    d["sampling"].update(height=16, width=8, steps=3, batch_size=2)  # non-square: the grid is given, not read
+    d["sampling"].update(height=16, width=8, steps=3, batch_size=2, guidance_scale=1.0)  # non-square: the grid is given, not read
     d["capture"].update(timesteps=2, image_tokens=4, text_tokens=8)
     d["importance"].update(blocks=[0, 1, 2], method="proxy")
     d["metrics"].update(fid_features="inception", alignment="clip", real_images=None,
@@ -154,7 +154,7 @@ def test_capture_solve_sandwich_assemble_reload_on_an_sd3_folder(tiny_sd3_folder
     d = _default()
     d["model"] = {"source": "sd3", "path": str(tiny_sd3_folder), "dtype": "bfloat16", "device": "cpu"}
     d["text"]["max_sequence_length"] = 8
-    d["sampling"].update(height=16, width=16, steps=2, batch_size=4)
+    d["sampling"].update(height=16, width=16, steps=2, batch_size=4, guidance_scale=1.0)
     d["importance"]["blocks"] = [0, 1, 2]
     d["prompts"]["calibration"]["images_per_prompt"] = d["prompts"]["training"]["images_per_prompt"] = 1
     d.update(ratio=0.34, max_ratio=0.34, steps={"1": {"prev": 0}})
