@@ -84,12 +84,15 @@ class _Blocks(nn.Module):
 
 def place_blocks(model: nn.Module, blocks: list[nn.Module], resident: list[nn.Module], device: torch.device,
                  offload: bool, prefetch: bool | None = None) -> None:
-    """Place a model that is run block by block (:meth:`~fastflux_core.flux.FluxAdapter.run`, not
+    """Place a model that is run block by block (an adapter's ``run``, not
     its ``forward``): every module of ``model`` outside its block lists goes to ``device``, the
     ``resident`` blocks too; ``blocks`` (those run but not trained) go to the device, or with
     ``offload`` get diffusers' group-offloading hooks and move in only while each one runs."""
+    from fastflux_core.adapter import adapter_for
+
+    block_lists = {ref.path.rsplit(".", 1)[0] for ref in adapter_for(model).blocks}  # FLUX: two, SD3: one
     for name, child in model.named_children():
-        if name not in ("transformer_blocks", "single_transformer_blocks"):
+        if name not in block_lists:
             child.to(device)
     for block in resident:
         block.to(device)
