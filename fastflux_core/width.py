@@ -113,16 +113,22 @@ def width_share(model: nn.Module, x: ModelInputs, target_ratio: float) -> float:
     return share_for_flops(flops, width_flops(adapter_for(model), per_module), target_ratio)
 
 
+def _tensors(x: ModelInputs, per_sample: bool = False) -> list[str]:
+    """Names of ``x``'s tensor fields (not the grid, not a missing guidance); ``per_sample``: without
+    the token ids, which all samples share."""
+    return [f.name for f in fields(x) if isinstance(getattr(x, f.name), torch.Tensor)
+            and not (per_sample and f.name in ("img_ids", "txt_ids"))]
+
+
 def moved(x: ModelInputs, device: torch.device, dtype: torch.dtype) -> ModelInputs:
     """``x`` on ``device``, every floating tensor but guidance in ``dtype``."""
-    return replace(x, **{f.name: getattr(x, f.name).to(device=device, dtype=None if f.name == "guidance" else dtype)
-                         for f in fields(x) if getattr(x, f.name) is not None})
+    return replace(x, **{n: getattr(x, n).to(device=device, dtype=None if n == "guidance" else dtype)
+                         for n in _tensors(x)})
 
 
 def take(x: ModelInputs, idx: torch.Tensor) -> ModelInputs:
     """Samples ``idx`` of ``x`` (the token ids are shared by all samples)."""
-    return replace(x, **{f.name: getattr(x, f.name)[idx] for f in fields(x)
-                         if f.name not in ("img_ids", "txt_ids") and getattr(x, f.name) is not None})
+    return replace(x, **{n: getattr(x, n)[idx] for n in _tensors(x, per_sample=True)})
 
 
 @dataclass(frozen=True)
@@ -139,8 +145,7 @@ def teacher_round(teacher: BlockAdapter, inputs: CapturedInputs, idx: torch.Tens
     xs = list(inputs.batches(idx, micro_batch))
     with torch.no_grad():
         ys = [teacher.forward(moved(x, device, teacher.model.dtype)).float().cpu() for x in xs]
-    x = replace(xs[0], **{f.name: torch.cat([getattr(b, f.name) for b in xs]) for f in fields(xs[0])
-                          if f.name not in ("img_ids", "txt_ids") and getattr(xs[0], f.name) is not None})
+    x = replace(xs[0], **{n: torch.cat([getattr(b, n) for b in xs]) for n in _tensors(xs[0], per_sample=True)})
     return Round(x, torch.cat(ys))
 
 
