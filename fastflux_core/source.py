@@ -12,6 +12,7 @@ pipeline folder (``transformer/``, ``scheduler/``), so both are loaded by ``from
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from fastflux_core.codec import LatentCodec, PixelCodec, VaeCodec
 from fastflux_core.errors import ModelFolderError
 from fastflux_core.integrity import loading
 from fastflux_core.params import Params
-from fastflux_core.preflight import check_model_folder, read_config, resolve_device
+from fastflux_core.preflight import check_model_folder, resolve_device
 from fastflux_core.text import MiniLMTextEncoder, TextEncoder
 
 EMBEDDED_BASE = Path("data/base")
@@ -46,7 +47,8 @@ def model_root(params: Params) -> Path:
 
 def transformer_class(root: Path) -> type:
     """The diffusers class of ``root/transformer`` (FLUX or SD3), from its config."""
-    config = read_config(root / "transformer" / "config.json", "model folder")
+    with loading(root / "transformer"):  # unreadable: the folder is damaged (and which stage re-makes it)
+        config = json.loads((root / "transformer" / "config.json").read_text())
     try:
         return family_of_config(config).model_class
     except ValueError as err:
