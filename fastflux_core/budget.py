@@ -409,13 +409,14 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         model.train()
-        opt = optimizer(trainable, cfg)
+        opt = optimizer(trainable, 1e-3)
         target_copy = [copy.deepcopy(b).requires_grad_(False) for b in [adapter.block(j) for j in range(u, d + 1)]]
         x = {"img": torch.randn(mb, shapes.n_img, shapes.dim, dtype=dtype),
              "txt": torch.randn(mb, shapes.n_txt, shapes.dim, dtype=dtype), "temb": torch.randn(mb, shapes.dim, dtype=dtype)}
         y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
         rotary, den = _rotary(adapter, shapes, dtype), torch.ones(())
         with tracked(model, *target_copy, opt, device="cpu") as mem_b:
+            snapshots = [p.detach().clone() for p in trainable for _ in ("start", "best")]  # fit_sandwich keeps both
             def step():  # fit_sandwich's step, one micro-batch
                 loss = micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
                 loss.backward()

@@ -23,7 +23,8 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,8 +54,11 @@ class _Strict(BaseModel):
         for name, value in data.items():
             field = cls.model_fields.get(name)
             kind = field.annotation if field is not None else None
-            if kind in (int, float) and isinstance(value, (bool, str)):
-                raise ValueError(f"{name} must be a number, not {value!r} (yes/no/true/false are booleans in YAML)")
+            kinds = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)  # float | None, …
+            words = [w for k in kinds if get_origin(k) is Literal for w in get_args(k)]  # e.g. "auto"
+            if any(k in (int, float) for k in kinds) and isinstance(value, (bool, str)) and value not in words:
+                also = "".join(f" or {w}" for w in words)
+                raise ValueError(f"{name} must be a number{also}, not {value!r} (yes/no/true/false are booleans in YAML)")
             if kind is bool and not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, not {value!r}")
         return data
@@ -291,9 +295,32 @@ class SandwichParams(_Strict):
     round_samples: int = Field(128, ge=1, description="samples whose boundary states are recomputed and held in "
                                "host memory at once (FLUX.1-dev, bf16: 57 MB per sample)")
     gradient_checkpointing: bool = Field(True, description="keep only block inputs for backward (diffusers')")
-    learning_rate: float = Field(1e-3, gt=0, le=1)
+    learning_rate: float | Literal["auto"] = Field(
+        1e-3, description="AdamW rate, or auto: each step tries every rate of probe_rates for probe_steps steps "
+        "from the same start and trains with the one whose held-out loss ends lowest")
+    probe_rates: list[float] = Field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3],
+                                     description="the rates learning_rate: auto tries")
+    probe_steps: int = Field(20, ge=1, description="steps of each try of learning_rate: auto")
     holdout: float = Field(0.2, gt=0, lt=1, description="share of training-set prompts held out to measure the loss")
+    eval_every: int = Field(20, ge=0, description="steps between held-out checks (0: only after the last step); "
+                            "the state kept is the one at the lowest held-out loss, the least-squares start included")
+    patience: int | None = Field(3, ge=1, description="stop after this many checks without a new best "
+                                 "(null: run every train_steps)")
     reuse: bool = Field(True, description="assemble ratio a from the latest-trained components of the whole chain")
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _rate_in_range(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0 < v <= 1:
+            raise ValueError(f"must be auto or a number in (0, 1], got {v}")
+        return v
+
+    @field_validator("probe_rates")
+    @classmethod
+    def _rates_in_range(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < r <= 1 for r in v) or len(set(v)) != len(v):
+            raise ValueError(f"must be distinct numbers in (0, 1], at least one, got {v}")
+        return sorted(v)
 
 
 class EvaluateParams(_Strict):

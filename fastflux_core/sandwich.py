@@ -33,6 +33,7 @@ state + everything trained here.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,11 +46,12 @@ from fastflux_core.adapter import BlockAdapter, BlockState, ModelInputs, SkipBlo
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
-from fastflux_core.integrity import require_finite
+from fastflux_core.integrity import NonFiniteError, require_finite
 from fastflux_core.lora import lora_parameters, lora_tensors
 from fastflux_core.params import Params, SandwichParams
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.replacement import LinearReplacement
+from fastflux_core.selection import BestState, Check, EarlyStop, pick_rate
 from fastflux_core.source import resolve_device
 from fastflux_core.store import StoreReader
 
@@ -263,9 +265,9 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
     return adapter, train_params, target
 
 
-def optimizer(train_params: list[nn.Parameter], cfg: SandwichParams) -> torch.optim.Optimizer:
+def optimizer(train_params: list[nn.Parameter], learning_rate: float) -> torch.optim.Optimizer:
     """AdamW on the fp32 masters (its two moments: 8 bytes per trainable parameter, on the device)."""
-    return torch.optim.AdamW(train_params, lr=cfg.learning_rate, weight_decay=0.0)
+    return torch.optim.AdamW(train_params, lr=learning_rate, weight_decay=0.0)
 
 
 def rounds(train: torch.Tensor, train_steps: int, round_samples: int, g: torch.Generator
@@ -285,16 +287,20 @@ def accumulated_step(opt: torch.optim.Optimizer, train_params: list[nn.Parameter
                      what: str, world: World = World()) -> float:
     """One optimizer step over a batch given as micro-batch losses (each already divided by the whole
     batch's denominator, so the accumulated gradient is the batch's): backward each as it comes,
-    clip the gradient norm to 1, step. Returns the batch loss (summed over ranks); a non-finite one
-    is refused naming ``what``."""
+    clip the gradient norm to 1, step. Returns the batch loss (summed over ranks). A non-finite batch
+    loss raises :class:`~fastflux_core.integrity.NonFiniteError` naming ``what`` before the step, on
+    every rank alike (the sum is the ranks' common knowledge, so none is left waiting in DDP)."""
     opt.zero_grad(set_to_none=True)
-    total = 0.0
+    total = torch.zeros(1, dtype=torch.float64)
     for loss in micro_losses:
-        require_finite(loss, what).backward()
-        total += loss.item()
+        loss.backward()
+        total += loss.detach().double().cpu()
+    if world.size > 1:
+        world.sum_(total)
+    require_finite(total, what)
     torch.nn.utils.clip_grad_norm_(train_params, 1.0)
     opt.step()
-    return float(world.sum_(torch.tensor([total], dtype=torch.float64))) if world.size > 1 else total
+    return float(total)
 
 
 def rank_micro_batches(pick: torch.Tensor, n_rows: int, micro_batch: int, world: World) -> list[torch.Tensor]:
@@ -314,9 +320,42 @@ def rank_micro_batches(pick: torch.Tensor, n_rows: int, micro_batch: int, world:
     return [mine[i * micro_batch : (i + 1) * micro_batch] for i in range(n)]
 
 
+class HeldOutCheck:
+    """The held-out loss of the sandwich as training goes: on up to ``round_samples`` of the held-out
+    samples (a seeded choice of whole held-out prompts' samples), whose boundary states are computed
+    once and kept (each rank its share; the sums are added across ranks, so every rank decides alike)."""
+
+    def __init__(self, adapter: BlockAdapter, data: BoundaryStates, holdout: torch.Tensor, u: int, d: int,
+                 cfg: SandwichParams, seed: int, world: World):
+        pick = torch.randperm(len(holdout), generator=torch.Generator().manual_seed(seed))[:cfg.round_samples]
+        mine = world.share(torch.sort(holdout[pick]).values)
+        self.states = data.compute(mine) if len(mine) else None
+        self.adapter, self.data, self.u, self.d, self.cfg, self.world = adapter, data, u, d, cfg, world
+        self.samples = len(pick)
+
+    def __call__(self) -> float:
+        sums = torch.zeros(2, dtype=torch.float64)  # squared error, target norm
+        if self.states is not None:
+            was_training = self.adapter.model.training
+            self.adapter.model.eval()
+            sums += torch.tensor(_loss(self.adapter, self.states, self.data.rotary, self.u, self.d,
+                                       self.cfg.micro_batch, self.data.device), dtype=torch.float64)
+            self.adapter.model.train(was_training)
+        num, den = self.world.sum_(sums).tolist()
+        return num / max(den, 1e-30)
+
+
 def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: BoundaryStates, split: Split,
                  u: int, d: int, cfg: SandwichParams, seed: int, world: World = World()) -> dict:
-    """AdamW on the relative sandwich loss over ``split.train``; held-out loss before and after.
+    """AdamW on the relative sandwich loss over ``split.train``, keeping the state with the lowest
+    held-out loss (:mod:`fastflux_core.selection`); the held-out loss of the start and of the state
+    kept, over every held-out sample.
+
+    Held-out checks every ``eval_every`` steps; the start (least-squares linear, LoRA = no change) is
+    the first candidate, so training that only makes things worse — or diverges: a non-finite loss
+    stops training — leaves the start. ``patience`` checks without a new best stop training early.
+    ``learning_rate: auto`` first tries each of ``probe_rates`` for ``probe_steps`` steps from the
+    start on the same batches of the first round and trains with the rate that ended lowest.
 
     Several ranks train data-parallel on the same global batches: each rank computes the boundary
     states of its contiguous share of each round (the expensive part, forwards through blocks 0..d),
@@ -326,13 +365,9 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
     knows the batch's denominator. The held-out samples are split among the ranks and their sums added."""
     model, device = adapter.model, data.device
     g = torch.Generator().manual_seed(seed)
-    init = [p.detach().clone() for p in train_params]
-    opt = optimizer(train_params, cfg)
     net = data_parallel(SandwichBlocks(adapter, u, d), world, device)
-    model.train()
-    losses: list[float] = []
     plan = rounds(split.train, cfg.train_steps, cfg.round_samples, g) if cfg.train_steps else []
-    bar = tqdm(total=cfg.train_steps, desc="sandwich", unit="step", disable=not world.is_main)
+    check = HeldOutCheck(adapter, data, split.holdout, u, d, cfg, derive_seed(seed, "held-out check"), world)
 
     def micro_losses(b: Boundary, pick: torch.Tensor, n_rows: int, den: torch.Tensor) -> Iterator[torch.Tensor]:
         for mb in rank_micro_batches(pick, n_rows, cfg.micro_batch, world):
@@ -340,36 +375,98 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
             yield weight * micro_step(net, *b.take(mb if len(mb) else torch.zeros(1, dtype=torch.long), device),
                                       data.rotary, den)
 
-    for chunk, n_steps in plan:
-        order = torch.sort(chunk).values  # the round in store order
+    def round_states(chunk: torch.Tensor) -> tuple[Boundary, torch.Tensor]:
+        """The boundary states of this rank's share of a round (store order), and every sample's ‖y_d‖²."""
+        order = torch.sort(chunk).values
         own = world.part(len(order))
         b = data.compute(order[own.start : own.stop] if len(own) else order[:1])  # a rank with none: a stand-in
         norms = torch.zeros(len(order))
         if len(own):
             norms[own.start : own.stop] = b.sample_norms()
-        world.sum_(norms)
-        for _ in range(n_steps):
-            pick = torch.randint(len(order), (min(cfg.batch_size, len(order)),), generator=g)
+        return b, world.sum_(norms)
+
+    def train_steps(opt, b: Boundary, norms: torch.Tensor, n_steps: int, gen: torch.Generator, at: int,
+                    on_step=lambda step, loss: False) -> None:
+        """Up to ``n_steps`` batches from one round, steps ``at + 1``… on; ``on_step`` returning True
+        ends them early, a non-finite batch loss raises."""
+        for n in range(n_steps):
+            pick = torch.randint(len(norms), (min(cfg.batch_size, len(norms)),), generator=gen)
             den = norms[pick].sum().clamp(min=1e-30).to(device)
-            losses.append(accumulated_step(
-                opt, train_params, micro_losses(b, pick, len(order), den),
-                f"sandwich loss at training step {len(losses)} (lower sandwich.learning_rate or use model.dtype float32)",
-                world) / world.size)  # the batch loss: each rank's share was scaled by the rank count
-            bar.update(1)
+            loss = accumulated_step(opt, train_params, micro_losses(b, pick, len(norms), den),
+                                    f"sandwich loss at training step {at + n}", world) / world.size
+            if on_step(at + n + 1, loss):  # the batch loss: each rank's share was scaled by the rank count
+                return
+
+    first = round_states(plan[0][0]) if plan else None
+    start = BestState(train_params, check())
+    rate, probe = cfg.learning_rate, None
+    model.train()
+    if rate == "auto" and plan:
+        def held_out_after(r: float) -> float:
+            start.restore()
+            try:
+                train_steps(optimizer(train_params, r), *first, cfg.probe_steps,
+                            torch.Generator().manual_seed(derive_seed(seed, "learning-rate probe")), 0)
+            except NonFiniteError:
+                return math.inf
+            return check()
+
+        rate, probe = pick_rate(cfg.probe_rates, held_out_after)
+        start.restore()
+    elif rate == "auto":
+        rate = min(cfg.probe_rates)
+
+    best, stop = BestState(train_params, start.loss), EarlyStop(cfg.patience)
+    when = Check(cfg.eval_every, cfg.train_steps)
+    losses: list[float] = []
+    stopped: str | None = None
+
+    def on_step(step: int, loss: float) -> bool:
+        nonlocal stopped
+        losses.append(loss)
+        bar.update(1)
+        if not when.due(step):
+            return False
+        held = check()
+        when.history.append((step, held))
+        if stop.update(best.offer(step, held)):
+            stopped = f"no held-out improvement in {cfg.patience} checks"
+            return True
+        return False
+
+    opt = optimizer(train_params, rate)
+    bar = tqdm(total=cfg.train_steps, desc="sandwich", unit="step", disable=not world.is_main)
+    try:
+        for r, (chunk, n_steps) in enumerate(plan):
+            b, norms = first if r == 0 else round_states(chunk)
+            train_steps(opt, b, norms, n_steps, g, len(losses), on_step)
+            if stopped:
+                break
+    except NonFiniteError as e:  # diverged: the best state so far (the start at worst) is what training gives
+        stopped = f"{e}: training stopped"
     bar.close()
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # trained error, least-squares-init error, target norm
+    best.restore()
+
+    sums = torch.zeros(3, dtype=torch.float64)  # kept state's error, least-squares start's error, target norm
     for chunk in split.holdout.split(cfg.round_samples):
         mine = world.share(torch.sort(chunk).values)
         if not len(mine):
             continue
         b = data.compute(mine)
         num, den = _loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
-        with _weights(train_params, init):
+        with _weights(train_params, start.values):
             num0, _ = _loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
         sums += torch.tensor([num, num0, den], dtype=torch.float64)
-    trained, before, norm = world.sum_(sums).tolist()
-    return {"holdout_loss_init": before / max(norm, 1e-30), "holdout_loss_trained": trained / max(norm, 1e-30),
+    kept, before, norm = world.sum_(sums).tolist()
+    best_step = best.step
+    if kept > before:  # the checks saw a subset of the held-out samples; on all of them the start wins
+        start.restore()
+        kept, best_step = before, 0
+    return {"holdout_loss_init": before / max(norm, 1e-30), "holdout_loss_trained": kept / max(norm, 1e-30),
+            "best_step": best_step, "steps_run": len(losses), "stopped": stopped, "learning_rate": rate,
+            "learning_rate_probe": probe, "holdout_checks": [[s, v] for s, v in when.history],
+            "holdout_check_samples": check.samples,
             "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
             "rounds": len(plan)}
 
