@@ -24,8 +24,8 @@ from fastflux_core.adapter import adapter_for
 from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
 from fastflux_core.io import image_grid, load_tensors, save_png, save_tensors
-from fastflux_core.metrics import (FeatureStats, Quality, extra_scores, fid, folder_features, image_features, load_quality,
-                                   real_features)
+from fastflux_core.metrics import (FeatureStats, Quality, extra_scores, fid, folder_features, image_features, item_scores,
+                                   load_quality, real_features)
 from fastflux_core.params import Params, SamplingParams, importance_sampling
 from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
 from fastflux_core.sampling import sample_latents
@@ -88,9 +88,12 @@ def latent_error(latents: torch.Tensor, reference: torch.Tensor) -> dict[str, fl
 
 
 def score_images(images: np.ndarray, prompts: list[str], quality: Quality, ref_model: FeatureStats,
-                 ref_real: FeatureStats | None, device: torch.device, batch_size: int) -> dict[str, float]:
-    """FID against the full model's images (and real images) and the alignment score (keyed by its name)."""
-    feats = image_features(images, quality.features, device, batch_size)
+                 ref_real: FeatureStats | None, device: torch.device, batch_size: int,
+                 feats: np.ndarray | None = None) -> dict[str, float]:
+    """FID against the full model's images (and real images) and the alignment score (keyed by its
+    name); ``feats``: the images' features when already computed."""
+    if feats is None:
+        feats = image_features(images, quality.features, device, batch_size)
     out = {"fid": fid(feats, ref_model), quality.alignment.name: quality.alignment.score(images, prompts),
            **extra_scores(quality, images, prompts)}
     if ref_real is not None:
@@ -119,6 +122,7 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     quality = load_quality(params, device, hps=set_name == "evaluation")
     feats = folder_features(out / "images", quality.features, device, params.metrics.batch_size)
     FeatureStats.of(feats).save(out / "stats_model.safetensors")
+    save_item_scores(out / ITEMS_FILE, feats, item_scores(quality, gen.images, gen.prompts))
     record = {"set": set_name, "images": len(gen.images), "steps": sampling.steps, "size": [sampling.height, sampling.width],
               "clip_kind": quality.alignment.name,
               "clip": quality.alignment.score(gen.images, gen.prompts),
@@ -130,6 +134,19 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
         record["fid_real"] = fid(feats, stats)
         record["real_images"] = len(real)
     return record
+
+
+ITEMS_FILE = "items.safetensors"  # per-image features and scores, in item order (stats.py's intervals)
+
+
+def save_item_scores(path: Path, feats: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+    """Per-image FID features (N, F) and scores (N,) of a set of images, in item order."""
+    save_tensors(path, {"features": torch.from_numpy(np.asarray(feats)),
+                        **{k: torch.from_numpy(np.asarray(v)) for k, v in scores.items()}})
+
+
+def load_item_scores(path: Path) -> dict[str, np.ndarray]:
+    return {k: t.numpy() for k, t in load_tensors(path).items()}
 
 
 def load_reference_images(reference: Path) -> np.ndarray:

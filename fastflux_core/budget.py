@@ -416,7 +416,6 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
         y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
         rotary, den = _rotary(adapter, shapes, dtype), torch.ones(())
         with tracked(model, *target_copy, opt, device="cpu") as mem_b:
-            snapshots = [p.detach().clone() for p in trainable for _ in ("start", "best")]  # fit_sandwich keeps both
             def step():  # fit_sandwich's step, one micro-batch
                 loss = micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
                 loss.backward()

@@ -22,18 +22,20 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fastflux_core.ablation import generate_with, load_reference_images, load_reference_stats, score_images
+from fastflux_core.ablation import (ITEMS_FILE, generate_with, load_item_scores, load_reference_images, load_reference_stats,
+                                    save_item_scores, score_images)
 from fastflux_core.adapter import ModelInputs, adapter_for
 from fastflux_core.codec import LatentCodec, latent_ids
 from fastflux_core.distributed import World
 from fastflux_core.integrity import tensors_digest
 from fastflux_core.io import read_json
-from fastflux_core.metrics import QUALITY_KEYS
-from fastflux_core.params import Params
-from fastflux_core.prompts import PromptEmbeds, prompt_items
+from fastflux_core.metrics import QUALITY_KEYS, FeatureStats, fid, image_features, item_scores
+from fastflux_core.params import EvaluateParams, Params
+from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import latent_size
 from fastflux_core.placement import placed
 from fastflux_core.speed import count_flops, latency_phases
+from fastflux_core.stats import fid_readings, mean_readings
 
 
 def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbeds, device: torch.device) -> ModelInputs:
@@ -77,6 +79,19 @@ def speed_against(base, model, x: ModelInputs, on_device: Callable, warmup: int,
         "latency_ms_base": 1e3 * b["median"], "latency_iqr_ms_base": 1e3 * b["iqr"],
         "latency_ms": 1e3 * p["median"], "latency_iqr_ms": 1e3 * p["iqr"],
         "latency_ratio": p["median"] / b["median"], "latency_ratio_iqr": float(q75 - q25), "repeats": len(p["times"])}
+
+
+def item_readings(feats: np.ndarray, scores: dict[str, np.ndarray], base: dict[str, np.ndarray], n_prompts: int,
+                  cfg: EvaluateParams, seed: int) -> dict[str, float]:
+    """What one evaluation set says with its uncertainty (:mod:`fastflux_core.stats`): intervals over
+    items of the paired FID and of every per-image score, the scores' paired change from the base
+    model, and the distributional FID with its floor (the base against itself on other seeds) and the
+    excess above it. ``base``: the base model's per-image features and scores of the same items."""
+    out = fid_readings(lambda a, b: fid(a, FeatureStats.of(b)), feats, base["features"], n_prompts,
+                       cfg.fid_bootstrap, seed)
+    for name, values in scores.items():
+        out.update(mean_readings(name, values, cfg.bootstrap, seed, base.get(name)))
+    return out
 
 
 def comparison_grid(columns: dict[str, np.ndarray], prompts: list[str], rows: int, cell: int = 64) -> Image.Image:
@@ -125,9 +140,12 @@ class Evaluator:
         """Context holding ``model`` on the device (resident or offloaded), on the host after."""
         return placed(model, self.device, self.placement)
 
-    def quality_of(self, model, tag: str = "quality") -> tuple[dict, np.ndarray, list[str]] | None:
+    def quality_of(self, model, tag: str = "quality", items_out: Path | None = None
+                   ) -> tuple[dict, np.ndarray, list[str]] | None:
         """FID (vs base, vs real) and alignment of ``model``'s images of the evaluation items (on the
-        main rank; ``None`` on the others). ``tag`` names the exchange of images between ranks."""
+        main rank; ``None`` on the others). ``tag`` names the exchange of images between ranks. With
+        ``items_out``: also the readings over items (:func:`item_readings`), and the per-image
+        features and scores written there."""
         from fastflux_core.source import load_codec
 
         if self.codec is None:
@@ -137,9 +155,16 @@ class Evaluator:
                                 self.world, tag)
         if gen is None:
             return None
+        feats = image_features(gen.images, self.quality.features, self.device, self.params.metrics.batch_size)
         q = score_images(gen.images, gen.prompts, self.quality, self.ref_model, self.ref_real, self.device,
-                         self.params.metrics.batch_size)
+                         self.params.metrics.batch_size, feats=feats)
         q["clip"] = q.pop(self.quality.alignment.name)
+        if items_out is not None:
+            scores = item_scores(self.quality, gen.images, gen.prompts)
+            save_item_scores(items_out, feats, scores)
+            q.update(item_readings(feats, scores, load_item_scores(self.reference_dir / ITEMS_FILE),
+                                   len(self.embeds.prompts), self.params.evaluate,
+                                   derive_seed(self.params.seed, "bootstrap")))
         return q, gen.images, gen.prompts
 
     def speed_of(self, model) -> tuple[dict, dict]:
@@ -161,14 +186,15 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
 
     ev = Evaluator(params, embeds, reference, world)
     pruned = load_pruned(pruned_dir)  # host
-    scored = ev.quality_of(pruned)
+    scored = ev.quality_of(pruned, items_out=out / ITEMS_FILE)
     if scored is None:
         return None
     q, images, prompts = scored
     flops, lat = ev.speed_of(pruned)
     rows = min(params.evaluate.grid_rows, len(prompts))
     comparison_grid({"base": load_reference_images(reference), "pruned": images}, prompts, rows).save(out / "grid.png")
-    metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks) + len(pruned.config.deleted_blocks), **q, **flops,
+    metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks) + len(pruned.config.deleted_blocks),
+               "n_blocks": len(adapter_for(pruned).blocks), **q, **flops,
                "clip_kind": ev.quality.alignment.name, "base_clip": ev.reference["clip"], "eval_images": len(images)}
     for key in ("fid_real", "prompt_accuracy", "hps"):
         if key in ev.reference:

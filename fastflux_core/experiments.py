@@ -3,8 +3,9 @@
 An *experiment* compares *variants* that differ in a few params.yaml keys (e.g. Fig. 6: deletion,
 deletion + ST, BRLL w/o ST, BRLL + ST) at otherwise identical settings; a *run* is one variant at
 one pruning ``seed`` (captured tokens, LoRA init, sandwich batches and hold-out: everything pruning
-draws; the base model and every prompt set stay fixed, so the spread over seeds is the spread of
-the pruning method). Every run is a ``dvc exp run`` — queued, then run in DVC's temporary copies —
+draws) on one embedded *base* (``embedded.seed``: the base model is trained anew from it; every
+prompt set stays fixed). The spread over seeds is the pruning method's; over bases, the model's: a
+difference one base shows and another does not is no finding about the method. Every run is a ``dvc exp run`` — queued, then run in DVC's temporary copies —
 so each is cached, reproducible and listed by ``dvc exp show``; variants that share stages (the
 same ranking, the same chain) share DVC's run-cache. The results are read back from
 ``dvc exp show --json`` (:func:`collect`), never copied by hand, and :mod:`fastflux_core.report`
@@ -15,7 +16,7 @@ experiment, which evaluates every chain length with and without reuse; the basel
 runs add stage ``baseline`` (both models of each of its records come from one run).
 
 >>> sorted(r.name for r in runs(["replacement"], [0]))
-['brll-nost-s0', 'brll-st-s0', 'delete-s0', 'delete-st-s0']
+['brll-nost-b0-s0', 'brll-st-b0-s0', 'delete-b0-s0', 'delete-st-b0-s0']
 >>> run_overrides(runs(["width"], [2])[0], max_ratio=0.25)["seed"]
 2
 """
@@ -56,6 +57,7 @@ class Experiment:
     variants: tuple[Variant, ...]
     better: tuple[tuple[str, str], ...] = ()
     kind: str = "variants"  # variants: one evaluate record per run | sweep | baseline: their own records
+    across_bases: bool = False  # a user's decision rests on it: run on every base (others: the first only)
 
 
 def _default(label: str) -> Variant:
@@ -71,7 +73,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
          Variant("delete + ST", "delete-st", {"solve.replacement": "delete"}),
          Variant("BRLL w/o ST", "brll-nost", {"sandwich.train": False}),
          _default("BRLL + ST")),
-        better=(("brll-st", "delete-st"), ("brll-st", "brll-nost"), ("brll-st", "delete"))),
+        better=(("brll-st", "delete-st"), ("brll-st", "brll-nost"), ("brll-st", "delete")), across_bases=True),
     Experiment(
         "order", "Replacement order (paper Table 5)",
         "Importance order beats End2Start, which beats Start2End.",
@@ -105,7 +107,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
         "At the same latency, FastFLUX gives better quality than L1-norm pruning followed by (global) "
         "fine-tuning, at 10 % and at 20 %.",
         (Variant("FastFLUX and L1 + full fine-tuning", "l1", {"baseline.ratios": [0.1, 0.2]}),),
-        better=(("fastflux", "l1"),), kind="baseline"),
+        better=(("fastflux", "l1"),), kind="baseline", across_bases=True),
     Experiment(
         "family", "Beyond FLUX: the SD3 architecture at 10 % and 20 % (paper Table 3, FastSD)",
         "The method carries to SD3 (FastSD v3.0 at 10 %: HPS v2 28.08 → 27.76, CLIP 31.79 → 31.82): quality "
@@ -119,29 +121,35 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
 
 @dataclass(frozen=True)
 class Run:
-    """One ``dvc exp run``: a variant at a seed."""
+    """One ``dvc exp run``: a variant at a pruning seed, on one embedded base."""
 
-    name: str  # DVC experiment name: <variant>-s<seed>
+    name: str  # DVC experiment name: <variant>-b<base>-s<seed>
     variant: str
-    seed: int
+    seed: int  # params.yaml seed: everything pruning draws
     overrides: dict[str, Any]
+    base: int = 0  # embedded.seed: which embedded base model (its training's seed) is pruned
 
 
-def runs(keys: list[str], seeds: list[int]) -> list[Run]:
-    """The distinct runs the experiments ``keys`` need (a variant shared by two runs once)."""
+def runs(keys: list[str], seeds: list[int], bases: list[int] = (0,)) -> list[Run]:
+    """The distinct runs the experiments ``keys`` need, every variant at every seed, on every base
+    for the experiments a user's decision rests on (``across_bases``) and on the first base for the
+    others (a variant shared by two experiments runs once)."""
     out: dict[str, Run] = {}
     for key in keys:
-        for v in EXPERIMENTS[key].variants:
-            for s in seeds:
-                r = Run(f"{v.name}-s{s}", v.name, s, v.overrides)
-                if out.setdefault(r.name, r).overrides != r.overrides:
-                    raise ValueError(f"variant name {v.name} is used for two different settings")
+        exp = EXPERIMENTS[key]
+        for v in exp.variants:
+            for b in bases if exp.across_bases else bases[:1]:
+                for s in seeds:
+                    r = Run(f"{v.name}-b{b}-s{s}", v.name, s, v.overrides, b)
+                    if out.setdefault(r.name, r).overrides != r.overrides:
+                        raise ValueError(f"variant name {v.name} is used for two different settings")
     return list(out.values())
 
 
 def run_overrides(run: Run, max_ratio: float) -> dict[str, Any]:
-    """Every params.yaml key a run sets: the whole chain, no sweep (unless its variant sweeps), its seed."""
-    return {"ratio": max_ratio, "evaluate.sweep": False, **run.overrides, "seed": run.seed}
+    """Every params.yaml key a run sets: the whole chain, no sweep (unless its variant sweeps), its
+    base and its seed."""
+    return {"ratio": max_ratio, "evaluate.sweep": False, **run.overrides, "embedded.seed": run.base, "seed": run.seed}
 
 
 def _dvc(*args: str, cwd: Path) -> str:
@@ -204,7 +212,7 @@ def experiment_results(repo: Path) -> dict[str, dict]:
 def collect(repo: Path, todo: list[Run]) -> dict:
     """Everything the report needs: per run, its variant, seed, revision and metrics."""
     found = experiment_results(repo)
-    return {"runs": [{"name": r.name, "variant": r.variant, "seed": r.seed, "overrides": r.overrides,
+    return {"runs": [{"name": r.name, "variant": r.variant, "base": r.base, "seed": r.seed, "overrides": r.overrides,
                       "rev": found[r.name]["rev"], "metrics": found[r.name]["metrics"]}
                      for r in todo if r.name in found]}
 
@@ -213,6 +221,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated keys of EXPERIMENTS")
     ap.add_argument("--seeds", default="0,1,2", help="pruning seeds (params.yaml seed), comma-separated")
+    ap.add_argument("--bases", default="0", help="embedded bases (embedded.seed: each trains its own base model), "
+                    "comma-separated; verdicts pair runs within a base and count the bases that agree")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each stage uses every core anyway)")
     ap.add_argument("--out", default="report/results.json")
     ap.add_argument("--collect-only", action="store_true", help="only read back runs that already exist")
@@ -221,16 +231,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
     unknown = [k for k in keys if k not in EXPERIMENTS]
     if unknown:
         raise SystemExit(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
-    todo = runs(keys, [int(s) for s in args.seeds.split(",")])
+    seeds, bases = [int(s) for s in args.seeds.split(",")], [int(b) for b in args.bases.split(",")]
+    todo = runs(keys, seeds, bases)
     repo = Path.cwd()
     if not args.collect_only:
         # runs in parallel share the cores, so their latencies are noisy: the sweep's reuse curve,
         # whose latency is Table 6's, runs alone afterwards
-        timed = {f"{v.name}-s{s}" for k in keys for v in EXPERIMENTS[k].variants if v.timed
-                 for s in (int(x) for x in args.seeds.split(","))}
-        run_all([r for r in todo if r.name not in timed], repo, args.jobs)
-        run_all([r for r in todo if r.name in timed], repo, 1)
-    results = {"experiments": keys, "seeds": [int(s) for s in args.seeds.split(",")], **collect(repo, todo)}
+        timed = {v.name for k in keys for v in EXPERIMENTS[k].variants if v.timed}
+        run_all([r for r in todo if r.variant not in timed], repo, args.jobs)
+        run_all([r for r in todo if r.variant in timed], repo, 1)
+    results = {"experiments": keys, "seeds": seeds, "bases": bases, **collect(repo, todo)}
     write_json(args.out, results)
     print(f"{len(results['runs'])} runs → {args.out}")
 

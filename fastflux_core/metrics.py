@@ -127,6 +127,8 @@ class Alignment(Protocol):
 
     def score(self, images: np.ndarray, prompts: list[str]) -> float: ...
 
+    def per_image(self, images: np.ndarray, prompts: list[str]) -> np.ndarray: ...  # (N,) whose mean is score
+
 
 class JudgeAlignment:
     """Mean judge probability of the prompted digit, in [0, 1]."""
@@ -151,6 +153,25 @@ class JudgeAlignment:
         """Share of images the judge reads as the prompted digit (its most likely class)."""
         probs, want = self._probs(images, prompts)
         return probs.argmax(1).eq(want).float().mean().item()
+
+    def per_image(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        """(N,) the judge's probability of each image's prompted digit."""
+        probs, want = self._probs(images, prompts)
+        return probs.gather(1, want[:, None])[:, 0].double().numpy()
+
+    def accuracy_per_image(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        """(N,) 1.0 where the judge reads the prompted digit, else 0.0."""
+        probs, want = self._probs(images, prompts)
+        return probs.argmax(1).eq(want).double().numpy()
+
+
+def item_scores(quality: "Quality", images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
+    """Per-image scores, for intervals over items (:mod:`fastflux_core.stats`): the alignment (key
+    ``clip``, as in the stage records) and, with the judge, prompt accuracy (0/1 per image)."""
+    out = {"clip": quality.alignment.per_image(images, prompts)}
+    if isinstance(quality.alignment, JudgeAlignment):
+        out["prompt_accuracy"] = quality.alignment.accuracy_per_image(images, prompts)
+    return out
 
 
 def extra_scores(quality: "Quality", images: np.ndarray, prompts: list[str]) -> dict[str, float]:
@@ -182,9 +203,13 @@ class ClipAlignment:
         self.processor = CLIPProcessor.from_pretrained(str(folder))
         self.device, self.batch_size = device, batch_size
 
-    @torch.no_grad()
     def score(self, images: np.ndarray, prompts: list[str]) -> float:
-        total = 0.0
+        return float(self.per_image(images, prompts).mean())
+
+    @torch.no_grad()
+    def per_image(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        """(N,) 100 · max(cos, 0) of each image with its prompt."""
+        scores = []
         for s in range(0, len(images), self.batch_size):
             imgs = [np.asarray(i) if i.ndim == 3 else np.repeat(i[..., None], 3, -1) for i in images[s : s + self.batch_size]]
             batch = self.processor(text=prompts[s : s + self.batch_size], images=imgs, return_tensors="pt",
@@ -193,8 +218,8 @@ class ClipAlignment:
             txt = _projected(self.model.get_text_features(input_ids=batch["input_ids"],
                                                           attention_mask=batch.get("attention_mask")))
             cos = torch.nn.functional.cosine_similarity(img.float(), txt.float(), dim=-1)
-            total += (100 * cos.clamp(min=0)).sum().item()
-        return total / len(images)
+            scores.append((100 * cos.clamp(min=0)).double().cpu())
+        return torch.cat(scores).numpy()
 
 
 @dataclass

@@ -24,10 +24,10 @@ import os
 import sys
 from pathlib import Path
 from types import UnionType
-from typing import Literal, Union, get_args, get_origin
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fastflux_core.errors import ParamsError
 
@@ -279,6 +279,23 @@ class SolveParams(_Strict):
     chunk_rows: int = Field(65536, ge=1, description="rows read from the store at a time")
 
 
+def _rate_or_auto(v: float | str) -> float | str:
+    if v != "auto" and not 0 < v <= 1:
+        raise ValueError(f"must be auto or a number in (0, 1], got {v}")
+    return v
+
+
+def _distinct_rates(v: list[float]) -> list[float]:
+    if not v or any(not 0 < r <= 1 for r in v) or len(set(v)) != len(v):
+        raise ValueError(f"must be distinct numbers in (0, 1], at least one, got {v}")
+    return sorted(v)
+
+
+# A learning rate, or "auto" (tried from a grid: fastflux_core.selection); the grid itself.
+Rate = Annotated[Union[float, Literal["auto"]], AfterValidator(_rate_or_auto)]
+Rates = Annotated[list[float], AfterValidator(_distinct_rates)]
+
+
 class SandwichParams(_Strict):
     """Sandwich Training (paper §3.2): width 1 (no LoRA), 3 (one unpruned neighbour each side), 5 (two)."""
 
@@ -295,10 +312,10 @@ class SandwichParams(_Strict):
     round_samples: int = Field(128, ge=1, description="samples whose boundary states are recomputed and held in "
                                "host memory at once (FLUX.1-dev, bf16: 57 MB per sample)")
     gradient_checkpointing: bool = Field(True, description="keep only block inputs for backward (diffusers')")
-    learning_rate: float | Literal["auto"] = Field(
+    learning_rate: Rate = Field(
         1e-3, description="AdamW rate, or auto: each step tries every rate of probe_rates for probe_steps steps "
         "from the same start and trains with the one whose held-out loss ends lowest")
-    probe_rates: list[float] = Field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3],
+    probe_rates: Rates = Field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3],
                                      description="the rates learning_rate: auto tries")
     probe_steps: int = Field(20, ge=1, description="steps of each try of learning_rate: auto")
     holdout: float = Field(0.2, gt=0, lt=1, description="share of training-set prompts held out to measure the loss")
@@ -308,20 +325,6 @@ class SandwichParams(_Strict):
                                  "(null: run every train_steps)")
     reuse: bool = Field(True, description="assemble ratio a from the latest-trained components of the whole chain")
 
-    @field_validator("learning_rate")
-    @classmethod
-    def _rate_in_range(cls, v: float | str) -> float | str:
-        if v != "auto" and not 0 < v <= 1:
-            raise ValueError(f"must be auto or a number in (0, 1], got {v}")
-        return v
-
-    @field_validator("probe_rates")
-    @classmethod
-    def _rates_in_range(cls, v: list[float]) -> list[float]:
-        if not v or any(not 0 < r <= 1 for r in v) or len(set(v)) != len(v):
-            raise ValueError(f"must be distinct numbers in (0, 1], at least one, got {v}")
-        return sorted(v)
-
 
 class EvaluateParams(_Strict):
     """Stage ``evaluate``: held-out quality, latency and FLOPs of the assembled model."""
@@ -330,6 +333,10 @@ class EvaluateParams(_Strict):
     latency_repeats: int = Field(20, ge=1)
     sweep: bool = Field(True, description="also evaluate every chain length 0..K (quality/latency vs ratio plot)")
     grid_rows: int = Field(10, ge=1)
+    bootstrap: int = Field(1000, ge=0, description="resamples of the evaluation items for the intervals of "
+                           "per-image scores (0: none)")
+    fid_bootstrap: int = Field(200, ge=0, description="resamples for the FID intervals: 4 Fréchet distances each "
+                               "(Inception features: ~1 s each on a CPU; 0: none)")
 
 
 class ExportParams(_Strict):
@@ -348,10 +355,17 @@ class BaselineParams(_Strict):
 
     ratios: list[float] = Field(default_factory=list, description="ratios whose FastFLUX model is matched "
                                 "(each <= max_ratio; e.g. [0.1, 0.2]); empty: the stage does nothing")
-    finetune: Literal["full", "lora"] = Field(
+    finetune: Literal["full", "lora", "lora_matched"] = Field(
         "full", description="full (every weight, the paper's L1 setting; AdamW needs ~16 bytes per parameter) "
-        "| lora (LoRA of sandwich.lora_rank on every block linear: what fits one card at FLUX.1-dev scale)")
-    learning_rate: float = Field(1e-4, gt=0, le=1)
+        "| lora (LoRA of sandwich.lora_rank on every block linear: what fits one card at FLUX.1-dev scale) "
+        "| lora_matched (LoRA on every block linear at the rank whose parameters fit FastFLUX's own trainable "
+        "count: the same budget in parameters as in steps)")
+    learning_rate: Rate = Field(
+        1e-4, description="AdamW rate, or auto: tries every rate of probe_rates for sandwich.probe_steps steps and "
+        "fine-tunes with the one whose held-out loss ends lowest (the sandwiches' selection: sandwich.eval_every, "
+        "sandwich.patience)")
+    probe_rates: Rates = Field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3],
+                                     description="the rates learning_rate: auto tries")
     round_to: int = Field(8, ge=1, description="kept MLP width is a multiple of this (FLUX.1-dev: e.g. 64)")
     micro_batch: int = Field(32, ge=1, description="samples per forward/backward; gradients accumulate to "
                              "sandwich.batch_size (FLUX.1-dev: 1)")

@@ -6,10 +6,11 @@ FID against the full model's images of the evaluation set (``fid``, lower is bet
 metric), FID against real images (``fid_real``), the alignment score (``clip``: the judge's
 probability of the prompted digit on the default, CLIP score on FLUX) and, with the judge, the
 share of images it reads as the prompted digit (``prompt_accuracy``). A paper claim "a beats b" is
-tested on the primary metric with a paired t-test over seeds (the same seed gives both variants the
-same captured tokens, LoRA init and batches): **supports** when the mean paired difference favours
-a with p < 0.05, **contradicts** when it favours b with p < 0.05, **inconclusive** otherwise — the
-effect size and its spread are printed either way. Latency is shown only where the timing file
+tested on the primary metric with a paired t-test over runs (the same base and seed give both variants
+the same base model, captured tokens, LoRA init and batches): **supports** when the mean paired
+difference favours a with p < 0.05 and every base's mean difference does too, **contradicts** when
+all of that favours b, **inconclusive** otherwise — the effect size and its spread are printed
+either way. Latency is shown only where the timing file
 belongs to the model the run evaluated (the digest both carry): a stage DVC restored from its
 run-cache leaves the previous timing behind.
 
@@ -35,28 +36,50 @@ EVALUATE, SWEEP, BASELINE = "data/metrics/evaluate.json", "data/metrics/sweep.js
 TIMING_EVALUATE, TIMING_SWEEP, TIMING_BASELINE = ("data/timing/evaluate.json", "data/timing/sweep.json",
                                                   "data/timing/baseline.json")
 # quality metrics (fid: the primary one, lower is better) → column heading; a table shows those some run has
-METRICS = {"fid": "FID vs full", "fid_real": "FID vs real", "clip": "alignment", "prompt_accuracy": "prompt accuracy",
-           "hps": "HPS v2"}
+METRICS = {"fid": "FID vs full", "fid_excess": "FID above its floor", "fid_real": "FID vs real", "clip": "alignment",
+           "prompt_accuracy": "prompt accuracy", "hps": "HPS v2"}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def paired(a: list[float], b: list[float], lower_is_better: bool = True) -> dict:
-    """Paired comparison over seeds of a metric of variants a and b (same seed order): mean and std
-    of b − a ("how much better a is" when lower is better), the t-test's p, and the verdict."""
+def paired(a: list[float], b: list[float], lower_is_better: bool = True, bases: list[int] | None = None) -> dict:
+    """Paired comparison of a metric of variants a and b over runs (same base and seed at each
+    position): mean and std of b − a ("how much better a is" when lower is better), the t-test's p,
+    how many bases (``bases[i]``: the base of position i) have a mean difference of the overall
+    sign, and the verdict — which needs every base to agree.
+
+    >>> paired([3.0, 2.0, 4.0, 3.0], [4.0, 3.1, 5.05, 2.5], bases=[0, 0, 1, 1])["verdict"]  # base 1 splits
+    'inconclusive'
+    """
     from scipy.stats import ttest_rel
 
     diff = [(y - x) if lower_is_better else (x - y) for x, y in zip(a, b)]  # > 0: a is better
     m, s = mean_std(diff)
     p = float(ttest_rel(a, b).pvalue) if len(diff) > 1 and s > 0 else (0.0 if m != 0 else 1.0)
-    verdict = "inconclusive" if p >= 0.05 or m == 0 else ("supports" if m > 0 else "contradicts")
-    return {"advantage_mean": m, "advantage_std": s, "p": p, "verdict": verdict, "per_seed": diff}
+    per_base: dict[int, list[float]] = {}
+    for d, base in zip(diff, bases or [0] * len(diff)):
+        per_base.setdefault(base, []).append(d)
+    agree = sum(1 for ds in per_base.values() if statistics.fmean(ds) * m > 0)
+    verdict = ("inconclusive" if p >= 0.05 or m == 0 or agree < len(per_base)
+               else ("supports" if m > 0 else "contradicts"))
+    return {"advantage_mean": m, "advantage_std": s, "p": p, "verdict": verdict, "per_seed": diff,
+            "bases": len(per_base), "bases_agree": agree}
 
 
-def _by_seed(runs: list[dict], variant: str) -> dict[int, dict]:
-    return {r["seed"]: r for r in runs if r["variant"] == variant}
+def _over(r: dict, replicates: list[tuple[int, int]]) -> str:
+    """"over 9 runs (3 bases × 3 seeds, 3 of 3 bases agree)" for a :func:`paired` result."""
+    bases = sorted({b for b, _ in replicates})
+    if len(bases) == 1:
+        return f"over {len(replicates)} seeds (base {bases[0]})"
+    return (f"over {len(replicates)} runs ({len(bases)} bases × seeds; {r['bases_agree']} of {r['bases']} bases "
+            f"agree in sign)")
+
+
+def _by_replicate(runs: list[dict], variant: str) -> dict[tuple[int, int], dict]:
+    """The variant's runs by replicate: (base, seed)."""
+    return {(r.get("base", 0), r["seed"]): r for r in runs if r["variant"] == variant}
 
 
 def _latency(run: dict, metrics_file: str, timing_file: str, key: str | None = None) -> float | None:
@@ -73,7 +96,7 @@ def variant_table(exp: Experiment, runs: list[dict], seeds: list[int]) -> tuple[
     per variant."""
     values = {}
     for v in exp.variants:
-        by_seed = _by_seed(runs, v.name)
+        by_seed = _by_replicate(runs, v.name)
         got = [s for s in seeds if s in by_seed]
         if got:
             vals = {k: [by_seed[s]["metrics"][EVALUATE].get(k) for s in got] for k in (*METRICS, "flops_ratio")}
@@ -113,11 +136,11 @@ def verdicts(exp: Experiment, values: dict, labels: dict[str, str]) -> tuple[lis
         common = [s for s in values[a]["seeds"] if s in values[b]["seeds"]]
         xa = [values[a]["fid"][values[a]["seeds"].index(s)] for s in common]
         xb = [values[b]["fid"][values[b]["seeds"].index(s)] for s in common]
-        r = paired(xa, xb)
+        r = paired(xa, xb, bases=[base for base, _ in common])
         seen.append(r["verdict"])
         lines.append(f"- {labels[a]} better than {labels[b]} (FID vs full model): advantage "
-                     f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} over {len(common)} seeds "
-                     f"(per seed {', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → "
+                     f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} {_over(r, common)} "
+                     f"(per run {', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → "
                      f"**{r['verdict']}**")
     if not exp.better:
         overall = "no paper claim to test: reported as measured"
@@ -159,7 +182,7 @@ def sweep_curves(exp: Experiment, runs: list[dict]) -> dict[str, dict[int, dict[
     keys = (*METRICS, "flops_ratio", "ratio")
     curves: dict[str, dict[int, dict[str, list[float]]]] = {}
     for v in exp.variants:
-        for run in _by_seed(runs, v.name).values():
+        for run in _by_replicate(runs, v.name).values():
             sweep = run["metrics"].get(SWEEP, {})
             for n in sorted({int(k.split(".")[0][1:]) for k in sweep}):
                 cell = curves.setdefault(v.name, {}).setdefault(n, {m: [] for m in (*keys, "latency_ratio")})
@@ -254,7 +277,8 @@ def family_section(exp: Experiment, runs: list[dict], ratios: tuple[float, ...] 
                     d = [b - a for a, b in zip(curve[0]["prompt_accuracy"], curve[n]["prompt_accuracy"])]
                     drops.append(f"{v.label} at {n} block(s): prompt accuracy {_pm(d)} vs its full model")
     lines += ["", "Each row's FID vs full is against that architecture's own full model; n = 0 is the full "
-              "model itself. The spread is over pruning seeds (the bases are trained once, embedded.seed)."]
+              "model itself. The spread is over runs: pruning seeds, and embedded bases (embedded.seed) where "
+              "several were run."]
     lines += [f"- {d}" for d in drops]
     return lines, "; ".join(drops) if drops else "reported (no paper claim to test on this metric)"
 
@@ -264,7 +288,7 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
     """Per matched ratio: FastFLUX, the L1 model before and after fine-tuning (quality, FLOPs,
     latency, parameters), the fine-tuning budget, the seed-0 grid and the paired verdict; the lines
     and the overall verdict."""
-    by_seed = {s: r for s, r in _by_seed(runs, exp.variants[0].name).items() if s in seeds}
+    by_seed = {s: r for s, r in _by_replicate(runs, exp.variants[0].name).items() if s in seeds}
     if not by_seed:
         return ["Not run."], "not run"
     first = by_seed[min(by_seed)]
@@ -279,7 +303,9 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
         models = (("fastflux", "FastFLUX (BRLL + ST)"), ("l1_untuned", "L1 width pruning, not fine-tuned"),
                   ("l1", "L1 width pruning + fine-tuning"))
         shown = [k for k in METRICS if any(vals(model, k) for model, _ in models)] or ["fid"]
-        lines += [f"### {m[f'n{n}.ratio']:.0%}: FastFLUX replaces {n} of the blocks", "",
+        n_blocks = m.get(f"n{n}.n_blocks")
+        of = f"{n} of {n_blocks} blocks replaced ({n / n_blocks:.1%})" if n_blocks else f"{n} blocks replaced"
+        lines += [f"### {of}: ratio {m[f'n{n}.ratio']:.0%} requested", "",
                   "| model | " + " | ".join(METRICS[k] for k in shown) + " | FLOPs ratio | latency ratio | parameters |",
                   "|---|" + "---|" * (len(shown) + 3)]
         for model, label in models:
@@ -304,14 +330,15 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
             name = f"baseline_grid_n{n}.png"
             with atomic_file(out / name) as tmp:
                 grid.save(tmp, format="PNG")
-            lines += [f"Seed {min(by_seed)} (prompt | full model | FastFLUX | L1 + fine-tuning):", "",
+            lines += [f"{_replicate(min(by_seed))} (prompt | full model | FastFLUX | L1 + fine-tuning):", "",
                       f"![baseline at {n} blocks]({name})", ""]
         a, b = vals("fastflux", "fid"), vals("l1", "fid")
         plotted[n] = {"FastFLUX": a, "L1 untuned": vals("l1_untuned", "fid"), "L1 + fine-tuning": b}
-        r = paired(a, b)
+        reps = [rep for rep, r in by_seed.items() if r["metrics"].get(BASELINE, {}).get(f"n{n}.l1.fid") is not None]
+        r = paired(a, b, bases=[base for base, _ in reps])
         seen.append(r["verdict"])
         lines += [f"- FastFLUX better than L1 + fine-tuning with {n} blocks replaced (FID vs full model): advantage "
-                  f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} over {len(a)} seeds (per seed "
+                  f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} {_over(r, reps)} (per run "
                   f"{', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → **{r['verdict']}**", ""]
     _grouped_bars(plotted, out / "baseline.png", "blocks replaced by FastFLUX (L1 at the same FLOPs)")
     lines += ["![FastFLUX vs L1 width pruning](baseline.png)", ""]
@@ -358,11 +385,16 @@ def _read_image(repo: Path, rev: str | None, path: str) -> Image.Image | None:
         return None
 
 
-def grid_image(runs: list[dict], exp: Experiment, seed: int, repo: Path) -> Image.Image | None:
-    """Each variant's evaluate grid (prompt | full model | pruned) at one seed, side by side, labelled."""
+def _replicate(rep: tuple[int, int]) -> str:
+    return f"Base {rep[0]}, seed {rep[1]}"
+
+
+def grid_image(runs: list[dict], exp: Experiment, seed: tuple[int, int], repo: Path) -> Image.Image | None:
+    """Each variant's evaluate grid (prompt | full model | pruned) of one replicate (base, seed), side
+    by side, labelled."""
     tiles = []
     for v in exp.variants:
-        run = _by_seed(runs, v.name).get(seed)
+        run = _by_replicate(runs, v.name).get(seed)
         img = _read_image(repo, run and run.get("rev"), "data/evaluate/grid.png")
         if img is None:
             continue
@@ -407,24 +439,29 @@ def sample_size_note(n: int | None) -> str:
             f"every variant, so item-to-item variation is shared and cancels largely in the paired differences "
             f"the verdicts test. Prompt accuracy near 0.9 is a share of {n} images: its binomial standard error "
             f"is {se:.3f}, so accuracy differences below ~{2 * se:.2f} are within what the item sample alone "
-            f"could produce. For FID the item-sampling error is not measured (the stages keep no per-image "
-            f"features to bootstrap), so a verdict holds for these {n} items: a small FID difference could "
-            f"change on another evaluation set even where the seeds agree.")
+            f"could produce. Each run's evaluate record carries 95 % bootstrap intervals over these items "
+            f"(`fid_ci_low`/`_high`, …) and FID's floor (the full model against itself on other seeds) with the "
+            f"excess above it (column 'FID above its floor'); the verdicts below pair runs, not items, so a small "
+            f"FID difference could still change on another evaluation set even where every run agrees.")
 
 
 def write_report(results: dict, repo: Path, out: Path) -> str:
     """Tables, plots, grids and verdicts → ``out/README.md`` (returned)."""
     out.mkdir(parents=True, exist_ok=True)
-    runs, seeds = results["runs"], results["seeds"]
+    runs = results["runs"]
+    seeds = [(b, s) for b in results.get("bases", [0]) for s in results["seeds"]]  # replicates: (base, seed)
     any_eval = next((r["metrics"].get(EVALUATE) for r in runs if r["metrics"].get(EVALUATE)), {})
     head = ["# FastFLUX experiments report", "",
              "Generated by `bash scripts/report.sh` (`python -m fastflux_core.experiments` then "
              "`python -m fastflux_core.report`) from `dvc exp show --json`; do not edit by hand.", "",
-             f"Seeds (params.yaml `seed`, the pruning's randomness; base model and prompt sets fixed): {seeds}. "
+             f"Seeds (params.yaml `seed`, the pruning's randomness): {results['seeds']}; embedded bases "
+             f"(`embedded.seed`, each a base model trained from its own seed; prompt sets fixed): "
+             f"{results.get('bases', [0])}. "
              f"Evaluation images per run: {any_eval.get('eval_images', '?')}. Each variant prunes the whole "
              f"chain (ratio = max_ratio) unless noted. Quality: FID against the full model's images (primary, "
              f"lower is better), FID against real images, alignment ({any_eval.get('clip_kind', '?')}) and the "
-             f"judge's prompt accuracy. Verdicts: paired t-test over seeds on the primary metric, p < 0.05.", "",
+             f"judge's prompt accuracy. Verdicts: paired t-test over runs (the same base and seed for both "
+             f"variants) on the primary metric, p < 0.05, and every base's mean difference of the same sign.", "",
             "Reading these numbers: every variant is scored on the same evaluation items with the same feature "
             "extractor, so FID's small-sample bias is shared and differences are comparable; the spread is over "
             "pruning seeds only — it does not include the sampling error of the evaluation set itself. A variant "
@@ -463,7 +500,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
         if grid is not None:
             with atomic_file(out / f"{key}_grid.png") as tmp:
                 grid.save(tmp, format="PNG")
-            lines += [f"Seed {seeds[0]}, each variant's evaluation grid (prompt | full model | pruned):", "",
+            lines += [f"{_replicate(seeds[0])}, each variant's evaluation grid (prompt | full model | pruned):", "",
                       f"![{key} images]({key}_grid.png)", ""]
         lines += verdict_lines + ["", f"**Verdict: {overall}.**", ""]
         summary.append(f"| {exp.title} | {overall} |")

@@ -34,12 +34,13 @@ from torch import nn
 
 
 class BestState:
-    """The values of ``params`` at the lowest held-out loss offered so far (ties keep the earlier)."""
+    """The values of ``params`` at the lowest held-out loss offered so far (ties keep the earlier),
+    copied to the host: a fully fine-tuned model's copy would not fit beside it on the device."""
 
     def __init__(self, params: list[nn.Parameter], loss: float, step: int = 0):
         self.params = params
         self.loss, self.step = loss, step
-        self.values = [p.detach().clone() for p in params]
+        self.values = _host_copy(params)
 
     def offer(self, step: int, loss: float) -> bool:
         """Record the current values if ``loss`` beats the best so far; True when it did. A
@@ -47,12 +48,16 @@ class BestState:
         if not (math.isfinite(loss) and loss < self.loss):
             return False
         self.loss, self.step = loss, step
-        self.values = [p.detach().clone() for p in self.params]
+        self.values = _host_copy(self.params)
         return True
 
     def restore(self) -> None:
         """Set ``params`` back to the best values."""
         set_values(self.params, self.values)
+
+
+def _host_copy(params: list[nn.Parameter]) -> list[torch.Tensor]:
+    return [p.detach().to("cpu", copy=True) for p in params]
 
 
 def set_values(params: list[nn.Parameter], values: list[torch.Tensor]) -> None:

@@ -34,6 +34,8 @@ the loss before and after.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -44,12 +46,14 @@ from tqdm.auto import tqdm
 
 from fastflux_core.adapter import BlockAdapter, MlpRef, ModelInputs, adapter_for
 from fastflux_core.errors import FastFluxError
+from fastflux_core.integrity import NonFiniteError
 from fastflux_core.evaluation import Evaluator, call_model, comparison_grid
 from fastflux_core.metrics import QUALITY_KEYS
 from fastflux_core.params import Params, n_replaced
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.params import SandwichParams
 from fastflux_core.sandwich import CapturedInputs, Split, accumulated_step, holdout_split, rounds
+from fastflux_core.selection import BestState, Check, EarlyStop, pick_rate
 from fastflux_core.speed import count_flops_by_module
 from fastflux_core.store import StoreReader
 
@@ -155,56 +159,152 @@ def _sq_err(student: BlockAdapter, x: ModelInputs, y: torch.Tensor, device: torc
 
 
 def distill(student: BlockAdapter, teacher: BlockAdapter, train_params: list[nn.Parameter], inputs: CapturedInputs,
-            split: Split, steps: int, cfg: SandwichParams, micro_batch: int, lr: float, seed: int,
-            device: torch.device) -> dict:
+            split: Split, steps: int, cfg: SandwichParams, micro_batch: int, lr: float | str, rates: list[float],
+            seed: int, device: torch.device) -> dict:
     """``steps`` AdamW steps of ``cfg.batch_size`` training samples, in rounds of ``cfg.round_samples``
     whose teacher outputs are computed once (as the sandwich's boundary states); ``micro_batch``-sized
-    pieces accumulate the exact batch gradient (the batch's ‖teacher‖² is known first). Held-out
-    relative error before and after."""
+    pieces accumulate the exact batch gradient (the batch's ‖teacher‖² is known first). The same care
+    as a sandwich (:mod:`fastflux_core.selection`, ``sandwich.eval_every`` / ``patience`` /
+    ``probe_steps``): the state kept is the one with the lowest held-out loss, the pruned start
+    included; ``lr: auto`` tries each of ``rates`` first. Held-out relative error before and after."""
+    def error(r: Round) -> tuple[float, float]:
+        num = 0.0
+        with torch.no_grad():
+            for mb in torch.arange(len(r.y)).split(micro_batch):
+                num += float(_sq_err(student, take(r.x, mb), r.y[mb], device))
+        return num, float((r.y ** 2).sum())
+
     def holdout() -> float:
         num = den = 0.0
         for chunk in split.holdout.split(cfg.round_samples):
-            r = teacher_round(teacher, inputs, chunk, micro_batch, device)
-            with torch.no_grad():
-                for mb in torch.arange(len(r.y)).split(micro_batch):
-                    num += float(_sq_err(student, take(r.x, mb), r.y[mb], device))
-            den += float((r.y ** 2).sum())
+            n, d = error(teacher_round(teacher, inputs, chunk, micro_batch, device))
+            num, den = num + n, den + d
         return num / max(den, 1e-30)
 
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(train_params, lr=lr, weight_decay=0.0)
-    before = holdout()
-    student.model.train()
-    losses: list[float] = []
-    bar = tqdm(total=steps, desc="baseline fine-tuning", unit="step")
-    for chunk, n_steps in (rounds(split.train, steps, cfg.round_samples, g) if steps else []):
-        r = teacher_round(teacher, inputs, chunk, micro_batch, device)
-        for _ in range(n_steps):
-            pick = torch.randint(len(r.y), (min(cfg.batch_size, len(r.y)),), generator=g)
+    pick = torch.randperm(len(split.holdout), generator=torch.Generator().manual_seed(derive_seed(seed, "held-out check")))
+    check_round = teacher_round(teacher, inputs, torch.sort(split.holdout[pick[:cfg.round_samples]]).values,
+                                micro_batch, device)
+
+    def check() -> float:
+        was_training = student.model.training
+        student.model.eval()
+        num, den = error(check_round)
+        student.model.train(was_training)
+        return num / max(den, 1e-30)
+
+    def run(opt, r: Round, n_steps: int, gen: torch.Generator, at: int, on_step=lambda step, loss: False) -> None:
+        for n in range(n_steps):
+            pick = torch.randint(len(r.y), (min(cfg.batch_size, len(r.y)),), generator=gen)
             den = (r.y[pick] ** 2).sum().clamp(min=1e-30).to(device)
-            losses.append(accumulated_step(
+            loss = accumulated_step(
                 opt, train_params, (_sq_err(student, take(r.x, mb), r.y[mb], device) / den for mb in pick.split(micro_batch)),
-                f"baseline fine-tuning loss at step {len(losses)} (lower baseline.learning_rate)"))
-            bar.update(1)
+                f"baseline fine-tuning loss at step {at + n}")
+            if on_step(at + n + 1, loss):
+                return
+
+    g = torch.Generator().manual_seed(seed)
+    before = holdout()
+    plan = rounds(split.train, steps, cfg.round_samples, g) if steps else []
+    first = teacher_round(teacher, inputs, plan[0][0], micro_batch, device) if plan else None
+    start = BestState(train_params, check())
+    student.model.train()
+    probe = None
+    if lr == "auto" and plan:
+        def held_out_after(rate: float) -> float:
+            start.restore()
+            try:
+                run(torch.optim.AdamW(train_params, lr=rate, weight_decay=0.0), first, cfg.probe_steps,
+                    torch.Generator().manual_seed(derive_seed(seed, "learning-rate probe")), 0)
+            except NonFiniteError:
+                return math.inf
+            return check()
+
+        lr, probe = pick_rate(rates, held_out_after)
+        start.restore()
+    elif lr == "auto":
+        lr = min(rates)
+    best, stop, when = BestState(train_params, start.loss), EarlyStop(cfg.patience), Check(cfg.eval_every, steps)
+    losses: list[float] = []
+    stopped: str | None = None
+
+    def on_step(step: int, loss: float) -> bool:
+        nonlocal stopped
+        losses.append(loss)
+        bar.update(1)
+        if not when.due(step):
+            return False
+        held = check()
+        when.history.append((step, held))
+        if stop.update(best.offer(step, held)):
+            stopped = f"no held-out improvement in {cfg.patience} checks"
+            return True
+        return False
+
+    opt = torch.optim.AdamW(train_params, lr=lr, weight_decay=0.0)
+    bar = tqdm(total=steps, desc="baseline fine-tuning", unit="step")
+    try:
+        for r, (chunk, n_steps) in enumerate(plan):
+            run(opt, first if r == 0 else teacher_round(teacher, inputs, chunk, micro_batch, device), n_steps, g,
+                len(losses), on_step)
+            if stopped:
+                break
+    except NonFiniteError as e:  # diverged: the best state so far (the pruned start at worst) is kept
+        stopped = f"{e}: training stopped"
     bar.close()
     student.model.eval()
-    return {"holdout_loss_init": before, "holdout_loss_trained": holdout(),
+    best.restore()
+    after, best_step = holdout(), best.step
+    if after > before:  # the checks saw a subset of the held-out samples; on all of them the start wins
+        start.restore()
+        after, best_step = before, 0
+    return {"holdout_loss_init": before, "holdout_loss_trained": after, "best_step": best_step,
+            "steps_run": len(losses), "stopped": stopped, "learning_rate": lr, "learning_rate_probe": probe,
+            "holdout_checks": [[s, v] for s, v in when.history],
             "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None}
 
 
-def trainable(params: Params, adapter: BlockAdapter) -> list[nn.Parameter]:
-    """The parameters fine-tuning updates, in float32 (``full``: the whole model is made float32)."""
+def chain_trainable_params(states: list, n: int, reuse: bool) -> int:
+    """Trainable parameters of the sandwiches that made the FastFLUX model with ``n`` blocks replaced:
+    the whole chain's with ``sandwich.reuse`` (its components were trained by every step), else
+    the first ``n`` steps'."""
+    return sum(r.get("trainable_params", 0) for r in states[-1 if reuse else n].history)
+
+
+def lora_rank_for(adapter: BlockAdapter, budget: int) -> int:
+    """The largest LoRA rank (≥ 1) on every block's LoRA targets whose parameters fit ``budget``: a
+    rank-r adapter on an (in, out) linear has r · (in + out) parameters.
+
+    >>> from types import SimpleNamespace as NS
+    >>> lin = nn.Linear(8, 8)
+    >>> fake = NS(blocks=[NS(path="b")], lora_targets=lambda i: ["q"], model=NS(named_modules=lambda: [("b.q", lin)]))
+    >>> lora_rank_for(fake, 100), lora_rank_for(fake, 5)
+    (6, 1)
+    """
+    from fastflux_core.lora import target_regex
+
+    pattern = re.compile(target_regex(adapter, list(range(len(adapter.blocks)))))
+    per_rank = sum(m.in_features + m.out_features for name, m in adapter.model.named_modules()
+                   if isinstance(m, nn.Linear) and pattern.fullmatch(name))
+    return max(1, budget // per_rank)
+
+
+def trainable(params: Params, adapter: BlockAdapter, matched_params: int) -> tuple[list[nn.Parameter], int | None]:
+    """The parameters fine-tuning updates, in float32 (``full``: the whole model is made float32), and
+    the LoRA rank (``lora``: ``sandwich.lora_rank``; ``lora_matched``: the rank whose parameters fit
+    ``matched_params``, FastFLUX's own trainable count, at the sandwiches' alpha/rank scaling)."""
     from fastflux_core.lora import inject_lora, lora_parameters
 
     model = adapter.model
     model.requires_grad_(False)
+    rank = None
     if params.baseline.finetune == "full":
         model.float()
         train_params = list(model.parameters())
     else:
+        cfg = params.sandwich
+        rank = cfg.lora_rank if params.baseline.finetune == "lora" else lora_rank_for(adapter, matched_params)
         blocks = list(range(len(adapter.blocks)))
-        inject_lora(adapter, blocks, params.sandwich.lora_rank, params.sandwich.lora_alpha,
-                    derive_seed(params.seed, "baseline-lora"))
+        inject_lora(adapter, blocks, rank, cfg.lora_alpha * rank / cfg.lora_rank, derive_seed(params.seed, "baseline-lora"))
         train_params = lora_parameters(adapter, blocks)
         for p in train_params:
             p.data = p.data.float()
@@ -212,7 +312,7 @@ def trainable(params: Params, adapter: BlockAdapter) -> list[nn.Parameter]:
         p.requires_grad_(True)
     if params.baseline.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    return train_params
+    return train_params, rank
 
 
 def _scores(q: dict, flops: dict) -> dict:
@@ -246,15 +346,17 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
               "params_base": sum(p.numel() for p in ev.base.parameters())}
     q_pruned, _, _ = ev.quality_of(student)
     adapter = adapter_for(student)
-    train_params = trainable(params, adapter)
     cfg = params.sandwich
+    ours_trainable = chain_trainable_params(states, n, cfg.reuse)
+    train_params, lora_rank = trainable(params, adapter, ours_trainable)
     steps = cfg.train_steps * (len(states) - 1 if cfg.reuse else n)
     teacher = adapter_for(ev.base)
     ev.base.to(ev.device)
     student.to(ev.device)
     start = time.perf_counter()
     losses = distill(adapter, teacher, train_params, inputs, split, steps, cfg, params.baseline.micro_batch,
-                     params.baseline.learning_rate, derive_seed(params.seed, "baseline-batches", n), ev.device)
+                     params.baseline.learning_rate, params.baseline.probe_rates,
+                     derive_seed(params.seed, "baseline-batches", n), ev.device)
     seconds = time.perf_counter() - start
     ev.base.to("cpu")
     student.to("cpu")
@@ -270,7 +372,8 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
         "n_pruned": n,
         "fastflux": _scores(q_ours, f_ours),
         "l1": {**_scores(q_l1, f_l1), **record, **losses, "finetune": params.baseline.finetune,
-               "train_steps": steps, "batch_size": cfg.batch_size, "trainable_params": sum(p.numel() for p in train_params)},
+               "train_steps": steps, "batch_size": cfg.batch_size, "trainable_params": sum(p.numel() for p in train_params),
+               "lora_rank": lora_rank, "fastflux_trainable_params": ours_trainable},
         "l1_untuned": {k: q_pruned[k] for k in QUALITY_KEYS if k in q_pruned},
     }
     return metrics, {"fastflux": _timing(lat_ours), "l1": {**_timing(lat_l1), "finetune_seconds": seconds}}
@@ -288,7 +391,7 @@ def baseline(params: Params, states: list, store: StoreReader, train_embeds: Pro
     for r in params.baseline.ratios:
         n = n_replaced(r, n_blocks)
         m, t = compare_at(params, ev, states, n, inputs, split, out)
-        metrics[f"n{n}"] = {**m, "ratio": r}
+        metrics[f"n{n}"] = {**m, "ratio": r, "n_blocks": n_blocks}
         timings[f"n{n}"] = t
     return metrics, timings
 

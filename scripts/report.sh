@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up, runs the pipeline (dvc repro) and the paper's experiments as queued DVC experiments
-# (python -m fastflux_core.experiments: every variant × seeds 0,1,2), then writes report/README.md
+# (python -m fastflux_core.experiments: every variant × seeds 0,1,2; the experiments a user's decision
+# rests on — replacement kind, the baseline — on embedded bases 0,1,2 too), then writes report/README.md
 # (python -m fastflux_core.report). Arguments go to the experiments command, e.g.
-#   bash scripts/report.sh --experiments replacement,order --seeds 0,1,2 --jobs 1
+#   bash scripts/report.sh --experiments replacement,order --seeds 0,1,2 --bases 0,1,2 --jobs 1
 # The experiments start from HEAD: commit first. README.md says how long it takes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,6 @@ export GIT_COMMITTER_EMAIL="${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}"
 start=$(date +%s)
 dvc repro
 # two runs at a time, one thread each (the sweep's reuse runs, whose latency is reported, run alone)
-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m fastflux_core.experiments --jobs 2 "$@"
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m fastflux_core.experiments --jobs 2 --bases 0,1,2 "$@"
 python -m fastflux_core.report
 echo "report written in $(( ($(date +%s) - start) / 60 )) min (after setup)"

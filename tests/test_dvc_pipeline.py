@@ -59,7 +59,7 @@ def micro_params(switched: bool = False) -> dict:
     d["embedded"]["flux"].update(num_layers=1, num_single_layers=1)
     d["importance"]["blocks"] = [0, 1]
     d["max_ratio"], d["ratio"], d["steps"] = 0.5, 0.5, {"1": {"prev": 0}}
-    d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3)
+    d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3, bootstrap=50, fid_bootstrap=10)
     d["capture"].update(timesteps=2, shard_samples=8, chunk_samples=4)
     d["sandwich"].update(train_steps=5, batch_size=4)
     d["sampling"].update(steps=2, batch_size=8)  # several batches per set: 2 ranks share them (test_distributed_stages)
@@ -73,8 +73,8 @@ def micro_params(switched: bool = False) -> dict:
         for key, value in SWITCHES.items():
             section, name = key.split(".")
             d[section][name] = value
-        # the L1 baseline at the one-block model, LoRA fine-tuning (the FLUX.1-dev setting)
-        d["baseline"].update(ratios=[0.34], finetune="lora", gradient_checkpointing=True, round_to=4)
+        # the L1 baseline at the one-block model, LoRA fine-tuning at FastFLUX's trainable-parameter count
+        d["baseline"].update(ratios=[0.34], finetune="lora_matched", gradient_checkpointing=True, round_to=4)
     return d
 
 
@@ -198,7 +198,11 @@ def test_repro_runs_and_caches(runs):
     assert sandwich["holdout_prompts"] >= 1 and {"holdout_loss_init", "holdout_loss_trained"} <= set(sandwich)
     metrics = json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())
     assert {"ratio", "n_pruned", "fid", "clip", "flops_ratio"} <= set(metrics) and "latency_ratio" not in metrics
-    assert metrics["n_pruned"] == 1 and metrics["flops_ratio"] < 1
+    assert metrics["n_pruned"] == 1 and metrics["n_blocks"] == 2 and metrics["flops_ratio"] < 1
+    for key in ("fid", "clip", "clip_change"):  # intervals over the evaluation items (stats.py)
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
+    assert {"fid_dist", "fid_floor", "fid_excess"} <= set(metrics)
+    assert (repo / "data" / "evaluate" / "items.safetensors").is_file()
     timing = json.loads((repo / "data" / "timing" / "evaluate.json").read_text())
     assert {"latency_ratio", "latency_ms", "latency_iqr_ms", "latency_ratio_iqr"} <= set(timing)
     pruning = json.loads((repo / "data" / "assemble" / "pruning.json").read_text())
@@ -313,7 +317,10 @@ def test_every_switch_runs_through_dvc(runs_c):
     assert "StableDiffusion3Pipeline" in (repo / "data" / "export" / "README.md").read_text()
     assert config["deleted_blocks"] == [2] and config["replaced_blocks"] == []  # end2start: block 2 first
     base = json.loads((repo / "data" / "metrics" / "baseline.json").read_text())["n1"]
-    assert base["l1"]["finetune"] == "lora" and base["l1"]["trainable_params"] < base["l1"]["params"]
+    assert base["l1"]["finetune"] == "lora_matched" and base["l1"]["trainable_params"] < base["l1"]["params"]
+    l1 = base["l1"]  # the largest rank whose LoRA fits FastFLUX's trainable count, on the same rank-1 scale
+    per_rank = l1["trainable_params"] // l1["lora_rank"]
+    assert l1["trainable_params"] <= l1["fastflux_trainable_params"] < l1["trainable_params"] + per_rank
     assert abs(base["l1"]["flops_ratio"] - base["fastflux"]["flops_ratio"]) < 0.03  # matched up to round_to
     assert not params["sandwich"]["reuse"] and base["l1"]["train_steps"] == params["sandwich"]["train_steps"]  # steps 1..n
     assert (repo / "data" / "baseline" / "grid_n1.png").is_file()

@@ -14,10 +14,21 @@ from fastflux_core.experiments import EXPERIMENTS, Run, run_overrides, runs
 def test_variants_shared_by_experiments_run_once_per_seed():
     todo = runs(list(EXPERIMENTS), [0, 1, 2])
     names = [r.name for r in todo]
-    assert len(names) == len(set(names)) and names.count("brll-st-s1") == 1
+    assert len(names) == len(set(names)) and names.count("brll-st-b0-s1") == 1
     assert {r.variant for r in todo} >= {"brll-st", "delete", "delete-st", "brll-nost", "start2end", "width5"}
-    o = run_overrides(next(r for r in todo if r.name == "delete-s2"), max_ratio=0.25)
-    assert o == {"ratio": 0.25, "evaluate.sweep": False, "solve.replacement": "delete", "sandwich.train": False, "seed": 2}
+    o = run_overrides(next(r for r in todo if r.name == "delete-b0-s2"), max_ratio=0.25)
+    assert o == {"ratio": 0.25, "evaluate.sweep": False, "solve.replacement": "delete", "sandwich.train": False,
+                 "embedded.seed": 0, "seed": 2}
+
+
+def test_decision_experiments_run_on_every_base_with_its_own_embedded_seed():
+    todo = runs(["replacement", "order"], [0, 1], bases=[0, 3])
+    replacement = [r for r in todo if r.variant in ("delete", "delete-st", "brll-nost")]
+    assert len(replacement) == 3 * 2 * 2 and {(r.base, r.seed) for r in replacement} == {(0, 0), (0, 1), (3, 0), (3, 1)}
+    assert {r.base for r in todo if r.variant == "start2end"} == {0}  # order: the first base only
+    assert {r.base for r in todo if r.variant == "brll-st"} == {0, 3}  # shared: on every base the decision needs
+    r = next(r for r in todo if r.name == "delete-b3-s1")
+    assert run_overrides(r, 0.25)["embedded.seed"] == 3 and run_overrides(r, 0.25)["seed"] == 1
     assert run_overrides(Run("sweep-exact-s0", "sweep-exact", 0, {"evaluate.sweep": True, "sandwich.reuse": False}),
                          0.25)["evaluate.sweep"] is True
 
@@ -62,6 +73,21 @@ def _results(fids: dict[str, list[float]]) -> dict:
                         "metrics": _metrics(fid, f"m-{variant}-{seed}",
                                             "other" if variant == "delete" else f"m-{variant}-{seed}")})
     return {"experiments": ["replacement"], "seeds": [0, 1, 2], "runs": out}
+
+
+def test_a_verdict_needs_every_base_to_agree(tmp_path):
+    """Pairs are (base, seed); base 1 reverses the order at every seed, so the pooled test alone
+    (which favours BRLL + ST) does not carry the verdict."""
+    results = {"experiments": ["replacement"], "seeds": [0, 1, 2], "bases": [0, 1, 2], "runs": []}
+    for base, gap in ((0, 0.5), (1, -0.1), (2, 0.5)):
+        for seed in range(3):
+            for variant, fid in (("brll-st", 1.0 + 0.01 * seed), ("delete-st", 1.0 + gap + 0.02 * seed)):
+                results["runs"].append({"name": f"{variant}-b{base}-s{seed}", "variant": variant, "base": base,
+                                        "seed": seed, "overrides": {}, "rev": None, "metrics": _metrics(fid, "m", "m")})
+    text = report.write_report(results, tmp_path, tmp_path / "report")
+    line = next(line for line in text.splitlines() if line.startswith("- BRLL + ST better than delete + ST"))
+    assert "over 9 runs (3 bases × seeds; 2 of 3 bases agree in sign)" in line and line.endswith("**inconclusive**")
+    assert float(line.split("paired t p = ")[1].split(" ")[0]) < 0.05  # pooled over runs it would have "supported"
 
 
 def test_report_tables_verdicts_and_plots_from_results_alone(tmp_path):

@@ -1,0 +1,130 @@
+"""Uncertainty over evaluation items: percentile bootstrap, and FID read against its own floor.
+
+A quality number of a pruned model is measured on one set of evaluation items (prompt, seed); another
+set would give another number. :func:`bootstrap` redraws the items with replacement and recomputes
+the statistic, so a record can say ``fid 0.68 [0.61, 0.77]`` — the spread a user would see on other
+items of the same kind. The spread over pruning seeds and base models is the report's business
+(:mod:`fastflux_core.report`); a verdict needs both.
+
+FID is biased upwards on finite samples, so a number alone does not say how far a model is from its
+base. Two readings, from the images stage ``evaluate`` already has (nothing is generated twice):
+
+- *paired*: the pruned model's images against the base's from the same noise — the score the
+  pipeline has always reported; it tends to 0 as the pruned model tends to the base.
+- *distributional*: the items are cut into two halves by seed (:func:`halves`: every prompt in
+  both), and the pruned model's images of one half are scored against the base's of the other.
+  The base's own halves against each other give the *floor* — what FID reads for a model identical
+  to the base at this sample size — and ``excess = distributional − floor`` is the distance that is
+  the pruned model's.
+
+>>> import numpy as np
+>>> x = np.arange(10.0)
+>>> draws = bootstrap(lambda idx: float(x[idx].mean()), len(x), reps=200, seed=0)
+>>> lo, hi = interval(draws)
+>>> bool(lo < x.mean() < hi), len(draws)
+(True, 200)
+>>> halves(n_items=6, n_prompts=2)  # items are round-major: rounds 0 and 2 vs round 1
+(array([0, 1, 4, 5]), array([2, 3]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def bootstrap(stat: Callable[[np.ndarray], float], n: int, reps: int, seed: int,
+              strata: list[np.ndarray] | None = None) -> np.ndarray:
+    """(reps,) values of ``stat(idx)`` over ``reps`` resamples of the item indices 0..n-1, drawn with
+    replacement (within each of ``strata`` separately when given, so each resample keeps their
+    sizes). Deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    groups = strata if strata is not None else [np.arange(n)]
+    out = np.empty(reps)
+    for r in range(reps):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        out[r] = stat(idx)
+    return out
+
+
+def interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval holding ``level`` of the draws."""
+    tail = (100 - 100 * level) / 2  # 2.5 for 0.95 (100 * (1 - 0.95) / 2 is 2.4999…)
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def halves(n_items: int, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Item indices of the even and the odd seed rounds (:func:`fastflux_core.prompts.prompt_items`
+    orders items round by round: item j is prompt j mod P at round j // P), so both halves hold
+    every prompt and no seed is in both; with one image per prompt, every other prompt.
+
+    >>> halves(n_items=3, n_prompts=3)
+    (array([0, 2]), array([1]))
+    """
+    rounds = np.arange(n_items) // n_prompts if n_items >= 2 * n_prompts else np.arange(n_items)
+    return np.flatnonzero(rounds % 2 == 0), np.flatnonzero(rounds % 2 == 1)
+
+
+def fid_readings(fid: Callable[[np.ndarray, np.ndarray], float], pruned: np.ndarray, base: np.ndarray,
+                 n_prompts: int, reps: int, seed: int, level: float = 0.95) -> dict[str, float]:
+    """Distributional FID, its floor and the excess above the floor (module docstring), and with
+    ``reps`` bootstrap intervals over items of these and of the paired FID (``fid_ci_low``/``high``:
+    the paired value itself is the stage's ``fid``). ``fid(a, b)`` is the Fréchet distance between
+    feature sets a and b; ``pruned`` and ``base`` are (N, F) features of the same items in item order."""
+    a, b = halves(len(pruned), n_prompts)
+    if min(len(a), len(b)) < 2:  # a covariance needs two images a side: only the paired FID's interval
+        return _paired_interval(fid, pruned, base, reps, seed, level)
+
+    def readings(idx_a: np.ndarray, idx_b: np.ndarray) -> tuple[float, float, float]:
+        floor = fid(base[idx_a], base[idx_b])
+        dist = 0.5 * (fid(pruned[idx_a], base[idx_b]) + fid(pruned[idx_b], base[idx_a]))
+        return dist, floor, dist - floor
+
+    dist, floor, excess = readings(a, b)
+    out = {"fid_dist": dist, "fid_floor": floor, "fid_excess": excess}
+    out.update(_paired_interval(fid, pruned, base, reps, seed, level))
+    if reps:
+        split = np.array([readings(idx[: len(a)], idx[len(a):])
+                          for idx in _resampled_halves(a, b, reps, seed)])  # (reps, 3)
+        for key, draws in (("fid_dist", split[:, 0]), ("fid_floor", split[:, 1]), ("fid_excess", split[:, 2])):
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = interval(draws, level)
+    return out
+
+
+def _paired_interval(fid, pruned: np.ndarray, base: np.ndarray, reps: int, seed: int, level: float) -> dict:
+    if not reps:
+        return {}
+    lo, hi = interval(bootstrap(lambda idx: fid(pruned[idx], base[idx]), len(pruned), reps, seed), level)
+    return {"fid_ci_low": lo, "fid_ci_high": hi}
+
+
+def _resampled_halves(a: np.ndarray, b: np.ndarray, reps: int, seed: int) -> list[np.ndarray]:
+    """``reps`` resamples of [a; b], each half redrawn within itself."""
+    rng = np.random.default_rng(seed + 1)
+    return [np.concatenate([a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]])
+            for _ in range(reps)]
+
+
+def mean_readings(name: str, values: np.ndarray, reps: int, seed: int, base: np.ndarray | None = None,
+                  level: float = 0.95) -> dict[str, float]:
+    """A bootstrap interval over items of the mean of per-image ``values`` (``name_ci_low``/``high``;
+    the mean itself is the stage's ``name``); with ``base`` (the base model's values of the same
+    items) also the paired change ``name_change`` = mean(values − base) and its interval.
+
+    >>> r = mean_readings("clip", np.array([0.9, 0.8, 1.0]), 100, 0, base=np.array([1.0, 1.0, 1.0]))
+    >>> round(r["clip_change"], 6), r["clip_change_ci_high"] <= 0
+    (-0.1, True)
+    """
+    out = {}
+    if base is not None:
+        out[f"{name}_change"] = float((values - base).mean())
+    if reps:
+        draws = bootstrap(lambda idx: float(values[idx].mean()), len(values), reps, seed)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval(draws, level)
+        if base is not None:
+            diff = values - base
+            draws = bootstrap(lambda idx: float(diff[idx].mean()), len(values), reps, seed)
+            out[f"{name}_change_ci_low"], out[f"{name}_change_ci_high"] = interval(draws, level)
+    return out
