@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from fastflux_core.adapter import BlockAdapter
@@ -47,13 +48,23 @@ def pruned_model(params: Params, states: list[ChainState], n: int) -> tuple[Bloc
     return adapter, state
 
 
-def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path) -> dict:
-    """Export the model for ``params.ratio`` to ``out`` (diffusers format); return its record."""
+Build = Callable[[Params, list[ChainState], int], tuple[BlockAdapter, ChainState, dict | None]]
+
+
+def unfinished(params: Params, states: list[ChainState], n: int) -> tuple[BlockAdapter, ChainState, None]:
+    """:func:`pruned_model` as a :data:`Build`: the chain's model, no finisher record."""
+    return (*pruned_model(params, states, n), None)
+
+
+def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path, build: Build = unfinished) -> dict:
+    """Export the model for ``params.ratio`` to ``out`` (diffusers format); return its record.
+    ``build(params, states, n)`` makes the model with n blocks replaced, LoRA merged, and says how it
+    was finished (stage assemble passes :func:`fastflux_core.finish.finished_model`)."""
     n = n_replaced(params.ratio, n_blocks)
     if n > len(states) - 1:
         raise FastFluxError(f"ratio={params.ratio} needs {n} trained steps, the chain has {len(states) - 1}: "
                             f"raise max_ratio (and steps) and run dvc repro")
-    adapter, state = pruned_model(params, states, n)
+    adapter, state, finished = build(params, states, n)
     deleted = state.deleted()
     pruned = to_pruned(adapter.model, [i for i in sorted(state.linears) if i not in deleted], deleted)
     pruned.save_pretrained(str(out / "transformer"), safe_serialization=True)
@@ -65,7 +76,7 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path)
         "replaced_blocks": [{"index": i, "kind": blocks[i].kind, "name": blocks[i].name, "path": blocks[i].path,
                              "replacement": "delete" if i in deleted else "brll"} for i in sorted(state.linears)],
         "params_base": base_params, "params_pruned": count_parameters(pruned),
-        "base": base_identity(params), "training_data": training_data(params),
+        "base": base_identity(params), "training_data": training_data(params), "finish": finished,
         "family": {"name": adapter.family, "pipeline": adapter.pipeline_class,
                    "transformer": adapter.model_class.__name__, "pruned": adapter.pruned_class},
         "ratio_to_n_flux57": {f"{r:.2f}": {"paper": PAPER_TABLE6[r], "ours": n_replaced(r, 57)} for r in PAPER_TABLE6},

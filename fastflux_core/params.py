@@ -326,6 +326,20 @@ class SandwichParams(_Strict):
     reuse: bool = Field(True, description="assemble ratio a from the latest-trained components of the whole chain")
 
 
+class FinishParams(_Strict):
+    """The optional global finisher (beyond the paper; :mod:`fastflux_core.finish`): after the chain, the
+    model at ``ratio`` — its replaced linears and LoRA — distilled towards the base model's outputs."""
+
+    steps: int = Field(0, ge=0, description="AdamW steps of sandwich.batch_size samples (0: off, the paper's "
+                       "method); the L1 baseline gets as many on top of the sandwiches'")
+    learning_rate: Rate = Field("auto", description="AdamW rate, or auto: the probe of the sandwiches "
+                                "(sandwich.probe_steps) over probe_rates")
+    probe_rates: Rates = Field(default_factory=lambda: [1e-5, 3e-5, 1e-4, 3e-4],
+                               description="the rates learning_rate: auto tries")
+    micro_batch: int = Field(32, ge=1, description="samples per forward/backward, accumulated to "
+                             "sandwich.batch_size (FLUX.1-dev: 1)")
+
+
 class EvaluateParams(_Strict):
     """Stage ``evaluate``: held-out quality, latency and FLOPs of the assembled model."""
 
@@ -400,6 +414,7 @@ class Params(_Strict):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     baseline: BaselineParams = BaselineParams()
+    finish: FinishParams = FinishParams()
 
     @field_validator("steps", mode="before")
     @classmethod

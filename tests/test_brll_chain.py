@@ -371,3 +371,29 @@ def test_the_automatic_rate_avoids_a_diverging_rate(chain):
     assert set(probe) == {1e-3, 1.0} and probe[1.0] > record["holdout_loss_init"] and probe[1e-3] < probe[1.0]
     assert record["learning_rate"] == 1e-3
     assert record["holdout_loss_trained"] <= record["holdout_loss_init"]
+
+
+def _finish_params(**finish):
+    return tiny_params(**{"sandwich.train_steps": 100, "sandwich.eval_every": 5,
+                          "finish": {"steps": 20, "micro_batch": 8, **finish}})
+
+
+def test_the_finisher_distils_the_chain_model_towards_the_base_and_never_leaves_it_worse(chain):
+    """finish.steps > 0: the model at n = 2 — its linears and LoRA — trained towards the base's outputs
+    on step 1's training store lowers its held-out distillation error; at 1.0, which diverges, the
+    chain's own model is what comes out, weight for weight."""
+    from fastflux_core.assemble import pruned_model
+    from fastflux_core.finish import finished_model, finishing_data
+
+    store, states = chain["stores"][0][1], chain["states"]
+    params = _finish_params(learning_rate=1e-3)
+    adapter, state, record = finished_model(params, states, 2, finishing_data(params, store, chain["train"]))
+    assert record["best_step"] > 0 and record["holdout_loss_trained"] < record["holdout_loss_init"]
+    assert record["trainable_params"] > 0 and sorted(state.linears) == [1, 3]
+    unfinished = pruned_model(params, states, 2)[0].model.state_dict()
+    assert any(not torch.equal(t, unfinished[k]) for k, t in adapter.model.state_dict().items())
+    bad = _finish_params(learning_rate=1.0, probe_rates=[1.0])
+    adapter, _, record = finished_model(bad, states, 2, finishing_data(bad, store, chain["train"]))
+    assert record["best_step"] == 0 and record["holdout_loss_trained"] == record["holdout_loss_init"]
+    for k, t in adapter.model.state_dict().items():
+        torch.testing.assert_close(t, unfinished[k], rtol=0, atol=0, msg=k)

@@ -75,6 +75,7 @@ def micro_params(switched: bool = False) -> dict:
             d[section][name] = value
         # the L1 baseline at the one-block model, LoRA fine-tuning at FastFLUX's trainable-parameter count
         d["baseline"].update(ratios=[0.34], finetune="lora_matched", gradient_checkpointing=True, round_to=4)
+        d["finish"].update(steps=3, micro_batch=2)  # the global finisher in stage assemble (and the baseline's budget)
     return d
 
 
@@ -322,7 +323,10 @@ def test_every_switch_runs_through_dvc(runs_c):
     per_rank = l1["trainable_params"] // l1["lora_rank"]
     assert l1["trainable_params"] <= l1["fastflux_trainable_params"] < l1["trainable_params"] + per_rank
     assert abs(base["l1"]["flops_ratio"] - base["fastflux"]["flops_ratio"]) < 0.03  # matched up to round_to
-    assert not params["sandwich"]["reuse"] and base["l1"]["train_steps"] == params["sandwich"]["train_steps"]  # steps 1..n
+    assert not params["sandwich"]["reuse"]  # steps 1..n, and the finisher's on top
+    assert base["l1"]["train_steps"] == params["sandwich"]["train_steps"] + params["finish"]["steps"]
+    finished = json.loads((repo / "data" / "assemble" / "pruning.json").read_text())["finish"]
+    assert finished["steps"] == 3 and finished["holdout_loss_trained"] <= finished["holdout_loss_init"]
     assert (repo / "data" / "baseline" / "grid_n1.png").is_file()
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
     assert params_problems(dvc, params, read_records(runs_c["log_c"])) == []
