@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastflux_core.adapter import BlockAdapter, ModelInputs
-from fastflux_core.integrity import NonFiniteError
+from fastflux_core.integrity import NonFiniteError, require_finite
 from fastflux_core.params import SandwichParams
 from fastflux_core.prompts import derive_seed
 from fastflux_core.sandwich import CapturedInputs, Split, accumulated_step, rounds
@@ -147,9 +147,11 @@ def distill(student: BlockAdapter, teacher: BlockAdapter, train_params: list[nn.
         if not when.due(step):
             return False
         held = check()
+        require_finite(torch.tensor(held), f"the held-out distillation loss at step {step}")  # stops training
         when.history.append((step, held))
-        if stop.update(best.offer(step, held)):
-            stopped = f"no held-out improvement in {cfg.patience} checks"
+        best.offer(step, held)
+        if stop.update(held):
+            stopped = f"held-out loss did not improve for {cfg.patience} checks"
             return True
         return False
 
@@ -157,8 +159,9 @@ def distill(student: BlockAdapter, teacher: BlockAdapter, train_params: list[nn.
     bar = tqdm(total=steps, desc="baseline fine-tuning", unit="step")
     try:
         for r, (chunk, n_steps) in enumerate(plan):
-            run(opt, first if r == 0 else teacher_round(teacher, inputs, chunk, micro_batch, device), n_steps, g,
-                len(losses), on_step)
+            r_data = first if r == 0 else teacher_round(teacher, inputs, chunk, micro_batch, device)
+            first = None  # round 0's outputs go with the round
+            run(opt, r_data, n_steps, g, len(losses), on_step)
             if stopped:
                 break
     except NonFiniteError as e:  # diverged: the best state so far (the pruned start at worst) is kept

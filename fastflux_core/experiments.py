@@ -232,8 +232,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
     if unknown:
         raise SystemExit(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
     seeds, bases = [int(s) for s in args.seeds.split(",")], [int(b) for b in args.bases.split(",")]
-    todo = runs(keys, seeds, bases)
     repo = Path.cwd()
+    source = yaml.safe_load((repo / "params.yaml").read_text()).get("model", {}).get("source", "embedded")
+    if source != "embedded" and len(bases) > 1:  # no stage reads embedded.seed: the "bases" would be one model
+        print(f"model.source is {source}: one base model, so --bases {args.bases} runs base {bases[0]} only")
+        bases = bases[:1]
+    todo = runs(keys, seeds, bases)
     if not args.collect_only:
         # runs in parallel share the cores, so their latencies are noisy: the sweep's reuse curve,
         # whose latency is Table 6's, runs alone afterwards

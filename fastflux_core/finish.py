@@ -28,7 +28,7 @@ from fastflux_core.export import merge_lora
 from fastflux_core.lora import lora_parameters
 from fastflux_core.params import Params
 from fastflux_core.prompts import PromptEmbeds, derive_seed
-from fastflux_core.sandwich import CapturedInputs, Split, holdout_split
+from fastflux_core.sandwich import CapturedInputs, Split, chain_holdout
 from fastflux_core.source import empty_base_model, load_transformer, resolve_device
 from fastflux_core.store import StoreReader
 
@@ -43,11 +43,11 @@ def finishing_parameters(adapter: BlockAdapter, state: ChainState) -> list[nn.Pa
 
 
 def finishing_data(params: Params, store: StoreReader, embeds: PromptEmbeds) -> tuple[CapturedInputs, Split]:
-    """The captured transformer inputs of ``store`` (read on the host) and the sandwiches' held-out split
-    of its prompts (step 1's: the same prompts the L1 baseline holds out)."""
+    """The captured transformer inputs of ``store`` (read on the host) and the chain's held-out split
+    of its prompts (which no sandwich trained on; the L1 baseline holds out the same)."""
     model = empty_base_model(params).to(getattr(torch, params.model.dtype))  # what CapturedInputs reads: dtype, guidance
     inputs = CapturedInputs(store, embeds, model, torch.device("cpu"))
-    return inputs, holdout_split(store, params.sandwich.holdout, derive_seed(params.seed, "sandwich-holdout", 1))
+    return inputs, chain_holdout(store, params)
 
 
 def finished_model(params: Params, states: list[ChainState], n: int,

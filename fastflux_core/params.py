@@ -310,7 +310,8 @@ class SandwichParams(_Strict):
     batch_size: int = Field(32, ge=1, description="samples per optimizer step")
     micro_batch: int = Field(8, ge=1, description="samples per forward/backward; gradients accumulate to batch_size")
     round_samples: int = Field(128, ge=1, description="samples whose boundary states are recomputed and held in "
-                               "host memory at once (FLUX.1-dev, bf16: 57 MB per sample)")
+                               "host memory at once (FLUX.1-dev, bf16: 57 MB per sample); the held-out check keeps "
+                               "as many more, and the next round is computed while the last is still held")
     gradient_checkpointing: bool = Field(True, description="keep only block inputs for backward (diffusers')")
     learning_rate: Rate = Field(
         1e-3, description="AdamW rate, or auto: each step tries every rate of probe_rates for probe_steps steps "

@@ -464,9 +464,10 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
              f"variants) on the primary metric, p < 0.05, and every base's mean difference of the same sign.", "",
             "Reading these numbers: every variant is scored on the same evaluation items with the same feature "
             "extractor, so FID's small-sample bias is shared and differences are comparable; the spread is over "
-            "pruning seeds only — it does not include the sampling error of the evaluation set itself. A variant "
-            "with nothing random left has zero spread (on the default, least squares sees every token, so the "
-            "untrained variants are deterministic). Latency: ratio of median forward times, base and pruned "
+            "runs — pruning seeds, and embedded bases for the experiments run on several — not over evaluation "
+            "items (each run's own item intervals are in its evaluate record). On one base a variant with nothing "
+            "random left has zero spread (least squares sees every token, so the untrained variants are "
+            "deterministic given the base). Latency: ratio of median forward times, base and pruned "
             "interleaved; the runs ran two at a time, so their latencies are noisy, but the sweep's reuse runs "
             "(Table 6's latency) ran alone; a run whose evaluate stage DVC restored from its run-cache shows none.", "",
             sample_size_note(any_eval.get("eval_images")), ""]

@@ -225,6 +225,12 @@ def holdout_split(store: StoreReader, share: float, seed: int) -> Split:
                  [prompts[int(j)] for j in sorted(held.tolist())])
 
 
+def chain_holdout(store: StoreReader, params: Params) -> Split:
+    """The held-out split of every chain step (the same prompts: every training store holds the same
+    prompt set), so no step trains on what another step, the finisher or the baseline scores on."""
+    return holdout_split(store, params.sandwich.holdout, derive_seed(params.seed, "sandwich-holdout"))
+
+
 def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
                      solved: dict[str, tuple[torch.Tensor, torch.Tensor]]
                      ) -> tuple[BlockAdapter, list[nn.Parameter], list[nn.Module]]:
@@ -288,8 +294,9 @@ def accumulated_step(opt: torch.optim.Optimizer, train_params: list[nn.Parameter
     """One optimizer step over a batch given as micro-batch losses (each already divided by the whole
     batch's denominator, so the accumulated gradient is the batch's): backward each as it comes,
     clip the gradient norm to 1, step. Returns the batch loss (summed over ranks). A non-finite batch
-    loss raises :class:`~fastflux_core.integrity.NonFiniteError` naming ``what`` before the step, on
-    every rank alike (the sum is the ranks' common knowledge, so none is left waiting in DDP)."""
+    loss or gradient norm raises :class:`~fastflux_core.integrity.NonFiniteError` naming ``what``
+    before the step, on every rank alike (both are the ranks' common knowledge, so none is left
+    waiting in DDP)."""
     opt.zero_grad(set_to_none=True)
     total = torch.zeros(1, dtype=torch.float64)
     for loss in micro_losses:
@@ -298,7 +305,8 @@ def accumulated_step(opt: torch.optim.Optimizer, train_params: list[nn.Parameter
     if world.size > 1:
         world.sum_(total)
     require_finite(total, what)
-    torch.nn.utils.clip_grad_norm_(train_params, 1.0)
+    norm = torch.nn.utils.clip_grad_norm_(train_params, 1.0)  # after DDP's all-reduce: the same on every rank
+    require_finite(norm.detach().cpu(), f"the gradient of the {what}")  # a finite loss can still overflow backward
     opt.step()
     return float(total)
 
@@ -322,8 +330,9 @@ def rank_micro_batches(pick: torch.Tensor, n_rows: int, micro_batch: int, world:
 
 class HeldOutCheck:
     """The held-out loss of the sandwich as training goes: on up to ``round_samples`` of the held-out
-    samples (a seeded choice of whole held-out prompts' samples), whose boundary states are computed
-    once and kept (each rank its share; the sums are added across ranks, so every rank decides alike)."""
+    samples (a seeded choice among them), whose boundary states are computed once and kept on the
+    host beside the round's (each rank its share; the sums are added across ranks, so every rank
+    decides alike)."""
 
     def __init__(self, adapter: BlockAdapter, data: BoundaryStates, holdout: torch.Tensor, u: int, d: int,
                  cfg: SandwichParams, seed: int, world: World):
@@ -428,9 +437,11 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
         if not when.due(step):
             return False
         held = check()
+        require_finite(torch.tensor(held), f"the held-out sandwich loss at training step {step}")  # stops training
         when.history.append((step, held))
-        if stop.update(best.offer(step, held)):
-            stopped = f"no held-out improvement in {cfg.patience} checks"
+        best.offer(step, held)
+        if stop.update(held):
+            stopped = f"held-out loss did not improve for {cfg.patience} checks"
             return True
         return False
 
@@ -439,6 +450,7 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
     try:
         for r, (chunk, n_steps) in enumerate(plan):
             b, norms = first if r == 0 else round_states(chunk)
+            first = None  # round 0's states go with the round
             train_steps(opt, b, norms, n_steps, g, len(losses), on_step)
             if stopped:
                 break
@@ -485,7 +497,7 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
     lora_blocks, linear_blocks = step.lora_blocks(), step.linear_blocks()
     adapter, train_params, target = prepare_sandwich(params, step, state, solved)
     data = BoundaryStates(store, embeds, adapter, target, u, cfg.micro_batch, resolve_device(params.model.device))
-    split = holdout_split(store, cfg.holdout, derive_seed(params.seed, "sandwich-holdout", step.k))
+    split = chain_holdout(store, params)
     losses = fit_sandwich(adapter, train_params, data, split, u, d, cfg,
                           derive_seed(params.seed, "sandwich-batches", step.k), world)
 

@@ -6,7 +6,7 @@ that can end *worse* than the start: at width 1 on the default the held-out loca
 0.0038 → 0.0041, and on the FLUX-width rehearsal at rate 1e-3 it went 0.0011 → 0.155. So training is
 scored on held-out samples every ``eval_every`` steps, and what training returns is the parameters at
 the lowest held-out loss seen — the start included (:class:`BestState`); after ``patience`` checks
-without improvement it stops (:class:`EarlyStop`). With ``learning_rate: auto`` a few rates are each
+that do not improve on the best check before them it stops (:class:`EarlyStop`). With ``learning_rate: auto`` a few rates are each
 tried for a few steps from the same start on the same batches, and the rate whose try ends lowest
 on held-out loss trains (:func:`pick_rate`).
 
@@ -39,7 +39,7 @@ class BestState:
 
     def __init__(self, params: list[nn.Parameter], loss: float, step: int = 0):
         self.params = params
-        self.loss, self.step = loss, step
+        self.loss, self.step = (loss if math.isfinite(loss) else math.inf), step  # a NaN start is beaten by any number
         self.values = _host_copy(params)
 
     def offer(self, step: int, loss: float) -> bool:
@@ -68,18 +68,24 @@ def set_values(params: list[nn.Parameter], values: list[torch.Tensor]) -> None:
 
 @dataclass
 class EarlyStop:
-    """Stop after ``patience`` checks in a row without a new best (``None``: never stop early).
+    """Stop after ``patience`` checks in a row that do not beat the best *check* so far (``None``:
+    never stop early). Measured along training, not against the start: a loss still falling towards
+    a start it has not yet beaten is improving.
 
     >>> stop = EarlyStop(2)
-    >>> [stop.update(improved) for improved in (True, False, True, False, False)]
-    [False, False, False, False, True]
+    >>> [stop.update(loss) for loss in (0.9, 0.8, 0.85, 0.7, 0.75, 0.71)]
+    [False, False, False, False, False, True]
     """
 
     patience: int | None
+    best: float = math.inf
     stale: int = 0
 
-    def update(self, improved: bool) -> bool:
-        self.stale = 0 if improved else self.stale + 1
+    def update(self, loss: float) -> bool:
+        if loss < self.best:
+            self.best, self.stale = loss, 0
+        else:
+            self.stale += 1
         return self.patience is not None and self.stale >= self.patience
 
 

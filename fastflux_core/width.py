@@ -49,7 +49,7 @@ from fastflux_core.metrics import QUALITY_KEYS
 from fastflux_core.params import Params, n_replaced
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.distill import distill
-from fastflux_core.sandwich import CapturedInputs, Split, holdout_split
+from fastflux_core.sandwich import CapturedInputs, Split, chain_holdout
 from fastflux_core.speed import count_flops_by_module
 from fastflux_core.store import StoreReader
 
@@ -114,10 +114,14 @@ def width_share(model: nn.Module, x: ModelInputs, target_ratio: float) -> float:
 
 
 def chain_trainable_params(states: list, n: int, reuse: bool) -> int:
-    """Trainable parameters of the sandwiches that made the FastFLUX model with ``n`` blocks replaced:
-    the whole chain's with ``sandwich.reuse`` (its components were trained by every step), else
-    the first ``n`` steps'."""
-    return sum(r.get("trainable_params", 0) for r in states[-1 if reuse else n].history)
+    """Parameters the chain trained that are in the FastFLUX model with ``n`` blocks replaced: its
+    replaced blocks' linears and its LoRA adapters (:func:`~fastflux_core.chain.state_for_steps`),
+    each counted once however many overlapping sandwiches trained it."""
+    from fastflux_core.chain import state_for_steps
+
+    state = state_for_steps(states, n, reuse)
+    linears = sum(t.numel() for streams in state.linears.values() for pair in streams.values() for t in pair)
+    return linears + sum(t.numel() for named in state.lora.values() for t in named.values())
 
 
 def lora_rank_for(adapter: BlockAdapter, budget: int) -> int:
@@ -236,7 +240,7 @@ def baseline(params: Params, states: list, store: StoreReader, train_embeds: Pro
     ev = Evaluator(params, eval_embeds, reference)
     n_blocks = len(adapter_for(ev.base).blocks)
     inputs = CapturedInputs(store, train_embeds, ev.base, torch.device("cpu"))  # rounds are held on the host
-    split = holdout_split(store, params.sandwich.holdout, derive_seed(params.seed, "sandwich-holdout", 1))
+    split = chain_holdout(store, params)  # the prompts no sandwich trained on
     metrics, timings = {}, {}
     for r in params.baseline.ratios:
         n = n_replaced(r, n_blocks)
