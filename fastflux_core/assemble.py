@@ -66,7 +66,7 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path,
                             f"raise max_ratio (and steps) and run dvc repro")
     adapter, state, finished = build(params, states, n)
     deleted = state.deleted()
-    pruned = to_pruned(adapter.model, [i for i in sorted(state.linears) if i not in deleted], deleted)
+    pruned = to_pruned(adapter.model, [i for i in sorted(state.linears) if i not in deleted], deleted, sorted(state.temb))
     pruned.save_pretrained(str(out / "transformer"), safe_serialization=True)
     base_params = count_parameters(empty_base_model(params))
     blocks = adapter.blocks
@@ -74,7 +74,8 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path,
         "ratio": params.ratio, "n_pruned": n, "n_blocks": n_blocks, "reuse": params.sandwich.reuse,
         "chain_step": n, "components_from_step": len(states) - 1 if params.sandwich.reuse else n,
         "replaced_blocks": [{"index": i, "kind": blocks[i].kind, "name": blocks[i].name, "path": blocks[i].path,
-                             "replacement": "delete" if i in deleted else "brll"} for i in sorted(state.linears)],
+                             "replacement": "delete" if i in deleted else ("brll_temb" if i in state.temb else "brll")}
+                            for i in sorted(state.linears)],
         "params_base": base_params, "params_pruned": count_parameters(pruned),
         "base": base_identity(params), "training_data": training_data(params), "finish": finished,
         "family": {"name": adapter.family, "pipeline": adapter.pipeline_class,

@@ -31,13 +31,17 @@ def row_weight(store: StoreReader, stream: str) -> float:
     return store.attrs["tokens"][stream] / store.attrs["sampled"][stream]
 
 
-def _pairs(store: StoreReader, streams: tuple[str, ...], chunk_rows: int, world: World):
-    """(inputs, residuals, row weight) chunks of the given store streams — this rank's share of them."""
+def _pairs(store: StoreReader, streams: tuple[str, ...], chunk_rows: int, world: World, temb: torch.Tensor | None = None):
+    """(inputs, residuals, row weight) chunks of the given store streams — this rank's share of them.
+    With ``temb`` (sample, D) each row's input is [x; silu(temb of its sample)] (2D columns)."""
     for s in streams:
         w = row_weight(store, s)
+        k = store.attrs["sampled"][s]  # rows per sample: row r is sample r // k
         mine = world.share(store.row_ranges(f"block_in_{s}", chunk_rows))
-        for x, r in zip(store.iter_rows(f"block_in_{s}", chunk_rows, mine),
-                        store.iter_rows(f"residual_{s}", chunk_rows, mine)):
+        for rows, x, r in zip(mine, store.iter_rows(f"block_in_{s}", chunk_rows, mine),
+                              store.iter_rows(f"residual_{s}", chunk_rows, mine)):
+            if temb is not None:
+                x = torch.cat([x, torch.nn.functional.silu(temb[torch.arange(rows.start, rows.stop) // k])], 1)
             yield x, r, w
 
 
@@ -47,25 +51,39 @@ def _finite(x: torch.Tensor, what: str, store: StoreReader) -> torch.Tensor:
     return x
 
 
+def _fit(store: StoreReader, stream: str, ridge: float, chunk_rows: int, device, world: World,
+         temb: torch.Tensor | None) -> tuple[Solution, float]:
+    """One stream's least-squares solution (on [x; silu(temb)] when ``temb`` is given) and its
+    relative residual."""
+    dim = store.array("block_in_img").shape[1]
+    acc = GramAccumulator(dim if temb is None else 2 * dim, dim, device)
+    for x, r, w in _pairs(store, SOURCES[stream], chunk_rows, world, temb):
+        acc.add(_finite(x, "block inputs", store), _finite(r, "residual outputs", store), w)
+    sol = sum_accumulator(acc, world).solve(ridge)
+    sums = world.sum_(torch.tensor(residual_sums(_pairs(store, SOURCES[stream], chunk_rows, world, temb), sol),
+                                   dtype=torch.float64, device=acc.gram.device))
+    return sol, float((sums[0] / sums[1]).sqrt()) if sums[1] > 0 else 0.0
+
+
 def solve_store(store: StoreReader, ridge: float, chunk_rows: int, device: torch.device | str = "cpu",
-                world: World = World()) -> tuple[dict[str, Solution], dict]:
+                world: World = World(), condition: str = "none") -> tuple[dict[str, Solution], dict]:
     """Least-squares linears for the block captured in ``store``; returns them and their metrics.
     With several ranks each reads its share of the row chunks; the float64 accumulators and the
-    residual's sums are added across ranks, and every rank solves the same summed system."""
-    kind = store.attrs["kind"]
-    dim = store.array("block_in_img").shape[1]
+    residual's sums are added across ranks, and every rank solves the same summed system.
+
+    ``condition: temb`` — the timestep-aware replacement g(x, temb) = W·x + b + U·silu(temb): the
+    same least squares on [x; silu(temb)] (the block's modulation reads silu(temb) too), so the
+    solution's weight is [W | U] (D, 2D). Its metrics also give the plain fit's residual
+    (``relative_residual_plain``), the number a conditioned replacement has to beat."""
+    temb = _finite(store.read("temb").float(), "timestep embeddings", store) if condition == "temb" else None
     solutions, metrics = {}, {}
-    for stream in STREAMS[kind]:
-        acc = GramAccumulator(dim, dim, device)
-        for x, r, w in _pairs(store, SOURCES[stream], chunk_rows, world):
-            acc.add(_finite(x, "block inputs", store), _finite(r, "residual outputs", store), w)
-        sol = sum_accumulator(acc, world).solve(ridge)
-        sums = world.sum_(torch.tensor(residual_sums(_pairs(store, SOURCES[stream], chunk_rows, world), sol),
-                                       dtype=torch.float64, device=acc.gram.device))
-        res = float((sums[0] / sums[1]).sqrt()) if sums[1] > 0 else 0.0
+    for stream in STREAMS[store.attrs["kind"]]:
+        sol, res = _fit(store, stream, ridge, chunk_rows, device, world, temb)
         solutions[stream] = sol
         metrics[stream] = {"relative_residual": res, "condition_number": sol.condition_number,
                            "method": sol.method, "rows": sol.rows}
+        if temb is not None:
+            metrics[stream]["relative_residual_plain"] = _fit(store, stream, ridge, chunk_rows, device, world, None)[1]
     return solutions, metrics
 
 
@@ -76,13 +94,18 @@ def replacement_for(store: StoreReader, cfg: SolveParams, device: torch.device |
     (its calibration rows are not read)."""
     if cfg.replacement == "delete":
         return {}, {}
-    return solve_store(store, cfg.ridge, cfg.chunk_rows, device, world)
+    return solve_store(store, cfg.ridge, cfg.chunk_rows, device, world, cfg.condition)
 
 
 def save_solution(path: Path, solutions: dict[str, Solution]) -> None:
+    """``<stream>.weight`` W (D, D) and ``.bias`` b, and for a timestep-aware solution (weight
+    [W | U], D × 2D) ``<stream>.temb_weight`` U."""
     tensors = {}
     for s, sol in solutions.items():
-        tensors[f"{s}.weight"], tensors[f"{s}.bias"] = sol.weight.float(), sol.bias.float()
+        d = sol.weight.shape[0]
+        tensors[f"{s}.weight"], tensors[f"{s}.bias"] = sol.weight[:, :d].float().contiguous(), sol.bias.float()
+        if sol.weight.shape[1] == 2 * d:
+            tensors[f"{s}.temb_weight"] = sol.weight[:, d:].float().contiguous()
     save_tensors(path, tensors)
 
 
@@ -91,3 +114,8 @@ def load_solution(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     t = load_tensors(path)
     streams = sorted({k.split(".")[0] for k in t})
     return {s: (t[f"{s}.weight"], t[f"{s}.bias"]) for s in streams}
+
+
+def load_conditioning(path: Path) -> dict[str, torch.Tensor]:
+    """Stream → U of a timestep-aware solution; empty for a plain one (or a deleted block)."""
+    return {k.split(".")[0]: t for k, t in load_tensors(path).items() if k.endswith(".temb_weight")}

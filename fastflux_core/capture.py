@@ -9,6 +9,8 @@ steps of ``capture.timesteps`` (spread over the whole schedule) forward hooks re
         (output − input), ``image_tokens`` / ``text_tokens`` random tokens per sample. A single
         block's replacement is one linear for both streams; the solve weights image and text rows by
         the true token counts (attributes ``tokens`` and ``sampled``).
+  temb       (sample, D)   the timestep embedding block i received (a timestep-aware replacement's
+        input: ``solve.condition: temb``)
 
 ``training.zarr`` — Sandwich Training inputs, from the training set:
   latents    (sample, N_img, C_tok) the packed noisy latent the transformer received
@@ -107,12 +109,12 @@ class BlockIOHooks:
 
     def pre(self, module, args, kwargs) -> None:
         if self.armed.armed:
-            self.inputs = (kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+            self.inputs = (kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["temb"])
 
     def post(self, module, args, kwargs, output) -> None:
         if not self.armed.armed:
             return
-        (x_img, x_txt), (o_txt, o_img) = self.inputs, output
+        (x_img, x_txt, temb), (o_txt, o_img) = self.inputs, output
         if o_txt is None:  # a block without text output (SD3's last): zero text residual, never fitted
             o_txt = x_txt
         for t in (x_img, x_txt, o_img, o_txt):
@@ -122,6 +124,7 @@ class BlockIOHooks:
         self.writer.append("residual_img", self._gather(o_img - x_img, ii))
         self.writer.append("block_in_txt", self._gather(x_txt, it))
         self.writer.append("residual_txt", self._gather(o_txt - x_txt, it))
+        self.writer.append("temb", temb.float().cpu())  # (b, D)
         self.armed.write_items(self.writer)
 
 

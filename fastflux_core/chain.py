@@ -116,7 +116,8 @@ class ChainState:
     """Trained components after some step: linears of replaced blocks, LoRA of neighbours.
 
     ``linears[i][stream] = (weight (D, D), bias (D,))`` — every replaced block has an entry, empty
-    for a deleted one (``solve.replacement: delete``: the identity); ``lora`` maps a block index to
+    for a deleted one (``solve.replacement: delete``: the identity); ``temb[i][stream] = U (D, D)``
+    for a timestep-aware replacement (``solve.condition: temb``); ``lora`` maps a block index to
     that block's LoRA tensors (peft's names, relative to the block). Saved as one safetensors file +
     JSON manifest.
     """
@@ -127,6 +128,7 @@ class ChainState:
     lora: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     lora_config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # per step: what it trained, losses (no timings)
+    temb: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         tensors: dict[str, torch.Tensor] = {}
@@ -136,6 +138,9 @@ class ChainState:
         for i, named in self.lora.items():
             for name, t in named.items():
                 tensors[f"lora.{i}.{name}"] = t
+        for i, streams in self.temb.items():
+            for s, u in streams.items():
+                tensors[f"temb.{i}.{s}"] = u
         save_tensors(folder / "state.safetensors", tensors)
         write_json(folder / "state.json", {
             "step": self.step, "replaced": sorted(self.linears), "deleted": self.deleted(),
@@ -158,6 +163,8 @@ class ChainState:
                 stream, part = rest.rsplit(".", 1)
                 pair = state.linears.setdefault(int(i), {}).setdefault(stream, [None, None])  # type: ignore[arg-type]
                 pair[0 if part == "weight" else 1] = t
+            elif kind == "temb":
+                state.temb.setdefault(int(i), {})[rest] = t
             else:
                 state.lora.setdefault(int(i), {})[rest] = t
         state.linears = {i: {s: (p[0], p[1]) for s, p in d.items()} for i, d in state.linears.items()}
@@ -181,9 +188,11 @@ def apply_linears(adapter: BlockAdapter, state: ChainState) -> dict[int, LinearR
         if not streams:
             adapter.swap(i, SkipBlock())
             continue
-        rep = LinearReplacement(dim, adapter.blocks[i].kind).to(p.device, p.dtype)
+        rep = LinearReplacement(dim, adapter.blocks[i].kind, conditioned=i in state.temb).to(p.device, p.dtype)
         for s, (w, b) in streams.items():
             rep.set_affine(s, w, b)
+        for s, weight in state.temb.get(i, {}).items():
+            rep.set_conditioning(s, weight)
         adapter.swap(i, rep)
         out[i] = rep
     return out
@@ -226,6 +235,8 @@ def state_for_steps(states: list[ChainState], n: int, reuse: bool) -> ChainState
     latest = ChainState(step=n, kinds=dict(base.kinds), lora_config=base.lora_config, history=list(base.history))
     for i in base.linears:
         latest.linears[i] = states[-1].linears[i]
+        if i in states[-1].temb:
+            latest.temb[i] = states[-1].temb[i]
     for j in base.lora:
         owner = next(s for s in reversed(states) if j in s.lora)
         latest.lora[j] = owner.lora[j]

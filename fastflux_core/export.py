@@ -37,12 +37,14 @@ def merge_lora(model: nn.Module) -> None:
         model.unload_lora()
 
 
-def to_pruned(model: nn.Module, replaced: list[int], deleted: list[int] = ()) -> PrunedMixin:
-    """The in-memory chain model (linears swapped in, LoRA merged) as a savable pruned model.
-    Weights are moved, not copied (``assign=True`` into an empty-weight skeleton)."""
+def to_pruned(model: nn.Module, replaced: list[int], deleted: list[int] = (), conditioned: list[int] = ()) -> PrunedMixin:
+    """The in-memory chain model (linears swapped in, LoRA merged) as a savable pruned model
+    (``conditioned``: the replaced blocks that are timestep-aware). Weights are moved, not copied
+    (``assign=True`` into an empty-weight skeleton)."""
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
     config["replaced_blocks"] = sorted(replaced)
     config["deleted_blocks"] = sorted(deleted)
+    config["conditioned_blocks"] = sorted(conditioned)
     config["weights_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     with init_empty_weights():
         pruned = getattr(pruned_flux, adapter_for(model).pruned_class).from_config(config)

@@ -275,6 +275,9 @@ class SolveParams(_Strict):
     replacement: Literal["brll", "delete"] = Field(
         "brll", description="brll: residual branch → least-squares linear, shortcut kept (paper §3.1); delete: "
         "residual branch removed, the block is the identity (paper Fig. 6's 'direct deletion')")
+    condition: Literal["none", "temb"] = Field(
+        "none", description="none: g(x) = W·x + b (paper) | temb: timestep-aware, g(x, temb) = W·x + b + U·silu(temb) "
+        "with the block's own timestep embedding (beyond the paper; one more D×D matrix per stream)")
     ridge: float = Field(1e-4, ge=0, description="ridge λ, relative to the mean diagonal of XᵀX")
     chunk_rows: int = Field(65536, ge=1, description="rows read from the store at a time")
 

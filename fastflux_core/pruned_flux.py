@@ -12,7 +12,8 @@ With FastFLUX installed, ``fastflux_core.export.PrunedFluxTransformer2DModel`` i
 
 What it adds to ``FluxTransformer2DModel``: config entries ``replaced_blocks`` / ``deleted_blocks``
 (global block indices: double blocks 0..num_layers-1, then single blocks; SD3: its blocks 0..num_layers-1),
-whose slots hold a :class:`LinearReplacement` (BRLL: shortcut + one linear, y = x + W·x + b) or a
+whose slots hold a :class:`LinearReplacement` (BRLL: shortcut + one linear, y = x + W·x + b; at the
+blocks of ``conditioned_blocks`` timestep-aware, y = x + W·x + b + U·silu(temb)) or a
 :class:`SkipBlock` (identity). Block numbering is unchanged, so every kept block's weights keep their
 standard keys.
 
@@ -68,13 +69,16 @@ class LinearReplacement(nn.Module):
     True
     """
 
-    def __init__(self, dim: int, kind: str):
+    def __init__(self, dim: int, kind: str, conditioned: bool = False):
         super().__init__()
         self.kind = kind
         self.linears = nn.ModuleDict({s: nn.Linear(dim, dim) for s in STREAMS[kind]})
-        for lin in self.linears.values():
+        # timestep-aware (``conditioned_blocks``): g(x, temb) = W·x + b + U·silu(temb), one U per stream
+        self.temb_linears = nn.ModuleDict({s: nn.Linear(dim, dim, bias=False) for s in STREAMS[kind]}) if conditioned else None
+        for lin in [*self.linears.values(), *(self.temb_linears or {}).values()]:
             nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -87,21 +91,33 @@ class LinearReplacement(nn.Module):
             lin.weight.copy_(weight.to(lin.weight.dtype))
             lin.bias.copy_(bias.to(lin.bias.dtype))
 
+    def set_conditioning(self, stream: str, weight: torch.Tensor) -> None:
+        """Load U (D_out, D_in) of a timestep-aware replacement: its term U·silu(temb)."""
+        lin = self.temb_linears[stream]
+        with torch.no_grad():
+            lin.weight.copy_(weight.to(lin.weight.dtype))
+
+    def _g(self, stream: str, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        out = _apply(self.linears[stream], x)  # (B, N, D)
+        if self.temb_linears is not None:
+            out = out + _apply(self.temb_linears[stream], nn.functional.silu(temb)).to(x.dtype)[:, None, :]  # (B, 1, D)
+        return out
+
     def forward(
         self,
         hidden_states: torch.Tensor,  # (B, N_img, D)
         encoder_hidden_states: torch.Tensor,  # (B, N_txt, D)
-        temb: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,  # (B, D)
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         joint_attention_kwargs: dict | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         if "joint" in self.linears:
-            g = self.linears["joint"]
-            return encoder_hidden_states + _apply(g, encoder_hidden_states), hidden_states + _apply(g, hidden_states)
-        hidden_states = hidden_states + _apply(self.linears["img"], hidden_states)
+            return (encoder_hidden_states + self._g("joint", encoder_hidden_states, temb),
+                    hidden_states + self._g("joint", hidden_states, temb))
+        hidden_states = hidden_states + self._g("img", hidden_states, temb)
         if "txt" not in self.linears:
             return None, hidden_states
-        return encoder_hidden_states + _apply(self.linears["txt"], encoder_hidden_states), hidden_states
+        return encoder_hidden_states + self._g("txt", encoder_hidden_states, temb), hidden_states
 
 
 def _apply(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -130,12 +146,12 @@ class PrunedMixin:
 
     GUARD: dict = {}
 
-    def _stand_in(self, replaced, deleted, kind_of) -> None:
-        """A :class:`LinearReplacement` of kind ``kind_of(i)`` at every replaced block, a
-        :class:`SkipBlock` at every deleted one."""
+    def _stand_in(self, replaced, deleted, kind_of, conditioned=()) -> None:
+        """A :class:`LinearReplacement` of kind ``kind_of(i)`` at every replaced block (timestep-aware
+        at those in ``conditioned``), a :class:`SkipBlock` at every deleted one."""
         for i in replaced:
             modules, pos = self._slot(i)
-            modules[pos] = LinearReplacement(self.inner_dim, kind_of(i))
+            modules[pos] = LinearReplacement(self.inner_dim, kind_of(i), conditioned=i in set(conditioned))
         for i in deleted:
             modules, pos = self._slot(i)
             modules[pos] = SkipBlock()
@@ -207,11 +223,13 @@ class PrunedFluxTransformer2DModel(PrunedMixin, FluxTransformer2DModel):
         replaced_blocks: list[int] | tuple[int, ...] = (),
         deleted_blocks: list[int] | tuple[int, ...] = (),
         weights_dtype: str | None = None,
+        conditioned_blocks: list[int] | tuple[int, ...] = (),
     ):
         super().__init__(patch_size, in_channels, out_channels, num_layers, num_single_layers, attention_head_dim,
                          num_attention_heads, joint_attention_dim, pooled_projection_dim, guidance_embeds,
                          axes_dims_rope)
-        self._stand_in(replaced_blocks, deleted_blocks, lambda i: "double" if i < num_layers else "single")
+        self._stand_in(replaced_blocks, deleted_blocks, lambda i: "double" if i < num_layers else "single",
+                       conditioned_blocks)
 
     def _slot(self, index: int) -> tuple[nn.ModuleList, int]:
         """The ModuleList and position of global block ``index``."""
@@ -245,11 +263,13 @@ class PrunedSD3Transformer2DModel(PrunedMixin, SD3Transformer2DModel):
         replaced_blocks: list[int] | tuple[int, ...] = (),
         deleted_blocks: list[int] | tuple[int, ...] = (),
         weights_dtype: str | None = None,
+        conditioned_blocks: list[int] | tuple[int, ...] = (),
     ):
         super().__init__(sample_size, patch_size, in_channels, num_layers, attention_head_dim, num_attention_heads,
                          joint_attention_dim, caption_projection_dim, pooled_projection_dim, out_channels,
                          pos_embed_max_size, tuple(dual_attention_layers), qk_norm)
-        self._stand_in(replaced_blocks, deleted_blocks, lambda i: "final" if i == num_layers - 1 else "joint")
+        self._stand_in(replaced_blocks, deleted_blocks, lambda i: "final" if i == num_layers - 1 else "joint",
+                       conditioned_blocks)
 
     def _slot(self, index: int) -> tuple[nn.ModuleList, int]:
         return self.transformer_blocks, index
@@ -297,7 +317,7 @@ def save_contiguous(model: PrunedMixin, folder: Path) -> None:
         renumber = double if kind == "transformer_blocks" else single
         if index in renumber:
             kept[f"{kind}.{renumber[index]}.{rest}"] = value.contiguous()
-        else:  # a LinearReplacement: linears.<stream>.<weight|bias>
+        else:  # a LinearReplacement: linears.<stream>.<weight|bias> (and temb_linears.<stream>.weight, kept so)
             global_index = index if kind == "transformer_blocks" else n_double + index
             replaced[f"{global_index}.{rest.removeprefix('linears.')}"] = value.contiguous()
     folder.mkdir(parents=True, exist_ok=True)
@@ -333,7 +353,7 @@ def load_contiguous(cls, folder: Path, config: dict, dtype: torch.dtype | None) 
         index, rest = key.split(".", 1)
         index = int(index)
         kind, pos = ("transformer_blocks", index) if index < n_double else ("single_transformer_blocks", index - n_double)
-        state[f"{kind}.{pos}.linears.{rest}"] = value
+        state[f"{kind}.{pos}.{rest}" if rest.startswith("temb_linears.") else f"{kind}.{pos}.linears.{rest}"] = value
     with init_empty_weights():
         model = cls.from_config(config)
     model.load_state_dict(state, strict=True, assign=True)

@@ -349,6 +349,56 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
     return lines, "inconclusive (differences within the spread over seeds)"
 
 
+def headline(runs: list[dict], replicates: list[tuple[int, int]]) -> list[str]:
+    """The table a user decides on, first in the report: FastFLUX (params.yaml's recipe) against L1
+    width pruning fine-tuned with the same budget at FastFLUX's FLOPs, per ratio — FID vs the full
+    model over runs (each run's own 95 % item interval, averaged, beside it), FastFLUX's paired
+    advantage with its 95 % t-interval over runs, how many bases agree, the measured latency ratios,
+    and which is better (the paired verdict, whichever way it goes)."""
+    from scipy.stats import t as student_t
+
+    by = {rep: r for rep, r in _by_replicate(runs, EXPERIMENTS["baseline"].variants[0].name).items()
+          if rep in replicates and r["metrics"].get(BASELINE)}
+    if not by:
+        return []
+    first = next(iter(by.values()))["metrics"][BASELINE]
+    rows = ["| blocks replaced | FLOPs ratio | latency ratio FastFLUX / L1 | FID vs full: FastFLUX | FID vs full: L1 + "
+            "fine-tuning | FastFLUX's advantage, 95 % CI over runs | bases agreeing | better |",
+            "|---|---|---|---|---|---|---|---|"]
+    for n in sorted({int(k.split(".")[0][1:]) for k in first}):
+        reps = [rep for rep, r in by.items() if r["metrics"][BASELINE].get(f"n{n}.l1.fid") is not None]
+        if not reps:
+            continue
+        m = [by[rep]["metrics"][BASELINE] for rep in reps]
+        ours, l1 = [x[f"n{n}.fastflux.fid"] for x in m], [x[f"n{n}.l1.fid"] for x in m]
+        r = paired(ours, l1, bases=[b for b, _ in reps])
+        half = (student_t.ppf(0.975, len(reps) - 1) * r["advantage_std"] / len(reps) ** 0.5) if len(reps) > 1 else float("nan")
+        ci = f"{r['advantage_mean']:.3g} [{r['advantage_mean'] - half:.3g}, {r['advantage_mean'] + half:.3g}]" \
+            if len(reps) > 1 else f"{r['advantage_mean']:.3g}"
+
+        def fid_cell(model: str, vals: list[float]) -> str:
+            widths = [(x[f"n{n}.{model}.fid_ci_high"] - x[f"n{n}.{model}.fid_ci_low"]) / 2 for x in m
+                      if f"n{n}.{model}.fid_ci_high" in x]
+            return _pm(vals) + (f" (items ±{statistics.fmean(widths):.2g})" if widths else "")
+
+        lat = {model: [x for x in (_latency(by[rep], BASELINE, TIMING_BASELINE, f"n{n}.{model}") for rep in reps)
+                       if x is not None] for model in ("fastflux", "l1")}
+        lat_cell = " / ".join(_pm(v) if v else "—" for v in lat.values())
+        n_blocks = m[0].get(f"n{n}.n_blocks")
+        what = f"{n} of {n_blocks} ({n / n_blocks:.0%})" if n_blocks else str(n)
+        better = {"supports": "FastFLUX", "contradicts": "L1 + fine-tuning"}.get(r["verdict"], "neither (within the spread)")
+        rows.append(f"| {what} | {m[0][f'n{n}.fastflux.flops_ratio']:.3f} / {m[0][f'n{n}.l1.flops_ratio']:.3f} | {lat_cell} | "
+                    f"{fid_cell('fastflux', ours)} | {fid_cell('l1', l1)} | {ci} | {r['bases_agree']} of {r['bases']} | "
+                    f"**{better}** |")
+    budget = first.get(f"n{min(int(k.split('.')[0][1:]) for k in first)}.l1.finetune", "?")
+    return ["## FastFLUX or L1 width pruning?", "",
+            f"Both at FastFLUX's FLOPs, the L1 model fine-tuned ({budget}) for as many steps of the same batch as "
+            f"FastFLUX's sandwiches (and finisher) took, each keeping its best held-out state; FID against the full "
+            f"model's images, lower is better; advantage = L1's FID − FastFLUX's, paired by base and seed. The L1 "
+            f"model is matched on FLOPs, not on measured latency: its latency ratio is shown as measured.", "",
+            *rows, ""]
+
+
 def _grouped_bars(groups: dict[int, dict[str, list[float]]], path: Path, xlabel: str) -> None:
     """Mean FID (vs the full model) with std error bars and seeds as dots, one group per x value."""
     names = list(next(iter(groups.values())))
@@ -505,7 +555,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
                       f"![{key} images]({key}_grid.png)", ""]
         lines += verdict_lines + ["", f"**Verdict: {overall}.**", ""]
         summary.append(f"| {exp.title} | {overall} |")
-    lines = head + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines
+    lines = head[:4] + headline(runs, seeds) + head[4:] + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines
     text = "\n".join(lines) + "\n"
     with atomic_file(out / "README.md") as tmp:
         tmp.write_text(text)

@@ -232,7 +232,7 @@ def chain_holdout(store: StoreReader, params: Params) -> Split:
 
 
 def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
-                     solved: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                     solved: dict[str, tuple[torch.Tensor, torch.Tensor]], conditioning: dict[str, torch.Tensor] | None = None
                      ) -> tuple[BlockAdapter, list[nn.Parameter], list[nn.Module]]:
     """The chain model after steps < k with block i as its least-squares linear and fresh LoRA on the
     sandwich's unpruned blocks; returns it, its trainable parameters (float32, all else frozen), and
@@ -252,9 +252,12 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
         from fastflux_core.source import load_base_blocks
 
         target = load_base_blocks(params, list(range(u, d + 1)))
-    rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind) if solved else SkipBlock()  # float32
+    rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind, conditioned=bool(conditioning)) if solved \
+        else SkipBlock()  # float32
     for s, (w, b) in solved.items():
         rep.set_affine(s, w, b)
+    for s, weight in (conditioning or {}).items():  # timestep-aware (solve.condition: temb): U trains with W, b
+        rep.set_conditioning(s, weight)
     adapter.swap(i, rep)
     train_params = lora_parameters(adapter, step.lora_blocks())
     for j in step.linear_blocks():
@@ -485,17 +488,19 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
 
 def train_sandwich(params: Params, step: PlanStep, state: ChainState,
                    solved: dict[str, tuple[torch.Tensor, torch.Tensor]], store: StoreReader,
-                   embeds: PromptEmbeds, world: World = World()) -> tuple[ChainState, dict]:
+                   embeds: PromptEmbeds, world: World = World(), conditioning: dict[str, torch.Tensor] | None = None
+                   ) -> tuple[ChainState, dict]:
     """Train step k's sandwich on the training store (inputs) and the training prompts' encoded
     states; return the new chain state and a record (the same on every rank: DDP keeps the ranks'
-    weights equal). With ``sandwich.train: false`` the state is the previous one plus block i's
-    replacement as solved (no LoRA, nothing trained)."""
+    weights equal). ``conditioning``: the U of a timestep-aware solution. With ``sandwich.train:
+    false`` the state is the previous one plus block i's replacement as solved (no LoRA, nothing
+    trained)."""
     cfg = params.sandwich
     if not cfg.train:
-        return untrained_step(step, state, solved, store.attrs["kind"])
+        return untrained_step(step, state, solved, store.attrs["kind"], conditioning)
     i, (u, d) = step.block, step.sandwich
     lora_blocks, linear_blocks = step.lora_blocks(), step.linear_blocks()
-    adapter, train_params, target = prepare_sandwich(params, step, state, solved)
+    adapter, train_params, target = prepare_sandwich(params, step, state, solved, conditioning)
     data = BoundaryStates(store, embeds, adapter, target, u, cfg.micro_batch, resolve_device(params.model.device))
     split = chain_holdout(store, params)
     losses = fit_sandwich(adapter, train_params, data, split, u, d, cfg,
@@ -504,12 +509,15 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
     kind = adapter.blocks[i].kind
     new = ChainState(step=step.k, kinds=dict(state.kinds), linears=dict(state.linears),
                      lora={j: t for j, t in state.lora.items() if j not in step.replaced},
-                     lora_config={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha}, history=list(state.history))
+                     lora_config={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha}, history=list(state.history),
+                     temb=dict(state.temb))
     new.kinds[i] = kind
     for j in linear_blocks:
         blk = adapter.block(j)
         new.linears[j] = {s: (lin.weight.detach().float().cpu(), lin.bias.detach().float().cpu())
                           for s, lin in getattr(blk, "linears", {}).items()}  # a SkipBlock (deleted): none
+        if getattr(blk, "temb_linears", None) is not None:
+            new.temb[j] = {s: lin.weight.detach().float().cpu() for s, lin in blk.temb_linears.items()}
     new.lora.update({j: {n: t.float() for n, t in named.items()} for j, named in lora_tensors(adapter, lora_blocks).items()})
     seeds = store.read("seed")
     record = {
@@ -517,26 +525,28 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
         "trainable_params": sum(p.numel() for p in train_params), "train_samples": len(split.train),
         "holdout_samples": len(split.holdout), "holdout_prompts": len(split.holdout_prompts),
         "holdout_items": len({int(v) for v in seeds[split.holdout]}), **losses, "target": cfg.target,
-        "trained": True, "replacement": replacement_kind(solved),
+        "trained": True, "replacement": replacement_kind(solved, conditioning),
     }
     new.history.append(record)
     return new, record
 
 
-def replacement_kind(solved: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str:
-    """What stage solve gave block i: a least-squares linear per stream ("brll"), or nothing ("delete")."""
-    return "brll" if solved else "delete"
+def replacement_kind(solved: dict[str, tuple[torch.Tensor, torch.Tensor]], conditioning: dict | None = None) -> str:
+    """What stage solve gave block i: a least-squares linear per stream ("brll"), timestep-aware
+    ("brll_temb"), or nothing ("delete")."""
+    return ("brll_temb" if conditioning else "brll") if solved else "delete"
 
 
 def untrained_step(step: PlanStep, state: ChainState, solved: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                   kind: str) -> tuple[ChainState, dict]:
+                   kind: str, conditioning: dict[str, torch.Tensor] | None = None) -> tuple[ChainState, dict]:
     """Step k without Sandwich Training (paper Fig. 6 "w/o ST"): block i takes its replacement as
     solved, nothing else changes — the next step captures from this model, so the untrained chain
     is progressive too."""
     new = ChainState(step=step.k, kinds={**state.kinds, step.block: kind},
                      linears={**state.linears, step.block: {s: (w.float(), b.float()) for s, (w, b) in solved.items()}},
                      lora={j: t for j, t in state.lora.items() if j not in step.replaced},
-                     lora_config=state.lora_config, history=list(state.history))
-    record = {"step": step.k, "block": step.block, "trained": False, "replacement": replacement_kind(solved)}
+                     lora_config=state.lora_config, history=list(state.history),
+                     temb={**state.temb, **({step.block: {s: w.float() for s, w in conditioning.items()}} if conditioning else {})})
+    record = {"step": step.k, "block": step.block, "trained": False, "replacement": replacement_kind(solved, conditioning)}
     new.history.append(record)
     return new, record

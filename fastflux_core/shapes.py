@@ -111,12 +111,14 @@ ITEM_SPECS = [
 
 
 def calibration_specs(dim: int, k_img: int, k_txt: int) -> list[ArraySpec]:
-    """calibration.zarr: block input and residual, ``k_img`` image and ``k_txt`` text tokens per sample."""
+    """calibration.zarr: block input and residual, ``k_img`` image and ``k_txt`` text tokens per sample,
+    and the sample's timestep embedding ``temb`` (what the block's modulation reads)."""
     return [
         ArraySpec("block_in_img", (dim,), ("token", "dim"), k_img),
         ArraySpec("residual_img", (dim,), ("token", "dim"), k_img),
         ArraySpec("block_in_txt", (dim,), ("text_token", "dim"), k_txt),
         ArraySpec("residual_txt", (dim,), ("text_token", "dim"), k_txt),
+        ArraySpec("temb", (dim,), ("sample", "dim")),  # the block's timestep embedding (solve.condition: temb)
     ] + ITEM_SPECS
 
 

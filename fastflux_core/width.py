@@ -170,7 +170,10 @@ def trainable(params: Params, adapter: BlockAdapter, matched_params: int) -> tup
 
 
 def _scores(q: dict, flops: dict) -> dict:
-    return {**{k: q[k] for k in QUALITY_KEYS if k in q}, "flops_ratio": flops["flops_ratio"], "model": flops["model"]}
+    """Quality with its item readings (intervals, FID floor and excess: everything but the alignment's
+    name), FLOPs ratio and the weights' digest."""
+    return {**{k: v for k, v in q.items() if isinstance(v, float)}, "flops_ratio": flops["flops_ratio"],
+            "model": flops["model"]}
 
 
 def _timing(lat: dict) -> dict:
@@ -187,7 +190,7 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
     from fastflux_core.source import load_transformer
 
     ours = finished_model(params, states, n, (inputs, split))[0].model  # finished too when finish.steps > 0
-    q_ours, img_ours, prompts = ev.quality_of(ours)
+    q_ours, img_ours, prompts = ev.quality_of(ours, items_out=out / f"items_n{n}_fastflux.safetensors")
     f_ours, lat_ours = ev.speed_of(ours)
     del ours
 
@@ -216,7 +219,7 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
     student.to("cpu")
     merge_lora(student)
     student.to(ev.base.dtype)
-    q_l1, img_l1, _ = ev.quality_of(student)
+    q_l1, img_l1, _ = ev.quality_of(student, items_out=out / f"items_n{n}_l1.safetensors")
     f_l1, lat_l1 = ev.speed_of(student)
 
     rows = min(params.evaluate.grid_rows, len(prompts))

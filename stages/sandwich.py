@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-from fastflux_core.brll import load_solution
+from fastflux_core.brll import load_conditioning, load_solution
 from fastflux_core.chain import ChainState, PlanStep
 from fastflux_core.distributed import current_world
 from fastflux_core.io import atomic_dir, int_args, run_stage, write_json
@@ -18,10 +18,11 @@ def main() -> None:
     params = load_params()
     world = current_world(params.model.device)
     step = PlanStep.load(Path(f"data/plan/{k}.json"))
-    state, record = train_sandwich(params, step, ChainState.load(Path(f"data/state/{prev}")),
-                                   load_solution(Path(f"data/solve/{k}/linear.safetensors")),
+    solution = Path(f"data/solve/{k}/linear.safetensors")
+    state, record = train_sandwich(params, step, ChainState.load(Path(f"data/state/{prev}")), load_solution(solution),
                                    StoreReader(Path(f"data/capture/{k}/training.zarr")),
-                                   PromptEmbeds.load("data/encoded/training.safetensors"), world)
+                                   PromptEmbeds.load("data/encoded/training.safetensors"), world,
+                                   load_conditioning(solution))
     if not world.is_main:  # DDP kept every rank's weights equal: rank 0 writes them
         return
     with atomic_dir(f"data/state/{k}") as out:

@@ -1,5 +1,5 @@
-"""Stage solve@k: streamed least squares over data/capture/<k> → data/solve/<k>/linear.safetensors (W, b),
-with relative residual and condition number in data/metrics/solve/<k>.json."""
+"""Stage solve@k: streamed least squares over data/capture/<k> → data/solve/<k>/linear.safetensors (W, b;
+with solve.condition: temb also U), with relative residual and condition number in data/metrics/solve/<k>.json."""
 
 from pathlib import Path
 
@@ -20,13 +20,14 @@ def main() -> None:
     if not world.is_main:  # every rank holds the same solution: rank 0 writes it
         return
     info = {"step": k, "block": store.attrs["block"], "block_name": store.attrs["block_name"],
-            "kind": store.attrs["kind"], "replacement": params.solve.replacement, "ridge": params.solve.ridge,
-            "streams": metrics}
+            "kind": store.attrs["kind"], "replacement": params.solve.replacement, "condition": params.solve.condition,
+            "ridge": params.solve.ridge, "streams": metrics}
     with atomic_dir(f"data/solve/{k}") as out:
         save_solution(out / "linear.safetensors", solutions)
         write_json(out / "info.json", info)
     write_json(f"data/metrics/solve/{k}.json", {
-        f"{s}_{m}": v[m] for s, v in metrics.items() for m in ("relative_residual", "condition_number")})
+        f"{s}_{m}": v[m] for s, v in metrics.items() for m in ("relative_residual", "relative_residual_plain",
+                                                               "condition_number") if m in v})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ which the sandwich's boundary states are recomputed exactly, the two prompt sets
 solve is numpy's least squares, sandwich training beats the least-squares initialisation on held-out
 prompts without moving frozen weights, and chain states (linears + peft LoRA) load back."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -404,3 +405,73 @@ def test_the_finisher_distils_the_chain_model_towards_the_base_and_never_leaves_
     assert record["best_step"] == 0 and record["holdout_loss_trained"] == record["holdout_loss_init"]
     for k, t in adapter.model.state_dict().items():
         torch.testing.assert_close(t, unfinished[k], rtol=0, atol=0, msg=k)
+
+
+def test_timestep_aware_solve_is_numpy_least_squares_on_x_and_silu_temb(chain):
+    """solve.condition: temb — each row's features are [x; silu(temb of its sample); 1], weighted by
+    N/k per stream; the solution's weight is [W | U], and it fits the rows no worse than plain BRLL."""
+    cal, _ = chain["stores"][0]
+    sols, metrics = solve_store(cal, chain["params"].solve.ridge, 7, condition="temb")
+    silu = torch.nn.functional.silu(cal.read("temb").float()).double().numpy()  # (samples, D), as the solve takes it
+    rows = []
+    for s in ("img", "txt"):
+        x, r = cal.read(f"block_in_{s}").double().numpy(), cal.read(f"residual_{s}").double().numpy()
+        t = silu[np.arange(len(x)) // cal.attrs["sampled"][s]]
+        w = np.sqrt(row_weight(cal, s))
+        rows.append((np.hstack([x, t, np.ones((len(x), 1))]) * w, r * w))
+    x, r = np.vstack([a for a, _ in rows]), np.vstack([b for _, b in rows])
+    ridge = chain["params"].solve.ridge * np.mean(np.diag(x.T @ x)[:-1])
+    want = np.linalg.solve(x.T @ x + ridge * np.diag([1.0] * (x.shape[1] - 1) + [0.0]), x.T @ r)  # (2D+1, D)
+    np.testing.assert_allclose(sols["joint"].weight.numpy(), want[:-1].T, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sols["joint"].bias.numpy(), want[-1], rtol=1e-5, atol=1e-7)
+    res = np.linalg.norm(r - x @ want) / np.linalg.norm(r)
+    assert metrics["joint"]["relative_residual"] == pytest.approx(res, rel=1e-6)
+    assert metrics["joint"]["relative_residual"] <= metrics["joint"]["relative_residual_plain"]
+
+
+def test_a_timestep_aware_replacement_trains_saves_and_exports(chain, tmp_path):
+    """U trains with W and b in the sandwich, goes through the chain state, and the exported model —
+    in both numberings — computes what the chain model computes."""
+    from fastflux_core.assemble import load_pruned
+    from fastflux_core.brll import load_conditioning
+    from fastflux_core.evaluation import call_model
+    from fastflux_core.export import merge_lora, to_pruned
+    from fastflux_core.pruned_flux import load_contiguous, save_contiguous
+
+    params = tiny_params(**{"sandwich.train_steps": 20, "sandwich.eval_every": 5, "solve.condition": "temb"})
+    step, (cal, store) = chain["plan"][0], chain["stores"][0]
+    save_solution(tmp_path / "linear.safetensors", solve_store(cal, params.solve.ridge, 7, condition="temb")[0])
+    solved, cond = load_solution(tmp_path / "linear.safetensors"), load_conditioning(tmp_path / "linear.safetensors")
+    assert set(cond) == {"joint"} and cond["joint"].abs().sum() > 0 and solved["joint"][0].shape == cond["joint"].shape
+    state, record = train_sandwich(params, step, ChainState(), solved, store, chain["train"], conditioning=cond)
+    assert record["replacement"] == "brll_temb" and sorted(state.temb) == [3]
+    if record["best_step"] == 0:  # kept the least-squares start: U as solved
+        torch.testing.assert_close(state.temb[3]["joint"], cond["joint"], rtol=0, atol=0)
+    state.save(tmp_path / "state")
+    loaded = ChainState.load(tmp_path / "state")
+    torch.testing.assert_close(loaded.temb[3]["joint"], state.temb[3]["joint"], rtol=0, atol=0)
+    adapter = build_chain_model(params, loaded)
+    merge_lora(adapter.model)
+    x = _inputs(adapter.model)
+    want = call_model(adapter.model, x)
+    pruned = to_pruned(adapter.model, [3], [], [3])
+    pruned.save_pretrained(str(tmp_path / "original"), safe_serialization=True)
+    assert load_pruned(tmp_path / "original").config.conditioned_blocks == [3]
+    torch.testing.assert_close(call_model(load_pruned(tmp_path / "original"), x), want)
+    save_contiguous(pruned, tmp_path / "contiguous")
+    config = json.loads((tmp_path / "contiguous" / "config.json").read_text())
+    torch.testing.assert_close(call_model(load_contiguous(type(pruned), tmp_path / "contiguous", config, None), x), want)
+    with torch.no_grad():  # the timestep term is part of what the model computes
+        for lin in pruned.single_transformer_blocks[1].temb_linears.values():
+            lin.weight.zero_()
+    assert not torch.allclose(call_model(pruned, x), want)
+
+
+def _inputs(model):
+    from fastflux_core.adapter import ModelInputs
+    from fastflux_core.codec import latent_ids
+
+    g = torch.Generator().manual_seed(0)
+    return ModelInputs(hidden_states=torch.randn(2, 16, 4, generator=g), encoder_hidden_states=torch.randn(2, 8, 384, generator=g),
+                       pooled_projections=torch.randn(2, 384, generator=g), timestep=torch.tensor([0.3, 0.8]),
+                       img_ids=latent_ids(8, 8), txt_ids=torch.zeros(8, 3), guidance=None)

@@ -151,7 +151,8 @@ def test_baseline_section_pairs_fastflux_with_l1_per_ratio(tmp_path):
         for model, fid in (("fastflux", ours), ("l1", l1), ("l1_untuned", l1 + 1)):
             m.update({f"n1.{model}.{k}": v for k, v in (("fid", fid), ("fid_real", 3.0), ("clip", 0.8),
                                                         ("prompt_accuracy", 0.9))})
-        m.update({"n1.fastflux.flops_ratio": 0.925, "n1.l1.flops_ratio": 0.924, "n1.fastflux.model": "a", "n1.l1.model": "b"})
+        m.update({"n1.fastflux.flops_ratio": 0.925, "n1.l1.flops_ratio": 0.924, "n1.fastflux.model": "a", "n1.l1.model": "b",
+                  "n1.n_blocks": 12, "n1.fastflux.fid_ci_low": ours - 0.1, "n1.fastflux.fid_ci_high": ours + 0.1})
         timing = {"n1.fastflux.latency_ratio": 0.9, "n1.fastflux.model": "a", "n1.l1.latency_ratio": 0.8,
                   "n1.l1.model": "stale", "n1.l1.finetune_seconds": 100.0}
         return {"name": f"l1-s{seed}", "variant": "l1", "seed": seed, "overrides": {}, "rev": None,
@@ -164,6 +165,11 @@ def test_baseline_section_pairs_fastflux_with_l1_per_ratio(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| L1 width pruning + fine-tuning |"))
     assert row.endswith("| 0.924 | — | 900 |")  # the L1 timing belongs to another model: not shown
     assert "| 0.925 | 0.9 ± 0 | — |" in next(line for line in text.splitlines() if line.startswith("| FastFLUX"))
+    head = text.index("## FastFLUX or L1 width pruning?")  # the report opens with the decision table
+    assert head < text.index("| experiment | verdict |")
+    row = next(line for line in text[head:].splitlines() if line.startswith("| 1 of 12 (8%) |"))
+    assert "| 0.925 / 0.924 | 0.9 ± 0 / — |" in row and "0.65 ± 0.05 (items ±0.1)" in row
+    assert "| -0.635 [" in row and "| 1 of 1 | **L1 + fine-tuning** |" in row
     assert "600 AdamW steps × 32 samples" in text and "keeps 87.6% of its hidden units" in text and (tmp_path / "report" / "baseline.png").stat().st_size > 1000
 
 
