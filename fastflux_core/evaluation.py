@@ -29,13 +29,13 @@ from fastflux_core.codec import LatentCodec, latent_ids
 from fastflux_core.distributed import World
 from fastflux_core.integrity import tensors_digest
 from fastflux_core.io import read_json
-from fastflux_core.metrics import QUALITY_KEYS, FeatureStats, fid, image_features, item_scores
+from fastflux_core.metrics import QUALITY_KEYS, image_features, item_scores
 from fastflux_core.params import EvaluateParams, Params
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import latent_size
 from fastflux_core.placement import placed
 from fastflux_core.speed import count_flops, latency_phases
-from fastflux_core.stats import fid_readings, mean_readings
+from fastflux_core.stats import fid_readings, frechet_distance, mean_readings
 
 
 def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbeds, device: torch.device) -> ModelInputs:
@@ -87,8 +87,7 @@ def item_readings(feats: np.ndarray, scores: dict[str, np.ndarray], base: dict[s
     items of the paired FID and of every per-image score, the scores' paired change from the base
     model, and the distributional FID with its floor (the base against itself on other seeds) and the
     excess above it. ``base``: the base model's per-image features and scores of the same items."""
-    out = fid_readings(lambda a, b: fid(a, FeatureStats.of(b)), feats, base["features"], n_prompts,
-                       cfg.fid_bootstrap, seed)
+    out = fid_readings(frechet_distance, feats, base["features"], n_prompts, cfg.fid_bootstrap, seed)
     for name, values in scores.items():
         out.update(mean_readings(name, values, cfg.bootstrap, seed, base.get(name)))
     return out

@@ -354,7 +354,7 @@ class EvaluateParams(_Strict):
     bootstrap: int = Field(1000, ge=0, description="resamples of the evaluation items for the intervals of "
                            "per-image scores (0: none)")
     fid_bootstrap: int = Field(200, ge=0, description="resamples for the FID intervals: 4 Fréchet distances each "
-                               "(Inception features: ~1 s each on a CPU; 0: none)")
+                               "(0: none; stats.frechet_distance: an n × n SVD when n images < F features)")
 
 
 class ExportParams(_Strict):

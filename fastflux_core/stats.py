@@ -67,6 +67,36 @@ def halves(n_items: int, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(rounds % 2 == 0), np.flatnonzero(rounds % 2 == 1)
 
 
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """FID between feature sets ``a`` (n_a, F) and ``b`` (n_b, F) — ‖μ_a − μ_b‖² + Tr Σ_a + Tr Σ_b −
+    2 Tr (Σ_a Σ_b)^½ with sample covariances (ddof 1, as clean-fid) — computed exactly and cheaply.
+
+    With fewer images than features (Inception: F = 2048) the covariances have rank < n, and the
+    eigenvalues of Σ_a Σ_b are those of C Cᵀ / ((n_a − 1)(n_b − 1)), C = A_c B_cᵀ (n_a × n_b, the
+    centred features): Tr (Σ_a Σ_b)^½ is C's nuclear norm over √((n_a − 1)(n_b − 1)) — one SVD of an
+    n × n matrix instead of the square root of a 2048² one (21 s here, 4 per bootstrap resample).
+    Otherwise it is Σ √λ of Σ_a^½ Σ_b Σ_a^½ (symmetric eigendecompositions).
+
+    >>> g = np.random.default_rng(0)
+    >>> x, y = g.normal(size=(30, 5)), g.normal(size=(40, 5)) + 1.0
+    >>> from cleanfid.fid import frechet_distance as clean
+    >>> bool(np.isclose(frechet_distance(x, y), clean(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))))
+    True
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    ka, kb = len(a) - 1, len(b) - 1
+    diff = a.mean(0) - b.mean(0)
+    traces = (ca**2).sum() / ka + (cb**2).sum() / kb
+    if min(len(a), len(b)) <= a.shape[1]:
+        cross = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt(ka * kb)
+    else:
+        vals, vecs = np.linalg.eigh(ca.T @ ca / ka)
+        half = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T  # Σ_a^½
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh(half @ (cb.T @ cb / kb) @ half), 0, None)).sum()
+    return max(0.0, float(diff @ diff + traces - 2 * cross))
+
+
 def fid_readings(fid: Callable[[np.ndarray, np.ndarray], float], pruned: np.ndarray, base: np.ndarray,
                  n_prompts: int, reps: int, seed: int, level: float = 0.95) -> dict[str, float]:
     """Distributional FID, its floor and the excess above the floor (module docstring), and with

@@ -51,3 +51,14 @@ def test_fid_floor_and_excess():
     assert off["fid_excess"] == pytest.approx(4 * 0.5**2, rel=0.05)  # ‖Δμ‖² of a pure shift
     assert 0 < off["fid_excess_ci_low"] < off["fid_excess"] < off["fid_excess_ci_high"]
     assert off["fid_ci_low"] < _fid(base + 0.5, base) < off["fid_ci_high"]
+
+
+def test_frechet_distance_with_fewer_images_than_features_is_clean_fids():
+    """The n × n route (Inception features: 2048 dimensions, a few hundred images) gives clean-fid's
+    number without the square root of a 2048² matrix."""
+    from fastflux_core.stats import frechet_distance
+
+    g = np.random.default_rng(1)
+    x, y = g.normal(size=(50, 80)), g.normal(size=(60, 80)) * 1.1 + 0.2
+    assert frechet_distance(x, y) == pytest.approx(_fid(x, y), rel=1e-6)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
