@@ -84,10 +84,10 @@ def speed_against(base, model, x: ModelInputs, on_device: Callable, warmup: int,
 def item_readings(feats: np.ndarray, scores: dict[str, np.ndarray], base: dict[str, np.ndarray], n_prompts: int,
                   cfg: EvaluateParams, seed: int) -> dict[str, float]:
     """What one evaluation set says with its uncertainty (:mod:`fastflux_core.stats`): intervals over
-    items of the paired FID and of every per-image score, the scores' paired change from the base
+    items of the paired FID (jackknife) and of every per-image score (bootstrap), the scores' paired change from the base
     model, and the distributional FID with its floor (the base against itself on other seeds) and the
     excess above it. ``base``: the base model's per-image features and scores of the same items."""
-    out = fid_readings(frechet_distance, feats, base["features"], n_prompts, cfg.fid_bootstrap, seed)
+    out = fid_readings(frechet_distance, feats, base["features"], n_prompts, cfg.fid_intervals)
     for name, values in scores.items():
         out.update(mean_readings(name, values, cfg.bootstrap, seed, base.get(name)))
     return out

@@ -353,8 +353,8 @@ class EvaluateParams(_Strict):
     grid_rows: int = Field(10, ge=1)
     bootstrap: int = Field(1000, ge=0, description="resamples of the evaluation items for the intervals of "
                            "per-image scores (0: none)")
-    fid_bootstrap: int = Field(200, ge=0, description="resamples for the FID intervals: 4 Fréchet distances each "
-                               "(0: none; stats.frechet_distance: an n × n SVD when n images < F features)")
+    fid_intervals: bool = Field(True, description="jackknife intervals of the FID readings: 4 Fréchet distances per "
+                                "evaluation image (stats.frechet_distance: an n × n SVD when n images < F features)")
 
 
 class ExportParams(_Strict):

@@ -489,7 +489,7 @@ def sample_size_note(n: int | None) -> str:
             f"every variant, so item-to-item variation is shared and cancels largely in the paired differences "
             f"the verdicts test. Prompt accuracy near 0.9 is a share of {n} images: its binomial standard error "
             f"is {se:.3f}, so accuracy differences below ~{2 * se:.2f} are within what the item sample alone "
-            f"could produce. Each run's evaluate record carries 95 % bootstrap intervals over these items "
+            f"could produce. Each run's evaluate record carries 95 % intervals over these items "
             f"(`fid_ci_low`/`_high`, …) and FID's floor (the full model against itself on other seeds) with the "
             f"excess above it (column 'FID above its floor'); the verdicts below pair runs, not items, so a small "
             f"FID difference could still change on another evaluation set even where every run agrees.")

@@ -2,8 +2,9 @@
 
 A quality number of a pruned model is measured on one set of evaluation items (prompt, seed); another
 set would give another number. :func:`bootstrap` redraws the items with replacement and recomputes
-the statistic, so a record can say ``fid 0.68 [0.61, 0.77]`` — the spread a user would see on other
-items of the same kind. The spread over pruning seeds and base models is the report's business
+a mean (a per-image score), :func:`jackknife` leaves one item out at a time for FID (which a
+resample's repeated images would bias), so a record can say ``fid 0.68 [0.61, 0.77]`` — the spread a
+user would see on other items of the same kind. The spread over pruning seeds and base models is the report's business
 (:mod:`fastflux_core.report`); a verdict needs both.
 
 FID is biased upwards on finite samples, so a number alone does not say how far a model is from its
@@ -97,44 +98,52 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return max(0.0, float(diff @ diff + traces - 2 * cross))
 
 
-def fid_readings(fid: Callable[[np.ndarray, np.ndarray], float], pruned: np.ndarray, base: np.ndarray,
-                 n_prompts: int, reps: int, seed: int, level: float = 0.95) -> dict[str, float]:
-    """Distributional FID, its floor and the excess above the floor (module docstring), and with
-    ``reps`` bootstrap intervals over items of these and of the paired FID (``fid_ci_low``/``high``:
-    the paired value itself is the stage's ``fid``). ``fid(a, b)`` is the Fréchet distance between
-    feature sets a and b; ``pruned`` and ``base`` are (N, F) features of the same items in item order."""
-    a, b = halves(len(pruned), n_prompts)
-    if min(len(a), len(b)) < 2:  # a covariance needs two images a side: only the paired FID's interval
-        return _paired_interval(fid, pruned, base, reps, seed, level)
+def jackknife(stat: Callable[[np.ndarray], float], n: int, level: float = 0.95) -> tuple[float, float]:
+    """The normal interval θ ± z·se around θ = stat(all items), se the delete-one jackknife's:
+    √((n − 1)/n · Σ (θ_(i) − θ̄)²). For FID, not a bootstrap: a resample with repeated images has a
+    covariance of lower rank, and with fewer images than features its FID is biased upwards so far
+    that a percentile interval can miss the value it is an interval for.
 
-    def readings(idx_a: np.ndarray, idx_b: np.ndarray) -> tuple[float, float, float]:
-        floor = fid(base[idx_a], base[idx_b])
-        dist = 0.5 * (fid(pruned[idx_a], base[idx_b]) + fid(pruned[idx_b], base[idx_a]))
+    >>> x = np.array([1.0, 2.0, 4.0, 7.0])
+    >>> lo, hi = jackknife(lambda idx: float(x[idx].mean()), len(x))
+    >>> round((hi - lo) / 2 / 1.959964, 6) == round(float(x.std(ddof=1) / 2), 6)  # the mean's: s/√n
+    True
+    """
+    from scipy.stats import norm
+
+    full = np.arange(n)
+    theta = stat(full)
+    loo = np.array([stat(np.delete(full, i)) for i in range(n)])
+    se = float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
+    z = float(norm.ppf(0.5 + level / 2))
+    return theta - z * se, theta + z * se
+
+
+def fid_readings(fid: Callable[[np.ndarray, np.ndarray], float], pruned: np.ndarray, base: np.ndarray,
+                 n_prompts: int, intervals: bool, level: float = 0.95) -> dict[str, float]:
+    """Distributional FID, its floor and the excess above the floor (module docstring), and with
+    ``intervals`` jackknife intervals over items (:func:`jackknife`) of these and of the paired FID
+    (``fid_ci_low``/``high``: the paired value itself is the stage's ``fid``). ``fid(a, b)`` is the
+    Fréchet distance between feature sets a and b; ``pruned`` and ``base`` are (N, F) features of the
+    same items in item order."""
+    a, b = halves(len(pruned), n_prompts)
+    out: dict[str, float] = {}
+    if intervals:
+        out["fid_ci_low"], out["fid_ci_high"] = jackknife(lambda idx: fid(pruned[idx], base[idx]), len(pruned), level)
+    if min(len(a), len(b)) < 3:  # a covariance needs two images a side, and so does each jackknife leave-one-out
+        return out
+
+    def readings(keep: np.ndarray) -> tuple[float, float, float]:
+        ka, kb = a[np.isin(a, keep)], b[np.isin(b, keep)]
+        floor = fid(base[ka], base[kb])
+        dist = 0.5 * (fid(pruned[ka], base[kb]) + fid(pruned[kb], base[ka]))
         return dist, floor, dist - floor
 
-    dist, floor, excess = readings(a, b)
-    out = {"fid_dist": dist, "fid_floor": floor, "fid_excess": excess}
-    out.update(_paired_interval(fid, pruned, base, reps, seed, level))
-    if reps:
-        split = np.array([readings(idx[: len(a)], idx[len(a):])
-                          for idx in _resampled_halves(a, b, reps, seed)])  # (reps, 3)
-        for key, draws in (("fid_dist", split[:, 0]), ("fid_floor", split[:, 1]), ("fid_excess", split[:, 2])):
-            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = interval(draws, level)
+    out["fid_dist"], out["fid_floor"], out["fid_excess"] = readings(np.arange(len(pruned)))
+    if intervals:
+        for j, key in enumerate(("fid_dist", "fid_floor", "fid_excess")):
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = jackknife(lambda idx: readings(idx)[j], len(pruned), level)
     return out
-
-
-def _paired_interval(fid, pruned: np.ndarray, base: np.ndarray, reps: int, seed: int, level: float) -> dict:
-    if not reps:
-        return {}
-    lo, hi = interval(bootstrap(lambda idx: fid(pruned[idx], base[idx]), len(pruned), reps, seed), level)
-    return {"fid_ci_low": lo, "fid_ci_high": hi}
-
-
-def _resampled_halves(a: np.ndarray, b: np.ndarray, reps: int, seed: int) -> list[np.ndarray]:
-    """``reps`` resamples of [a; b], each half redrawn within itself."""
-    rng = np.random.default_rng(seed + 1)
-    return [np.concatenate([a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]])
-            for _ in range(reps)]
 
 
 def mean_readings(name: str, values: np.ndarray, reps: int, seed: int, base: np.ndarray | None = None,

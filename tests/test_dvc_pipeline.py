@@ -59,7 +59,7 @@ def micro_params(switched: bool = False) -> dict:
     d["embedded"]["flux"].update(num_layers=1, num_single_layers=1)
     d["importance"]["blocks"] = [0, 1]
     d["max_ratio"], d["ratio"], d["steps"] = 0.5, 0.5, {"1": {"prev": 0}}
-    d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3, bootstrap=50, fid_bootstrap=10)
+    d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3, bootstrap=50)
     d["capture"].update(timesteps=2, shard_samples=8, chunk_samples=4)
     d["sandwich"].update(train_steps=5, batch_size=4)
     d["sampling"].update(steps=2, batch_size=8)  # several batches per set: 2 ranks share them (test_distributed_stages)
