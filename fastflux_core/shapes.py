@@ -8,7 +8,7 @@ fake models from the same configs.
 >>> from fastflux_core.store import estimate_bytes
 >>> specs = calibration_specs(3072, 64, 16)  # FLUX.1-dev's width, 64 image + 16 text tokens per sample
 >>> estimate_bytes(specs, 2048, "bfloat16") / 1e9  # 512 images × 4 timesteps: one calibration store
-2.013323264
+2.025906176
 """
 
 from __future__ import annotations

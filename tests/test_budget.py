@@ -137,8 +137,8 @@ def test_validate_counts_the_chains_stores_twice_against_free_disk(monkeypatch, 
     params = flux_example()
     assumed = {"calibration": 512, "training": 512, "importance": 64, "evaluation": 512}
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 60 * 10**9, 60 * 10**9))
-    # 11 steps × (512 + 512 images × 4 timesteps): 34.0 GB of stores, twice
-    with pytest.raises(StoreError, match=r"need about 67\.9 GB under .*capture@1\.\.11, with DVC's cache copy\), 60\.0 GB"):
+    # 11 steps × (512 + 512 images × 4 timesteps): 34.1 GB of stores, twice
+    with pytest.raises(StoreError, match=r"need about 68\.2 GB under .*capture@1\.\.11, with DVC's cache copy\), 60\.0 GB"):
         preflight.check_run(params.model_copy(update={"model": params.model.model_copy(update={"device": "cpu"})}),
                          tmp_path, assumed)
 
