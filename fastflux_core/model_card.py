@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from fastflux_core.export_folder import MODULE
 
-REPLACEMENT = {"brll": "BRLL linear", "delete": "removed (identity)"}
+REPLACEMENT = {"brll": "BRLL linear", "brll_temb": "BRLL linear + timestep term (U·silu(temb))", "delete": "removed (identity)"}
 
 
 def _front_matter(family: str) -> str:
@@ -69,7 +69,7 @@ names; `model_index.json` names the transformer `["{module}", "{family['pruned']
 
 def _removed(block_map: dict) -> str:
     rows = "\n".join(
-        f"| {b['index']} | {b['kind']} | {b['name']} | `{b['path']}` | {REPLACEMENT[b['replacement']]} |"
+        f"| {b['index']} | {b['kind']} | {b['name']} | `{b['path']}` | {REPLACEMENT.get(b['replacement'], b['replacement'])} |"
         for b in block_map["replaced_blocks"])
     share = 1 - block_map["params_pruned"] / block_map["params_base"]
     return f"""## What was removed
