@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,14 @@ class Experiment:
 
 def _default(label: str) -> Variant:
     return Variant(label, "brll-st", {})
+
+
+FINISH_STEPS = 200  # the finisher's budget in the recipe experiment: one sandwich's train_steps
+BASELINE_RATIOS = [0.1, 0.2]
+# every option of issue 27 §3 on, with the baseline stage: one run is both the recipe experiment's
+# "all three" and the baseline experiment's second FastFLUX recipe
+ALL_OPTIONS = Variant("all three", "l1-all", {"sandwich.learning_rate": "auto", "solve.condition": "temb",
+                                              "finish.steps": FINISH_STEPS, "baseline.ratios": BASELINE_RATIOS})
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
@@ -103,10 +111,20 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
          Variant("exact", "sweep-exact", {"evaluate.sweep": True, "sandwich.reuse": False})),
         better=(("sweep-reuse", "sweep-exact"),), kind="sweep"),
     Experiment(
-        "baseline", "Baseline: L1-norm width pruning at FastFLUX's FLOPs (paper Tables 1–2, Fig. 5)",
+        "recipe", "Beyond the paper: learning rate by probe, timestep-aware replacement, global finisher",
+        "No claim in the paper (these options are ours, §3 of issue 27): each is meant to improve on the "
+        "paper's recipe (BRLL + ST at a fixed learning rate 1e-3); 'all three' is the recipe the baseline "
+        "is also compared with.",
+        (_default("paper recipe (lr 1e-3)"), Variant("lr auto", "st-auto", {"sandwich.learning_rate": "auto"}),
+         Variant("timestep-aware", "temb", {"solve.condition": "temb"}),
+         Variant(f"finisher ({FINISH_STEPS} steps)", "finish", {"finish.steps": FINISH_STEPS}), ALL_OPTIONS),
+        better=(("st-auto", "brll-st"), ("temb", "brll-st"), ("finish", "brll-st"), ("l1-all", "brll-st")),
+        across_bases=True),
+    Experiment(
+        "baseline", "Baseline: L1-norm width pruning at FastFLUX's FLOPs and at its latency (paper Tables 1–2, Fig. 5)",
         "At the same latency, FastFLUX gives better quality than L1-norm pruning followed by (global) "
         "fine-tuning, at 10 % and at 20 %.",
-        (Variant("FastFLUX and L1 + full fine-tuning", "l1", {"baseline.ratios": [0.1, 0.2]}),),
+        (Variant("paper recipe", "l1", {"baseline.ratios": BASELINE_RATIOS}), ALL_OPTIONS),
         better=(("fastflux", "l1"),), kind="baseline", across_bases=True),
     Experiment(
         "family", "Beyond FLUX: the SD3 architecture at 10 % and 20 % (paper Table 3, FastSD)",
@@ -133,17 +151,29 @@ class Run:
 def runs(keys: list[str], seeds: list[int], bases: list[int] = (0,)) -> list[Run]:
     """The distinct runs the experiments ``keys`` need, every variant at every seed, on every base
     for the experiments a user's decision rests on (``across_bases``) and on the first base for the
-    others (a variant shared by two experiments runs once)."""
+    others (a variant shared by two experiments runs once), in the order they are queued."""
     out: dict[str, Run] = {}
-    for key in keys:
+    # the experiments run on every base first (a session cut short keeps the evidence that matters);
+    # within a variant seed-major, so the two runs that go at once train two bases, not one twice
+    for key in sorted(keys, key=lambda k: not EXPERIMENTS[k].across_bases):
         exp = EXPERIMENTS[key]
         for v in exp.variants:
-            for b in bases if exp.across_bases else bases[:1]:
-                for s in seeds:
+            for s in seeds:
+                for b in bases if exp.across_bases else bases[:1]:
                     r = Run(f"{v.name}-b{b}-s{s}", v.name, s, v.overrides, b)
                     if out.setdefault(r.name, r).overrides != r.overrides:
                         raise ValueError(f"variant name {v.name} is used for two different settings")
     return list(out.values())
+
+
+def with_latency_cut(todo: list[Run], cut: float | None) -> list[Run]:
+    """The runs with the baseline stage on also build an L1 model matched on latency: one that removes
+    ``cut`` times FastFLUX's FLOPs (``baseline.latency_flops_cut``, measured by
+    ``benchmarks/latency_match.py``); no change when ``cut`` is None."""
+    if cut is None:
+        return todo
+    return [replace(r, overrides={**r.overrides, "baseline.latency_flops_cut": cut}) if "baseline.ratios" in r.overrides
+            else r for r in todo]
 
 
 def run_overrides(run: Run, max_ratio: float) -> dict[str, Any]:
@@ -226,6 +256,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each stage uses every core anyway)")
     ap.add_argument("--out", default="report/results.json")
     ap.add_argument("--collect-only", action="store_true", help="only read back runs that already exist")
+    ap.add_argument("--latency-match", default=None, help="benchmarks/latency_match.py's JSON: the baseline runs "
+                    "also build an L1 model as fast as FastFLUX at FLUX.1-dev's width (its cut_factor)")
     args = ap.parse_args(argv)
     keys = [k for k in args.experiments.split(",") if k]
     unknown = [k for k in keys if k not in EXPERIMENTS]
@@ -237,14 +269,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
     if source != "embedded" and len(bases) > 1:  # no stage reads embedded.seed: the "bases" would be one model
         print(f"model.source is {source}: one base model, so --bases {args.bases} runs base {bases[0]} only")
         bases = bases[:1]
-    todo = runs(keys, seeds, bases)
+    match = json.loads(Path(args.latency_match).read_text()) if args.latency_match else None
+    cut = round(match["cut_factor"], 3) if match and match.get("cut_factor") else None
+    todo = with_latency_cut(runs(keys, seeds, bases), cut)
     if not args.collect_only:
         # runs in parallel share the cores, so their latencies are noisy: the sweep's reuse curve,
         # whose latency is Table 6's, runs alone afterwards
         timed = {v.name for k in keys for v in EXPERIMENTS[k].variants if v.timed}
         run_all([r for r in todo if r.variant not in timed], repo, args.jobs)
         run_all([r for r in todo if r.variant in timed], repo, 1)
-    results = {"experiments": keys, "seeds": seeds, "bases": bases, **collect(repo, todo)}
+    results = {"experiments": keys, "seeds": seeds, "bases": bases, "latency_match": match, **collect(repo, todo)}
     write_json(args.out, results)
     print(f"{len(results['runs'])} runs → {args.out}")
 

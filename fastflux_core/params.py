@@ -385,6 +385,10 @@ class BaselineParams(_Strict):
     probe_rates: Rates = Field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3],
                                      description="the rates learning_rate: auto tries")
     round_to: int = Field(8, ge=1, description="kept MLP width is a multiple of this (FLUX.1-dev: e.g. 64)")
+    latency_flops_cut: float | None = Field(
+        None, gt=0, description="also build an L1 model matched on latency: it removes this multiple of the FLOPs "
+        "FastFLUX removes — the multiple at which, at FLUX.1-dev's width, the two are equally fast "
+        "(python benchmarks/latency_match.py measures it; scripts/report.sh passes it); null: FLOPs-matched only")
     micro_batch: int = Field(32, ge=1, description="samples per forward/backward; gradients accumulate to "
                              "sandwich.batch_size (FLUX.1-dev: 1)")
     gradient_checkpointing: bool = Field(False, description="keep only block inputs for backward (FLUX.1-dev: true)")

@@ -285,118 +285,177 @@ def family_section(exp: Experiment, runs: list[dict], ratios: tuple[float, ...] 
 
 def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: Path, out: Path
                      ) -> tuple[list[str], str]:
-    """Per matched ratio: FastFLUX, the L1 model before and after fine-tuning (quality, FLOPs,
-    latency, parameters), the fine-tuning budget, the seed-0 grid and the paired verdict; the lines
-    and the overall verdict."""
-    by_seed = {s: r for s, r in _by_replicate(runs, exp.variants[0].name).items() if s in seeds}
-    if not by_seed:
-        return ["Not run."], "not run"
-    first = by_seed[min(by_seed)]
-    ns = sorted({int(k.split(".")[0][1:]) for k in first["metrics"].get(BASELINE, {})})
+    """Per FastFLUX recipe and matched ratio: FastFLUX, the L1 models before and after fine-tuning
+    (quality, FLOPs, latency, parameters), the fine-tuning budget, the first replicate's grid and the
+    paired verdicts; the lines and the overall verdict."""
     lines, seen, plotted = [], [], {}
-    for n in ns:
-        def vals(model: str, key: str) -> list[float]:
-            return [r["metrics"][BASELINE][f"n{n}.{model}.{key}"] for r in by_seed.values()
-                    if r["metrics"].get(BASELINE, {}).get(f"n{n}.{model}.{key}") is not None]
-
-        m = first["metrics"][BASELINE]
-        models = (("fastflux", "FastFLUX (BRLL + ST)"), ("l1_untuned", "L1 width pruning, not fine-tuned"),
-                  ("l1", "L1 width pruning + fine-tuning"))
-        shown = [k for k in METRICS if any(vals(model, k) for model, _ in models)] or ["fid"]
-        n_blocks = m.get(f"n{n}.n_blocks")
-        of = f"{n} of {n_blocks} blocks replaced ({n / n_blocks:.1%})" if n_blocks else f"{n} blocks replaced"
-        lines += [f"### {of}: ratio {m[f'n{n}.ratio']:.0%} requested", "",
-                  "| model | " + " | ".join(METRICS[k] for k in shown) + " | FLOPs ratio | latency ratio | parameters |",
-                  "|---|" + "---|" * (len(shown) + 3)]
-        for model, label in models:
-            cells = [_cell(vals(model, k)) for k in shown]
-            flops = vals("fastflux" if model == "fastflux" else "l1", "flops_ratio")
-            lat = [x for x in (_latency(r, BASELINE, TIMING_BASELINE, f"n{n}.{model}") for r in by_seed.values())
-                   if x is not None] if model != "l1_untuned" else []
-            size = f"{m[f'n{n}.l1.params']:,}" if model != "fastflux" else "—"
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {flops[0]:.3f} | {_pm(lat) if lat else '—'} | {size} |")
-        budget = (f"Fine-tuning budget: {m[f'n{n}.l1.train_steps']} AdamW steps × {m[f'n{n}.l1.batch_size']} samples "
-                  f"of the training store (the sandwiches' steps × batch of the chain this FastFLUX model comes from), "
-                  f"{m[f'n{n}.l1.finetune']} fine-tuning: {m[f'n{n}.l1.trainable_params']:,} trainable parameters "
-                  f"(of {m[f'n{n}.l1.params_base']:,} in the base); every MLP keeps {m[f'n{n}.l1.kept_share']:.1%} of its hidden units "
-                  f"(the share solved for the FLOPs, rounded to multiples of baseline.round_to). "
-                  f"Held-out distillation error (relative, held-out training prompts) "
-                  f"{_pm(vals('l1', 'holdout_loss_init'))} before → {_pm(vals('l1', 'holdout_loss_trained'))} after.")
-        secs = [r["metrics"].get(TIMING_BASELINE, {}).get(f"n{n}.l1.finetune_seconds") for r in by_seed.values()]
-        secs = [x for x in secs if x is not None]
-        lines += ["", budget + (f" Wall-clock: {_pm(secs)} s." if secs else ""), ""]
-        grid = _read_image(repo, first.get("rev"), f"data/baseline/grid_n{n}.png")
-        if grid is not None:
-            name = f"baseline_grid_n{n}.png"
-            with atomic_file(out / name) as tmp:
-                grid.save(tmp, format="PNG")
-            lines += [f"{_replicate(min(by_seed))} (prompt | full model | FastFLUX | L1 + fine-tuning):", "",
-                      f"![baseline at {n} blocks]({name})", ""]
-        a, b = vals("fastflux", "fid"), vals("l1", "fid")
-        plotted[n] = {"FastFLUX": a, "L1 untuned": vals("l1_untuned", "fid"), "L1 + fine-tuning": b}
-        reps = [rep for rep, r in by_seed.items() if r["metrics"].get(BASELINE, {}).get(f"n{n}.l1.fid") is not None]
-        r = paired(a, b, bases=[base for base, _ in reps])
-        seen.append(r["verdict"])
-        lines += [f"- FastFLUX better than L1 + fine-tuning with {n} blocks replaced (FID vs full model): advantage "
-                  f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} {_over(r, reps)} (per run "
-                  f"{', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → **{r['verdict']}**", ""]
-    _grouped_bars(plotted, out / "baseline.png", "blocks replaced by FastFLUX (L1 at the same FLOPs)")
+    for v in exp.variants:
+        by_seed = {s: r for s, r in _by_replicate(runs, v.name).items() if s in seeds}
+        if not by_seed:
+            continue
+        first = by_seed[min(by_seed)]
+        for n in sorted({int(k.split(".")[0][1:]) for k in first["metrics"].get(BASELINE, {})}):
+            more, verdicts_n = _baseline_at(v.label, by_seed, first, n, repo, out, v.name, plotted)
+            lines += more
+            seen += verdicts_n
+    if not seen:
+        return ["Not run."], "not run"
+    _grouped_bars(plotted, out / "baseline.png", "FastFLUX recipe, blocks replaced (L1 at the same FLOPs / latency)")
     lines += ["![FastFLUX vs L1 width pruning](baseline.png)", ""]
-    if all(v == "supports" for v in seen):
+    if all(x == "supports" for x in seen):
         return lines, "supports the paper's claim at every matched ratio"
-    if any(v == "contradicts" for v in seen):
+    if any(x == "contradicts" for x in seen):
         return lines, "does not support the paper's claim (the L1 baseline scores better)"
     return lines, "inconclusive (differences within the spread over seeds)"
 
 
-def headline(runs: list[dict], replicates: list[tuple[int, int]]) -> list[str]:
-    """The table a user decides on, first in the report: FastFLUX (params.yaml's recipe) against L1
-    width pruning fine-tuned with the same budget at FastFLUX's FLOPs, per ratio — FID vs the full
-    model over runs (each run's own 95 % item interval, averaged, beside it), FastFLUX's paired
-    advantage with its 95 % t-interval over runs, how many bases agree, the measured latency ratios,
-    and which is better (the paired verdict, whichever way it goes)."""
+def _baseline_at(recipe: str, by_seed: dict, first: dict, n: int, repo: Path, out: Path, name: str,
+                 plotted: dict) -> tuple[list[str], list[str]]:
+    """One recipe's comparison at ``n`` blocks replaced (:func:`baseline_section`)."""
+    def vals(model: str, key: str) -> list[float]:
+        return [r["metrics"][BASELINE][f"n{n}.{model}.{key}"] for r in by_seed.values()
+                if r["metrics"].get(BASELINE, {}).get(f"n{n}.{model}.{key}") is not None]
+
+    m = first["metrics"][BASELINE]
+    models = [("fastflux", "FastFLUX")]
+    for key, matched in MATCHED.items():
+        if vals(key, "fid"):
+            models += [(f"{key}_untuned", f"L1 at the same {matched}, not fine-tuned"),
+                       (key, f"L1 at the same {matched} + fine-tuning")]
+    shown = [k for k in METRICS if any(vals(model, k) for model, _ in models)] or ["fid"]
+    n_blocks = m.get(f"n{n}.n_blocks")
+    of = f"{n} of {n_blocks} blocks replaced ({n / n_blocks:.1%})" if n_blocks else f"{n} blocks replaced"
+    lines = [f"### {recipe}: {of}, ratio {m[f'n{n}.ratio']:.0%} requested", "",
+             "| model | " + " | ".join(METRICS[k] for k in shown) + " | FLOPs ratio | latency ratio (this CPU) | parameters |",
+             "|---|" + "---|" * (len(shown) + 3)]
+    for model, label in models:
+        tuned = model.removesuffix("_untuned")
+        cells = [_cell(vals(model, k)) for k in shown]
+        flops = vals(tuned, "flops_ratio")
+        lat = [x for x in (_latency(r, BASELINE, TIMING_BASELINE, f"n{n}.{model}") for r in by_seed.values())
+               if x is not None] if not model.endswith("_untuned") else []
+        size = f"{m[f'n{n}.{tuned}.params']:,}" if model != "fastflux" else "—"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {statistics.fmean(flops):.3f} | {_pm(lat) if lat else '—'} | {size} |")
+    budget = (f"Fine-tuning budget: {m[f'n{n}.l1.train_steps']} AdamW steps × {m[f'n{n}.l1.batch_size']} samples "
+              f"of the training store (the sandwiches' steps × batch of the chain this FastFLUX model comes from, and "
+              f"the finisher's), {m[f'n{n}.l1.finetune']} fine-tuning: {m[f'n{n}.l1.trainable_params']:,} trainable "
+              f"parameters (of {m[f'n{n}.l1.params_base']:,} in the base); at the same FLOPs every MLP keeps "
+              f"{m[f'n{n}.l1.kept_share']:.1%} of its hidden units (rounded to multiples of baseline.round_to). "
+              f"Held-out distillation error (relative, held-out training prompts) "
+              f"{_pm(vals('l1', 'holdout_loss_init'))} before → {_pm(vals('l1', 'holdout_loss_trained'))} after.")
+    secs = [r["metrics"].get(TIMING_BASELINE, {}).get(f"n{n}.l1.finetune_seconds") for r in by_seed.values()]
+    secs = [x for x in secs if x is not None]
+    lines += ["", budget + (f" Wall-clock: {_pm(secs)} s." if secs else ""), ""]
+    grid = _read_image(repo, first.get("rev"), f"data/baseline/grid_n{n}.png")
+    if grid is not None:
+        file = f"baseline_grid_{name}_n{n}.png"
+        with atomic_file(out / file) as tmp:
+            grid.save(tmp, format="PNG")
+        lines += [f"{_replicate(min(by_seed))} (prompt | full model | FastFLUX | L1 models):", "",
+                  f"![baseline at {n} blocks]({file})", ""]
+    a = vals("fastflux", "fid")
+    plotted[f"{recipe}, {n}"] = {"FastFLUX": a, **{f"L1, {matched}": vals(key, "fid") for key, matched in MATCHED.items()}}
+    seen = []
+    for key, matched in MATCHED.items():
+        b = vals(key, "fid")
+        if not b:
+            continue
+        reps = [rep for rep, r in by_seed.items() if r["metrics"].get(BASELINE, {}).get(f"n{n}.{key}.fid") is not None]
+        ours = [by_seed[rep]["metrics"][BASELINE][f"n{n}.fastflux.fid"] for rep in reps]  # the same runs as b
+        r = paired(ours, b, bases=[base for base, _ in reps])
+        seen.append(r["verdict"])
+        lines += [f"- FastFLUX better than L1 at the same {matched} + fine-tuning with {n} blocks replaced (FID vs full "
+                  f"model): advantage {r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} {_over(r, reps)} (per run "
+                  f"{', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → **{r['verdict']}**"]
+    return lines + [""], seen
+
+
+# the L1 models of a baseline run: record key → what it is matched on
+MATCHED = {"l1": "FLOPs", "l1_latency": "latency"}
+
+
+def _t_interval(r: dict, k: int) -> str:
+    """A :func:`paired` result's mean advantage with its 95 % t-interval over ``k`` runs."""
     from scipy.stats import t as student_t
 
-    by = {rep: r for rep, r in _by_replicate(runs, EXPERIMENTS["baseline"].variants[0].name).items()
-          if rep in replicates and r["metrics"].get(BASELINE)}
-    if not by:
-        return []
-    first = next(iter(by.values()))["metrics"][BASELINE]
-    rows = ["| blocks replaced | FLOPs ratio | latency ratio FastFLUX / L1 | FID vs full: FastFLUX | FID vs full: L1 + "
-            "fine-tuning | FastFLUX's advantage, 95 % CI over runs | bases agreeing | better |",
-            "|---|---|---|---|---|---|---|---|"]
-    for n in sorted({int(k.split(".")[0][1:]) for k in first}):
-        reps = [rep for rep, r in by.items() if r["metrics"][BASELINE].get(f"n{n}.l1.fid") is not None]
-        if not reps:
+    if k < 2:
+        return f"{r['advantage_mean']:.3g}"
+    half = student_t.ppf(0.975, k - 1) * r["advantage_std"] / k ** 0.5
+    return f"{r['advantage_mean']:.3g} [{r['advantage_mean'] - half:.3g}, {r['advantage_mean'] + half:.3g}]"
+
+
+def headline(runs: list[dict], replicates: list[tuple[int, int]], latency_match: dict | None = None) -> list[str]:
+    """The table a user decides on, first in the report: each FastFLUX recipe of the baseline
+    experiment against L1 width pruning fine-tuned with the same budget, matched on FLOPs and — when
+    measured — on latency at FLUX.1-dev's width, per ratio: FID vs the full model over runs (each
+    run's own 95 % item interval, averaged, beside it), FastFLUX's paired advantage with its 95 %
+    t-interval over runs, how many bases agree, and which is better (the paired verdict, whichever way
+    it goes)."""
+    rows = ["| FastFLUX recipe | L1 matched on | blocks replaced | FLOPs ratio FastFLUX / L1 | FID vs full: FastFLUX | "
+            "FID vs full: L1 + fine-tuning | FastFLUX's advantage, 95 % CI over runs | bases agreeing | better |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    budget = None
+    for v in EXPERIMENTS["baseline"].variants:
+        by = {rep: r for rep, r in _by_replicate(runs, v.name).items() if rep in replicates and r["metrics"].get(BASELINE)}
+        if not by:
             continue
-        m = [by[rep]["metrics"][BASELINE] for rep in reps]
-        ours, l1 = [x[f"n{n}.fastflux.fid"] for x in m], [x[f"n{n}.l1.fid"] for x in m]
-        r = paired(ours, l1, bases=[b for b, _ in reps])
-        half = (student_t.ppf(0.975, len(reps) - 1) * r["advantage_std"] / len(reps) ** 0.5) if len(reps) > 1 else float("nan")
-        ci = f"{r['advantage_mean']:.3g} [{r['advantage_mean'] - half:.3g}, {r['advantage_mean'] + half:.3g}]" \
-            if len(reps) > 1 else f"{r['advantage_mean']:.3g}"
+        first = next(iter(by.values()))["metrics"][BASELINE]
+        budget = budget or first.get(f"n{min(int(k.split('.')[0][1:]) for k in first)}.l1.finetune")
+        for n in sorted({int(k.split(".")[0][1:]) for k in first}):
+            for key, matched in MATCHED.items():
+                reps = [rep for rep, r in by.items() if r["metrics"][BASELINE].get(f"n{n}.{key}.fid") is not None]
+                if not reps:
+                    continue
+                m = [by[rep]["metrics"][BASELINE] for rep in reps]
+                ours, l1 = [x[f"n{n}.fastflux.fid"] for x in m], [x[f"n{n}.{key}.fid"] for x in m]
+                r = paired(ours, l1, bases=[b for b, _ in reps])
 
-        def fid_cell(model: str, vals: list[float]) -> str:
-            widths = [(x[f"n{n}.{model}.fid_ci_high"] - x[f"n{n}.{model}.fid_ci_low"]) / 2 for x in m
-                      if f"n{n}.{model}.fid_ci_high" in x]
-            return _pm(vals) + (f" (items ±{statistics.fmean(widths):.2g})" if widths else "")
+                def fid_cell(model: str, vals: list[float]) -> str:
+                    widths = [(x[f"n{n}.{model}.fid_ci_high"] - x[f"n{n}.{model}.fid_ci_low"]) / 2 for x in m
+                              if f"n{n}.{model}.fid_ci_high" in x]
+                    return _pm(vals) + (f" (items ±{statistics.fmean(widths):.2g})" if widths else "")
 
-        lat = {model: [x for x in (_latency(by[rep], BASELINE, TIMING_BASELINE, f"n{n}.{model}") for rep in reps)
-                       if x is not None] for model in ("fastflux", "l1")}
-        lat_cell = " / ".join(_pm(v) if v else "—" for v in lat.values())
-        n_blocks = m[0].get(f"n{n}.n_blocks")
-        what = f"{n} of {n_blocks} ({n / n_blocks:.0%})" if n_blocks else str(n)
-        better = {"supports": "FastFLUX", "contradicts": "L1 + fine-tuning"}.get(r["verdict"], "neither (within the spread)")
-        rows.append(f"| {what} | {m[0][f'n{n}.fastflux.flops_ratio']:.3f} / {m[0][f'n{n}.l1.flops_ratio']:.3f} | {lat_cell} | "
-                    f"{fid_cell('fastflux', ours)} | {fid_cell('l1', l1)} | {ci} | {r['bases_agree']} of {r['bases']} | "
-                    f"**{better}** |")
-    budget = first.get(f"n{min(int(k.split('.')[0][1:]) for k in first)}.l1.finetune", "?")
+                n_blocks = m[0].get(f"n{n}.n_blocks")
+                what = f"{n} of {n_blocks} ({n / n_blocks:.0%})" if n_blocks else str(n)
+                better = {"supports": "FastFLUX", "contradicts": "L1 + fine-tuning"}.get(r["verdict"], "neither (within the spread)")
+                flops = f"{statistics.fmean(x[f'n{n}.fastflux.flops_ratio'] for x in m):.3f} / " \
+                        f"{statistics.fmean(x[f'n{n}.{key}.flops_ratio'] for x in m):.3f}"
+                rows.append(f"| {v.label} | {matched} | {what} | {flops} | {fid_cell('fastflux', ours)} | "
+                            f"{fid_cell(key, l1)} | {_t_interval(r, len(reps))} | {r['bases_agree']} of {r['bases']} | "
+                            f"**{better}** |")
+    if budget is None:
+        return []
     return ["## FastFLUX or L1 width pruning?", "",
-            f"Both at FastFLUX's FLOPs, the L1 model fine-tuned ({budget}) for as many steps of the same batch as "
-            f"FastFLUX's sandwiches (and finisher) took, each keeping its best held-out state; FID against the full "
-            f"model's images, lower is better; advantage = L1's FID − FastFLUX's, paired by base and seed. The L1 "
-            f"model is matched on FLOPs, not on measured latency: its latency ratio is shown as measured.", "",
-            *rows, ""]
+            f"The L1 model is fine-tuned ({budget}) for as many steps of the same batch as FastFLUX's sandwiches "
+            f"(and finisher) took, each model keeping its best held-out state, each learning rate as its "
+            f"recipe sets it (the L1 model's by its own probe); FID against the full model's images, lower is "
+            f"better; advantage = L1's FID − FastFLUX's, paired by base and seed. Matched on FLOPs: the same "
+            f"forward FLOPs as the FastFLUX model. Matched on latency: the FLOPs cut at which an L1 model is "
+            f"as fast as a FastFLUX model at FLUX.1-dev's width (below) — this tiny model's own CPU latency "
+            f"does not show width pruning's speed.", "", *rows, "", *latency_lines(latency_match), ""]
+
+
+def latency_lines(match: dict | None) -> list[str]:
+    """What ``benchmarks/latency_match.py`` measured at FLUX.1-dev's width, as a table."""
+    if not match:
+        return ["No latency match was measured (`python benchmarks/latency_match.py`): L1 is matched on FLOPs only."]
+    cfg = match["config"]
+    lines = [f"Latency at FLUX.1-dev's width (`benchmarks/latency_match.py`: {cfg['double']} double + {cfg['single']} "
+             f"single blocks of hidden 3072, {cfg['dtype']}, {cfg['size']}² with {cfg['text_tokens']} text tokens, "
+             f"random weights, this CPU, {cfg['threads']} threads, A B B A medians of {cfg['repeats']} calls):", "",
+             "| FastFLUX replaces | FLOPs ratio | latency ratio | L1 as fast: kept share | its FLOPs ratio | "
+             "its latency ratio | FLOPs cut ×  |", "|---|---|---|---|---|---|---|"]
+    for name, o in match["fastflux"].items():
+        m = match["l1_matched"][name]
+        tail = (f"{m['share']:.3f} | {m['flops_ratio']:.3f} | {m['latency_ratio']:.3f} ± {m['latency_ratio_iqr']:.2g} | "
+                f"{m['cut_factor']:.2f}" if m["reachable"] else "not reached | | |")
+        lines.append(f"| {name} | {o['flops_ratio']:.3f} | {o['latency_ratio']:.3f} ± {o['latency_ratio_iqr']:.2g} | {tail} |")
+    if match.get("cut_factor"):
+        lo, hi = match["cut_factor_range"]
+        lines += ["", f"An L1 model must remove {match['cut_factor']:.2f}× (range {lo:.2f}–{hi:.2f}) the FLOPs FastFLUX "
+                  f"removes to be as fast (± is the IQR of per-round ratios); the latency-matched L1 models above "
+                  f"use {match['cut_factor']:.3f}."]
+    return lines
 
 
 def _grouped_bars(groups: dict[int, dict[str, list[float]]], path: Path, xlabel: str) -> None:
@@ -555,7 +614,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
                       f"![{key} images]({key}_grid.png)", ""]
         lines += verdict_lines + ["", f"**Verdict: {overall}.**", ""]
         summary.append(f"| {exp.title} | {overall} |")
-    lines = head[:4] + headline(runs, seeds) + head[4:] + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines
+    lines = head[:4] + headline(runs, seeds, results.get("latency_match")) + head[4:] + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines
     text = "\n".join(lines) + "\n"
     with atomic_file(out / "README.md") as tmp:
         tmp.write_text(text)

@@ -39,6 +39,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -180,25 +181,19 @@ def _timing(lat: dict) -> dict:
     return {k: lat[k] for k in ("latency_ratio", "latency_ratio_iqr", "model")}
 
 
-def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: CapturedInputs, split: Split,
-               out: Path) -> tuple[dict, dict]:
-    """FastFLUX with ``n`` blocks replaced vs the base width-pruned to its FLOPs and fine-tuned: their
-    quality, FLOPs and (separately) latency; the grid prompt | full | FastFLUX | L1 to ``out``."""
-    from fastflux_core.ablation import load_reference_images
+def l1_model(params: Params, ev: Evaluator, states: list, n: int, inputs: CapturedInputs, split: Split,
+             target_flops_ratio: float, items_out: Path) -> tuple[dict, dict, np.ndarray]:
+    """The base width-pruned to ``target_flops_ratio`` of its FLOPs and fine-tuned with FastFLUX's
+    budget at ``n`` blocks replaced (module doc): its record (quality before and after fine-tuning,
+    FLOPs, the fine-tuning's losses and budget), its latency against the base, and its images."""
     from fastflux_core.export import merge_lora
-    from fastflux_core.finish import finished_model
     from fastflux_core.source import load_transformer
-
-    ours = finished_model(params, states, n, (inputs, split))[0].model  # finished too when finish.steps > 0
-    q_ours, img_ours, prompts = ev.quality_of(ours, items_out=out / f"items_n{n}_fastflux.safetensors")
-    f_ours, lat_ours = ev.speed_of(ours)
-    del ours
 
     student = load_transformer(params)  # a fresh base, pruned in place on the host
     with ev.on_device(student):
-        share = width_share(student, ev.x, f_ours["flops_ratio"])
+        share = width_share(student, ev.x, target_flops_ratio)
     widths = sorted(set(prune_widths(adapter_for(student), share, params.baseline.round_to).values()))
-    record = {"target_flops_ratio": f_ours["flops_ratio"], "kept_share": share, "kept_widths": widths,
+    record = {"target_flops_ratio": target_flops_ratio, "kept_share": share, "kept_widths": widths,
               "params": sum(p.numel() for p in student.parameters()),
               "params_base": sum(p.numel() for p in ev.base.parameters())}
     q_pruned, _, _ = ev.quality_of(student)
@@ -219,21 +214,55 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
     student.to("cpu")
     merge_lora(student)
     student.to(ev.base.dtype)
-    q_l1, img_l1, _ = ev.quality_of(student, items_out=out / f"items_n{n}_l1.safetensors")
+    q_l1, images, _ = ev.quality_of(student, items_out=items_out)
     f_l1, lat_l1 = ev.speed_of(student)
-
-    rows = min(params.evaluate.grid_rows, len(prompts))
-    columns = {"full": load_reference_images(ev.reference_dir), "FastFLUX": img_ours, "L1": img_l1}
-    comparison_grid(columns, prompts, rows).save(out / f"grid_n{n}.png")
-    metrics = {
-        "n_pruned": n,
-        "fastflux": _scores(q_ours, f_ours),
-        "l1": {**_scores(q_l1, f_l1), **record, **losses, "finetune": params.baseline.finetune,
+    metrics = {**_scores(q_l1, f_l1), **record, **losses, "finetune": params.baseline.finetune,
                "train_steps": steps, "batch_size": cfg.batch_size, "trainable_params": sum(p.numel() for p in train_params),
-               "lora_rank": lora_rank, "fastflux_trainable_params": ours_trainable},
-        "l1_untuned": {k: q_pruned[k] for k in QUALITY_KEYS if k in q_pruned},
-    }
-    return metrics, {"fastflux": _timing(lat_ours), "l1": {**_timing(lat_l1), "finetune_seconds": seconds}}
+               "lora_rank": lora_rank, "fastflux_trainable_params": ours_trainable,
+               "untuned": {k: q_pruned[k] for k in QUALITY_KEYS if k in q_pruned}}
+    return metrics, {**_timing(lat_l1), "finetune_seconds": seconds}, images
+
+
+def matchings(params: Params, ours_flops_ratio: float) -> dict[str, float]:
+    """The L1 models to build, by what they are matched on: their FLOPs targets. ``flops``: FastFLUX's
+    FLOPs ratio; ``latency`` (when ``baseline.latency_flops_cut`` is set): the FLOPs ratio whose cut is
+    that multiple of FastFLUX's — the multiple at which, at FLUX.1-dev's width, an L1 model is as fast as
+    a FastFLUX model (``benchmarks/latency_match.py`` measures it).
+
+    >>> from types import SimpleNamespace as NS
+    >>> matchings(NS(baseline=NS(latency_flops_cut=1.5)), 0.8)
+    {'flops': 0.8, 'latency': 0.7}
+    """
+    out = {"flops": ours_flops_ratio}
+    cut = params.baseline.latency_flops_cut
+    if cut is not None:
+        out["latency"] = round(1.0 - cut * (1.0 - ours_flops_ratio), 12)
+    return out
+
+
+def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: CapturedInputs, split: Split,
+               out: Path) -> tuple[dict, dict]:
+    """FastFLUX with ``n`` blocks replaced vs the base width-pruned to its FLOPs (``l1``) — and to the
+    FLOPs at which it is as fast, when known (``l1_latency``, :func:`matchings`) — and fine-tuned: their
+    quality, FLOPs and (separately) latency; the grid prompt | full | FastFLUX | L1 … to ``out``."""
+    from fastflux_core.ablation import load_reference_images
+    from fastflux_core.finish import finished_model
+
+    ours = finished_model(params, states, n, (inputs, split))[0].model  # finished too when finish.steps > 0
+    q_ours, img_ours, prompts = ev.quality_of(ours, items_out=out / f"items_n{n}_fastflux.safetensors")
+    f_ours, lat_ours = ev.speed_of(ours)
+    del ours
+    metrics = {"n_pruned": n, "fastflux": _scores(q_ours, f_ours)}
+    timings = {"fastflux": _timing(lat_ours)}
+    columns = {"full": load_reference_images(ev.reference_dir), "FastFLUX": img_ours}
+    for match, target in matchings(params, f_ours["flops_ratio"]).items():
+        key = "l1" if match == "flops" else f"l1_{match}"
+        m, t, images = l1_model(params, ev, states, n, inputs, split, target, out / f"items_n{n}_{key}.safetensors")
+        metrics[f"{key}_untuned"] = m.pop("untuned")
+        metrics[key], timings[key] = {**m, "matched_on": match}, t
+        columns["L1" if match == "flops" else f"L1 ({match})"] = images
+    comparison_grid(columns, prompts, min(params.evaluate.grid_rows, len(prompts))).save(out / f"grid_n{n}.png")
+    return metrics, timings
 
 
 def baseline(params: Params, states: list, store: StoreReader, train_embeds: PromptEmbeds,

@@ -4,7 +4,8 @@
 # rests on — replacement kind, the baseline — on embedded bases 0,1,2 too), then writes report/README.md
 # (python -m fastflux_core.report). Arguments go to the experiments command, e.g.
 #   bash scripts/report.sh --experiments replacement,order --seeds 0,1,2 --bases 0,1,2 --jobs 1
-# The experiments start from HEAD: commit first. README.md says how long it takes.
+# The experiments start from HEAD: commit first. README.md says how long it takes. Interrupted, it
+# resumes: run it again in the same clone and the experiments already there are not run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,7 +17,11 @@ export GIT_COMMITTER_NAME="${GIT_COMMITTER_NAME:-$GIT_AUTHOR_NAME}"
 export GIT_COMMITTER_EMAIL="${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}"
 start=$(date +%s)
 dvc repro
+# at what FLOPs an L1 model is as fast as FastFLUX, timed at FLUX.1-dev's width (the baseline's latency
+# match); measured once per clone, so a report resumed after an interruption keeps the factor its runs used
+[ -f benchmarks/results/latency_match.json ] || python benchmarks/latency_match.py
 # two runs at a time, one thread each (the sweep's reuse runs, whose latency is reported, run alone)
-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m fastflux_core.experiments --jobs 2 --bases 0,1,2 "$@"
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m fastflux_core.experiments --jobs 2 --bases 0,1,2 \
+  --latency-match benchmarks/results/latency_match.json "$@"
 python -m fastflux_core.report
 echo "report written in $(( ($(date +%s) - start) / 60 )) min (after setup)"

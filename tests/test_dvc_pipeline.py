@@ -74,7 +74,9 @@ def micro_params(switched: bool = False) -> dict:
             section, name = key.split(".")
             d[section][name] = value
         # the L1 baseline at the one-block model, LoRA fine-tuning at FastFLUX's trainable-parameter count
-        d["baseline"].update(ratios=[0.34], finetune="lora_matched", gradient_checkpointing=True, round_to=4)
+        # and a second L1 model matched on latency: 1.2 × FastFLUX's FLOPs cut (benchmarks/latency_match.py)
+        d["baseline"].update(ratios=[0.34], finetune="lora_matched", gradient_checkpointing=True, round_to=4,
+                             latency_flops_cut=1.2)
         d["finish"].update(steps=3, micro_batch=2)  # the global finisher in stage assemble (and the baseline's budget)
     return d
 
@@ -328,6 +330,11 @@ def test_every_switch_runs_through_dvc(runs_c):
     finished = json.loads((repo / "data" / "assemble" / "pruning.json").read_text())["finish"]
     assert finished["steps"] == 3 and finished["holdout_loss_trained"] <= finished["holdout_loss_init"]
     assert (repo / "data" / "baseline" / "grid_n1.png").is_file()
+    fast = base["l1_latency"]  # cut 1.2 × FastFLUX's FLOPs cut, up to round_to
+    assert fast["matched_on"] == "latency" and base["l1"]["matched_on"] == "flops"
+    assert fast["target_flops_ratio"] == round(1 - 1.2 * (1 - base["fastflux"]["flops_ratio"]), 12)
+    assert abs(fast["flops_ratio"] - fast["target_flops_ratio"]) < 0.03 and fast["flops_ratio"] < base["l1"]["flops_ratio"]
+    assert set(base["l1_latency_untuned"]) >= {"fid", "clip"}
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
     assert params_problems(dvc, params, read_records(runs_c["log_c"])) == []
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fastflux_core import experiments, report
-from fastflux_core.experiments import EXPERIMENTS, Run, run_overrides, runs
+from fastflux_core.experiments import EXPERIMENTS, Run, run_overrides, runs, with_latency_cut
 
 
 def test_variants_shared_by_experiments_run_once_per_seed():
@@ -31,6 +31,12 @@ def test_decision_experiments_run_on_every_base_with_its_own_embedded_seed():
     assert run_overrides(r, 0.25)["embedded.seed"] == 3 and run_overrides(r, 0.25)["seed"] == 1
     assert run_overrides(Run("sweep-exact-s0", "sweep-exact", 0, {"evaluate.sweep": True, "sandwich.reuse": False}),
                          0.25)["evaluate.sweep"] is True
+    names = [r.name for r in todo]  # queue order: every-base experiments first; seed-major, so runs that go
+    assert names.index("delete-b3-s0") < names.index("delete-b0-s1")  # at once train two bases, not one twice
+    assert names.index("brll-st-b3-s1") < names.index("start2end-b0-s0")
+    cut = with_latency_cut(runs(["baseline", "replacement"], [0]), 1.2)
+    assert {r.variant for r in cut if r.overrides.get("baseline.latency_flops_cut") == 1.2} == {"l1", "l1-all"}
+    assert all("baseline.latency_flops_cut" not in r.overrides for r in cut if "baseline.ratios" not in r.overrides)
 
 
 @pytest.mark.parametrize("b, verdict", [([4.0, 3.1, 5.05], "supports"), ([2.0, 0.9, 2.95], "contradicts"),
@@ -142,34 +148,51 @@ def test_sweep_section_pairs_reuse_with_exact_per_chain_length(tmp_path):
 
 
 def test_baseline_section_pairs_fastflux_with_l1_per_ratio(tmp_path):
-    """The baseline experiment's runs carry both models per matched ratio; the verdict is paired
-    over seeds and goes against the paper when L1 scores better."""
+    """The baseline experiment's runs carry FastFLUX and the L1 models (at its FLOPs, at its latency)
+    per matched ratio; each verdict is paired over seeds and goes against the paper when L1 scores
+    better; the latency match measured at FLUX.1-dev's width is shown with the headline."""
     def run(seed: int, ours: float, l1: float) -> dict:
-        m = {"n1.ratio": 0.1, "n1.n_pruned": 1, "n1.l1.params": 900, "n1.l1.params_base": 1000, "n1.l1.train_steps": 600,
-             "n1.l1.batch_size": 32, "n1.l1.finetune": "full", "n1.l1.trainable_params": 900, "n1.l1.kept_share": 0.876,
-             "n1.l1.holdout_loss_init": 0.04, "n1.l1.holdout_loss_trained": 0.001}
-        for model, fid in (("fastflux", ours), ("l1", l1), ("l1_untuned", l1 + 1)):
+        m = {"n1.ratio": 0.1, "n1.n_pruned": 1, "n1.n_blocks": 12}
+        for key, share in (("l1", 0.876), ("l1_latency", 0.8)):
+            m.update({f"n1.{key}.{k}": v for k, v in (
+                ("params", 900), ("params_base", 1000), ("train_steps", 600), ("batch_size", 32), ("finetune", "full"),
+                ("trainable_params", 900), ("kept_share", share), ("holdout_loss_init", 0.04),
+                ("holdout_loss_trained", 0.001))})
+        for model, fid in (("fastflux", ours), ("l1", l1), ("l1_untuned", l1 + 1), ("l1_latency", ours + 0.1 * seed - 0.1),
+                           ("l1_latency_untuned", l1 + 2)):
             m.update({f"n1.{model}.{k}": v for k, v in (("fid", fid), ("fid_real", 3.0), ("clip", 0.8),
                                                         ("prompt_accuracy", 0.9))})
-        m.update({"n1.fastflux.flops_ratio": 0.925, "n1.l1.flops_ratio": 0.924, "n1.fastflux.model": "a", "n1.l1.model": "b",
-                  "n1.n_blocks": 12, "n1.fastflux.fid_ci_low": ours - 0.1, "n1.fastflux.fid_ci_high": ours + 0.1})
+        m.update({"n1.fastflux.flops_ratio": 0.925, "n1.l1.flops_ratio": 0.924, "n1.l1_latency.flops_ratio": 0.9,
+                  "n1.fastflux.model": "a", "n1.l1.model": "b", "n1.fastflux.fid_ci_low": ours - 0.1,
+                  "n1.fastflux.fid_ci_high": ours + 0.1})
         timing = {"n1.fastflux.latency_ratio": 0.9, "n1.fastflux.model": "a", "n1.l1.latency_ratio": 0.8,
                   "n1.l1.model": "stale", "n1.l1.finetune_seconds": 100.0}
         return {"name": f"l1-s{seed}", "variant": "l1", "seed": seed, "overrides": {}, "rev": None,
                 "metrics": {"data/metrics/baseline.json": m, "data/timing/baseline.json": timing}}
 
-    results = {"experiments": ["baseline"], "seeds": [0, 1, 2],
+    match = {"config": {"double": 1, "single": 3, "dtype": "bfloat16", "size": 384, "text_tokens": 128, "threads": 2,
+                        "repeats": 8},
+             "fastflux": {"single 1": {"flops_ratio": 0.77, "latency_ratio": 0.79, "latency_ratio_iqr": 0.01}},
+             "l1_matched": {"single 1": {"reachable": True, "share": 0.5, "flops_ratio": 0.72, "latency_ratio": 0.78,
+                                         "latency_ratio_iqr": 0.02, "cut_factor": 1.22}},
+             "cut_factor": 1.22, "cut_factor_range": [1.22, 1.22]}
+    results = {"experiments": ["baseline"], "seeds": [0, 1, 2], "latency_match": match,
                "runs": [run(s, o, l) for s, (o, l) in enumerate([(0.6, 0.01), (0.7, 0.02), (0.65, 0.015)])]}
     text = report.write_report(results, tmp_path, tmp_path / "report")
     assert "does not support the paper's claim (the L1 baseline scores better)" in text
-    row = next(line for line in text.splitlines() if line.startswith("| L1 width pruning + fine-tuning |"))
+    row = next(line for line in text.splitlines() if line.startswith("| L1 at the same FLOPs + fine-tuning |"))
     assert row.endswith("| 0.924 | — | 900 |")  # the L1 timing belongs to another model: not shown
-    assert "| 0.925 | 0.9 ± 0 | — |" in next(line for line in text.splitlines() if line.startswith("| FastFLUX"))
+    assert "| 0.925 | 0.9 ± 0 | — |" in next(line for line in text.splitlines() if line.startswith("| FastFLUX |"))
     head = text.index("## FastFLUX or L1 width pruning?")  # the report opens with the decision table
     assert head < text.index("| experiment | verdict |")
-    row = next(line for line in text[head:].splitlines() if line.startswith("| 1 of 12 (8%) |"))
-    assert "| 0.925 / 0.924 | 0.9 ± 0 / — |" in row and "0.65 ± 0.05 (items ±0.1)" in row
-    assert "| -0.635 [" in row and "| 1 of 1 | **L1 + fine-tuning** |" in row
+    rows = [line for line in text[head:].splitlines() if line.startswith("| paper recipe |")]
+    flops_row, latency_row = rows[:2]
+    assert "| FLOPs | 1 of 12 (8%) | 0.925 / 0.924 |" in flops_row and "0.65 ± 0.05 (items ±0.1)" in flops_row
+    assert "| -0.635 [" in flops_row and "| 1 of 1 | **L1 + fine-tuning** |" in flops_row
+    # latency-matched: L1 is 0.1 worse, equal, 0.1 better on seeds 0, 1, 2 → no verdict
+    assert "| latency | 1 of 12 (8%) | 0.925 / 0.900 |" in latency_row and "**neither (within the spread)**" in latency_row
+    assert "remove 1.22× (range 1.22–1.22) the FLOPs" in text and "| single 1 | 0.770 | 0.790 ± 0.01 | 0.500 |" in text
+    assert "- FastFLUX better than L1 at the same latency + fine-tuning with 1 blocks replaced" in text
     assert "600 AdamW steps × 32 samples" in text and "keeps 87.6% of its hidden units" in text and (tmp_path / "report" / "baseline.png").stat().st_size > 1000
 
 
