@@ -21,8 +21,9 @@ Each comparison is timed by :func:`~fastflux_core.evaluation.speed_against` (A B
 the ratio's IQR over rounds is reported beside it). The cut factor the baseline uses
 (``baseline.latency_flops_cut``; ``scripts/report.sh`` passes it) is the median over the cases.
 
-Prints a table and writes benchmarks/results/latency_match.json (about 6 minutes on 2 cores).
-Run: python benchmarks/latency_match.py [--repeats 8] [--shares 0.75,0.5,0.25]
+Prints a table and writes benchmarks/results/latency_match.json (about 7 minutes on 2 cores, nothing
+else running: other load on the cores shows up as a wide IQR).
+Run: python benchmarks/latency_match.py [--repeats 8] [--shares 0.75,0.5,0.25,0.125]
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=384, help="image side in pixels")
     ap.add_argument("--text-tokens", type=int, default=128)
     ap.add_argument("--cases", default="0;1;0,1;1,2", help="FastFLUX cases: block sets, ';'-separated")
-    ap.add_argument("--shares", default="0.75,0.5,0.25", help="L1 shares timed for the latency curve")
+    ap.add_argument("--shares", default="0.75,0.5,0.25,0.125", help="L1 shares timed for the latency curve (low "
+                    "enough to reach the two-block cases: at 0.25 an L1 model was still slower than FastFLUX there)")
     ap.add_argument("--round-to", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=8, help="timed calls per model (A B B A: a quarter per phase)")

@@ -22,7 +22,8 @@ their shapes, images at 8 bits per channel), and with DVC's cache (a copy unless
 configured). Compute: FLOPs counted by ``FlopCounterMode`` on the same fake runs, times how often
 the stage repeats them; hours at ``--tflops``.
 
-Run: python -m fastflux_core.budget [--params params.yaml] [--gpu-memory-gb 22] [--tflops 400] [--json out.json]
+Run: python -m fastflux_core.budget [--params params.yaml] [--gpu-memory-gb 22] [--tflops 400]
+     [--consumer-tflops 41] [--json out.json]
 """
 
 from __future__ import annotations
@@ -400,7 +401,8 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
         for j in range(len(adapter.blocks)):
             if id(adapter.block(j)) not in keep:
                 adapter.swap(j, SkipBlock())
-        rep = LinearReplacement(shapes.dim, adapter.blocks[i].kind)  # float32, as prepare_sandwich makes it
+        rep = LinearReplacement(shapes.dim, adapter.blocks[i].kind,  # float32, as prepare_sandwich makes it
+                                conditioned=params.solve.condition == "temb")
         adapter.swap(i, rep)
         trainable = lora_parameters(adapter, lora_blocks) + list(rep.parameters())
         for p in trainable:
@@ -426,6 +428,73 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
     return Measured(max(mem_a["peak"].get(dev.type, 0) + prefetched, mem_b["peak"].get("cpu", 0)), flops)
 
 
+def measure_distill(params, what: str, real: bool = False) -> Measured:
+    """One training step of distillation towards the base (:mod:`fastflux_core.distill`) as stage
+    assemble's finisher (``what="finish"``) or stage baseline (``"baseline"``) takes it: the base as
+    teacher and the student both resident, a micro-batch of the teacher's output, the student's
+    forward and backward (``baseline.gradient_checkpointing`` for the baseline; the finisher has
+    none) and the AdamW step. The finisher's student is the chain model at ``ratio`` (its replaced
+    blocks' linears and the LoRA of their sandwich neighbours trainable, fp32 masters); the
+    baseline's is the base at full width — an upper bound for the narrower L1 model — trained fully
+    (AdamW's two fp32 moments, fp32 masters and gradients: 16 bytes per parameter) or through LoRA
+    on every block linear (``baseline.finetune``). As the sandwich's training step, on fake CPU
+    tensors: everything of the step is there, so the CPU peak is what the device would hold."""
+    shapes, dtype = Shapes.of(params), _dtype(params)
+    cfg, sw = (params.finish, params.sandwich) if what == "finish" else (params.baseline, params.sandwich)
+    mb = cfg.micro_batch
+    flops: dict[str, int] = {}
+    with space(real)[0]:
+        teacher = adapter_for(build_transformer(params))
+        teacher.model.requires_grad_(False)
+        student = adapter_for(build_transformer(params))
+        model = student.model
+        model.requires_grad_(False)
+        n_blocks = len(student.blocks)
+        if what == "finish":
+            n = max(0, min(len(params.steps), math.floor(params.ratio * n_blocks + 1e-9)))
+            replaced = list(range(n_blocks - n, n_blocks))  # single blocks: FLUX's cheapest, as params_bytes
+            bounds = [sandwich_bounds(i, set(replaced), n_blocks, sw.width) for i in replaced]
+            neighbours = sorted({j for u, d in bounds for j in range(u, d + 1)} - set(replaced))
+            inject_lora(student, neighbours, sw.lora_rank, sw.lora_alpha, seed=0)
+            trainable = lora_parameters(student, neighbours)
+            for i in replaced:
+                rep = LinearReplacement(shapes.dim, student.blocks[i].kind, conditioned=params.solve.condition == "temb")
+                student.swap(i, rep.to(dtype))
+                trainable += list(rep.parameters())
+        elif cfg.finetune == "full":
+            model.float()
+            trainable = list(model.parameters())
+        else:  # lora / lora_matched: measured at sandwich.lora_rank
+            blocks = list(range(n_blocks))
+            inject_lora(student, blocks, sw.lora_rank, sw.lora_alpha, seed=0)
+            trainable = lora_parameters(student, blocks)
+        for t in trainable:
+            t.data = t.data.float()
+            t.requires_grad_(True)
+        if what == "baseline" and cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        opt = optimizer(trainable, 1e-4)
+        x = _model_inputs(params, shapes, mb, dtype, CPU)
+        with tracked(teacher.model, model, opt, device="cpu") as mem:
+            def teach():
+                with torch.no_grad():
+                    return teacher.forward(x).float()
+
+            def step(y):
+                out = student.forward(x).float()
+                ((out - y) ** 2).sum().backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=False)
+
+            ys = []  # each module runs once under the tracker (MemTracker counts one iteration)
+            flops["teacher_per_sample"] = count_flops(lambda: ys.append(teach())) // mb
+            flops["train_per_sample"] = count_flops(lambda: step(ys[0])) // mb
+        flops["trainable_params"] = sum(t.numel() for t in trainable)
+    return Measured(mem["peak"].get("cpu", 0), flops)
+
+
 def _rotary(adapter, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
     return adapter.rotary(torch.zeros(shapes.n_txt, 3, dtype=dtype), torch.zeros(shapes.n_img, 3, dtype=dtype))
 
@@ -445,7 +514,7 @@ def _model_inputs(params, shapes: Shapes, b: int, dtype, device: torch.device):
 # ----------------------------------------------------------------------------- stages
 
 
-SAMPLING_STAGES = ("reference", "ablate", "evaluate", "sweep")
+SAMPLING_STAGES = ("reference", "ablate", "evaluate", "sweep", "endpoints")
 
 
 def stage_peak(stage: str, params, placement: Placement) -> int:
@@ -477,6 +546,14 @@ class Row:
     tflop: float
     hours: float
     hours_gpus: float  # the same on ``gpus`` data-parallel GPUs (the slowest rank's share)
+    hours_consumer: float = 0.0  # on one 24 GB consumer card at ``CONSUMER_TFLOPS``
+
+
+# A 24 GB consumer card, stated: an RTX 4090's dense bf16 tensor peak with fp32 accumulation (what torch's
+# bf16 matmuls use) is 82.6 TFLOP/s (NVIDIA Ada Lovelace architecture whitepaper, GeForce), and a
+# realistic utilisation of large-batch transformer training and inference on it is about half: 41.
+# An RTX 3090 (35.6 TFLOP/s on the same terms) takes about 2.3 × the 4090's hours.
+CONSUMER_TFLOPS = 41.0
 
 
 def rank_share(items: int, unit: int, gpus: int) -> float:
@@ -509,12 +586,13 @@ def busiest_share(batch: int, micro_batch: int, gpus: int, draws: int = 2000) ->
 
 
 def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, int],
-                progress: Callable[[str], None] = lambda s: None, gpus: int = 1) -> tuple[list[Row], dict]:
+                progress: Callable[[str], None] = lambda s: None, gpus: int = 1,
+                consumer_tflops: float = CONSUMER_TFLOPS) -> tuple[list[Row], dict]:
     """Every stage kind: placement chosen for ``gpu_memory_gb``, measured peak, disk, compute — and
     hours on ``gpus`` data-parallel GPUs (``FASTFLUX_LAUNCH``, README): generation stages split their
     items in whole sampling batches (capture: in whole shards), least squares its rows, Sandwich
     Training its rounds' boundary states and each batch's samples (unevenly: :func:`busiest_share`)."""
-    shapes, cfg = Shapes.of(params), transformer_config(params)
+    shapes = Shapes.of(params)
     n_blocks = len(block_kinds(params))
     counts = prompt_counts(params, assumed)
     items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
@@ -546,7 +624,8 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
         """``parallel_flop``: what the busiest of ``gpus`` ranks computes (default: all of it)."""
         rows.append(Row(stage, runs, placement, round((m.peak if m else 0) / GiB, 2), round(disk / 1e9, 2),
                         activation, round(flop / 1e12, 1), round(hours(flop), 2),
-                        round(hours(flop if parallel_flop is None else parallel_flop), 2)))
+                        round(hours(flop if parallel_flop is None else parallel_flop), 2),
+                        round(flop / (consumer_tflops * 1e12) / 3600, 2)))
 
     batch = params.sampling.batch_size
 
@@ -584,13 +663,23 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     c = params.capture
     store = capture_bytes(params, shapes, items)
     unit = capture_unit(batch, n_sched, c.shard_samples)
-    add("capture@k", k_steps, place_c, cap, k_steps * store, True,
-        k_steps * (items["calibration"] + items["training"]) * steps * t,
-        k_steps * (rank_share(items["calibration"], unit, gpus) * items["calibration"]
-                   + rank_share(items["training"], unit, gpus) * items["training"]) * steps * t)
+    share_c = {k: rank_share(items[k], unit, gpus) for k in ("calibration", "training")}
+    if c.inputs == "noised":  # the full model's trajectories once; then per step one forward per captured
+        # step of the calibration items (counted whole: it stops after block i), none for training
+        both = items["calibration"] + items["training"]
+        latent_bytes = shapes.in_channels * shapes.n_img * 4  # (C, h, w) float32 per item
+        add("endpoints", 1, place_s, samp, both * latent_bytes, True, both * steps * t,
+            rank_share(both, batch, gpus) * both * steps * t)
+        add("capture@k", k_steps, place_c, cap, k_steps * store, True, k_steps * items["calibration"] * n_sched * t,
+            k_steps * share_c["calibration"] * items["calibration"] * n_sched * t)
+    else:
+        add("capture@k", k_steps, place_c, cap, k_steps * store, True,
+            k_steps * (items["calibration"] + items["training"]) * steps * t,
+            k_steps * (share_c["calibration"] * items["calibration"] + share_c["training"] * items["training"]) * steps * t)
     sol = measure_solve(params)
     rows_ls = items["calibration"] * n_sched * (c.image_tokens + c.text_tokens)
-    linear_bytes = 2 * (shapes.dim * shapes.dim + shapes.dim) * 4  # two streams (double block), float32
+    per_stream = shapes.dim * shapes.dim + shapes.dim + (shapes.dim * shapes.dim if params.solve.condition == "temb" else 0)
+    linear_bytes = 2 * per_stream * 4  # two streams (double block), float32; temb: U (D × D) each
     add("solve@k", k_steps, "resident", sol, k_steps * linear_bytes, True,
         k_steps * (2 * 2 * rows_ls * sol.flops["per_row"] + sol.flops["solve"]),
         k_steps * (2 * 2 * rows_ls * sol.flops["per_row"] / gpus + sol.flops["solve"]))
@@ -605,19 +694,45 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     add("sandwich@k", k_steps, place_w, sand, states, True, k_steps * (recompute + train),
         k_steps * (rank_share(samples, 1, gpus) * recompute
                    + busiest_share(params.sandwich.batch_size, params.sandwich.micro_batch, gpus) * train))
-    add("assemble", 1, "host", None, params_bytes(params, k_steps), False, 0)
+    n_train = samples * (1 - params.sandwich.holdout)  # distillation: each training sample's teacher output once
+    checks = lambda n_steps: math.ceil(n_steps / max(params.sandwich.eval_every, 1)) * params.sandwich.round_samples
+
+    def distill_flop(m: Measured, n_steps: int, rate, rates: list[float]) -> float:
+        """Training steps, the probe (auto rate), the teacher's outputs and the held-out checks."""
+        probe = len(rates) * params.sandwich.probe_steps if rate == "auto" else 0
+        per_step = params.sandwich.batch_size * m.flops["train_per_sample"]
+        return ((n_steps + probe) * per_step + n_train * m.flops["teacher_per_sample"]
+                + checks(n_steps) * 2 * m.flops["teacher_per_sample"])
+
+    if params.finish.steps:
+        fin = measure_distill(params, "finish")
+        add("assemble (finisher)", 1, "resident", fin, params_bytes(params, k_steps), False,
+            distill_flop(fin, params.finish.steps, params.finish.learning_rate, params.finish.probe_rates))
+    else:
+        add("assemble", 1, "host", None, params_bytes(params, k_steps), False, 0)
     e = params.evaluate
     timed = 2 * (e.latency_warmup + e.latency_repeats) * t  # on the main rank alone
     add("evaluate", 1, place_s, samp, 0, False, items["evaluation"] * (steps * t + dec) + timed,
         share_e * items["evaluation"] * (steps * t + dec) + timed)
     if e.sweep:
-        sweep_flop = (k_steps + 1) * items["evaluation"] * (steps * t + dec)
-        add("sweep", 1, place_s, samp, 0, False, sweep_flop, share_e * sweep_flop)
+        lengths = k_steps + 1 if e.sweep_lengths is None else len(set(e.sweep_lengths))
+        sweep_items = min(e.sweep_items or items["evaluation"], items["evaluation"])
+        sweep_flop = lengths * sweep_items * (steps * t + dec) + lengths * timed
+        add("sweep", 1, place_s, samp, 0, False, sweep_flop,
+            rank_share(sweep_items, batch, gpus) * (sweep_flop - lengths * timed) + lengths * timed)
+    if params.baseline.ratios:
+        base_m = measure_distill(params, "baseline")
+        n_steps = params.sandwich.train_steps * k_steps + params.finish.steps  # FastFLUX's budget (with reuse)
+        arms = len(params.baseline.ratios) * (2 if params.baseline.latency_flops_cut else 1)
+        evals = arms * 2 * items["evaluation"] * (steps * t + dec)  # each L1 model before and after
+        add("baseline", 1, "resident", base_m, 0, False,
+            arms * distill_flop(base_m, n_steps, params.baseline.learning_rate, params.baseline.probe_rates) + evals)
     act = sum(r.disk_gb for r in rows if r.activation_disk)
     summary = {"gpu_memory_gb": gpu_memory_gb, "tflops": tflops, "prompts": counts, "chain_steps": k_steps,
                "activation_disk_gb": round(act, 1), "activation_disk_gb_with_dvc_copy": round(2 * act, 1),
                "total_hours": round(sum(r.hours for r in rows), 1),
                "importance_hours": round(sum(r.hours for r in rows if r.stage in ("reference@importance", "ablate@j")), 2),
+               "consumer_tflops": consumer_tflops, "total_hours_consumer": round(sum(r.hours_consumer for r in rows), 1),
                "gpus": gpus, "total_hours_gpus": round(sum(r.hours_gpus for r in rows), 1),
                "importance_hours_gpus": round(sum(r.hours_gpus for r in rows
                                                   if r.stage in ("reference@importance", "ablate@j")), 2),
@@ -640,14 +755,16 @@ def format_table(rows: list[Row], summary: dict) -> str:
     n = summary["gpus"]
     gpus = f"h/{n} GPUs" if n > 1 else ""
     head = (f"{'stage':21s} {'runs':>4s} {'placement':>18s} {'peak GiB':>9s} {'disk GB':>9s} {'TFLOP':>11s} {'hours':>7s}"
-            + (f" {gpus:>10s}" if n > 1 else ""))
+            + f" {'h 24 GB':>8s}" + (f" {gpus:>10s}" if n > 1 else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         mark = "*" if r.activation_disk else " "
         lines.append(f"{r.stage:21s} {r.runs:4d} {r.placement:>18s} {r.peak_gib:9.2f} {r.disk_gb:8.2f}{mark} "
-                     f"{r.tflop:11.0f} {r.hours:7.2f}" + (f" {r.hours_gpus:10.2f}" if n > 1 else ""))
+                     f"{r.tflop:11.0f} {r.hours:7.2f} {r.hours_consumer:8.1f}" + (f" {r.hours_gpus:10.2f}" if n > 1 else ""))
     lines.append(f"* activation disk: {summary['activation_disk_gb']} GB, {summary['activation_disk_gb_with_dvc_copy']} GB "
-                 f"with DVC's cache copy; compute: {summary['total_hours']} h at {summary['tflops']:g} TFLOP/s; "
+                 f"with DVC's cache copy; compute: {summary['total_hours']} h at {summary['tflops']:g} TFLOP/s (H100-class), "
+                 f"{summary['total_hours_consumer']} h on a 24 GB card at {summary['consumer_tflops']:g} TFLOP/s "
+                 f"(RTX 4090 at half its bf16 peak; an RTX 3090: ~2.3×); "
                  f"largest peak {summary['max_peak_gib']} GiB of {summary['gpu_memory_gb']:g}")
     if n > 1:
         lines.append(f"on {n} GPUs (data-parallel, ideal scaling of each rank's share): {summary['total_hours_gpus']} h, "
@@ -659,7 +776,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--gpu-memory-gb", type=float, default=None, help="default: model.gpu_memory_gb")
-    ap.add_argument("--tflops", type=float, default=400.0, help="sustained TFLOP/s for the hours column")
+    ap.add_argument("--tflops", type=float, default=400.0, help="sustained TFLOP/s for the hours column (H100-class)")
+    ap.add_argument("--consumer-tflops", type=float, default=CONSUMER_TFLOPS,
+                    help="sustained TFLOP/s of a 24 GB card for the 'h 24 GB' column (default: an RTX 4090 at half "
+                    "its bf16 peak)")
     ap.add_argument("--prompts", default="calibration=512,training=512,importance=64,evaluation=512",
                     help="prompt counts assumed for sets whose file does not exist")
     ap.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs for an extra hours column")
@@ -670,7 +790,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
     assumed = {k: int(v) for k, v in (kv.split("=") for kv in args.prompts.split(","))}
     gb = args.gpu_memory_gb or params.model.gpu_memory_gb
     rows, summary = plan_budget(params, gb, args.tflops, assumed, progress=lambda s: print(f"measuring {s} …", flush=True),
-                                gpus=args.gpus)
+                                gpus=args.gpus, consumer_tflops=args.consumer_tflops)
     print(format_table(rows, summary))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in rows], "summary": summary}, indent=1))

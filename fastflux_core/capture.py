@@ -25,6 +25,18 @@ steps of ``capture.timesteps`` (spread over the whole schedule) forward hooks re
 
 Both stores: prompt (sample,) index into the ``prompts`` attribute, seed (sample,), schedule_step,
 timestep — so every sample names the item (prompt, seed) it came from, and hold-outs are by item.
+
+Where the model's inputs come from (``capture.inputs``):
+
+- ``trajectory`` (the paper's): the model at step k generates every item through the whole schedule
+  and the hooks record at the captured steps — ``sampling.steps`` full forwards per item, every step.
+- ``noised``: at each captured step the model gets x_t = (1 − σ_t)·x_0 + σ_t·ε, the flow-matching
+  interpolation between the item's starting noise ε and x_0, the *full* model's final latent of the
+  item (stage ``endpoints``, :func:`make_endpoints`: made once, shared by every step). One forward per
+  captured step, and it stops after block i, the last block the calibration store records; the
+  training store needs no forward at all. What changes: the model at step k is no longer fed its
+  own trajectory but the full model's — the report's ``capture`` experiment measures what that costs
+  in quality.
 """
 
 from __future__ import annotations
@@ -35,16 +47,17 @@ from pathlib import Path
 
 import torch
 
-from fastflux_core.adapter import ModelInputs
+from fastflux_core.adapter import BlockAdapter, ModelInputs
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
-from fastflux_core.codec import latent_ids
+from fastflux_core.codec import latent_ids, pack
 from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
 from fastflux_core.params import Params, capture_schedule
 from fastflux_core.prompts import GenItem, PromptEmbeds, derive_seed, prompt_items
-from fastflux_core.sampling import latent_size, sample_latents, timesteps_for
+from fastflux_core.io import load_tensors, save_tensors
+from fastflux_core.sampling import initial_noise, latent_size, sample_latents, timesteps_for
 from fastflux_core.shapes import calibration_specs, training_specs
-from fastflux_core.source import load_codec, load_scheduler, on_device
+from fastflux_core.source import load_codec, load_scheduler, load_transformer, on_device
 from fastflux_core.store import StoreWriter, check_disk, estimate_bytes
 
 
@@ -108,8 +121,9 @@ class BlockIOHooks:
         return torch.gather(x.float().cpu(), 1, idx[..., None].expand(-1, -1, x.shape[-1])).flatten(0, 1)
 
     def pre(self, module, args, kwargs) -> None:
-        if self.armed.armed:
-            self.inputs = (kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["temb"])
+        if self.armed.armed:  # the model's forward passes keywords, an adapter's run positions
+            named = dict(zip(("hidden_states", "encoder_hidden_states", "temb"), args)) | kwargs
+            self.inputs = (named["hidden_states"], named["encoder_hidden_states"], named["temb"])
 
     def post(self, module, args, kwargs, output) -> None:
         if not self.armed.armed:
@@ -143,6 +157,73 @@ class ModelInputRecorder:
         self.armed.write_items(self.writer, timestep)
 
 
+ENDPOINTS = Path("data/endpoints")  # stage endpoints: <set>.safetensors, the full model's final latents
+
+
+def make_endpoints(params: Params, sets: dict[str, PromptEmbeds], out: Path, world: World = World()) -> dict:
+    """Stage ``endpoints``: with ``capture.inputs: noised``, the full model's final latent (N, C, h, w)
+    of every item of each prompt set, in item order → ``out/<set>.safetensors`` (on the main rank;
+    every rank generates its share in whole sampling batches). With ``trajectory`` nothing is made:
+    the record says so."""
+    record = {"inputs": params.capture.inputs}
+    if params.capture.inputs != "noised":
+        return record
+    model = on_device(load_transformer(params), params, "endpoints").eval()
+    sched, codec = load_scheduler(params), load_codec(params, model)
+    for name, embeds in sets.items():
+        s = getattr(params.prompts, name)
+        items = prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed)
+        mine = world.share(items, params.sampling.batch_size)
+        part = {"latents": sample_latents(model, sched, embeds, mine, params.sampling, codec.latent_channels,
+                                          codec.scale_factor)} if mine else {}
+        got = world.gather(part, f"endpoints-{name}")
+        if got is not None:
+            save_tensors(out / f"{name}.safetensors", {"latents": got["latents"].contiguous()})
+        record[name] = {"items": len(items)}
+    return record
+
+
+def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x_t = (1 − σ)·x_0 + σ·ε: the flow-matching path between noise ε (σ = 1) and x_0 (σ = 0), the
+    latents a sampler would hold at σ had it followed the straight line (N, C, h, w), float32.
+
+    >>> noised(torch.ones(1), torch.zeros(1), 0.25)
+    tensor([0.7500])
+    """
+    return (1.0 - sigma) * x0.float() + sigma * noise.float()
+
+
+@torch.no_grad()
+def noised_forwards(adapter: BlockAdapter, embeds: PromptEmbeds, items: list[GenItem], x0: torch.Tensor,
+                    sampling, schedule: list[int], timesteps: torch.Tensor, latent_channels: int, on_step,
+                    stop: int) -> None:
+    """Capture's ``noised`` inputs: for each sampling batch of ``items`` (``x0``: their final latents,
+    in the same order) and each captured schedule step s, ``on_step(s, batch, inputs)`` with the
+    transformer inputs at x_t (:func:`noised`, σ = timesteps[s] / 1000 as the sampler passes it), then
+    the model's forward through blocks 0 .. stop − 1 only (``stop`` 0: none — the training store
+    records inputs alone). The same order of samples as :func:`~fastflux_core.sampling.sample_latents`."""
+    p = next(adapter.model.parameters())
+    device, dtype = p.device, p.dtype
+    h, w = x0.shape[-2:]
+    img_ids = latent_ids(h, w, device, dtype)  # (h/2 · w/2, 3)
+    txt_ids = torch.zeros(embeds.prompt_embeds.shape[1], 3, device=device, dtype=dtype)  # (T, 3)
+    for start in range(0, len(items), sampling.batch_size):
+        chunk = items[start : start + sampling.batch_size]
+        b = len(chunk)
+        eps = initial_noise(chunk, latent_channels, h, w)  # (b, C, h, w): the item's own starting noise
+        prompt_embeds, pooled = embeds.select([it.prompt for it in chunk])
+        prompt_embeds, pooled = prompt_embeds.to(device, dtype), pooled.to(device, dtype)
+        guidance = torch.full((b,), sampling.guidance_scale, device=device) if adapter.uses_guidance else None
+        for s in schedule:
+            t = timesteps[s]
+            latents = pack(noised(x0[start : start + b], eps, float(t) / 1000)).to(device, dtype)  # (b, N_img, 4C)
+            x = ModelInputs(latents, prompt_embeds, pooled, t.expand(b).to(device, dtype) / 1000, img_ids, txt_ids,
+                            guidance, (h, w))
+            on_step(s, slice(start, start + b), x)
+            if stop:
+                adapter.run(adapter.embed(x), 0, stop)
+
+
 def capture_unit(batch_size: int, schedule_steps: int, shard_samples: int) -> int:
     """Items in the smallest piece of capture work that ranks can split: whole sampling batches (the
     batches of a single process, so every activation is the one-process one) whose samples — one per
@@ -155,10 +236,12 @@ def capture_unit(batch_size: int, schedule_steps: int, shard_samples: int) -> in
 
 
 def capture_step(params: Params, step: PlanStep, state: ChainState, calibration: PromptEmbeds,
-                 training: PromptEmbeds, block_name: str, out: Path, world: World = World()) -> dict:
+                 training: PromptEmbeds, block_name: str, out: Path, world: World = World(),
+                 endpoints: Path = ENDPOINTS) -> dict:
     """Run both sets through the chain model after steps < k; write ``out/calibration.zarr`` and
     ``out/training.zarr``. Returns a summary (deterministic: no timings). With several ranks each
-    captures its share of the items (:func:`capture_unit`) into the same stores."""
+    captures its share of the items (:func:`capture_unit`) into the same stores. ``capture.inputs:
+    noised`` reads the full model's final latents from ``endpoints`` (module doc)."""
     adapter = build_chain_model(params, state)
     model = on_device(adapter.model, params, f"capture@{step.k}").eval()
     i, (u, d) = step.block, step.sandwich
@@ -179,11 +262,14 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
                what=f"the activation stores of capture@{step.k} (calibration.zarr, training.zarr)")
     attrs = {"step": step.k, "block": i, "block_name": block_name, "kind": adapter.blocks[i].kind,
              "sandwich": [u, d], "replaced_before": list(step.replaced_before), "lora_blocks": step.lora_blocks(),
-             "linear_blocks": step.linear_blocks(), "schedule_steps": schedule, "model_dtype": params.model.dtype}
+             "linear_blocks": step.linear_blocks(), "schedule_steps": schedule, "model_dtype": params.model.dtype,
+             "inputs": cap.inputs}
 
     sched = load_scheduler(params)
-    sigmas = (timesteps_for(model, copy.deepcopy(sched), params.sampling.steps, n_img, torch.device("cpu")) / 1000).tolist()
-    summary = {"step": step.k, "block": i, "block_name": block_name, "sandwich": [u, d], "schedule_steps": schedule}
+    timesteps = timesteps_for(model, copy.deepcopy(sched), params.sampling.steps, n_img, torch.device("cpu"))
+    sigmas = (timesteps / 1000).tolist()
+    summary = {"step": step.k, "block": i, "block_name": block_name, "sandwich": [u, d], "schedule_steps": schedule,
+               "inputs": cap.inputs}
     for name, (embeds, prompt_set) in sets.items():
         writer = StoreWriter(
             out / f"{name}.zarr", specs[name], n_samples[name], cap.shard_samples,
@@ -207,7 +293,11 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
             handles = []
         try:
             with torch.no_grad():
-                if todo:
+                if todo and cap.inputs == "noised":
+                    x0 = load_tensors(endpoints / f"{name}.safetensors")["latents"][mine[name].start : mine[name].stop]
+                    noised_forwards(adapter, embeds, todo, x0, params.sampling, schedule, timesteps,
+                                    codec.latent_channels, armed, stop=i + 1 if name == "calibration" else 0)
+                elif todo:
                     sample_latents(model, sched, embeds, todo, params.sampling, codec.latent_channels,
                                    codec.scale_factor, on_step=armed)
         except BaseException:

@@ -1,10 +1,18 @@
-"""Global distillation: a pruned model trained towards its base model's outputs.
+"""Distillation: a pruned model trained towards its base model, globally or block by block.
 
 What the paper's L1 baseline is fine-tuned with (:mod:`fastflux_core.width`) and what FastFLUX's
 optional finisher does after the chain (:mod:`fastflux_core.finish`): on the training store's
-captured transformer inputs (noisy latent, timestep, guidance, prompt), minimise
+captured transformer inputs (noisy latent, timestep, guidance, prompt), minimise (``global``)
 
     L = ‖student(x) − base(x)‖² / ‖base(x)‖²        (the transformer's output, every image token)
+
+or (``local``, the baseline's ``baseline.objective``: the kind of loss FastFLUX's sandwiches train on,
+for a model whose every block changed) each block's output given the base's input to that block,
+
+    L = Σ_b ‖S_b(h_b) − T_b(h_b)‖² / Σ_b ‖T_b(h_b)‖²   (h_b: the base's state before block b, both streams)
+
+so that a comparison of FastFLUX with the baseline can hold the objective fixed: local for both
+(sandwiches; L1 ``local``), or global for both (the finisher; L1 ``global``).
 
 in rounds of ``sandwich.round_samples`` samples whose base outputs are computed once, for a given
 number of AdamW steps of ``sandwich.batch_size`` samples; ``micro_batch``-sized pieces accumulate the
@@ -16,17 +24,18 @@ student's start included — on the store's held-out prompts, and ``lr: auto`` p
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
 from tqdm.auto import tqdm
 
 from fastflux_core.adapter import BlockAdapter, ModelInputs
-from fastflux_core.integrity import NonFiniteError, require_finite
+from fastflux_core.integrity import NonFiniteError
 from fastflux_core.params import SandwichParams
 from fastflux_core.prompts import derive_seed
 from fastflux_core.sandwich import CapturedInputs, Split, accumulated_step, rounds
-from fastflux_core.selection import BestState, Check, EarlyStop, pick_rate
+from fastflux_core.selection import BestState, KeepBest, pick_rate
 from torch import nn
 
 
@@ -50,20 +59,28 @@ def take(x: ModelInputs, idx: torch.Tensor) -> ModelInputs:
 
 @dataclass(frozen=True)
 class Round:
-    """Some training samples' inputs and the base model's outputs on them, on the host."""
+    """Some training samples' inputs and, for the global objective, the base model's outputs on
+    them, on the host (the local objective recomputes the base's block states per micro-batch: at
+    FLUX.1-dev's size they are 1.6 GB a sample)."""
 
     x: ModelInputs  # batch = the round's samples
-    y: torch.Tensor  # (n, N_img, C_out) float32
+    y: torch.Tensor | None  # (n, N_img, C_out) float32; None for the local objective
+
+    def __len__(self) -> int:
+        return len(self.x.hidden_states)
 
 
 def teacher_round(teacher: BlockAdapter, inputs: CapturedInputs, idx: torch.Tensor, micro_batch: int,
-                  device: torch.device) -> Round:
-    """Inputs of samples ``idx`` (read once) and the teacher's outputs, computed on ``device``."""
+                  device: torch.device, outputs: bool = True) -> Round:
+    """Inputs of samples ``idx`` (read once) and, with ``outputs``, the teacher's outputs, computed on
+    ``device``."""
     xs = list(inputs.batches(idx, micro_batch))
-    with torch.no_grad():
-        ys = [teacher.forward(moved(x, device, teacher.model.dtype)).float().cpu() for x in xs]
+    ys = None
+    if outputs:
+        with torch.no_grad():
+            ys = torch.cat([teacher.forward(moved(x, device, teacher.model.dtype)).float().cpu() for x in xs])
     x = replace(xs[0], **{n: torch.cat([getattr(b, n) for b in xs]) for n in _tensors(xs[0], per_sample=True)})
-    return Round(x, torch.cat(ys))
+    return Round(x, ys)
 
 
 def _sq_err(student: BlockAdapter, x: ModelInputs, y: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -71,32 +88,75 @@ def _sq_err(student: BlockAdapter, x: ModelInputs, y: torch.Tensor, device: torc
     return ((out - y.to(device)) ** 2).sum()
 
 
+def _streams(s) -> tuple[torch.Tensor, torch.Tensor]:
+    return s.hidden_states.float(), s.encoder_hidden_states.float()
+
+
+def teacher_states(teacher: BlockAdapter, x: ModelInputs, device: torch.device) -> list:
+    """The base's state before each block and after the last (len = blocks + 1), without gradients."""
+    with torch.no_grad():
+        states = [teacher.embed(moved(x, device, teacher.model.dtype))]
+        for b in range(len(teacher.blocks)):
+            states.append(teacher.run(states[-1], b, b + 1))
+    return states
+
+
+def local_err(student: BlockAdapter, states: list) -> torch.Tensor:
+    """Σ_b ‖S_b(h_b) − T_b(h_b)‖² over both streams, each student block fed the teacher's state."""
+    dtype = student.model.dtype
+    total = torch.zeros((), device=states[0].hidden_states.device)
+    for b in range(len(student.blocks)):
+        h = states[b]
+        h = replace(h, **{n: getattr(h, n).to(dtype) for n in ("hidden_states", "encoder_hidden_states", "temb")})
+        out = student.run(h, b, b + 1)
+        for got, want in zip(_streams(out), _streams(states[b + 1])):
+            total = total + ((got - want) ** 2).sum()
+    return total
+
+
+def local_den(states: list) -> torch.Tensor:
+    """Σ_b ‖T_b(h_b)‖² over both streams."""
+    return sum(sum((t ** 2).sum() for t in _streams(s)) for s in states[1:])
+
+
 def distill(student: BlockAdapter, teacher: BlockAdapter, train_params: list[nn.Parameter], inputs: CapturedInputs,
             split: Split, steps: int, cfg: SandwichParams, micro_batch: int, lr: float | str, rates: list[float],
-            seed: int, device: torch.device) -> dict:
+            seed: int, device: torch.device, objective: str = "global") -> dict:
     """``steps`` AdamW steps of ``cfg.batch_size`` training samples, in rounds of ``cfg.round_samples``
     whose teacher outputs are computed once (as the sandwich's boundary states); ``micro_batch``-sized
     pieces accumulate the exact batch gradient (the batch's ‖teacher‖² is known first). The same care
     as a sandwich (:mod:`fastflux_core.selection`, ``sandwich.eval_every`` / ``patience`` /
     ``probe_steps``): the state kept is the one with the lowest held-out loss, the pruned start
-    included; ``lr: auto`` tries each of ``rates`` first. Held-out relative error before and after."""
+    included; ``lr: auto`` tries each of ``rates`` first. ``objective``: ``global`` or ``local`` (module
+    doc). Held-out relative error (of that objective) before and after."""
+    local = objective == "local"
+
+    def pieces(r: Round, idx: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(squared error, its denominator) of samples ``idx`` of ``r``, micro-batch by micro-batch."""
+        for mb in idx.split(micro_batch):
+            if local:
+                states = teacher_states(teacher, take(r.x, mb), device)
+                yield local_err(student, states), local_den(states)
+            else:
+                yield _sq_err(student, take(r.x, mb), r.y[mb], device), (r.y[mb] ** 2).sum()
+
     def error(r: Round) -> tuple[float, float]:
-        num = 0.0
+        num = den = 0.0
         with torch.no_grad():
-            for mb in torch.arange(len(r.y)).split(micro_batch):
-                num += float(_sq_err(student, take(r.x, mb), r.y[mb], device))
-        return num, float((r.y ** 2).sum())
+            for n_, d_ in pieces(r, torch.arange(len(r))):
+                num, den = num + float(n_), den + float(d_)
+        return num, den
 
     def holdout() -> float:
         num = den = 0.0
         for chunk in split.holdout.split(cfg.round_samples):
-            n, d = error(teacher_round(teacher, inputs, chunk, micro_batch, device))
+            n, d = error(teacher_round(teacher, inputs, chunk, micro_batch, device, not local))
             num, den = num + n, den + d
         return num / max(den, 1e-30)
 
     pick = torch.randperm(len(split.holdout), generator=torch.Generator().manual_seed(derive_seed(seed, "held-out check")))
     check_round = teacher_round(teacher, inputs, torch.sort(split.holdout[pick[:cfg.round_samples]]).values,
-                                micro_batch, device)
+                                micro_batch, device, not local)
 
     def check() -> float:
         was_training = student.model.training
@@ -107,18 +167,21 @@ def distill(student: BlockAdapter, teacher: BlockAdapter, train_params: list[nn.
 
     def run(opt, r: Round, n_steps: int, gen: torch.Generator, at: int, on_step=lambda step, loss: False) -> None:
         for n in range(n_steps):
-            pick = torch.randint(len(r.y), (min(cfg.batch_size, len(r.y)),), generator=gen)
-            den = (r.y[pick] ** 2).sum().clamp(min=1e-30).to(device)
-            loss = accumulated_step(
-                opt, train_params, (_sq_err(student, take(r.x, mb), r.y[mb], device) / den for mb in pick.split(micro_batch)),
-                f"baseline fine-tuning loss at step {at + n}")
+            pick = torch.randint(len(r), (min(cfg.batch_size, len(r)),), generator=gen)
+            if local:  # the batch's denominator first (one more no-grad pass of the teacher)
+                den = sum(local_den(teacher_states(teacher, take(r.x, mb), device)) for mb in pick.split(micro_batch))
+            else:
+                den = (r.y[pick] ** 2).sum()
+            den = den.clamp(min=1e-30).to(device)
+            loss = accumulated_step(opt, train_params, (e / den for e, _ in pieces(r, pick)),
+                                    f"baseline fine-tuning loss at step {at + n}")
             if on_step(at + n + 1, loss):
                 return
 
     g = torch.Generator().manual_seed(seed)
     before = holdout()
     plan = rounds(split.train, steps, cfg.round_samples, g) if steps else []
-    first = teacher_round(teacher, inputs, plan[0][0], micro_batch, device) if plan else None
+    first = teacher_round(teacher, inputs, plan[0][0], micro_batch, device, not local) if plan else None
     start = BestState(train_params, check())
     student.model.train()
     probe = None
@@ -136,44 +199,27 @@ def distill(student: BlockAdapter, teacher: BlockAdapter, train_params: list[nn.
         start.restore()
     elif lr == "auto":
         lr = min(rates)
-    best, stop, when = BestState(train_params, start.loss), EarlyStop(cfg.patience), Check(cfg.eval_every, steps)
-    losses: list[float] = []
-    stopped: str | None = None
-
-    def on_step(step: int, loss: float) -> bool:
-        nonlocal stopped
-        losses.append(loss)
-        bar.update(1)
-        if not when.due(step):
-            return False
-        held = check()
-        require_finite(torch.tensor(held), f"the held-out distillation loss at step {step}")  # stops training
-        when.history.append((step, held))
-        best.offer(step, held)
-        if stop.update(held):
-            stopped = f"held-out loss did not improve for {cfg.patience} checks"
-            return True
-        return False
-
     opt = torch.optim.AdamW(train_params, lr=lr, weight_decay=0.0)
     bar = tqdm(total=steps, desc="baseline fine-tuning", unit="step")
+    keep = KeepBest(train_params, start, check, cfg.eval_every, steps, cfg.patience, "distillation loss", bar)
     try:
         for r, (chunk, n_steps) in enumerate(plan):
-            r_data = first if r == 0 else teacher_round(teacher, inputs, chunk, micro_batch, device)
+            r_data = first if r == 0 else teacher_round(teacher, inputs, chunk, micro_batch, device, not local)
             first = None  # round 0's outputs go with the round
-            run(opt, r_data, n_steps, g, len(losses), on_step)
-            if stopped:
+            run(opt, r_data, n_steps, g, len(keep.losses), keep)
+            if keep.stopped:
                 break
     except NonFiniteError as e:  # diverged: the best state so far (the pruned start at worst) is kept
-        stopped = f"{e}: training stopped"
+        keep.stopped = f"{e}: training stopped"
     bar.close()
     student.model.eval()
-    best.restore()
-    after, best_step = holdout(), best.step
+    keep.best.restore()
+    after, best_step = holdout(), keep.best.step
     if after > before:  # the checks saw a subset of the held-out samples; on all of them the start wins
         start.restore()
         after, best_step = before, 0
-    return {"holdout_loss_init": before, "holdout_loss_trained": after, "best_step": best_step,
-            "steps_run": len(losses), "stopped": stopped, "learning_rate": lr, "learning_rate_probe": probe,
-            "holdout_checks": [[s, v] for s, v in when.history],
-            "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None}
+    return {"objective": objective, "holdout_loss_init": before, "holdout_loss_trained": after, "best_step": best_step,
+            "steps_run": len(keep.losses), "stopped": keep.stopped, "learning_rate": lr, "learning_rate_probe": probe,
+            "holdout_checks": [[s, v] for s, v in keep.when.history],
+            "train_loss_first": keep.losses[0] if keep.losses else None,
+            "train_loss_last": keep.losses[-1] if keep.losses else None}

@@ -29,7 +29,7 @@ from fastflux_core.codec import LatentCodec, latent_ids
 from fastflux_core.distributed import World
 from fastflux_core.integrity import tensors_digest
 from fastflux_core.io import read_json
-from fastflux_core.metrics import QUALITY_KEYS, image_features, item_scores
+from fastflux_core.metrics import QUALITY_KEYS, FeatureStats, image_features, item_scores
 from fastflux_core.params import EvaluateParams, Params
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import latent_size
@@ -115,7 +115,8 @@ class Evaluator:
     reference images and statistics of the evaluation set, the quality metrics. With several ranks
     every rank generates its share of the evaluation items; the main rank alone scores and times."""
 
-    def __init__(self, params: Params, embeds: PromptEmbeds, reference: Path, world: World = World()):
+    def __init__(self, params: Params, embeds: PromptEmbeds, reference: Path, world: World = World(),
+                 n_items: int | None = None):
         from fastflux_core.metrics import load_quality
         from fastflux_core.placement import choose
         from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
@@ -133,6 +134,12 @@ class Evaluator:
         self.reference = read_json(reference / "metrics.json")
         s = params.prompts.evaluation
         self.items = prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed)
+        if n_items is not None and n_items < len(self.items):
+            # the first items (round-major: every prompt's first seed first), scored against the full
+            # model's images of the same items
+            self.items = self.items[:n_items]
+            feats = load_item_scores(reference / ITEMS_FILE)["features"][:n_items]
+            self.ref_model = FeatureStats.of(feats)
         self.x = forward_inputs(params, self.base, self.codec, embeds, self.device) if world.is_main else None
 
     def on_device(self, model):
@@ -208,9 +215,11 @@ def sweep(params: Params, states: list, embeds: PromptEmbeds, reference: Path, w
     every rank generates its share of each model's images, the others return ``None``."""
     from fastflux_core.assemble import pruned_model
 
-    ev = Evaluator(params, embeds, reference, world)
+    cfg = params.evaluate
+    ev = Evaluator(params, embeds, reference, world, cfg.sweep_items)
     rows, timings = [], []
-    for k in range(len(states)):
+    lengths = range(len(states)) if cfg.sweep_lengths is None else sorted(set(cfg.sweep_lengths))  # checked: params
+    for k in lengths:
         adapter = pruned_model(params, states, k)[0]
         model, n_blocks = adapter.model, len(adapter.blocks)
         scored = ev.quality_of(model, tag=f"n{k}")

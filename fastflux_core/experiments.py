@@ -121,10 +121,19 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
         better=(("st-auto", "brll-st"), ("temb", "brll-st"), ("finish", "brll-st"), ("l1-all", "brll-st")),
         across_bases=True),
     Experiment(
+        "capture", "Capture inputs: the model's own trajectory vs noised full-model latents (issue 28)",
+        "No claim in the paper (it captures along trajectories): noised inputs — x_t = (1 − σ_t)·x_0 + σ_t·ε from "
+        "the full model's final latents, one truncated forward per captured step — cost a fraction of the "
+        "compute; the question is what they cost in quality.",
+        (Variant("trajectory (paper)", "brll-st", {}), Variant("noised", "noised", {"capture.inputs": "noised"})),
+        better=(("brll-st", "noised"),), across_bases=True),
+    Experiment(
         "baseline", "Baseline: L1-norm width pruning at FastFLUX's FLOPs and at its latency (paper Tables 1–2, Fig. 5)",
         "At the same latency, FastFLUX gives better quality than L1-norm pruning followed by (global) "
         "fine-tuning, at 10 % and at 20 %.",
-        (Variant("paper recipe", "l1", {"baseline.ratios": BASELINE_RATIOS}), ALL_OPTIONS),
+        (Variant("paper recipe", "l1", {"baseline.ratios": BASELINE_RATIOS}),
+         Variant("paper recipe, L1 on the local objective", "l1-local",
+                 {"baseline.ratios": BASELINE_RATIOS, "baseline.objective": "local"}), ALL_OPTIONS),
         better=(("fastflux", "l1"),), kind="baseline", across_bases=True),
     Experiment(
         "family", "Beyond FLUX: the SD3 architecture at 10 % and 20 % (paper Table 3, FastSD)",

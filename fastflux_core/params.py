@@ -251,6 +251,11 @@ class Step(_Strict):
 class CaptureParams(_Strict):
     """What stage ``capture`` records (paper §3.1: input and residual output of the block replaced)."""
 
+    inputs: Literal["trajectory", "noised"] = Field(
+        "trajectory", description="trajectory (the paper's: the model at step k generates every item through the "
+        "whole schedule, recorded at the captured steps) | noised (the model at step k gets "
+        "x_t = (1 − σ_t)·x_0 + σ_t·ε at each captured step, x_0 the full model's final latent of the item — stage "
+        "endpoints, made once — and ε its starting noise: one forward per captured step, stopped after block i)")
     timesteps: int = Field(4, ge=1, description="schedule steps captured, spread evenly from the first to the last")
     image_tokens: int = Field(16, ge=1, description="image tokens per sample kept for least squares")
     text_tokens: int = Field(8, ge=1, description="text tokens per sample kept for least squares")
@@ -350,6 +355,13 @@ class EvaluateParams(_Strict):
     latency_warmup: int = Field(3, ge=0)
     latency_repeats: int = Field(20, ge=1)
     sweep: bool = Field(True, description="also evaluate every chain length 0..K (quality/latency vs ratio plot)")
+    sweep_lengths: list[int] | None = Field(
+        None, description="the chain lengths (blocks replaced) the sweep evaluates, e.g. [0, 3, 6, 11]; null: every "
+        "n = 0..K. A length beyond the chain is an error")
+    sweep_items: int | None = Field(
+        None, ge=2, description="the sweep's evaluation items: the first this many (items are round-major: every "
+        "prompt's first seed, then every prompt's second, …), scored against the full model's images of the same "
+        "items; null: all")
     grid_rows: int = Field(10, ge=1)
     bootstrap: int = Field(1000, ge=0, description="resamples of the evaluation items for the intervals of "
                            "per-image scores (0: none)")
@@ -378,8 +390,12 @@ class BaselineParams(_Strict):
         "| lora (LoRA of sandwich.lora_rank on every block linear: what fits one card at FLUX.1-dev scale) "
         "| lora_matched (LoRA on every block linear at the rank whose parameters fit FastFLUX's own trainable "
         "count: the same budget in parameters as in steps)")
+    objective: Literal["global", "local"] = Field(
+        "global", description="global (distil the transformer's output towards the base's: the paper's L1 "
+        "fine-tuning, and FastFLUX's finisher) | local (each block's output given the base's input to it: the kind "
+        "of loss FastFLUX's sandwiches train on), so a comparison can hold the objective fixed")
     learning_rate: Rate = Field(
-        1e-4, description="AdamW rate, or auto: tries every rate of probe_rates for sandwich.probe_steps steps and "
+        "auto", description="AdamW rate, or auto: tries every rate of probe_rates for sandwich.probe_steps steps and "
         "fine-tunes with the one whose held-out loss ends lowest (the sandwiches' selection: sandwich.eval_every, "
         "sandwich.patience)")
     probe_rates: Rates = Field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3],
@@ -473,6 +489,15 @@ class Params(_Strict):
         if self.sandwich.train and self.sandwich.width == 1 and self.solve.replacement == "delete":
             raise ValueError("solve.replacement 'delete' with sandwich.width 1 leaves Sandwich Training nothing to "
                              "train (no linear, no neighbour): use sandwich.width 3 or 5, or sandwich.train: false")
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_within_the_chain(self) -> "Params":
+        e, k = self.evaluate, len(self.steps)
+        bad = [n for n in e.sweep_lengths or [] if not 0 <= n <= k]
+        if bad:
+            raise ValueError(f"evaluate.sweep_lengths {bad} are not chain lengths: the chain (steps) has 0..{k} "
+                             f"blocks replaced; list only those")
         return self
 
     @model_validator(mode="after")

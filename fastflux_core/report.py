@@ -68,6 +68,95 @@ def paired(a: list[float], b: list[float], lower_is_better: bool = True, bases: 
             "bases": len(per_base), "bases_agree": agree}
 
 
+REFERENCE_ITEMS = "data/reference/evaluation/items.safetensors"  # the base model's per-image features
+EVALUATE_ITEMS = "data/evaluate/items.safetensors"
+
+
+class Items:
+    """Per-image FID features of the experiments' evaluation items, read from each run's revision
+    through DVC (once per file), for intervals over evaluation prompts of a paired difference.
+
+    Why prompts, not single items: the images of one prompt (its seeds) are alike, so the prompt is
+    the unit another evaluation set would redraw; the interval is a delete-one-prompt jackknife
+    (:func:`~fastflux_core.stats.jackknife` over prompts), each prompt's images left out of every
+    run at once — the runs share the evaluation items."""
+
+    def __init__(self, repo: Path, images_per_prompt: int):
+        self.repo, self.images_per_prompt = repo, images_per_prompt
+        self._cache: dict[tuple[str, str], object] = {}
+
+    def features(self, rev: str | None, path: str):
+        """(N, F) features of ``path`` at ``rev``, or None when it is not there (or not in the cache)."""
+        if not rev:
+            return None
+        if (rev, path) not in self._cache:
+            import dvc.api
+            import numpy as np
+            from safetensors.numpy import load
+
+            try:
+                data = load(dvc.api.read(path, repo=str(self.repo), rev=rev, mode="rb"))
+                self._cache[rev, path] = np.asarray(data["features"], dtype=np.float64)
+            except Exception:  # an output no longer in the cache: no item interval
+                self._cache[rev, path] = None
+        return self._cache[rev, path]
+
+    def interval(self, pairs: list[tuple[str | None, str, str | None, str]]) -> tuple[float, float] | None:
+        """95 % interval over prompts of the mean over runs of FID(b) − FID(a), each against its run's
+        base images of the same items (``pairs``: (rev a, items file a, rev b, items file b) per run;
+        > 0: a is better). None when some run's items are missing."""
+        runs = []
+        for rev_a, path_a, rev_b, path_b in pairs:
+            a, b, ref = self.features(rev_a, path_a), self.features(rev_b, path_b), self.features(rev_a, REFERENCE_ITEMS)
+            if a is None or b is None or ref is None or not (len(a) == len(b) == len(ref)):
+                return None
+            runs.append((a, b, ref))
+        return paired_fid_interval(runs, self.images_per_prompt) if runs else None
+
+
+def paired_fid_interval(runs: list[tuple], images_per_prompt: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Delete-one-prompt jackknife interval of the mean over runs of FID(b, ref) − FID(a, ref) (``runs``:
+    (a, b, ref) per run, (N, F) features of the same N items in item order, round-major: item i shows
+    prompt i mod N/images_per_prompt); None with fewer than 3 prompts."""
+    import numpy as np
+
+    from fastflux_core.stats import frechet_distance, jackknife
+
+    n_items = len(runs[0][0])
+    n_prompts = n_items // images_per_prompt
+    if n_prompts < 3:
+        return None
+    prompt_of = np.arange(n_items) % n_prompts
+
+    def stat(prompts: np.ndarray) -> float:
+        idx = np.flatnonzero(np.isin(prompt_of, prompts))
+        return float(np.mean([frechet_distance(b[idx], r[idx]) - frechet_distance(a[idx], r[idx]) for a, b, r in runs]))
+
+    return jackknife(stat, n_prompts, level)
+
+
+def with_items(r: dict, interval: tuple[float, float] | None) -> dict:
+    """A :func:`paired` result with the item interval of its difference: a verdict needs the interval
+    to exclude 0 too (the difference holds on other evaluation prompts as well as over runs).
+
+    >>> with_items({"verdict": "supports"}, (-0.1, 0.5))["verdict"], with_items({"verdict": "supports"}, (0.1, 0.5))["verdict"]
+    ('inconclusive', 'supports')
+    """
+    out = {**r, "items": interval}
+    if interval is not None and r["verdict"] != "inconclusive":
+        lo, hi = interval
+        if (r["verdict"] == "supports" and lo <= 0) or (r["verdict"] == "contradicts" and hi >= 0):
+            out["verdict"] = "inconclusive"
+    return out
+
+
+def _items_text(r: dict) -> str:
+    if r.get("items") is None:
+        return "no item interval (items not read)"
+    lo, hi = r["items"]
+    return f"95 % interval over evaluation prompts [{lo:.3g}, {hi:.3g}]"
+
+
 def _over(r: dict, replicates: list[tuple[int, int]]) -> str:
     """"over 9 runs (3 bases × 3 seeds, 3 of 3 bases agree)" for a :func:`paired` result."""
     bases = sorted({b for b, _ in replicates})
@@ -101,7 +190,7 @@ def variant_table(exp: Experiment, runs: list[dict], seeds: list[int]) -> tuple[
         if got:
             vals = {k: [by_seed[s]["metrics"][EVALUATE].get(k) for s in got] for k in (*METRICS, "flops_ratio")}
             lat = [x for x in (_latency(by_seed[s], EVALUATE, TIMING_EVALUATE) for s in got) if x is not None]
-            values[v.name] = {"seeds": got, **vals, "latency_ratio": lat}
+            values[v.name] = {"seeds": got, **vals, "latency_ratio": lat, "revs": [by_seed[s].get("rev") for s in got]}
     shown = [k for k in METRICS if any(x is not None for val in values.values() for x in val[k])] or ["fid"]
     rows = ["| variant | " + " | ".join(METRICS[k] for k in shown) + " | FLOPs ratio | latency ratio |",
             "|---|" + "---|" * (len(shown) + 2)]
@@ -126,8 +215,10 @@ def _cell(xs: list[float]) -> str:
     return _pm(xs) + f"<br><sub>{', '.join(f'{x:.4g}' for x in xs)}</sub>" if xs else "—"
 
 
-def verdicts(exp: Experiment, values: dict, labels: dict[str, str]) -> tuple[list[str], str]:
-    """One line per claimed pair and the experiment's overall verdict."""
+def verdicts(exp: Experiment, values: dict, labels: dict[str, str], items: Items | None = None
+             ) -> tuple[list[str], str]:
+    """One line per claimed pair and the experiment's overall verdict (with ``items``: each needs its
+    interval over evaluation prompts to exclude 0 too, :func:`with_items`)."""
     lines, seen = [], []
     for a, b in exp.better:
         if a not in values or b not in values:
@@ -137,11 +228,14 @@ def verdicts(exp: Experiment, values: dict, labels: dict[str, str]) -> tuple[lis
         xa = [values[a]["fid"][values[a]["seeds"].index(s)] for s in common]
         xb = [values[b]["fid"][values[b]["seeds"].index(s)] for s in common]
         r = paired(xa, xb, bases=[base for base, _ in common])
+        if items is not None:
+            rev = {v: dict(zip(values[v]["seeds"], values[v]["revs"])) for v in (a, b)}
+            r = with_items(r, items.interval([(rev[a][s], EVALUATE_ITEMS, rev[b][s], EVALUATE_ITEMS) for s in common]))
         seen.append(r["verdict"])
         lines.append(f"- {labels[a]} better than {labels[b]} (FID vs full model): advantage "
                      f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} {_over(r, common)} "
-                     f"(per run {', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → "
-                     f"**{r['verdict']}**")
+                     f"(per run {', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g}"
+                     + (f"; {_items_text(r)}" if items is not None else "") + f" → **{r['verdict']}**")
     if not exp.better:
         overall = "no paper claim to test: reported as measured"
     elif not seen:
@@ -283,8 +377,8 @@ def family_section(exp: Experiment, runs: list[dict], ratios: tuple[float, ...] 
     return lines, "; ".join(drops) if drops else "reported (no paper claim to test on this metric)"
 
 
-def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: Path, out: Path
-                     ) -> tuple[list[str], str]:
+def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: Path, out: Path,
+                     items: Items | None = None) -> tuple[list[str], str]:
     """Per FastFLUX recipe and matched ratio: FastFLUX, the L1 models before and after fine-tuning
     (quality, FLOPs, latency, parameters), the fine-tuning budget, the first replicate's grid and the
     paired verdicts; the lines and the overall verdict."""
@@ -295,7 +389,7 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
             continue
         first = by_seed[min(by_seed)]
         for n in sorted({int(k.split(".")[0][1:]) for k in first["metrics"].get(BASELINE, {})}):
-            more, verdicts_n = _baseline_at(v.label, by_seed, first, n, repo, out, v.name, plotted)
+            more, verdicts_n = _baseline_at(v.label, by_seed, first, n, repo, out, v.name, plotted, items)
             lines += more
             seen += verdicts_n
     if not seen:
@@ -310,7 +404,7 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
 
 
 def _baseline_at(recipe: str, by_seed: dict, first: dict, n: int, repo: Path, out: Path, name: str,
-                 plotted: dict) -> tuple[list[str], list[str]]:
+                 plotted: dict, items: Items | None = None) -> tuple[list[str], list[str]]:
     """One recipe's comparison at ``n`` blocks replaced (:func:`baseline_section`)."""
     def vals(model: str, key: str) -> list[float]:
         return [r["metrics"][BASELINE][f"n{n}.{model}.{key}"] for r in by_seed.values()
@@ -338,7 +432,8 @@ def _baseline_at(recipe: str, by_seed: dict, first: dict, n: int, repo: Path, ou
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {statistics.fmean(flops):.3f} | {_pm(lat) if lat else '—'} | {size} |")
     budget = (f"Fine-tuning budget: {m[f'n{n}.l1.train_steps']} AdamW steps × {m[f'n{n}.l1.batch_size']} samples "
               f"of the training store (the sandwiches' steps × batch of the chain this FastFLUX model comes from, and "
-              f"the finisher's), {m[f'n{n}.l1.finetune']} fine-tuning: {m[f'n{n}.l1.trainable_params']:,} trainable "
+              f"the finisher's), {m[f'n{n}.l1.finetune']} fine-tuning on the {m.get(f'n{n}.l1.objective', 'global')} "
+              f"objective: {m[f'n{n}.l1.trainable_params']:,} trainable "
               f"parameters (of {m[f'n{n}.l1.params_base']:,} in the base); at the same FLOPs every MLP keeps "
               f"{m[f'n{n}.l1.kept_share']:.1%} of its hidden units (rounded to multiples of baseline.round_to). "
               f"Held-out distillation error (relative, held-out training prompts) "
@@ -362,12 +457,24 @@ def _baseline_at(recipe: str, by_seed: dict, first: dict, n: int, repo: Path, ou
             continue
         reps = [rep for rep, r in by_seed.items() if r["metrics"].get(BASELINE, {}).get(f"n{n}.{key}.fid") is not None]
         ours = [by_seed[rep]["metrics"][BASELINE][f"n{n}.fastflux.fid"] for rep in reps]  # the same runs as b
-        r = paired(ours, b, bases=[base for base, _ in reps])
+        r = baseline_verdict(ours, b, [by_seed[rep] for rep in reps], n, key, items)
         seen.append(r["verdict"])
         lines += [f"- FastFLUX better than L1 at the same {matched} + fine-tuning with {n} blocks replaced (FID vs full "
                   f"model): advantage {r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} {_over(r, reps)} (per run "
-                  f"{', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g} → **{r['verdict']}**"]
+                  f"{', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g}"
+                  + (f"; {_items_text(r)}" if items is not None else "") + f" → **{r['verdict']}**"]
     return lines + [""], seen
+
+
+def baseline_verdict(ours: list[float], l1: list[float], runs: list[dict], n: int, key: str,
+                     items: Items | None) -> dict:
+    """FastFLUX against the L1 model ``key`` at ``n`` blocks over ``runs`` (paired by base and seed),
+    with the interval over evaluation prompts when ``items`` can read the runs' item files."""
+    r = paired(ours, l1, bases=[run.get("base", 0) for run in runs])
+    if items is None:
+        return r
+    files = (f"data/baseline/items_n{n}_fastflux.safetensors", f"data/baseline/items_n{n}_{key}.safetensors")
+    return with_items(r, items.interval([(run.get("rev"), files[0], run.get("rev"), files[1]) for run in runs]))
 
 
 # the L1 models of a baseline run: record key → what it is matched on
@@ -384,7 +491,8 @@ def _t_interval(r: dict, k: int) -> str:
     return f"{r['advantage_mean']:.3g} [{r['advantage_mean'] - half:.3g}, {r['advantage_mean'] + half:.3g}]"
 
 
-def headline(runs: list[dict], replicates: list[tuple[int, int]], latency_match: dict | None = None) -> list[str]:
+def headline(runs: list[dict], replicates: list[tuple[int, int]], latency_match: dict | None = None,
+             items: Items | None = None) -> list[str]:
     """The table a user decides on, first in the report: each FastFLUX recipe of the baseline
     experiment against L1 width pruning fine-tuned with the same budget, matched on FLOPs and — when
     measured — on latency at FLUX.1-dev's width, per ratio: FID vs the full model over runs (each
@@ -392,8 +500,8 @@ def headline(runs: list[dict], replicates: list[tuple[int, int]], latency_match:
     t-interval over runs, how many bases agree, and which is better (the paired verdict, whichever way
     it goes)."""
     rows = ["| FastFLUX recipe | L1 matched on | blocks replaced | FLOPs ratio FastFLUX / L1 | FID vs full: FastFLUX | "
-            "FID vs full: L1 + fine-tuning | FastFLUX's advantage, 95 % CI over runs | bases agreeing | better |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "FID vs full: L1 + fine-tuning | FastFLUX's advantage, 95 % CI over runs | … over prompts | bases agreeing | "
+            "better |", "|---|---|---|---|---|---|---|---|---|---|"]
     budget = None
     for v in EXPERIMENTS["baseline"].variants:
         by = {rep: r for rep, r in _by_replicate(runs, v.name).items() if rep in replicates and r["metrics"].get(BASELINE)}
@@ -408,7 +516,7 @@ def headline(runs: list[dict], replicates: list[tuple[int, int]], latency_match:
                     continue
                 m = [by[rep]["metrics"][BASELINE] for rep in reps]
                 ours, l1 = [x[f"n{n}.fastflux.fid"] for x in m], [x[f"n{n}.{key}.fid"] for x in m]
-                r = paired(ours, l1, bases=[b for b, _ in reps])
+                r = baseline_verdict(ours, l1, [by[rep] for rep in reps], n, key, items)
 
                 def fid_cell(model: str, vals: list[float]) -> str:
                     widths = [(x[f"n{n}.{model}.fid_ci_high"] - x[f"n{n}.{model}.fid_ci_low"]) / 2 for x in m
@@ -420,16 +528,19 @@ def headline(runs: list[dict], replicates: list[tuple[int, int]], latency_match:
                 better = {"supports": "FastFLUX", "contradicts": "L1 + fine-tuning"}.get(r["verdict"], "neither (within the spread)")
                 flops = f"{statistics.fmean(x[f'n{n}.fastflux.flops_ratio'] for x in m):.3f} / " \
                         f"{statistics.fmean(x[f'n{n}.{key}.flops_ratio'] for x in m):.3f}"
+                over_items = "—" if r.get("items") is None else f"[{r['items'][0]:.3g}, {r['items'][1]:.3g}]"
                 rows.append(f"| {v.label} | {matched} | {what} | {flops} | {fid_cell('fastflux', ours)} | "
-                            f"{fid_cell(key, l1)} | {_t_interval(r, len(reps))} | {r['bases_agree']} of {r['bases']} | "
-                            f"**{better}** |")
+                            f"{fid_cell(key, l1)} | {_t_interval(r, len(reps))} | {over_items} | "
+                            f"{r['bases_agree']} of {r['bases']} | **{better}** |")
     if budget is None:
         return []
     return ["## FastFLUX or L1 width pruning?", "",
             f"The L1 model is fine-tuned ({budget}) for as many steps of the same batch as FastFLUX's sandwiches "
             f"(and finisher) took, each model keeping its best held-out state, each learning rate as its "
             f"recipe sets it (the L1 model's by its own probe); FID against the full model's images, lower is "
-            f"better; advantage = L1's FID − FastFLUX's, paired by base and seed. Matched on FLOPs: the same "
+            f"better; advantage = L1's FID − FastFLUX's, paired by base and seed, with its interval over runs and "
+            f"over evaluation prompts (delete-one-prompt jackknife of the mean over runs); 'better' needs both to "
+            f"exclude 0 and every base to agree. Matched on FLOPs: the same "
             f"forward FLOPs as the FastFLUX model. Matched on latency: the FLOPs cut at which an L1 model is "
             f"as fast as a FastFLUX model at FLUX.1-dev's width (below) — this tiny model's own CPU latency "
             f"does not show width pruning's speed.", "", *rows, "", *latency_lines(latency_match), ""]
@@ -554,11 +665,23 @@ def sample_size_note(n: int | None) -> str:
             f"FID difference could still change on another evaluation set even where every run agrees.")
 
 
+def _items_of(repo: Path) -> Items | None:
+    """The experiments' item files, read at their revisions (the evaluation set's images per prompt
+    from the repo's params.yaml: no experiment changes the evaluation set)."""
+    import yaml
+
+    params = repo / "params.yaml"
+    if not params.is_file():
+        return None
+    return Items(repo, yaml.safe_load(params.read_text())["prompts"]["evaluation"]["images_per_prompt"])
+
+
 def write_report(results: dict, repo: Path, out: Path) -> str:
     """Tables, plots, grids and verdicts → ``out/README.md`` (returned)."""
     out.mkdir(parents=True, exist_ok=True)
     runs = results["runs"]
     seeds = [(b, s) for b in results.get("bases", [0]) for s in results["seeds"]]  # replicates: (base, seed)
+    items = _items_of(repo) if any(r.get("rev") for r in runs) else None
     any_eval = next((r["metrics"].get(EVALUATE) for r in runs if r["metrics"].get(EVALUATE)), {})
     head = ["# FastFLUX experiments report", "",
              "Generated by `bash scripts/report.sh` (`python -m fastflux_core.experiments` then "
@@ -594,7 +717,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
             lines += family_lines
             verdict_lines = []
         elif exp.kind == "baseline":
-            baseline_lines, overall = baseline_section(exp, runs, seeds, repo, out)
+            baseline_lines, overall = baseline_section(exp, runs, seeds, repo, out, items)
             lines += baseline_lines
             verdict_lines = []
         else:
@@ -603,7 +726,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
             if values:
                 bar_plot(exp, values, out / f"{key}.png")
                 lines += [f"![{key}]({key}.png)", ""]
-            verdict_lines, overall = verdicts(exp, values, labels)
+            verdict_lines, overall = verdicts(exp, values, labels, items)
         if key == "importance":
             lines += _importance_lines(runs, repo, out)
         grid = grid_image(runs, exp, seeds[0], repo) if exp.kind == "variants" else None
@@ -614,7 +737,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
                       f"![{key} images]({key}_grid.png)", ""]
         lines += verdict_lines + ["", f"**Verdict: {overall}.**", ""]
         summary.append(f"| {exp.title} | {overall} |")
-    lines = head[:4] + headline(runs, seeds, results.get("latency_match")) + head[4:] + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines
+    lines = head[:4] + headline(runs, seeds, results.get("latency_match"), items) + head[4:] + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines
     text = "\n".join(lines) + "\n"
     with atomic_file(out / "README.md") as tmp:
         tmp.write_text(text)

@@ -51,7 +51,7 @@ from fastflux_core.lora import lora_parameters, lora_tensors
 from fastflux_core.params import Params, SandwichParams
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.replacement import LinearReplacement
-from fastflux_core.selection import BestState, Check, EarlyStop, pick_rate
+from fastflux_core.selection import BestState, KeepBest, pick_rate
 from fastflux_core.source import resolve_device
 from fastflux_core.store import StoreReader
 
@@ -428,40 +428,21 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
     elif rate == "auto":
         rate = min(cfg.probe_rates)
 
-    best, stop = BestState(train_params, start.loss), EarlyStop(cfg.patience)
-    when = Check(cfg.eval_every, cfg.train_steps)
-    losses: list[float] = []
-    stopped: str | None = None
-
-    def on_step(step: int, loss: float) -> bool:
-        nonlocal stopped
-        losses.append(loss)
-        bar.update(1)
-        if not when.due(step):
-            return False
-        held = check()
-        require_finite(torch.tensor(held), f"the held-out sandwich loss at training step {step}")  # stops training
-        when.history.append((step, held))
-        best.offer(step, held)
-        if stop.update(held):
-            stopped = f"held-out loss did not improve for {cfg.patience} checks"
-            return True
-        return False
-
     opt = optimizer(train_params, rate)
     bar = tqdm(total=cfg.train_steps, desc="sandwich", unit="step", disable=not world.is_main)
+    keep = KeepBest(train_params, start, check, cfg.eval_every, cfg.train_steps, cfg.patience, "sandwich loss", bar)
     try:
         for r, (chunk, n_steps) in enumerate(plan):
             b, norms = first if r == 0 else round_states(chunk)
             first = None  # round 0's states go with the round
-            train_steps(opt, b, norms, n_steps, g, len(losses), on_step)
-            if stopped:
+            train_steps(opt, b, norms, n_steps, g, len(keep.losses), keep)
+            if keep.stopped:
                 break
     except NonFiniteError as e:  # diverged: the best state so far (the start at worst) is what training gives
-        stopped = f"{e}: training stopped"
+        keep.stopped = f"{e}: training stopped"
     bar.close()
     model.eval()
-    best.restore()
+    keep.best.restore()
 
     sums = torch.zeros(3, dtype=torch.float64)  # kept state's error, least-squares start's error, target norm
     for chunk in split.holdout.split(cfg.round_samples):
@@ -474,16 +455,16 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
             num0, _ = _loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
         sums += torch.tensor([num, num0, den], dtype=torch.float64)
     kept, before, norm = world.sum_(sums).tolist()
-    best_step = best.step
+    best_step = keep.best.step
     if kept > before:  # the checks saw a subset of the held-out samples; on all of them the start wins
         start.restore()
         kept, best_step = before, 0
     return {"holdout_loss_init": before / max(norm, 1e-30), "holdout_loss_trained": kept / max(norm, 1e-30),
-            "best_step": best_step, "steps_run": len(losses), "stopped": stopped, "learning_rate": rate,
-            "learning_rate_probe": probe, "holdout_checks": [[s, v] for s, v in when.history],
+            "best_step": best_step, "steps_run": len(keep.losses), "stopped": keep.stopped, "learning_rate": rate,
+            "learning_rate_probe": probe, "holdout_checks": [[s, v] for s, v in keep.when.history],
             "holdout_check_samples": check.samples,
-            "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
-            "rounds": len(plan)}
+            "train_loss_first": keep.losses[0] if keep.losses else None,
+            "train_loss_last": keep.losses[-1] if keep.losses else None, "rounds": len(plan)}
 
 
 def train_sandwich(params: Params, step: PlanStep, state: ChainState,

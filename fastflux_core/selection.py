@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fastflux_core.integrity import require_finite
+
 
 class BestState:
     """The values of ``params`` at the lowest held-out loss offered so far (ties keep the earlier),
@@ -117,3 +119,45 @@ def pick_rate(rates: Sequence[float], held_out_after: Callable[[float], float]) 
     finite = [(loss, r) for loss, r in tried if math.isfinite(loss)]
     rate = min(finite)[1] if finite else min(rates)
     return rate, [{"rate": r, "holdout_loss": loss if math.isfinite(loss) else None} for loss, r in tried]
+
+
+class KeepBest:
+    """The step callback of keep-best training (sandwiches, distillation): ``keep(step, loss)`` after
+    each optimizer step records the batch loss and, when a check is due (:class:`Check`), measures
+    held-out loss with ``check()``, offers the state to :class:`BestState` and returns True once
+    :class:`EarlyStop` says to stop. A non-finite held-out loss raises
+    :class:`~fastflux_core.integrity.NonFiniteError` naming ``what``: training stops there and keeps
+    the best state so far. ``start`` is the best state to beat (the least-squares or pruned start).
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> keep = KeepBest([w], BestState([w], 0.5), lambda: float(w), every=1, total=5, patience=2, what="loss")
+    >>> for step, value in enumerate((0.4, 0.3, 0.35, 0.36), start=1):
+    ...     with torch.no_grad():
+    ...         _ = w.fill_(value)
+    ...     if keep(step, value):
+    ...         break
+    >>> keep.best.step, keep.stopped, len(keep.losses)
+    (2, 'held-out loss did not improve for 2 checks', 4)
+    """
+
+    def __init__(self, params: list[nn.Parameter], start: BestState, check: Callable[[], float], every: int,
+                 total: int, patience: int | None, what: str, bar=None):
+        self.best, self.stop, self.when = BestState(params, start.loss), EarlyStop(patience), Check(every, total)
+        self.check, self.patience, self.what, self.bar = check, patience, what, bar
+        self.losses: list[float] = []
+        self.stopped: str | None = None
+
+    def __call__(self, step: int, loss: float) -> bool:
+        self.losses.append(loss)
+        if self.bar is not None:
+            self.bar.update(1)
+        if not self.when.due(step):
+            return False
+        held = self.check()
+        require_finite(torch.tensor(held), f"the held-out {self.what} at step {step}")  # stops training
+        self.when.history.append((step, held))
+        self.best.offer(step, held)
+        if self.stop.update(held):
+            self.stopped = f"held-out loss did not improve for {self.patience} checks"
+            return True
+        return False

@@ -208,7 +208,7 @@ def l1_model(params: Params, ev: Evaluator, states: list, n: int, inputs: Captur
     start = time.perf_counter()
     losses = distill(adapter, teacher, train_params, inputs, split, steps, cfg, params.baseline.micro_batch,
                      params.baseline.learning_rate, params.baseline.probe_rates,
-                     derive_seed(params.seed, "baseline-batches", n), ev.device)
+                     derive_seed(params.seed, "baseline-batches", n), ev.device, params.baseline.objective)
     seconds = time.perf_counter() - start
     ev.base.to("cpu")
     student.to("cpu")

@@ -1,6 +1,6 @@
-"""Stage sweep: every chain length 0..K vs the base on the evaluation prompts → data/plots/sweep.csv
-and data/metrics/sweep.json (quality, FLOPs ratio; the JSON is what `dvc exp show` reports), and
-data/timing/sweep.csv / sweep.json (latency ratio; not DVC outputs). Independent of `ratio`, so
+"""Stage sweep: every chain length 0..K (or those of evaluate.sweep_lengths; on the first evaluate.sweep_items
+items) vs the base on the evaluation prompts → data/plots/sweep.csv and data/metrics/sweep.json (quality,
+FLOPs ratio; the JSON is what `dvc exp show` reports), and data/timing/sweep.csv / sweep.json (latency ratio; not DVC outputs). Independent of `ratio`, so
 `dvc exp run -S ratio=…` does not re-run it. With evaluate.sweep false it writes the header only."""
 
 from pathlib import Path

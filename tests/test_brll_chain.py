@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import digit_captions, tiny_params, write_tiny_base
+from tiny import digit_captions, tiny_params, tiny_workdir
 
 from fastflux_core import capture as capture_mod
 from fastflux_core.codec import pack
@@ -32,10 +32,7 @@ def _items(store: StoreReader) -> set[tuple[str, int]]:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chain")
-    write_tiny_base(root, train_steps=150)
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
+    root, mp = tiny_workdir(tmp_path_factory, "chain", train_steps=150)
     params = tiny_params(**{"sandwich.train_steps": 100})
     plan = make_plan(ORDER, 3, 5, params.sandwich.width)
     cal, train = digit_captions(name="calibration"), digit_captions(name="training")

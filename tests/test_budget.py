@@ -158,3 +158,54 @@ def test_a_resident_measurement_over_the_limit_stops_before_the_forward(monkeypa
     free = budget.measure_sampling(small, "resident")
     with budget.stop_above(free.peak):
         assert budget.measure_sampling(small, "resident") == free
+
+
+def test_the_finisher_the_baseline_and_the_timestep_aware_linears_are_budgeted():
+    """Stage assemble with finish.steps > 0 holds the base (teacher) and the chain model (student) at
+    once; stage baseline (on when baseline.ratios names some) the base twice; a timestep-aware
+    replacement stores a D × D U beside each W."""
+    d = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assumed = {"calibration": 64, "training": 64, "importance": 16, "evaluation": 64}
+    plain = budget.plan_budget(parse_params(d), 22.0, 400.0, assumed)[0]
+    d["finish"]["steps"], d["baseline"]["ratios"], d["solve"]["condition"] = 5, [0.1], "temb"
+    d["finish"]["micro_batch"] = d["baseline"]["micro_batch"] = 1  # activations small beside the weights
+    params = parse_params(d)
+    rows = {r.stage: r for r in budget.plan_budget(params, 22.0, 400.0, assumed)[0]}
+    assert "assemble" not in rows and rows["assemble (finisher)"].tflop >= 0 and rows["baseline"].hours >= 0
+    weights = sum(p.numel() * p.element_size() for p in budget.build_transformer(params).parameters())  # float32
+    finish, base = budget.measure_distill(params, "finish"), budget.measure_distill(params, "baseline")
+    assert 1.5 * weights < finish.peak < 3 * weights  # teacher and student (1 of 12 blocks replaced) both there
+    # full fine-tuning: teacher, student, its gradients and AdamW's two moments (float32)
+    assert 5 * weights < base.peak < 8 * weights and base.flops["trainable_params"] * 4 == weights
+    dim = budget.Shapes.of(params).dim
+    u_bytes = sum(k * 2 * dim * dim * 4 for k in range(1, len(params.steps) + 1))  # each state's Us, two streams
+    sandwich_plain = next(r for r in plain if r.stage == "sandwich@k")
+    assert rows["sandwich@k"].disk_gb == pytest.approx(sandwich_plain.disk_gb + u_bytes / 1e9, abs=0.011)
+
+
+def readme_flux_example():
+    """README's FLUX.1-dev example as it stands there: the proxy importance at 1 image and 11 of 28 steps,
+    noised capture, the sweep at 3 chain lengths on 128 items."""
+    params = flux_example()
+    return params.model_copy(update={
+        "importance": params.importance.model_copy(update={"proxy_images_per_prompt": 1, "steps": 11}),
+        "capture": params.capture.model_copy(update={"inputs": "noised"}),
+        "evaluate": params.evaluate.model_copy(update={"sweep_lengths": [3, 6, 11], "sweep_items": 128})})
+
+
+def test_the_readme_flux_example_takes_under_9_h100_hours_within_22_gib_and_100_gb():
+    """Issue 28's goal on the README's example: ≤ 9 H100-hours at 400 TFLOP/s, every stage ≤ 22 GiB,
+    ≤ 100 GB of activation disk with DVC's copy; the sweep ≤ 20 % of what the chain costs; and every
+    total is the sum of its rows (H100-class, 24 GB card, GPUs)."""
+    assumed = {"calibration": 512, "training": 512, "importance": 24, "evaluation": 512}
+    rows, summary = budget.plan_budget(readme_flux_example(), 22.0, 400.0, assumed, gpus=4)
+    by = {r.stage: r for r in rows}
+    assert summary["total_hours"] <= 9.0, budget.format_table(rows, summary)
+    assert all(r.peak_gib <= 22.0 for r in rows) and summary["activation_disk_gb_with_dvc_copy"] <= 100.0
+    chain = sum(by[s].hours for s in ("endpoints", "capture@k", "solve@k", "sandwich@k"))
+    assert by["sweep"].hours <= 0.2 * chain
+    for column, total in (("hours", "total_hours"), ("hours_consumer", "total_hours_consumer"),
+                          ("hours_gpus", "total_hours_gpus")):
+        assert summary[total] == pytest.approx(sum(getattr(r, column) for r in rows), abs=0.05 + 0.005 * len(rows))
+    for r in rows:  # the 24 GB card's hours are the same FLOPs at its stated rate
+        assert r.hours_consumer == pytest.approx(r.tflop * 1e12 / (budget.CONSUMER_TFLOPS * 1e12) / 3600, abs=0.01)

@@ -33,7 +33,7 @@ SWITCHES = {  # every enum/boolean the embedded default can take, flipped from p
     "sandwich.target": "original", "sandwich.reuse": False, "capture.dtype": "bfloat16",
     "evaluate.sweep": False, "prompts.disjoint": "items", "model.dtype": "bfloat16", "model.device": "cpu",
     "capture.compression": "lz4", "sandwich.gradient_checkpointing": False, "model.offload": "always",
-    "importance.steps": 2, "solve.replacement": "delete", "embedded.family": "sd3",
+    "importance.steps": 2, "solve.replacement": "delete", "embedded.family": "sd3", "capture.inputs": "noised",
 }  # sandwich.train: false runs through DVC as the report's queued experiment (queued_runs, below)
 GIT_ENV = ("PATH", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
 
@@ -59,7 +59,9 @@ def micro_params(switched: bool = False) -> dict:
     d["embedded"]["flux"].update(num_layers=1, num_single_layers=1)
     d["importance"]["blocks"] = [0, 1]
     d["max_ratio"], d["ratio"], d["steps"] = 0.5, 0.5, {"1": {"prev": 0}}
-    d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3, bootstrap=50)
+    # the sweep on the first 12 of the evaluation items only, at both chain lengths (listed)
+    d["evaluate"].update(latency_warmup=0, latency_repeats=2, grid_rows=3, bootstrap=50, sweep_lengths=[0, 1],
+                         sweep_items=12)
     d["capture"].update(timesteps=2, shard_samples=8, chunk_samples=4)
     d["sandwich"].update(train_steps=5, batch_size=4)
     d["sampling"].update(steps=2, batch_size=8)  # several batches per set: 2 ranks share them (test_distributed_stages)
@@ -217,6 +219,8 @@ def test_repro_runs_and_caches(runs):
     assert f"| {metrics['fid']:.4g} |" in (export / "README.md").read_text()
     assert (repo / "data" / "evaluate" / "grid.png").is_file()
     assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1 + 2  # header + n = 0, 1
+    sweep = json.loads((repo / "data" / "metrics" / "sweep.json").read_text())
+    assert sweep["n0"]["fid"] < 1e-6  # the full model on 12 items against its own images of the same 12 items
     assert (repo / "data" / "timing" / "sweep.csv").read_text().count("\n") == 1 + 2
     assert _status(repo) == {}
     out = _run(["dvc", "repro"], repo).stdout
@@ -311,6 +315,7 @@ def test_every_switch_runs_through_dvc(runs_c):
 
     store = zarr.open_group(str(repo / "data" / "capture" / "1" / "training.zarr"), mode="r")
     assert store["latents"].attrs["stored_as"] == "bfloat16" and store.attrs["stored_as"] == "bfloat16"
+    assert store.attrs["inputs"] == "noised" and (repo / "data" / "endpoints" / "training.safetensors").is_file()
     assert json.loads((repo / "data" / "metrics" / "sandwich" / "1.json").read_text())["target"] == "original"
     assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1  # header only: sweep off
     assert json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())["n_pruned"] == 1

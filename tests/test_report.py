@@ -35,7 +35,7 @@ def test_decision_experiments_run_on_every_base_with_its_own_embedded_seed():
     assert names.index("delete-b3-s0") < names.index("delete-b0-s1")  # at once train two bases, not one twice
     assert names.index("brll-st-b3-s1") < names.index("start2end-b0-s0")
     cut = with_latency_cut(runs(["baseline", "replacement"], [0]), 1.2)
-    assert {r.variant for r in cut if r.overrides.get("baseline.latency_flops_cut") == 1.2} == {"l1", "l1-all"}
+    assert {r.variant for r in cut if r.overrides.get("baseline.latency_flops_cut") == 1.2} == {"l1", "l1-local", "l1-all"}
     assert all("baseline.latency_flops_cut" not in r.overrides for r in cut if "baseline.ratios" not in r.overrides)
 
 
@@ -211,3 +211,32 @@ def test_family_section_reads_each_architecture_at_10_and_20_percent():
     assert "3 of 12" not in text  # 25 %: not asked for
     assert "FLUX at 1 block(s): prompt accuracy -0.03 ± 0.01 vs its full model" in text
     assert "SD3 at 2 block(s): prompt accuracy -0.09 ± 0.01" in overall
+
+
+def test_item_interval_is_the_delete_one_prompt_jackknife_of_the_mean_paired_fid_difference():
+    """Against a direct computation: leave each prompt's images out of every run, recompute the mean
+    over runs of FID(b) − FID(a), and take the jackknife's normal interval by hand."""
+    import numpy as np
+    from scipy.linalg import sqrtm
+
+    def fid(x, y):  # the textbook Fréchet distance (scipy's matrix square root)
+        mx, my, cx, cy = x.mean(0), y.mean(0), np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+        return float(((mx - my) ** 2).sum() + np.trace(cx + cy - 2 * sqrtm(cx @ cy).real))
+
+    rng = np.random.default_rng(0)
+    n_prompts, per_prompt, dim = 6, 4, 3
+    runs = []
+    for shift in (0.3, 0.5):  # two runs: b drifts further from the base's images than a
+        ref = rng.normal(size=(n_prompts * per_prompt, dim))
+        runs.append((ref + rng.normal(scale=0.1, size=ref.shape), ref + shift + rng.normal(scale=0.1, size=ref.shape), ref))
+    lo, hi = report.paired_fid_interval(runs, per_prompt)
+    prompt_of = np.arange(n_prompts * per_prompt) % n_prompts  # round-major items
+    loo = np.array([np.mean([fid(b[prompt_of != j], r[prompt_of != j]) - fid(a[prompt_of != j], r[prompt_of != j])
+                             for a, b, r in runs]) for j in range(n_prompts)])
+    full = np.mean([fid(b, r) - fid(a, r) for a, b, r in runs])
+    se = np.sqrt((n_prompts - 1) / n_prompts * ((loo - loo.mean()) ** 2).sum())
+    assert np.allclose([lo, hi], [full - 1.959964 * se, full + 1.959964 * se], rtol=1e-4)
+    assert lo > 0  # a is better on every prompt set
+    swapped = report.paired_fid_interval([(b, a, r) for a, b, r in runs], per_prompt)
+    assert np.allclose(swapped, (-hi, -lo), rtol=1e-6)
+    assert report.paired_fid_interval([(a[:8], b[:8], r[:8]) for a, b, r in runs], per_prompt) is None  # 2 prompts

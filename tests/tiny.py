@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel
 
 
 def tiny_transformer(seed: int = 0, guidance_embeds: bool = True, in_channels: int = 16) -> FluxTransformer2DModel:
@@ -191,3 +191,15 @@ def tiny_embeds(n: int = 6, tokens: int = 8, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return PromptEmbeds([f"prompt {i}" for i in range(n)], torch.randn(n, tokens, 384, generator=g),
                         torch.randn(n, 384, generator=g))
+
+
+def tiny_workdir(tmp_path_factory, name: str, train_steps: int):
+    """A fresh folder with a tiny trained base where stages expect it, made the working directory:
+    (root, the MonkeyPatch to ``undo()`` when the module's tests are done)."""
+    import pytest
+
+    root = tmp_path_factory.mktemp(name)
+    write_tiny_base(root, train_steps=train_steps)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    return root, mp
