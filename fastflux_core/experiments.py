@@ -146,6 +146,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
 )}
 
 
+DEFAULTS_FOLLOW = ("recipe", "capture", "baseline")  # the experiments params.yaml's defaults are chosen by
+
+
 @dataclass(frozen=True)
 class Run:
     """One ``dvc exp run``: a variant at a pruning seed, on one embedded base."""
@@ -162,9 +165,10 @@ def runs(keys: list[str], seeds: list[int], bases: list[int] = (0,)) -> list[Run
     for the experiments a user's decision rests on (``across_bases``) and on the first base for the
     others (a variant shared by two experiments runs once), in the order they are queued."""
     out: dict[str, Run] = {}
-    # the experiments run on every base first (a session cut short keeps the evidence that matters);
-    # within a variant seed-major, so the two runs that go at once train two bases, not one twice
-    for key in sorted(keys, key=lambda k: not EXPERIMENTS[k].across_bases):
+    # the experiments run on every base first, those params.yaml's defaults follow first of all (an
+    # interrupted report keeps the evidence that matters most; run it again and it resumes); within a
+    # variant seed-major, so the two runs that go at once train two bases, not one twice
+    for key in sorted(keys, key=lambda k: (not EXPERIMENTS[k].across_bases, k not in DEFAULTS_FOLLOW)):
         exp = EXPERIMENTS[key]
         for v in exp.variants:
             for s in seeds:
