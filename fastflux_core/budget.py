@@ -53,6 +53,7 @@ from fastflux_core.adapter import ModelInputs, SkipBlock, adapter_for, family_of
 from fastflux_core.capture import Armed, BlockIOHooks, ModelInputRecorder, capture_unit
 from fastflux_core.chain import PlanStep, sandwich_bounds
 from fastflux_core.codec import PixelCodec, VaeCodec
+from fastflux_core.distill import local_err, moved, teacher_states
 from fastflux_core.embedded import build_scheduler as embedded_scheduler
 from fastflux_core.lora import inject_lora, lora_parameters
 from fastflux_core.lstsq import GramAccumulator
@@ -437,7 +438,8 @@ def measure_distill(params, what: str, real: bool = False) -> Measured:
     blocks' linears and the LoRA of their sandwich neighbours trainable, fp32 masters); the
     baseline's is the base at full width — an upper bound for the narrower L1 model — trained fully
     (AdamW's two fp32 moments, fp32 masters and gradients: 16 bytes per parameter) or through LoRA
-    on every block linear (``baseline.finetune``). As the sandwich's training step, on fake CPU
+    on every block linear (``baseline.finetune``); with ``baseline.objective: local`` the teacher's
+    states before every block are held for the step (:func:`~fastflux_core.distill.teacher_states`). As the sandwich's training step, on fake CPU
     tensors: everything of the step is there, so the CPU peak is what the device would hold."""
     shapes, dtype = Shapes.of(params), _dtype(params)
     cfg, sw = (params.finish, params.sandwich) if what == "finish" else (params.baseline, params.sandwich)
@@ -476,14 +478,19 @@ def measure_distill(params, what: str, real: bool = False) -> Measured:
         model.train()
         opt = optimizer(trainable, 1e-4)
         x = _model_inputs(params, shapes, mb, dtype, CPU)
+        x_student = moved(x, CPU, model.dtype)  # distill's cast: float32 under full fine-tuning
+        local = what == "baseline" and cfg.objective == "local"
         with tracked(teacher.model, model, opt, device="cpu") as mem:
-            def teach():
+            def teach():  # global: the output; local: the state before every block and after the last
                 with torch.no_grad():
-                    return teacher.forward(x).float()
+                    return teacher_states(teacher, x, CPU) if local else teacher.forward(x).float()
 
             def step(y):
-                out = student.forward(x).float()
-                ((out - y) ** 2).sum().backward()
+                if local:
+                    loss = local_err(student, y)
+                else:
+                    loss = ((student.forward(x_student).float() - y) ** 2).sum()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=False)
@@ -668,8 +675,8 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
         # step of the calibration items (counted whole: it stops after block i), none for training
         both = items["calibration"] + items["training"]
         latent_bytes = shapes.in_channels * shapes.n_img * 4  # (C, h, w) float32 per item
-        add("endpoints", 1, place_s, samp, both * latent_bytes, True, both * steps * t,
-            rank_share(both, batch, gpus) * both * steps * t)
+        add("endpoints", 1, place_s, samp, both * latent_bytes, True, both * steps * t,  # each set split apart
+            sum(rank_share(items[k], batch, gpus) * items[k] for k in ("calibration", "training")) * steps * t)
         add("capture@k", k_steps, place_c, cap, k_steps * store, True, k_steps * items["calibration"] * n_sched * t,
             k_steps * share_c["calibration"] * items["calibration"] * n_sched * t)
     else:
@@ -697,12 +704,15 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     n_train = samples * (1 - params.sandwich.holdout)  # distillation: each training sample's teacher output once
     checks = lambda n_steps: math.ceil(n_steps / max(params.sandwich.eval_every, 1)) * params.sandwich.round_samples
 
-    def distill_flop(m: Measured, n_steps: int, rate, rates: list[float]) -> float:
-        """Training steps, the probe (auto rate), the teacher's outputs and the held-out checks."""
+    def distill_flop(m: Measured, n_steps: int, rate, rates: list[float], local: bool = False) -> float:
+        """Training steps and the probe (auto rate); global: the teacher's outputs once per training
+        sample (rounds), a student forward per held-out check sample; local: the teacher's states twice
+        per step (the batch's denominator, then each micro-batch's), teacher and student per check."""
         probe = len(rates) * params.sandwich.probe_steps if rate == "auto" else 0
-        per_step = params.sandwich.batch_size * m.flops["train_per_sample"]
-        return ((n_steps + probe) * per_step + n_train * m.flops["teacher_per_sample"]
-                + checks(n_steps) * 2 * m.flops["teacher_per_sample"])
+        teacher, batch = m.flops["teacher_per_sample"], params.sandwich.batch_size
+        if local:
+            return (n_steps + probe) * batch * (m.flops["train_per_sample"] + 2 * teacher) + checks(n_steps) * 2 * teacher
+        return (n_steps + probe) * batch * m.flops["train_per_sample"] + n_train * teacher + checks(n_steps) * teacher
 
     if params.finish.steps:
         fin = measure_distill(params, "finish")
@@ -721,12 +731,19 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
         add("sweep", 1, place_s, samp, 0, False, sweep_flop,
             rank_share(sweep_items, batch, gpus) * (sweep_flop - lengths * timed) + lengths * timed)
     if params.baseline.ratios:
+        b = params.baseline
         base_m = measure_distill(params, "baseline")
-        n_steps = params.sandwich.train_steps * k_steps + params.finish.steps  # FastFLUX's budget (with reuse)
-        arms = len(params.baseline.ratios) * (2 if params.baseline.latency_flops_cut else 1)
-        evals = arms * 2 * items["evaluation"] * (steps * t + dec)  # each L1 model before and after
-        add("baseline", 1, "resident", base_m, 0, False,
-            arms * distill_flop(base_m, n_steps, params.baseline.learning_rate, params.baseline.probe_rates) + evals)
+        matchings = 2 if b.latency_flops_cut else 1
+        flop = 0.0
+        for r in b.ratios:  # per ratio: FastFLUX (finished again when finish.steps), then each L1 model
+            n = min(k_steps, math.floor(r * n_blocks + 1e-9))
+            n_steps = params.sandwich.train_steps * (k_steps if params.sandwich.reuse else n) + params.finish.steps
+            flop += matchings * distill_flop(base_m, n_steps, b.learning_rate, b.probe_rates, b.objective == "local")
+            if params.finish.steps:
+                flop += distill_flop(fin, params.finish.steps, params.finish.learning_rate, params.finish.probe_rates)
+            # images: FastFLUX once, each L1 model before and after fine-tuning; and both timed
+            flop += (1 + 2 * matchings) * items["evaluation"] * (steps * t + dec) + (1 + matchings) * timed
+        add("baseline", 1, "resident", base_m, 0, False, flop)
     act = sum(r.disk_gb for r in rows if r.activation_disk)
     summary = {"gpu_memory_gb": gpu_memory_gb, "tflops": tflops, "prompts": counts, "chain_steps": k_steps,
                "activation_disk_gb": round(act, 1), "activation_disk_gb_with_dvc_copy": round(2 * act, 1),

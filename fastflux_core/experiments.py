@@ -206,12 +206,31 @@ def _value(v: Any) -> str:
     return json.dumps(v) if isinstance(v, bool) else str(v)
 
 
+def stale_runs(todo: list[Run], found: dict[str, dict], max_ratio: float) -> list[str]:
+    """Names of ``todo`` that exist among ``found`` (:func:`experiment_results`) with other settings
+    than the run asks for (e.g. another ``baseline.latency_flops_cut``): never to be reused.
+
+    >>> run = Run("l1-b0-s0", "l1", 0, {"baseline.latency_flops_cut": 1.2})
+    >>> same = run_overrides(run, 0.25)
+    >>> stale_runs([run], {"l1-b0-s0": {"params": same}}, 0.25), stale_runs([run], {"l1-b0-s0": {"params": {
+    ...     **same, "baseline.latency_flops_cut": 1.3}}}, 0.25)
+    ([], ['l1-b0-s0'])
+    """
+    return [r.name for r in todo if r.name in found and any(
+        json.dumps(found[r.name]["params"].get(k)) != json.dumps(v) for k, v in run_overrides(r, max_ratio).items())]
+
+
 def run_all(todo: list[Run], repo: Path, jobs: int = 1) -> None:
     """Queue every run not already among the repo's experiments (``dvc exp run --queue``), then run
     the queue (``dvc exp run --run-all``: DVC's temporary copies, ``jobs`` at a time). The baseline
     is the repo's HEAD: commit the code and dvc.lock the runs should start from."""
     max_ratio = yaml.safe_load((repo / "params.yaml").read_text())["max_ratio"]
-    done = set(experiment_results(repo))
+    found = experiment_results(repo)
+    stale = stale_runs(todo, found, max_ratio)
+    if stale:  # e.g. another latency cut: a run of that name exists with other settings, never reuse it
+        raise RuntimeError(f"runs {', '.join(stale)} exist with other settings than asked now: remove them "
+                           f"(dvc exp remove {' '.join(stale)}) or run in a fresh clone")
+    done = set(found)
     queued = [r for r in todo if r.name not in done]
     for r in queued:
         sets = [a for k, v in run_overrides(r, max_ratio).items() for a in ("-S", f"{k}={_value(v)}")]

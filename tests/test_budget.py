@@ -192,6 +192,15 @@ def test_the_finisher_the_baseline_and_the_timestep_aware_linears_are_budgeted()
     assert 1.5 * weights < finish.peak < 3 * weights  # teacher and student (1 of 12 blocks replaced) both there
     # full fine-tuning: teacher, student, its gradients and AdamW's two moments (float32)
     assert 5 * weights < base.peak < 8 * weights and base.flops["trainable_params"] * 4 == weights
+    # FLUX.1-dev's setting: a bf16 base, the L1 model fully fine-tuned in float32 (inputs cast as distill
+    # casts them), and the local objective (the teacher's state before every block held for the step)
+    d["model"]["dtype"] = "bfloat16"
+    real = budget.measure_distill(parse_params(d), "baseline", real=True)  # fake tensors let a dtype mismatch pass
+    assert real.flops["trainable_params"] == base.flops["trainable_params"]
+    d["baseline"]["objective"] = "local"
+    local = budget.measure_distill(parse_params(d), "baseline")
+    # (embedders and head get no gradient from the local loss: no AdamW state for them)
+    assert local.flops["trainable_params"] == base.flops["trainable_params"] and local.peak > weights / 2 + 3 * weights
     dim = budget.Shapes.of(params).dim
     u_bytes = sum(k * 2 * dim * dim * 4 for k in range(1, len(params.steps) + 1))  # each state's Us, two streams
     sandwich_plain = next(r for r in plain if r.stage == "sandwich@k")
