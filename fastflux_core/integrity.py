@@ -36,6 +36,7 @@ _PRODUCERS = [
     (r"data/ablate/([^/]+)", "ablate@{0}"),
     (r"data/rank(/|$)", "rank"),
     (r"data/plan(/|$)", "plan"),
+    (r"data/endpoints(/|$)", "endpoints"),
     (r"data/capture/([^/]+)", "capture@{0}"),
     (r"data/solve/([^/]+)", "solve@{0}"),
     (r"data/state/0(/|$)", "plan"),
