@@ -84,6 +84,7 @@ class Items:
     def __init__(self, repo: Path, images_per_prompt: int):
         self.repo, self.images_per_prompt = repo, images_per_prompt
         self._cache: dict[tuple[str, str], object] = {}
+        self._intervals: dict[tuple, tuple[float, float] | None] = {}  # the headline and its section ask alike
 
     def features(self, rev: str | None, path: str):
         """(N, F) features of ``path`` at ``rev``, or None when it is not there (or not in the cache)."""
@@ -104,7 +105,13 @@ class Items:
     def interval(self, pairs: list[tuple[str | None, str, str | None, str]]) -> tuple[float, float] | None:
         """95 % interval over prompts of the mean over runs of FID(b) − FID(a), each against its run's
         base images of the same items (``pairs``: (rev a, items file a, rev b, items file b) per run;
-        > 0: a is better). None when some run's items are missing."""
+        > 0: a is better). None when some run's items are missing. Computed once per ``pairs``."""
+        key = tuple(pairs)
+        if key not in self._intervals:
+            self._intervals[key] = self._interval(pairs)
+        return self._intervals[key]
+
+    def _interval(self, pairs: list[tuple[str | None, str, str | None, str]]) -> tuple[float, float] | None:
         runs = []
         for rev_a, path_a, rev_b, path_b in pairs:
             a, b, ref = self.features(rev_a, path_a), self.features(rev_b, path_b), self.features(rev_a, REFERENCE_ITEMS)
