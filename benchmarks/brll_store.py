@@ -66,7 +66,7 @@ def write_store(path: Path, dim: int, samples: int, tokens: int, dtype: str) -> 
 
 
 def _solve_peak(path: str, dim: int, q: mp.Queue) -> None:
-    from fastflux_core.brll import SOURCES  # noqa: F401  (import cost outside the measurement)
+    from fastflux_core.solve import SOURCES  # noqa: F401  (import cost outside the measurement)
 
     store = StoreReader(Path(path))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

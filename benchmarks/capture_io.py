@@ -36,8 +36,7 @@ import yaml
 
 from common import report
 
-from fastflux_core.shapes import calibration_specs, training_specs
-from fastflux_core.store import StoreReader, StoreWriter, _encode
+from fastflux_core.store import StoreReader, StoreWriter, _encode, calibration_specs, training_specs
 
 DIM, N_IMG, C_IN = 3072, 4096, 64  # FLUX.1-dev at 1024²
 

@@ -3,7 +3,7 @@
 For each stage kind the budget measures (encode, sampling = reference/ablate/evaluate/sweep, capture,
 solve, sandwich for a double- and a single-block replacement), the same measurement runs twice: as
 the budget runs it — fake tensors on a fake CUDA device — and on real tensors on this CPU
-(``budget.space(real=True)``), with torch's MemTracker counting real allocations. The stage's own
+(``fake_gpu.space(real=True)``), with torch's MemTracker counting real allocations. The stage's own
 device code runs both times (``sampling.velocity`` with capture's hooks, the VAE decode,
 ``GramAccumulator``, the text encoders, BoundaryStates' recompute and the sandwich's training step).
 Shapes and configs are those of ``examples/flux-width/params.yaml`` (384², 128 text tokens, bf16,
@@ -29,7 +29,7 @@ import yaml
 
 from common import report
 
-from fastflux_core import budget
+from fastflux_core import stage_peaks
 from fastflux_core.params import parse_params
 from fastflux_core.rehearsal import example_params
 
@@ -38,10 +38,10 @@ GiB = 2**30
 
 def host_bytes(params, d: int) -> int:
     """Bytes of the blocks after d: stage sandwich never places them on the device."""
-    from fastflux_core.adapter import adapter_for
+    from fastflux_core.families import adapter_for
 
     with torch.device("meta"):
-        adapter = adapter_for(budget.build_transformer(params))
+        adapter = adapter_for(stage_peaks.build_transformer(params))
     return sum(p.numel() * p.element_size() for j in range(d + 1, len(adapter.blocks))
                for p in adapter.block(j).parameters())
 
@@ -56,14 +56,14 @@ def main() -> None:
 
         write_flux_width_folder(args.models / "flux-width", 1, 3)
     params = parse_params(yaml.safe_load(example_params(args.models.resolve())))
-    host = {f"sandwich ({kind})": host_bytes(params, budget.sandwich_case(params, kind)[2]) for kind in ("double", "single")}
+    host = {f"sandwich ({kind})": host_bytes(params, stage_peaks.sandwich_case(params, kind)[2]) for kind in ("double", "single")}
     cases = {
-        "encode": lambda real: budget.measure_encode(params, real=real),
-        "sampling": lambda real: budget.measure_sampling(params, "resident", real=real),
-        "capture": lambda real: budget.measure_sampling(params, "resident", capture=True, real=real),
-        "solve": lambda real: budget.measure_solve(params, real=real),
-        **{f"sandwich ({kind})": (lambda real, c=budget.sandwich_case(params, kind):
-                                  budget.measure_sandwich(params, "resident", *c, real=real))
+        "encode": lambda real: stage_peaks.measure_encode(params, real=real),
+        "sampling": lambda real: stage_peaks.measure_sampling(params, "resident", real=real),
+        "capture": lambda real: stage_peaks.measure_sampling(params, "resident", capture=True, real=real),
+        "solve": lambda real: stage_peaks.measure_solve(params, real=real),
+        **{f"sandwich ({kind})": (lambda real, c=stage_peaks.sandwich_case(params, kind):
+                                  stage_peaks.measure_sandwich(params, "resident", *c, real=real))
            for kind in ("double", "single")},
     }
     rows = {}

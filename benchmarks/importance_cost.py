@@ -25,10 +25,12 @@ import numpy as np
 import yaml
 from common import report
 
-from fastflux_core.ablation import ablate_block, make_reference
+from fastflux_core.ablation import ablate_block
 from fastflux_core.importance import rank, spearman
-from fastflux_core.params import load_params, parse_params
+from fastflux_core.params import parse_params
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.reference import make_reference
 from fastflux_core.source import model_blocks
 
 SEED_STRIDE = 100_000  # importance seeds of run s: seed + s·stride, far from every other set's seeds
@@ -102,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params()
     embeds = PromptEmbeds.load("data/encoded/importance.safetensors")
-    blocks = [{**asdict(b), "name": b.name} for b in model_blocks(params)]
+    blocks = [{**asdict(b), "name": b.name} for b in model_blocks(params.model)]
     variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",")]
     runs = [one_seed(params, embeds, blocks, s * SEED_STRIDE, variants) for s in range(args.seeds)]
     summary = {}

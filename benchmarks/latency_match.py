@@ -9,7 +9,7 @@ rehearsal's architecture — FLUX.1-dev's blocks (hidden 3072, 24 heads, joint 4
 blocks, bf16, 384² with 128 text tokens as ``examples/flux-width/params.yaml`` — where the forward is
 compute-bound even here. Weights are random: latency does not depend on their values.
 
-1. FastFLUX: each ``--cases`` set of blocks replaced by :class:`~fastflux_core.replacement.LinearReplacement`
+1. FastFLUX: each ``--cases`` set of blocks replaced by :class:`~fastflux_core.pruned_flux.LinearReplacement`
    — FLOPs ratio f and latency ratio ℓ against the base.
 2. L1: the base with every MLP cut to each of ``--shares`` (:func:`~fastflux_core.width.prune_widths`,
    widths a multiple of 64) — the latency ratio as a function of the share.
@@ -38,11 +38,12 @@ import torch
 
 from common import report
 
-from fastflux_core import flux_configs
-from fastflux_core.adapter import ModelInputs, adapter_for
+from fastflux_core import flux
+from fastflux_core.blocks import ModelInputs
 from fastflux_core.codec import latent_ids
 from fastflux_core.evaluation import speed_against
-from fastflux_core.replacement import LinearReplacement
+from fastflux_core.families import adapter_for
+from fastflux_core.pruned_flux import LinearReplacement
 from fastflux_core.width import prune_widths
 
 
@@ -51,7 +52,7 @@ def rehearsal_model(num_layers: int, num_single_layers: int, dtype: torch.dtype)
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
-    cfg = {k: v for k, v in flux_configs.TRANSFORMER.items() if not k.startswith("_")}
+    cfg = {k: v for k, v in flux.FLUX1_DEV_TRANSFORMER.items() if not k.startswith("_")}
     cfg.update(num_layers=num_layers, num_single_layers=num_single_layers)
     return FluxTransformer2DModel(**cfg).to(dtype).eval()
 

@@ -2,7 +2,7 @@
 efficiency, on this machine (CPU processes talking gloo) or on GPUs (one process per GPU, NCCL).
 
 Generation is what the heavy stages spend their time on (reference, 57 ablations, capture, evaluate,
-sweep): every process runs :func:`fastflux_core.ablation.generate_with` on its share of the items —
+sweep): every process runs :func:`fastflux_core.reference.generate_with` on its share of the items —
 in whole sampling batches — and the main rank gathers the images, exactly as the stages do. The
 model is the embedded default's architecture (``params.yaml``'s ``embedded`` section, random
 weights: speed does not depend on them) at the configured sampling size and steps. Each count is
@@ -34,16 +34,16 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.utils.benchmark as tb
 
-    from fastflux_core.ablation import generate_with
+    from fastflux_core.reference import generate_with
     from fastflux_core.codec import PixelCodec
-    from fastflux_core.distributed import current_world
+    from fastflux_core.stage import current_world
     from fastflux_core.embedded import build_model, build_scheduler
     import yaml
 
     from fastflux_core.params import parse_params
-    from fastflux_core.preflight import resolve_device
+    from fastflux_core.placement import resolve_device
     from fastflux_core.prompts import PromptEmbeds, prompt_items
-    from fastflux_core.shapes import EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS
+    from fastflux_core.families import EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS
 
     params = parse_params(yaml.safe_load(Path(args.params).read_text()))  # the schema (prompt files unused)
     world = current_world(args.device)

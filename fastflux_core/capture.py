@@ -47,18 +47,17 @@ from pathlib import Path
 
 import torch
 
-from fastflux_core.adapter import BlockAdapter, ModelInputs
+from fastflux_core.blocks import BlockAdapter, ModelInputs
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.codec import latent_ids, pack
-from fastflux_core.distributed import World
 from fastflux_core.errors import FastFluxError
+from fastflux_core.io import load_tensors, save_tensors
 from fastflux_core.params import Params, capture_schedule
 from fastflux_core.prompts import GenItem, PromptEmbeds, derive_seed, prompt_items
-from fastflux_core.io import load_tensors, save_tensors
 from fastflux_core.sampling import initial_noise, latent_size, sample_latents, timesteps_for
-from fastflux_core.shapes import calibration_specs, training_specs
 from fastflux_core.source import load_codec, load_scheduler, load_transformer, on_device
-from fastflux_core.store import StoreWriter, check_disk, estimate_bytes
+from fastflux_core.stage import World
+from fastflux_core.store import StoreWriter, calibration_specs, check_disk, estimate_bytes, training_specs
 
 
 class NonFiniteActivations(FastFluxError):
@@ -168,8 +167,8 @@ def make_endpoints(params: Params, sets: dict[str, PromptEmbeds], out: Path, wor
     record = {"inputs": params.capture.inputs}
     if params.capture.inputs != "noised":
         return record
-    model = on_device(load_transformer(params), params, "endpoints").eval()
-    sched, codec = load_scheduler(params), load_codec(params, model)
+    model = on_device(load_transformer(params.model), params, "endpoints").eval()
+    sched, codec = load_scheduler(params.model), load_codec(params.model, model)
     for name, embeds in sets.items():
         s = getattr(params.prompts, name)
         items = prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed)
@@ -246,7 +245,7 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
     model = on_device(adapter.model, params, f"capture@{step.k}").eval()
     i, (u, d) = step.block, step.sandwich
     cap = params.capture
-    codec = load_codec(params, model)
+    codec = load_codec(params.model, model)
     h, w = latent_size(params.sampling.height, params.sampling.width, codec.scale_factor)
     n_img, n_txt, dim = (h // 2) * (w // 2), calibration.prompt_embeds.shape[1], model.inner_dim
     # capture.image_tokens/text_tokens ≤ n_img/n_txt: checked with the params (preflight.check_sizes)
@@ -265,7 +264,7 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
              "linear_blocks": step.linear_blocks(), "schedule_steps": schedule, "model_dtype": params.model.dtype,
              "inputs": cap.inputs}
 
-    sched = load_scheduler(params)
+    sched = load_scheduler(params.model)
     timesteps = timesteps_for(model, copy.deepcopy(sched), params.sampling.steps, n_img, torch.device("cpu"))
     sigmas = (timesteps / 1000).tolist()
     summary = {"step": step.k, "block": i, "block_name": block_name, "sandwich": [u, d], "schedule_steps": schedule,

@@ -29,11 +29,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastflux_core.adapter import BlockAdapter, BlockRef, SkipBlock
-from fastflux_core.errors import FastFluxError
-from fastflux_core.integrity import damaged
+from fastflux_core.blocks import BlockAdapter, BlockRef
+from fastflux_core.errors import FastFluxError, damaged
+from fastflux_core.families import adapter_for
 from fastflux_core.io import load_tensors, read_json, save_tensors, write_json
-from fastflux_core.replacement import LinearReplacement
+from fastflux_core.lora import inject_lora, load_lora
+from fastflux_core.prompts import derive_seed
+from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
+from fastflux_core.source import load_transformer
 
 if TYPE_CHECKING:
     from fastflux_core.params import Params
@@ -180,7 +183,7 @@ class ChainState:
 
 def apply_linears(adapter: BlockAdapter, state: ChainState) -> dict[int, LinearReplacement]:
     """Swap every block the state replaced for a :class:`LinearReplacement` carrying its W, b (a
-    deleted block for a :class:`~fastflux_core.adapter.SkipBlock`); return the linears."""
+    deleted block for a :class:`~fastflux_core.pruned_flux.SkipBlock`); return the linears."""
     p = next(adapter.model.parameters())
     dim = adapter.model.inner_dim
     out = {}
@@ -202,12 +205,7 @@ def build_chain_model(params: "Params", state: ChainState, new_lora: list[int] =
     """The base model as it stands after ``state``: LoRA on the state's neighbours (plus fresh LoRA on
     ``new_lora``), every replaced block swapped for its linear. Adapters of blocks that were replaced
     later are dropped (see :mod:`fastflux_core.lora`)."""
-    from fastflux_core.adapter import adapter_for
-    from fastflux_core.lora import inject_lora, load_lora
-    from fastflux_core.prompts import derive_seed
-    from fastflux_core.source import load_transformer
-
-    adapter = adapter_for(load_transformer(params))
+    adapter = adapter_for(load_transformer(params.model))
     keep = {i: t for i, t in state.lora.items() if i not in state.linears}
     blocks = sorted(set(keep) | set(new_lora))
     inject_lora(adapter, blocks, params.sandwich.lora_rank, params.sandwich.lora_alpha,
@@ -242,3 +240,16 @@ def state_for_steps(states: list[ChainState], n: int, reuse: bool) -> ChainState
         latest.lora[j] = owner.lora[j]
     latest.history.append({"reuse": True, "from_step": len(states) - 1})
     return latest
+
+
+def load_solution(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """What stage solve@k wrote (:func:`fastflux_core.solve.save_solution`): stream → (W, b); empty for a
+    deleted block."""
+    t = load_tensors(path)
+    streams = sorted({k.split(".")[0] for k in t})
+    return {s: (t[f"{s}.weight"], t[f"{s}.bias"]) for s in streams}
+
+
+def load_conditioning(path: Path) -> dict[str, torch.Tensor]:
+    """Stream → U of a timestep-aware solution; empty for a plain one (or a deleted block)."""
+    return {k.split(".")[0]: t for k, t in load_tensors(path).items() if k.endswith(".temb_weight")}

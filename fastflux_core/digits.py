@@ -10,14 +10,14 @@ space later used for FID on the default.
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import trange
 
-NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+from fastflux_core.prompts import NAMES, label_of
+
 # Captions used to train the embedded base; the prompt files under data/prompts/digits use these
 # and other phrasings.
 TRAIN_TEMPLATES = (
@@ -30,7 +30,6 @@ TRAIN_TEMPLATES = (
     "a scanned digit {name}",
     "an image of a handwritten {name}",
 )
-_WORD = re.compile(r"\b(" + "|".join(NAMES) + r"|[0-9])\b")
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,19 +56,6 @@ def captions() -> tuple[list[str], torch.Tensor]:
             prompts.append(t.format(name=name, digit=label))
             labels.append(label)
     return prompts, torch.tensor(labels)
-
-
-def label_of(prompt: str) -> int:
-    """The digit a prompt asks for, from its one number word or numeral.
-
-    >>> label_of("a handwritten digit seven"), label_of("the digit 3")
-    (7, 3)
-    """
-    found = {m.group(1) for m in _WORD.finditer(prompt.lower())}
-    if len(found) != 1:
-        raise ValueError(f"prompt must name exactly one digit: {prompt!r}")
-    word = found.pop()
-    return int(word) if word.isdigit() else NAMES.index(word)
 
 
 class DigitJudge(nn.Module):

@@ -17,7 +17,7 @@ so that a comparison of FastFLUX with the baseline can hold the objective fixed:
 in rounds of ``sandwich.round_samples`` samples whose base outputs are computed once, for a given
 number of AdamW steps of ``sandwich.batch_size`` samples; ``micro_batch``-sized pieces accumulate the
 exact batch gradient (the batch's ‖base(x)‖² is known first). The same care as a sandwich
-(:mod:`fastflux_core.selection`): the state kept is the one with the lowest held-out loss — the
+(:mod:`fastflux_core.training`): the state kept is the one with the lowest held-out loss — the
 student's start included — on the store's held-out prompts, and ``lr: auto`` probes a grid first.
 """
 
@@ -30,12 +30,11 @@ from dataclasses import dataclass, fields, replace
 import torch
 from tqdm.auto import tqdm
 
-from fastflux_core.adapter import BlockAdapter, ModelInputs
-from fastflux_core.integrity import NonFiniteError
+from fastflux_core.blocks import BlockAdapter, ModelInputs
+from fastflux_core.errors import NonFiniteError
 from fastflux_core.params import SandwichParams
 from fastflux_core.prompts import derive_seed
-from fastflux_core.sandwich import CapturedInputs, Split, accumulated_step, rounds
-from fastflux_core.selection import BestState, KeepBest, pick_rate
+from fastflux_core.training import BestState, CapturedInputs, KeepBest, Split, accumulated_step, pick_rate, rounds
 from torch import nn
 
 
@@ -125,7 +124,7 @@ def distill(student: BlockAdapter, teacher: BlockAdapter, train_params: list[nn.
     """``steps`` AdamW steps of ``cfg.batch_size`` training samples, in rounds of ``cfg.round_samples``
     whose teacher outputs are computed once (as the sandwich's boundary states); ``micro_batch``-sized
     pieces accumulate the exact batch gradient (the batch's ‖teacher‖² is known first). The same care
-    as a sandwich (:mod:`fastflux_core.selection`, ``sandwich.eval_every`` / ``patience`` /
+    as a sandwich (:mod:`fastflux_core.training`, ``sandwich.eval_every`` / ``patience`` /
     ``probe_steps``): the state kept is the one with the lowest held-out loss, the pruned start
     included; ``lr: auto`` tries each of ``rates`` first. ``objective``: ``global`` or ``local`` (module
     doc). Held-out relative error (of that objective) before and after."""

@@ -20,13 +20,16 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import trange
 
-from fastflux_core.adapter import adapter_for, family
+from fastflux_core import digits
 from fastflux_core.codec import PixelCodec, latent_ids, pack
-from fastflux_core.integrity import require_finite
+from fastflux_core.errors import require_finite
+from fastflux_core.families import adapter_for, embedded_transformer_config, family
+from fastflux_core.io import image_grid, save_png, save_tensors
 from fastflux_core.params import EmbeddedParams
-from fastflux_core.prompts import PromptEmbeds
-from fastflux_core.sampling import velocity
-from fastflux_core.shapes import embedded_transformer_config
+from fastflux_core.prompts import PromptEmbeds, prompt_items
+from fastflux_core.sampling import sample_latents, velocity
+from fastflux_core.source import resolve_device
+from fastflux_core.text import encode_prompts, load_text_encoder
 
 if TYPE_CHECKING:
     from fastflux_core.params import Params
@@ -97,13 +100,6 @@ def make_embedded_base(params: "Params", evaluation: PromptEmbeds, out: Path) ->
     """Stage ``base`` for the embedded default: train the judge and the base, save both under
     ``out`` (``transformer/``, ``scheduler/``, ``judge.safetensors``, ``samples.png``) and measure
     how often samples show the prompted digit. Returns the metrics."""
-    from fastflux_core import digits
-    from fastflux_core.io import image_grid, save_png, save_tensors
-    from fastflux_core.prompts import prompt_items
-    from fastflux_core.sampling import sample_latents
-    from fastflux_core.source import load_text_encoder, resolve_device
-    from fastflux_core.text import encode_prompts
-
     cfg = params.embedded
     images, labels = digits.load_digits()
     judge, judge_acc = digits.train_judge(images, labels, cfg.judge_steps, cfg.seed)

@@ -22,19 +22,22 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fastflux_core.ablation import (ITEMS_FILE, generate_with, load_item_scores, load_reference_images, load_reference_stats,
-                                    save_item_scores, score_images)
-from fastflux_core.adapter import ModelInputs, adapter_for
+from fastflux_core.blocks import ModelInputs
 from fastflux_core.codec import LatentCodec, latent_ids
-from fastflux_core.distributed import World
-from fastflux_core.integrity import tensors_digest
+from fastflux_core.errors import tensors_digest
+from fastflux_core.export import load_pruned
+from fastflux_core.families import adapter_for
 from fastflux_core.io import read_json
-from fastflux_core.metrics import QUALITY_KEYS, FeatureStats, image_features, item_scores
+from fastflux_core.metrics import FeatureStats, image_features, item_scores, load_quality
 from fastflux_core.params import EvaluateParams, Params
+from fastflux_core.placement import choose, placed
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
+from fastflux_core.reference import (ITEMS_FILE, generate_with, load_item_scores, load_reference_images,
+                                     load_reference_stats, save_item_scores, score_images)
 from fastflux_core.sampling import latent_size
-from fastflux_core.placement import placed
+from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
 from fastflux_core.speed import count_flops, latency_phases
+from fastflux_core.stage import World
 from fastflux_core.stats import fid_readings, frechet_distance, mean_readings
 
 
@@ -117,17 +120,13 @@ class Evaluator:
 
     def __init__(self, params: Params, embeds: PromptEmbeds, reference: Path, world: World = World(),
                  n_items: int | None = None):
-        from fastflux_core.metrics import load_quality
-        from fastflux_core.placement import choose
-        from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
-
         self.params, self.embeds, self.device, self.world = params, embeds, resolve_device(params.model.device), world
         self.placement = choose("evaluate", params, self.device)
         # the base is for timing, which rank 0 alone does: on its host, on the device only while timed (other
         # ranks do not hold it — FLUX.1-dev: 24 GB of host memory each); their codec comes with the first model
-        self.base = load_transformer(params) if world.is_main else None
-        self.codec = load_codec(params, self.base) if world.is_main else None
-        self.scheduler = load_scheduler(params)
+        self.base = load_transformer(params.model) if world.is_main else None
+        self.codec = load_codec(params.model, self.base) if world.is_main else None
+        self.scheduler = load_scheduler(params.model)
         self.quality = load_quality(params, self.device, hps=True) if world.is_main else None
         self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
@@ -152,10 +151,9 @@ class Evaluator:
         main rank; ``None`` on the others). ``tag`` names the exchange of images between ranks. With
         ``items_out``: also the readings over items (:func:`item_readings`), and the per-image
         features and scores written there."""
-        from fastflux_core.source import load_codec
 
         if self.codec is None:
-            self.codec = load_codec(self.params, model)
+            self.codec = load_codec(self.params.model, model)
         with self.on_device(model):
             gen = generate_with(model, self.scheduler, self.codec, self.embeds, self.items, self.params.sampling,
                                 self.world, tag)
@@ -188,8 +186,6 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
     """Stage ``evaluate``: the exported model at ``params.ratio`` against the base. Writes the grid to
     ``out``; returns (deterministic metrics, latency record) — on the main rank; every rank generates
     its share of the images, the others return ``None``."""
-    from fastflux_core.assemble import load_pruned
-
     ev = Evaluator(params, embeds, reference, world)
     pruned = load_pruned(pruned_dir)  # host
     scored = ev.quality_of(pruned, items_out=out / ITEMS_FILE)
@@ -206,30 +202,3 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
         if key in ev.reference:
             metrics[f"base_{key}"] = ev.reference[key]
     return metrics, {"ratio": params.ratio, **lat}
-
-
-def sweep(params: Params, states: list, embeds: PromptEmbeds, reference: Path, world: World = World()
-          ) -> tuple[list[dict], list[dict]] | None:
-    """Stage ``sweep``: every chain length n = 0..K (quality, FLOPs; latency separately) — the
-    quality/speed-versus-ratio curves (paper Table 6), independent of ``ratio``. On the main rank;
-    every rank generates its share of each model's images, the others return ``None``."""
-    from fastflux_core.assemble import pruned_model
-
-    cfg = params.evaluate
-    ev = Evaluator(params, embeds, reference, world, cfg.sweep_items)
-    rows, timings = [], []
-    lengths = range(len(states)) if cfg.sweep_lengths is None else sorted(set(cfg.sweep_lengths))  # checked: params
-    for k in lengths:
-        adapter = pruned_model(params, states, k)[0]
-        model, n_blocks = adapter.model, len(adapter.blocks)
-        scored = ev.quality_of(model, tag=f"n{k}")
-        if scored is None:
-            continue
-        q = scored[0]
-        flops, lat = ev.speed_of(model)
-        rows.append({"n_pruned": k, "ratio": k / n_blocks,
-                     **{key: q[key] for key in QUALITY_KEYS if key in q},
-                     "flops_ratio": flops["flops_ratio"], "model": flops["model"]})
-        timings.append({"n_pruned": k, "latency_ratio": lat["latency_ratio"], "latency_ratio_iqr": lat["latency_ratio_iqr"],
-                        "model": lat["model"]})
-    return (rows, timings) if world.is_main else None

@@ -14,15 +14,19 @@ diffusers block computes; ReplaceMe-style folding into a neighbour is impossible
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from accelerate import init_empty_weights
 from torch import nn
 
 from fastflux_core import pruned_flux
-from fastflux_core.adapter import adapter_for, family_of_config
+from fastflux_core.errors import loading
+from fastflux_core.families import adapter_for, family_of_config
 from fastflux_core.pruned_flux import PrunedFluxTransformer2DModel, PrunedMixin, PrunedSD3Transformer2DModel
 
 __all__ = ["PrunedFluxTransformer2DModel", "PrunedSD3Transformer2DModel", "merge_lora", "to_pruned",
-           "count_parameters", "pruned_class"]
+           "count_parameters", "pruned_class", "load_pruned"]
 
 
 def pruned_class(config: dict) -> type[PrunedMixin]:
@@ -54,3 +58,10 @@ def to_pruned(model: nn.Module, replaced: list[int], deleted: list[int] = (), co
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_pruned(folder: Path) -> PrunedMixin:
+    """An assembled pruned transformer (its class from its config: FLUX or SD3)."""
+    with loading(folder):
+        cls = pruned_class(json.loads((folder / "config.json").read_text()))
+        return cls.from_pretrained(str(folder), use_safetensors=True).eval()

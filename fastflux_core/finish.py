@@ -21,16 +21,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastflux_core.adapter import BlockAdapter, adapter_for
+from fastflux_core.blocks import BlockAdapter
 from fastflux_core.chain import ChainState, build_chain_model, state_for_steps
 from fastflux_core.distill import distill
 from fastflux_core.export import merge_lora
+from fastflux_core.families import adapter_for
 from fastflux_core.lora import lora_parameters
 from fastflux_core.params import Params
 from fastflux_core.prompts import PromptEmbeds, derive_seed
-from fastflux_core.sandwich import CapturedInputs, Split, chain_holdout
 from fastflux_core.source import empty_base_model, load_transformer, resolve_device
 from fastflux_core.store import StoreReader
+from fastflux_core.training import CapturedInputs, Split, chain_holdout
 
 
 def finishing_parameters(adapter: BlockAdapter, state: ChainState) -> list[nn.Parameter]:
@@ -45,7 +46,7 @@ def finishing_parameters(adapter: BlockAdapter, state: ChainState) -> list[nn.Pa
 def finishing_data(params: Params, store: StoreReader, embeds: PromptEmbeds) -> tuple[CapturedInputs, Split]:
     """The captured transformer inputs of ``store`` (read on the host) and the chain's held-out split
     of its prompts (which no sandwich trained on; the L1 baseline holds out the same)."""
-    model = empty_base_model(params).to(getattr(torch, params.model.dtype))  # what CapturedInputs reads: dtype, guidance
+    model = empty_base_model(params.model).to(getattr(torch, params.model.dtype))  # what CapturedInputs reads: dtype, guidance
     inputs = CapturedInputs(store, embeds, model, torch.device("cpu"))
     return inputs, chain_holdout(store, params)
 
@@ -75,7 +76,7 @@ def _finish(params: Params, adapter: BlockAdapter, state: ChainState, n: int, in
     for p in train_params:
         p.data = p.data.float()  # fp32 masters, as in a sandwich
         p.requires_grad_(True)
-    teacher = adapter_for(load_transformer(params))
+    teacher = adapter_for(load_transformer(params.model))
     teacher.model.to(device)
     model.to(device)
     record = distill(adapter, teacher, train_params, inputs, split, cfg.steps, params.sandwich, cfg.micro_batch,

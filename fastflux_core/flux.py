@@ -10,7 +10,7 @@ in for a block (:meth:`FluxAdapter.swap`). Swaps edit the model's own ``ModuleLi
 model's ``forward`` — and ``save_pretrained`` of a pruned model — see them too.
 
 Everything FastFLUX knows about FLUX that is not in diffusers is in this module; the other stages
-reach it through :class:`~fastflux_core.adapter.BlockAdapter`.
+reach it through :class:`~fastflux_core.blocks.BlockAdapter`.
 
 >>> from diffusers import FluxTransformer2DModel
 >>> m = FluxTransformer2DModel(in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8,
@@ -31,12 +31,94 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core import flux_configs
-from fastflux_core.adapter import BlockRef, BlockState, MlpRef, ModelInputs, resolution_shift
+from fastflux_core.blocks import BlockRef, BlockState, MlpRef, ModelInputs, resolution_shift
+from fastflux_core.errors import loading
 from fastflux_core.pruned_flux import SkipBlock
 
 if TYPE_CHECKING:
     from fastflux_core.params import EmbeddedParams
+
+# FLUX.1-dev's published component configs (``config.json`` of each sub-folder of
+# black-forest-labs/FLUX.1-dev), for what needs the shapes without the 33 GB of weights: the budget
+# command (:mod:`fastflux_core.budget`) when no FLUX folder is at hand, and the FLUX-width test folder
+# (``scripts/make_flux_width_folder.py``). Nothing here is downloaded; a real folder's own configs
+# always win when ``model.path`` exists.
+FLUX1_DEV_TRANSFORMER = {
+    "_class_name": "FluxTransformer2DModel",
+    "attention_head_dim": 128,
+    "axes_dims_rope": [16, 56, 56],
+    "guidance_embeds": True,
+    "in_channels": 64,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "patch_size": 1,
+    "pooled_projection_dim": 768,
+}
+
+FLUX1_DEV_VAE = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "force_upcast": True,
+    "in_channels": 3,
+    "latent_channels": 16,
+    "latents_mean": None,
+    "latents_std": None,
+    "layers_per_block": 2,
+    "mid_block_add_attention": True,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "use_post_quant_conv": False,
+    "use_quant_conv": False,
+}
+
+FLUX1_DEV_CLIP_TEXT = {  # text_encoder: CLIP ViT-L/14 text tower
+    "architectures": ["CLIPTextModel"],
+    "hidden_act": "quick_gelu",
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "projection_dim": 768,
+    "vocab_size": 49408,
+}
+
+FLUX1_DEV_T5_ENCODER = {  # text_encoder_2: T5 v1.1 XXL encoder
+    "architectures": ["T5EncoderModel"],
+    "d_ff": 10240,
+    "d_kv": 64,
+    "d_model": 4096,
+    "dense_act_fn": "gelu_new",
+    "feed_forward_proj": "gated-gelu",
+    "is_gated_act": True,
+    "layer_norm_epsilon": 1e-06,
+    "model_type": "t5",
+    "num_heads": 64,
+    "num_layers": 24,
+    "relative_attention_max_distance": 128,
+    "relative_attention_num_buckets": 32,
+    "vocab_size": 32128,
+}
+
+FLUX1_DEV_SCHEDULER = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+}
 
 # LoRA targets of Sandwich Training: attention projections and MLP linears, not the AdaLN modulation.
 LORA_TARGETS = {
@@ -57,9 +139,9 @@ class FluxAdapter:
     # the folder's text encoders: (sub-folder, transformers class, tokens; None: text.max_sequence_length)
     text_encoders = (("text_encoder", "CLIPTextModel", 77), ("text_encoder_2", "T5EncoderModel", None))
     # FLUX.1-dev's published component configs: the budget of a run whose folder is not there yet
-    reference_configs = {"transformer": flux_configs.TRANSFORMER, "vae": flux_configs.VAE,
-                         "scheduler": flux_configs.SCHEDULER, "text_encoder": flux_configs.CLIP_TEXT,
-                         "text_encoder_2": flux_configs.T5_ENCODER}
+    reference_configs = {"transformer": FLUX1_DEV_TRANSFORMER, "vae": FLUX1_DEV_VAE,
+                         "scheduler": FLUX1_DEV_SCHEDULER, "text_encoder": FLUX1_DEV_CLIP_TEXT,
+                         "text_encoder_2": FLUX1_DEV_T5_ENCODER}
 
     def __init__(self, model: FluxTransformer2DModel):
         self.model = model
@@ -106,8 +188,6 @@ class FluxAdapter:
     @staticmethod
     def text_encoder(path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
         """CLIP-L (pooled) + T5-XXL (tokens) of a FLUX pipeline folder."""
-        from fastflux_core.text import FluxTextEncoders
-
         return FluxTextEncoders(path, max_sequence_length, device, dtype)
 
     @staticmethod
@@ -218,3 +298,25 @@ class FluxAdapter:
         return self.model(hidden_states=x.hidden_states, timestep=x.timestep, guidance=x.guidance,
                           pooled_projections=x.pooled_projections, encoder_hidden_states=x.encoder_hidden_states,
                           txt_ids=x.txt_ids, img_ids=x.img_ids, return_dict=False)[0]
+
+
+class FluxTextEncoders:
+    """CLIP + T5 from a FLUX.1-dev diffusers folder, through ``FluxPipeline.encode_prompt``."""
+
+    def __init__(self, path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
+        from diffusers import FluxPipeline
+
+        # Only the text half of the pipeline is loaded; transformer and VAE stay on disk.
+        with loading(path):
+            self.pipe = FluxPipeline.from_pretrained(
+                str(path), transformer=None, vae=None, dtype=dtype, use_safetensors=True
+            ).to(device)
+        self.max_sequence_length = max_sequence_length
+        self.device = device
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        prompt_embeds, pooled, _text_ids = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+        )
+        return prompt_embeds.float().cpu(), pooled.float().cpu()

@@ -7,7 +7,7 @@ this module under the same launcher, in a loop (README: many machines)::
         --rdzv-backend c10d --rdzv-endpoint node0:29500 -m fastflux_core.follow; do :; done
 
 Each launch joins the next stage's rendezvous; once the process group exists, rank 0 sends its
-command line (:func:`fastflux_core.distributed.current_world`) and this process runs that stage
+command line (:func:`fastflux_core.stage.current_world`) and this process runs that stage
 script as ``python stages/<stage>.py …`` would — so the other nodes need no list of stages and
 cannot run them out of step. The repository must be on a filesystem every node mounts at the same
 path (the working directory of every launch).
@@ -16,7 +16,7 @@ path (the working directory of every launch).
 import runpy
 import sys
 
-from fastflux_core.distributed import current_world
+from fastflux_core.stage import current_world
 
 if __name__ == "__main__":
     sys.argv = ["fastflux-follow"]  # replaced by rank 0's command line

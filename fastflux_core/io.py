@@ -1,4 +1,4 @@
-"""Atomic outputs, JSON, safetensors and PNG helpers, and the way every stage runs.
+"""Atomic outputs, JSON, CSV, safetensors and PNG helpers, and the stage-timing files.
 
 DVC caches whatever a stage leaves at its output paths, so a stage that dies half-way must leave
 nothing there. Every output is built in a temporary folder and renamed into place only when complete
@@ -15,10 +15,9 @@ import os
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -26,14 +25,20 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from fastflux_core.errors import FastFluxError
-from fastflux_core.integrity import damaged, require_finite, require_finite_json, tensors_digest
-
-if TYPE_CHECKING:
-    from fastflux_core.distributed import World
+from fastflux_core.errors import damaged, require_finite, require_finite_json, tensors_digest
 
 TMP_ROOT = Path(".fastflux-tmp")  # git- and dvc-ignored, at the repository root (the cwd of every stage)
 META_KEY = "fastflux"  # safetensors metadata: {"sha256": digest of the tensors, "meta": {...}}
+
+
+class Ranks(Protocol):
+    """What :func:`atomic_dir` needs of a process group (:class:`fastflux_core.stage.World`)."""
+
+    size: int
+
+    @property
+    def is_main(self) -> bool: ...
+    def barrier(self) -> None: ...
 
 
 def _umask() -> int:
@@ -71,13 +76,13 @@ def clean_tmp(stage: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, world: World | None = None) -> Iterator[Path]:
+def atomic_dir(path: str | Path, world: Ranks | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``path`` only if the block succeeds.
 
     With a ``world`` of several ranks every rank gets the same directory (a fixed name, made by rank 0
     before any rank writes) and rank 0 renames it into place once every rank has finished its part. A
     rank that fails leaves it under the stage's temporaries; the launcher stops the other ranks, and
-    the stage's next run removes it (:func:`run_stage`).
+    the stage's next run removes it (:func:`fastflux_core.stage.run_stage`).
 
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -224,67 +229,3 @@ def write_timing(record: dict, name: str | None = None) -> None:
     """Timings (wall seconds, latencies) go to ``data/timing/<stage>.json``, never into a DVC output:
     they differ run to run, and an output's hash must depend on its inputs alone."""
     write_json(TIMING / f"{name or stage_name()}.json", record)
-
-
-def stage_args(*names: str) -> list[str]:
-    """The stage's command-line arguments (``names`` say what they are), or a usage error."""
-    args = sys.argv[1:]
-    if len(args) != len(names):
-        usage = " ".join(f"<{n}>" for n in names)
-        raise FastFluxError(f"usage: python {sys.argv[0]} {usage} (got {len(args)} arguments; "
-                            f"dvc.yaml passes them — run it with dvc repro)")
-    return args
-
-
-def int_args(*names: str) -> list[int]:
-    """Integer stage arguments (step or block numbers)."""
-    args = stage_args(*names)
-    bad = [f"{n}={a!r}" for n, a in zip(names, args) if not a.isdigit()]
-    if bad:
-        raise FastFluxError(f"python {sys.argv[0]}: {', '.join(bad)} must be a non-negative integer")
-    return [int(a) for a in args]
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
-
-
-def run_stage(main: Callable[[], None], deterministic: bool = True) -> None:
-    """Run a stage's ``main`` deterministically and time it.
-
-    A cause the user can fix — a :class:`FastFluxError`, or a full disk — becomes one line on stderr,
-    ``error: …``, and exit status 2; anything else is a bug and keeps its traceback. Leftovers of an
-    earlier, killed run of this stage are removed first. The wall time goes to
-    ``data/timing/<stage>_wall.json``. ``deterministic=False`` is for stages that run no torch
-    kernels (validate, export): switching torch's deterministic mode imports its compiler's config,
-    2.5 s of a stage that otherwise takes two.
-
-    Under a launcher (``RANK`` set; :mod:`fastflux_core.distributed`) the temporaries are rank 0's to
-    remove — before the other ranks can pass the process group's start-up, and after every rank has
-    finished — and every rank leaves the process group before it exits."""
-    import errno
-
-    from fastflux_core.distributed import leave_group
-
-    main_rank = os.environ.get("RANK", "0") == "0"
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if main_rank:
-        clean_tmp()
-    t0 = time.perf_counter()
-    try:
-        main()
-        leave_group()
-        if main_rank:
-            write_timing({"seconds": round(time.perf_counter() - t0, 2)}, f"{stage_name()}_wall")
-    except FastFluxError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"error: disk full while writing {err.filename or 'an output'}: free space and re-run", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if main_rank:
-            clean_tmp()

@@ -18,7 +18,7 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from fastflux_core.adapter import BlockAdapter
+from fastflux_core.blocks import BlockAdapter
 
 def target_regex(adapter: BlockAdapter, blocks: list[int]) -> str:
     """A regex that fullmatches exactly the LoRA target linears of ``blocks``."""

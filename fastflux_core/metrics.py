@@ -26,8 +26,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from fastflux_core.codec import to_uint8
+from fastflux_core.digits import DigitJudge, load_digits
 from fastflux_core.errors import FastFluxError
+from fastflux_core.hps import HpsScorer
 from fastflux_core.io import load_tensors, save_png, save_tensors
+from fastflux_core.prompts import label_of
 
 if TYPE_CHECKING:
     from fastflux_core.hps import HpsScorer
@@ -140,8 +144,6 @@ class JudgeAlignment:
 
     @torch.no_grad()
     def _probs(self, images: np.ndarray, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        from fastflux_core.digits import label_of
-
         x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).unsqueeze(1)  # (N, 1, 8, 8)
         return self.judge(x).softmax(-1), torch.tensor([label_of(p) for p in prompts])  # (N, 10), (N,)
 
@@ -235,8 +237,6 @@ JUDGE_FILE = Path("data/base/judge.safetensors")
 
 
 def _load_judge() -> torch.nn.Module:
-    from fastflux_core.digits import DigitJudge
-
     if not JUDGE_FILE.is_file():
         raise FastFluxError(
             f"metrics use the digit judge, but {JUDGE_FILE} does not exist (only the embedded base has one; "
@@ -250,8 +250,6 @@ def _load_judge() -> torch.nn.Module:
 def load_quality(params: "Params", device: torch.device, hps: bool = False) -> Quality:
     """The configured metrics; ``hps``: with HPS v2 if configured (the evaluation set's stages ask for it;
     importance ablations rank by FID and CLIP alone, Eq. 2)."""
-    from fastflux_core.hps import HpsScorer
-
     m = params.metrics
     judge = _load_judge() if "judge" in (m.fid_features, m.alignment) else None
     features = judge_features(judge) if m.fid_features == "judge" else inception_features(m.inception_path, device)
@@ -266,9 +264,6 @@ def real_features(real_images: "str | Path | None", fx: FeatureExtractor, device
     if real_images is None:
         return None
     if real_images == "digits":
-        from fastflux_core.codec import to_uint8
-        from fastflux_core.digits import load_digits
-
         images, _ = load_digits()
         return image_features(to_uint8(images), fx, device, batch_size)
     folder = Path(real_images)

@@ -1,7 +1,10 @@
-"""The one schema for params.yaml.
+"""The one schema for params.yaml, and reading it.
 
-Every stage loads its parameters through :func:`load_params`, so a typo, a wrong type or an
-out-of-range value stops the stage *before* it writes anything, with an error that names the key.
+:func:`read_params` reads the YAML and validates it against the schema, so a typo, a wrong type or an
+out-of-range value stops a stage *before* it writes anything, with an error that names the key. What
+needs more than the file itself — the model folder, the device, the prompt files — is checked by
+:func:`fastflux_core.preflight.load_params`, which stages call; this module imports nothing of
+FastFLUX's but its errors.
 
 >>> s = {"file": "prompts.txt"}
 >>> required = {"prompts": dict(calibration=s, training=s, evaluation=s, importance=s),
@@ -299,7 +302,7 @@ def _distinct_rates(v: list[float]) -> list[float]:
     return sorted(v)
 
 
-# A learning rate, or "auto" (tried from a grid: fastflux_core.selection); the grid itself.
+# A learning rate, or "auto" (tried from a grid: fastflux_core.training); the grid itself.
 Rate = Annotated[Union[float, Literal["auto"]], AfterValidator(_rate_or_auto)]
 Rates = Annotated[list[float], AfterValidator(_distinct_rates)]
 
@@ -575,13 +578,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml: the schema, then that the prompt sets are disjoint and the
-    setup can run (:mod:`fastflux_core.preflight`: model folder, device, image size, metrics).
-    Raises a :class:`FastFluxError` (one line) naming the offending key or file."""
-    from fastflux_core import preflight
-    from fastflux_core.prompts import check_disjoint
-
+def read_params(path: str | Path = "params.yaml", trace: bool = True) -> Params:
+    """Read ``path`` and validate it against the schema (:func:`parse_params`); a YAML key given twice,
+    a file that is not UTF-8 YAML or a missing file is one :class:`ParamsError` line. With ``trace``,
+    the keys read from then on are recorded (:func:`record_reads`); a caller that checks the whole file
+    first passes ``trace=False`` and starts recording after its checks."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"parameter file not found: {path}")
@@ -592,11 +593,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     params = parse_params(data, str(path))
-    check_disjoint(params.prompts)
-    preflight.check(params)
+    if trace:
+        record_reads(params)
+    return params
+
+
+def record_reads(params: Params) -> None:
+    """With ``FASTFLUX_PARAMS_LOG`` set (the deps check), record every key of ``params`` this process
+    reads from now on, to compare with the stage's ``params:`` list in dvc.yaml."""
     if os.environ.get("FASTFLUX_PARAMS_LOG"):
         _trace(params)
-    return params
 
 
 def _trace(params: Params) -> None:

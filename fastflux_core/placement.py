@@ -1,4 +1,10 @@
-"""Where a transformer's weights live while a stage runs: all on the device, or block by block.
+"""The device a run uses (``model.device``), and where a transformer's weights live on it while a
+stage runs: all on the device, or block by block.
+
+:func:`resolve_device` turns ``model.device`` into a ``torch.device`` (``auto``: CUDA when there is
+one; under a launcher, this process's own GPU) and :func:`check_device` refuses one that does not
+exist — the one way the process group (:mod:`fastflux_core.stage`), the checks of a run
+(:mod:`fastflux_core.preflight`) and the loaders (:mod:`fastflux_core.source`) resolve a device.
 
 FLUX.1-dev in bf16 is 22.2 GiB of weights; one 1024² forward peaks at 22.6 GiB — more than a 24 GB
 card leaves after the CUDA context. Models are therefore loaded on the host, and each stage places
@@ -10,8 +16,9 @@ what it runs:
              blocks and about two blocks are on the device at a time.
 
 ``model.offload: auto`` takes *resident* when the stage's peak, measured by :mod:`fastflux_core.budget`
-on fake tensors at the configured shapes, fits ``model.gpu_memory_gb``, else *offloaded* if that
-fits, else stops before any work with one line saying what does not fit (:func:`choose`). ``never`` and
+on fake tensors at the configured shapes (in its own process: :func:`ask_estimator` says why), fits
+``model.gpu_memory_gb``, else *offloaded* if that fits, else stops before any work with one line
+saying what does not fit (:func:`choose`). ``never`` and
 ``always`` force one; ``always`` on a CPU runs diffusers' hooks with the CPU as both homes, which is
 how the tests run the offloaded code path without a GPU. On a CPU device ``auto`` is resident: there
 is no separate device memory to save.
@@ -23,13 +30,20 @@ boundary states — are offloaded, the blocks after them are never run and stay 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
 import torch
+import yaml
 from torch import nn
 
+from fastflux_core.blocks import BlockAdapter
 from fastflux_core.errors import FastFluxError
 
 Placement = Literal["resident", "offloaded"]
@@ -37,6 +51,30 @@ Placement = Literal["resident", "offloaded"]
 
 class DeviceMemoryError(FastFluxError):
     """The configured run does not fit the device memory budget."""
+
+
+def check_device(name: str) -> None:
+    """A CUDA or MPS device asked for must exist (``auto`` takes CUDA when there is one)."""
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FastFluxError(f"model.device is {name!r} but torch sees no CUDA device: use model.device: auto or cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise FastFluxError(f"model.device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise FastFluxError("model.device is 'mps' but this torch has no MPS device: use model.device: auto or cpu")
+
+
+def resolve_device(name: str) -> "torch.device":
+    """The ``torch.device`` that ``model.device`` names (``auto``: CUDA when there is one, else the
+    CPU). Under a launcher (``LOCAL_RANK`` set), ``auto`` and ``cuda`` mean this process's own GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(name)
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(name)
 
 
 def _stream_prefetch(device: torch.device, prefetch: bool | None) -> bool:
@@ -82,16 +120,14 @@ class _Blocks(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
 
-def place_blocks(model: nn.Module, blocks: list[nn.Module], resident: list[nn.Module], device: torch.device,
+def place_blocks(adapter: BlockAdapter, blocks: list[nn.Module], resident: list[nn.Module], device: torch.device,
                  offload: bool, prefetch: bool | None = None) -> None:
-    """Place a model that is run block by block (an adapter's ``run``, not
-    its ``forward``): every module of ``model`` outside its block lists goes to ``device``, the
-    ``resident`` blocks too; ``blocks`` (those run but not trained) go to the device, or with
-    ``offload`` get diffusers' group-offloading hooks and move in only while each one runs."""
-    from fastflux_core.adapter import adapter_for
-
-    block_lists = {ref.path.rsplit(".", 1)[0] for ref in adapter_for(model).blocks}  # FLUX: two, SD3: one
-    for name, child in model.named_children():
+    """Place a model that is run block by block (an adapter's ``run``, not its ``forward``): every
+    module of ``adapter.model`` outside its block lists goes to ``device``, the ``resident`` blocks
+    too; ``blocks`` (those run but not trained) go to the device, or with ``offload`` get diffusers'
+    group-offloading hooks and move in only while each one runs."""
+    block_lists = {ref.path.rsplit(".", 1)[0] for ref in adapter.blocks}  # FLUX: two, SD3: one
+    for name, child in adapter.model.named_children():
         if name not in block_lists:
             child.to(device)
     for block in resident:
@@ -117,20 +153,27 @@ def choose(stage: str, params, device: torch.device) -> Placement:
         return "offloaded"
     if device.type != "cuda":
         return "resident"
-    from fastflux_core.budget import OverLimit, stage_peak, stop_above
+    return ask_estimator(params, "--choose", stage).strip().splitlines()[-1]
 
-    limit = params.model.gpu_memory_gb * 2**30
-    try:
-        with stop_above(limit):  # resident stops measuring as soon as it is over the budget
-            if stage_peak(stage, params, "resident") <= limit:
-                return "resident"
-    except OverLimit:
-        pass
-    peak = stage_peak(stage, params, "offloaded")
-    if peak <= limit:
-        return "offloaded"
-    raise DeviceMemoryError(
-        f"stage {stage} needs {peak / 2**30:.1f} GiB of device memory even with its blocks offloaded "
-        f"(more resident), model.gpu_memory_gb is {params.model.gpu_memory_gb:g}: "
-        f"lower sampling.batch_size / sandwich.micro_batch / text.batch_size, or run "
-        f"'python -m fastflux_core.budget' to see every stage")
+
+def ask_estimator(params, *args: str) -> str:
+    """Run the memory estimator, ``python -m fastflux_core.budget --params <params> *args``, in its own
+    process and return what it prints; its one-line refusal (exit status 2) is re-raised as
+    :class:`DeviceMemoryError`.
+
+    Why a process and not an import: resident and offloaded give the same bytes (tests/test_placement.py),
+    so which one a stage takes changes no output — the estimator decides *how* a stage runs, never
+    *what* it writes. Imported, it would be one of every stage's code deps (DVC re-runs a stage when
+    any of them changes), and it imports nearly every module: editing how memory is estimated would
+    invalidate every cached stage — on FLUX.1-dev ~30 GPU-hours for no changed byte."""
+    with tempfile.TemporaryDirectory(prefix="fastflux-estimate-") as folder:
+        file = Path(folder) / "params.yaml"
+        file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        done = subprocess.run([sys.executable, "-m", "fastflux_core.budget", "--params", str(file), *args],
+                              capture_output=True, text=True)
+    if done.returncode == 2:
+        raise DeviceMemoryError(done.stderr.strip().splitlines()[-1].removeprefix("error: "))
+    if done.returncode:
+        raise RuntimeError(f"the memory estimator (python -m fastflux_core.budget {' '.join(args)}) failed with "
+                           f"exit status {done.returncode}:\n{done.stderr[-3000:]}")
+    return done.stdout

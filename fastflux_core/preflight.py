@@ -1,27 +1,28 @@
 """Checks that need more than params.yaml itself: the model folder, the device, image sizes the
 model and the metrics can take, the prompt files the judge reads, the real-images folder.
 
-:func:`fastflux_core.params.load_params` runs them after the schema, so every stage — and the
-``validate`` stage that ``dvc repro`` runs first, every time — refuses a setup that would fail
-later (a prompt the judge cannot read used to fail after every image had been generated). Stage
-``validate`` then runs :func:`check_run` (disk for the activation stores; device memory on a GPU).
-Each failure is one :class:`FastFluxError` line naming the key or file and what to do. Light on
-purpose — torch at most, no diffusers — since ``validate`` runs on every ``dvc repro``.
+:func:`load_params` runs them after the schema (:func:`fastflux_core.params.read_params`) and the
+prompt sets' disjointness, so every stage — and the ``validate`` stage that ``dvc repro`` runs first,
+every time — refuses a setup that would fail later (a prompt the judge cannot read used to fail after
+every image had been generated). Stage ``validate`` then checks the run's resources
+(:mod:`fastflux_core.resources`). Each failure is one :class:`FastFluxError` line naming the key or
+file and what to do. Light on purpose — torch at most, no diffusers — since ``validate`` runs on
+every ``dvc repro``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastflux_core.errors import FastFluxError, ModelFolderError
+from fastflux_core.params import importance_sampling, read_params, record_reads
+from fastflux_core.placement import check_device
+from fastflux_core.prompts import check_disjoint, label_of, read_prompt_file
 
 if TYPE_CHECKING:
-    import torch
-
     from fastflux_core.params import Params
 
 FLUX_CONFIGS = {  # sub-folder → a config file diffusers/transformers needs there
@@ -76,36 +77,6 @@ def check_model_folder(path: Path, source: str) -> None:
         raise ModelFolderError(f"no safetensors weights in {path / 'transformer'} (pickled weights are not loaded)")
 
 
-def check_device(name: str) -> None:
-    """A CUDA or MPS device asked for must exist (``auto`` takes CUDA when there is one)."""
-    if name.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise FastFluxError(f"model.device is {name!r} but torch sees no CUDA device: use model.device: auto or cpu")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise FastFluxError(f"model.device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if name == "mps":
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise FastFluxError("model.device is 'mps' but this torch has no MPS device: use model.device: auto or cpu")
-
-
-def resolve_device(name: str) -> "torch.device":
-    """The ``torch.device`` that ``model.device`` names (``auto``: CUDA when there is one, else the
-    CPU). Under a launcher (``LOCAL_RANK`` set), ``auto`` and ``cuda`` mean this process's own GPU."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    check_device(name)
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
-
-
 def pixels_per_latent_cell(params: "Params") -> int:
     """Image pixels per side of one latent cell: the VAE's downsampling (2^(levels−1)) for a model
     folder, 1 for the embedded default, which diffuses pixels directly."""
@@ -139,9 +110,6 @@ def check_sizes(params: "Params") -> None:
 
 def check_metrics(params: "Params") -> None:
     """The configured metrics can score the configured images and prompts, before any is generated."""
-    from fastflux_core.params import importance_sampling
-    from fastflux_core.prompts import read_prompt_file
-
     m = params.metrics
     uses_judge = "judge" in (m.fid_features, m.alignment)
     if uses_judge and params.model.source != "embedded":
@@ -154,8 +122,6 @@ def check_metrics(params: "Params") -> None:
             raise FastFluxError(f"the digit judge reads {JUDGE_SIZE}×{JUDGE_SIZE} images, but {what} is {h}×{w}: "
                                 f"set it to {JUDGE_SIZE} or use metrics.fid_features: inception and metrics.alignment: clip")
     if m.alignment == "judge":
-        from fastflux_core.digits import label_of
-
         for name in ("importance", "evaluation"):
             file = getattr(params.prompts, name).file
             for line, prompt in enumerate(read_prompt_file(file), 1):
@@ -197,8 +163,6 @@ def check(params: "Params") -> None:
 def prompt_counts(params: "Params", assumed: dict[str, int]) -> dict[str, int]:
     """Prompts per set: from the prompt files when they exist, else ``assumed`` (the budget's guess
     for a run whose prompt files are not written yet)."""
-    from fastflux_core.prompts import read_prompt_file
-
     out = {}
     for name in ("calibration", "training", "importance", "evaluation"):
         f = getattr(params.prompts, name).file
@@ -206,38 +170,12 @@ def prompt_counts(params: "Params", assumed: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-
-
-def check_run(params: "Params", data: Path = Path("data"), assumed: dict[str, int] | None = None) -> None:
-    """Stage validate's budget check, before any stage works: the disk holding ``data/`` takes every
-    capture@k's stores twice (DVC's cache copy; what ``data/capture`` holds now is replaced, so it
-    counts as free), and on a CUDA device every stage fits ``model.gpu_memory_gb`` resident or
-    offloaded (measured as the budget command does, ~1 min at FLUX.1-dev scale; only then is
-    :mod:`fastflux_core.budget` imported, with diffusers). One line names what does not fit."""
-    from fastflux_core.placement import DeviceMemoryError
-    from fastflux_core.shapes import Shapes, capture_bytes
-    from fastflux_core.store import StoreError
-
-    counts = prompt_counts(params, assumed or {})  # validate: the prompt files exist (preflight)
-    items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
-    need = 2 * len(params.steps) * capture_bytes(params, Shapes.of(params), items)
-    data.mkdir(parents=True, exist_ok=True)
-    held = sum(f.stat().st_size for f in (data / "capture").rglob("*") if f.is_file()) if (data / "capture").is_dir() else 0
-    free = shutil.disk_usage(data).free + held
-    if need > free:
-        raise StoreError(f"the chain's activation stores need about {_size(need)} under {data}/ (capture@1.."
-                         f"{len(params.steps)}, with DVC's cache copy), {_size(free)} is free: lower "
-                         f"capture.timesteps, capture.image_tokens or the calibration/training images, or free disk")
-    if resolve_device(params.model.device).type != "cuda" or params.model.offload != "auto":
-        return
-    from fastflux_core.budget import plan_budget
-
-    gb = params.model.gpu_memory_gb
-    rows, _ = plan_budget(params, gb, 400.0, counts)
-    for r in rows:
-        if r.peak_gib > gb:
-            raise DeviceMemoryError(f"stage {r.stage} needs {r.peak_gib:.1f} GiB of device memory ({r.placement}), "
-                                    f"model.gpu_memory_gb is {gb:g}: lower sampling.batch_size / sandwich.micro_batch"
-                                    f" / text.batch_size, or see 'python -m fastflux_core.budget'")
+def load_params(path: str | Path = "params.yaml") -> "Params":
+    """Read and validate params.yaml: the schema (:func:`fastflux_core.params.read_params`), then that
+    the prompt sets are disjoint and the setup can run (:func:`check`: model folder, device, image
+    size, metrics). Raises a :class:`FastFluxError` (one line) naming the offending key or file."""
+    params = read_params(path, trace=False)
+    check_disjoint(params.prompts)
+    check(params)
+    record_reads(params)  # what the stage reads from here on: the checks read the whole file
+    return params

@@ -5,12 +5,17 @@ Stage ``encode`` turns every set into a safetensors file of text states so that 
 text encoder in memory while it generates. Each image to generate is a :class:`GenItem` — a prompt
 index and a seed — so that generation can be batched or sharded across processes in any way and
 still produce the same images.
+
+The embedded default's judge scores an image by the digit its prompt names (:func:`label_of`): which
+digit that is, is a property of the prompt's text, checked before any stage runs
+(:func:`fastflux_core.preflight.check_metrics`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +29,8 @@ if TYPE_CHECKING:
     from fastflux_core.params import PromptParams
 
 SETS = ("calibration", "training", "importance", "evaluation")
+NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # digit words
+_WORD = re.compile(r"\b(" + "|".join(NAMES) + r"|[0-9])\b")
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
@@ -122,3 +129,16 @@ class PromptEmbeds:
     def load(cls, path: str | Path) -> "PromptEmbeds":
         tensors, meta = read_tensors(path)
         return cls(json.loads(meta["prompts"]), tensors["prompt_embeds"], tensors["pooled"])
+
+
+def label_of(prompt: str) -> int:
+    """The digit a prompt asks for, from its one number word or numeral.
+
+    >>> label_of("a handwritten digit seven"), label_of("the digit 3")
+    (7, 3)
+    """
+    found = {m.group(1) for m in _WORD.finditer(prompt.lower())}
+    if len(found) != 1:
+        raise ValueError(f"prompt must name exactly one digit: {prompt!r}")
+    word = found.pop()
+    return int(word) if word.isdigit() else NAMES.index(word)

@@ -6,31 +6,26 @@ FID against the full model's images of the evaluation set (``fid``, lower is bet
 metric), FID against real images (``fid_real``), the alignment score (``clip``: the judge's
 probability of the prompted digit on the default, CLIP score on FLUX) and, with the judge, the
 share of images it reads as the prompted digit (``prompt_accuracy``). A paper claim "a beats b" is
-tested on the primary metric with a paired t-test over runs (the same base and seed give both variants
-the same base model, captured tokens, LoRA init and batches): **supports** when the mean paired
-difference favours a with p < 0.05 and every base's mean difference does too, **contradicts** when
-all of that favours b, **inconclusive** otherwise — the effect size and its spread are printed
-either way. Latency is shown only where the timing file
+judged on the primary metric over runs and over evaluation prompts (:mod:`fastflux_core.verdicts`) —
+the effect size and its spread are printed either way. Latency is shown only where the timing file
 belongs to the model the run evaluated (the digest both carry): a stage DVC restored from its
 run-cache leaves the previous timing behind.
 
->>> paired([3.0, 2.0, 4.0], [4.0, 3.1, 5.05])["verdict"]
-'supports'
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 from pathlib import Path
 
-from matplotlib.figure import Figure  # no pyplot: no global state, no backend to choose
 from PIL import Image, ImageDraw
 
 from fastflux_core.experiments import EXPERIMENTS, Experiment
+from fastflux_core.figures import bar_plot, grouped_bars, importance_plot, read_image, sweep_plot
 from fastflux_core.io import atomic_file
+from fastflux_core.verdicts import EVALUATE_ITEMS, Items, mean_std, paired, with_items
 
 EVALUATE, SWEEP, BASELINE = "data/metrics/evaluate.json", "data/metrics/sweep.json", "data/metrics/baseline.json"
 TIMING_EVALUATE, TIMING_SWEEP, TIMING_BASELINE = ("data/timing/evaluate.json", "data/timing/sweep.json",
@@ -38,123 +33,6 @@ TIMING_EVALUATE, TIMING_SWEEP, TIMING_BASELINE = ("data/timing/evaluate.json", "
 # quality metrics (fid: the primary one, lower is better) → column heading; a table shows those some run has
 METRICS = {"fid": "FID vs full", "fid_excess": "FID above its floor", "fid_real": "FID vs real", "clip": "alignment",
            "prompt_accuracy": "prompt accuracy", "hps": "HPS v2"}
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def paired(a: list[float], b: list[float], lower_is_better: bool = True, bases: list[int] | None = None) -> dict:
-    """Paired comparison of a metric of variants a and b over runs (same base and seed at each
-    position): mean and std of b − a ("how much better a is" when lower is better), the t-test's p,
-    how many bases (``bases[i]``: the base of position i) have a mean difference of the overall
-    sign, and the verdict — which needs every base to agree.
-
-    >>> paired([3.0, 2.0, 4.0, 3.0], [4.0, 3.1, 5.05, 2.5], bases=[0, 0, 1, 1])["verdict"]  # base 1 splits
-    'inconclusive'
-    """
-    from scipy.stats import ttest_rel
-
-    diff = [(y - x) if lower_is_better else (x - y) for x, y in zip(a, b)]  # > 0: a is better
-    m, s = mean_std(diff)
-    p = float(ttest_rel(a, b).pvalue) if len(diff) > 1 and s > 0 else (0.0 if m != 0 else 1.0)
-    per_base: dict[int, list[float]] = {}
-    for d, base in zip(diff, bases or [0] * len(diff)):
-        per_base.setdefault(base, []).append(d)
-    agree = sum(1 for ds in per_base.values() if statistics.fmean(ds) * m > 0)
-    verdict = ("inconclusive" if p >= 0.05 or m == 0 or agree < len(per_base)
-               else ("supports" if m > 0 else "contradicts"))
-    return {"advantage_mean": m, "advantage_std": s, "p": p, "verdict": verdict, "per_seed": diff,
-            "bases": len(per_base), "bases_agree": agree}
-
-
-REFERENCE_ITEMS = "data/reference/evaluation/items.safetensors"  # the base model's per-image features
-EVALUATE_ITEMS = "data/evaluate/items.safetensors"
-
-
-class Items:
-    """Per-image FID features of the experiments' evaluation items, read from each run's revision
-    through DVC (once per file), for intervals over evaluation prompts of a paired difference.
-
-    Why prompts, not single items: the images of one prompt (its seeds) are alike, so the prompt is
-    the unit another evaluation set would redraw; the interval is a delete-one-prompt jackknife
-    (:func:`~fastflux_core.stats.jackknife` over prompts), each prompt's images left out of every
-    run at once — the runs share the evaluation items."""
-
-    def __init__(self, repo: Path, images_per_prompt: int):
-        self.repo, self.images_per_prompt = repo, images_per_prompt
-        self._cache: dict[tuple[str, str], object] = {}
-        self._intervals: dict[tuple, tuple[float, float] | None] = {}  # the headline and its section ask alike
-
-    def features(self, rev: str | None, path: str):
-        """(N, F) features of ``path`` at ``rev``, or None when it is not there (or not in the cache)."""
-        if not rev:
-            return None
-        if (rev, path) not in self._cache:
-            import dvc.api
-            import numpy as np
-            from safetensors.numpy import load
-
-            try:
-                data = load(dvc.api.read(path, repo=str(self.repo), rev=rev, mode="rb"))
-                self._cache[rev, path] = np.asarray(data["features"], dtype=np.float64)
-            except Exception:  # an output no longer in the cache: no item interval
-                self._cache[rev, path] = None
-        return self._cache[rev, path]
-
-    def interval(self, pairs: list[tuple[str | None, str, str | None, str]]) -> tuple[float, float] | None:
-        """95 % interval over prompts of the mean over runs of FID(b) − FID(a), each against its run's
-        base images of the same items (``pairs``: (rev a, items file a, rev b, items file b) per run;
-        > 0: a is better). None when some run's items are missing. Computed once per ``pairs``."""
-        key = tuple(pairs)
-        if key not in self._intervals:
-            self._intervals[key] = self._interval(pairs)
-        return self._intervals[key]
-
-    def _interval(self, pairs: list[tuple[str | None, str, str | None, str]]) -> tuple[float, float] | None:
-        runs = []
-        for rev_a, path_a, rev_b, path_b in pairs:
-            a, b, ref = self.features(rev_a, path_a), self.features(rev_b, path_b), self.features(rev_a, REFERENCE_ITEMS)
-            if a is None or b is None or ref is None or not (len(a) == len(b) == len(ref)):
-                return None
-            runs.append((a, b, ref))
-        return paired_fid_interval(runs, self.images_per_prompt) if runs else None
-
-
-def paired_fid_interval(runs: list[tuple], images_per_prompt: int, level: float = 0.95) -> tuple[float, float] | None:
-    """Delete-one-prompt jackknife interval of the mean over runs of FID(b, ref) − FID(a, ref) (``runs``:
-    (a, b, ref) per run, (N, F) features of the same N items in item order, round-major: item i shows
-    prompt i mod N/images_per_prompt); None with fewer than 3 prompts."""
-    import numpy as np
-
-    from fastflux_core.stats import frechet_distance, jackknife
-
-    n_items = len(runs[0][0])
-    n_prompts = n_items // images_per_prompt
-    if n_prompts < 3:
-        return None
-    prompt_of = np.arange(n_items) % n_prompts
-
-    def stat(prompts: np.ndarray) -> float:
-        idx = np.flatnonzero(np.isin(prompt_of, prompts))
-        return float(np.mean([frechet_distance(b[idx], r[idx]) - frechet_distance(a[idx], r[idx]) for a, b, r in runs]))
-
-    return jackknife(stat, n_prompts, level)
-
-
-def with_items(r: dict, interval: tuple[float, float] | None) -> dict:
-    """A :func:`paired` result with the item interval of its difference: a verdict needs the interval
-    to exclude 0 too (the difference holds on other evaluation prompts as well as over runs).
-
-    >>> with_items({"verdict": "supports"}, (-0.1, 0.5))["verdict"], with_items({"verdict": "supports"}, (0.1, 0.5))["verdict"]
-    ('inconclusive', 'supports')
-    """
-    out = {**r, "items": interval}
-    if interval is not None and r["verdict"] != "inconclusive":
-        lo, hi = interval
-        if (r["verdict"] == "supports" and lo <= 0) or (r["verdict"] == "contradicts" and hi >= 0):
-            out["verdict"] = "inconclusive"
-    return out
 
 
 def _items_text(r: dict) -> str:
@@ -256,28 +134,6 @@ def verdicts(exp: Experiment, values: dict, labels: dict[str, str], items: Items
     return lines, overall
 
 
-def bar_plot(exp: Experiment, values: dict, path: Path) -> None:
-    """Mean FID (vs the full model) per variant with std error bars and each seed as a dot."""
-    names = [v for v in exp.variants if v.name in values]
-    fig = Figure(figsize=(1.6 + 1.3 * len(names), 3.2))
-    ax = fig.subplots()
-    for i, v in enumerate(names):
-        xs = values[v.name]["fid"]
-        m, s = mean_std(xs)
-        ax.bar(i, m, yerr=s, capsize=4, color="#8fb3d9")
-        ax.scatter([i] * len(xs), xs, color="k", s=10, zorder=3)
-    ax.set_xticks(range(len(names)), [v.label for v in names])
-    ax.set_ylabel("FID vs full model (lower is better)")
-    ax.set_title(exp.title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig: Figure, path: Path) -> None:
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
 def sweep_curves(exp: Experiment, runs: list[dict]) -> dict[str, dict[int, dict[str, list[float]]]]:
     """variant → chain length n → metric → values over seeds (latency only where it is the model's)."""
     keys = (*METRICS, "flops_ratio", "ratio")
@@ -311,29 +167,7 @@ def sweep_section(exp: Experiment, runs: list[dict], out: Path) -> tuple[list[st
                      f"{_pm(e['fid']) if e.get('fid') else '—'} | {_pm(r['clip']) if r['clip'] else '—'} | "
                      f"{_pm(r['prompt_accuracy']) if r['prompt_accuracy'] else '—'} | {r['flops_ratio'][0]:.3f} | "
                      f"{_pm(r['latency_ratio']) if r['latency_ratio'] else '—'} |")
-    fig = Figure(figsize=(9, 3.3))
-    a1, a2 = fig.subplots(1, 2)
-    for name, curve, style in (("reuse", reuse, "-o"), ("exact", exact, "--s")):
-        ns = sorted(curve)
-        if not ns:
-            continue
-        m = [mean_std(curve[n]["fid"])[0] for n in ns]
-        s = [mean_std(curve[n]["fid"])[1] for n in ns]
-        a1.errorbar([curve[n]["ratio"][0] for n in ns], m, yerr=s, fmt=style, capsize=3, label=name)
-    a1.set_xlabel("share of blocks replaced")
-    a1.set_ylabel("FID vs full model")
-    a1.legend()
-    ns = sorted(reuse)
-    a2.plot([reuse[n]["ratio"][0] for n in ns], [reuse[n]["flops_ratio"][0] for n in ns], "-o", label="FLOPs ratio")
-    lat = [(reuse[n]["ratio"][0], mean_std(reuse[n]["latency_ratio"])) for n in ns if reuse[n]["latency_ratio"]]
-    if lat:
-        a2.errorbar([x for x, _ in lat], [m for _, (m, _) in lat], yerr=[s for _, (_, s) in lat], fmt="-s",
-                    capsize=3, label="latency ratio")
-    a2.set_xlabel("share of blocks replaced")
-    a2.set_ylabel("pruned / full")
-    a2.legend()
-    fig.tight_layout()
-    _save(fig, out / "sweep.png")
+    sweep_plot(reuse, exact, out / "sweep.png")
     lines += ["", "![quality, FLOPs and latency vs ratio](sweep.png)", ""]
     k_max, seen = max(reuse), []
     for n in sorted(reuse):
@@ -401,7 +235,7 @@ def baseline_section(exp: Experiment, runs: list[dict], seeds: list[int], repo: 
             seen += verdicts_n
     if not seen:
         return ["Not run."], "not run"
-    _grouped_bars(plotted, out / "baseline.png", "FastFLUX recipe, blocks replaced (L1 at the same FLOPs / latency)")
+    grouped_bars(plotted, out / "baseline.png", "FastFLUX recipe, blocks replaced (L1 at the same FLOPs / latency)")
     lines += ["![FastFLUX vs L1 width pruning](baseline.png)", ""]
     if all(x == "supports" for x in seen):
         return lines, "supports the paper's claim at every matched ratio"
@@ -448,7 +282,7 @@ def _baseline_at(recipe: str, by_seed: dict, first: dict, n: int, repo: Path, ou
     secs = [r["metrics"].get(TIMING_BASELINE, {}).get(f"n{n}.l1.finetune_seconds") for r in by_seed.values()]
     secs = [x for x in secs if x is not None]
     lines += ["", budget + (f" Wall-clock: {_pm(secs)} s." if secs else ""), ""]
-    grid = _read_image(repo, first.get("rev"), f"data/baseline/grid_n{n}.png")
+    grid = read_image(repo, first.get("rev"), f"data/baseline/grid_n{n}.png")
     if grid is not None:
         file = f"baseline_grid_{name}_n{n}.png"
         with atomic_file(out / file) as tmp:
@@ -576,42 +410,6 @@ def latency_lines(match: dict | None) -> list[str]:
     return lines
 
 
-def _grouped_bars(groups: dict[int, dict[str, list[float]]], path: Path, xlabel: str) -> None:
-    """Mean FID (vs the full model) with std error bars and seeds as dots, one group per x value."""
-    names = list(next(iter(groups.values())))
-    fig = Figure(figsize=(2 + 1.8 * len(groups), 3.2))
-    ax = fig.subplots()
-    width = 0.8 / len(names)
-    colors = ("#8fb3d9", "#d9c98f", "#d98f8f", "#9fd98f")
-    for g, (x, series) in enumerate(groups.items()):
-        for j, name in enumerate(names):
-            xs = series[name]
-            if not xs:
-                continue
-            m, sd = mean_std(xs)
-            pos = g + (j - (len(names) - 1) / 2) * width
-            ax.bar(pos, m, width, yerr=sd, capsize=3, color=colors[j % len(colors)], label=name if g == 0 else None)
-            ax.scatter([pos] * len(xs), xs, color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(groups)), [str(x) for x in groups])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("FID vs full model (lower is better)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _read_image(repo: Path, rev: str | None, path: str) -> Image.Image | None:
-    """An image output of an experiment's revision, or None when it is no longer in the cache."""
-    import dvc.api
-
-    if not rev:
-        return None
-    try:
-        return Image.open(io.BytesIO(dvc.api.read(path, repo=str(repo), rev=rev, mode="rb"))).convert("RGB")
-    except Exception:  # an output no longer in the cache: the report goes without it
-        return None
-
-
 def _replicate(rep: tuple[int, int]) -> str:
     return f"Base {rep[0]}, seed {rep[1]}"
 
@@ -622,7 +420,7 @@ def grid_image(runs: list[dict], exp: Experiment, seed: tuple[int, int], repo: P
     tiles = []
     for v in exp.variants:
         run = _by_replicate(runs, v.name).get(seed)
-        img = _read_image(repo, run and run.get("rev"), "data/evaluate/grid.png")
+        img = read_image(repo, run and run.get("rev"), "data/evaluate/grid.png")
         if img is None:
             continue
         head = Image.new("RGB", (img.width, 18), "white")
@@ -639,22 +437,6 @@ def grid_image(runs: list[dict], exp: Experiment, seed: tuple[int, int], repo: P
         out.paste(t, (x, 0))
         x += t.width + 8
     return out
-
-
-def importance_plot(ranking: dict, path: Path) -> None:
-    """Eq. 2 importance score per block (higher = more important) and the proxy's, rank-normalised."""
-    blocks = ranking["blocks"]
-    fig = Figure(figsize=(max(5, 0.35 * len(blocks)), 3))
-    ax = fig.subplots()
-    idx = [b["index"] for b in blocks]
-    kinds = list(dict.fromkeys(b["kind"] for b in sorted(blocks, key=lambda b: b["index"])))
-    colors = dict(zip(kinds, ("#d98f8f", "#8fb3d9", "#8fd9a0", "#d9c38f")))
-    ax.bar(idx, [b["score"] for b in blocks], color=[colors[b["kind"]] for b in blocks])
-    ax.set_xlabel("block (" + ", ".join(f"{n}: {k}" for k, n in zip(kinds, ("red", "blue", "green", "ochre"))) + ")")
-    ax.set_ylabel("importance score s_i (Eq. 2)")
-    ax.set_xticks(idx)
-    fig.tight_layout()
-    _save(fig, path)
 
 
 def sample_size_note(n: int | None) -> str:

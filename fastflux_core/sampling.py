@@ -17,9 +17,10 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
-from fastflux_core.adapter import ModelInputs, adapter_for
+from fastflux_core.blocks import ModelInputs
 from fastflux_core.codec import latent_ids, pack, unpack
 from fastflux_core.errors import FastFluxError
+from fastflux_core.families import adapter_for
 from fastflux_core.params import SamplingParams
 from fastflux_core.prompts import GenItem, PromptEmbeds
 

@@ -42,18 +42,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fastflux_core.adapter import BlockAdapter, BlockState, ModelInputs, SkipBlock, adapter_for
+from fastflux_core.blocks import BlockAdapter, BlockState
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
-from fastflux_core.distributed import World
-from fastflux_core.errors import FastFluxError
-from fastflux_core.integrity import NonFiniteError, require_finite
+from fastflux_core.errors import NonFiniteError
 from fastflux_core.lora import lora_parameters, lora_tensors
 from fastflux_core.params import Params, SandwichParams
+from fastflux_core.placement import choose, place_blocks
 from fastflux_core.prompts import PromptEmbeds, derive_seed
-from fastflux_core.replacement import LinearReplacement
-from fastflux_core.selection import BestState, KeepBest, pick_rate
-from fastflux_core.source import resolve_device
+from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
+from fastflux_core.source import load_base_blocks, resolve_device
+from fastflux_core.stage import World
 from fastflux_core.store import StoreReader
+from fastflux_core.training import (BestState, CapturedInputs, KeepBest, Split, accumulated_step, chain_holdout,
+                                    optimizer, pick_rate, rounds)
 
 
 @dataclass(frozen=True)
@@ -81,35 +82,6 @@ class Boundary:
         """Inputs {img, txt, temb} and targets (img, txt) of samples ``idx`` on ``device``."""
         x = {"img": self.img[idx].to(device), "txt": self.txt[idx].to(device), "temb": self.temb[idx].to(device)}
         return x, (self.y_img[idx].to(device), self.y_txt[idx].to(device))
-
-
-class CapturedInputs:
-    """The transformer inputs of a training store's samples (noisy latent, timestep, guidance, and the
-    prompt's encoded states), as :class:`~fastflux_core.adapter.ModelInputs` on the device."""
-
-    def __init__(self, store: StoreReader, embeds: PromptEmbeds, model: nn.Module, device: torch.device):
-        if list(store.attrs["prompts"]) != list(embeds.prompts):
-            raise FastFluxError(f"{store.path} was captured from other training prompts than the encoded ones: "
-                                f"re-run capture")
-        self.store, self.embeds, self.device, self.dtype = store, embeds, device, model.dtype
-        self.img_ids = store.read("img_ids").to(device, self.dtype)  # (N_img, 3)
-        self.txt_ids = store.read("txt_ids").to(device, self.dtype)  # (N_txt, 3)
-        self.guidance = adapter_for(model).uses_guidance
-
-    def batches(self, idx: torch.Tensor, micro_batch: int) -> Iterator[ModelInputs]:
-        """Samples ``idx`` in store order, ``micro_batch`` at a time; each sample's inputs are read from
-        the store once (a round's latents: 32 MB at FLUX.1-dev, 64 samples)."""
-        rows = torch.sort(idx).values.numpy()
-        read = {name: self.store.read_samples(name, rows) for name in ("prompt", "latents", "timestep", "guidance")}
-        for mb in torch.arange(len(rows)).split(micro_batch):  # positions in ``read``
-            prompt_embeds, pooled = self.embeds.select(read["prompt"][mb])
-            yield ModelInputs(
-                hidden_states=read["latents"][mb].to(self.device, self.dtype),
-                encoder_hidden_states=prompt_embeds.to(self.device, self.dtype),
-                pooled_projections=pooled.to(self.device, self.dtype),
-                timestep=read["timestep"][mb].to(self.device, self.dtype),
-                img_ids=self.img_ids, txt_ids=self.txt_ids,
-                guidance=read["guidance"][mb].to(self.device) if self.guidance else None)
 
 
 class BoundaryStates:
@@ -202,35 +174,6 @@ def _weights(params: list[nn.Parameter], values: list[torch.Tensor]):
                 p.copy_(v)
 
 
-@dataclass(frozen=True)
-class Split:
-    """Sample indices of the training store: trained on, and held out (whole prompts)."""
-
-    train: torch.Tensor  # (n_train,) sample indices
-    holdout: torch.Tensor  # (n_hold,) sample indices
-    holdout_prompts: list[str]
-
-
-def holdout_split(store: StoreReader, share: float, seed: int) -> Split:
-    """Hold out ``round(share · prompts)`` (≥ 1) of the store's prompts with all their samples."""
-    prompts = store.attrs["prompts"]
-    n_hold = max(1, round(share * len(prompts)))
-    if n_hold >= len(prompts):
-        raise FastFluxError(f"sandwich.holdout={share} holds out all {len(prompts)} training prompts: lower it or "
-                            f"add prompts to {store.attrs['prompt_set']}")
-    held = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:n_hold]
-    of_sample = store.read("prompt")  # (n,) prompt index per sample
-    is_held = torch.isin(of_sample, held)
-    return Split(torch.nonzero(~is_held).flatten(), torch.nonzero(is_held).flatten(),
-                 [prompts[int(j)] for j in sorted(held.tolist())])
-
-
-def chain_holdout(store: StoreReader, params: Params) -> Split:
-    """The held-out split of every chain step (the same prompts: every training store holds the same
-    prompt set), so no step trains on what another step, the finisher or the baseline scores on."""
-    return holdout_split(store, params.sandwich.holdout, derive_seed(params.seed, "sandwich-holdout"))
-
-
 def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
                      solved: dict[str, tuple[torch.Tensor, torch.Tensor]], conditioning: dict[str, torch.Tensor] | None = None
                      ) -> tuple[BlockAdapter, list[nn.Parameter], list[nn.Module]]:
@@ -240,8 +183,6 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
     model's for ``sandwich.target: original``). Placed on the device: the non-block modules, blocks
     u..d and the target copy resident; blocks 0..u-1 resident or offloaded (``placement.choose``);
     blocks after d stay on the host (never run here)."""
-    from fastflux_core.placement import choose, place_blocks
-
     i, (u, d) = step.block, step.sandwich
     adapter = build_chain_model(params, state, new_lora=step.lora_blocks())  # fresh LoRA: B = 0, no change
     model = adapter.model
@@ -249,9 +190,7 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
     if params.sandwich.target == "current":
         target = [copy.deepcopy(adapter.block(j)) for j in range(u, d + 1)]
     else:
-        from fastflux_core.source import load_base_blocks
-
-        target = load_base_blocks(params, list(range(u, d + 1)))
+        target = load_base_blocks(params.model, list(range(u, d + 1)))
     rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind, conditioned=bool(conditioning)) if solved \
         else SkipBlock()  # float32
     for s, (w, b) in solved.items():
@@ -269,49 +208,9 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
         model.enable_gradient_checkpointing()
     device = resolve_device(params.model.device)
     offload = choose(f"sandwich@{step.k}", params, device) == "offloaded"
-    place_blocks(model, [adapter.block(j) for j in range(u)], [adapter.block(j) for j in range(u, d + 1)] + target,
+    place_blocks(adapter, [adapter.block(j) for j in range(u)], [adapter.block(j) for j in range(u, d + 1)] + target,
                  device, offload)
     return adapter, train_params, target
-
-
-def optimizer(train_params: list[nn.Parameter], learning_rate: float) -> torch.optim.Optimizer:
-    """AdamW on the fp32 masters (its two moments: 8 bytes per trainable parameter, on the device)."""
-    return torch.optim.AdamW(train_params, lr=learning_rate, weight_decay=0.0)
-
-
-def rounds(train: torch.Tensor, train_steps: int, round_samples: int, g: torch.Generator
-           ) -> list[tuple[torch.Tensor, int]]:
-    """Shuffled training samples cut into rounds of ≤ ``round_samples``, each with its share of steps.
-
-    >>> [(len(idx), n) for idx, n in rounds(torch.arange(10), 7, 4, torch.Generator().manual_seed(0))]
-    [(4, 3), (4, 2), (2, 2)]
-    """
-    order = train[torch.randperm(len(train), generator=g)]
-    chunks = list(order.split(round_samples))
-    n = len(chunks)
-    return [(c, train_steps // n + (r < train_steps % n)) for r, c in enumerate(chunks)]
-
-
-def accumulated_step(opt: torch.optim.Optimizer, train_params: list[nn.Parameter], micro_losses: Iterator[torch.Tensor],
-                     what: str, world: World = World()) -> float:
-    """One optimizer step over a batch given as micro-batch losses (each already divided by the whole
-    batch's denominator, so the accumulated gradient is the batch's): backward each as it comes,
-    clip the gradient norm to 1, step. Returns the batch loss (summed over ranks). A non-finite batch
-    loss or gradient norm raises :class:`~fastflux_core.integrity.NonFiniteError` naming ``what``
-    before the step, on every rank alike (both are the ranks' common knowledge, so none is left
-    waiting in DDP)."""
-    opt.zero_grad(set_to_none=True)
-    total = torch.zeros(1, dtype=torch.float64)
-    for loss in micro_losses:
-        loss.backward()
-        total += loss.detach().double().cpu()
-    if world.size > 1:
-        world.sum_(total)
-    require_finite(total, what)
-    norm = torch.nn.utils.clip_grad_norm_(train_params, 1.0)  # after DDP's all-reduce: the same on every rank
-    require_finite(norm.detach().cpu(), f"the gradient of the {what}")  # a finite loss can still overflow backward
-    opt.step()
-    return float(total)
 
 
 def rank_micro_batches(pick: torch.Tensor, n_rows: int, micro_batch: int, world: World) -> list[torch.Tensor]:
@@ -360,7 +259,7 @@ class HeldOutCheck:
 def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: BoundaryStates, split: Split,
                  u: int, d: int, cfg: SandwichParams, seed: int, world: World = World()) -> dict:
     """AdamW on the relative sandwich loss over ``split.train``, keeping the state with the lowest
-    held-out loss (:mod:`fastflux_core.selection`); the held-out loss of the start and of the state
+    held-out loss (:mod:`fastflux_core.training`); the held-out loss of the start and of the state
     kept, over every held-out sample.
 
     Held-out checks every ``eval_every`` steps; the start (least-squares linear, LoRA = no change) is

@@ -14,7 +14,7 @@ differences matter to pruning:
 
 The model takes spatial latents (B, C, h, w) and patchifies them itself (``pos_embed``, patch 2).
 Between stages latents are FLUX-packed tokens (B, h/2 · w/2, 4C) whatever the family (see
-:mod:`fastflux_core.adapter`); a 2×2 patch is the same token in both, only its channel order
+:mod:`fastflux_core.blocks`); a 2×2 patch is the same token in both, only its channel order
 differs — (c, p, q) packed, (p, q, c) in SD3's output — so :meth:`SD3Adapter.embed` unpacks to the
 spatial grid (``ModelInputs.grid``, or read from ``img_ids``) and :meth:`SD3Adapter.head` permutes channels.
 
@@ -40,8 +40,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.adapter import BlockRef, BlockState, MlpRef, ModelInputs, resolution_shift
+from fastflux_core.blocks import BlockRef, BlockState, MlpRef, ModelInputs, resolution_shift
 from fastflux_core.codec import pack, unpack
+from fastflux_core.errors import loading
 from fastflux_core.pruned_flux import SkipBlock
 
 if TYPE_CHECKING:
@@ -221,7 +222,6 @@ class SD3TextEncoders:
     def __init__(self, path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
         from diffusers import StableDiffusion3Pipeline
 
-        from fastflux_core.integrity import loading
 
         with loading(path):  # only the text half: transformer and VAE stay on disk
             self.pipe = StableDiffusion3Pipeline.from_pretrained(

@@ -1,11 +1,12 @@
 """Sizes of a run, known without building a model: the base transformer's config, the sequence
-lengths and widths at the configured resolution, and the arrays capture@k writes.
+lengths and widths at the configured resolution, and the bytes of the arrays capture@k writes
+(:func:`fastflux_core.store.calibration_specs` / :func:`~fastflux_core.store.training_specs`).
 
 Light on purpose (json, no diffusers): stage ``validate`` sizes the activation stores against free
 disk on every ``dvc repro`` from these alone, and the budget (:mod:`fastflux_core.budget`) builds its
 fake models from the same configs.
 
->>> from fastflux_core.store import estimate_bytes
+>>> from fastflux_core.store import calibration_specs, estimate_bytes
 >>> specs = calibration_specs(3072, 64, 16)  # FLUX.1-dev's width, 64 image + 16 text tokens per sample
 >>> estimate_bytes(specs, 2048, "bfloat16") / 1e9  # 512 images × 4 timesteps: one calibration store
 2.025906176
@@ -19,25 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastflux_core.params import capture_schedule
-from fastflux_core.store import ArraySpec, estimate_bytes
+from fastflux_core.store import calibration_specs, estimate_bytes, training_specs
 
 if TYPE_CHECKING:
-    from fastflux_core.params import EmbeddedParams, Params
-
-# What the embedded base is trained on (stage base): digits (one grey channel, diffused as pixels) and
-# MiniLM's 384-wide token and pooled embeddings.
-EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS = 1, (384, 384)
-
-
-def embedded_transformer_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
-    """The transformer arguments of the embedded base (its family's, ``embedded.family``), for
-    ``latent_channels``-channel latents and text of widths ``text_dims`` (tokens, pooled); with the
-    class name, as diffusers writes it into config.json."""
-    from fastflux_core.adapter import family
-
-    cls = family(cfg.family)
-    return {"_class_name": cls.model_class.__name__, **cls.embedded_config(cfg, latent_channels, text_dims)}
-
+    from fastflux_core.params import Params
 
 def transformer_config(params: Params) -> dict:
     """The base transformer's config: the model folder's, the embedded base's, or (a folder not there
@@ -47,12 +33,14 @@ def transformer_config(params: Params) -> dict:
     path = Path("data/base/transformer/config.json")
     if path.is_file():
         return json.loads(path.read_text())
+    from fastflux_core.families import EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS, embedded_transformer_config
+
     return embedded_transformer_config(params.embedded, EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS)
 
 
 def reference_config(params: Params, component: str) -> dict | None:
     """The model family's published config of a folder component (FLUX.1-dev's; none for SD3)."""
-    from fastflux_core.adapter import family
+    from fastflux_core.families import family
 
     return family(params.model.source).reference_configs.get(component)
 
@@ -85,7 +73,7 @@ class Shapes:
 
     @classmethod
     def of(cls, params: Params) -> Shapes:
-        from fastflux_core.adapter import family, family_of_config  # diffusers: only when sizes are asked for
+        from fastflux_core.families import family, family_of_config  # diffusers: only when sizes are asked for
 
         t = transformer_config(params)
         fam = family_of_config(t)
@@ -98,34 +86,6 @@ class Shapes:
                    dim=t["num_attention_heads"] * t["attention_head_dim"], in_channels=fam.token_channels(t),
                    text_dim=t["joint_attention_dim"], pooled_dim=t["pooled_projection_dim"],
                    latent_channels=fam.latent_channels(t), scale_factor=scale)
-
-
-# ----------------------------------------------------------------------------- what capture@k writes
-
-ITEM_SPECS = [
-    ArraySpec("prompt", (), ("sample",), activation=False, dtype="int64"),
-    ArraySpec("seed", (), ("sample",), activation=False, dtype="int64"),
-    ArraySpec("schedule_step", (), ("sample",), activation=False, dtype="int64"),
-    ArraySpec("timestep", (), ("sample",), activation=False),
-]
-
-
-def calibration_specs(dim: int, k_img: int, k_txt: int) -> list[ArraySpec]:
-    """calibration.zarr: block input and residual, ``k_img`` image and ``k_txt`` text tokens per sample,
-    and the sample's timestep embedding ``temb`` (what the block's modulation reads)."""
-    return [
-        ArraySpec("block_in_img", (dim,), ("token", "dim"), k_img),
-        ArraySpec("residual_img", (dim,), ("token", "dim"), k_img),
-        ArraySpec("block_in_txt", (dim,), ("text_token", "dim"), k_txt),
-        ArraySpec("residual_txt", (dim,), ("text_token", "dim"), k_txt),
-        ArraySpec("temb", (dim,), ("sample", "dim")),  # the block's timestep embedding (solve.condition: temb)
-    ] + ITEM_SPECS
-
-
-def training_specs(n_img: int, in_channels: int) -> list[ArraySpec]:
-    """training.zarr: the packed noisy latent and guidance the transformer received, per sample."""
-    return [ArraySpec("latents", (n_img, in_channels), ("sample", "image_seq", "channel")),
-            ArraySpec("guidance", (), ("sample",), activation=False)] + ITEM_SPECS
 
 
 def capture_bytes(params: Params, shapes: Shapes, items: dict[str, int]) -> int:

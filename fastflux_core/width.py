@@ -43,16 +43,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastflux_core.adapter import BlockAdapter, MlpRef, ModelInputs, adapter_for
+from fastflux_core.blocks import BlockAdapter, MlpRef, ModelInputs
+from fastflux_core.chain import state_for_steps
+from fastflux_core.distill import distill
 from fastflux_core.errors import FastFluxError
 from fastflux_core.evaluation import Evaluator, call_model, comparison_grid
+from fastflux_core.export import merge_lora
+from fastflux_core.families import adapter_for
+from fastflux_core.finish import finished_model
+from fastflux_core.lora import inject_lora, lora_parameters, target_regex
 from fastflux_core.metrics import QUALITY_KEYS
 from fastflux_core.params import Params, n_replaced
 from fastflux_core.prompts import PromptEmbeds, derive_seed
-from fastflux_core.distill import distill
-from fastflux_core.sandwich import CapturedInputs, Split, chain_holdout
+from fastflux_core.reference import load_reference_images
+from fastflux_core.source import load_transformer
 from fastflux_core.speed import count_flops_by_module
 from fastflux_core.store import StoreReader
+from fastflux_core.training import CapturedInputs, Split, chain_holdout
 
 
 def unit_importance(mlp: MlpRef) -> torch.Tensor:
@@ -118,8 +125,6 @@ def chain_trainable_params(states: list, n: int, reuse: bool) -> int:
     """Parameters the chain trained that are in the FastFLUX model with ``n`` blocks replaced: its
     replaced blocks' linears and its LoRA adapters (:func:`~fastflux_core.chain.state_for_steps`),
     each counted once however many overlapping sandwiches trained it."""
-    from fastflux_core.chain import state_for_steps
-
     state = state_for_steps(states, n, reuse)
     linears = sum(t.numel() for streams in state.linears.values() for pair in streams.values() for t in pair)
     return linears + sum(t.numel() for named in state.lora.values() for t in named.values())
@@ -135,8 +140,6 @@ def lora_rank_for(adapter: BlockAdapter, budget: int) -> int:
     >>> lora_rank_for(fake, 100), lora_rank_for(fake, 5)
     (6, 1)
     """
-    from fastflux_core.lora import target_regex
-
     pattern = re.compile(target_regex(adapter, list(range(len(adapter.blocks)))))
     per_rank = sum(m.in_features + m.out_features for name, m in adapter.model.named_modules()
                    if isinstance(m, nn.Linear) and pattern.fullmatch(name))
@@ -147,8 +150,6 @@ def trainable(params: Params, adapter: BlockAdapter, matched_params: int) -> tup
     """The parameters fine-tuning updates, in float32 (``full``: the whole model is made float32), and
     the LoRA rank (``lora``: ``sandwich.lora_rank``; ``lora_matched``: the rank whose parameters fit
     ``matched_params``, FastFLUX's own trainable count, at the sandwiches' alpha/rank scaling)."""
-    from fastflux_core.lora import inject_lora, lora_parameters
-
     model = adapter.model
     model.requires_grad_(False)
     rank = None
@@ -186,10 +187,7 @@ def l1_model(params: Params, ev: Evaluator, states: list, n: int, inputs: Captur
     """The base width-pruned to ``target_flops_ratio`` of its FLOPs and fine-tuned with FastFLUX's
     budget at ``n`` blocks replaced (module doc): its record (quality before and after fine-tuning,
     FLOPs, the fine-tuning's losses and budget), its latency against the base, and its images."""
-    from fastflux_core.export import merge_lora
-    from fastflux_core.source import load_transformer
-
-    student = load_transformer(params)  # a fresh base, pruned in place on the host
+    student = load_transformer(params.model)  # a fresh base, pruned in place on the host
     with ev.on_device(student):
         share = width_share(student, ev.x, target_flops_ratio)
     widths = sorted(set(prune_widths(adapter_for(student), share, params.baseline.round_to).values()))
@@ -245,9 +243,6 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
     """FastFLUX with ``n`` blocks replaced vs the base width-pruned to its FLOPs (``l1``) — and to the
     FLOPs at which it is as fast, when known (``l1_latency``, :func:`matchings`) — and fine-tuned: their
     quality, FLOPs and (separately) latency; the grid prompt | full | FastFLUX | L1 … to ``out``."""
-    from fastflux_core.ablation import load_reference_images
-    from fastflux_core.finish import finished_model
-
     ours = finished_model(params, states, n, (inputs, split))[0].model  # finished too when finish.steps > 0
     q_ours, img_ours, prompts = ev.quality_of(ours, items_out=out / f"items_n{n}_fastflux.safetensors")
     f_ours, lat_ours = ev.speed_of(ours)

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 from fastflux_core.ablation import ablate_block
-from fastflux_core.distributed import current_world
-from fastflux_core.io import atomic_dir, int_args, run_stage, write_json
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir, write_json
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.stage import current_world, int_args, run_stage
 
 
 def main() -> None:

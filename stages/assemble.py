@@ -6,9 +6,10 @@ from pathlib import Path
 
 from fastflux_core.assemble import assemble, load_states
 from fastflux_core.finish import finished_model, finishing_data
-from fastflux_core.io import atomic_dir, run_stage, write_json
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir, write_json
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.stage import run_stage
 from fastflux_core.store import StoreReader
 
 

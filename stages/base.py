@@ -5,10 +5,11 @@ judge), then measure how often its samples show the prompted digit. A model fold
 """
 
 from fastflux_core.embedded import make_embedded_base
-from fastflux_core.io import atomic_dir, run_stage, write_json
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir, write_json
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
 from fastflux_core.source import EMBEDDED_BASE, describe_folder_base
+from fastflux_core.stage import run_stage
 
 METRICS = "data/metrics/base.json"
 
@@ -17,7 +18,7 @@ def main() -> None:
     params = load_params()
     with atomic_dir(EMBEDDED_BASE) as out:
         if params.model.source != "embedded":
-            metrics = describe_folder_base(params)
+            metrics = describe_folder_base(params.model)
         else:
             evaluation = PromptEmbeds.load("data/encoded/evaluation.safetensors")
             metrics = {"source": "embedded", **make_embedded_base(params, evaluation, out)}

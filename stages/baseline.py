@@ -6,9 +6,10 @@ data/timing/baseline.json (not a DVC output). With no ratios it writes empty rec
 from pathlib import Path
 
 from fastflux_core.assemble import load_states
-from fastflux_core.io import atomic_dir, run_stage, write_json, write_timing
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir, write_json, write_timing
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.stage import run_stage
 from fastflux_core.store import StoreReader
 from fastflux_core.width import baseline
 

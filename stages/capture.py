@@ -5,10 +5,10 @@ from pathlib import Path
 
 from fastflux_core.capture import capture_step
 from fastflux_core.chain import ChainState, PlanStep
-from fastflux_core.distributed import current_world
-from fastflux_core.io import atomic_dir, int_args, read_json, run_stage, write_json
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir, read_json, write_json
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.stage import current_world, int_args, run_stage
 
 
 def main() -> None:

@@ -3,11 +3,12 @@
 Text encoders live only in this stage, so later stages generate without them in memory.
 """
 
-from fastflux_core.io import atomic_dir, run_stage
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import SETS, read_prompt_file
-from fastflux_core.source import load_text_encoder, resolve_dtype
-from fastflux_core.text import encode_prompts
+from fastflux_core.source import resolve_dtype
+from fastflux_core.stage import run_stage
+from fastflux_core.text import encode_prompts, load_text_encoder
 
 OUT = "data/encoded"
 

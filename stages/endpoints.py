@@ -3,10 +3,10 @@ training item → data/endpoints/<set>.safetensors, from which every capture@k m
 with trajectory only data/endpoints/info.json, saying nothing was needed."""
 
 from fastflux_core.capture import make_endpoints
-from fastflux_core.distributed import current_world
-from fastflux_core.io import atomic_dir, run_stage, write_json
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir, write_json
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.stage import current_world, run_stage
 
 
 def main() -> None:

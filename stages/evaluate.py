@@ -3,11 +3,11 @@
 
 from pathlib import Path
 
-from fastflux_core.distributed import current_world
 from fastflux_core.evaluation import evaluate
-from fastflux_core.io import atomic_dir, run_stage, write_json, write_timing
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir, write_json, write_timing
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.stage import current_world, run_stage
 
 
 def main() -> None:

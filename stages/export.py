@@ -10,13 +10,14 @@ cache: false, and DVC does not follow links into folders). README.md quotes the 
 from pathlib import Path
 
 from fastflux_core.export_folder import contiguous_map, write_pipeline
-from fastflux_core.io import atomic_dir, read_json, run_stage, write_json
+from fastflux_core.io import atomic_dir, read_json, write_json
 from fastflux_core.model_card import model_card
-from fastflux_core.params import load_params
+from fastflux_core.params import read_params
+from fastflux_core.stage import run_stage
 
 
 def main() -> None:
-    export = load_params().export
+    export = read_params().export  # the schema checks this section whole; the run's setup was checked by validate
     metrics = read_json("data/metrics/evaluate.json")
     block_map = {**read_json("data/assemble/pruning.json"), "numbering": export.numbering, "metrics": metrics}
     latency = read_json("data/timing/evaluate.json")

@@ -4,14 +4,15 @@ and the empty chain state the first step starts from (data/state/0)."""
 from pathlib import Path
 
 from fastflux_core.chain import ChainState, make_plan, write_plan
-from fastflux_core.io import atomic_dir, read_json, run_stage
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir, read_json
+from fastflux_core.preflight import load_params
 from fastflux_core.source import model_blocks
+from fastflux_core.stage import run_stage
 
 
 def main() -> None:
     params = load_params()
-    blocks = model_blocks(params)
+    blocks = model_blocks(params.model)
     order = read_json(Path("data/rank/ranking.json"))["order"]
     steps = make_plan(order, len(params.steps), len(blocks), params.sandwich.width)
     with atomic_dir("data/plan") as out:

@@ -1,12 +1,12 @@
 """Stage reference@<set>: the full model's images for a prompt set (importance or evaluation) →
 data/reference/<set>/. Ablations and pruned models are scored against them with the same seeds."""
 
-from fastflux_core.ablation import make_reference
-from fastflux_core.distributed import current_world
 from fastflux_core.errors import FastFluxError
-from fastflux_core.io import atomic_dir, run_stage, stage_args, write_json
-from fastflux_core.params import load_params
+from fastflux_core.io import atomic_dir, write_json
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.reference import make_reference
+from fastflux_core.stage import current_world, run_stage, stage_args
 
 
 def main() -> None:

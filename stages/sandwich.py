@@ -3,13 +3,12 @@
 
 from pathlib import Path
 
-from fastflux_core.brll import load_conditioning, load_solution
-from fastflux_core.chain import ChainState, PlanStep
-from fastflux_core.distributed import current_world
-from fastflux_core.io import atomic_dir, int_args, run_stage, write_json
-from fastflux_core.params import load_params
+from fastflux_core.chain import ChainState, PlanStep, load_conditioning, load_solution
+from fastflux_core.io import atomic_dir, write_json
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
 from fastflux_core.sandwich import train_sandwich
+from fastflux_core.stage import current_world, int_args, run_stage
 from fastflux_core.store import StoreReader
 
 

@@ -6,11 +6,11 @@ FLOPs ratio; the JSON is what `dvc exp show` reports), and data/timing/sweep.csv
 from pathlib import Path
 
 from fastflux_core.assemble import load_states
-from fastflux_core.distributed import current_world
-from fastflux_core.evaluation import sweep
-from fastflux_core.io import TIMING, run_stage, write_csv, write_json, write_timing
-from fastflux_core.params import load_params
+from fastflux_core.io import TIMING, write_csv, write_json, write_timing
+from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.stage import current_world, run_stage
+from fastflux_core.sweep import sweep
 
 COLUMNS = ["n_pruned", "ratio", "fid", "fid_real", "clip", "prompt_accuracy", "flops_ratio"]
 

@@ -3,14 +3,14 @@ size, metrics), checked on every `dvc repro` / `dvc exp run` — dvc.yaml marks 
 a typo or an inconsistent chain is reported even when no other stage would run; then the run's
 budget: disk for the activation stores and, on a GPU, device memory of every stage."""
 
-from fastflux_core.io import run_stage, stage_args
-from fastflux_core.params import load_params
-from fastflux_core.preflight import check_run
+from fastflux_core.preflight import load_params
+from fastflux_core.resources import check_resources
+from fastflux_core.stage import run_stage, stage_args
 
 
 def main() -> None:
     stage_args()
-    check_run(load_params())
+    check_resources(load_params())
 
 
 if __name__ == "__main__":

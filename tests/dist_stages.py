@@ -7,14 +7,14 @@ import sys
 
 import torch
 
-from fastflux_core import distributed
-from fastflux_core.distributed import leave_group
+from fastflux_core import stage
+from fastflux_core.stage import leave_group
 
 if __name__ == "__main__":
-    torch.use_deterministic_algorithms(True, warn_only=True)  # as io.run_stage sets it
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as stage.run_stage sets it
     for command in sys.argv[1:]:  # "capture.py 1 0"
         script, *args = command.split()
         sys.argv = [f"stages/{script}", *args]
-        distributed._joined = None  # each stage joins (and checks rank 0's command) as its own process would
+        stage._joined = None  # each stage joins (and checks rank 0's command) as its own process would
         runpy.run_path(f"stages/{script}")["main"]()
     leave_group()

@@ -6,8 +6,9 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from fastflux_core.distributed import current_world, sum_accumulator
 from fastflux_core.lstsq import GramAccumulator
+from fastflux_core.solve import sum_accumulator
+from fastflux_core.stage import current_world
 
 CHUNKS, ROWS, D = 10, 50, 6
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import ModelInputs, SkipBlock
-from fastflux_core.flux import FluxAdapter
+from fastflux_core.blocks import ModelInputs
 from fastflux_core.codec import latent_ids
+from fastflux_core.flux import FluxAdapter
+from fastflux_core.pruned_flux import SkipBlock
 
 
 def _inputs(b: int = 2, seed: int = 1, guidance: bool = True) -> ModelInputs:
@@ -93,7 +94,7 @@ def test_bad_ranges_raise():
 
 
 def test_adapter_for_dispatches_on_model_class():
-    from fastflux_core.adapter import adapter_for
+    from fastflux_core.families import adapter_for
 
     assert isinstance(adapter_for(tiny_transformer()), FluxAdapter)
     with pytest.raises(TypeError, match="Linear"):

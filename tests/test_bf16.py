@@ -4,14 +4,14 @@ reloads as the bf16 model it was built as (no silent float32 upcast)."""
 import torch
 from tiny import digit_captions, tiny_params, tiny_transformer, write_tiny_base
 
-from fastflux_core.flux import FluxAdapter
-from fastflux_core.assemble import assemble, load_pruned, pruned_model
-from fastflux_core.brll import solve_store
+from fastflux_core.assemble import assemble, pruned_model
 from fastflux_core.capture import capture_step
 from fastflux_core.chain import ChainState, make_plan
-from fastflux_core.export import PrunedFluxTransformer2DModel, to_pruned
-from fastflux_core.replacement import LinearReplacement
+from fastflux_core.export import PrunedFluxTransformer2DModel, load_pruned, to_pruned
+from fastflux_core.flux import FluxAdapter
+from fastflux_core.pruned_flux import LinearReplacement
 from fastflux_core.sandwich import prepare_sandwich, train_sandwich
+from fastflux_core.solve import solve_store
 from fastflux_core.store import StoreReader
 from test_adapter import _inputs, _model_forward
 

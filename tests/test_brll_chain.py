@@ -12,15 +12,16 @@ import torch
 from tiny import digit_captions, tiny_params, tiny_workdir
 
 from fastflux_core import capture as capture_mod
-from fastflux_core.codec import pack
-from fastflux_core.brll import load_solution, replacement_for, row_weight, save_solution, solve_store
 from fastflux_core.capture import NonFiniteActivations, capture_step
-from fastflux_core.chain import ChainState, build_chain_model, make_plan
+from fastflux_core.chain import ChainState, build_chain_model, load_solution, make_plan
+from fastflux_core.codec import pack
 from fastflux_core.io import atomic_dir
 from fastflux_core.lora import lora_tensors
 from fastflux_core.sampling import initial_noise
-from fastflux_core.sandwich import BoundaryStates, fit_sandwich, holdout_split, prepare_sandwich, train_sandwich
+from fastflux_core.sandwich import BoundaryStates, fit_sandwich, prepare_sandwich, train_sandwich
+from fastflux_core.solve import replacement_for, row_weight, save_solution, solve_store
 from fastflux_core.store import StoreReader
+from fastflux_core.training import holdout_split
 
 ORDER = [3, 1, 4, 0, 2]  # step 1 replaces single block 3, step 2 double block 1, step 3 the last block
 
@@ -297,7 +298,7 @@ def test_original_target_comes_from_the_unpruned_blocks(chain):
 
 
 def test_exactly_affine_block_is_recovered_through_capture_and_store(chain, monkeypatch, tmp_path):
-    from fastflux_core.replacement import LinearReplacement
+    from fastflux_core.pruned_flux import LinearReplacement
 
     g = torch.Generator().manual_seed(5)
     w, b = torch.randn(32, 32, generator=g) * 0.05, torch.randn(32, generator=g) * 0.1
@@ -429,8 +430,8 @@ def test_timestep_aware_solve_is_numpy_least_squares_on_x_and_silu_temb(chain):
 def test_a_timestep_aware_replacement_trains_saves_and_exports(chain, tmp_path):
     """U trains with W and b in the sandwich, goes through the chain state, and the exported model —
     in both numberings — computes what the chain model computes."""
-    from fastflux_core.assemble import load_pruned
-    from fastflux_core.brll import load_conditioning
+    from fastflux_core.export import load_pruned
+    from fastflux_core.chain import load_conditioning
     from fastflux_core.evaluation import call_model
     from fastflux_core.export import merge_lora, to_pruned
     from fastflux_core.pruned_flux import load_contiguous, save_contiguous
@@ -465,7 +466,7 @@ def test_a_timestep_aware_replacement_trains_saves_and_exports(chain, tmp_path):
 
 
 def _inputs(model):
-    from fastflux_core.adapter import ModelInputs
+    from fastflux_core.blocks import ModelInputs
     from fastflux_core.codec import latent_ids
 
     g = torch.Generator().manual_seed(0)

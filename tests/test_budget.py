@@ -10,7 +10,7 @@ import torch
 import yaml
 from tiny import tiny_transformer
 
-from fastflux_core import budget, preflight
+from fastflux_core import budget, fake_gpu, placement, resources, stage_peaks
 from fastflux_core.params import parse_params
 from fastflux_core.placement import DeviceMemoryError, choose
 from fastflux_core.shapes import transformer_config
@@ -74,7 +74,7 @@ def test_flux1_dev_fits_22_gib_in_every_stage_and_100_gb_of_activation_disk(read
 def test_resident_flux1_dev_forward_is_over_22_gib():
     """The measurement sees what the issue measured: the whole model resident does not fit."""
     params = flux_example()
-    peak = budget.measure_sampling(params.model_copy(update={"sampling": params.sampling.model_copy(
+    peak = stage_peaks.measure_sampling(params.model_copy(update={"sampling": params.sampling.model_copy(
         update={"batch_size": 1})}), "resident").peak
     assert 22.0 * 2**30 < peak < 26.0 * 2**30  # 22.2 GiB of weights + activations + the VAE decode
 
@@ -82,7 +82,7 @@ def test_resident_flux1_dev_forward_is_over_22_gib():
 def _peaks(tracker_factory) -> tuple[int, int]:
     """(inference peak, training-step peak) of a tiny model on fake CPU with a given tracker."""
     out = []
-    with budget.fake_device():
+    with fake_gpu.fake_device():
         for train in (False, True):
             m = tiny_transformer(0, guidance_embeds=False)
             x = {"hidden_states": torch.empty(4, 64, 16), "encoder_hidden_states": torch.empty(4, 8, 32),
@@ -103,46 +103,71 @@ def _peaks(tracker_factory) -> tuple[int, int]:
 def test_our_tracker_reports_torchs_memtracker_peak():
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    assert _peaks(lambda: budget._tracker("cpu")) == _peaks(MemTracker)
+    assert _peaks(lambda: fake_gpu._tracker("cpu")) == _peaks(MemTracker)
 
 
 def test_stages_choose_resident_offloaded_or_stop(monkeypatch):
     params = flux_example()
-    cuda = torch.device("cuda")
     at = {"resident": 30 * 2**30, "offloaded": 3 * 2**30}
     monkeypatch.setattr(budget, "stage_peak", lambda stage, p, placement: at[placement])
-
-    def with_budget(gb, offload="auto"):
-        return params.model_copy(update={"model": params.model.model_copy(update={"gpu_memory_gb": gb,
-                                                                               "offload": offload})})
-
-    assert choose("capture@1", with_budget(80), cuda) == "resident"
-    assert choose("capture@1", with_budget(22), cuda) == "offloaded"
+    assert budget.choose_placement("capture@1", params, 80) == "resident"
+    assert budget.choose_placement("capture@1", params, 22) == "offloaded"
     with pytest.raises(DeviceMemoryError, match=r"stage capture@1 needs 3\.0 GiB .* model.gpu_memory_gb is 2"):
-        choose("capture@1", with_budget(2), cuda)
-    assert choose("capture@1", with_budget(2), torch.device("cpu")) == "resident"  # no device budget on a CPU
-    assert choose("capture@1", with_budget(2, "always"), cuda) == "offloaded"
-    assert choose("capture@1", with_budget(2, "never"), cuda) == "resident"
+        budget.choose_placement("capture@1", params, 2)
+
+
+def test_a_stage_asks_the_estimator_in_its_own_process_only_on_a_gpu_with_offload_auto(monkeypatch):
+    """``placement.choose``: the estimator is asked (``python -m fastflux_core.budget --choose``) only for
+    CUDA and ``model.offload: auto`` — never imported, so it is no stage's code dep."""
+    params = flux_example()
+    asked = []
+    monkeypatch.setattr(placement, "ask_estimator", lambda p, *args: (asked.append(args), "measuring …\noffloaded\n")[1])
+
+    def with_offload(offload):
+        return params.model_copy(update={"model": params.model.model_copy(update={"offload": offload})})
+
+    cuda = torch.device("cuda")
+    assert choose("capture@1", with_offload("auto"), cuda) == "offloaded"
+    assert asked == [("--choose", "capture@1")]
+    assert choose("capture@1", with_offload("auto"), torch.device("cpu")) == "resident"  # no device budget on a CPU
+    assert choose("capture@1", with_offload("always"), cuda) == "offloaded"
+    assert choose("capture@1", with_offload("never"), cuda) == "resident"
+    assert len(asked) == 1
+
+
+def test_the_estimators_refusal_comes_back_through_the_process_as_one_line():
+    """The real process: the embedded default's capture@1 on a 1 KB device does not fit even offloaded;
+    the estimator exits 2 and the stage raises :class:`DeviceMemoryError` with its line."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"]["gpu_memory_gb"] = 1e-6
+    with pytest.raises(DeviceMemoryError, match=r"^stage capture@1 needs \d+\.\d GiB of device memory even with its "
+                                                r"blocks offloaded .*model.gpu_memory_gb is 1e-06"):
+        placement.ask_estimator(parse_params(params), "--choose", "capture@1")
 
 
 def test_validate_stops_a_run_a_stage_of_which_does_not_fit_the_gpu(monkeypatch, tmp_path):
-    """``check_run`` (stage validate): on a CUDA device every stage's measured peak against
-    model.gpu_memory_gb, one line naming the first that does not fit; nothing measured on a CPU."""
-
+    """Stage validate (``resources.check_resources``): on a CUDA device the estimator checks every
+    stage's measured peak against model.gpu_memory_gb (``budget.check_fits``: one line naming the
+    first that does not fit); nothing is measured on a CPU."""
     params = flux_example(gpu_memory_gb=8)
-    assumed = {"calibration": 512, "training": 512, "importance": 64, "evaluation": 512}
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**15, 0, 10**15))
     rows = [budget.Row("encode", 1, "resident", 10.6, 0.0, True, 1.0, 0.0, 0.0),
             budget.Row("capture@k", 11, "offloaded", 2.9, 4.2, True, 1.0, 0.0, 0.0)]
-    calls = []
-    monkeypatch.setattr(budget, "plan_budget", lambda *a, **k: (calls.append(a), (rows, {}))[1])
-    monkeypatch.setattr(preflight, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(budget, "plan_budget", lambda *a, **k: (rows, {}))
     with pytest.raises(DeviceMemoryError, match=r"^stage encode needs 10\.6 GiB of device memory \(resident\), "
                                                 r"model.gpu_memory_gb is 8"):
-        preflight.check_run(params, tmp_path, assumed)
-    monkeypatch.setattr(preflight, "resolve_device", lambda name: torch.device("cpu"))
-    preflight.check_run(params, tmp_path, assumed)
-    assert len(calls) == 1  # measured on the GPU only
+        budget.check_fits(params, 8, {})
+    budget.check_fits(params, 11, {})
+
+    assumed = {"calibration": 512, "training": 512, "importance": 64, "evaluation": 512}
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**15, 0, 10**15))
+    asked = []
+    monkeypatch.setattr(resources, "ask_estimator", lambda p, *args: asked.append(args))
+    monkeypatch.setattr(resources, "resolve_device", lambda name: torch.device("cuda"))
+    resources.check_resources(params, tmp_path, assumed)
+    assert asked == [("--check", "--prompts", "calibration=512,training=512,importance=64,evaluation=512")]
+    monkeypatch.setattr(resources, "resolve_device", lambda name: torch.device("cpu"))
+    resources.check_resources(params, tmp_path, assumed)
+    assert len(asked) == 1  # measured on the GPU only
 
 
 def test_validate_counts_the_chains_stores_twice_against_free_disk(monkeypatch, tmp_path):
@@ -154,8 +179,8 @@ def test_validate_counts_the_chains_stores_twice_against_free_disk(monkeypatch, 
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 60 * 10**9, 60 * 10**9))
     # 11 steps × (512 + 512 images × 4 timesteps): 34.1 GB of stores, twice
     with pytest.raises(StoreError, match=r"need about 68\.2 GB under .*capture@1\.\.11, with DVC's cache copy\), 60\.0 GB"):
-        preflight.check_run(params.model_copy(update={"model": params.model.model_copy(update={"device": "cpu"})}),
-                         tmp_path, assumed)
+        resources.check_resources(params.model_copy(update={"model": params.model.model_copy(update={"device": "cpu"})}),
+                                  tmp_path, assumed)
 
 
 def test_a_resident_measurement_over_the_limit_stops_before_the_forward(monkeypatch):
@@ -163,16 +188,16 @@ def test_a_resident_measurement_over_the_limit_stops_before_the_forward(monkeypa
     22 GiB before anything runs, so the measurement stops there (no fake forward); under a limit it
     does not reach, the measurement is the one without a limit."""
     calls = []
-    real_velocity = budget.velocity
-    monkeypatch.setattr(budget, "velocity", lambda *a: (calls.append(1), real_velocity(*a))[1])
+    real_velocity = stage_peaks.velocity
+    monkeypatch.setattr(stage_peaks, "velocity", lambda *a: (calls.append(1), real_velocity(*a))[1])
     params = flux_example()
-    with pytest.raises(budget.OverLimit, match="GiB on cuda > 22.00 GiB"), budget.stop_above(22 * 2**30):
-        budget.measure_sampling(params, "resident")
+    with pytest.raises(fake_gpu.OverLimit, match="GiB on cuda > 22.00 GiB"), fake_gpu.stop_above(22 * 2**30):
+        stage_peaks.measure_sampling(params, "resident")
     assert calls == []
     small = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))  # the embedded default
-    free = budget.measure_sampling(small, "resident")
-    with budget.stop_above(free.peak):
-        assert budget.measure_sampling(small, "resident") == free
+    free = stage_peaks.measure_sampling(small, "resident")
+    with fake_gpu.stop_above(free.peak):
+        assert stage_peaks.measure_sampling(small, "resident") == free
 
 
 def test_the_finisher_the_baseline_and_the_timestep_aware_linears_are_budgeted():
@@ -187,21 +212,21 @@ def test_the_finisher_the_baseline_and_the_timestep_aware_linears_are_budgeted()
     params = parse_params(d)
     rows = {r.stage: r for r in budget.plan_budget(params, 22.0, 400.0, assumed)[0]}
     assert "assemble" not in rows and rows["assemble (finisher)"].tflop >= 0 and rows["baseline"].hours >= 0
-    weights = sum(p.numel() * p.element_size() for p in budget.build_transformer(params).parameters())  # float32
-    finish, base = budget.measure_distill(params, "finish"), budget.measure_distill(params, "baseline")
+    weights = sum(p.numel() * p.element_size() for p in stage_peaks.build_transformer(params).parameters())  # float32
+    finish, base = stage_peaks.measure_distill(params, "finish"), stage_peaks.measure_distill(params, "baseline")
     assert 1.5 * weights < finish.peak < 3 * weights  # teacher and student (1 of 12 blocks replaced) both there
     # full fine-tuning: teacher, student, its gradients and AdamW's two moments (float32)
     assert 5 * weights < base.peak < 8 * weights and base.flops["trainable_params"] * 4 == weights
     # FLUX.1-dev's setting: a bf16 base, the L1 model fully fine-tuned in float32 (inputs cast as distill
     # casts them), and the local objective (the teacher's state before every block held for the step)
     d["model"]["dtype"] = "bfloat16"
-    real = budget.measure_distill(parse_params(d), "baseline", real=True)  # fake tensors let a dtype mismatch pass
+    real = stage_peaks.measure_distill(parse_params(d), "baseline", real=True)  # fake tensors let a dtype mismatch pass
     assert real.flops["trainable_params"] == base.flops["trainable_params"]
     d["baseline"]["objective"] = "local"
-    local = budget.measure_distill(parse_params(d), "baseline")
+    local = stage_peaks.measure_distill(parse_params(d), "baseline")
     # (embedders and head get no gradient from the local loss: no AdamW state for them)
     assert local.flops["trainable_params"] == base.flops["trainable_params"] and local.peak > weights / 2 + 3 * weights
-    dim = budget.Shapes.of(params).dim
+    dim = stage_peaks.Shapes.of(params).dim
     u_bytes = sum(k * 2 * dim * dim * 4 for k in range(1, len(params.steps) + 1))  # each state's Us, two streams
     sandwich_plain = next(r for r in plain if r.stage == "sandwich@k")
     assert rows["sandwich@k"].disk_gb == pytest.approx(sandwich_plain.disk_gb + u_bytes / 1e9, abs=0.011)

@@ -57,7 +57,7 @@ def test_a_forward_stopped_after_the_block_records_the_rows_of_a_whole_one(noise
     """The calibration rows of the noised capture come from forwards that stop after block i; the
     model's own whole forward (keyword calls) on the same inputs records the same rows."""
     from fastflux_core.store import StoreWriter
-    from fastflux_core.shapes import calibration_specs
+    from fastflux_core.store import calibration_specs
 
     c = noised_capture
     params, step = c["params"], c["step"]

@@ -8,10 +8,11 @@ import copy
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import ModelInputs, adapter_for
+from fastflux_core.blocks import ModelInputs
 from fastflux_core.distill import distill, local_den, local_err, teacher_states
+from fastflux_core.families import adapter_for
 from fastflux_core.params import SandwichParams
-from fastflux_core.sandwich import Split
+from fastflux_core.training import Split
 
 
 class FakeInputs:

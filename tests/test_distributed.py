@@ -12,7 +12,7 @@ import torch
 from dist_worker import CHUNKS, solve
 from safetensors.torch import load_file
 
-from fastflux_core.distributed import World
+from fastflux_core.stage import World
 
 TESTS = Path(__file__).resolve().parent
 
@@ -48,8 +48,9 @@ def test_least_squares_over_two_processes_equals_one(tmp_path):
 
 
 PROBE = """import sys
-from fastflux_core.distributed import current_world
-from fastflux_core.io import atomic_dir, run_stage, stage_args
+from fastflux_core.stage import current_world
+from fastflux_core.io import atomic_dir
+from fastflux_core.stage import run_stage, stage_args
 
 
 def main():

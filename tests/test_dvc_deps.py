@@ -27,10 +27,18 @@ def test_a_missing_module_is_caught():
     assert "capture: lists fastflux_core/metrics.py in deps but does not import it" in problems
 
 
-def test_closure_follows_function_level_imports():
-    closure = import_closure(ROOT / "stages" / "evaluate.py")
-    assert "fastflux_core/assemble.py" in closure  # imported inside evaluation.evaluate()
-    assert "fastflux_core/speed.py" in closure
+def test_closure_follows_function_level_and_type_only_imports(tmp_path):
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "fastflux_core").mkdir()
+    (tmp_path / "stages" / "x.py").write_text("from fastflux_core.a import f\n")
+    (tmp_path / "fastflux_core" / "a.py").write_text("def f():\n    from fastflux_core.b import g\n")
+    (tmp_path / "fastflux_core" / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                                     "    from fastflux_core.c import C\n")
+    (tmp_path / "fastflux_core" / "c.py").write_text("")
+    assert import_closure(tmp_path / "stages" / "x.py", tmp_path) == {
+        "stages/x.py", "fastflux_core/a.py", "fastflux_core/b.py", "fastflux_core/c.py"}
+    # and in the real tree: validate reaches the families only through shapes' lazy import
+    assert "fastflux_core/families.py" in import_closure(ROOT / "stages" / "validate.py")
 
 
 def expanded_stages(dvc: dict, params: dict) -> dict[str, list[str]]:
@@ -66,8 +74,8 @@ def test_lock_holds_only_stages_of_dvc_yaml():
 
 
 def test_damaged_input_messages_name_the_stage_that_writes_it():
-    """integrity.producer's table agrees with dvc.yaml: every output a later stage reads maps to its stage."""
-    from fastflux_core.integrity import producer
+    """errors.producer's table agrees with dvc.yaml: every output a later stage reads maps to its stage."""
+    from fastflux_core.errors import producer
 
     dvc, params = _dvc(), yaml.safe_load((ROOT / "params.yaml").read_text())
     checked = 0

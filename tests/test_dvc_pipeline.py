@@ -254,6 +254,25 @@ def test_alpha_and_fid_reference_change_rerun_rank_only(runs, tmp_path):
     assert "rank" not in _status(repo)
 
 
+def test_editing_a_tool_reruns_no_stage(runs, tmp_path):
+    """The memory estimator, the report, the CLI and the benchmarks are no stage's code (issue 29):
+    editing them leaves every stage cached. The control: editing a module that computes outputs
+    (least squares) makes exactly the stages that import it stale."""
+    repo = tmp_path / "A"
+    shutil.copytree(runs["A"], repo, symlinks=True)
+    (repo / "benchmarks").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "benchmarks" / "latency_match.py", repo / "benchmarks" / "latency_match.py")
+    for tool in ("fastflux_core/budget.py", "fastflux_core/report.py", "fastflux_core/cli.py",
+                 "benchmarks/latency_match.py"):
+        with open(repo / tool, "a") as f:
+            f.write("\n# edited\n")
+    assert _status(repo) == {}
+    with open(repo / "fastflux_core" / "lstsq.py", "a") as f:
+        f.write("\n# edited\n")
+    stale = set(_status(repo))
+    assert stale and all(s.startswith("solve@") for s in stale), stale
+
+
 def test_changed_step_reruns_the_chain_from_that_step(runs_c):
     repo = runs_c["C"]  # the two-step chain
     plan2 = repo / "data" / "plan" / "2.json"

@@ -4,13 +4,12 @@ import numpy as np
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import SkipBlock
-from fastflux_core.flux import FluxAdapter
 from fastflux_core.assemble import PAPER_TABLE6
 from fastflux_core.export import PrunedFluxTransformer2DModel, merge_lora, to_pruned
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.lora import inject_lora
 from fastflux_core.params import n_replaced
-from fastflux_core.replacement import LinearReplacement
+from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 from test_adapter import _inputs, _model_forward
 
 

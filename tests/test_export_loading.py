@@ -10,13 +10,12 @@ from test_adapter import _inputs, _model_forward
 from test_export import _chain_like_model
 from test_flux_folder import _flux_params
 
-from fastflux_core import source
-from fastflux_core.flux import FluxAdapter
+from fastflux_core import source, text
 from fastflux_core.export import PrunedFluxTransformer2DModel, merge_lora, to_pruned
 from fastflux_core.export_folder import load_pipeline, transformer_entry, write_pipeline
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.prompts import prompt_items
-from fastflux_core.pruned_flux import MODULE_FILE
-from fastflux_core.replacement import LinearReplacement
+from fastflux_core.pruned_flux import MODULE_FILE, LinearReplacement
 from fastflux_core.text import encode_prompts
 
 
@@ -103,17 +102,17 @@ def test_pipeline_folder_generates_like_our_sampler(tmp_path, tiny_flux_folder):
     params = _flux_params(tiny_flux_folder)
     prompts = ["a red cube", "a blue sphere"]
     items = prompt_items(2, 1, 7)
-    codec = source.load_codec(params, pipe.transformer)
+    codec = source.load_codec(params.model, pipe.transformer)
     h, w = latent_size(params.sampling.height, params.sampling.width, codec.scale_factor)
     s = params.sampling
     theirs = pipe(prompt=prompts, latents=pack(initial_noise(items, codec.latent_channels, h, w)), height=s.height,
                   width=s.width, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
                   max_sequence_length=params.text.max_sequence_length, output_type="latent").images
-    embeds = encode_prompts(source.load_text_encoder(params), prompts, batch_size=2)
-    ours = sample_latents(ours_pipe.transformer, source.load_scheduler(params), embeds, items, s,
+    embeds = encode_prompts(text.load_text_encoder(params), prompts, batch_size=2)
+    ours = sample_latents(ours_pipe.transformer, source.load_scheduler(params.model), embeds, items, s,
                           codec.latent_channels, codec.scale_factor, progress=False)
     torch.testing.assert_close(pack(ours), theirs, rtol=1e-5, atol=1e-5)
-    base = sample_latents(FluxPipeline.from_pretrained(str(tiny_flux_folder)).transformer, source.load_scheduler(params),
+    base = sample_latents(FluxPipeline.from_pretrained(str(tiny_flux_folder)).transformer, source.load_scheduler(params.model),
                           embeds, items, s, codec.latent_channels, codec.scale_factor, progress=False)
     assert not torch.allclose(base, ours)  # the pruned transformer is the one that ran
 

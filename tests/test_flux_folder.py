@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
-from fastflux_core import preflight, source
-from fastflux_core.flux import FluxAdapter
+from fastflux_core import preflight, source, text
 from fastflux_core.errors import ModelFolderError
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.params import parse_params
 from fastflux_core.prompts import prompt_items
 from fastflux_core.sampling import sample_latents
@@ -28,27 +28,27 @@ def _flux_params(path):
 
 def test_load_encode_sample_decode(tiny_flux_folder):
     params = _flux_params(tiny_flux_folder)
-    encoder = source.load_text_encoder(params)
+    encoder = text.load_text_encoder(params)
     embeds = encode_prompts(encoder, ["a photo of a cat", "an oil painting of a lighthouse"], batch_size=1)
     assert embeds.prompt_embeds.shape == (2, 16, 32)  # T5 token states, padded to max_sequence_length
     assert embeds.pooled.shape == (2, 32)  # CLIP pooled output
     assert not np.allclose(embeds.pooled[0].numpy(), embeds.pooled[1].numpy())
 
-    transformer = source.load_transformer(params)
+    transformer = source.load_transformer(params.model)
     assert [b.kind for b in FluxAdapter(transformer).blocks] == ["double"] * 2 + ["single"] * 3
-    codec = source.load_codec(params, transformer)
+    codec = source.load_codec(params.model, transformer)
     assert (codec.latent_channels, codec.scale_factor) == (4, 2)
-    latents = sample_latents(transformer, source.load_scheduler(params), embeds, prompt_items(2, 1, 0),
+    latents = sample_latents(transformer, source.load_scheduler(params.model), embeds, prompt_items(2, 1, 0),
                              params.sampling, codec.latent_channels, codec.scale_factor, progress=False)
     images = codec.decode(latents)
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
-    assert source.describe_folder_base(params)["blocks"] == 5
+    assert source.describe_folder_base(params.model)["blocks"] == 5
 
 
 def test_missing_folder(tmp_path):
     params = _flux_params(tmp_path / "absent")
     with pytest.raises(ModelFolderError, match="does not exist"):
-        source.load_transformer(params)
+        source.load_transformer(params.model)
 
 
 def test_not_a_pipeline_folder(tmp_path):
@@ -96,10 +96,10 @@ def test_sampler_equals_flux_pipeline_on_the_same_noise(tiny_flux_folder):
 
     params = _flux_params(tiny_flux_folder)
     pipe = FluxPipeline.from_pretrained(str(tiny_flux_folder))
-    embeds = encode_prompts(source.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
+    embeds = encode_prompts(text.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
     items = prompt_items(2, 1, 7)
-    codec = source.load_codec(params, pipe.transformer)
-    ours = sample_latents(pipe.transformer, source.load_scheduler(params), embeds, items, params.sampling,
+    codec = source.load_codec(params.model, pipe.transformer)
+    ours = sample_latents(pipe.transformer, source.load_scheduler(params.model), embeds, items, params.sampling,
                           codec.latent_channels, codec.scale_factor, progress=False)
     h, w = latent_size(params.sampling.height, params.sampling.width, codec.scale_factor)
     theirs = pipe(prompt_embeds=embeds.prompt_embeds, pooled_prompt_embeds=embeds.pooled,

@@ -6,15 +6,16 @@ sandwich → assemble → reload (the whole ``dvc repro`` on it: ``bash scripts/
 import pytest
 import torch
 
-from fastflux_core import source
-from fastflux_core.assemble import assemble, load_pruned, pruned_model
-from fastflux_core.brll import load_solution, save_solution, solve_store
+from fastflux_core import source, text
+from fastflux_core.assemble import assemble, pruned_model
 from fastflux_core.capture import capture_step
-from fastflux_core.chain import ChainState, make_plan
+from fastflux_core.chain import ChainState, load_solution, make_plan
 from fastflux_core.evaluation import call_model, forward_inputs
+from fastflux_core.export import load_pruned
 from fastflux_core.params import parse_params
 from fastflux_core.rehearsal import write_flux_width_folder
 from fastflux_core.sandwich import train_sandwich
+from fastflux_core.solve import save_solution, solve_store
 from fastflux_core.store import StoreReader
 from fastflux_core.text import encode_prompts
 from test_params import _default
@@ -42,7 +43,7 @@ def _params(folder):
 def test_capture_solve_sandwich_assemble_reload_at_flux_width(flux_width, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = _params(flux_width)
-    encoder = source.load_text_encoder(params)
+    encoder = text.load_text_encoder(params)
     cal = encode_prompts(encoder, [f"a photo of object {i}" for i in range(4)], batch_size=4)
     train = encode_prompts(encoder, [f"a painting of scene {i}" for i in range(4)], batch_size=4)
     assert cal.prompt_embeds.shape == (4, 8, 4096) and cal.pooled.shape == (4, 768)  # T5 and CLIP widths
@@ -70,6 +71,6 @@ def test_capture_solve_sandwich_assemble_reload_at_flux_width(flux_width, tmp_pa
     reloaded = load_pruned(tmp_path / "pruned" / "transformer")
     assert reloaded.dtype == torch.bfloat16 and reloaded.config.num_attention_heads * reloaded.config.attention_head_dim == 3072
     in_memory = pruned_model(params, states, 1)[0].model
-    codec = source.load_codec(params, in_memory)
+    codec = source.load_codec(params.model, in_memory)
     x = forward_inputs(params, in_memory, codec, train, torch.device("cpu"))
     torch.testing.assert_close(call_model(reloaded, x), call_model(in_memory, x), rtol=0, atol=0)  # bit-exact round trip

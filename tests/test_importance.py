@@ -5,9 +5,9 @@ import pytest
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.flux import FluxAdapter
-from fastflux_core.errors import FastFluxError
 from fastflux_core.ablation import latent_error
+from fastflux_core.errors import FastFluxError
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.importance import importance_scores, minmax, order_blocks, rank, spearman, write_plot_data
 from fastflux_core.params import ImportanceParams
 from test_adapter import _inputs, _model_forward

@@ -6,10 +6,9 @@ import sys
 import pytest
 import torch
 
-from fastflux_core.errors import FastFluxError
-from fastflux_core.integrity import DamagedInputError, NonFiniteError
-from fastflux_core.io import (atomic_dir, atomic_file, int_args, load_tensors, run_stage, save_tensors, write_csv,
-                              write_json)
+from fastflux_core.errors import DamagedInputError, FastFluxError, NonFiniteError
+from fastflux_core.io import atomic_dir, atomic_file, load_tensors, save_tensors, write_csv, write_json
+from fastflux_core.stage import int_args, run_stage
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):

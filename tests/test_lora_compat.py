@@ -7,12 +7,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fastflux_core.flux import FluxAdapter
 from fastflux_core.errors import FastFluxError
 from fastflux_core.export import PrunedFluxTransformer2DModel, to_pruned
 from fastflux_core.export_folder import write_pipeline
+from fastflux_core.flux import FluxAdapter
 from fastflux_core.lora_compat import convert_file
-from fastflux_core.replacement import LinearReplacement
+from fastflux_core.pruned_flux import LinearReplacement
 
 D, MLP, RANK = 32, 128, 4  # the tiny FLUX folder's transformer: width 32, 2 double + 3 single blocks
 REPLACED = (1, 3)  # double block 1 and single block 1 (global 3)

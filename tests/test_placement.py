@@ -28,7 +28,7 @@ def test_block_by_block_with_an_offloaded_prefix_equals_resident():
     ref = FluxAdapter(tiny_transformer(0))
     want = ref.run(ref.embed(x), 0, 4)
     a = FluxAdapter(tiny_transformer(0))
-    place_blocks(a.model, [a.block(j) for j in range(2)], [a.block(j) for j in range(2, 4)], CPU, offload=True)
+    place_blocks(a, [a.block(j) for j in range(2)], [a.block(j) for j in range(2, 4)], CPU, offload=True)
     got = a.run(a.embed(x), 0, 4)
     torch.testing.assert_close(got.hidden_states, want.hidden_states, rtol=0, atol=0)
     torch.testing.assert_close(got.encoder_hidden_states, want.encoder_hidden_states, rtol=0, atol=0)

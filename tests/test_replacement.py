@@ -3,9 +3,8 @@
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import SkipBlock
 from fastflux_core.flux import FluxAdapter
-from fastflux_core.replacement import LinearReplacement
+from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 from test_adapter import _inputs, _model_forward
 
 

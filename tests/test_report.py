@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fastflux_core import experiments, report
+from fastflux_core import experiments, report, verdicts
 from fastflux_core.experiments import EXPERIMENTS, Run, run_overrides, runs, with_latency_cut
 
 
@@ -42,7 +42,7 @@ def test_decision_experiments_run_on_every_base_with_its_own_embedded_seed():
 @pytest.mark.parametrize("b, verdict", [([4.0, 3.1, 5.05], "supports"), ([2.0, 0.9, 2.95], "contradicts"),
                                         ([3.2, 1.9, 4.1], "inconclusive")])
 def test_paired_verdict_goes_either_way(b, verdict):
-    assert report.paired([3.0, 2.0, 4.0], b)["verdict"] == verdict
+    assert verdicts.paired([3.0, 2.0, 4.0], b)["verdict"] == verdict
 
 
 def _exp_show(runs_: dict[str, dict]) -> list:
@@ -229,7 +229,7 @@ def test_item_interval_is_the_delete_one_prompt_jackknife_of_the_mean_paired_fid
     for shift in (0.3, 0.5):  # two runs: b drifts further from the base's images than a
         ref = rng.normal(size=(n_prompts * per_prompt, dim))
         runs.append((ref + rng.normal(scale=0.1, size=ref.shape), ref + shift + rng.normal(scale=0.1, size=ref.shape), ref))
-    lo, hi = report.paired_fid_interval(runs, per_prompt)
+    lo, hi = verdicts.paired_fid_interval(runs, per_prompt)
     prompt_of = np.arange(n_prompts * per_prompt) % n_prompts  # round-major items
     loo = np.array([np.mean([fid(b[prompt_of != j], r[prompt_of != j]) - fid(a[prompt_of != j], r[prompt_of != j])
                              for a, b, r in runs]) for j in range(n_prompts)])
@@ -237,6 +237,6 @@ def test_item_interval_is_the_delete_one_prompt_jackknife_of_the_mean_paired_fid
     se = np.sqrt((n_prompts - 1) / n_prompts * ((loo - loo.mean()) ** 2).sum())
     assert np.allclose([lo, hi], [full - 1.959964 * se, full + 1.959964 * se], rtol=1e-4)
     assert lo > 0  # a is better on every prompt set
-    swapped = report.paired_fid_interval([(b, a, r) for a, b, r in runs], per_prompt)
+    swapped = verdicts.paired_fid_interval([(b, a, r) for a, b, r in runs], per_prompt)
     assert np.allclose(swapped, (-hi, -lo), rtol=1e-6)
-    assert report.paired_fid_interval([(a[:8], b[:8], r[:8]) for a, b, r in runs], per_prompt) is None  # 2 prompts
+    assert verdicts.paired_fid_interval([(a[:8], b[:8], r[:8]) for a, b, r in runs], per_prompt) is None  # 2 prompts

@@ -6,10 +6,11 @@ import pytest
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import BlockState
+from fastflux_core.blocks import BlockState
 from fastflux_core.flux import FluxAdapter
-from fastflux_core.replacement import LinearReplacement
-from fastflux_core.sandwich import Boundary, _run, _sq_err, rounds
+from fastflux_core.pruned_flux import LinearReplacement
+from fastflux_core.sandwich import Boundary, _run, _sq_err
+from fastflux_core.training import rounds
 
 
 def _setup(checkpointing: bool):

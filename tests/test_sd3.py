@@ -8,11 +8,12 @@ import pytest
 import torch
 from diffusers import SD3Transformer2DModel
 
-from fastflux_core.adapter import ModelInputs, adapter_for, family_of_config
+from fastflux_core.blocks import ModelInputs
 from fastflux_core.codec import latent_ids, pack
 from fastflux_core.export import merge_lora, pruned_class, to_pruned
+from fastflux_core.families import adapter_for, family_of_config
 from fastflux_core.lora import inject_lora
-from fastflux_core.replacement import LinearReplacement, SkipBlock
+from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 from fastflux_core.sd3 import SD3Adapter
 
 H, W = 8, 4  # latent cells: a non-square 4 × 2 token grid
@@ -143,7 +144,8 @@ def test_final_block_through_capture_solve_sandwich_and_export(tmp_path, monkeyp
     from tiny import digit_captions, tiny_params, write_tiny_base
 
     from fastflux_core import capture as capture_mod
-    from fastflux_core.brll import load_solution, save_solution, solve_store
+    from fastflux_core.solve import save_solution, solve_store
+    from fastflux_core.chain import load_solution
     from fastflux_core.chain import ChainState, build_chain_model, make_plan
     from fastflux_core.sandwich import train_sandwich
     from fastflux_core.store import StoreReader

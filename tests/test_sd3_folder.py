@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from fastflux_core import preflight, source
-from fastflux_core.adapter import adapter_for
+from fastflux_core import preflight, source, stage_peaks, text
 from fastflux_core.errors import ModelFolderError
 from fastflux_core.export import to_pruned
 from fastflux_core.export_folder import load_pipeline, write_pipeline
+from fastflux_core.families import adapter_for
 from fastflux_core.params import parse_params
 from fastflux_core.prompts import prompt_items
-from fastflux_core.replacement import LinearReplacement
+from fastflux_core.pruned_flux import LinearReplacement
 from fastflux_core.sampling import initial_noise, latent_size, sample_latents
 from fastflux_core.text import encode_prompts
 from test_params import _default
@@ -32,17 +32,17 @@ def _sd3_params(path):
 
 def test_load_encode_sample_decode(tiny_sd3_folder):
     params = _sd3_params(tiny_sd3_folder)
-    embeds = encode_prompts(source.load_text_encoder(params), ["a photo of a cat", "a lighthouse"], batch_size=1)
+    embeds = encode_prompts(text.load_text_encoder(params), ["a photo of a cat", "a lighthouse"], batch_size=1)
     assert embeds.prompt_embeds.shape == (2, 77 + 16, 32)  # CLIP-L|G's 77 tokens (padded to T5's width), then T5's
     assert embeds.pooled.shape == (2, 16)  # CLIP-L and CLIP-G pooled, concatenated
-    transformer = source.load_transformer(params)
+    transformer = source.load_transformer(params.model)
     assert [b.kind for b in adapter_for(transformer).blocks] == ["joint", "joint", "final"]
-    codec = source.load_codec(params, transformer)
+    codec = source.load_codec(params.model, transformer)
     assert (codec.latent_channels, codec.scale_factor) == (4, 2)
-    latents = sample_latents(transformer, source.load_scheduler(params), embeds, prompt_items(2, 1, 0),
+    latents = sample_latents(transformer, source.load_scheduler(params.model), embeds, prompt_items(2, 1, 0),
                              params.sampling, codec.latent_channels, codec.scale_factor, progress=False)
     assert codec.decode(latents).shape == (2, 16, 16, 3)
-    assert source.describe_folder_base(params) == {"source": "sd3", "path": str(tiny_sd3_folder.resolve()),
+    assert source.describe_folder_base(params.model) == {"source": "sd3", "path": str(tiny_sd3_folder.resolve()),
                                                    "blocks": 3, "joint_blocks": 2, "final_blocks": 1}
 
 
@@ -69,10 +69,10 @@ def test_sampler_equals_sd3_pipeline_on_the_same_noise(tiny_sd3_folder):
 
     params = _sd3_params(tiny_sd3_folder)
     pipe = StableDiffusion3Pipeline.from_pretrained(str(tiny_sd3_folder))
-    embeds = encode_prompts(source.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
+    embeds = encode_prompts(text.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
     items = prompt_items(2, 1, 7)
-    codec = source.load_codec(params, pipe.transformer)
-    ours = sample_latents(pipe.transformer, source.load_scheduler(params), embeds, items, params.sampling,
+    codec = source.load_codec(params.model, pipe.transformer)
+    ours = sample_latents(pipe.transformer, source.load_scheduler(params.model), embeds, items, params.sampling,
                           codec.latent_channels, codec.scale_factor, progress=False)
     torch.testing.assert_close(ours, _theirs(pipe, params, embeds, items, codec), rtol=1e-5, atol=1e-5)
 
@@ -85,7 +85,7 @@ def test_export_loads_in_stable_diffusion_3_pipeline(tiny_sd3_folder, tmp_path):
     from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
 
     params = _sd3_params(tiny_sd3_folder)
-    model = source.load_transformer(params)
+    model = source.load_transformer(params.model)
     a = adapter_for(model)
     g = torch.Generator().manual_seed(0)
     for i in (0, 2):
@@ -102,14 +102,14 @@ def test_export_loads_in_stable_diffusion_3_pipeline(tiny_sd3_folder, tmp_path):
     pipe = StableDiffusion3Pipeline.from_pretrained(str(out), trust_remote_code=True)
     assert type(pipe.transformer).__name__ == "PrunedSD3Transformer2DModel" and pipe.transformer.config.replaced_blocks == [0, 2]
     assert type(DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)).__name__ == "StableDiffusion3Pipeline"
-    embeds = encode_prompts(source.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
-    items, codec = prompt_items(2, 1, 3), source.load_codec(params, model)
-    ours = sample_latents(model, source.load_scheduler(params), embeds, items, params.sampling,
+    embeds = encode_prompts(text.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
+    items, codec = prompt_items(2, 1, 3), source.load_codec(params.model, model)
+    ours = sample_latents(model, source.load_scheduler(params.model), embeds, items, params.sampling,
                           codec.latent_channels, codec.scale_factor, progress=False)
     torch.testing.assert_close(_theirs(pipe, params, embeds, items, codec), ours, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_theirs(load_pipeline(out), params, embeds, items, codec), ours, rtol=1e-5, atol=1e-5)
     assert not np.allclose(ours.numpy(), sample_latents(
-        source.load_transformer(params), source.load_scheduler(params), embeds, items, params.sampling,
+        source.load_transformer(params.model), source.load_scheduler(params.model), embeds, items, params.sampling,
         codec.latent_channels, codec.scale_factor, progress=False).numpy())  # the replacements change the images
 
 
@@ -132,18 +132,20 @@ def test_budget_measures_every_stage_of_an_sd3_folder(tiny_sd3_folder):
     rows, summary = budget.plan_budget(params, 22.0, 400.0, {"calibration": 4, "training": 4, "importance": 2,
                                                              "evaluation": 4})
     assert {"encode", "capture@k", "sandwich@k", "evaluate"} <= {r.stage for r in rows} and summary["chain_steps"] == 1
-    assert budget.block_kinds(params) == ["joint", "joint", "final"]
-    u, i, d = budget.sandwich_case(params, "final")
+    assert stage_peaks.block_kinds(params) == ["joint", "joint", "final"]
+    u, i, d = stage_peaks.sandwich_case(params, "final")
     assert (u, i, d) == (1, 2, 2)  # a tiny model's peaks round to 0.0 GiB in the rows: measure directly
-    assert budget.measure_sandwich(params, "resident", u, i, d).peak > 0
-    assert budget.measure_sampling(params, "resident", capture=True).peak > 0
+    assert stage_peaks.measure_sandwich(params, "resident", u, i, d).peak > 0
+    assert stage_peaks.measure_sampling(params, "resident", capture=True).peak > 0
 
 
 def test_capture_solve_sandwich_assemble_reload_on_an_sd3_folder(tiny_sd3_folder, tmp_path, monkeypatch):
     """``model.source: sd3`` through the chain's stages (their library calls), in bfloat16: the final
     block replaced (image-stream linear only), LoRA on its unpruned neighbour, assembled, reloaded."""
-    from fastflux_core.assemble import assemble, load_pruned, pruned_model
-    from fastflux_core.brll import load_solution, save_solution, solve_store
+    from fastflux_core.assemble import assemble, pruned_model
+    from fastflux_core.export import load_pruned
+    from fastflux_core.solve import save_solution, solve_store
+    from fastflux_core.chain import load_solution
     from fastflux_core.capture import capture_step
     from fastflux_core.chain import ChainState, make_plan
     from fastflux_core.evaluation import call_model, forward_inputs
@@ -161,7 +163,7 @@ def test_capture_solve_sandwich_assemble_reload_on_an_sd3_folder(tiny_sd3_folder
     d["capture"].update(timesteps=2, image_tokens=8, text_tokens=16, dtype="bfloat16", shard_samples=4, chunk_samples=4)
     d["sandwich"].update(train_steps=2, batch_size=4, micro_batch=2, round_samples=8, holdout=0.25)
     params = parse_params(d)
-    encoder = source.load_text_encoder(params)
+    encoder = text.load_text_encoder(params)
     cal = encode_prompts(encoder, [f"a photo of object {i}" for i in range(4)], batch_size=4)
     train = encode_prompts(encoder, [f"a painting of scene {i}" for i in range(4)], batch_size=4)
 
@@ -182,5 +184,5 @@ def test_capture_solve_sandwich_assemble_reload_on_an_sd3_folder(tiny_sd3_folder
     assert rec["replaced_blocks"][0]["kind"] == "final" and rec["family"]["pipeline"] == "StableDiffusion3Pipeline"
     reloaded = load_pruned(tmp_path / "pruned" / "transformer")
     in_memory = pruned_model(params, states, 1)[0].model
-    x = forward_inputs(params, in_memory, source.load_codec(params, in_memory), train, torch.device("cpu"))
+    x = forward_inputs(params, in_memory, source.load_codec(params.model, in_memory), train, torch.device("cpu"))
     torch.testing.assert_close(call_model(reloaded, x), call_model(in_memory, x), rtol=0, atol=0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_store import _write
 
-from fastflux_core.integrity import DamagedInputError, NonFiniteError
+from fastflux_core.errors import DamagedInputError, NonFiniteError
 from fastflux_core.store import ArraySpec, StoreReader, StoreWriter
 
 

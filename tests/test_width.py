@@ -7,8 +7,9 @@ import copy
 import torch
 from tiny import tiny_transformer
 
-from fastflux_core.adapter import ModelInputs, adapter_for
+from fastflux_core.blocks import ModelInputs
 from fastflux_core.evaluation import call_model
+from fastflux_core.families import adapter_for
 from fastflux_core.speed import count_flops
 from fastflux_core.width import prune_widths, unit_importance, width_share
 

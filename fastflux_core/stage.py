@@ -1,5 +1,12 @@
-"""Data parallelism across processes that ``accelerate launch`` or ``torchrun`` started (issue 15).
+"""How a stage runs: its command-line arguments, its processes, its errors and its timing.
 
+A stage script (``stages/<name>.py``) reads its arguments with :func:`stage_args` / :func:`int_args`,
+joins its processes with :func:`current_world` and hands its ``main`` to :func:`run_stage`, which
+switches torch to deterministic kernels (so a stage's outputs do depend on this module), turns a
+user-fixable error into one line and exit status 2, times the stage and leaves the process group at
+the end (:func:`leave_group`).
+
+Data parallelism across processes that ``accelerate launch`` or ``torchrun`` started (issue 15):
 One process per device; every process runs the same stage script (``FASTFLUX_LAUNCH`` in dvc.yaml's
 commands picks the launcher; unset, a stage is one plain ``python`` process). :func:`current_world`
 joins the process group through accelerate's ``PartialState`` (NCCL between GPUs, gloo between CPU
@@ -13,8 +20,8 @@ Zarr shards), so rank r's items never depend on timing. Small results travel thr
 every rank sees because the repository is on one filesystem (multi-node: a shared filesystem) — and
 the main rank (0) assembles and writes every output.
 
-Least squares sums its float64 Gram accumulators across ranks (:func:`sum_accumulator`): each rank
-adds its own rows, one all-reduce adds the ranks' sums. The result equals the one-process
+Least squares sums its float64 Gram accumulators across ranks (:meth:`World.sum_`, in
+:func:`fastflux_core.solve.sum_accumulator`): each rank adds its own rows, one all-reduce adds the ranks' sums. The result equals the one-process
 accumulator up to the order of float64 additions (relative differences ~1e-15 per addition).
 
 >>> w = World(rank=1, size=3)
@@ -26,7 +33,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -34,9 +42,8 @@ from typing import TypeVar
 import torch
 
 from fastflux_core.errors import FastFluxError
-from fastflux_core.io import TMP_ROOT, load_tensors, save_tensors, stage_name
-from fastflux_core.lstsq import GramAccumulator
-from fastflux_core.preflight import resolve_device
+from fastflux_core.io import TMP_ROOT, clean_tmp, load_tensors, save_tensors, stage_name, write_timing
+from fastflux_core.placement import resolve_device
 
 T = TypeVar("T")
 
@@ -105,16 +112,6 @@ class World:
             leave_group()
 
 
-def leave_group() -> None:
-    """Wait for every rank, then leave the process group, if there is one. A process that exits
-    without ``destroy_process_group`` can abort at interpreter teardown ("terminate called without an
-    active exception", SIGABRT: gloo's threads outlive Python; pytorch/pytorch#190489) — seen here
-    once in a 2-process test under load. :func:`fastflux_core.io.run_stage` calls it after a stage."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 _joined: World | None = None  # the world this process joined (a process joins once)
 
 
@@ -151,10 +148,74 @@ def current_world(device: str = "cpu", follow: bool = False) -> World:
     return world
 
 
-def sum_accumulator(acc: GramAccumulator, world: World) -> GramAccumulator:
-    """Add every rank's Gram matrix, cross term and row count into ``acc`` (on every rank)."""
-    world.sum_(acc.gram)
-    world.sum_(acc.cross)
-    rows = world.sum_(torch.tensor([acc.rows], dtype=torch.float64, device=acc.gram.device))
-    acc.rows = int(rows.item())
-    return acc
+def leave_group() -> None:
+    """Wait for every rank, then leave the process group, if there is one. A process that exits
+    without ``destroy_process_group`` can abort at interpreter teardown ("terminate called without an
+    active exception", SIGABRT: gloo's threads outlive Python; pytorch/pytorch#190489) — seen here
+    once in a 2-process test under load. :func:`run_stage` calls it after a stage;
+    :meth:`World.end` too."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def stage_args(*names: str) -> list[str]:
+    """The stage's command-line arguments (``names`` say what they are), or a usage error."""
+    args = sys.argv[1:]
+    if len(args) != len(names):
+        usage = " ".join(f"<{n}>" for n in names)
+        raise FastFluxError(f"usage: python {sys.argv[0]} {usage} (got {len(args)} arguments; "
+                            f"dvc.yaml passes them — run it with dvc repro)")
+    return args
+
+
+def int_args(*names: str) -> list[int]:
+    """Integer stage arguments (step or block numbers)."""
+    args = stage_args(*names)
+    bad = [f"{n}={a!r}" for n, a in zip(names, args) if not a.isdigit()]
+    if bad:
+        raise FastFluxError(f"python {sys.argv[0]}: {', '.join(bad)} must be a non-negative integer")
+    return [int(a) for a in args]
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def run_stage(main: Callable[[], None], deterministic: bool = True) -> None:
+    """Run a stage's ``main`` deterministically and time it.
+
+    A cause the user can fix — a :class:`FastFluxError`, or a full disk — becomes one line on stderr,
+    ``error: …``, and exit status 2; anything else is a bug and keeps its traceback. Leftovers of an
+    earlier, killed run of this stage are removed first. The wall time goes to
+    ``data/timing/<stage>_wall.json``. ``deterministic=False`` is for stages that run no torch
+    kernels (validate, export): switching torch's deterministic mode imports its compiler's config,
+    2.5 s of a stage that otherwise takes two.
+
+    Under a launcher (``RANK`` set; :mod:`fastflux_core.stage`) the temporaries are rank 0's to
+    remove — before the other ranks can pass the process group's start-up, and after every rank has
+    finished — and every rank leaves the process group before it exits."""
+    import errno
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if main_rank:
+        clean_tmp()
+    t0 = time.perf_counter()
+    try:
+        main()
+        leave_group()
+        if main_rank:
+            write_timing({"seconds": round(time.perf_counter() - t0, 2)}, f"{stage_name()}_wall")
+    except FastFluxError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: disk full while writing {err.filename or 'an output'}: free space and re-run", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if main_rank:
+            clean_tmp()

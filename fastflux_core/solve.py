@@ -1,5 +1,6 @@
-"""BRLL (paper §3.1): fit the replacing linear of step k from its activation store (or, for the
-paper's "direct deletion" comparison, replace the block by nothing).
+"""Stage solve@k — BRLL (paper §3.1): fit the replacing linear of step k from its activation store (or,
+for the paper's "direct deletion" comparison, replace the block by nothing). What it writes
+(:func:`save_solution`) is read back by :func:`fastflux_core.chain.load_solution`.
 
 Double block: one linear per stream (image tokens → image residual, text → text). Single block: one
 linear shared by both streams, fitted on image and text rows together — as the block itself shares
@@ -16,11 +17,11 @@ from pathlib import Path
 import torch
 
 from fastflux_core.errors import FastFluxError
-from fastflux_core.io import load_tensors, save_tensors
-from fastflux_core.distributed import World, sum_accumulator
+from fastflux_core.io import save_tensors
 from fastflux_core.lstsq import GramAccumulator, Solution, residual_sums
 from fastflux_core.params import SolveParams
-from fastflux_core.replacement import STREAMS
+from fastflux_core.pruned_flux import STREAMS
+from fastflux_core.stage import World
 from fastflux_core.store import StoreReader
 
 SOURCES = {"img": ("img",), "txt": ("txt",), "joint": ("img", "txt")}  # stream → store streams it is fitted on
@@ -109,13 +110,10 @@ def save_solution(path: Path, solutions: dict[str, Solution]) -> None:
     save_tensors(path, tensors)
 
 
-def load_solution(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Stream → (W, b); empty for a deleted block."""
-    t = load_tensors(path)
-    streams = sorted({k.split(".")[0] for k in t})
-    return {s: (t[f"{s}.weight"], t[f"{s}.bias"]) for s in streams}
-
-
-def load_conditioning(path: Path) -> dict[str, torch.Tensor]:
-    """Stream → U of a timestep-aware solution; empty for a plain one (or a deleted block)."""
-    return {k.split(".")[0]: t for k, t in load_tensors(path).items() if k.endswith(".temb_weight")}
+def sum_accumulator(acc: GramAccumulator, world: World) -> GramAccumulator:
+    """Add every rank's Gram matrix, cross term and row count into ``acc`` (on every rank)."""
+    world.sum_(acc.gram)
+    world.sum_(acc.cross)
+    rows = world.sum_(torch.tensor([acc.rows], dtype=torch.float64, device=acc.gram.device))
+    acc.rows = int(rows.item())
+    return acc

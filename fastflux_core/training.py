@@ -1,5 +1,8 @@
-"""Keep-best training: a repair never leaves the model worse than it found it (beyond the paper).
+"""What Sandwich Training, the chain's finisher and the baseline's fine-tuning share: the captured
+inputs they train on, the held-out split, rounds and accumulated optimizer steps, and keep-best
+selection with the learning-rate probe.
 
+Keep-best training — a repair never leaves the model worse than it found it (beyond the paper):
 Sandwich Training starts from a model that is already good — the least-squares linear, fresh LoRA
 that changes nothing — and the paper trains for a fixed number of steps at a fixed rate. Measured,
 that can end *worse* than the start: at width 1 on the default the held-out local loss went
@@ -26,13 +29,117 @@ of its loss on new data; the evaluation prompts — in no other set — stay the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from fastflux_core.integrity import require_finite
+from fastflux_core.blocks import ModelInputs
+from fastflux_core.errors import FastFluxError, require_finite
+from fastflux_core.families import adapter_for
+from fastflux_core.params import Params
+from fastflux_core.prompts import PromptEmbeds, derive_seed
+from fastflux_core.stage import World
+from fastflux_core.store import StoreReader
+
+
+class CapturedInputs:
+    """The transformer inputs of a training store's samples (noisy latent, timestep, guidance, and the
+    prompt's encoded states), as :class:`~fastflux_core.blocks.ModelInputs` on the device."""
+
+    def __init__(self, store: StoreReader, embeds: PromptEmbeds, model: nn.Module, device: torch.device):
+        if list(store.attrs["prompts"]) != list(embeds.prompts):
+            raise FastFluxError(f"{store.path} was captured from other training prompts than the encoded ones: "
+                                f"re-run capture")
+        self.store, self.embeds, self.device, self.dtype = store, embeds, device, model.dtype
+        self.img_ids = store.read("img_ids").to(device, self.dtype)  # (N_img, 3)
+        self.txt_ids = store.read("txt_ids").to(device, self.dtype)  # (N_txt, 3)
+        self.guidance = adapter_for(model).uses_guidance
+
+    def batches(self, idx: torch.Tensor, micro_batch: int) -> Iterator[ModelInputs]:
+        """Samples ``idx`` in store order, ``micro_batch`` at a time; each sample's inputs are read from
+        the store once (a round's latents: 32 MB at FLUX.1-dev, 64 samples)."""
+        rows = torch.sort(idx).values.numpy()
+        read = {name: self.store.read_samples(name, rows) for name in ("prompt", "latents", "timestep", "guidance")}
+        for mb in torch.arange(len(rows)).split(micro_batch):  # positions in ``read``
+            prompt_embeds, pooled = self.embeds.select(read["prompt"][mb])
+            yield ModelInputs(
+                hidden_states=read["latents"][mb].to(self.device, self.dtype),
+                encoder_hidden_states=prompt_embeds.to(self.device, self.dtype),
+                pooled_projections=pooled.to(self.device, self.dtype),
+                timestep=read["timestep"][mb].to(self.device, self.dtype),
+                img_ids=self.img_ids, txt_ids=self.txt_ids,
+                guidance=read["guidance"][mb].to(self.device) if self.guidance else None)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Sample indices of the training store: trained on, and held out (whole prompts)."""
+
+    train: torch.Tensor  # (n_train,) sample indices
+    holdout: torch.Tensor  # (n_hold,) sample indices
+    holdout_prompts: list[str]
+
+
+def holdout_split(store: StoreReader, share: float, seed: int) -> Split:
+    """Hold out ``round(share · prompts)`` (≥ 1) of the store's prompts with all their samples."""
+    prompts = store.attrs["prompts"]
+    n_hold = max(1, round(share * len(prompts)))
+    if n_hold >= len(prompts):
+        raise FastFluxError(f"sandwich.holdout={share} holds out all {len(prompts)} training prompts: lower it or "
+                            f"add prompts to {store.attrs['prompt_set']}")
+    held = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:n_hold]
+    of_sample = store.read("prompt")  # (n,) prompt index per sample
+    is_held = torch.isin(of_sample, held)
+    return Split(torch.nonzero(~is_held).flatten(), torch.nonzero(is_held).flatten(),
+                 [prompts[int(j)] for j in sorted(held.tolist())])
+
+
+def chain_holdout(store: StoreReader, params: Params) -> Split:
+    """The held-out split of every chain step (the same prompts: every training store holds the same
+    prompt set), so no step trains on what another step, the finisher or the baseline scores on."""
+    return holdout_split(store, params.sandwich.holdout, derive_seed(params.seed, "sandwich-holdout"))
+
+
+def optimizer(train_params: list[nn.Parameter], learning_rate: float) -> torch.optim.Optimizer:
+    """AdamW on the fp32 masters (its two moments: 8 bytes per trainable parameter, on the device)."""
+    return torch.optim.AdamW(train_params, lr=learning_rate, weight_decay=0.0)
+
+
+def rounds(train: torch.Tensor, train_steps: int, round_samples: int, g: torch.Generator
+           ) -> list[tuple[torch.Tensor, int]]:
+    """Shuffled training samples cut into rounds of ≤ ``round_samples``, each with its share of steps.
+
+    >>> [(len(idx), n) for idx, n in rounds(torch.arange(10), 7, 4, torch.Generator().manual_seed(0))]
+    [(4, 3), (4, 2), (2, 2)]
+    """
+    order = train[torch.randperm(len(train), generator=g)]
+    chunks = list(order.split(round_samples))
+    n = len(chunks)
+    return [(c, train_steps // n + (r < train_steps % n)) for r, c in enumerate(chunks)]
+
+
+def accumulated_step(opt: torch.optim.Optimizer, train_params: list[nn.Parameter], micro_losses: Iterator[torch.Tensor],
+                     what: str, world: World = World()) -> float:
+    """One optimizer step over a batch given as micro-batch losses (each already divided by the whole
+    batch's denominator, so the accumulated gradient is the batch's): backward each as it comes,
+    clip the gradient norm to 1, step. Returns the batch loss (summed over ranks). A non-finite batch
+    loss or gradient norm raises :class:`~fastflux_core.errors.NonFiniteError` naming ``what``
+    before the step, on every rank alike (both are the ranks' common knowledge, so none is left
+    waiting in DDP)."""
+    opt.zero_grad(set_to_none=True)
+    total = torch.zeros(1, dtype=torch.float64)
+    for loss in micro_losses:
+        loss.backward()
+        total += loss.detach().double().cpu()
+    if world.size > 1:
+        world.sum_(total)
+    require_finite(total, what)
+    norm = torch.nn.utils.clip_grad_norm_(train_params, 1.0)  # after DDP's all-reduce: the same on every rank
+    require_finite(norm.detach().cpu(), f"the gradient of the {what}")  # a finite loss can still overflow backward
+    opt.step()
+    return float(total)
 
 
 class BestState:
@@ -126,7 +233,7 @@ class KeepBest:
     each optimizer step records the batch loss and, when a check is due (:class:`Check`), measures
     held-out loss with ``check()``, offers the state to :class:`BestState` and returns True once
     :class:`EarlyStop` says to stop. A non-finite held-out loss raises
-    :class:`~fastflux_core.integrity.NonFiniteError` naming ``what``: training stops there and keeps
+    :class:`~fastflux_core.errors.NonFiniteError` naming ``what``: training stops there and keeps
     the best state so far. ``start`` is the best state to beat (the least-squares or pruned start).
 
     >>> w = torch.nn.Parameter(torch.tensor([1.0]))

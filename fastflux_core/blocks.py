@@ -14,13 +14,15 @@ state, how a block is called, what follows the last one, which linears LoRA targ
 pipeline schedules its timesteps — lives in one module per model family behind
 :class:`BlockAdapter`: :mod:`fastflux_core.flux` (``FluxTransformer2DModel``) and
 :mod:`fastflux_core.sd3` (``SD3Transformer2DModel``, SD3 and SD3.5). Stages only talk to this
-interface; :func:`adapter_for` picks the family from the model, :func:`family` from its name.
+interface; :mod:`fastflux_core.families` picks the family: :func:`~fastflux_core.families.adapter_for`
+from the model, :func:`~fastflux_core.families.family` from its name. This module is below the
+families (they implement it), the registry above them.
 
 Latents travel between stages as FLUX-style packed tokens (B, h/2 · w/2, 4C) whatever the family
 (``ModelInputs.hidden_states``): the sampler, the activation stores and the sandwich's inputs are then
 one code path; an adapter whose model takes spatial latents (SD3) unpacks them in ``embed``/``call``.
 
->>> from fastflux_core.flux import FluxAdapter
+>>> from fastflux_core.families import adapter_for
 >>> from diffusers import FluxTransformer2DModel
 >>> m = FluxTransformer2DModel(in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8,
 ...                            num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
@@ -38,9 +40,6 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from fastflux_core.pruned_flux import SkipBlock  # noqa: F401  the identity stand-in; ships with exports
-
-FAMILIES = ("flux", "sd3")
 
 
 @dataclass(frozen=True)
@@ -131,36 +130,3 @@ def resolution_shift(scheduler, image_seq_len: int, max_shift: float) -> float:
     return calculate_shift(image_seq_len, scheduler.config.get("base_image_seq_len", 256),
                            scheduler.config.get("max_image_seq_len", 4096), scheduler.config.get("base_shift", 0.5),
                            scheduler.config.get("max_shift", max_shift))
-
-
-def family(name: str) -> type:
-    """The adapter class of a family by name (``model.source`` / ``embedded.family``)."""
-    if name == "flux":
-        from fastflux_core.flux import FluxAdapter
-
-        return FluxAdapter
-    if name == "sd3":
-        from fastflux_core.sd3 import SD3Adapter
-
-        return SD3Adapter
-    raise ValueError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})")
-
-
-def family_of_config(config: dict) -> type:
-    """The adapter class for a transformer config (its ``_class_name``, pruned exports included)."""
-    name = str(config.get("_class_name", ""))
-    for f in FAMILIES:
-        cls = family(f)
-        if name in (cls.model_class.__name__, cls.pruned_class):
-            return cls
-    raise ValueError(f"no block adapter for a transformer of class {name!r}")
-
-
-def adapter_for(model: nn.Module) -> BlockAdapter:
-    """The block adapter for a transformer; stages call this, never a concrete class."""
-    for f in FAMILIES:
-        cls = family(f)
-        if isinstance(model, cls.model_class):
-            return cls(model)
-    raise TypeError(f"no block adapter for {type(model).__name__} "
-                    f"(supported: {', '.join(family(f).model_class.__name__ for f in FAMILIES)})")
