@@ -44,6 +44,7 @@ class Variant:
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
     timed: bool = False  # its latency is a reported result: its runs go alone, after the others
+    first_base_only: bool = False  # on the first base even where its experiment runs across bases
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
         "replacement", "Replacement kind at the same blocks (paper Fig. 6, Table 4, Fig. 9)",
         "BRLL + ST beats direct deletion + ST (the linear matters) and BRLL without ST (the training "
         "matters); deletion without training is worst.",
-        (Variant("delete", "delete", {"solve.replacement": "delete", "sandwich.train": False}),
+        (Variant("delete", "delete", {"solve.replacement": "delete", "sandwich.train": False}, first_base_only=True),
          Variant("delete + ST", "delete-st", {"solve.replacement": "delete"}),
          Variant("BRLL w/o ST", "brll-nost", {"sandwich.train": False}),
          _default("BRLL + ST")),
@@ -115,9 +116,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
         "No claim in the paper (these options are ours, §3 of issue 27): each is meant to improve on the "
         "paper's recipe (BRLL + ST at a fixed learning rate 1e-3); 'all three' is the recipe the baseline "
         "is also compared with.",
-        (_default("paper recipe (lr 1e-3)"), Variant("lr auto", "st-auto", {"sandwich.learning_rate": "auto"}),
-         Variant("timestep-aware", "temb", {"solve.condition": "temb"}),
-         Variant(f"finisher ({FINISH_STEPS} steps)", "finish", {"finish.steps": FINISH_STEPS}), ALL_OPTIONS),
+        (_default("paper recipe (lr 1e-3)"), Variant("lr auto", "st-auto", {"sandwich.learning_rate": "auto"}, first_base_only=True),
+         Variant("timestep-aware", "temb", {"solve.condition": "temb"}, first_base_only=True),
+         Variant(f"finisher ({FINISH_STEPS} steps)", "finish", {"finish.steps": FINISH_STEPS}, first_base_only=True),
+         ALL_OPTIONS),
         better=(("st-auto", "brll-st"), ("temb", "brll-st"), ("finish", "brll-st"), ("l1-all", "brll-st")),
         across_bases=True),
     Experiment(
@@ -133,7 +135,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
         "fine-tuning, at 10 % and at 20 %.",
         (Variant("paper recipe", "l1", {"baseline.ratios": BASELINE_RATIOS}),
          Variant("paper recipe, L1 on the local objective", "l1-local",
-                 {"baseline.ratios": BASELINE_RATIOS, "baseline.objective": "local"}), ALL_OPTIONS),
+                 {"baseline.ratios": BASELINE_RATIOS, "baseline.objective": "local"}, first_base_only=True), ALL_OPTIONS),
         better=(("fastflux", "l1"),), kind="baseline", across_bases=True),
     Experiment(
         "family", "Beyond FLUX: the SD3 architecture at 10 % and 20 % (paper Table 3, FastSD)",
@@ -147,6 +149,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
 
 
 DEFAULTS_FOLLOW = ("recipe", "capture", "baseline")  # the experiments params.yaml's defaults are chosen by
+# What scripts/report.sh runs: every experiment but the SD3 one, which has its own page (report/family/,
+# README: "Stable Diffusion 3 and 3.5") and its own base training.
+DEFAULT_EXPERIMENTS = tuple(k for k in EXPERIMENTS if k != "family")
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,7 @@ def runs(keys: list[str], seeds: list[int], bases: list[int] = (0,)) -> list[Run
         exp = EXPERIMENTS[key]
         for v in exp.variants:
             for s in seeds:
-                for b in bases if exp.across_bases else bases[:1]:
+                for b in bases if exp.across_bases and not v.first_base_only else bases[:1]:
                     r = Run(f"{v.name}-b{b}-s{s}", v.name, s, v.overrides, b)
                     if out.setdefault(r.name, r).overrides != r.overrides:
                         raise ValueError(f"variant name {v.name} is used for two different settings")
@@ -281,7 +286,8 @@ def collect(repo: Path, todo: list[Run]) -> dict:
 
 def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.experiments") -> None:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated keys of EXPERIMENTS")
+    ap.add_argument("--experiments", default=",".join(DEFAULT_EXPERIMENTS),
+                    help=f"comma-separated keys of EXPERIMENTS (default: all but family; known: {', '.join(EXPERIMENTS)})")
     ap.add_argument("--seeds", default="0,1,2", help="pruning seeds (params.yaml seed), comma-separated")
     ap.add_argument("--bases", default="0", help="embedded bases (embedded.seed: each trains its own base model), "
                     "comma-separated; verdicts pair runs within a base and count the bases that agree")

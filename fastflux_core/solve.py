@@ -2,6 +2,22 @@
 for the paper's "direct deletion" comparison, replace the block by nothing). What it writes
 (:func:`save_solution`) is read back by :func:`fastflux_core.chain.load_solution`.
 
+The replacement (:class:`fastflux_core.pruned_flux.LinearReplacement`, paper Fig. 2). A FLUX or SD3
+block computes ``out = x + f(x)`` per stream (f: attention + MLP, modulated by temb); BRLL keeps the
+shortcut and replaces f by g(x) = W·x + b:
+
+    double block (FLUX), joint block (SD3):
+                   img' = img + W_img·img + b_img,   txt' = txt + W_txt·txt + b_txt
+    single block (FLUX):
+                   [txt'; img'] = [txt; img] + W·[txt; img] + b
+    final block (SD3's last, ``context_pre_only``):
+                   img' = img + W_img·img + b_img, and no text output — as the block
+
+Either way every token goes through one D×D matmul: ≈ 0.087 TFLOPs for FLUX.1-dev at 1024² against
+≈ 1.305 TFLOPs for the block it replaces. The "delete" baseline (residual branch removed, no linear)
+is :class:`~fastflux_core.pruned_flux.SkipBlock`. Both classes live in the self-contained file that
+ships with every export, so the export loads without FastFLUX.
+
 Double block: one linear per stream (image tokens → image residual, text → text). Single block: one
 linear shared by both streams, fitted on image and text rows together — as the block itself shares
 its weights over the joined sequence. Capture keeps k_img of N_img image tokens and k_txt of N_txt
