@@ -21,20 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from fastflux_core.capture import capture_unit
 from fastflux_core.fake_gpu import OverLimit, stop_above
+from fastflux_core.io import atomic_file
 from fastflux_core.families import adapter_for
-from fastflux_core.params import capture_schedule, importance_sampling, parse_params
+from fastflux_core.errors import FastFluxError
+from fastflux_core.params import capture_schedule, importance_sampling, n_replaced, read_params
 from fastflux_core.placement import DeviceMemoryError, Placement
 from fastflux_core.preflight import prompt_counts
+from fastflux_core.prompts import SETS
+from fastflux_core.pruned_flux import STREAMS
 from fastflux_core.shapes import Shapes, capture_bytes
 from fastflux_core.stage_peaks import (Measured, model_dtype, block_kinds, build_transformer, measure_distill, measure_encode,
                                        measure_sampling, measure_sandwich, measure_solve, sandwich_case, stage_peak)
@@ -288,14 +290,19 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
 
 
 def params_bytes(params, k: int) -> int:
-    """Size of the exported model at ``ratio``: the base's parameters minus the replaced blocks'."""
+    """Size of the exported model at ``ratio``: the base's parameters, minus the blocks assemble replaces
+    (``n_replaced``: floor(ratio · N), at most the chain's ``k``), plus their linears (D × D + D). Which
+    blocks the ranking picks is not known here: the last block's kind stands for them."""
     with torch.device("meta"):
         model = build_transformer(params)
     a = adapter_for(model)
     total = sum(p.numel() for p in model.parameters())
-    n = max(0, min(k, round(params.ratio * len(a.blocks))))
-    block = sum(p.numel() for p in a.block(len(a.blocks) - 1).parameters())  # single blocks go first (cheapest)
-    return (total - n * block) * model_dtype(params).itemsize
+    n = max(0, min(k, n_replaced(params.ratio, len(a.blocks))))
+    last = a.blocks[-1]
+    block = sum(p.numel() for p in a.block(last.index).parameters())
+    dim = model.config.num_attention_heads * model.config.attention_head_dim
+    linear = len(STREAMS[last.kind]) * (dim * dim + dim)
+    return (total - n * (block - linear)) * model_dtype(params).itemsize
 
 
 def format_table(rows: list[Row], summary: dict) -> str:
@@ -319,6 +326,19 @@ def format_table(rows: list[Row], summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _prompt_counts(ap: argparse.ArgumentParser, text: str) -> dict[str, int]:
+    """``--prompts calibration=512,training=512,…``: a count for each of the four sets."""
+    counts = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in SETS or not value.strip().isdigit():
+            ap.error(f"--prompts wants set=count pairs for {', '.join(SETS)}, got {item!r}")
+        counts[name.strip()] = int(value)
+    if set(counts) != set(SETS):
+        ap.error(f"--prompts needs a count for each of {', '.join(SETS)}; missing: {', '.join(sorted(set(SETS) - set(counts)))}")
+    return counts
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.budget") -> None:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
@@ -336,26 +356,31 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
     ap.add_argument("--check", action="store_true", help="only check that every stage fits --gpu-memory-gb (what "
                     "stage validate asks): one line naming the first that does not, exit status 2")
     args = ap.parse_args(argv)
-
-    params = parse_params(yaml.safe_load(Path(args.params).read_text()))
-    assumed = {k: int(v) for k, v in (kv.split("=") for kv in args.prompts.split(","))}
+    for name in ("tflops", "consumer_tflops", "gpu_memory_gb"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
+    if args.gpus < 1:
+        ap.error(f"--gpus must be at least 1, got {args.gpus}")
+    assumed = _prompt_counts(ap, args.prompts)
+    params = read_params(args.params, trace=False)
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise FastFluxError(f"--json {args.json}: the folder {Path(args.json).resolve().parent} does not exist")
     gb = args.gpu_memory_gb or params.model.gpu_memory_gb
-    try:
-        if args.choose:
-            print(choose_placement(args.choose, params, gb))
-            return
-        if args.check:
-            check_fits(params, gb, assumed)
-            return
-    except DeviceMemoryError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+    if args.choose:
+        print(choose_placement(args.choose, params, gb))
+        return
+    if args.check:
+        check_fits(params, gb, assumed)
+        return
     rows, summary = plan_budget(params, gb, args.tflops, assumed, progress=lambda s: print(f"measuring {s} …", flush=True),
                                 gpus=args.gpus, consumer_tflops=args.consumer_tflops)
     print(format_table(rows, summary))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in rows], "summary": summary}, indent=1))
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(json.dumps({"rows": [r.__dict__ for r in rows], "summary": summary}, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    from fastflux_core.cli import run_command
+
+    run_command(main)  # a user-fixable error (DeviceMemoryError: what placement.ask_estimator reads): one line, exit 2

@@ -1,6 +1,7 @@
 """The ``fastflux`` command: what users do outside ``dvc repro``.
 
-    fastflux inspect data/capture/1/calibration.zarr [--sample 2] [--json out.json]
+    fastflux inspect data/capture/1/calibration.zarr [--sample 2] [--json [out.json | -]]
+    fastflux inspect data/capture/1               (every store in the folder)
     fastflux lora my_style.safetensors data/export [-o my_style.pruned.safetensors] [--numbering contiguous]
     fastflux budget [--gpu-memory-gb 24] …        (the per-stage memory / disk / time table)
     fastflux experiments [--experiments …] …      (the paper's experiments as queued DVC runs)
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fastflux_core.errors import FastFluxError
@@ -27,13 +29,32 @@ DELEGATED = {
 }
 
 
-def _inspect(args: argparse.Namespace) -> None:
-    from fastflux_core.store_info import describe, format_info
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative whole number")
+    return int(text)
 
-    info = describe(args.store, sample=args.sample, progress=not args.quiet)
-    print(format_info(info))
+
+def _inspect(args: argparse.Namespace) -> None:
+    from fastflux_core.io import atomic_file
+    from fastflux_core.store_info import describe, format_info, stores_in
+
+    if args.store is None:  # `fastflux inspect --json store.zarr`: --json took the store as its file
+        if args.json in (None, "-") or not Path(args.json).is_dir():
+            raise FastFluxError("no store given: fastflux inspect <store.zarr or a folder of stores> [--json [PATH|-]]")
+        args.store, args.json = Path(args.json), "-"
+    to_stdout = args.json == "-"
+    if args.json and not to_stdout and not Path(args.json).resolve().parent.is_dir():
+        raise FastFluxError(f"--json {args.json}: the folder {Path(args.json).resolve().parent} does not exist")
+    infos = [describe(store, sample=args.sample, progress=not (args.quiet or to_stdout)) for store in stores_in(args.store)]
+    out = json.dumps(infos[0] if len(infos) == 1 else infos, indent=1)
+    if to_stdout:
+        print(out)
+        return
+    print("\n\n".join(format_info(info) for info in infos))
     if args.json:
-        Path(args.json).write_text(json.dumps(info, indent=1))
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(out)
 
 
 def _lora(args: argparse.Namespace) -> None:
@@ -55,9 +76,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="arrays, layout, size and statistics of an activation store",
                        description="Arrays (named dims, dtype, chunk/shard layout, bytes on disk), the complete flag "
                        "and per-array mean/std/min/max and NaN count of a FastFLUX activation store.")
-    p.add_argument("store", type=Path, help="a .zarr store, e.g. data/capture/1/calibration.zarr")
-    p.add_argument("--sample", type=int, default=0, help="also print the first N rows of each array")
-    p.add_argument("--json", help="also write everything as JSON here")
+    p.add_argument("store", type=Path, nargs="?", help="a .zarr store, e.g. data/capture/1/calibration.zarr, or a "
+                   "folder of stores (data/capture/1)")
+    p.add_argument("--sample", type=_non_negative, default=0, help="also print the first N rows of each array")
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH", help="also write everything as JSON to PATH; "
+                   "'-' (or no PATH): the JSON on stdout instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_inspect)
     p = sub.add_parser("lora", help="map a FLUX LoRA onto a pruned export (drop the replaced blocks' keys)",
@@ -76,6 +99,17 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def run_command(run: Callable[[], None], prefix: str = "error") -> None:
+    """Run a command's ``main``: a cause the user can fix (:class:`FastFluxError`) is one line on stderr,
+    ``<prefix>: …``, and exit status 2; anything else is a bug and keeps its traceback. The
+    ``python -m fastflux_core.<tool>`` entry points use it as the ``fastflux`` command does."""
+    try:
+        run()
+    except FastFluxError as err:
+        print(f"{prefix}: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATED:  # the module parses its own options (and --help)
@@ -86,11 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         args = parser().parse_args(argv)
         run = lambda: args.run(args)  # noqa: E731
-    try:
-        run()
-    except FastFluxError as err:
-        print(f"fastflux: error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+    run_command(run, "fastflux: error")
 
 
 if __name__ == "__main__":

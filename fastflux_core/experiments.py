@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from fastflux_core.errors import FastFluxError
 from fastflux_core.io import write_json
 
 
@@ -284,6 +285,14 @@ def collect(repo: Path, todo: list[Run]) -> dict:
                      for r in todo if r.name in found]}
 
 
+def _whole_numbers(ap: argparse.ArgumentParser, option: str, text: str) -> list[int]:
+    """``0,1,2`` → [0, 1, 2]; anything else is a usage error naming the option."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(t.isdigit() for t in items) or len(set(items)) != len(items):
+        ap.error(f"{option} wants distinct non-negative whole numbers separated by commas (e.g. 0,1,2), got {text!r}")
+    return [int(t) for t in items]
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.experiments") -> None:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiments", default=",".join(DEFAULT_EXPERIMENTS),
@@ -300,14 +309,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
     keys = [k for k in args.experiments.split(",") if k]
     unknown = [k for k in keys if k not in EXPERIMENTS]
     if unknown:
-        raise SystemExit(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
-    seeds, bases = [int(s) for s in args.seeds.split(",")], [int(b) for b in args.bases.split(",")]
+        ap.error(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
+    seeds, bases = _whole_numbers(ap, "--seeds", args.seeds), _whole_numbers(ap, "--bases", args.bases)
     repo = Path.cwd()
     source = yaml.safe_load((repo / "params.yaml").read_text()).get("model", {}).get("source", "embedded")
     if source != "embedded" and len(bases) > 1:  # no stage reads embedded.seed: the "bases" would be one model
         print(f"model.source is {source}: one base model, so --bases {args.bases} runs base {bases[0]} only")
         bases = bases[:1]
-    match = json.loads(Path(args.latency_match).read_text()) if args.latency_match else None
+    match = read_json_option(args.latency_match, "--latency-match") if args.latency_match else None
     cut = round(match["cut_factor"], 3) if match and match.get("cut_factor") else None
     todo = with_latency_cut(runs(keys, seeds, bases), cut)
     if not args.collect_only:
@@ -321,5 +330,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
     print(f"{len(results['runs'])} runs → {args.out}")
 
 
+def read_json_option(path: str, what: str) -> dict:
+    """The JSON object in the file a command-line option names (``what``: the option), or one line
+    saying why there is none."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FastFluxError(f"{what} {path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FastFluxError(f"{what} {path} is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise FastFluxError(f"{what} {path} must hold a JSON object")
+    return data
+
+
 if __name__ == "__main__":
-    main()
+    from fastflux_core.cli import run_command
+
+    run_command(main)

@@ -19,6 +19,8 @@ so the CPU peak is what the device would hold.
 from __future__ import annotations
 
 import itertools
+import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -31,6 +33,9 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from fastflux_core import capture as capture_module
 
 GiB = 2**30
+# torch.utils.benchmark (fastflux_core.speed) imports torch's C++ extension builder, which logs "No CUDA
+# runtime is found" on a machine without a GPU — the machine the estimator is for. Before that import.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
 
@@ -72,11 +77,20 @@ def fake_device() -> Iterator[None]:
     FakeTensor.data = property(data.__get__, set_data)
     nn.Module.to, F.scaled_dot_product_attention, capture_module._check_finite = to, sdpa, check_finite
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
+            quiet()
             yield
     finally:
         del FakeTensor.data
         nn.Module.to, F.scaled_dot_product_attention, capture_module._check_finite = real_to, real_sdpa, real_check
+
+
+def quiet() -> None:
+    """Silence what torch says about our own use of its tools, inside a measurement: a fake tensor's
+    data pointer (torch's own ``Tensor.__deepcopy__`` asks for it), and MemTracker's backward hooks
+    on modules it no longer tracks. A user reading the budget table should see the table."""
+    warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor is deprecated")
+    warnings.filterwarnings("ignore", message="Module is None. Skipping")
 
 
 def space(real: bool) -> tuple[AbstractContextManager, torch.device]:
@@ -137,7 +151,8 @@ def tracked(*modules: nn.Module, device: str) -> Iterator[dict]:
     if modules:
         mt.track_external(*modules)
     out: dict = {}
-    with mt:
+    with mt, warnings.catch_warnings():
+        quiet()
         yield out
     out["peak"] = {str(dev).split(":")[0]: int(kinds["Total"]) for dev, kinds in mt.get_tracker_snapshot("peak").items()}
 

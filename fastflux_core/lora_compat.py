@@ -162,7 +162,7 @@ def convert_file(lora_path: Path, export: Path, out_path: Path, numbering: str |
     ``numbering`` defaults to the export's. Nothing is written on any error."""
     import json
 
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save_file
 
     from fastflux_core.io import atomic_file
@@ -170,8 +170,12 @@ def convert_file(lora_path: Path, export: Path, out_path: Path, numbering: str |
     config_path = next((p for p in (export / "transformer" / "config.json", export / "config.json") if p.is_file()), None)
     if config_path is None:
         raise FastFluxError(f"{export} is not a FastFLUX export: no transformer/config.json with its block map")
-    config = json.loads(config_path.read_text())
-    if "replaced_blocks" not in config:
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FastFluxError(f"{config_path} is not valid JSON ({err}): the export is damaged; re-run its stages "
+                            f"(dvc repro export)") from None
+    if not isinstance(config, dict) or "replaced_blocks" not in config:
         raise FastFluxError(f"{config_path} has no block map (replaced_blocks): not a FastFLUX export")
     if lora_path.suffix != ".safetensors":
         raise FastFluxError(f"{lora_path}: only .safetensors LoRAs are read (a pickle could run code)")
@@ -179,8 +183,12 @@ def convert_file(lora_path: Path, export: Path, out_path: Path, numbering: str |
         with safe_open(str(lora_path), "pt") as f:
             lora = {k: f.get_tensor(k) for k in f.keys()}
             metadata = f.metadata() or {}
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise FastFluxError(f"{lora_path}: not a readable safetensors file ({str(err)[:200]})") from None
+    bad = [k for k, t in lora.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise FastFluxError(f"{lora_path}: {len(bad)} of {len(lora)} tensors hold NaN or inf (first: {bad[0]}): the "
+                            f"LoRA is damaged; nothing was written")
     if config.get("numbering") == "contiguous":  # SD3 has one block kind: no single blocks
         n_double, n_single = config["original_num_layers"], config.get("original_num_single_layers", 0)
     else:

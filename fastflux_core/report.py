@@ -22,7 +22,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from fastflux_core.experiments import EXPERIMENTS, Experiment
+from fastflux_core.errors import FastFluxError
+from fastflux_core.experiments import EXPERIMENTS, Experiment, read_json_option
 from fastflux_core.figures import bar_plot, grouped_bars, importance_plot, read_image, sweep_plot
 from fastflux_core.io import atomic_file
 from fastflux_core.verdicts import EVALUATE_ITEMS, Items, mean_std, paired, with_items
@@ -553,10 +554,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.rep
     ap.add_argument("--results", default="report/results.json")
     ap.add_argument("--out", default="report")
     args = ap.parse_args(argv)
-    results = json.loads(Path(args.results).read_text())
+    results = read_json_option(args.results, "--results")
+    if not isinstance(results.get("runs"), list):
+        raise FastFluxError(f"--results {args.results} holds no runs: write it with python -m fastflux_core.experiments")
     write_report(results, Path.cwd(), Path(args.out))
     print(f"report → {Path(args.out) / 'README.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    from fastflux_core.cli import run_command
+
+    run_command(main)

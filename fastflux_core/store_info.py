@@ -93,7 +93,18 @@ def format_info(info: dict) -> str:
                      f"{layout:22} {a['bytes_on_disk'] / 2**20:8.2f} {a['mean']:10.4g} {a['std']:10.4g} "
                      f"{a['min']:10.4g} {a['max']:10.4g} {a['nan']:5d}")
         if "sample" in a:
-            for row in a["sample"]:
-                values = row if isinstance(row, list) else [row]
+            for row in a["sample"]:  # a sample of a (sample, token, channel) array is itself 2-D
+                values = torch.tensor(row, dtype=torch.float64).flatten().tolist()
                 lines.append("    " + " ".join(f"{v:.4g}" for v in values[:8]) + (" …" if len(values) > 8 else ""))
     return "\n".join(lines)
+
+
+def stores_in(path: str | Path) -> list[Path]:
+    """``path`` itself when it is a store (or nothing at all: :func:`describe` says so); the stores
+    inside it when it is a folder holding some (``data/capture/1``: calibration.zarr, training.zarr)."""
+    path = Path(path)
+    if path.is_dir() and not (path / "zarr.json").is_file():
+        inside = sorted(p for p in path.iterdir() if p.is_dir() and (p / "zarr.json").is_file())
+        if inside:
+            return inside
+    return [path]

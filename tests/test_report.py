@@ -23,16 +23,17 @@ def test_variants_shared_by_experiments_run_once_per_seed():
 
 def test_decision_experiments_run_on_every_base_with_its_own_embedded_seed():
     todo = runs(["replacement", "order"], [0, 1], bases=[0, 3])
-    replacement = [r for r in todo if r.variant in ("delete", "delete-st", "brll-nost")]
-    assert len(replacement) == 3 * 2 * 2 and {(r.base, r.seed) for r in replacement} == {(0, 0), (0, 1), (3, 0), (3, 1)}
+    replacement = [r for r in todo if r.variant in ("delete-st", "brll-nost")]
+    assert len(replacement) == 2 * 2 * 2 and {(r.base, r.seed) for r in replacement} == {(0, 0), (0, 1), (3, 0), (3, 1)}
     assert {r.base for r in todo if r.variant == "start2end"} == {0}  # order: the first base only
+    assert {r.base for r in todo if r.variant == "delete"} == {0}  # first_base_only, in an every-base experiment
     assert {r.base for r in todo if r.variant == "brll-st"} == {0, 3}  # shared: on every base the decision needs
-    r = next(r for r in todo if r.name == "delete-b3-s1")
+    r = next(r for r in todo if r.name == "delete-st-b3-s1")
     assert run_overrides(r, 0.25)["embedded.seed"] == 3 and run_overrides(r, 0.25)["seed"] == 1
     assert run_overrides(Run("sweep-exact-s0", "sweep-exact", 0, {"evaluate.sweep": True, "sandwich.reuse": False}),
                          0.25)["evaluate.sweep"] is True
     names = [r.name for r in todo]  # queue order: every-base experiments first; seed-major, so runs that go
-    assert names.index("delete-b3-s0") < names.index("delete-b0-s1")  # at once train two bases, not one twice
+    assert names.index("delete-st-b3-s0") < names.index("delete-st-b0-s1")  # at once train two bases, not one twice
     assert names.index("brll-st-b3-s1") < names.index("start2end-b0-s0")
     cut = with_latency_cut(runs(["baseline", "replacement"], [0]), 1.2)
     assert {r.variant for r in cut if r.overrides.get("baseline.latency_flops_cut") == 1.2} == {"l1", "l1-local", "l1-all"}
