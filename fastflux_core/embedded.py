@@ -26,7 +26,7 @@ from fastflux_core.errors import require_finite
 from fastflux_core.families import adapter_for, embedded_transformer_config, family
 from fastflux_core.io import image_grid, save_png, save_tensors
 from fastflux_core.params import EmbeddedParams
-from fastflux_core.prompts import PromptEmbeds, prompt_items
+from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import sample_latents, velocity
 from fastflux_core.source import resolve_device
 from fastflux_core.text import encode_prompts, load_text_encoder
@@ -96,10 +96,12 @@ def train_base(
     return losses
 
 
-def make_embedded_base(params: "Params", evaluation: PromptEmbeds, out: Path) -> dict:
+def make_embedded_base(params: "Params", out: Path) -> dict:
     """Stage ``base`` for the embedded default: train the judge and the base, save both under
     ``out`` (``transformer/``, ``scheduler/``, ``judge.safetensors``, ``samples.png``) and measure
-    how often samples show the prompted digit. Returns the metrics."""
+    how often samples show the prompted digit — on the base's own captions, one per digit ("a
+    handwritten digit <name>"), not on a prompt set: the base depends on no prompt file, so editing
+    one never re-trains it (and re-runs everything after it). Returns the metrics."""
     cfg = params.embedded
     images, labels = digits.load_digits()
     judge, judge_acc = digits.train_judge(images, labels, cfg.judge_steps, cfg.seed)
@@ -117,11 +119,13 @@ def make_embedded_base(params: "Params", evaluation: PromptEmbeds, out: Path) ->
     scheduler.save_pretrained(out / "scheduler")
 
     model.to(resolve_device(params.model.device))
-    items = prompt_items(len(evaluation.prompts), cfg.eval_images_per_prompt, params.prompts.evaluation.seed)
-    latents = sample_latents(model, scheduler, evaluation, items, params.sampling, images.shape[1], 1)
+    first = [i for i, _ in enumerate(caption_prompts) if i % len(digits.TRAIN_TEMPLATES) == 0]  # one per digit
+    check = PromptEmbeds([caption_prompts[i] for i in first], *caps.select(first))
+    items = prompt_items(len(first), cfg.eval_images_per_prompt, derive_seed(cfg.seed, "base-samples"))
+    latents = sample_latents(model, scheduler, check, items, params.sampling, images.shape[1], 1)
     generated = PixelCodec(images.shape[1]).decode(latents)  # (N, 8, 8) uint8
-    acc = digits.prompt_accuracy(judge, generated, [evaluation.prompts[it.prompt] for it in items])
-    n = len(evaluation.prompts)
+    acc = digits.prompt_accuracy(judge, generated, [check.prompts[it.prompt] for it in items])
+    n = len(check.prompts)
     save_png(out / "samples.png", image_grid(generated[: n * min(4, cfg.eval_images_per_prompt)], cols=n, scale=4))
     return {
         "params": sum(p.numel() for p in model.parameters()),

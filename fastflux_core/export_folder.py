@@ -35,7 +35,8 @@ def transformer_entry(transformer: Path) -> list[str]:
 def write_pipeline(transformer: Path, base_root: Path, out: Path, final: Path | None = None,
                    numbering: str = "original") -> list[str]:
     """Make ``out`` a pipeline folder: ``transformer/`` links to ``transformer`` (relative, so the
-    project can move), every other component of ``base_root`` links to it (absolute). With a base
+    project can move), every other component of ``base_root`` links to it (:func:`link_target`:
+    relative inside the project, absolute to a model folder outside it). With a base
     that is a diffusers pipeline folder (``model_index.json``), ``model_index.json`` is the base's
     with the transformer entry naming the pruned class; a base without one (the embedded default:
     transformer and scheduler only, no VAE or CLIP/T5) gets the links but no index, and loads
@@ -66,9 +67,24 @@ def write_pipeline(transformer: Path, base_root: Path, out: Path, final: Path | 
             continue
         if not (base_root / name).is_dir():
             raise ModelFolderError(f"base folder {base_root} lacks {name}/, which its model_index.json lists")
-        os.symlink((base_root / name).resolve(), out / name)
+        os.symlink(link_target(base_root / name, final or out), out / name)
         linked.append(name)
     return ["transformer", *linked]
+
+
+def link_target(target: Path, folder: Path) -> str:
+    """What a link in ``folder`` to ``target`` holds: a relative path when ``target`` is inside the
+    project (the embedded base under data/: the project can be moved, copied to another machine or
+    restored from DVC elsewhere and the export still loads), an absolute one when it is outside (a
+    model folder such as /models/FLUX.1-dev stays where it is when the project moves).
+
+    >>> link_target(Path("data/base/scheduler"), Path("data/export")), link_target(Path("/models/F/vae"), Path("x"))
+    ('../base/scheduler', '/models/F/vae')
+    """
+    target_abs, project = target.absolute(), Path.cwd()
+    if target_abs.is_relative_to(project):
+        return os.path.relpath(target_abs, folder.absolute())
+    return str(target.resolve())
 
 
 def contiguous_map(transformer: Path) -> dict[str, dict[str, int]]:
@@ -95,6 +111,13 @@ def load_pipeline(folder: str | Path, **kwargs):
     # model_index.json names the library "pruned_flux" (the file beside the transformer); diffusers
     # checks a passed component against that library, which it takes from sys.modules.
     sys.modules.setdefault(MODULE, pruned_flux)
+    folder = Path(folder)
+    if not (folder / "transformer" / "config.json").is_file():
+        raise ModelFolderError(f"{folder} is not an exported pipeline: {folder / 'transformer' / 'config.json'} is "
+                               f"missing (stage export writes it: dvc repro export)")
+    for link in (p for p in folder.iterdir() if p.is_symlink() and not p.exists()):
+        raise ModelFolderError(f"{link} links to {os.readlink(link)}, which does not exist: the folder it points "
+                               f"into moved; put it back or re-run stage export (dvc repro export)")
     module, name = transformer_entry(Path(folder) / "transformer")
     transformer = getattr(pruned_flux, name).from_pretrained(str(Path(folder) / "transformer"))
     return DiffusionPipeline.from_pretrained(str(folder), transformer=transformer, **kwargs)

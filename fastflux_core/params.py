@@ -197,8 +197,8 @@ class ImportanceParams(_Strict):
     method: Literal["fid_clip", "proxy"] = Field(
         "fid_clip", description="fid_clip: Eq. 2 from FID and alignment; proxy: final-latent error only (fewer images)"
     )
-    alpha: float = Field(0.5, ge=0, description="weight of FID in Eq. 2")
-    beta: float = Field(0.5, ge=0, description="weight of the CLIP-style alignment in Eq. 2")
+    alpha: float = Field(0.5, ge=0, le=1e6, description="weight of FID in Eq. 2 (relative to beta)")
+    beta: float = Field(0.5, ge=0, le=1e6, description="weight of the CLIP-style alignment in Eq. 2 (relative to alpha)")
     order: Literal["importance", "start2end", "end2start"] = "importance"
     fid_against: Literal["model", "real"] = Field("model", description="FID against the full model's images or real images")
     proxy_images_per_prompt: int = Field(2, ge=1, description="images per prompt when method is proxy")

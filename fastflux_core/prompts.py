@@ -80,7 +80,9 @@ def derive_seed(seed: int, *tags: object) -> int:
 
 def check_disjoint(prompts: "PromptParams") -> None:
     """Refuse prompt sets that share items (the paper keeps LS data, sandwich data, importance and
-    evaluation prompts apart; a shared item lets a fitted model be scored on what it was fitted on).
+    evaluation prompts apart; a shared item lets a fitted model be scored on what it was fitted on),
+    and a set that repeats a prompt (held-out splits are by prompt: a repeated prompt would be on
+    both sides of one).
 
     ``prompts.disjoint: prompts`` — no prompt text in two sets; ``items`` — no (prompt text, seed)
     in two sets. Raises :class:`ParamsError` naming both sets and the first shared prompt."""
@@ -88,6 +90,12 @@ def check_disjoint(prompts: "PromptParams") -> None:
     for name in SETS:
         s = getattr(prompts, name)
         texts = read_prompt_file(s.file)
+        repeated = sorted({t for t in texts if texts.count(t) > 1})
+        if repeated:  # the held-out split is by prompt: copies of one prompt would land on both sides of it
+            lines = [i + 1 for i, t in enumerate(texts) if t == repeated[0]]
+            raise ParamsError(f"prompt set {name} ({s.file}) repeats {len(repeated)} prompt(s), e.g. {repeated[0]!r} "
+                              f"(prompts {', '.join(map(str, lines))}): each prompt once per set — more images of "
+                              f"one prompt come from prompts.{name}.images_per_prompt")
         for it in prompt_items(len(texts), s.images_per_prompt, s.seed):
             text = texts[it.prompt]
             key = text if prompts.disjoint == "prompts" else f"{text}\0{it.seed}"

@@ -28,6 +28,7 @@ and writes it back when it saves.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -195,8 +196,16 @@ class PrunedMixin:
         config = json.loads(path.read_text())
         config["quantization_config"] = self.GUARD
         config["auto_map"] = {"AutoModel": f"{MODULE_FILE.removesuffix('.py')}.{type(self).__name__}"}
+        # the dtype the weights are saved in, whatever the config said when the model was built (a model
+        # converted with .to(torch.bfloat16) writes bfloat16 weights): what from_pretrained loads them as
+        config["weights_dtype"] = str(next(self.parameters()).dtype).removeprefix("torch.")
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         shutil.copyfile(Path(__file__), folder / MODULE_FILE)
+        mask = os.umask(0)
+        os.umask(mask)
+        for f in folder.iterdir():  # the safetensors writer makes its files 0600; the rest are 0644
+            if f.is_file():
+                os.chmod(f, 0o666 & ~mask)
 
 
 

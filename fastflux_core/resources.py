@@ -13,10 +13,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from fastflux_core.errors import ParamsError
 from fastflux_core.params import Params
 from fastflux_core.placement import ask_estimator, resolve_device
 from fastflux_core.preflight import prompt_counts
-from fastflux_core.shapes import Shapes, capture_bytes
+from fastflux_core.shapes import Shapes, capture_bytes, transformer_config
 from fastflux_core.store import StoreError
 
 
@@ -24,10 +25,29 @@ def _size(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
+def check_blocks(params: Params) -> None:
+    """``importance.blocks`` names the model's blocks, 0..N-1 (the schema checks that it is a range;
+    only the model's config says N): a missing block would stop ablate@i after the reference images
+    of both sets were generated. The model is built from its config on the meta device (no weights)."""
+    from accelerate import init_empty_weights
+
+    from fastflux_core.families import family_of_config
+
+    config = transformer_config(params)
+    family = family_of_config(config)
+    with init_empty_weights():
+        n = len(family(family.model_class.from_config({k: v for k, v in config.items() if not k.startswith("_")})).blocks)
+    if len(params.importance.blocks) != n:
+        raise ParamsError(f"importance.blocks lists {len(params.importance.blocks)} blocks (0..{len(params.importance.blocks) - 1}) "
+                          f"but the model has {n}: list every block index 0..{n - 1}")
+
+
 def check_resources(params: Params, data: Path = Path("data"), assumed: dict[str, int] | None = None) -> None:
     """Stop with one line when the activation stores do not fit the disk under ``data``, or (CUDA,
     ``model.offload: auto``) a stage does not fit the device (measured: ~1 min at FLUX.1-dev scale).
-    ``assumed``: prompt counts of sets whose file is not written yet."""
+    ``assumed``: prompt counts of sets whose file is not written yet. First, that the model has the
+    blocks ``importance.blocks`` names (:func:`check_blocks`)."""
+    check_blocks(params)
     counts = prompt_counts(params, assumed or {})  # validate: the prompt files exist (preflight)
     items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
     need = 2 * len(params.steps) * capture_bytes(params, Shapes.of(params), items)

@@ -1,13 +1,13 @@
 """Stage base: the model to prune → data/base/ and metrics in data/metrics/base.json.
 
 Embedded default: train the small transformer (FLUX or SD3: embedded.family) on digits (and the digit
-judge), then measure how often its samples show the prompted digit. A model folder: check it and record it.
+judge), then measure how often its samples show the prompted digit (its own captions: it reads no prompt
+set). A model folder: check it and record it.
 """
 
 from fastflux_core.embedded import make_embedded_base
 from fastflux_core.io import atomic_dir, write_json
 from fastflux_core.preflight import load_params
-from fastflux_core.prompts import PromptEmbeds
 from fastflux_core.source import EMBEDDED_BASE, describe_folder_base
 from fastflux_core.stage import run_stage
 
@@ -20,8 +20,7 @@ def main() -> None:
         if params.model.source != "embedded":
             metrics = describe_folder_base(params.model)
         else:
-            evaluation = PromptEmbeds.load("data/encoded/evaluation.safetensors")
-            metrics = {"source": "embedded", **make_embedded_base(params, evaluation, out)}
+            metrics = {"source": "embedded", **make_embedded_base(params, out)}
         write_json(out / "source.json", metrics)
     write_json(METRICS, metrics)
 

@@ -18,8 +18,10 @@ def main() -> None:
     world = current_world(params.model.device)
     step = PlanStep.load(Path(f"data/plan/{k}.json"))
     solution = Path(f"data/solve/{k}/linear.safetensors")
+    store = StoreReader(Path(f"data/capture/{k}/training.zarr"))
+    store.verify()  # a damaged shard stops the stage before training, not when a late round reads it
     state, record = train_sandwich(params, step, ChainState.load(Path(f"data/state/{prev}")), load_solution(solution),
-                                   StoreReader(Path(f"data/capture/{k}/training.zarr")),
+                                   store,
                                    PromptEmbeds.load("data/encoded/training.safetensors"), world,
                                    load_conditioning(solution))
     if not world.is_main:  # DDP kept every rank's weights equal: rank 0 writes them

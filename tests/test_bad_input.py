@@ -85,6 +85,18 @@ def flip(pattern: str, at: int = -20) -> Callable[[Path], None]:
     return apply
 
 
+def flip_last(pattern: str, at: int = 30) -> Callable[[Path], None]:
+    """Flip 4 bytes of the last file matching ``pattern``: a shard training may reach only late."""
+
+    def apply(ws: Path) -> None:
+        f = sorted(p for p in ws.glob(pattern) if p.is_file())[-1]
+        b = bytearray(f.read_bytes())
+        b[at : at + 4] = bytes(x ^ 0xFF for x in b[at : at + 4])
+        _replace(f, bytes(b))
+
+    return apply
+
+
 def truncate(pattern: str, keep: float = 0.5) -> Callable[[Path], None]:
     def apply(ws: Path) -> None:
         f = first_file(ws, pattern)
@@ -240,6 +252,13 @@ CASES = [
          r"prompt 2 \('a cat'\) names no single digit"),
     Case("overlapping prompt sets", prompt_file("evaluation", b"the digit zero written by hand\n"), V,
          r"prompt sets importance \(.*\) and evaluation \(.*\) share the prompt 'the digit zero written by hand'"),
+    # issue 30 (12, 14): refused by validate, not late (or never)
+    Case("a prompt repeated within a set", prompt_file("training", b"the numeral seven, twice\nthe numeral seven, twice\n"),
+         V, r"prompt set training \(.*\) repeats 1 prompt\(s\), e\.g\. 'the numeral seven, twice' \(prompts 1, 2\)"),
+    Case("importance.blocks beyond the model", params(importance__blocks=[0, 1, 2]), V,
+         r"importance\.blocks lists 3 blocks \(0\.\.2\) but the model has 2: list every block index 0\.\.1"),
+    Case("Eq. 2 weights that overflow", params(importance__alpha=1e308, importance__beta=1e308), V,
+         r"importance\.alpha: Input should be less than or equal to 1000000(\.0)?"),
     # stage arguments
     Case("stage without arguments", lambda ws: None, ["stages/solve.py"], r"usage: python stages/solve\.py <k>"),
     Case("stage argument not a number", lambda ws: None, ["stages/capture.py", "1", "x"], r"prev='x' must be a non-negative integer"),
@@ -251,6 +270,8 @@ CASES = [
          r"residual_img/c/[0-9/]+ is damaged \(missing from the activation store\): re-run stage capture@1"),
     Case("truncated training shard", truncate(f"{TRAIN}/latents/c/**/*"), ["stages/sandwich.py", "1", "0"],
          r"latents/c/[0-9/]+ is damaged \(\d+ bytes, \d+ when captured\): re-run stage capture@1"),
+    Case("flipped bytes in the last training shard", flip_last(f"{TRAIN}/latents/c/**/*"), ["stages/sandwich.py", "1", "0"],
+         r"training\.zarr/latents is damaged \(unreadable chunk: .*\): re-run stage capture@1"),
     Case("store without completion mark", store_attr(CAL, complete=False), ["stages/solve.py", "1"],
          r"calibration\.zarr is damaged \(incomplete: capture was interrupted\)"),
     Case("store missing", lambda ws: shutil.rmtree(ws / TRAIN), ["stages/sandwich.py", "1", "0"],

@@ -12,7 +12,7 @@ from test_flux_folder import _flux_params
 
 from fastflux_core import source, text
 from fastflux_core.export import PrunedFluxTransformer2DModel, merge_lora, to_pruned
-from fastflux_core.export_folder import load_pipeline, transformer_entry, write_pipeline
+from fastflux_core.export_folder import link_target, load_pipeline, transformer_entry, write_pipeline
 from fastflux_core.flux import FluxAdapter
 from fastflux_core.prompts import prompt_items
 from fastflux_core.pruned_flux import MODULE_FILE, LinearReplacement
@@ -156,3 +156,58 @@ def test_export_folder_of_a_base_without_pipeline_index_and_contiguous(export, t
     assert not (out / "model_index.json").exists() and (out / "scheduler").is_symlink()
     assert not (out / "transformer").is_symlink() and (out / "transformer" / "replaced_blocks.safetensors").is_file()
     assert contiguous_map(folder) == {"double": {"0": 0}, "single": {"1": 0, "2": 1}}  # global 3, 4 → 0, 1
+
+
+def test_a_model_converted_to_bfloat16_saves_and_reloads_as_bfloat16_with_ordinary_file_modes(export, tmp_path):
+    """Issue 30 (4, 6): after ``.to(torch.bfloat16)`` the saved config kept ``weights_dtype: float32``, so
+    a reload without a dtype silently gave float32; the weights file was written 0600, the rest 0644."""
+    import os
+
+    folder, _ = export
+    model = PrunedFluxTransformer2DModel.from_pretrained(str(folder)).to(torch.bfloat16)
+    model.save_pretrained(str(tmp_path / "bf16"))
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["weights_dtype"] == "bfloat16"
+    assert next(PrunedFluxTransformer2DModel.from_pretrained(str(tmp_path / "bf16")).parameters()).dtype == torch.bfloat16
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "bf16").iterdir()} == {
+        f.name: 0o666 & ~mask for f in (tmp_path / "bf16").iterdir()}
+
+
+def test_the_export_links_the_projects_own_base_relatively_and_survives_a_move(export, tmp_path, monkeypatch):
+    """Issue 30 (5): every component link was absolute, into the project that made it; a moved or copied
+    project pointed at the old tree. Inside the project the links are relative now; a model folder
+    outside it stays absolute; a broken link or a folder without a transformer is one clear error."""
+    import os
+    import shutil
+
+    from fastflux_core.errors import ModelFolderError
+
+    folder, _ = export
+    project = tmp_path / "project"
+    shutil.copytree(folder, project / "data" / "assemble" / "transformer")
+    (project / "data" / "base" / "scheduler").mkdir(parents=True)
+    (project / "data" / "base" / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"}))
+    outside = tmp_path / "models" / "vae"
+    outside.mkdir(parents=True)
+    (outside / "config.json").write_text("{}")
+    monkeypatch.chdir(project)
+    out = project / "data" / "export"
+    out.mkdir()
+    write_pipeline(project / "data" / "assemble" / "transformer", project / "data" / "base", out)
+    assert os.readlink(out / "scheduler") == "../base/scheduler"
+    assert link_target(outside, out) == str(outside.resolve())  # a model folder outside the project
+    os.symlink(link_target(outside, out), out / "vae")
+    moved = tmp_path / "moved"
+    shutil.move(str(project), moved)
+    monkeypatch.chdir(moved)
+    export_dir = moved / "data" / "export"
+    assert (export_dir / "scheduler" / "scheduler_config.json").is_file() and (export_dir / "transformer" / "config.json").is_file()
+    shutil.rmtree(tmp_path / "models")
+    with pytest.raises(ModelFolderError, match=r"vae links to .*models/vae, which does not exist"):
+        load_pipeline(export_dir)
+    (export_dir / "vae").unlink()
+    shutil.rmtree(moved / "data" / "assemble")
+    with pytest.raises(ModelFolderError, match=r"not an exported pipeline: .*transformer/config.json is missing"):
+        load_pipeline(export_dir)

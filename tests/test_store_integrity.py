@@ -125,3 +125,18 @@ def test_abort_stops_every_writer_thread_before_it_returns(tmp_path, monkeypatch
     files = sorted(p.name for p in (tmp_path / "a.zarr").rglob("*"))
     time.sleep(0.2)
     assert sorted(p.name for p in (tmp_path / "a.zarr").rglob("*")) == files
+
+
+def test_verify_reads_every_shard_so_a_late_one_stops_the_stage_before_it_works(tmp_path):
+    """Issue 30 (14): a flipped byte in a shard that training reaches only in a late round was found
+    hours in; ``verify`` (stage sandwich calls it first) reads every array once."""
+    _write(tmp_path / "f.zarr")
+    StoreReader(tmp_path / "f.zarr").verify()  # an intact store passes
+    shard = _shards(tmp_path / "f.zarr")[-1]
+    data = bytearray(shard.read_bytes())
+    data[20:24] = bytes(b ^ 0xFF for b in data[20:24])
+    shard.write_bytes(bytes(data))
+    reader = StoreReader(tmp_path / "f.zarr")
+    reader.read(shard.relative_to(tmp_path / "f.zarr").parts[0], 0, 2)  # the first rows still read
+    with pytest.raises(DamagedInputError, match="unreadable chunk"):
+        reader.verify()
