@@ -473,3 +473,34 @@ def _inputs(model):
     return ModelInputs(hidden_states=torch.randn(2, 16, 4, generator=g), encoder_hidden_states=torch.randn(2, 8, 384, generator=g),
                        pooled_projections=torch.randn(2, 384, generator=g), timestep=torch.tensor([0.3, 0.8]),
                        img_ids=latent_ids(8, 8), txt_ids=torch.zeros(8, 3), guidance=None)
+
+
+def test_capture_at_step_k_samples_with_the_chain_after_step_k_minus_1(chain):
+    """Issue 30 (17): the training-store check above compares schedule step 0 (pure noise), which any
+    model gives. At a later schedule step step 2's store must hold what the chain *after step 1*
+    feeds its transformer — the base model's trajectory is another one."""
+    from fastflux_core.prompts import GenItem
+    from fastflux_core.sampling import sample_latents
+    from fastflux_core.source import load_scheduler
+
+    params = chain["params"]
+    _, store = chain["stores"][1]  # captured at step 2, from the model after step 1
+    rows = torch.nonzero(store.read("schedule_step") == 2).flatten()
+    items = [GenItem(int(p), int(s)) for p, s in zip(store.read("prompt")[rows], store.read("seed")[rows])]
+
+    def inputs_at_step_2(state: ChainState) -> torch.Tensor:
+        seen = torch.zeros(len(items), *store.read("latents").shape[1:])
+        model = build_chain_model(params, state).model
+
+        def on_step(i, batch, x):
+            if i == 2:
+                seen[batch] = x.hidden_states.float()
+
+        with torch.no_grad():
+            sample_latents(model, load_scheduler(params.model), chain["train"], items, params.sampling, 1, 1,
+                           progress=False, on_step=on_step)
+        return seen
+
+    stored = store.read("latents")[rows].float()
+    torch.testing.assert_close(stored, inputs_at_step_2(chain["states"][1]), rtol=1e-5, atol=1e-6)
+    assert (stored - inputs_at_step_2(chain["states"][0])).abs().max() > 1e-3  # the base model's differ

@@ -140,3 +140,24 @@ def test_verify_reads_every_shard_so_a_late_one_stops_the_stage_before_it_works(
     reader.read(shard.relative_to(tmp_path / "f.zarr").parts[0], 0, 2)  # the first rows still read
     with pytest.raises(DamagedInputError, match="unreadable chunk"):
         reader.verify()
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_a_compressed_store_keeps_its_crc32c(tmp_path, compression):
+    """Issue 30 (17): every store test was uncompressed, so a compressed store losing its CRC32C went
+    unseen. With Blosc, the CRC32C still follows it: a flipped byte is refused, not decompressed into
+    other numbers (or a Blosc error the store would not name)."""
+    path = tmp_path / "c.zarr"
+    w = StoreWriter(path, [ArraySpec("x", (16,), ("sample", "dim"))], n_samples=4, shard_samples=4, chunk_samples=2,
+                    dtype="float32", compression=compression)
+    w.append("x", torch.randn(4, 16, generator=torch.Generator().manual_seed(0)))
+    w.close()
+    meta = json.loads((path / "x" / "zarr.json").read_text())
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    assert [c["name"] for c in inner][-2:] == ["blosc", "crc32c"], inner
+    shard = sorted(f for f in (path / "x" / "c").rglob("*") if f.is_file())[0]
+    data = bytearray(shard.read_bytes())
+    data[20:24] = bytes(b ^ 0xFF for b in data[20:24])
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DamagedInputError, match="unreadable chunk"):
+        StoreReader(path).read("x")
