@@ -34,16 +34,16 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.utils.benchmark as tb
 
-    from fastflux_core.reference import generate_with
-    from fastflux_core.codec import PixelCodec
-    from fastflux_core.stage import current_world
-    from fastflux_core.embedded import build_model, build_scheduler
     import yaml
 
+    from fastflux_core.codec import PixelCodec
+    from fastflux_core.embedded import build_model, build_scheduler
+    from fastflux_core.families import EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS
     from fastflux_core.params import parse_params
     from fastflux_core.placement import resolve_device
     from fastflux_core.prompts import PromptEmbeds, prompt_items
-    from fastflux_core.families import EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS
+    from fastflux_core.reference import generate_with
+    from fastflux_core.stage import current_world
 
     params = parse_params(yaml.safe_load(Path(args.params).read_text()))  # the schema (prompt files unused)
     world = current_world(args.device)

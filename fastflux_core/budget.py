@@ -12,9 +12,10 @@ configured). Compute: FLOPs counted by ``FlopCounterMode`` on the same fake runs
 the stage repeats them; hours at ``--tflops``.
 
 Run: python -m fastflux_core.budget [--params params.yaml] [--gpu-memory-gb 22] [--tflops 400]
-     [--consumer-tflops 41] [--json out.json]
+     [--consumer-tflops 41] [--gpus 2] [--prompts calibration=512,…] [--json out.json]
+     python -m fastflux_core.budget --choose capture@1   (the placement one stage takes: what a stage asks)
+     python -m fastflux_core.budget --check              (every stage fits: what stage validate asks)
 """
-
 
 from __future__ import annotations
 
@@ -28,20 +29,22 @@ from pathlib import Path
 import torch
 
 from fastflux_core.capture import capture_unit
-from fastflux_core.fake_gpu import OverLimit, stop_above
-from fastflux_core.io import atomic_file
-from fastflux_core.families import adapter_for
 from fastflux_core.errors import FastFluxError
+from fastflux_core.fake_gpu import OverLimit, stop_above
+from fastflux_core.families import adapter_for
+from fastflux_core.io import atomic_file
 from fastflux_core.params import capture_schedule, importance_sampling, n_replaced, read_params
 from fastflux_core.placement import DeviceMemoryError, Placement
 from fastflux_core.preflight import prompt_counts
 from fastflux_core.prompts import SETS
 from fastflux_core.pruned_flux import STREAMS
 from fastflux_core.shapes import Shapes, capture_bytes
-from fastflux_core.stage_peaks import (Measured, model_dtype, block_kinds, build_transformer, measure_distill, measure_encode,
-                                       measure_sampling, measure_sandwich, measure_solve, sandwich_case, stage_peak)
+from fastflux_core.stage_peaks import (Measured, block_kinds, build_transformer, measure_distill, measure_encode,
+                                       measure_sampling, measure_sandwich, measure_solve, model_dtype, sandwich_case,
+                                       stage_peak)
 
 GiB = 2**30
+
 
 def choose_placement(stage: str, params, gpu_memory_gb: float) -> Placement:
     """Resident when the stage's measured peak fits ``gpu_memory_gb``, else offloaded if that fits, else

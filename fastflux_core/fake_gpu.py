@@ -1,19 +1,17 @@
 """A CUDA device that is not there: fake tensors that allocate what real ones would, and their peak.
 
-The memory estimator (:mod:`fastflux_core.budget`) runs each stage's own device code on
+The memory estimator (:mod:`fastflux_core.stage_peaks`, for :mod:`fastflux_core.budget`) runs each stage's own device code on
 ``torch._subclasses.fake_tensor.FakeTensorMode`` tensors — shapes, dtypes and devices, no data, no GPU
 — inside :func:`fake_device`, and :func:`tracked` records the peak bytes on the device (torch's
 ``MemTracker``, lightened: :func:`_tracker`). :func:`stop_above` ends a measurement as soon as it
 passes a limit.
 
-Fake tensors differ from real ones in three places, patched only inside :func:`fake_device`:
+Fake tensors differ from real ones in four places, patched only inside :func:`fake_device`:
 ``Module.to`` swaps fake parameters (which fails) — it moves them with ``.data =`` as for real
 tensors; ``.data =`` does not update a fake tensor's device — it does here; attention picks no
 kernel without a GPU — it takes the flash (half precision) or memory-efficient (float32) kernel a
 GPU takes, whose fake kernels allocate what the real ones do; and a fake value has no truth, so
-capture's finiteness check runs its device half only. The training step is rehearsed on fake
-CPU tensors (backward on fake CUDA needs a real device); only the sandwich's own blocks exist there,
-so the CPU peak is what the device would hold.
+capture's finiteness check runs its device half only.
 """
 
 from __future__ import annotations

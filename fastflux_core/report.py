@@ -10,7 +10,6 @@ judged on the primary metric over runs and over evaluation prompts (:mod:`fastfl
 the effect size and its spread are printed either way. Latency is shown only where the timing file
 belongs to the model the run evaluated (the digest both carry): a stage DVC restored from its
 run-cache leaves the previous timing behind.
-
 """
 
 from __future__ import annotations
@@ -101,7 +100,7 @@ def _cell(xs: list[float]) -> str:
     return _pm(xs) + f"<br><sub>{', '.join(f'{x:.4g}' for x in xs)}</sub>" if xs else "—"
 
 
-def verdicts(exp: Experiment, values: dict, labels: dict[str, str], items: Items | None = None
+def verdict_lines(exp: Experiment, values: dict, labels: dict[str, str], items: Items | None = None
              ) -> tuple[list[str], str]:
     """One line per claimed pair and the experiment's overall verdict (with ``items``: each needs its
     interval over evaluation prompts to exclude 0 too, :func:`with_items`)."""
@@ -501,22 +500,22 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
         if exp.kind == "sweep":
             sweep_lines, overall = sweep_section(exp, runs, out)
             lines += sweep_lines
-            verdict_lines = []
+            claim_lines = []
         elif exp.kind == "family":
             family_lines, overall = family_section(exp, runs)
             lines += family_lines
-            verdict_lines = []
+            claim_lines = []
         elif exp.kind == "baseline":
             baseline_lines, overall = baseline_section(exp, runs, seeds, repo, out, items)
             lines += baseline_lines
-            verdict_lines = []
+            claim_lines = []
         else:
             rows, values = variant_table(exp, runs, seeds)
             lines += [*rows, ""]
             if values:
                 bar_plot(exp, values, out / f"{key}.png")
                 lines += [f"![{key}]({key}.png)", ""]
-            verdict_lines, overall = verdicts(exp, values, labels, items)
+            claim_lines, overall = verdict_lines(exp, values, labels, items)
         if key == "importance":
             lines += _importance_lines(runs, repo, out)
         grid = grid_image(runs, exp, seeds[0], repo) if exp.kind == "variants" else None
@@ -525,7 +524,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
                 grid.save(tmp, format="PNG")
             lines += [f"{_replicate(seeds[0])}, each variant's evaluation grid (prompt | full model | pruned):", "",
                       f"![{key} images]({key}_grid.png)", ""]
-        lines += verdict_lines + ["", f"**Verdict: {overall}.**", ""]
+        lines += claim_lines + ["", f"**Verdict: {overall}.**", ""]
         summary.append(f"| {exp.title} | {overall} |")
     lines = head[:4] + headline(runs, seeds, results.get("latency_match"), items) + head[4:] + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines
     text = "\n".join(lines) + "\n"

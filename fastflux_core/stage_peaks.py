@@ -12,7 +12,6 @@ peak is what the device would hold. :func:`stage_peak` is the one entry point by
 :mod:`fastflux_core.budget` turns the measurements into the budget table.
 """
 
-
 from __future__ import annotations
 
 import copy

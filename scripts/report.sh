@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up, runs the pipeline (dvc repro) and the paper's experiments as queued DVC experiments
-# (python -m fastflux_core.experiments: every variant × seeds 0,1,2; the experiments a user's decision
-# rests on — replacement kind, the baseline — on embedded bases 0,1,2 too), then writes report/README.md
-# (python -m fastflux_core.report). Arguments go to the experiments command, e.g.
+# (python -m fastflux_core.experiments: every variant × seeds 0,1,2 on embedded base 0; the variants a
+# user's decision rests on — the paper's recipe and the one with every option against L1, noised
+# capture, the trained replacement kinds — on bases 0,1,2 too: 93 runs; SD3 has its own page), then
+# writes report/README.md (python -m fastflux_core.report). Arguments go to the experiments command, e.g.
 #   bash scripts/report.sh --experiments replacement,order --seeds 0,1,2 --bases 0,1,2 --jobs 1
 # The experiments start from HEAD: commit first. README.md says how long it takes. Interrupted, it
 # resumes: run it again in the same clone and the experiments already there are not run again.

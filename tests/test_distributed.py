@@ -48,9 +48,8 @@ def test_least_squares_over_two_processes_equals_one(tmp_path):
 
 
 PROBE = """import sys
-from fastflux_core.stage import current_world
 from fastflux_core.io import atomic_dir
-from fastflux_core.stage import run_stage, stage_args
+from fastflux_core.stage import current_world, run_stage, stage_args
 
 
 def main():
