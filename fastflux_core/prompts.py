@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,7 +91,7 @@ def check_disjoint(prompts: "PromptParams") -> None:
     for name in SETS:
         s = getattr(prompts, name)
         texts = read_prompt_file(s.file)
-        repeated = sorted({t for t in texts if texts.count(t) > 1})
+        repeated = sorted(t for t, n in Counter(texts).items() if n > 1)
         if repeated:  # the held-out split is by prompt: copies of one prompt would land on both sides of it
             lines = [i + 1 for i, t in enumerate(texts) if t == repeated[0]]
             raise ParamsError(f"prompt set {name} ({s.file}) repeats {len(repeated)} prompt(s), e.g. {repeated[0]!r} "
