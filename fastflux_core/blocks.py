@@ -41,7 +41,6 @@ import torch
 from torch import nn
 
 
-
 @dataclass(frozen=True)
 class BlockRef:
     """One block: global execution index, kind (a family's block type: ``double``/``single`` in FLUX,

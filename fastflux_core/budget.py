@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from fastflux_core.fake_gpu import OverLimit, stop_above
 from fastflux_core.families import adapter_for
 from fastflux_core.io import atomic_file
 from fastflux_core.params import capture_schedule, importance_sampling, n_replaced, read_params
-from fastflux_core.placement import DeviceMemoryError, Placement
+from fastflux_core.placement import DOES_NOT_FIT, DeviceMemoryError, Placement
 from fastflux_core.preflight import prompt_counts
 from fastflux_core.prompts import SETS
 from fastflux_core.pruned_flux import STREAMS
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
     ap.add_argument("--choose", metavar="STAGE", default=None, help="only print the placement STAGE takes on a GPU of "
                     "--gpu-memory-gb (resident or offloaded; what a stage asks, fastflux_core.placement.choose)")
     ap.add_argument("--check", action="store_true", help="only check that every stage fits --gpu-memory-gb (what "
-                    "stage validate asks): one line naming the first that does not, exit status 2")
+                    "stage validate asks): one line naming the first that does not, exit status 3")
     args = ap.parse_args(argv)
     for name in ("tflops", "consumer_tflops", "gpu_memory_gb"):
         if getattr(args, name) is not None and not getattr(args, name) > 0:
@@ -369,11 +370,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise FastFluxError(f"--json {args.json}: the folder {Path(args.json).resolve().parent} does not exist")
     gb = args.gpu_memory_gb or params.model.gpu_memory_gb
-    if args.choose:
-        print(choose_placement(args.choose, params, gb))
-        return
-    if args.check:
-        check_fits(params, gb, assumed)
+    if args.choose or args.check:
+        try:
+            print(choose_placement(args.choose, params, gb)) if args.choose else check_fits(params, gb, assumed)
+        except DeviceMemoryError as err:  # its own exit status: what placement.ask_estimator tells apart
+            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+            sys.exit(DOES_NOT_FIT)
         return
     rows, summary = plan_budget(params, gb, args.tflops, assumed, progress=lambda s: print(f"measuring {s} …", flush=True),
                                 gpus=args.gpus, consumer_tflops=args.consumer_tflops)
@@ -386,4 +388,4 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
 if __name__ == "__main__":
     from fastflux_core.cli import run_command
 
-    run_command(main)  # a user-fixable error (DeviceMemoryError: what placement.ask_estimator reads): one line, exit 2
+    run_command(main)  # any other user-fixable error: one line, exit 2

@@ -226,6 +226,21 @@ def stale_runs(todo: list[Run], found: dict[str, dict], max_ratio: float) -> lis
         json.dumps(found[r.name]["params"].get(k)) != json.dumps(v) for k, v in run_overrides(r, max_ratio).items())]
 
 
+def clear_interrupted(repo: Path) -> list[str]:
+    """Empty the queue an interrupted report left behind, so a resumed one queues each missing run
+    once: tasks still marked running (their worker died with the machine or the session; ``dvc queue
+    kill`` marks them failed), then every queued or failed task. Finished runs are experiments, not
+    queue entries, and are kept. Returns the names that were marked running. One report per clone:
+    a second one running beside it would lose its tasks here."""
+    running = [line.split()[1] for line in _dvc("queue", "status", cwd=repo).splitlines()
+               if line.split()[-1:] == ["Running"]]
+    if running:
+        print(f"runs an interrupted report left marked running, run again: {', '.join(running)}")
+        _dvc("queue", "kill", *running, cwd=repo)
+    _dvc("queue", "remove", "--queued", "--failed", cwd=repo)
+    return running
+
+
 def run_all(todo: list[Run], repo: Path, jobs: int = 1) -> None:
     """Queue every run not already among the repo's experiments (``dvc exp run --queue``), then run
     the queue (``dvc exp run --run-all``: DVC's temporary copies, ``jobs`` at a time). The baseline
@@ -237,6 +252,7 @@ def run_all(todo: list[Run], repo: Path, jobs: int = 1) -> None:
         raise RuntimeError(f"runs {', '.join(stale)} exist with other settings than asked now: remove them "
                            f"(dvc exp remove {' '.join(stale)}) or run in a fresh clone")
     done = set(found)
+    clear_interrupted(repo)
     queued = [r for r in todo if r.name not in done]
     for r in queued:
         sets = [a for k, v in run_overrides(r, max_ratio).items() for a in ("-S", f"{k}={_value(v)}")]

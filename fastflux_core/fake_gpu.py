@@ -67,7 +67,6 @@ def fake_device() -> Iterator[None]:
         return real_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                          scale=scale, enable_gqa=enable_gqa)
 
-
     def check_finite(t, *args) -> None:  # the device half of capture's check: a fake value has no truth
         torch.isfinite(t).all()
 

@@ -20,6 +20,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from fastflux_core.blocks import BlockAdapter
 
+
 def target_regex(adapter: BlockAdapter, blocks: list[int]) -> str:
     """A regex that fullmatches exactly the LoRA target linears of ``blocks``."""
     alts = []

@@ -34,7 +34,6 @@ from fastflux_core.io import load_tensors, save_png, save_tensors
 from fastflux_core.prompts import label_of
 
 if TYPE_CHECKING:
-    from fastflux_core.hps import HpsScorer
     from fastflux_core.params import Params
 
 INCEPTION_FILE = "inception-2015-12-05.pt"

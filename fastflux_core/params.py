@@ -131,7 +131,8 @@ class EmbeddedParams(_Strict):
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0, le=1)
     judge_steps: int = Field(400, ge=1, description="training steps of the digit classifier")
-    eval_images_per_prompt: int = Field(10, ge=1, description="images per evaluation prompt for prompt accuracy")
+    eval_images_per_prompt: int = Field(10, ge=1, description="images per digit caption in the base model's sample "
+                                        "check (prompt accuracy, samples.png)")
     seed: int = Field(0, ge=0, description="the base's and the judge's training seed (the top-level seed is the "
                       "pruning's, so experiments over seeds prune one base)")
 

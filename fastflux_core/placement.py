@@ -15,11 +15,11 @@ what it runs:
              stream that prefetches the next block while one computes): only the modules outside the
              blocks and about two blocks are on the device at a time.
 
-``model.offload: auto`` takes *resident* when the stage's peak, measured by :mod:`fastflux_core.budget`
-on fake tensors at the configured shapes (in its own process: :func:`ask_estimator` says why), fits
-``model.gpu_memory_gb``, else *offloaded* if that fits, else stops before any work with one line
-saying what does not fit (:func:`choose`). ``never`` and
-``always`` force one; ``always`` on a CPU runs diffusers' hooks with the CPU as both homes, which is
+``model.offload: auto`` takes *resident* when the stage's peak — measured on fake tensors at the
+configured shapes by the estimator, ``python -m fastflux_core.budget`` (its measurements are in
+:mod:`fastflux_core.stage_peaks`; it runs in its own process: :func:`ask_estimator` says why) —
+fits ``model.gpu_memory_gb``, else *offloaded* if that fits, else stops before any work with one
+line saying what does not fit (:func:`choose`). ``never`` and ``always`` force one; ``always`` on a CPU runs diffusers' hooks with the CPU as both homes, which is
 how the tests run the offloaded code path without a GPU. On a CPU device ``auto`` is resident: there
 is no separate device memory to save.
 
@@ -51,6 +51,9 @@ Placement = Literal["resident", "offloaded"]
 
 class DeviceMemoryError(FastFluxError):
     """The configured run does not fit the device memory budget."""
+
+
+DOES_NOT_FIT = 3  # the estimator's exit status for a DeviceMemoryError (2: any other cause a user can fix)
 
 
 def check_device(name: str) -> None:
@@ -158,8 +161,9 @@ def choose(stage: str, params, device: torch.device) -> Placement:
 
 def ask_estimator(params, *args: str) -> str:
     """Run the memory estimator, ``python -m fastflux_core.budget --params <params> *args``, in its own
-    process and return what it prints; its one-line refusal (exit status 2) is re-raised as
-    :class:`DeviceMemoryError`.
+    process and return what it prints. Its one-line refusals come back as the same line: "does not
+    fit" (exit status :data:`DOES_NOT_FIT`) as :class:`DeviceMemoryError`, any other cause a user can
+    fix (exit status 2) as :class:`FastFluxError`.
 
     Why a process and not an import: resident and offloaded give the same bytes (tests/test_placement.py),
     so which one a stage takes changes no output — the estimator decides *how* a stage runs, never
@@ -171,8 +175,9 @@ def ask_estimator(params, *args: str) -> str:
         file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
         done = subprocess.run([sys.executable, "-m", "fastflux_core.budget", "--params", str(file), *args],
                               capture_output=True, text=True)
-    if done.returncode == 2:
-        raise DeviceMemoryError(done.stderr.strip().splitlines()[-1].removeprefix("error: "))
+    if done.returncode in (2, DOES_NOT_FIT):
+        line = done.stderr.strip().splitlines()[-1].removeprefix("error: ")
+        raise (DeviceMemoryError if done.returncode == DOES_NOT_FIT else FastFluxError)(line)
     if done.returncode:
         raise RuntimeError(f"the memory estimator (python -m fastflux_core.budget {' '.join(args)}) failed with "
                            f"exit status {done.returncode}:\n{done.stderr[-3000:]}")

@@ -34,12 +34,14 @@ def check_blocks(params: Params) -> None:
     from fastflux_core.families import family_of_config
 
     config = transformer_config(params)
-    family = family_of_config(config)
+    adapter_class = family_of_config(config)
     with init_empty_weights():
-        n = len(family(family.model_class.from_config({k: v for k, v in config.items() if not k.startswith("_")})).blocks)
-    if len(params.importance.blocks) != n:
-        raise ParamsError(f"importance.blocks lists {len(params.importance.blocks)} blocks (0..{len(params.importance.blocks) - 1}) "
-                          f"but the model has {n}: list every block index 0..{n - 1}")
+        model = adapter_class.model_class.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        n = len(adapter_class(model).blocks)
+    listed = len(params.importance.blocks)
+    if listed != n:
+        raise ParamsError(f"importance.blocks lists {listed} blocks (0..{listed - 1}) but the model has {n}: "
+                          f"list every block index 0..{n - 1}")
 
 
 def check_resources(params: Params, data: Path = Path("data"), assumed: dict[str, int] | None = None) -> None:

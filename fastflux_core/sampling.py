@@ -58,7 +58,7 @@ def velocity(transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.T
              txt_ids: torch.Tensor, img_ids: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """One denoising call, as the model's pipeline makes it: (b, N_img, C_tok) packed latents at
     ``sigma`` (b,) (the FLUX pipeline's t / 1000) on a grid of ``grid`` latent cells → predicted
-    velocity, same shape. The device work of every sampling stage; :mod:`fastflux_core.budget` measures it."""
+    velocity, same shape. The device work of every sampling stage; :mod:`fastflux_core.stage_peaks` measures its peak."""
     x = ModelInputs(latents, prompt_embeds, pooled, sigma, img_ids, txt_ids, guidance, grid)
     return adapter_for(transformer).call(x)
 

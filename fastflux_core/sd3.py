@@ -222,7 +222,6 @@ class SD3TextEncoders:
     def __init__(self, path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
         from diffusers import StableDiffusion3Pipeline
 
-
         with loading(path):  # only the text half: transformer and VAE stay on disk
             self.pipe = StableDiffusion3Pipeline.from_pretrained(
                 str(path), transformer=None, vae=None, dtype=dtype, use_safetensors=True).to(device)

@@ -2,9 +2,10 @@
 lengths and widths at the configured resolution, and the bytes of the arrays capture@k writes
 (:func:`fastflux_core.store.calibration_specs` / :func:`~fastflux_core.store.training_specs`).
 
-Light on purpose (json, no diffusers): stage ``validate`` sizes the activation stores against free
-disk on every ``dvc repro`` from these alone, and the budget (:mod:`fastflux_core.budget`) builds its
-fake models from the same configs.
+Light on purpose: the sizes come from json configs, and diffusers is imported only when a model's
+family is asked for (:meth:`Shapes.of`). Stage ``validate`` sizes the activation stores
+against free disk on every ``dvc repro`` from these alone, and the memory estimator
+(:mod:`fastflux_core.stage_peaks`) builds its fake models from the same configs.
 
 >>> from fastflux_core.store import calibration_specs, estimate_bytes
 >>> specs = calibration_specs(3072, 64, 16)  # FLUX.1-dev's width, 64 image + 16 text tokens per sample
@@ -24,6 +25,7 @@ from fastflux_core.store import calibration_specs, estimate_bytes, training_spec
 
 if TYPE_CHECKING:
     from fastflux_core.params import Params
+
 
 def transformer_config(params: Params) -> dict:
     """The base transformer's config: the model folder's, the embedded base's, or (a folder not there

@@ -6,8 +6,8 @@ switches torch to deterministic kernels (so a stage's outputs do depend on this 
 user-fixable error into one line and exit status 2, times the stage and leaves the process group at
 the end (:func:`leave_group`).
 
-Data parallelism across processes that ``accelerate launch`` or ``torchrun`` started (issue 15):
-One process per device; every process runs the same stage script (``FASTFLUX_LAUNCH`` in dvc.yaml's
+Data parallelism across processes that ``accelerate launch`` or ``torchrun`` started: one process
+per device; every process runs the same stage script (``FASTFLUX_LAUNCH`` in dvc.yaml's
 commands picks the launcher; unset, a stage is one plain ``python`` process). :func:`current_world`
 joins the process group through accelerate's ``PartialState`` (NCCL between GPUs, gloo between CPU
 processes) when the launcher set ``WORLD_SIZE`` > 1, and is a world of one otherwise — a plain
@@ -21,8 +21,9 @@ every rank sees because the repository is on one filesystem (multi-node: a share
 the main rank (0) assembles and writes every output.
 
 Least squares sums its float64 Gram accumulators across ranks (:meth:`World.sum_`, in
-:func:`fastflux_core.solve.sum_accumulator`): each rank adds its own rows, one all-reduce adds the ranks' sums. The result equals the one-process
-accumulator up to the order of float64 additions (relative differences ~1e-15 per addition).
+:func:`fastflux_core.solve.sum_accumulator`): each rank adds its own rows, one all-reduce adds the
+ranks' sums. The result equals the one-process accumulator up to the order of float64 additions
+(relative differences ~1e-15 per addition).
 
 >>> w = World(rank=1, size=3)
 >>> list(w.part(10)), list(w.part(10, unit=4)), w.is_main
@@ -192,7 +193,7 @@ def run_stage(main: Callable[[], None], deterministic: bool = True) -> None:
     kernels (validate, export): switching torch's deterministic mode imports its compiler's config,
     2.5 s of a stage that otherwise takes two.
 
-    Under a launcher (``RANK`` set; :mod:`fastflux_core.stage`) the temporaries are rank 0's to
+    Under a launcher (``RANK`` set; the module docstring above) the temporaries are rank 0's to
     remove — before the other ranks can pass the process group's start-up, and after every rank has
     finished — and every rank leaves the process group before it exits."""
     import errno

@@ -11,6 +11,7 @@ import yaml
 from tiny import tiny_transformer
 
 from fastflux_core import budget, fake_gpu, placement, resources, stage_peaks
+from fastflux_core.errors import FastFluxError
 from fastflux_core.params import parse_params
 from fastflux_core.placement import DeviceMemoryError, choose
 from fastflux_core.shapes import transformer_config
@@ -138,8 +139,8 @@ def test_a_stage_asks_the_estimator_in_its_own_process_only_on_a_gpu_with_offloa
 def test_the_estimators_refusal_comes_back_through_the_process_as_one_line(monkeypatch, tmp_path):
     """The real process: the default's capture@1 on a 1e-6 GB device does not fit even offloaded; the
     estimator says so in one line on stderr — nothing else: none of torch's warnings about fake tensors,
-    its memory tracker or a missing CUDA runtime (issue 30, 7) — and exits 2; the stage re-raises that
-    line as :class:`DeviceMemoryError`."""
+    its memory tracker or a missing CUDA runtime (issue 30, 7) — and exits with its own status (3); the
+    stage re-raises that line as :class:`DeviceMemoryError`."""
     import subprocess
     import sys
 
@@ -148,13 +149,50 @@ def test_the_estimators_refusal_comes_back_through_the_process_as_one_line(monke
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(d))
     done = subprocess.run([sys.executable, "-m", "fastflux_core.budget", "--params", str(tmp_path / "p.yaml"),
                            "--choose", "capture@1"], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 2 and done.stdout == ""
+    assert done.returncode == placement.DOES_NOT_FIT and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith("error: stage capture@1 needs ") and "even with its blocks offloaded" in done.stderr
     monkeypatch.setattr(placement.subprocess, "run", lambda *a, **k: done)
     with pytest.raises(DeviceMemoryError, match=r"^stage capture@1 needs \d+\.\d GiB of device memory even with its "
                                                 r"blocks offloaded .*model.gpu_memory_gb is 1e-06"):
         placement.ask_estimator(parse_params(d), "--choose", "capture@1")
+
+
+def test_any_other_refusal_of_the_estimator_is_not_called_a_memory_error(monkeypatch):
+    """Exit status 2 is every other cause a user can fix (argparse's usage errors exit 2 too): it comes
+    back as the same line, typed :class:`FastFluxError` — not as "does not fit"."""
+    import subprocess
+
+    done = subprocess.CompletedProcess([], 2, "", "usage: …\nerror: argument --choose: expected one argument\n")
+    monkeypatch.setattr(placement.subprocess, "run", lambda *a, **k: done)
+    with pytest.raises(FastFluxError, match=r"^argument --choose: expected one argument$") as caught:
+        placement.ask_estimator(parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())), "--choose")
+    assert not isinstance(caught.value, DeviceMemoryError)
+
+
+def test_the_params_the_estimator_reads_back_are_the_params_the_stage_holds(monkeypatch, tmp_path):
+    """ask_estimator hands the stage's validated params to the estimator as YAML (``model_dump``); read
+    back with the project's own reader they must be equal — else the estimator would size another run
+    than the stage's. Non-default values in every section, the learning rate "auto" and a tuple included."""
+    import subprocess
+
+    from fastflux_core.params import read_params
+
+    d = yaml.safe_load((ROOT / "params.yaml").read_text())
+    d["sandwich"]["learning_rate"] = "auto"
+    d["solve"]["condition"] = "temb"
+    d["importance"]["order"] = "end2start"
+    d["model"]["gpu_memory_gb"] = 40.5
+    held = parse_params(d)
+    seen = {}
+
+    def estimator(cmd, **kwargs):
+        seen["params"] = read_params(cmd[cmd.index("--params") + 1], trace=False)
+        return subprocess.CompletedProcess(cmd, 0, "resident\n", "")
+
+    monkeypatch.setattr(placement.subprocess, "run", estimator)
+    assert placement.ask_estimator(held, "--choose", "capture@1") == "resident\n"
+    assert seen["params"] == held
 
 
 def test_validate_stops_a_run_a_stage_of_which_does_not_fit_the_gpu(monkeypatch, tmp_path):
