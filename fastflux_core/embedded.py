@@ -29,7 +29,7 @@ from fastflux_core.params import EmbeddedParams
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import sample_latents, velocity
 from fastflux_core.source import resolve_device
-from fastflux_core.text import encode_prompts, load_text_encoder
+from fastflux_core.text import check_cut, encode_prompts, load_text_encoder
 
 if TYPE_CHECKING:
     from fastflux_core.params import Params
@@ -109,6 +109,7 @@ def make_embedded_base(params: "Params", out: Path) -> dict:
 
     encoder = load_text_encoder(params)
     caption_prompts, caption_labels = digits.captions()
+    check_cut(encoder, caption_prompts, "the base's captions (digits.TRAIN_TEMPLATES)", judged=True)
     caps = encode_prompts(encoder, caption_prompts, params.text.batch_size, desc="captions")
     del encoder  # no text encoder in memory while training or generating
 

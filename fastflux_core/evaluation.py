@@ -28,7 +28,7 @@ from fastflux_core.errors import tensors_digest
 from fastflux_core.export import load_pruned
 from fastflux_core.families import adapter_for
 from fastflux_core.io import read_json
-from fastflux_core.metrics import FeatureStats, image_features, item_scores, load_quality
+from fastflux_core.metrics import FeatureStats, hps_scorer, image_features, item_scores, load_quality
 from fastflux_core.params import EvaluateParams, Params
 from fastflux_core.placement import choose, placed
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
@@ -127,7 +127,7 @@ class Evaluator:
         self.base = load_transformer(params.model) if world.is_main else None
         self.codec = load_codec(params.model, self.base) if world.is_main else None
         self.scheduler = load_scheduler(params.model)
-        self.quality = load_quality(params, self.device, hps=True) if world.is_main else None
+        self.quality = load_quality(params, self.device, hps_scorer(params)) if world.is_main else None
         self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")

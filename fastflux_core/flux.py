@@ -312,6 +312,7 @@ class FluxTextEncoders:
                 str(path), transformer=None, vae=None, dtype=dtype, use_safetensors=True
             ).to(device)
         self.max_sequence_length = max_sequence_length
+        self.cut_tokenizer = self.pipe.tokenizer_2  # T5's: max_sequence_length counts its tokens
         self.device = device
 
     @torch.no_grad()

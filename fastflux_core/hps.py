@@ -63,10 +63,22 @@ class HpsScorer:
             if r.returncode:
                 last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
                 raise FastFluxError(f"HPS v2 scoring failed in {self.python} (metrics.hps_python): {last}")
-            scores = json.loads((Path(tmp) / "scores.json").read_text())
-        if len(scores) != len(items) or not all(isinstance(s, float) and abs(s) < float("inf") for s in scores):
+            try:
+                scores = json.loads((Path(tmp) / "scores.json").read_text())
+            except (OSError, ValueError):
+                raise FastFluxError(f"{self.python} (metrics.hps_python) exited without error but wrote no scores: "
+                                    f"set it to the Python of an environment where `pip install hpsv2` was done") from None
+        if not isinstance(scores, list) or len(scores) != len(items) or not all(
+                isinstance(s, float) and abs(s) < float("inf") for s in scores):
             raise FastFluxError(f"HPS v2 worker returned {len(scores)} scores for {len(items)} images, or non-finite ones")
         return scores
+
+    def check(self) -> None:
+        """Score one grey 64×64 image: an interpreter that is not a Python with hpsv2, or a checkpoint
+        the model does not load, fails here with the worker's own last line."""
+        import numpy as np
+
+        self.scores(np.full((1, 64, 64, 3), 128, dtype=np.uint8), ["a grey square"])
 
     def score(self, images, prompts: list[str]) -> float:
         s = self.scores(images, prompts)

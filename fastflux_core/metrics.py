@@ -229,7 +229,7 @@ class Quality:
 
     features: FeatureExtractor
     alignment: Alignment
-    hps: "HpsScorer | None" = None
+    hps: HpsScorer | None = None
 
 
 JUDGE_FILE = Path("data/base/judge.safetensors")
@@ -246,15 +246,26 @@ def _load_judge() -> torch.nn.Module:
     return judge.eval()
 
 
-def load_quality(params: "Params", device: torch.device, hps: bool = False) -> Quality:
-    """The configured metrics; ``hps``: with HPS v2 if configured (the evaluation set's stages ask for it;
-    importance ablations rank by FID and CLIP alone, Eq. 2)."""
+def hps_scorer(params: "Params") -> HpsScorer | None:
+    """HPS v2 where ``metrics.hps_python`` is set, its worker tried once on one tiny image: a stage
+    that scores HPS calls this before it generates anything, so an interpreter without hpsv2 (or not
+    a Python at all) stops it in seconds, not after every image was made. The evaluation set's stages
+    ask for it; importance ablations rank by FID and CLIP alone (Eq. 2)."""
+    m = params.metrics
+    if m.hps_python is None:
+        return None
+    scorer = HpsScorer(m.hps_python, m.hps_checkpoint, m.batch_size)
+    scorer.check()
+    return scorer
+
+
+def load_quality(params: "Params", device: torch.device, hps: HpsScorer | None = None) -> Quality:
+    """The configured metrics, with ``hps`` (:func:`hps_scorer`) where given."""
     m = params.metrics
     judge = _load_judge() if "judge" in (m.fid_features, m.alignment) else None
     features = judge_features(judge) if m.fid_features == "judge" else inception_features(m.inception_path, device)
     alignment = JudgeAlignment(judge) if m.alignment == "judge" else ClipAlignment(m.clip_path, device)
-    scorer = HpsScorer(m.hps_python, m.hps_checkpoint, m.batch_size) if hps and m.hps_python is not None else None
-    return Quality(features, alignment, scorer)
+    return Quality(features, alignment, hps)
 
 
 def real_features(real_images: "str | Path | None", fx: FeatureExtractor, device: torch.device,

@@ -22,7 +22,7 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.families import adapter_for
 from fastflux_core.io import image_grid, load_tensors, save_png, save_tensors
 from fastflux_core.metrics import (FeatureStats, Quality, extra_scores, fid, folder_features, image_features, item_scores,
-                                   load_quality, real_features)
+                                   hps_scorer, load_quality, real_features)
 from fastflux_core.params import Params, SamplingParams, importance_sampling
 from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
 from fastflux_core.sampling import sample_latents
@@ -90,6 +90,7 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     sampling settings (the importance set's own: :func:`~fastflux_core.params.importance_sampling`).
     Every rank generates its share; the main rank writes and scores (the others return ``None``)."""
     device = resolve_device(params.model.device)
+    hps = hps_scorer(params) if set_name == "evaluation" and world.is_main else None  # before any image is made
     s = getattr(params.prompts, set_name)
     sampling = importance_sampling(params) if set_name == "importance" else params.sampling
     gen = generate(params, embeds, prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed), sampling, world=world)
@@ -101,7 +102,7 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     save_png(out / "grid.png", image_grid(gen.images[: 4 * len(embeds.prompts)], cols=len(embeds.prompts),
                                           scale=max(1, 64 // gen.images.shape[1])))
     save_tensors(out / "latents.safetensors", {"latents": gen.latents})
-    quality = load_quality(params, device, hps=set_name == "evaluation")
+    quality = load_quality(params, device, hps)
     feats = folder_features(out / "images", quality.features, device, params.metrics.batch_size)
     FeatureStats.of(feats).save(out / "stats_model.safetensors")
     save_item_scores(out / ITEMS_FILE, feats, item_scores(quality, gen.images, gen.prompts))

@@ -226,6 +226,7 @@ class SD3TextEncoders:
             self.pipe = StableDiffusion3Pipeline.from_pretrained(
                 str(path), transformer=None, vae=None, dtype=dtype, use_safetensors=True).to(device)
         self.max_sequence_length, self.device = max_sequence_length, device
+        self.cut_tokenizer = self.pipe.tokenizer_3  # T5's (None in a folder without T5: nothing is cut)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,7 @@ ranks' sums. The result equals the one-process accumulator up to the order of fl
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -158,6 +159,35 @@ def leave_group() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+LAUNCH_EXAMPLES = ("'-m accelerate.commands.launch --multi_gpu --num_processes 8' or "
+                   "'-m torch.distributed.run --nproc_per_node 8'")
+
+
+def check_launcher(value: str | None = None) -> None:
+    """``FASTFLUX_LAUNCH`` (``value``; default: the environment's) goes between ``python`` and the
+    stage script in dvc.yaml's commands: empty, or ``-m <launcher module> <its options>``. Stage
+    validate checks it, so a typo stops ``dvc repro`` with one line naming the variable — not the
+    first launched stage with Python's own "can't open file" or "No module named".
+
+    >>> check_launcher(""), check_launcher("-m torch.distributed.run --nproc_per_node 2")
+    (None, None)
+    """
+    value = os.environ.get("FASTFLUX_LAUNCH", "") if value is None else value
+    words = value.split()
+    if not words:
+        return
+    if words[0] != "-m" or len(words) < 2:
+        raise FastFluxError(f"FASTFLUX_LAUNCH is {value!r}: it goes between python and the stage script, so it must be "
+                            f"empty or '-m <launcher module> <its options>', e.g. {LAUNCH_EXAMPLES}")
+    try:
+        found = importlib.util.find_spec(words[1]) is not None
+    except (ImportError, ValueError):  # a missing parent package of a dotted name
+        found = False
+    if not found:
+        raise FastFluxError(f"FASTFLUX_LAUNCH names the module {words[1]!r}, which this Python cannot import: "
+                            f"use a launcher that is installed, e.g. {LAUNCH_EXAMPLES}")
 
 
 def stage_args(*names: str) -> list[str]:

@@ -11,24 +11,70 @@ states → ``encoder_hidden_states``, mean-pooled, L2-normalised sentence vector
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
+from fastflux_core.errors import FastFluxError
 from fastflux_core.families import family
 from fastflux_core.params import Params
 from fastflux_core.placement import resolve_device
 from fastflux_core.preflight import check_model_folder
-from fastflux_core.prompts import PromptEmbeds
+from fastflux_core.prompts import PromptEmbeds, label_of
 from fastflux_core.source import resolve_dtype
 
 
 class TextEncoder(Protocol):
+    max_sequence_length: int
+    # the tokenizer whose tokens max_sequence_length counts (T5's in FLUX and SD3); None: nothing is cut
+    cut_tokenizer: object | None
+
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt_embeds (B, T, D_text), pooled (B, D_pool)), float32 on CPU."""
         ...
+
+
+def check_cut(encoder: TextEncoder, prompts: list[str], what: str, judged: bool) -> dict[str, str]:
+    """Prompts longer than ``text.max_sequence_length`` tokens are cut by their encoder (what the model
+    sees ends there). ``judged``: the digit judge scores each prompt's digit, so a cut that removes it
+    — the model never told which digit, its image scored against it — is refused (one line naming the
+    prompt, what is kept and the fix); any other cut is one warning line on stderr naming the prompts.
+    Returns {prompt: the text the encoder keeps} for the cut prompts.
+
+    >>> class Words:  # a tokenizer of whole words
+    ...     def __call__(self, text, truncation=False, max_length=None):
+    ...         return {"input_ids": text.split()[:max_length] if truncation else text.split()}
+    ...     def decode(self, ids, skip_special_tokens=True):
+    ...         return " ".join(ids)
+    >>> enc = type("Enc", (), {"max_sequence_length": 4, "cut_tokenizer": Words()})()
+    >>> check_cut(enc, ["the digit 7", "a drawing of the number seven"], "set x", judged=False)
+    {'a drawing of the number seven': 'a drawing of the'}
+    """
+    tok, limit = encoder.cut_tokenizer, encoder.max_sequence_length
+    if tok is None:
+        return {}
+    cut = {p: tok.decode(tok(p, truncation=True, max_length=limit)["input_ids"], skip_special_tokens=True)
+           for p in prompts if len(tok(p)["input_ids"]) > limit}
+    for prompt, kept in cut.items():
+        if judged and _digit(kept) != label_of(prompt):
+            raise FastFluxError(f"{what}: the prompt {prompt!r} is longer than text.max_sequence_length ({limit} "
+                                f"tokens) and is cut to {kept!r}, which loses the digit the judge scores: shorten "
+                                f"the prompt or raise text.max_sequence_length")
+    if cut:
+        shown = "; ".join(f"{p!r} → {k!r}" for p, k in list(cut.items())[:3])
+        print(f"warning: {what}: {len(cut)} of {len(prompts)} prompts are longer than text.max_sequence_length "
+              f"({limit} tokens) and are cut: {shown}{' …' if len(cut) > 3 else ''}", file=sys.stderr)
+    return cut
+
+
+def _digit(text: str) -> int | None:
+    try:
+        return label_of(text)
+    except ValueError:
+        return None
 
 
 class MiniLMTextEncoder:
@@ -44,6 +90,7 @@ class MiniLMTextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path)).to(device).eval()
         self.max_sequence_length = max_sequence_length
+        self.cut_tokenizer = self.tokenizer
         self.device = device
 
     @property

@@ -1,6 +1,8 @@
 """Stage encode: every prompt set → data/encoded/<set>.safetensors (text states + pooled vectors).
 
-Text encoders live only in this stage, so later stages generate without them in memory.
+Text encoders live only in this stage, so later stages generate without them in memory. A prompt
+the encoder cuts at text.max_sequence_length is named first (refused where the cut loses the digit
+the judge scores).
 """
 
 from fastflux_core.io import atomic_dir
@@ -8,7 +10,7 @@ from fastflux_core.preflight import load_params
 from fastflux_core.prompts import SETS, read_prompt_file
 from fastflux_core.source import resolve_dtype
 from fastflux_core.stage import run_stage
-from fastflux_core.text import encode_prompts, load_text_encoder
+from fastflux_core.text import check_cut, encode_prompts, load_text_encoder
 
 OUT = "data/encoded"
 
@@ -17,6 +19,8 @@ def main() -> None:
     params = load_params()
     sets = {name: read_prompt_file(getattr(params.prompts, name).file) for name in SETS}
     encoder = load_text_encoder(params)
+    for name, prompts in sets.items():  # every set before any is encoded
+        check_cut(encoder, prompts, getattr(params.prompts, name).file, judged=params.metrics.alignment == "judge")
     with atomic_dir(OUT) as out:
         for name, prompts in sets.items():
             embeds = encode_prompts(encoder, prompts, params.text.batch_size, name, resolve_dtype(params.model.dtype))

@@ -259,6 +259,10 @@ CASES = [
          r"importance\.blocks lists 3 blocks \(0\.\.2\) but the model has 2: list every block index 0\.\.1"),
     Case("Eq. 2 weights that overflow", params(importance__alpha=1e308, importance__beta=1e308), V,
          r"importance\.alpha: Input should be less than or equal to 1000000(\.0)?"),
+    # issue 30 (13): a prompt the encoder cuts before the digit the judge scores
+    Case("a prompt cut before its digit", prompt_file("training", b"the digit 7\nan image of a handwritten seven\n"),
+         ["stages/encode.py"], r"training\.txt: the prompt 'an image of a handwritten seven' is longer than "
+         r"text\.max_sequence_length \(8 tokens\) and is cut to 'an image of a handwritten', which loses the digit"),
     # stage arguments
     Case("stage without arguments", lambda ws: None, ["stages/solve.py"], r"usage: python stages/solve\.py <k>"),
     Case("stage argument not a number", lambda ws: None, ["stages/capture.py", "1", "x"], r"prev='x' must be a non-negative integer"),

@@ -134,3 +134,36 @@ def test_hps_params_go_together_and_are_checked_before_any_work(tmp_path, monkey
     d["metrics"]["hps_python"] = str(tmp_path / "no-python")
     with pytest.raises(FastFluxError, match="is not an executable file"):
         check_metrics(parse_params(d))
+
+
+def test_a_worker_that_cannot_score_stops_the_stage_before_any_image_is_made(hps_env, tmp_path, monkeypatch):
+    """Issue 30 (11): ``metrics.hps_python`` at a program that is not a Python with hpsv2 used to fail
+    after every reference image was generated. :func:`hps_scorer` tries the worker once on one tiny
+    image; stage reference@evaluation asks it before it generates."""
+    import types
+
+    import yaml
+
+    from fastflux_core import reference
+    from fastflux_core.metrics import hps_scorer
+
+    state = hps_env.Tiny().state_dict()
+    save_file(state, str(tmp_path / "hps.safetensors"))
+    d = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    d["metrics"].update(hps_python="/bin/true", hps_checkpoint=str(tmp_path / "hps.safetensors"))
+    with pytest.raises(FastFluxError, match=r"^/bin/true \(metrics.hps_python\) exited without error but wrote no scores"):
+        hps_scorer(parse_params(d))
+
+    def generate(*args, **kwargs):
+        raise AssertionError("an image was generated before the HPS worker was tried")
+
+    monkeypatch.setattr(reference, "generate", generate)
+    embeds = types.SimpleNamespace(prompts=["a photo of digit 1"])
+    with pytest.raises(FastFluxError, match="wrote no scores"):
+        reference.make_reference(parse_params(d), "evaluation", embeds, tmp_path / "ref")
+
+    d["metrics"]["hps_python"] = sys.executable
+    assert isinstance(hps_scorer(parse_params(d)), HpsScorer)  # the stand-in hpsv2 scores the grey square
+    monkeypatch.delenv("PYTHONPATH")  # the same Python without hpsv2: the worker's own last line
+    with pytest.raises(FastFluxError, match=r"HPS v2 scoring failed in .*No module named 'hpsv2'"):
+        hps_scorer(parse_params(d))
