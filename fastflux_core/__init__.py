@@ -74,5 +74,6 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     lora_compat   existing FLUX LoRAs on a pruned export (``fastflux lora``)
     follow        the other nodes of a multi-node run
     rehearsal     the FLUX-width rehearsal folder
+    partiprompts  four disjoint, category-balanced prompt sets from PartiPrompts
     cli           the ``fastflux`` command
 """

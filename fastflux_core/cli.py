@@ -26,6 +26,7 @@ DELEGATED = {
     "budget": ("fastflux_core.budget", "per-stage device memory, disk and time for params.yaml (no GPU needed)"),
     "experiments": ("fastflux_core.experiments", "run the paper's experiments as queued DVC experiments"),
     "report": ("fastflux_core.report", "write report/README.md from the experiments' results"),
+    "partiprompts": ("fastflux_core.partiprompts", "split PartiPrompts into four disjoint, category-balanced prompt sets"),
 }
 
 

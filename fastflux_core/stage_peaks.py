@@ -223,7 +223,8 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
     """Both device phases of stage sandwich for sandwich [u, d] around block i:
     recompute — embed and blocks 0..u-1 (offloaded or resident) and the frozen target copy of u..d on
     one micro-batch; train — one micro-batch forward/backward through u..d (LoRA, linear, fp32
-    masters, AdamW, gradient checkpointing as configured) and the optimizer step."""
+    masters, AdamW, gradient checkpointing as configured) and the optimizer step; and the FLOPs of
+    the held-out check, the same forward without gradients."""
     shapes, mb, cfg = Shapes.of(params), params.sandwich.micro_batch, params.sandwich
     dtype = model_dtype(params)
     lora_blocks = [j for j in range(u, d + 1) if j != i] if cfg.width > 1 else []
@@ -280,6 +281,11 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
                 opt.step()
                 opt.zero_grad(set_to_none=False)
             flops["train_per_sample"] = count_flops(step) // mb
+
+            def check():  # the held-out loss (keep-best, the rate probe): a forward, no gradients
+                with torch.no_grad():
+                    micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
+            flops["check_per_sample"] = count_flops(check) // mb
     return Measured(max(mem_a["peak"].get(dev.type, 0) + prefetched, mem_b["peak"].get("cpu", 0)), flops)
 
 

@@ -39,20 +39,20 @@ def flux_example(**model) -> object:
 
 
 def readme_flux_example():
-    """README's FLUX.1-dev example as it stands there: the proxy importance at 1 image and 11 of 28 steps,
-    noised capture, the sweep at 3 chain lengths on 128 items."""
-    params = flux_example()
-    return params.model_copy(update={
-        "importance": params.importance.model_copy(update={"proxy_images_per_prompt": 1, "steps": 11}),
-        "capture": params.capture.model_copy(update={"inputs": "noised"}),
-        "evaluate": params.evaluate.model_copy(update={"sweep_lengths": [3, 6, 11], "sweep_items": 128})})
+    """README's FLUX.1-dev example, the file a user copies (examples/flux1-dev/params.yaml): the proxy
+    importance at 1 image and 11 of 28 steps, noised capture, the sweep at 3 chain lengths on 128
+    items, the PartiPrompts sets (their paths from the repository root)."""
+    d = yaml.safe_load((ROOT / "examples" / "flux1-dev" / "params.yaml").read_text())
+    for name in ("calibration", "training", "importance", "evaluation"):
+        d["prompts"][name]["file"] = str(ROOT / d["prompts"][name]["file"])
+    return parse_params(d)
 
 
 @pytest.fixture(scope="module")
 def readme_budget():
-    """The budget of README's FLUX.1-dev example (:func:`readme_flux_example`) on 2 data-parallel GPUs."""
-    assumed = {"calibration": 512, "training": 512, "importance": 24, "evaluation": 512}
-    return budget.plan_budget(readme_flux_example(), 22.0, 400.0, assumed, gpus=2)
+    """The budget of README's FLUX.1-dev example (:func:`readme_flux_example`) on 2 data-parallel GPUs;
+    prompt counts from its prompt files."""
+    return budget.plan_budget(readme_flux_example(), 22.0, 400.0, {}, gpus=2)
 
 
 def test_flux1_dev_fits_22_gib_in_every_stage_and_100_gb_of_activation_disk(readme_budget):
@@ -314,3 +314,31 @@ def test_the_exported_models_size_is_that_of_the_model_assemble_makes():
     for i in range(len(a.blocks) - n, len(a.blocks)):
         a.swap(i, LinearReplacement(model.inner_dim, a.blocks[i].kind))
     assert budget.params_bytes(params, k=3) == sum(p.numel() for p in model.parameters()) * 4  # float32
+
+
+def test_the_sandwich_row_counts_the_rate_probe_and_the_held_out_checks(monkeypatch):
+    """Stage sandwich's FLOPs are its boundary recompute, its training steps — with ``learning_rate:
+    auto`` also each probe rate's ``probe_steps`` — and its held-out checks (HeldOutCheck: up to
+    ``round_samples`` held-out samples at the start, every ``eval_every`` steps and after each probe,
+    then the start and the state kept on all of them). Measured FLOPs per sample replaced by round
+    numbers, the row must be exactly that sum."""
+    import math
+
+    train, check = 10**12, 10**11  # per sample: a training step's, a held-out forward's
+    monkeypatch.setattr(budget, "measure_sandwich", lambda *a, **k: stage_peaks.Measured(
+        0, {"recompute_per_sample_block": 0, "train_per_sample": train, "check_per_sample": check}))
+    d = yaml.safe_load((ROOT / "params.yaml").read_text())
+    counts = {"calibration": 30, "training": 30, "importance": 20, "evaluation": 20}
+    for rate in (0.001, "auto"):
+        d["sandwich"]["learning_rate"] = rate
+        params = parse_params(d)
+        rows, _ = budget.plan_budget(params, 22.0, 400.0, counts)
+        s, k = params.sandwich, len(params.steps)
+        samples = counts["training"] * params.prompts.training.images_per_prompt * params.capture.timesteps
+        held_out = math.ceil(samples * s.holdout)
+        probes = len(s.probe_rates) if rate == "auto" else 0
+        steps = s.train_steps + probes * s.probe_steps
+        checked = (1 + math.ceil(s.train_steps / s.eval_every) + probes) * min(s.round_samples, held_out) + 2 * held_out
+        want = k * (steps * s.batch_size * train + checked * check)
+        got = next(r for r in rows if r.stage == "sandwich@k").tflop
+        assert got == pytest.approx(want / 1e12, abs=0.05), (rate, got, want / 1e12)

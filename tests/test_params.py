@@ -41,6 +41,25 @@ def test_rehearsal_params_are_valid_and_hold_every_key_dvc_reads(family, tmp_pat
     assert keys(yaml.safe_load((ROOT / "params.yaml").read_text())) <= keys(example)
 
 
+@pytest.mark.parametrize("example", ["flux1-dev"])
+def test_example_params_a_user_copies_are_valid_hold_every_key_and_name_disjoint_prompt_sets(example, monkeypatch):
+    """examples/<model>/params.yaml (issue 31, 3): schema-valid, every key of params.yaml present, its
+    prompt files there (from the repository root) and disjoint. The model folder is the user's: not
+    checked here (the budget reads the family's published config without it: tests/test_budget.py)."""
+    from fastflux_core.prompts import check_disjoint
+
+    def keys(d: dict, prefix: str = "") -> set[str]:
+        return {k for name, v in d.items() if name != "steps"
+                for k in (keys(v, f"{prefix}{name}.") if isinstance(v, dict) else {f"{prefix}{name}"})}
+
+    monkeypatch.chdir(ROOT)
+    d = yaml.safe_load((ROOT / "examples" / example / "params.yaml").read_text())
+    params = parse_params(d)
+    assert keys(yaml.safe_load((ROOT / "params.yaml").read_text())) <= keys(d)
+    check_disjoint(params.prompts)
+    assert params.model.source != "embedded" and params.model.path is not None
+
+
 @pytest.mark.parametrize(
     "edit, key",
     [
