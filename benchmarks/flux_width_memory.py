@@ -3,7 +3,7 @@
 For each stage kind the budget measures (encode, sampling = reference/ablate/evaluate/sweep, capture,
 solve, sandwich for a double- and a single-block replacement), the same measurement runs twice: as
 the budget runs it — fake tensors on a fake CUDA device — and on real tensors on this CPU
-(``fake_gpu.space(real=True)``), with torch's MemTracker counting real allocations. The stage's own
+(``fake_gpu.space("cpu")``), with torch's MemTracker counting real allocations. The stage's own
 device code runs both times (``sampling.velocity`` with capture's hooks, the VAE decode,
 ``GramAccumulator``, the text encoders, BoundaryStates' recompute and the sandwich's training step).
 Shapes and configs are those of ``examples/flux-width/params.yaml`` (384², 128 text tokens, bf16,
@@ -58,12 +58,12 @@ def main() -> None:
     params = parse_params(yaml.safe_load(example_params(args.models.resolve())))
     host = {f"sandwich ({kind})": host_bytes(params, stage_peaks.sandwich_case(params, kind)[2]) for kind in ("double", "single")}
     cases = {
-        "encode": lambda real: stage_peaks.measure_encode(params, real=real),
-        "sampling": lambda real: stage_peaks.measure_sampling(params, "resident", real=real),
-        "capture": lambda real: stage_peaks.measure_sampling(params, "resident", capture=True, real=real),
-        "solve": lambda real: stage_peaks.measure_solve(params, real=real),
+        "encode": lambda real: stage_peaks.measure_encode(params, real="cpu" if real else None),
+        "sampling": lambda real: stage_peaks.measure_sampling(params, "resident", real="cpu" if real else None),
+        "capture": lambda real: stage_peaks.measure_sampling(params, "resident", capture=True, real="cpu" if real else None),
+        "solve": lambda real: stage_peaks.measure_solve(params, real="cpu" if real else None),
         **{f"sandwich ({kind})": (lambda real, c=stage_peaks.sandwich_case(params, kind):
-                                  stage_peaks.measure_sandwich(params, "resident", *c, real=real))
+                                  stage_peaks.measure_sandwich(params, "resident", *c, real="cpu" if real else None))
            for kind in ("double", "single")},
     }
     rows = {}

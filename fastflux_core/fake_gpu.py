@@ -90,11 +90,18 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message="Module is None. Skipping")
 
 
-def space(real: bool) -> tuple[AbstractContextManager, torch.device]:
-    """Where a measurement runs: fake tensors on a fake CUDA device (the budget), or, with ``real``,
-    real tensors on the CPU — the same code, to check the budget against a real run
-    (``benchmarks/flux_width_memory.py``)."""
-    return (nullcontext(), CPU) if real else (fake_device(), CUDA)
+def space(real: str | None) -> tuple[AbstractContextManager, torch.device]:
+    """Where a measurement runs: fake tensors on a fake CUDA device (``real`` None: the budget), or real
+    tensors on the device type ``real`` names — the same code, to check the budget against a real run
+    (``"cpu"``: ``benchmarks/flux_width_memory.py``; ``"cuda"``: ``benchmarks/gpu_check.py``)."""
+    return (nullcontext(), torch.device(real)) if real else (fake_device(), CUDA)
+
+
+def training_space(real: str | None) -> tuple[AbstractContextManager, torch.device]:
+    """Where a training step is measured: fake tensors on the CPU for the budget (a backward on the fake
+    CUDA device needs a real one; only the step's own modules exist there, so the CPU peak is what the
+    device would hold), else real tensors on ``real``."""
+    return (nullcontext(), torch.device(real)) if real else (fake_device(), CPU)
 
 
 class OverLimit(Exception):

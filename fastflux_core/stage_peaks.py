@@ -31,7 +31,7 @@ from fastflux_core.chain import PlanStep, sandwich_bounds
 from fastflux_core.codec import PixelCodec, VaeCodec
 from fastflux_core.distill import local_err, moved, teacher_states
 from fastflux_core.embedded import build_scheduler as embedded_scheduler
-from fastflux_core.fake_gpu import CPU, default_dtype, space, tracked
+from fastflux_core.fake_gpu import default_dtype, space, tracked, training_space
 from fastflux_core.families import adapter_for, family_of_config
 from fastflux_core.lora import inject_lora, lora_parameters
 from fastflux_core.lstsq import GramAccumulator
@@ -98,7 +98,7 @@ class _NullWriter:
         pass
 
 
-def measure_sampling(params, placement: Placement, capture: bool = False, real: bool = False) -> Measured:
+def measure_sampling(params, placement: Placement, capture: bool = False, real: str | None = None) -> Measured:
     """One sampling batch (``sampling.batch_size`` items, one step) through the placed transformer,
     with the capture hooks when ``capture``, then the VAE decode of that batch."""
     shapes, b = Shapes.of(params), params.sampling.batch_size
@@ -142,7 +142,7 @@ def _largest_block_bytes(adapter) -> int:
                for j in range(len(adapter.blocks)))
 
 
-def measure_encode(params, real: bool = False) -> Measured:
+def measure_encode(params, real: str | None = None) -> Measured:
     """The text encoders' forward on one batch of ``text.batch_size`` prompts (both resident)."""
     b = params.text.batch_size
     mode, dev = space(real)
@@ -173,7 +173,7 @@ def _text_encoders(params) -> list[tuple[nn.Module, int]]:
     return [(BertModel(cfg).eval(), n)]
 
 
-def measure_solve(params, real: bool = False) -> Measured:
+def measure_solve(params, real: str | None = None) -> Measured:
     """One chunk of ``solve.chunk_rows`` rows into the float64 Gram accumulator (its real ``add``),
     then the factorisations of both branches of ``GramAccumulator.solve`` (which branch runs depends
     on values a fake tensor does not have)."""
@@ -219,7 +219,7 @@ def sandwich_case(params, kind: str) -> tuple[int, int, int]:
     return u, i, d
 
 
-def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real: bool = False) -> Measured:
+def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real: str | None = None) -> Measured:
     """Both device phases of stage sandwich for sandwich [u, d] around block i:
     recompute — embed and blocks 0..u-1 (offloaded or resident) and the frozen target copy of u..d on
     one micro-batch; train — one micro-batch forward/backward through u..d (LoRA, linear, fp32
@@ -247,7 +247,8 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
                     s = adapter.run(adapter.embed(x), 0, u)
                     adapter.run_modules(target, s, u)
             flops["recompute_per_sample_block"] = count_flops(recompute) // (mb * max(d + 1, 1))
-    with space(real)[0]:  # training step: (fake) CPU, only the sandwich's blocks exist
+    train_mode, tdev = training_space(real)
+    with train_mode, torch.device(tdev):  # training step: only the sandwich's blocks exist
         model = build_transformer(params)
         adapter = adapter_for(model)
         inject_lora(adapter, lora_blocks, cfg.lora_rank, cfg.lora_alpha, seed=0)
@@ -273,7 +274,7 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
              "txt": torch.randn(mb, shapes.n_txt, shapes.dim, dtype=dtype), "temb": torch.randn(mb, shapes.dim, dtype=dtype)}
         y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
         rotary, den = _rotary(adapter, shapes, dtype), torch.ones(())
-        with tracked(model, *target_copy, opt, device="cpu") as mem_b:
+        with tracked(model, *target_copy, opt, device=tdev.type) as mem_b:
             def step():  # fit_sandwich's step, one micro-batch
                 loss = micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
                 loss.backward()
@@ -286,10 +287,10 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
                 with torch.no_grad():
                     micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
             flops["check_per_sample"] = count_flops(check) // mb
-    return Measured(max(mem_a["peak"].get(dev.type, 0) + prefetched, mem_b["peak"].get("cpu", 0)), flops)
+    return Measured(max(mem_a["peak"].get(dev.type, 0) + prefetched, mem_b["peak"].get(tdev.type, 0)), flops)
 
 
-def measure_distill(params, what: str, real: bool = False) -> Measured:
+def measure_distill(params, what: str, real: str | None = None) -> Measured:
     """One training step of distillation towards the base (:mod:`fastflux_core.distill`) as stage
     assemble's finisher (``what="finish"``) or stage baseline (``"baseline"``) takes it: the base as
     teacher and the student both resident, a micro-batch of the teacher's output, the student's
@@ -305,7 +306,8 @@ def measure_distill(params, what: str, real: bool = False) -> Measured:
     cfg, sw = (params.finish, params.sandwich) if what == "finish" else (params.baseline, params.sandwich)
     mb = cfg.micro_batch
     flops: dict[str, int] = {}
-    with space(real)[0]:
+    train_mode, tdev = training_space(real)
+    with train_mode, torch.device(tdev):
         teacher = adapter_for(build_transformer(params))
         teacher.model.requires_grad_(False)
         student = adapter_for(build_transformer(params))
@@ -337,13 +339,13 @@ def measure_distill(params, what: str, real: bool = False) -> Measured:
             model.enable_gradient_checkpointing()
         model.train()
         opt = optimizer(trainable, 1e-4)
-        x = _model_inputs(params, shapes, mb, dtype, CPU)
-        x_student = moved(x, CPU, model.dtype)  # distill's cast: float32 under full fine-tuning
+        x = _model_inputs(params, shapes, mb, dtype, tdev)
+        x_student = moved(x, tdev, model.dtype)  # distill's cast: float32 under full fine-tuning
         local = what == "baseline" and cfg.objective == "local"
-        with tracked(teacher.model, model, opt, device="cpu") as mem:
+        with tracked(teacher.model, model, opt, device=tdev.type) as mem:
             def teach():  # global: the output; local: the state before every block and after the last
                 with torch.no_grad():
-                    return teacher_states(teacher, x, CPU) if local else teacher.forward(x).float()
+                    return teacher_states(teacher, x, tdev) if local else teacher.forward(x).float()
 
             def step(y):
                 if local:
@@ -359,7 +361,7 @@ def measure_distill(params, what: str, real: bool = False) -> Measured:
             flops["teacher_per_sample"] = count_flops(lambda: ys.append(teach())) // mb
             flops["train_per_sample"] = count_flops(lambda: step(ys[0])) // mb
         flops["trainable_params"] = sum(t.numel() for t in trainable)
-    return Measured(mem["peak"].get("cpu", 0), flops)
+    return Measured(mem["peak"].get(tdev.type, 0), flops)
 
 
 def _rotary(adapter, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:

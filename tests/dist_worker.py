@@ -1,6 +1,7 @@
 """Worker of tests/test_distributed.py, started by torchrun: least squares over this rank's share of
 a fixed data set, the accumulators summed across ranks; rank 0 writes the result to argv[1]."""
 
+import os
 import sys
 
 import torch
@@ -36,7 +37,7 @@ def solve(world) -> dict[str, torch.Tensor]:
 
 
 if __name__ == "__main__":
-    world = current_world("cpu")
+    world = current_world(os.environ.get("FASTFLUX_TEST_DEVICE", "cpu"))  # cuda: NCCL (scripts/gpu_check.sh)
     result = solve(world)
     if world.is_main:
         save_file(result, sys.argv[1])
