@@ -109,7 +109,7 @@ def make_embedded_base(params: "Params", out: Path) -> dict:
 
     encoder = load_text_encoder(params)
     caption_prompts, caption_labels = digits.captions()
-    check_cut(encoder, caption_prompts, "the base's captions (digits.TRAIN_TEMPLATES)", judged=True)
+    check_cut(encoder, caption_prompts, "the base's captions (digits.TRAIN_TEMPLATES)", digits=True)
     caps = encode_prompts(encoder, caption_prompts, params.text.batch_size, desc="captions")
     del encoder  # no text encoder in memory while training or generating
 

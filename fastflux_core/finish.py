@@ -11,9 +11,10 @@ step 1 (the base model's own trajectories on the training prompts), with the san
 prompts. ``finish.steps: 0`` (the default) is the paper's method.
 
 Cost: a forward and backward of the whole pruned model and a forward of the base per sample — both
-models on the device (for FLUX.1-dev about 45 GB of bf16 weights: an 80 GB card; the budget command's
-``assemble (finisher)`` row measures the peak, :func:`fastflux_core.stage_peaks.measure_distill`). Whatever ``finish.steps`` is, the
-baseline (:mod:`fastflux_core.width`) gets the same number of steps on top of the sandwiches'.
+models on the device (for FLUX.1-dev about 45 GB of bf16 weights, and without gradient checkpointing
+a peak of ~90 GiB at 1024²: a 141 GB card; the budget command's ``assemble (finisher)`` row measures
+it, :func:`fastflux_core.stage_peaks.measure_distill`). Whatever ``finish.steps`` is, the baseline
+(:mod:`fastflux_core.width`) gets the same number of steps on top of the sandwiches'.
 """
 
 from __future__ import annotations

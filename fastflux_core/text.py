@@ -37,11 +37,12 @@ class TextEncoder(Protocol):
         ...
 
 
-def check_cut(encoder: TextEncoder, prompts: list[str], what: str, judged: bool) -> dict[str, str]:
+def check_cut(encoder: TextEncoder, prompts: list[str], what: str, digits: bool) -> dict[str, str]:
     """Prompts longer than ``text.max_sequence_length`` tokens are cut by their encoder (what the model
-    sees ends there). ``judged``: the digit judge scores each prompt's digit, so a cut that removes it
-    — the model never told which digit, its image scored against it — is refused (one line naming the
-    prompt, what is kept and the fix); any other cut is one warning line on stderr naming the prompts.
+    sees ends there). ``digits``: the embedded default, whose prompts are about the digit they name (its
+    base learned digits from captions, its judge scores them), so a cut that removes the digit — the
+    model never told which, its image scored against it — is refused (one line naming the prompt,
+    what is kept and the fix); any other cut is one warning line on stderr naming the prompts.
     Returns {prompt: the text the encoder keeps} for the cut prompts.
 
     >>> class Words:  # a tokenizer of whole words
@@ -50,7 +51,7 @@ def check_cut(encoder: TextEncoder, prompts: list[str], what: str, judged: bool)
     ...     def decode(self, ids, skip_special_tokens=True):
     ...         return " ".join(ids)
     >>> enc = type("Enc", (), {"max_sequence_length": 4, "cut_tokenizer": Words()})()
-    >>> check_cut(enc, ["the digit 7", "a drawing of the number seven"], "set x", judged=False)
+    >>> check_cut(enc, ["the digit 7", "a drawing of the number seven"], "set x", digits=False)
     {'a drawing of the number seven': 'a drawing of the'}
     """
     tok, limit = encoder.cut_tokenizer, encoder.max_sequence_length
@@ -59,7 +60,7 @@ def check_cut(encoder: TextEncoder, prompts: list[str], what: str, judged: bool)
     cut = {p: tok.decode(tok(p, truncation=True, max_length=limit)["input_ids"], skip_special_tokens=True)
            for p in prompts if len(tok(p)["input_ids"]) > limit}
     for prompt, kept in cut.items():
-        if judged and _digit(kept) != label_of(prompt):
+        if digits and _digit(kept) != label_of(prompt):
             raise FastFluxError(f"{what}: the prompt {prompt!r} is longer than text.max_sequence_length ({limit} "
                                 f"tokens) and is cut to {kept!r}, which loses the digit the judge scores: shorten "
                                 f"the prompt or raise text.max_sequence_length")

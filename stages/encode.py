@@ -2,7 +2,7 @@
 
 Text encoders live only in this stage, so later stages generate without them in memory. A prompt
 the encoder cuts at text.max_sequence_length is named first (refused where the cut loses the digit
-the judge scores).
+an embedded default's prompt names).
 """
 
 from fastflux_core.io import atomic_dir
@@ -20,7 +20,7 @@ def main() -> None:
     sets = {name: read_prompt_file(getattr(params.prompts, name).file) for name in SETS}
     encoder = load_text_encoder(params)
     for name, prompts in sets.items():  # every set before any is encoded
-        check_cut(encoder, prompts, getattr(params.prompts, name).file, judged=params.metrics.alignment == "judge")
+        check_cut(encoder, prompts, getattr(params.prompts, name).file, digits=params.model.source == "embedded")
     with atomic_dir(OUT) as out:
         for name, prompts in sets.items():
             embeds = encode_prompts(encoder, prompts, params.text.batch_size, name, resolve_dtype(params.model.dtype))

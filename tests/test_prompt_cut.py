@@ -1,6 +1,6 @@
 """A prompt longer than ``text.max_sequence_length`` tokens is cut by its encoder (issue 30, 13): the
-default's prompts and the base's captions all keep their digit, a cut that loses the digit the judge
-scores is refused, any other cut is one warning line naming the prompt (the embedded encoder, MiniLM)."""
+default's prompts and the base's captions all keep their digit, a cut that loses an embedded prompt's
+digit is refused, any other cut is one warning line naming the prompt (the embedded encoder, MiniLM)."""
 
 from __future__ import annotations
 
@@ -28,20 +28,20 @@ def test_the_defaults_prompts_and_captions_are_not_cut(encoder, monkeypatch):
     params = read_params("params.yaml", trace=False)
     for name in SETS:
         file = getattr(params.prompts, name).file
-        assert check_cut(encoder, read_prompt_file(file), file, judged=True) == {}, file
-    assert check_cut(encoder, digits.captions()[0], "captions", judged=True) == {}
+        assert check_cut(encoder, read_prompt_file(file), file, digits=True) == {}, file
+    assert check_cut(encoder, digits.captions()[0], "captions", digits=True) == {}
 
 
-def test_a_cut_that_loses_the_judged_digit_is_refused_any_other_is_named(encoder, capsys):
+def test_a_cut_that_loses_the_digit_is_refused_any_other_is_named(encoder, capsys):
     assert encoder.max_sequence_length == 8  # [CLS] an image of a hand ##written | seven [SEP]
     prompts = ["the digit 7", "an image of a handwritten seven", "seven, an image of a handwritten digit"]
     with pytest.raises(FastFluxError, match=r"^set x: the prompt 'an image of a handwritten seven' is longer than "
                                             r"text\.max_sequence_length \(8 tokens\) and is cut to "
                                             r"'an image of a handwritten', which loses the digit the judge scores"):
-        check_cut(encoder, prompts, "set x", judged=True)
-    assert check_cut(encoder, prompts[2:], "set x", judged=True) == {prompts[2]: "seven, an image of a"}
+        check_cut(encoder, prompts, "set x", digits=True)
+    assert check_cut(encoder, prompts[2:], "set x", digits=True) == {prompts[2]: "seven, an image of a"}
     capsys.readouterr()
-    assert check_cut(encoder, prompts, "set x", judged=False) == {prompts[1]: "an image of a handwritten",
+    assert check_cut(encoder, prompts, "set x", digits=False) == {prompts[1]: "an image of a handwritten",
                                                                    prompts[2]: "seven, an image of a"}
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["warning: set x: 2 of 3 prompts are longer than text.max_sequence_length (8 tokens) and are cut: "
