@@ -19,10 +19,11 @@ import json
 import statistics
 from pathlib import Path
 
+import yaml
 from PIL import Image, ImageDraw
 
 from fastflux_core.errors import FastFluxError
-from fastflux_core.experiments import EXPERIMENTS, Experiment, read_json_option
+from fastflux_core.experiments import EXPERIMENTS, FINISH_STEPS, Experiment, read_json_option
 from fastflux_core.figures import bar_plot, grouped_bars, importance_plot, read_image, sweep_plot
 from fastflux_core.io import atomic_file
 from fastflux_core.verdicts import EVALUATE_ITEMS, Items, mean_std, paired, with_items
@@ -100,10 +101,11 @@ def _cell(xs: list[float]) -> str:
     return _pm(xs) + f"<br><sub>{', '.join(f'{x:.4g}' for x in xs)}</sub>" if xs else "—"
 
 
-def verdict_lines(exp: Experiment, values: dict, labels: dict[str, str], items: Items | None = None
-             ) -> tuple[list[str], str]:
+def verdict_lines(exp: Experiment, values: dict, labels: dict[str, str], items: Items | None = None,
+                  found: dict[tuple[str, str], str] | None = None) -> tuple[list[str], str]:
     """One line per claimed pair and the experiment's overall verdict (with ``items``: each needs its
-    interval over evaluation prompts to exclude 0 too, :func:`with_items`)."""
+    interval over evaluation prompts to exclude 0 too, :func:`with_items`); each pair's verdict also
+    goes into ``found`` ((a, b) → verdict), for :func:`default_lines`."""
     lines, seen = [], []
     for a, b in exp.better:
         if a not in values or b not in values:
@@ -117,6 +119,8 @@ def verdict_lines(exp: Experiment, values: dict, labels: dict[str, str], items: 
             rev = {v: dict(zip(values[v]["seeds"], values[v]["revs"])) for v in (a, b)}
             r = with_items(r, items.interval([(rev[a][s], EVALUATE_ITEMS, rev[b][s], EVALUATE_ITEMS) for s in common]))
         seen.append(r["verdict"])
+        if found is not None:
+            found[(a, b)] = r["verdict"]
         lines.append(f"- {labels[a]} better than {labels[b]} (FID vs full model): advantage "
                      f"{r['advantage_mean']:.4g} ± {r['advantage_std']:.2g} {_over(r, common)} "
                      f"(per run {', '.join(f'{d:.3g}' for d in r['per_seed'])}), paired t p = {r['p']:.3g}"
@@ -465,6 +469,55 @@ def _items_of(repo: Path) -> Items | None:
     return Items(repo, yaml.safe_load(params.read_text())["prompts"]["evaluation"]["images_per_prompt"])
 
 
+# What params.yaml's defaults follow (experiments.DEFAULTS_FOLLOW): (key, variant a, variant b, value if "a
+# better than b" is supported, value otherwise). The recipe's options are taken only when shown better than
+# the paper's recipe; capture keeps the paper's trajectories only when they are shown better than the
+# noised inputs that cost a fraction (issue 28) — either way, the burden of proof is on the costlier choice.
+DEFAULT_CHOICES = (
+    ("sandwich.learning_rate", "st-auto", "brll-st", "auto", 0.001),
+    ("solve.condition", "temb", "brll-st", "temb", "none"),
+    ("finish.steps", "finish", "brll-st", FINISH_STEPS, 0),
+    ("capture.inputs", "brll-st", "noised", "trajectory", "noised"),
+)
+
+
+def _params_of(repo: Path) -> dict:
+    f = repo / "params.yaml"
+    return yaml.safe_load(f.read_text()) if f.is_file() else {}
+
+
+def default_lines(found: dict[tuple[str, str], str], params: dict) -> list[str]:
+    """The defaults the evidence picks, beside params.yaml's: for each of :data:`DEFAULT_CHOICES` whose
+    pair was run, the verdict and the value it implies; a line saying which keys differ.
+
+    >>> print("\\n".join(default_lines({("temb", "brll-st"): "supports"}, {"solve": {"condition": "none"}})))
+    ## What params.yaml's defaults follow
+    <BLANKLINE>
+    | key | params.yaml | evidence | the evidence picks |
+    |---|---|---|---|
+    | `solve.condition` | none | temb better than brll-st: supports | temb |
+    <BLANKLINE>
+    params.yaml differs from the evidence at: `solve.condition`.
+    <BLANKLINE>
+    """
+    rows, differ = [], []
+    for key, a, b, if_supported, otherwise in DEFAULT_CHOICES:
+        if (a, b) not in found:
+            continue
+        pick = if_supported if found[(a, b)] == "supports" else otherwise
+        section, name = key.split(".")
+        now = params.get(section, {}).get(name, "—")
+        rows.append(f"| `{key}` | {now} | {a} better than {b}: {found[(a, b)]} | {pick} |")
+        if str(now) != str(pick):
+            differ.append(f"`{key}`")
+    if not rows:
+        return []
+    return ["## What params.yaml's defaults follow", "", "| key | params.yaml | evidence | the evidence picks |",
+            "|---|---|---|---|", *rows, "",
+            (f"params.yaml differs from the evidence at: {', '.join(differ)}." if differ
+             else "params.yaml follows the evidence."), ""]
+
+
 def write_report(results: dict, repo: Path, out: Path) -> str:
     """Tables, plots, grids and verdicts → ``out/README.md`` (returned)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -492,7 +545,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
             "interleaved; the runs ran two at a time, so their latencies are noisy, but the sweep's reuse runs "
             "(Table 6's latency) ran alone; a run whose evaluate stage DVC restored from its run-cache shows none.", "",
             sample_size_note(any_eval.get("eval_images")), ""]
-    lines, summary = [], []
+    lines, summary, found = [], [], {}
     for key in results["experiments"]:
         exp = EXPERIMENTS[key]
         labels = {v.name: v.label for v in exp.variants}
@@ -515,7 +568,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
             if values:
                 bar_plot(exp, values, out / f"{key}.png")
                 lines += [f"![{key}]({key}.png)", ""]
-            claim_lines, overall = verdict_lines(exp, values, labels, items)
+            claim_lines, overall = verdict_lines(exp, values, labels, items, found)
         if key == "importance":
             lines += _importance_lines(runs, repo, out)
         grid = grid_image(runs, exp, seeds[0], repo) if exp.kind == "variants" else None
@@ -526,6 +579,7 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
                       f"![{key} images]({key}_grid.png)", ""]
         lines += claim_lines + ["", f"**Verdict: {overall}.**", ""]
         summary.append(f"| {exp.title} | {overall} |")
+    lines += default_lines(found, _params_of(repo))
     lines = head[:4] + headline(runs, seeds, results.get("latency_match"), items) + head[4:] + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines
     text = "\n".join(lines) + "\n"
     with atomic_file(out / "README.md") as tmp:

@@ -241,3 +241,22 @@ def test_item_interval_is_the_delete_one_prompt_jackknife_of_the_mean_paired_fid
     swapped = verdicts.paired_fid_interval([(b, a, r) for a, b, r in runs], per_prompt)
     assert np.allclose(swapped, (-hi, -lo), rtol=1e-6)
     assert verdicts.paired_fid_interval([(a[:8], b[:8], r[:8]) for a, b, r in runs], per_prompt) is None  # 2 prompts
+
+
+def test_the_report_says_which_defaults_the_evidence_picks_and_where_params_yaml_differs(tmp_path):
+    """Issue 27/28: params.yaml's defaults follow the recipe and capture experiments. Here the probed
+    learning rate is clearly better than the paper's fixed one, the timestep-aware replacement clearly
+    worse, and trajectory capture no better than noised: the evidence picks auto, none and noised."""
+    fids = {"brll-st": [1.0, 1.2, 0.9], "st-auto": [0.5, 0.65, 0.42], "temb": [1.5, 1.75, 1.3],
+            "noised": [1.02, 1.15, 0.95]}
+    results = _results(fids)
+    results["experiments"] = ["recipe", "capture"]
+    (tmp_path / "params.yaml").write_text(
+        "sandwich: {learning_rate: 0.001}\nsolve: {condition: none}\ncapture: {inputs: trajectory}\n")
+    text = report.write_report(results, tmp_path, tmp_path / "report")
+    section = text.split("## What params.yaml's defaults follow")[1]
+    assert "| `sandwich.learning_rate` | 0.001 | st-auto better than brll-st: supports | auto |" in section
+    assert "| `solve.condition` | none | temb better than brll-st: contradicts | none |" in section
+    assert "| `capture.inputs` | trajectory | brll-st better than noised: inconclusive | noised |" in section
+    assert "`finish.steps`" not in section  # the finisher was not run
+    assert "params.yaml differs from the evidence at: `sandwich.learning_rate`, `capture.inputs`." in section
