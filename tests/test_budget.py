@@ -250,17 +250,31 @@ def test_a_resident_measurement_over_the_limit_stops_before_the_forward(monkeypa
         assert stage_peaks.measure_sampling(small, "resident") == free
 
 
-def test_the_finisher_the_baseline_and_the_timestep_aware_linears_are_budgeted():
+FLOP_KEYS = ("per_prompt", "transformer_per_item_step", "decode_per_item", "per_row", "solve",
+             "recompute_per_sample_block", "train_per_sample", "check_per_sample", "teacher_per_sample")
+
+
+def stub_measurements(monkeypatch, **flops: int) -> None:
+    """Every device measurement plan_budget makes returns a fixed Measured (peak 1 byte; ``flops``, else
+    1 per unit): for tests of the table's arithmetic and rows, which need no fake run (each is seconds)."""
+    m = stage_peaks.Measured(1, {k: flops.get(k, 1) for k in FLOP_KEYS})
+    for name in ("measure_encode", "measure_sampling", "measure_solve", "measure_sandwich", "measure_distill"):
+        monkeypatch.setattr(budget, name, lambda *a, **k: m)
+
+
+def test_the_finisher_the_baseline_and_the_timestep_aware_linears_are_budgeted(monkeypatch):
     """Stage assemble with finish.steps > 0 holds the base (teacher) and the chain model (student) at
     once; stage baseline (on when baseline.ratios names some) the base twice; a timestep-aware
     replacement stores a D × D U beside each W."""
     d = yaml.safe_load((ROOT / "params.yaml").read_text())
     assumed = {"calibration": 64, "training": 64, "importance": 16, "evaluation": 64}
-    plain = budget.plan_budget(parse_params(d), 22.0, 400.0, assumed)[0]
-    d["finish"]["steps"], d["baseline"]["ratios"], d["solve"]["condition"] = 5, [0.1], "temb"
-    d["finish"]["micro_batch"] = d["baseline"]["micro_batch"] = 1  # activations small beside the weights
-    params = parse_params(d)
-    rows = {r.stage: r for r in budget.plan_budget(params, 22.0, 400.0, assumed)[0]}
+    with monkeypatch.context() as stubbed:  # the rows and the disk: no measurement needed
+        stub_measurements(stubbed)
+        plain = budget.plan_budget(parse_params(d), 22.0, 400.0, assumed)[0]
+        d["finish"]["steps"], d["baseline"]["ratios"], d["solve"]["condition"] = 5, [0.1], "temb"
+        d["finish"]["micro_batch"] = d["baseline"]["micro_batch"] = 1  # activations small beside the weights
+        params = parse_params(d)
+        rows = {r.stage: r for r in budget.plan_budget(params, 22.0, 400.0, assumed)[0]}
     assert "assemble" not in rows and rows["assemble (finisher)"].tflop >= 0 and rows["baseline"].hours >= 0
     weights = sum(p.numel() * p.element_size() for p in stage_peaks.build_transformer(params).parameters())  # float32
     finish, base = stage_peaks.measure_distill(params, "finish"), stage_peaks.measure_distill(params, "baseline")
@@ -325,8 +339,7 @@ def test_the_sandwich_row_counts_the_rate_probe_and_the_held_out_checks(monkeypa
     import math
 
     train, check = 10**12, 10**11  # per sample: a training step's, a held-out forward's
-    monkeypatch.setattr(budget, "measure_sandwich", lambda *a, **k: stage_peaks.Measured(
-        0, {"recompute_per_sample_block": 0, "train_per_sample": train, "check_per_sample": check}))
+    stub_measurements(monkeypatch, recompute_per_sample_block=0, train_per_sample=train, check_per_sample=check)
     d = yaml.safe_load((ROOT / "params.yaml").read_text())
     counts = {"calibration": 30, "training": 30, "importance": 20, "evaluation": 20}
     for rate in (0.001, "auto"):
