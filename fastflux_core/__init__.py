@@ -75,5 +75,6 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     follow        the other nodes of a multi-node run
     rehearsal     the FLUX-width rehearsal folder
     partiprompts  four disjoint, category-balanced prompt sets from PartiPrompts
+    benchmark_images  GenEval / DPG-Bench images in their evaluators' layouts
     cli           the ``fastflux`` command
 """

@@ -27,6 +27,7 @@ DELEGATED = {
     "experiments": ("fastflux_core.experiments", "run the paper's experiments as queued DVC experiments"),
     "report": ("fastflux_core.report", "write report/README.md from the experiments' results"),
     "partiprompts": ("fastflux_core.partiprompts", "split PartiPrompts into four disjoint, category-balanced prompt sets"),
+    "benchmark-images": ("fastflux_core.benchmark_images", "GenEval / DPG-Bench images in their evaluators' layouts"),
 }
 
 
