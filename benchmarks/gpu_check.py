@@ -7,8 +7,7 @@ built from FLUX.1-dev's published configs with random weights (``examples/flux1-
 no folder, no download): as ``fastflux budget`` runs it (fake tensors: the *prediction*) and on real
 tensors on the GPU, where ``torch.cuda.max_memory_allocated`` above what was allocated before is the
 *measurement*. The stage's own device code runs both times (``fastflux_core.stage_peaks``). A case
-predicted above the card's memory is not run (the finisher's step, both FLUX.1-dev models and the
-trainable masters, is predicted at ~90 GiB: an 80 GB card cannot hold it; a 141 GB one can), and an
+predicted above the card's memory is not run, and an
 out-of-memory error of a case predicted to fit is recorded as such — a prediction that failed.
 
 ``--device cpu`` (what CI runs): the predictions alone — every case's fake run — and no measurement;
