@@ -239,10 +239,10 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     # eval_every steps and after each probe; then the start and the state kept on every held-out sample
     held_out = math.ceil(samples * s.holdout)
     checked = (1 + math.ceil(s.train_steps / max(s.eval_every, 1)) + probe_rates) * min(s.round_samples, held_out)
-    checks = (checked + 2 * held_out) * sand.flops["check_per_sample"]
+    check_flop = (checked + 2 * held_out) * sand.flops["check_per_sample"]
     states = sum(k * linear_bytes for k in range(1, k_steps + 1))  # each state holds every linear so far
-    add("sandwich@k", k_steps, place_w, sand, states, True, k_steps * (recompute + train + checks),
-        k_steps * (rank_share(samples, 1, gpus) * recompute + rank_share(held_out, 1, gpus) * checks
+    add("sandwich@k", k_steps, place_w, sand, states, True, k_steps * (recompute + train + check_flop),
+        k_steps * (rank_share(samples, 1, gpus) * recompute + rank_share(held_out, 1, gpus) * check_flop
                    + busiest_share(s.batch_size, s.micro_batch, gpus) * train))
     n_train = samples * (1 - params.sandwich.holdout)  # distillation: each training sample's teacher output once
     checks = lambda n_steps: math.ceil(n_steps / max(params.sandwich.eval_every, 1)) * params.sandwich.round_samples

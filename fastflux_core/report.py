@@ -461,7 +461,6 @@ def sample_size_note(n: int | None) -> str:
 def _items_of(repo: Path) -> Items | None:
     """The experiments' item files, read at their revisions (the evaluation set's images per prompt
     from the repo's params.yaml: no experiment changes the evaluation set)."""
-    import yaml
 
     params = repo / "params.yaml"
     if not params.is_file():
