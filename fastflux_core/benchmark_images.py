@@ -73,8 +73,9 @@ def write_dpg(prompts: dict[str, str], generate: Generate, seed: int, out: Path)
             save_png(tmp / f"{pid}.png", image_grid(np.stack(imgs), cols=2))  # (2·size, 2·size, 3)
 
 
-def pipeline_generator(folder: Path, size: int, steps: int, guidance_scale: float, device: str) -> Generate:
-    """A pipeline folder's own sampling: an export of ours through
+def pipeline_generator(folder: Path, size: int, steps: int, guidance_scale: float, device: str,
+                       dtype: str = "bfloat16") -> Generate:
+    """A pipeline folder's own sampling, its weights in ``dtype``: an export of ours through
     :func:`~fastflux_core.export_folder.load_pipeline`, any other diffusers folder as it is."""
     import torch
     from diffusers import DiffusionPipeline
@@ -82,10 +83,19 @@ def pipeline_generator(folder: Path, size: int, steps: int, guidance_scale: floa
     from fastflux_core.export_folder import MODULE, load_pipeline
 
     index = folder / "model_index.json"
+    if not folder.is_dir():
+        raise FastFluxError(f"{folder}: no such folder: pass --model <a diffusers pipeline folder>, or run "
+                            f"stage export (dvc repro export) for the default data/export")
+    if not index.is_file() and (folder / "transformer" / "config.json").is_file():
+        raise FastFluxError(f"{folder}: an export of the embedded default (a transformer and a scheduler, no text "
+                            f"encoder or VAE: not a pipeline that takes a prompt); these suites need an export of a "
+                            f"model folder (model.source: flux or sd3) or the base's own folder")
     if not index.is_file():
         raise FastFluxError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
     ours = json.loads(index.read_text()).get("transformer", [None])[0] == MODULE
-    pipe = (load_pipeline(folder) if ours else DiffusionPipeline.from_pretrained(str(folder))).to(device)
+    kwargs = {"dtype": getattr(torch, dtype)}
+    pipe = (load_pipeline(folder, **kwargs) if ours else DiffusionPipeline.from_pretrained(str(folder), **kwargs))
+    pipe = pipe.to(device)
 
     def generate(prompt: str, seeds: list[int]) -> list[np.ndarray]:
         out = []
@@ -111,11 +121,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.ben
     ap.add_argument("--guidance-scale", type=float, default=3.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                    help="the weights' dtype (FLUX.1-dev's transformer is 22 GiB in bfloat16, twice that in float32)")
     args = ap.parse_args(argv)
-    if args.images < 1 or args.size < 16 or args.steps < 1:
-        ap.error("--images and --steps must be at least 1, --size at least 16")
+    if args.images < 1 or args.steps < 1:
+        ap.error("--images and --steps must be at least 1")
+    if args.size < 16 or args.size % 16:
+        ap.error(f"--size {args.size}: must be a multiple of 16 of at least 16 (FLUX's latent is 1/8 of the image, "
+                 f"packed in 2 x 2 patches)")
     prompts = geneval_prompts(args.prompts) if args.suite == "geneval" else dpg_prompts(args.prompts)
-    generate = pipeline_generator(args.model, args.size, args.steps, args.guidance_scale, args.device)
+    generate = pipeline_generator(args.model, args.size, args.steps, args.guidance_scale, args.device, args.dtype)
     if args.suite == "geneval":
         write_geneval(prompts, generate, args.images, args.seed, args.out)
     else:

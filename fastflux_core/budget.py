@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from fastflux_core.fake_gpu import OverLimit, stop_above
 from fastflux_core.families import adapter_for
 from fastflux_core.io import atomic_file
 from fastflux_core.params import capture_schedule, importance_sampling, n_replaced, read_params
-from fastflux_core.placement import DOES_NOT_FIT, DeviceMemoryError, Placement
+from fastflux_core.placement import DeviceMemoryError, Placement
 from fastflux_core.preflight import prompt_counts
 from fastflux_core.prompts import SETS
 from fastflux_core.pruned_flux import STREAMS
@@ -43,6 +42,7 @@ from fastflux_core.shapes import Shapes, capture_bytes
 from fastflux_core.stage_peaks import (Measured, block_kinds, build_transformer, measure_distill, measure_encode,
                                        measure_sampling, measure_sandwich, measure_solve, model_dtype, sandwich_case,
                                        stage_peak)
+from fastflux_core.training import held_out_prompts
 
 GiB = 2**30
 
@@ -237,14 +237,15 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     train = (s.train_steps + probe_rates * s.probe_steps) * s.batch_size * sand.flops["train_per_sample"]
     # the held-out check (sandwich.HeldOutCheck): up to round_samples held-out samples at the start, every
     # eval_every steps and after each probe; then the start and the state kept on every held-out sample
-    held_out = math.ceil(samples * s.holdout)
+    # every sample of a held-out prompt: its images at every captured timestep
+    held_out = held_out_prompts(counts["training"], s.holdout) * params.prompts.training.images_per_prompt * n_sched
     checked = (1 + math.ceil(s.train_steps / max(s.eval_every, 1)) + probe_rates) * min(s.round_samples, held_out)
     check_flop = (checked + 2 * held_out) * sand.flops["check_per_sample"]
     states = sum(k * linear_bytes for k in range(1, k_steps + 1))  # each state holds every linear so far
     add("sandwich@k", k_steps, place_w, sand, states, True, k_steps * (recompute + train + check_flop),
         k_steps * (rank_share(samples, 1, gpus) * recompute + rank_share(held_out, 1, gpus) * check_flop
                    + busiest_share(s.batch_size, s.micro_batch, gpus) * train))
-    n_train = samples * (1 - params.sandwich.holdout)  # distillation: each training sample's teacher output once
+    n_train = samples - held_out  # distillation: each training sample's teacher output once
     checks = lambda n_steps: math.ceil(n_steps / max(params.sandwich.eval_every, 1)) * params.sandwich.round_samples
 
     def distill_flop(m: Measured, n_steps: int, rate, rates: list[float], local: bool = False) -> float:
@@ -377,12 +378,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise FastFluxError(f"--json {args.json}: the folder {Path(args.json).resolve().parent} does not exist")
     gb = args.gpu_memory_gb or params.model.gpu_memory_gb
-    if args.choose or args.check:
-        try:
-            print(choose_placement(args.choose, params, gb)) if args.choose else check_fits(params, gb, assumed)
-        except DeviceMemoryError as err:  # its own exit status: what placement.ask_estimator tells apart
-            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-            sys.exit(DOES_NOT_FIT)
+    if args.choose or args.check:  # "does not fit": a DeviceMemoryError, its own exit status (cli.run_command)
+        print(choose_placement(args.choose, params, gb)) if args.choose else check_fits(params, gb, assumed)
         return
     rows, summary = plan_budget(params, gb, args.tflops, assumed, progress=lambda s: print(f"measuring {s} …", flush=True),
                                 gpus=args.gpus, consumer_tflops=args.consumer_tflops)
@@ -395,4 +392,4 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
 if __name__ == "__main__":
     from fastflux_core.cli import run_command
 
-    run_command(main)  # any other user-fixable error: one line, exit 2
+    run_command(main)  # a user-fixable error: one line, exit 2 (does not fit: 3)

@@ -103,13 +103,15 @@ def parser() -> argparse.ArgumentParser:
 
 def run_command(run: Callable[[], None], prefix: str = "error") -> None:
     """Run a command's ``main``: a cause the user can fix (:class:`FastFluxError`) is one line on stderr,
-    ``<prefix>: …``, and exit status 2; anything else is a bug and keeps its traceback. The
-    ``python -m fastflux_core.<tool>`` entry points use it as the ``fastflux`` command does."""
+    ``<prefix>: …``, and the error's exit status (2; "does not fit the device",
+    :class:`~fastflux_core.placement.DeviceMemoryError`: 3, which the stages' placement tells apart);
+    anything else is a bug and keeps its traceback. The ``python -m fastflux_core.<tool>`` entry points
+    use it as the ``fastflux`` command does."""
     try:
         run()
     except FastFluxError as err:
         print(f"{prefix}: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_status)
 
 
 def main(argv: list[str] | None = None) -> None:

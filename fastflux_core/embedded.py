@@ -26,9 +26,9 @@ from fastflux_core.errors import require_finite
 from fastflux_core.families import adapter_for, embedded_transformer_config, family
 from fastflux_core.io import image_grid, save_png, save_tensors
 from fastflux_core.params import EmbeddedParams
+from fastflux_core.placement import resolve_device
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.sampling import sample_latents, velocity
-from fastflux_core.source import resolve_device
 from fastflux_core.text import check_cut, encode_prompts, load_text_encoder
 
 if TYPE_CHECKING:

@@ -33,6 +33,8 @@ import torch
 class FastFluxError(Exception):
     """Base class: a problem with the user's input or environment, not a bug in FastFLUX."""
 
+    exit_status = 2  # what a command exits with (fastflux_core.cli.run_command); a subclass may have its own
+
 
 class ParamsError(FastFluxError):
     """params.yaml is missing, malformed, has an unknown key or a value out of range."""

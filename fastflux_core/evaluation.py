@@ -30,12 +30,12 @@ from fastflux_core.families import adapter_for
 from fastflux_core.io import read_json
 from fastflux_core.metrics import FeatureStats, hps_scorer, image_features, item_scores, load_quality
 from fastflux_core.params import EvaluateParams, Params
-from fastflux_core.placement import choose, placed
+from fastflux_core.placement import choose, placed, resolve_device
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.reference import (ITEMS_FILE, generate_with, load_item_scores, load_reference_images,
                                      load_reference_stats, save_item_scores, score_images)
 from fastflux_core.sampling import latent_size
-from fastflux_core.source import load_codec, load_scheduler, load_transformer, resolve_device
+from fastflux_core.source import load_codec, load_scheduler, load_transformer
 from fastflux_core.speed import count_flops, latency_phases
 from fastflux_core.stage import World
 from fastflux_core.stats import fid_readings, frechet_distance, mean_readings
@@ -122,12 +122,14 @@ class Evaluator:
                  n_items: int | None = None):
         self.params, self.embeds, self.device, self.world = params, embeds, resolve_device(params.model.device), world
         self.placement = choose("evaluate", params, self.device)
+        # the HPS worker first: a misconfigured metrics.hps_python fails in seconds, before the base loads
+        hps = hps_scorer(params) if world.is_main else None
         # the base is for timing, which rank 0 alone does: on its host, on the device only while timed (other
         # ranks do not hold it — FLUX.1-dev: 24 GB of host memory each); their codec comes with the first model
         self.base = load_transformer(params.model) if world.is_main else None
         self.codec = load_codec(params.model, self.base) if world.is_main else None
         self.scheduler = load_scheduler(params.model)
-        self.quality = load_quality(params, self.device, hps_scorer(params)) if world.is_main else None
+        self.quality = load_quality(params, self.device, hps) if world.is_main else None
         self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")

@@ -246,13 +246,13 @@ def run_all(todo: list[Run], repo: Path, jobs: int = 1) -> None:
     the queue (``dvc exp run --run-all``: DVC's temporary copies, ``jobs`` at a time). The baseline
     is the repo's HEAD: commit the code and dvc.lock the runs should start from."""
     max_ratio = yaml.safe_load((repo / "params.yaml").read_text())["max_ratio"]
+    clear_interrupted(repo)  # before the results are read: a resumed report queues what is missing
     found = experiment_results(repo)
     stale = stale_runs(todo, found, max_ratio)
     if stale:  # e.g. another latency cut: a run of that name exists with other settings, never reuse it
         raise RuntimeError(f"runs {', '.join(stale)} exist with other settings than asked now: remove them "
                            f"(dvc exp remove {' '.join(stale)}) or run in a fresh clone")
     done = set(found)
-    clear_interrupted(repo)
     queued = [r for r in todo if r.name not in done]
     for r in queued:
         sets = [a for k, v in run_overrides(r, max_ratio).items() for a in ("-S", f"{k}={_value(v)}")]
@@ -277,12 +277,16 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def experiment_results(repo: Path) -> dict[str, dict]:
-    """``dvc exp show --json`` of the repo's HEAD, per experiment name: its git revision, params
-    (flattened keys) and metrics (per metrics file, flattened)."""
+    """``dvc exp show --json`` of the repo's HEAD, per finished experiment name: its git revision,
+    params (flattened keys) and metrics (per metrics file, flattened). A queued, running or failed
+    task is listed too, with its executor's state: it is no result (a resumed report once took the
+    queue it then emptied for finished runs, and ran nothing)."""
     shown = json.loads(_dvc("exp", "show", "--json", "--no-fetch", cwd=repo) or "[]")
     out: dict[str, dict] = {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
+            if (exp.get("executor") or {}).get("state", "success") != "success":
+                continue
             for rev in exp.get("revs") or []:
                 name, data = rev.get("name"), rev.get("data") or {}
                 if not name or rev.get("error"):

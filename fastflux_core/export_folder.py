@@ -119,5 +119,6 @@ def load_pipeline(folder: str | Path, **kwargs):
         raise ModelFolderError(f"{link} links to {os.readlink(link)}, which does not exist: the folder it points "
                                f"into moved; put it back or re-run stage export (dvc repro export)")
     module, name = transformer_entry(Path(folder) / "transformer")
-    transformer = getattr(pruned_flux, name).from_pretrained(str(Path(folder) / "transformer"))
+    # the transformer is passed in whole, so the pipeline's dtype= would not reach it
+    transformer = getattr(pruned_flux, name).from_pretrained(str(folder / "transformer"), dtype=kwargs.get("dtype"))
     return DiffusionPipeline.from_pretrained(str(folder), transformer=transformer, **kwargs)

@@ -11,9 +11,9 @@ step 1 (the base model's own trajectories on the training prompts), with the san
 prompts. ``finish.steps: 0`` (the default) is the paper's method.
 
 Cost: a forward and backward of the whole pruned model and a forward of the base per sample — both
-models on the device (for FLUX.1-dev about 45 GB of bf16 weights, and without gradient checkpointing
-a peak of ~90 GiB at 1024²: a 141 GB card; the budget command's ``assemble (finisher)`` row measures
-it, :func:`fastflux_core.stage_peaks.measure_distill`). Whatever ``finish.steps`` is, the baseline
+models on the device (for FLUX.1-dev about 45 GB of bf16 weights; at 1024², ``finish.micro_batch: 1``,
+without gradient checkpointing the budget command's ``assemble (finisher)`` row measures a peak of
+44.7 GiB — an 80 GB card; the peak grows with the micro-batch: :func:`fastflux_core.stage_peaks.measure_distill`). Whatever ``finish.steps`` is, the baseline
 (:mod:`fastflux_core.width`) gets the same number of steps on top of the sandwiches'.
 """
 
@@ -29,8 +29,9 @@ from fastflux_core.export import merge_lora
 from fastflux_core.families import adapter_for
 from fastflux_core.lora import lora_parameters
 from fastflux_core.params import Params
+from fastflux_core.placement import resolve_device
 from fastflux_core.prompts import PromptEmbeds, derive_seed
-from fastflux_core.source import empty_base_model, load_transformer, resolve_device
+from fastflux_core.source import empty_base_model, load_transformer
 from fastflux_core.store import StoreReader
 from fastflux_core.training import CapturedInputs, Split, chain_holdout
 

@@ -68,8 +68,10 @@ class HpsScorer:
             except (OSError, ValueError):
                 raise FastFluxError(f"{self.python} (metrics.hps_python) exited without error but wrote no scores: "
                                     f"set it to the Python of an environment where `pip install hpsv2` was done") from None
-        if not isinstance(scores, list) or len(scores) != len(items) or not all(
-                isinstance(s, float) and abs(s) < float("inf") for s in scores):
+        if not isinstance(scores, list):
+            raise FastFluxError(f"HPS v2 worker wrote a JSON {type(scores).__name__}, not a list of scores: "
+                                f"{self.python} (metrics.hps_python) must run FastFLUX's worker (python -m fastflux_core.hps)")
+        if len(scores) != len(items) or not all(isinstance(s, float) and abs(s) < float("inf") for s in scores):
             raise FastFluxError(f"HPS v2 worker returned {len(scores)} scores for {len(items)} images, or non-finite ones")
         return scores
 

@@ -13,8 +13,9 @@ Sizes (``DEFAULT_SIZES``) follow the paper where it says: 512 images to solve th
 to train (§4.1, one image per prompt); importance 64 prompts (the paper does not size it: 12 ablations
 per block's score on FLUX.1-dev are the cost that grows with it); evaluation the rest, 544.
 
-Prompts are normalised to one line (PartiPrompts has ten with a line break or outer spaces); the
-files carry a header naming the source, its licence (``LICENSE`` beside them) and the command.
+Prompts are normalised to one line of single spaces (PartiPrompts has ten with outer spaces and one
+with a double space inside; none has a line break); the files carry a header naming the source, its
+licence (``LICENSE`` beside them) and the command.
 
 >>> rows = [(f"{c} {i}", c) for c, n in (("a", 6), ("b", 3)) for i in range(n)]
 >>> sets = split(rows, {"x": 6, "y": 3}, seed=0)

@@ -49,11 +49,13 @@ from fastflux_core.errors import FastFluxError
 Placement = Literal["resident", "offloaded"]
 
 
+DOES_NOT_FIT = 3  # the estimator's exit status for a DeviceMemoryError (2: any other cause a user can fix)
+
+
 class DeviceMemoryError(FastFluxError):
     """The configured run does not fit the device memory budget."""
 
-
-DOES_NOT_FIT = 3  # the estimator's exit status for a DeviceMemoryError (2: any other cause a user can fix)
+    exit_status = DOES_NOT_FIT
 
 
 def check_device(name: str) -> None:
@@ -176,7 +178,9 @@ def ask_estimator(params, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "fastflux_core.budget", "--params", str(file), *args],
                               capture_output=True, text=True)
     if done.returncode in (2, DOES_NOT_FIT):
-        line = done.stderr.strip().splitlines()[-1].removeprefix("error: ")
+        # "error: <cause>" (run_command), or argparse's "<prog>: error: <cause>": the cause alone
+        line = done.stderr.strip().splitlines()[-1]
+        line = line.partition("error: ")[2] or line
         raise (DeviceMemoryError if done.returncode == DOES_NOT_FIT else FastFluxError)(line)
     if done.returncode:
         raise RuntimeError(f"the memory estimator (python -m fastflux_core.budget {' '.join(args)}) failed with "

@@ -24,9 +24,10 @@ from fastflux_core.io import image_grid, load_tensors, save_png, save_tensors
 from fastflux_core.metrics import (FeatureStats, Quality, extra_scores, fid, folder_features, image_features, item_scores,
                                    hps_scorer, load_quality, real_features)
 from fastflux_core.params import Params, SamplingParams, importance_sampling
+from fastflux_core.placement import resolve_device
 from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
 from fastflux_core.sampling import sample_latents
-from fastflux_core.source import load_codec, load_scheduler, load_transformer, on_device, resolve_device
+from fastflux_core.source import load_codec, load_scheduler, load_transformer, on_device
 from fastflux_core.stage import World
 
 

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from fastflux_core.errors import FastFluxError
-from fastflux_core.experiments import EXPERIMENTS, FINISH_STEPS, Experiment, read_json_option
+from fastflux_core.experiments import EXPERIMENTS, Experiment, read_json_option
 from fastflux_core.figures import bar_plot, grouped_bars, importance_plot, read_image, sweep_plot
 from fastflux_core.io import atomic_file
 from fastflux_core.verdicts import EVALUATE_ITEMS, Items, mean_std, paired, with_items
@@ -468,16 +468,22 @@ def _items_of(repo: Path) -> Items | None:
     return Items(repo, yaml.safe_load(params.read_text())["prompts"]["evaluation"]["images_per_prompt"])
 
 
-# What params.yaml's defaults follow (experiments.DEFAULTS_FOLLOW): (key, variant a, variant b, value if "a
-# better than b" is supported, value otherwise). The recipe's options are taken only when shown better than
-# the paper's recipe; capture keeps the paper's trajectories only when they are shown better than the
-# noised inputs that cost a fraction (issue 28) — either way, the burden of proof is on the costlier choice.
-DEFAULT_CHOICES = (
-    ("sandwich.learning_rate", "st-auto", "brll-st", "auto", 0.001),
-    ("solve.condition", "temb", "brll-st", "temb", "none"),
-    ("finish.steps", "finish", "brll-st", FINISH_STEPS, 0),
-    ("capture.inputs", "brll-st", "noised", "trajectory", "noised"),
-)
+# What params.yaml's defaults follow: pairs (a, b) of EXPERIMENTS' claims whose variants differ in one
+# params key, b the cheaper. a's value is picked only where "a better than b" is supported; otherwise b's:
+# the recipe's options are taken only when shown better than the paper's recipe, and capture keeps the
+# paper's trajectories only when they are shown better than the noised inputs that cost a fraction
+# (issue 28) — either way, the burden of proof is on the costlier choice. The key and both values come
+# from the variants' overrides (a variant without one runs params.yaml's value).
+DEFAULT_CHOICES = (("st-auto", "brll-st"), ("temb", "brll-st"), ("finish", "brll-st"), ("brll-st", "noised"))
+
+
+def _choice(a: str, b: str, params: dict) -> tuple[str, object, object]:
+    """(the one key variants a and b differ in, a's value, b's value)."""
+    overrides = {v.name: v.overrides for e in EXPERIMENTS.values() for v in e.variants}
+    (key,) = overrides[a].keys() | overrides[b].keys()
+    section, name = key.split(".")
+    default = params.get(section, {}).get(name, "—")
+    return key, overrides[a].get(key, default), overrides[b].get(key, default)
 
 
 def _params_of(repo: Path) -> dict:
@@ -500,10 +506,11 @@ def default_lines(found: dict[tuple[str, str], str], params: dict) -> list[str]:
     <BLANKLINE>
     """
     rows, differ = [], []
-    for key, a, b, if_supported, otherwise in DEFAULT_CHOICES:
+    for a, b in DEFAULT_CHOICES:
         if (a, b) not in found:
             continue
-        pick = if_supported if found[(a, b)] == "supports" else otherwise
+        key, value_a, value_b = _choice(a, b, params)
+        pick = value_a if found[(a, b)] == "supports" else value_b
         section, name = key.split(".")
         now = params.get(section, {}).get(name, "—")
         rows.append(f"| `{key}` | {now} | {a} better than {b}: {found[(a, b)]} | {pick} |")

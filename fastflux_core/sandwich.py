@@ -47,10 +47,10 @@ from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.errors import NonFiniteError
 from fastflux_core.lora import lora_parameters, lora_tensors
 from fastflux_core.params import Params, SandwichParams
-from fastflux_core.placement import choose, place_blocks
+from fastflux_core.placement import choose, place_blocks, resolve_device
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
-from fastflux_core.source import load_base_blocks, resolve_device
+from fastflux_core.source import load_base_blocks
 from fastflux_core.stage import World
 from fastflux_core.store import StoreReader
 from fastflux_core.training import (BestState, CapturedInputs, KeepBest, Split, accumulated_step, chain_holdout,

@@ -224,11 +224,20 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
     recompute — embed and blocks 0..u-1 (offloaded or resident) and the frozen target copy of u..d on
     one micro-batch; train — one micro-batch forward/backward through u..d (LoRA, linear, fp32
     masters, AdamW, gradient checkpointing as configured) and the optimizer step; and the FLOPs of
-    the held-out check, the same forward without gradients."""
-    shapes, mb, cfg = Shapes.of(params), params.sandwich.micro_batch, params.sandwich
-    dtype = model_dtype(params)
-    lora_blocks = [j for j in range(u, d + 1) if j != i] if cfg.width > 1 else []
+    the held-out check, the same forward without gradients. Each phase is its own function: the
+    first is gone before the second exists, as in the stage (on a real device two whole transformers
+    would not fit where the stage does)."""
+    lora_blocks = [j for j in range(u, d + 1) if j != i] if params.sandwich.width > 1 else []
     flops: dict[str, int] = {}
+    peak_recompute = _measure_recompute(params, placement, u, d, lora_blocks, flops, real)
+    peak_train = _measure_sandwich_step(params, u, i, d, lora_blocks, flops, real)
+    return Measured(max(peak_recompute, peak_train), flops)
+
+
+def _measure_recompute(params, placement: Placement, u: int, d: int, lora_blocks: list[int], flops: dict,
+                       real: str | None) -> int:
+    """Peak bytes of the recompute phase; its FLOPs per sample and block into ``flops``."""
+    shapes, mb, cfg = Shapes.of(params), params.sandwich.micro_batch, params.sandwich
     mode, dev = space(real)
     with mode:
         model = build_transformer(params)
@@ -240,54 +249,65 @@ def measure_sandwich(params, placement: Placement, u: int, i: int, d: int, real:
         place_blocks(adapter, [adapter.block(j) for j in range(u)], sandwich + target, dev, placement == "offloaded",
                      prefetch=False)
         prefetched = _largest_block_bytes(adapter) if placement == "offloaded" and u > 0 else 0
-        x = _model_inputs(params, shapes, mb, dtype, dev)
-        with tracked(model, *target, device=dev.type) as mem_a:
+        x = _model_inputs(params, shapes, mb, model_dtype(params), dev)
+        with tracked(model, *target, device=dev.type) as mem:
             def recompute():
                 with torch.no_grad():
                     s = adapter.run(adapter.embed(x), 0, u)
                     adapter.run_modules(target, s, u)
             flops["recompute_per_sample_block"] = count_flops(recompute) // (mb * max(d + 1, 1))
+    return mem["peak"].get(dev.type, 0) + prefetched
+
+
+def _measure_sandwich_step(params, u: int, i: int, d: int, lora_blocks: list[int], flops: dict,
+                           real: str | None) -> int:
+    """Peak bytes of one training step of sandwich [u, d]; its FLOPs and the held-out check's per sample
+    into ``flops``. The model is built on the host and only the sandwich's blocks reach the device."""
+    shapes, mb, cfg = Shapes.of(params), params.sandwich.micro_batch, params.sandwich
+    dtype = model_dtype(params)
     train_mode, tdev = training_space(real)
-    with train_mode, torch.device(tdev):  # training step: only the sandwich's blocks exist
+    with train_mode:
         model = build_transformer(params)
         adapter = adapter_for(model)
         inject_lora(adapter, lora_blocks, cfg.lora_rank, cfg.lora_alpha, seed=0)
         model.requires_grad_(False)
         keep = {id(adapter.block(j)) for j in range(u, d + 1)}
-
         for j in range(len(adapter.blocks)):
             if id(adapter.block(j)) not in keep:
                 adapter.swap(j, SkipBlock())
         rep = LinearReplacement(shapes.dim, adapter.blocks[i].kind,  # float32, as prepare_sandwich makes it
                                 conditioned=params.solve.condition == "temb")
         adapter.swap(i, rep)
-        trainable = lora_parameters(adapter, lora_blocks) + list(rep.parameters())
-        for p in trainable:
-            p.data = p.data.float()
-            p.requires_grad_(True)
-        if cfg.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
-        model.train()
-        opt = optimizer(trainable, 1e-3)
-        target_copy = [copy.deepcopy(b).requires_grad_(False) for b in [adapter.block(j) for j in range(u, d + 1)]]
-        x = {"img": torch.randn(mb, shapes.n_img, shapes.dim, dtype=dtype),
-             "txt": torch.randn(mb, shapes.n_txt, shapes.dim, dtype=dtype), "temb": torch.randn(mb, shapes.dim, dtype=dtype)}
-        y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
-        rotary, den = _rotary(adapter, shapes, dtype), torch.ones(())
-        with tracked(model, *target_copy, opt, device=tdev.type) as mem_b:
-            def step():  # fit_sandwich's step, one micro-batch
-                loss = micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=False)
-            flops["train_per_sample"] = count_flops(step) // mb
+        model.to(tdev)
+        with torch.device(tdev):
+            trainable = lora_parameters(adapter, lora_blocks) + list(rep.parameters())
+            for p in trainable:
+                p.data = p.data.float()
+                p.requires_grad_(True)
+            if cfg.gradient_checkpointing:
+                model.enable_gradient_checkpointing()
+            model.train()
+            opt = optimizer(trainable, 1e-3)
+            target_copy = [copy.deepcopy(adapter.block(j)).requires_grad_(False) for j in range(u, d + 1)]
+            x = {"img": torch.randn(mb, shapes.n_img, shapes.dim, dtype=dtype),    # (B, N_img, C)
+                 "txt": torch.randn(mb, shapes.n_txt, shapes.dim, dtype=dtype),    # (B, N_txt, C)
+                 "temb": torch.randn(mb, shapes.dim, dtype=dtype)}                 # (B, C)
+            y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
+            rotary, den = _rotary(adapter, shapes, dtype), torch.ones(())
+            with tracked(model, *target_copy, opt, device=tdev.type) as mem:
+                def step():  # fit_sandwich's step, one micro-batch
+                    loss = micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                    opt.step()
+                    opt.zero_grad(set_to_none=False)
+                flops["train_per_sample"] = count_flops(step) // mb
 
-            def check():  # the held-out loss (keep-best, the rate probe): a forward, no gradients
-                with torch.no_grad():
-                    micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
-            flops["check_per_sample"] = count_flops(check) // mb
-    return Measured(max(mem_a["peak"].get(dev.type, 0) + prefetched, mem_b["peak"].get(tdev.type, 0)), flops)
+                def check():  # the held-out loss (keep-best, the rate probe): a forward, no gradients
+                    with torch.no_grad():
+                        micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
+                flops["check_per_sample"] = count_flops(check) // mb
+    return mem["peak"].get(tdev.type, 0)
 
 
 def measure_distill(params, what: str, real: str | None = None) -> Measured:

@@ -53,6 +53,8 @@ def check_cut(encoder: TextEncoder, prompts: list[str], what: str, digits: bool)
     >>> enc = type("Enc", (), {"max_sequence_length": 4, "cut_tokenizer": Words()})()
     >>> check_cut(enc, ["the digit 7", "a drawing of the number seven"], "set x", digits=False)
     {'a drawing of the number seven': 'a drawing of the'}
+    >>> check_cut(enc, ["a plain white square of paper"], "set y", digits=True)  # names no digit: a warning
+    {'a plain white square of paper': 'a plain white square'}
     """
     tok, limit = encoder.cut_tokenizer, encoder.max_sequence_length
     if tok is None:
@@ -60,9 +62,10 @@ def check_cut(encoder: TextEncoder, prompts: list[str], what: str, digits: bool)
     cut = {p: tok.decode(tok(p, truncation=True, max_length=limit)["input_ids"], skip_special_tokens=True)
            for p in prompts if len(tok(p)["input_ids"]) > limit}
     for prompt, kept in cut.items():
-        if digits and _digit(kept) != label_of(prompt):
+        named = _digit(prompt)  # a prompt that names no digit (a calibration caption) has none to lose
+        if digits and named is not None and _digit(kept) != named:
             raise FastFluxError(f"{what}: the prompt {prompt!r} is longer than text.max_sequence_length ({limit} "
-                                f"tokens) and is cut to {kept!r}, which loses the digit the judge scores: shorten "
+                                f"tokens) and is cut to {kept!r}, which loses the digit the prompt names: shorten "
                                 f"the prompt or raise text.max_sequence_length")
     if cut:
         shown = "; ".join(f"{p!r} → {k!r}" for p, k in list(cut.items())[:3])

@@ -82,10 +82,20 @@ class Split:
     holdout_prompts: list[str]
 
 
+def held_out_prompts(n_prompts: int, share: float) -> int:
+    """How many of ``n_prompts`` training prompts :func:`holdout_split` holds out: ``round(share ·
+    n_prompts)``, at least one (the budget counts the held-out checks with it).
+
+    >>> held_out_prompts(544, 0.1), held_out_prompts(10, 0.01)
+    (54, 1)
+    """
+    return max(1, round(share * n_prompts))
+
+
 def holdout_split(store: StoreReader, share: float, seed: int) -> Split:
-    """Hold out ``round(share · prompts)`` (≥ 1) of the store's prompts with all their samples."""
+    """Hold out :func:`held_out_prompts` of the store's prompts with all their samples."""
     prompts = store.attrs["prompts"]
-    n_hold = max(1, round(share * len(prompts)))
+    n_hold = held_out_prompts(len(prompts), share)
     if n_hold >= len(prompts):
         raise FastFluxError(f"sandwich.holdout={share} holds out all {len(prompts)} training prompts: lower it or "
                             f"add prompts to {store.attrs['prompt_set']}")

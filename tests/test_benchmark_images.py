@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fastflux_core.benchmark_images import dpg_prompts, geneval_prompts, main, write_dpg, write_geneval
@@ -95,6 +96,29 @@ def test_an_export_is_loaded_with_its_pruned_transformer(tmp_path, tiny_flux_fol
     export_folder.write_pipeline(tmp_path / "assemble" / "transformer", tiny_flux_folder, tmp_path / "export")
     loaded = []
     real = export_folder.load_pipeline
-    monkeypatch.setattr(export_folder, "load_pipeline", lambda folder, **k: loaded.append(folder) or real(folder, **k))
+
+    def load(folder, **k):
+        loaded.append((folder, real(folder, **k)))
+        return loaded[-1][1]
+    monkeypatch.setattr(export_folder, "load_pipeline", load)
     images = pipeline_generator(tmp_path / "export", 16, 2, 3.5, "cpu")("a photo of a cat", [1])
-    assert loaded == [tmp_path / "export"] and images[0].shape == (16, 16, 3)
+    assert [f for f, _ in loaded] == [tmp_path / "export"] and images[0].shape == (16, 16, 3)
+    pipe = loaded[0][1]  # bfloat16 by default, the pruned transformer included (it is passed in whole)
+    assert type(pipe.transformer).__module__ == "fastflux_core.pruned_flux"
+    assert pipe.transformer.dtype == pipe.vae.dtype == pipe.text_encoder_2.dtype == torch.bfloat16
+
+
+def test_a_folder_that_cannot_generate_is_refused_with_its_cause(tmp_path, capsys):
+    from fastflux_core.benchmark_images import pipeline_generator
+
+    with pytest.raises(FastFluxError, match=r"no such folder: pass --model .* \(dvc repro export\)"):
+        pipeline_generator(tmp_path / "missing", 16, 2, 3.5, "cpu")
+    (tmp_path / "embedded" / "transformer").mkdir(parents=True)  # the embedded default's export: no pipeline
+    (tmp_path / "embedded" / "transformer" / "config.json").write_text("{}")
+    with pytest.raises(FastFluxError, match="an export of the embedded default .* no text encoder or VAE"):
+        pipeline_generator(tmp_path / "embedded", 16, 2, 3.5, "cpu")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a cat"}) + "\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["geneval", "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o"), "--size", "1000"])
+    assert exit_.value.code == 2 and "--size 1000: must be a multiple of 16" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -167,3 +167,14 @@ def test_a_worker_that_cannot_score_stops_the_stage_before_any_image_is_made(hps
     monkeypatch.delenv("PYTHONPATH")  # the same Python without hpsv2: the worker's own last line
     with pytest.raises(FastFluxError, match=r"HPS v2 scoring failed in .*No module named 'hpsv2'"):
         hps_scorer(parse_params(d))
+
+
+def test_a_worker_that_writes_something_other_than_a_list_is_named(tmp_path):
+    """A metrics.hps_python that runs but writes a JSON number (not FastFLUX's worker) is one clear error,
+    not a TypeError from counting it."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nwhile [ "$1" != "--out" ]; do shift; done\necho 5 > "$2"\n')
+    fake.chmod(0o755)
+    with pytest.raises(FastFluxError, match=r"^HPS v2 worker wrote a JSON int, not a list of scores: .*python "
+                                            r"\(metrics.hps_python\) must run FastFLUX's worker"):
+        HpsScorer(fake, tmp_path / "hps.safetensors").check()

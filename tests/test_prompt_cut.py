@@ -14,6 +14,7 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.params import read_params
 from fastflux_core.prompts import SETS, read_prompt_file
 from fastflux_core.text import MiniLMTextEncoder, check_cut
+from tiny import write_tiny_flux_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def test_a_cut_that_loses_the_digit_is_refused_any_other_is_named(encoder, capsy
     prompts = ["the digit 7", "an image of a handwritten seven", "seven, an image of a handwritten digit"]
     with pytest.raises(FastFluxError, match=r"^set x: the prompt 'an image of a handwritten seven' is longer than "
                                             r"text\.max_sequence_length \(8 tokens\) and is cut to "
-                                            r"'an image of a handwritten', which loses the digit the judge scores"):
+                                            r"'an image of a handwritten', which loses the digit the prompt names"):
         check_cut(encoder, prompts, "set x", digits=True)
     assert check_cut(encoder, prompts[2:], "set x", digits=True) == {prompts[2]: "seven, an image of a"}
     capsys.readouterr()
@@ -47,3 +48,24 @@ def test_a_cut_that_loses_the_digit_is_refused_any_other_is_named(encoder, capsy
     assert err == ["warning: set x: 2 of 3 prompts are longer than text.max_sequence_length (8 tokens) and are cut: "
                    "'an image of a handwritten seven' → 'an image of a handwritten'; "
                    "'seven, an image of a handwritten digit' → 'seven, an image of a'"]
+
+
+def test_a_prompt_that_names_no_digit_is_only_named_even_in_a_digit_run(encoder, capsys):
+    # a calibration caption names no digit: there is none to lose, so a cut is a warning, not a refusal
+    prompt = "an image of a plain white square of paper"
+    assert check_cut(encoder, [prompt], "calibration", digits=True) == {prompt: "an image of a plain white"}
+    assert "warning: calibration: 1 of 1 prompts" in capsys.readouterr().err
+
+
+def test_a_flux_folder_cuts_at_t5s_tokens_and_its_embeddings_end_there(tmp_path, capsys):
+    from fastflux_core.flux import FluxTextEncoders
+
+    enc = FluxTextEncoders(write_tiny_flux_folder(tmp_path / "flux"), 8, torch.device("cpu"), torch.float32)
+    prompt = "a photograph of a red bicycle leaning on a wall"
+    kept = check_cut(enc, [prompt, "a red bicycle"], "set z", digits=False)
+    t5 = enc.pipe.tokenizer_2
+    assert kept == {prompt: t5.decode(t5(prompt, truncation=True, max_length=8)["input_ids"],
+                                      skip_special_tokens=True)}
+    assert kept[prompt] != prompt and prompt.startswith(kept[prompt])
+    embeds, _pooled = enc.encode([prompt])
+    assert embeds.shape[1] == 8  # what the transformer sees is the cut, T5's 8 tokens

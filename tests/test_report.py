@@ -260,3 +260,82 @@ def test_the_report_says_which_defaults_the_evidence_picks_and_where_params_yaml
     assert "| `capture.inputs` | trajectory | brll-st better than noised: inconclusive | noised |" in section
     assert "`finish.steps`" not in section  # the finisher was not run
     assert "params.yaml differs from the evidence at: `sandwich.learning_rate`, `capture.inputs`." in section
+
+
+def test_the_defaults_section_reads_each_choice_from_the_variants_it_compares():
+    """Each pair the defaults section follows is a claim an experiment makes, its two variants differ in
+    one params key, and the values are the variants' own (params.yaml's where a variant has no override);
+    the costlier value is picked only where the evidence supports it."""
+    from pathlib import Path
+
+    import yaml
+
+    claimed = {pair for e in EXPERIMENTS.values() for pair in e.better}
+    assert set(report.DEFAULT_CHOICES) <= claimed
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["sandwich"]["learning_rate"], params["capture"]["inputs"] = 0.001, "trajectory"  # the paper's
+    choices = {report._choice(a, b, params) for a, b in report.DEFAULT_CHOICES}
+    assert choices == {("sandwich.learning_rate", "auto", 0.001), ("solve.condition", "temb", params["solve"]["condition"]),
+                       ("finish.steps", experiments.FINISH_STEPS, params["finish"]["steps"]),
+                       ("capture.inputs", "trajectory", "noised")}
+    found = {("st-auto", "brll-st"): "supports", ("brll-st", "noised"): "inconclusive"}
+    text = "\n".join(report.default_lines(found, params))
+    assert "| `sandwich.learning_rate` | 0.001 | st-auto better than brll-st: supports | auto |" in text
+    assert "| `capture.inputs` | trajectory | brll-st better than noised: inconclusive | noised |" in text
+    assert "differs from the evidence at: `sandwich.learning_rate`, `capture.inputs`." in text
+
+
+class FakeDvc:
+    """``dvc`` as experiments._dvc calls it, over experiments in a state each ("success", "queued",
+    "running", "failed"): queue status/kill/remove, exp show --json, exp run --queue / --run-all."""
+
+    def __init__(self, states: dict[str, str], max_ratio: float):
+        self.states, self.max_ratio, self.queued = dict(states), max_ratio, []
+
+    def _show(self) -> str:
+        exps = []
+        for name, state in self.states.items():
+            run = next(r for r in runs(["capture"], [0, 1]) if r.name == name)
+            nested: dict = {}
+            for key, v in run_overrides(run, self.max_ratio).items():
+                *path, last = key.split(".")
+                d = nested
+                for p in path:
+                    d = d.setdefault(p, {})
+                d[last] = v
+            data = {"rev": name, "params": {"params.yaml": {"data": nested}}, "metrics": {}}
+            exps.append({"executor": {"state": state}, "name": name, "revs": [{"name": name, "rev": name, "data": data}]})
+        return json.dumps([{"rev": "head", "experiments": exps}])
+
+    def __call__(self, *args: str, cwd) -> str:
+        if args[:2] == ("queue", "status"):
+            return "Task     Name     Created    Status\n" + "".join(
+                f"abc{i:04d}  {n}  10:00  {s.capitalize()}\n" for i, (n, s) in enumerate(self.states.items()) if s != "success")
+        if args[:2] == ("queue", "kill"):
+            self.states.update({n: "failed" for n in args[2:]})
+        elif args[:2] == ("queue", "remove"):
+            self.states = {n: s for n, s in self.states.items() if s not in ("queued", "failed")}
+        elif args[:2] == ("exp", "show"):
+            return self._show()
+        elif args[:3] == ("exp", "run", "--queue"):
+            self.queued.append(args[4])
+            self.states[args[4]] = "queued"
+        elif args[:3] == ("exp", "run", "--run-all"):
+            self.states.update({n: "success" for n, s in self.states.items() if s == "queued"})
+        return ""
+
+
+def test_a_resumed_report_queues_every_run_without_a_result(tmp_path, monkeypatch):
+    """An interrupted report leaves tasks queued, marked running (their worker is gone) or failed; exp
+    show lists them beside the finished runs. Resumed, the report runs each of them again, once, and
+    not the finished one."""
+    (tmp_path / "params.yaml").write_text("max_ratio: 0.25\n")
+    todo = runs(["capture"], [0, 1])
+    assert sorted(r.name for r in todo) == ["brll-st-b0-s0", "brll-st-b0-s1", "noised-b0-s0", "noised-b0-s1"]
+    dvc = FakeDvc({"brll-st-b0-s0": "success", "noised-b0-s0": "running", "brll-st-b0-s1": "queued",
+                   "noised-b0-s1": "failed"}, 0.25)
+    monkeypatch.setattr(experiments, "_dvc", dvc)
+    assert list(experiments.experiment_results(tmp_path)) == ["brll-st-b0-s0"]  # the others are no results
+    experiments.run_all(todo, tmp_path)
+    assert sorted(dvc.queued) == ["brll-st-b0-s1", "noised-b0-s0", "noised-b0-s1"]
+    assert sorted(experiments.experiment_results(tmp_path)) == sorted(r.name for r in todo)
