@@ -51,7 +51,8 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     capture       activation capture along trajectories or from noised endpoints (stages endpoints, capture@k)
     solve         BRLL: the replacing linear by least squares (stage solve@k)
     training      what sandwiches, the finisher and the baseline share: data, rounds, keep-best, rate probe
-    sandwich      Sandwich Training (stage sandwich@k)
+    boundary      the sandwich's boundary states, recomputed; the sandwich as one module, its micro-step
+    sandwich      Sandwich Training (stage sandwich@k): preparing, fitting, keeping the best
     distill       distillation towards the base, global or block by block
     finish        the optional global finisher of the model at a ratio
     assemble      the model at a ratio from the chain, saved (stage assemble)

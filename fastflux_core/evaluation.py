@@ -123,7 +123,7 @@ class Evaluator:
         self.params, self.embeds, self.device, self.world = params, embeds, resolve_device(params.model.device), world
         self.placement = choose("evaluate", params, self.device)
         # the HPS worker first: a misconfigured metrics.hps_python fails in seconds, before the base loads
-        hps = hps_scorer(params) if world.is_main else None
+        hps = hps_scorer(params.metrics) if world.is_main else None
         # the base is for timing, which rank 0 alone does: on its host, on the device only while timed (other
         # ranks do not hold it — FLUX.1-dev: 24 GB of host memory each); their codec comes with the first model
         self.base = load_transformer(params.model) if world.is_main else None

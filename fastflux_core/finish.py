@@ -50,7 +50,7 @@ def finishing_data(params: Params, store: StoreReader, embeds: PromptEmbeds) -> 
     of its prompts (which no sandwich trained on; the L1 baseline holds out the same)."""
     model = empty_base_model(params.model).to(getattr(torch, params.model.dtype))  # what CapturedInputs reads: dtype, guidance
     inputs = CapturedInputs(store, embeds, model, torch.device("cpu"))
-    return inputs, chain_holdout(store, params)
+    return inputs, chain_holdout(store, params.sandwich.holdout, params.seed)
 
 
 def finished_model(params: Params, states: list[ChainState], n: int,

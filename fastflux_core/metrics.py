@@ -34,7 +34,7 @@ from fastflux_core.io import load_tensors, save_png, save_tensors
 from fastflux_core.prompts import label_of
 
 if TYPE_CHECKING:
-    from fastflux_core.params import Params
+    from fastflux_core.params import MetricsParams, Params
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 QUALITY_KEYS = ("fid", "fid_real", "clip", "prompt_accuracy", "hps")  # what a quality record may hold
@@ -246,15 +246,14 @@ def _load_judge() -> torch.nn.Module:
     return judge.eval()
 
 
-def hps_scorer(params: "Params") -> HpsScorer | None:
+def hps_scorer(metrics: "MetricsParams") -> HpsScorer | None:
     """HPS v2 where ``metrics.hps_python`` is set, its worker tried once on one tiny image: a stage
     that scores HPS calls this before it generates anything, so an interpreter without hpsv2 (or not
     a Python at all) stops it in seconds, not after every image was made. The evaluation set's stages
     ask for it; importance ablations rank by FID and CLIP alone (Eq. 2)."""
-    m = params.metrics
-    if m.hps_python is None:
+    if metrics.hps_python is None:
         return None
-    scorer = HpsScorer(m.hps_python, m.hps_checkpoint, m.batch_size)
+    scorer = HpsScorer(metrics.hps_python, metrics.hps_checkpoint, metrics.batch_size)
     scorer.check()
     return scorer
 

@@ -23,7 +23,7 @@ from fastflux_core.placement import check_device
 from fastflux_core.prompts import check_disjoint, label_of, read_prompt_file
 
 if TYPE_CHECKING:
-    from fastflux_core.params import Params
+    from fastflux_core.params import ModelParams, Params
 
 FLUX_CONFIGS = {  # sub-folder → a config file diffusers/transformers needs there
     "transformer": "config.json", "scheduler": "scheduler_config.json", "vae": "config.json",
@@ -77,13 +77,13 @@ def check_model_folder(path: Path, source: str) -> None:
         raise ModelFolderError(f"no safetensors weights in {path / 'transformer'} (pickled weights are not loaded)")
 
 
-def pixels_per_latent_cell(params: "Params") -> int:
+def pixels_per_latent_cell(model: "ModelParams") -> int:
     """Image pixels per side of one latent cell: the VAE's downsampling (2^(levels−1)) for a model
     folder, 1 for the embedded default, which diffuses pixels directly."""
-    if params.model.source == "embedded":
+    if model.source == "embedded":
         return 1
-    assert params.model.path is not None
-    vae = read_config(params.model.path / "vae" / "config.json", "model folder")
+    assert model.path is not None
+    vae = read_config(model.path / "vae" / "config.json", "model folder")
     return 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
 
 
@@ -91,7 +91,7 @@ def check_sizes(params: "Params") -> None:
     """Height and width must pack into 2×2 latent cells exactly (FluxPipeline silently rounds them
     down, which would score a different image size than the one asked for), and least squares cannot
     sample more tokens per sample than a sequence has (no silent clamping)."""
-    multiple = 2 * pixels_per_latent_cell(params)
+    multiple = 2 * pixels_per_latent_cell(params.model)
     s, imp = params.sampling, params.importance
     for key, value in (("sampling.height", s.height), ("sampling.width", s.width),
                        ("importance.height", imp.height), ("importance.width", imp.width)):

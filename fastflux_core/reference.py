@@ -91,7 +91,7 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     sampling settings (the importance set's own: :func:`~fastflux_core.params.importance_sampling`).
     Every rank generates its share; the main rank writes and scores (the others return ``None``)."""
     device = resolve_device(params.model.device)
-    hps = hps_scorer(params) if set_name == "evaluation" and world.is_main else None  # before any image is made
+    hps = hps_scorer(params.metrics) if set_name == "evaluation" and world.is_main else None  # before any image is made
     s = getattr(params.prompts, set_name)
     sampling = importance_sampling(params) if set_name == "importance" else params.sampling
     gen = generate(params, embeds, prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed), sampling, world=world)

@@ -9,11 +9,8 @@ model's: ``sandwich.target``), minimising the relative squared error
 
     L = ‖sandwich(x_u) − y_d‖² / ‖y_d‖²     (both streams)
 
-Data: the *training* prompt set (least squares was fitted on the calibration set). Capture stored
-each sample's transformer inputs (noisy latent, timestep, guidance, prompt); the boundary states
-are recomputed here on the device — x_u = blocks 0..u-1 of the current model, y_d = a frozen copy of
-its blocks u..d (or the base model's) on x_u — as storing them would take 116 GB per step at
-FLUX.1-dev scale (see :mod:`fastflux_core.capture`). Both are exact: nothing before u is trained here.
+Data: the *training* prompt set (least squares was fitted on the calibration set); the boundary
+states x_u and y_d are recomputed from what capture stored (:mod:`fastflux_core.boundary`).
 
 Rounds: the training samples are shuffled and cut into rounds of ``round_samples``; a round's
 boundary states are computed once and held in host memory, and the ``train_steps`` are shared out
@@ -36,13 +33,14 @@ import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fastflux_core.blocks import BlockAdapter, BlockState
+from fastflux_core.blocks import BlockAdapter
+from fastflux_core.boundary import (Boundary, BoundaryStates, SandwichBlocks, data_parallel, micro_step, rank_micro_batches,
+                                    sandwich_loss)
 from fastflux_core.chain import ChainState, PlanStep, build_chain_model
 from fastflux_core.errors import NonFiniteError
 from fastflux_core.lora import lora_parameters, lora_tensors
@@ -53,110 +51,8 @@ from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 from fastflux_core.source import load_base_blocks
 from fastflux_core.stage import World
 from fastflux_core.store import StoreReader
-from fastflux_core.training import (BestState, CapturedInputs, KeepBest, Split, accumulated_step, chain_holdout,
+from fastflux_core.training import (BestState, KeepBest, Split, accumulated_step, chain_holdout,
                                     optimizer, pick_rate, rounds)
-
-
-@dataclass(frozen=True)
-class Boundary:
-    """Boundary states of some samples, on the host in the model's dtype."""
-
-    img: torch.Tensor  # (n, N_img, D)  x_u, image stream
-    txt: torch.Tensor  # (n, N_txt, D)  x_u, text stream
-    temb: torch.Tensor  # (n, D)
-    y_img: torch.Tensor  # (n, N_img, D)  y_d, image stream
-    y_txt: torch.Tensor  # (n, N_txt, D)  y_d, text stream
-
-    def __len__(self) -> int:
-        return self.img.shape[0]
-
-    def target_norm(self, idx: torch.Tensor) -> torch.Tensor:
-        """‖y_d‖² over samples ``idx``, both streams, float32."""
-        return (self.y_img[idx].float() ** 2).sum() + (self.y_txt[idx].float() ** 2).sum()
-
-    def sample_norms(self) -> torch.Tensor:
-        """(n,) ‖y_d‖² of each sample, both streams, float32."""
-        return (self.y_img.float() ** 2).flatten(1).sum(1) + (self.y_txt.float() ** 2).flatten(1).sum(1)
-
-    def take(self, idx: torch.Tensor, device: torch.device) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """Inputs {img, txt, temb} and targets (img, txt) of samples ``idx`` on ``device``."""
-        x = {"img": self.img[idx].to(device), "txt": self.txt[idx].to(device), "temb": self.temb[idx].to(device)}
-        return x, (self.y_img[idx].to(device), self.y_txt[idx].to(device))
-
-
-class BoundaryStates:
-    """Recomputes sandwich boundary states from captured transformer inputs (the training store)."""
-
-    def __init__(self, store: StoreReader, embeds: PromptEmbeds, adapter: BlockAdapter, target: list[nn.Module],
-                 u: int, micro_batch: int, device: torch.device):
-        self.inputs = CapturedInputs(store, embeds, adapter.model, device)
-        self.adapter, self.target, self.u, self.micro_batch, self.device = adapter, target, u, micro_batch, device
-        self.rotary = adapter.rotary(self.inputs.txt_ids, self.inputs.img_ids)  # FLUX's; SD3: None
-
-    @torch.no_grad()
-    def compute(self, idx: torch.Tensor) -> Boundary:
-        """x_u and y_d of samples ``idx`` (store order), computed in micro-batches on the device."""
-        parts: list[tuple[torch.Tensor, ...]] = []
-        for inputs in self.inputs.batches(idx, self.micro_batch):
-            x = self.adapter.run(self.adapter.embed(inputs), 0, self.u)
-            y = self.adapter.run_modules(self.target, x, self.u)
-            parts.append(tuple(t.cpu() for t in (x.hidden_states, x.encoder_hidden_states, x.temb,
-                                                  y.hidden_states, y.encoder_hidden_states)))
-        return Boundary(*(torch.cat(ts) for ts in zip(*parts)))
-
-
-def _run(adapter: BlockAdapter, x: dict, rotary, u: int, d: int) -> BlockState:
-    return adapter.run(BlockState(x["img"], x["txt"], x["temb"], rotary), u, d + 1)
-
-
-class SandwichBlocks(nn.Module):
-    """Blocks u..d as one module — what ``DistributedDataParallel`` wraps when several ranks train
-    (its hooks sum the trainable parameters' gradients across ranks). The blocks stay where they are
-    in the model; this only groups them."""
-
-    def __init__(self, adapter: BlockAdapter, u: int, d: int):
-        super().__init__()
-        self.blocks = nn.ModuleList(adapter.block(j) for j in range(u, d + 1))
-        self.adapter, self.u, self.d = adapter, u, d
-
-    def forward(self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor]:
-        out = _run(self.adapter, {"img": img, "txt": txt, "temb": temb}, rotary, self.u, self.d)
-        return out.hidden_states, out.encoder_hidden_states  # (b, N_img, D), (b, N_txt, D)
-
-
-def data_parallel(net: SandwichBlocks, world: World, device: torch.device) -> nn.Module:
-    """``net`` wrapped in ``DistributedDataParallel`` for several ranks (gradients averaged across
-    ranks at every backward), ``net`` itself for one."""
-    if world.size == 1:
-        return net
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
-
-
-def micro_step(net: nn.Module, x: dict, y: tuple[torch.Tensor, torch.Tensor], rotary, den: torch.Tensor) -> torch.Tensor:
-    """The training forward of one micro-batch: the sandwich ``net`` (:class:`SandwichBlocks`) on x,
-    squared error to y over the whole batch's ‖y‖² (``den``) — its gradients summed over
-    micro-batches are the batch's."""
-    img, txt = net(x["img"], x["txt"], x["temb"], rotary)
-    return _sq_err(BlockState(img, txt, x["temb"], rotary), y) / den
-
-
-def _sq_err(out: BlockState, y: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Squared error summed over both streams, in float32."""
-    return ((out.hidden_states.float() - y[0].float()) ** 2).sum() + \
-        ((out.encoder_hidden_states.float() - y[1].float()) ** 2).sum()
-
-
-@torch.no_grad()
-def _loss(adapter: BlockAdapter, b: Boundary, rotary, u: int, d: int, micro_batch: int, device) -> tuple[float, float]:
-    """(squared error, squared target norm) of the sandwich over every sample of ``b``."""
-    num = 0.0
-    for mb in torch.arange(len(b)).split(micro_batch):
-        x, y = b.take(mb, device)
-        num += float(_sq_err(_run(adapter, x, rotary, u, d), y))
-    return num, float(b.target_norm(torch.arange(len(b))))
 
 
 @contextmanager
@@ -213,23 +109,6 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
     return adapter, train_params, target
 
 
-def rank_micro_batches(pick: torch.Tensor, n_rows: int, micro_batch: int, world: World) -> list[torch.Tensor]:
-    """The samples of a batch (``pick``: positions in a round of ``n_rows``) that this rank holds — its
-    contiguous share of the round, :meth:`World.part` — as rows of its own boundary states, in
-    micro-batches of at most ``micro_batch``, as many as the busiest rank needs: DDP sums gradients at
-    every backward, so every rank runs the same number; a rank's extra ones are empty (it then
-    contributes zero).
-
-    >>> [m.tolist() for m in rank_micro_batches(torch.tensor([0, 1, 2, 5, 6]), 8, 2, World(1, 2))]
-    [[1, 2], []]
-    """
-    shares = [World(r, world.size).part(n_rows) for r in range(world.size)]
-    n = max(-(-int(((pick >= s.start) & (pick < s.stop)).sum()) // micro_batch) for s in shares)
-    own = shares[world.rank]
-    mine = pick[(pick >= own.start) & (pick < own.stop)] - own.start
-    return [mine[i * micro_batch : (i + 1) * micro_batch] for i in range(n)]
-
-
 class HeldOutCheck:
     """The held-out loss of the sandwich as training goes: on up to ``round_samples`` of the held-out
     samples (a seeded choice among them), whose boundary states are computed once and kept on the
@@ -249,7 +128,7 @@ class HeldOutCheck:
         if self.states is not None:
             was_training = self.adapter.model.training
             self.adapter.model.eval()
-            sums += torch.tensor(_loss(self.adapter, self.states, self.data.rotary, self.u, self.d,
+            sums += torch.tensor(sandwich_loss(self.adapter, self.states, self.data.rotary, self.u, self.d,
                                        self.cfg.micro_batch, self.data.device), dtype=torch.float64)
             self.adapter.model.train(was_training)
         num, den = self.world.sum_(sums).tolist()
@@ -349,9 +228,9 @@ def fit_sandwich(adapter: BlockAdapter, train_params: list[nn.Parameter], data: 
         if not len(mine):
             continue
         b = data.compute(mine)
-        num, den = _loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
+        num, den = sandwich_loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
         with _weights(train_params, start.values):
-            num0, _ = _loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
+            num0, _ = sandwich_loss(adapter, b, data.rotary, u, d, cfg.micro_batch, device)
         sums += torch.tensor([num, num0, den], dtype=torch.float64)
     kept, before, norm = world.sum_(sums).tolist()
     best_step = keep.best.step
@@ -382,7 +261,7 @@ def train_sandwich(params: Params, step: PlanStep, state: ChainState,
     lora_blocks, linear_blocks = step.lora_blocks(), step.linear_blocks()
     adapter, train_params, target = prepare_sandwich(params, step, state, solved, conditioning)
     data = BoundaryStates(store, embeds, adapter, target, u, cfg.micro_batch, resolve_device(params.model.device))
-    split = chain_holdout(store, params)
+    split = chain_holdout(store, params.sandwich.holdout, params.seed)
     losses = fit_sandwich(adapter, train_params, data, split, u, d, cfg,
                           derive_seed(params.seed, "sandwich-batches", step.k), world)
 

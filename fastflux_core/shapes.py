@@ -24,14 +24,14 @@ from fastflux_core.params import capture_schedule
 from fastflux_core.store import calibration_specs, estimate_bytes, training_specs
 
 if TYPE_CHECKING:
-    from fastflux_core.params import Params
+    from fastflux_core.params import ModelParams, Params
 
 
 def transformer_config(params: Params) -> dict:
     """The base transformer's config: the model folder's, the embedded base's, or (a folder not there
     yet, for the budget) the family's published one (FLUX.1-dev's)."""
     if params.model.source != "embedded":
-        return component_config(params, "transformer", reference_config(params, "transformer"))
+        return component_config(params.model, "transformer", reference_config(params.model, "transformer"))
     path = Path("data/base/transformer/config.json")
     if path.is_file():
         return json.loads(path.read_text())
@@ -40,17 +40,17 @@ def transformer_config(params: Params) -> dict:
     return embedded_transformer_config(params.embedded, EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS)
 
 
-def reference_config(params: Params, component: str) -> dict | None:
+def reference_config(model: ModelParams, component: str) -> dict | None:
     """The model family's published config of a folder component (FLUX.1-dev's; none for SD3)."""
     from fastflux_core.families import family
 
-    return family(params.model.source).reference_configs.get(component)
+    return family(model.source).reference_configs.get(component)
 
 
-def component_config(params: Params, folder: str, builtin: dict | None) -> dict:
+def component_config(model: ModelParams, folder: str, builtin: dict | None) -> dict:
     """A model folder component's config (``vae``, ``text_encoder``, …), or ``builtin`` — the family's
     published one (FLUX.1-dev's), for a budget made before the folder exists."""
-    path = params.model.path / folder / "config.json" if params.model.path else None
+    path = model.path / folder / "config.json" if model.path else None
     if path is not None and path.is_file():
         return json.loads(path.read_text())
     if builtin is None:
@@ -81,7 +81,8 @@ class Shapes:
         fam = family_of_config(t)
         scale, n_txt = 1, params.text.max_sequence_length  # the embedded base: pixels, MiniLM's tokens
         if params.model.source != "embedded":
-            scale = 2 ** (len(component_config(params, "vae", reference_config(params, "vae"))["block_out_channels"]) - 1)
+            vae = component_config(params.model, "vae", reference_config(params.model, "vae"))
+            scale = 2 ** (len(vae["block_out_channels"]) - 1)
             n_txt = family(params.model.source).text_tokens(n_txt)
         h, w = params.sampling.height // scale, params.sampling.width // scale
         return cls(n_img=(h // 2) * (w // 2), n_txt=n_txt,

@@ -2,7 +2,7 @@
 and its FLOPs, at the configured shapes.
 
 Each stage's device code path — the same functions the stage calls (:func:`~fastflux_core.sampling.
-sample_latents` with the capture hooks, :class:`~fastflux_core.sandwich.BoundaryStates`, the sandwich
+sample_latents` with the capture hooks, :class:`~fastflux_core.boundary.BoundaryStates`, the sandwich
 training step, the least-squares accumulator, the text encoders, the VAE decode), on a transformer
 built from the real config and placed by :mod:`fastflux_core.placement` — runs on fake tensors, and
 the tracker records the peak bytes on the device. One batch and one sampling step stand for the whole
@@ -39,7 +39,7 @@ from fastflux_core.placement import Placement, place, place_blocks
 from fastflux_core.prompts import prompt_items
 from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 from fastflux_core.sampling import velocity
-from fastflux_core.sandwich import SandwichBlocks, micro_step
+from fastflux_core.boundary import SandwichBlocks, micro_step
 from fastflux_core.shapes import Shapes, component_config, reference_config, transformer_config
 from fastflux_core.speed import count_flops
 from fastflux_core.training import optimizer
@@ -65,7 +65,7 @@ def build_codec(params, shapes: Shapes, device: torch.device):
     if params.model.source == "embedded":
         return PixelCodec(shapes.latent_channels)
 
-    cfg = {k: v for k, v in component_config(params, "vae", reference_config(params, "vae")).items() if not k.startswith("_")}
+    cfg = {k: v for k, v in component_config(params.model, "vae", reference_config(params.model, "vae")).items() if not k.startswith("_")}
     with default_dtype(model_dtype(params)), torch.device(device):
         return VaeCodec(AutoencoderKL.from_config(cfg).eval())
 
@@ -73,7 +73,7 @@ def build_codec(params, shapes: Shapes, device: torch.device):
 def build_scheduler(params):
     if params.model.source == "embedded":
         return embedded_scheduler()
-    cfg = component_config(params, "scheduler", reference_config(params, "scheduler"))
+    cfg = component_config(params.model, "scheduler", reference_config(params.model, "scheduler"))
     return FlowMatchEulerDiscreteScheduler.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
 
 
@@ -165,7 +165,7 @@ def _text_encoders(params) -> list[tuple[nn.Module, int]]:
         out = []
         for sub, cls_name, tokens in family(params.model.source).text_encoders:
             cls = getattr(transformers, cls_name)
-            cfg = component_config(params, sub, family(params.model.source).reference_configs.get(sub))
+            cfg = component_config(params.model, sub, reference_config(params.model, sub))
             out.append((cls._from_config(cls.config_class(**cfg), dtype=model_dtype(params)).eval(), tokens or n))
         return out
 

@@ -38,7 +38,6 @@ from torch import nn
 from fastflux_core.blocks import ModelInputs
 from fastflux_core.errors import FastFluxError, require_finite
 from fastflux_core.families import adapter_for
-from fastflux_core.params import Params
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.stage import World
 from fastflux_core.store import StoreReader
@@ -106,10 +105,11 @@ def holdout_split(store: StoreReader, share: float, seed: int) -> Split:
                  [prompts[int(j)] for j in sorted(held.tolist())])
 
 
-def chain_holdout(store: StoreReader, params: Params) -> Split:
+def chain_holdout(store: StoreReader, holdout: float, seed: int) -> Split:
     """The held-out split of every chain step (the same prompts: every training store holds the same
-    prompt set), so no step trains on what another step, the finisher or the baseline scores on."""
-    return holdout_split(store, params.sandwich.holdout, derive_seed(params.seed, "sandwich-holdout"))
+    prompt set), so no step trains on what another step, the finisher or the baseline scores on.
+    ``holdout``: sandwich.holdout; ``seed``: the run's seed."""
+    return holdout_split(store, holdout, derive_seed(seed, "sandwich-holdout"))
 
 
 def optimizer(train_params: list[nn.Parameter], learning_rate: float) -> torch.optim.Optimizer:

@@ -277,7 +277,7 @@ def baseline(params: Params, states: list, store: StoreReader, train_embeds: Pro
     ev = Evaluator(params, eval_embeds, reference)
     n_blocks = len(adapter_for(ev.base).blocks)
     inputs = CapturedInputs(store, train_embeds, ev.base, torch.device("cpu"))  # rounds are held on the host
-    split = chain_holdout(store, params)  # the prompts no sandwich trained on
+    split = chain_holdout(store, params.sandwich.holdout, params.seed)  # the prompts no sandwich trained on
     metrics, timings = {}, {}
     for r in params.baseline.ratios:
         n = n_replaced(r, n_blocks)

@@ -18,7 +18,8 @@ from fastflux_core.codec import pack
 from fastflux_core.io import atomic_dir
 from fastflux_core.lora import lora_tensors
 from fastflux_core.sampling import initial_noise
-from fastflux_core.sandwich import BoundaryStates, fit_sandwich, prepare_sandwich, train_sandwich
+from fastflux_core.boundary import BoundaryStates
+from fastflux_core.sandwich import fit_sandwich, prepare_sandwich, train_sandwich
 from fastflux_core.solve import replacement_for, row_weight, save_solution, solve_store
 from fastflux_core.store import StoreReader
 from fastflux_core.training import holdout_split

@@ -152,7 +152,7 @@ def test_a_worker_that_cannot_score_stops_the_stage_before_any_image_is_made(hps
     d = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     d["metrics"].update(hps_python="/bin/true", hps_checkpoint=str(tmp_path / "hps.safetensors"))
     with pytest.raises(FastFluxError, match=r"^/bin/true \(metrics.hps_python\) exited without error but wrote no scores"):
-        hps_scorer(parse_params(d))
+        hps_scorer(parse_params(d).metrics)
 
     def generate(*args, **kwargs):
         raise AssertionError("an image was generated before the HPS worker was tried")
@@ -163,10 +163,10 @@ def test_a_worker_that_cannot_score_stops_the_stage_before_any_image_is_made(hps
         reference.make_reference(parse_params(d), "evaluation", embeds, tmp_path / "ref")
 
     d["metrics"]["hps_python"] = sys.executable
-    assert isinstance(hps_scorer(parse_params(d)), HpsScorer)  # the stand-in hpsv2 scores the grey square
+    assert isinstance(hps_scorer(parse_params(d).metrics), HpsScorer)  # the stand-in hpsv2 scores the grey square
     monkeypatch.delenv("PYTHONPATH")  # the same Python without hpsv2: the worker's own last line
     with pytest.raises(FastFluxError, match=r"HPS v2 scoring failed in .*No module named 'hpsv2'"):
-        hps_scorer(parse_params(d))
+        hps_scorer(parse_params(d).metrics)
 
 
 def test_a_worker_that_writes_something_other_than_a_list_is_named(tmp_path):

@@ -9,7 +9,7 @@ from tiny import tiny_transformer
 from fastflux_core.blocks import BlockState
 from fastflux_core.flux import FluxAdapter
 from fastflux_core.pruned_flux import LinearReplacement
-from fastflux_core.sandwich import Boundary, _run, _sq_err
+from fastflux_core.boundary import Boundary, _sq_err, run_sandwich
 from fastflux_core.training import rounds
 
 
@@ -41,7 +41,7 @@ def _grads(checkpointing: bool, micro_batch: int) -> list[torch.Tensor]:
     den = b.target_norm(pick)
     for mb in pick.split(micro_batch):
         x, y = b.take(mb, torch.device("cpu"))
-        (_sq_err(_run(adapter, x, rotary, 2, 4), y) / den).backward()
+        (_sq_err(run_sandwich(adapter, x, rotary, 2, 4), y) / den).backward()
     return [p.grad.clone() for p in trainable]
 
 
