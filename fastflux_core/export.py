@@ -1,8 +1,8 @@
 """The exported pruned model: the in-memory chain model → a savable pruned transformer.
 
 The transformer is a :class:`~fastflux_core.pruned_flux.PrunedFluxTransformer2DModel` (a
-``FluxTransformer2DModel`` whose config lists ``replaced_blocks``) or, for SD3, a
-``PrunedSD3Transformer2DModel`` — the family adapter names the class; LoRA from Sandwich Training is
+``FluxTransformer2DModel`` whose config lists ``replaced_blocks``) or its FLUX.2 or SD3 counterpart
+(``PrunedFlux2Transformer2DModel``, ``PrunedSD3Transformer2DModel``) — the family adapter names the class; LoRA from Sandwich Training is
 merged into the weights first, so inference needs neither peft nor FastFLUX's chain. Its class ships
 inside the folder (``pruned_flux.py``, named in ``auto_map``), and the plain class refuses it.
 
@@ -23,10 +23,11 @@ from torch import nn
 from fastflux_core import pruned_flux
 from fastflux_core.errors import loading
 from fastflux_core.families import adapter_for, family_of_config
-from fastflux_core.pruned_flux import PrunedFluxTransformer2DModel, PrunedMixin, PrunedSD3Transformer2DModel
+from fastflux_core.pruned_flux import (PrunedFlux2Transformer2DModel, PrunedFluxTransformer2DModel, PrunedMixin,
+                                       PrunedSD3Transformer2DModel)
 
-__all__ = ["PrunedFluxTransformer2DModel", "PrunedSD3Transformer2DModel", "merge_lora", "to_pruned",
-           "count_parameters", "pruned_class", "load_pruned"]
+__all__ = ["PrunedFluxTransformer2DModel", "PrunedFlux2Transformer2DModel", "PrunedSD3Transformer2DModel", "merge_lora",
+           "to_pruned", "count_parameters", "pruned_class", "load_pruned"]
 
 
 def pruned_class(config: dict) -> type[PrunedMixin]:
@@ -61,7 +62,7 @@ def count_parameters(model) -> int:
 
 
 def load_pruned(folder: Path) -> PrunedMixin:
-    """An assembled pruned transformer (its class from its config: FLUX or SD3)."""
+    """An assembled pruned transformer (its class from its config: FLUX.1, FLUX.2 or SD3)."""
     with loading(folder):
         cls = pruned_class(json.loads((folder / "config.json").read_text()))
         return cls.from_pretrained(str(folder), use_safetensors=True).eval()

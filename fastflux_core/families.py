@@ -1,9 +1,10 @@
 """Which model family a transformer, a config or a name belongs to, and its block adapter.
 
 The registry above the families: each family module (:mod:`fastflux_core.flux`,
-:mod:`fastflux_core.sd3`) implements :class:`fastflux_core.blocks.BlockAdapter` and knows nothing of
-the others; this module lists them. A new family (FLUX.2, Qwen-Image) is one more module and one
-more entry in :data:`ADAPTERS`.
+:mod:`fastflux_core.flux2`, :mod:`fastflux_core.sd3`) implements :class:`fastflux_core.blocks.BlockAdapter`
+and knows nothing of the others — but FLUX.2, which keeps FLUX.1's block layout and builds on its
+adapter; this module lists them. A new family (Qwen-Image) is one more module and one more entry in
+:data:`ADAPTERS`.
 
 >>> family("sd3").model_class.__name__, family_of_config({"_class_name": "FluxTransformer2DModel"}).family
 ('SD3Transformer2DModel', 'flux')
@@ -17,12 +18,14 @@ from torch import nn
 
 from fastflux_core.blocks import BlockAdapter
 from fastflux_core.flux import FluxAdapter
+from fastflux_core.flux2 import Flux2Adapter
 from fastflux_core.sd3 import SD3Adapter
 
 if TYPE_CHECKING:
     from fastflux_core.params import EmbeddedParams
 
-ADAPTERS: dict[str, type] = {"flux": FluxAdapter, "sd3": SD3Adapter}
+# flux2: its blocks, forward and export (issue 31); not yet a model.source (text encoders, VAE to come)
+ADAPTERS: dict[str, type] = {"flux": FluxAdapter, "flux2": Flux2Adapter, "sd3": SD3Adapter}
 FAMILIES = tuple(ADAPTERS)
 
 

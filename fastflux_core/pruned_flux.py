@@ -1,4 +1,4 @@
-"""The pruned transformers as they are exported (FLUX and SD3) — self-contained: imports only torch and diffusers.
+"""The pruned transformers as they are exported (FLUX.1, FLUX.2, SD3) — self-contained: imports only torch and diffusers.
 
 This file is copied beside every exported transformer's ``config.json`` (and named there in
 ``auto_map``), so the export loads without FastFLUX installed, through diffusers' documented
@@ -8,7 +8,9 @@ custom-model route::
     transformer = AutoModel.from_pretrained("./data/export/transformer", trust_remote_code=True)
 
 With FastFLUX installed, ``fastflux_core.export.PrunedFluxTransformer2DModel`` is this class (and
-``PrunedSD3Transformer2DModel`` its SD3 counterpart, the same in every respect below).
+``PrunedFlux2Transformer2DModel`` / ``PrunedSD3Transformer2DModel`` its FLUX.2 and SD3 counterparts,
+the same in every respect below; FLUX.2's model calls its blocks with other arguments, so its
+stand-ins are the same modules behind FLUX.2's block signatures).
 
 What it adds to ``FluxTransformer2DModel``: config entries ``replaced_blocks`` / ``deleted_blocks``
 (global block indices: double blocks 0..num_layers-1, then single blocks; SD3: its blocks 0..num_layers-1),
@@ -34,7 +36,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers import Flux2Transformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel
 from diffusers import ModelMixin  # noqa: F401  diffusers checks a passed transformer against this name here
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -141,21 +143,60 @@ class SkipBlock(nn.Module):
         return encoder_hidden_states, hidden_states
 
 
+class Flux2DoubleReplacement(LinearReplacement):
+    """A double-block :class:`LinearReplacement` as FLUX.2's model calls a double block:
+    ``(hidden, encoder, temb_mod_img, temb_mod_txt, rotary, kwargs)`` → ``(encoder, hidden)``; the
+    modulation is not read (y = x + W·x + b)."""
+
+    def forward(self, hidden_states, encoder_hidden_states, *args, **kwargs):
+        return super().forward(hidden_states, encoder_hidden_states)
+
+
+class Flux2SingleReplacement(LinearReplacement):
+    """A single-block :class:`LinearReplacement` as FLUX.2 calls a single block: the model joins the
+    streams once and passes ``encoder_hidden_states=None`` — one (B, N_txt + N_img, D) tensor in, one
+    out; with the streams apart (FastFLUX's adapter) ``(encoder, hidden)``. One linear on every token
+    either way, so the two agree."""
+
+    def forward(self, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        if encoder_hidden_states is None:
+            return hidden_states + self._g("joint", hidden_states, None)
+        return super().forward(hidden_states, encoder_hidden_states)
+
+
+class Flux2DoubleSkip(SkipBlock):
+    """:class:`SkipBlock` with FLUX.2's double-block signature."""
+
+    def forward(self, hidden_states, encoder_hidden_states, *args, **kwargs):
+        return encoder_hidden_states, hidden_states
+
+
+class Flux2SingleSkip(SkipBlock):
+    """:class:`SkipBlock` with FLUX.2's single-block signature (one joined tensor when the model calls it)."""
+
+    def forward(self, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        return hidden_states if encoder_hidden_states is None else (encoder_hidden_states, hidden_states)
+
+
 class PrunedMixin:
     """What the pruned classes share: the stand-ins put in place, and loading and saving — the guard,
-    ``auto_map``, the saved dtype, contiguous numbering. A class sets ``GUARD`` and ``_slot(index)``."""
+    ``auto_map``, the saved dtype, contiguous numbering. A class sets ``GUARD`` and ``_slot(index)``,
+    and ``STAND_INS`` (kind → replacement and skip classes) where its model calls blocks otherwise
+    than FLUX.1 does."""
 
     GUARD: dict = {}
+    STAND_INS: dict[str, tuple[type, type]] = {}
 
     def _stand_in(self, replaced, deleted, kind_of, conditioned=()) -> None:
         """A :class:`LinearReplacement` of kind ``kind_of(i)`` at every replaced block (timestep-aware
         at those in ``conditioned``), a :class:`SkipBlock` at every deleted one."""
         for i in replaced:
             modules, pos = self._slot(i)
-            modules[pos] = LinearReplacement(self.inner_dim, kind_of(i), conditioned=i in set(conditioned))
+            cls = self.STAND_INS.get(kind_of(i), (LinearReplacement, SkipBlock))[0]
+            modules[pos] = cls(self.inner_dim, kind_of(i), conditioned=i in set(conditioned))
         for i in deleted:
             modules, pos = self._slot(i)
-            modules[pos] = SkipBlock()
+            modules[pos] = self.STAND_INS.get(kind_of(i), (LinearReplacement, SkipBlock))[1]()
 
     @classmethod
     def load_config(cls, *args, **kwargs):
@@ -246,6 +287,48 @@ class PrunedFluxTransformer2DModel(PrunedMixin, FluxTransformer2DModel):
         if index < n_double:
             return self.transformer_blocks, index
         return self.single_transformer_blocks, index - n_double
+
+class PrunedFlux2Transformer2DModel(PrunedMixin, Flux2Transformer2DModel):
+    """Flux2Transformer2DModel (FLUX.2-dev, FLUX.2-klein) with the blocks in ``replaced_blocks``
+    replaced by BRLL linears and those in ``deleted_blocks`` by the identity, behind FLUX.2's block
+    signatures. No timestep-aware replacement: FLUX.2's forward hands a block only the shared
+    modulation, never the timestep embedding it reads."""
+
+    GUARD = guard("FLUX.2", "Flux2Transformer2DModel", "PrunedFlux2Transformer2DModel")
+    STAND_INS = {"double": (Flux2DoubleReplacement, Flux2DoubleSkip), "single": (Flux2SingleReplacement, Flux2SingleSkip)}
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: int = 1,
+        in_channels: int = 128,
+        out_channels: int | None = None,
+        num_layers: int = 8,
+        num_single_layers: int = 48,
+        attention_head_dim: int = 128,
+        num_attention_heads: int = 48,
+        joint_attention_dim: int = 15360,
+        timestep_guidance_channels: int = 256,
+        mlp_ratio: float = 3.0,
+        axes_dims_rope: tuple[int, ...] = (32, 32, 32, 32),
+        rope_theta: int = 2000,
+        eps: float = 1e-6,
+        guidance_embeds: bool = True,
+        replaced_blocks: list[int] | tuple[int, ...] = (),
+        deleted_blocks: list[int] | tuple[int, ...] = (),
+        weights_dtype: str | None = None,
+        conditioned_blocks: list[int] | tuple[int, ...] = (),
+    ):
+        if conditioned_blocks:
+            raise ValueError(f"conditioned_blocks {list(conditioned_blocks)}: a FLUX.2 block never receives the "
+                             "timestep embedding a timestep-aware replacement reads")
+        super().__init__(patch_size, in_channels, out_channels, num_layers, num_single_layers, attention_head_dim,
+                         num_attention_heads, joint_attention_dim, timestep_guidance_channels, mlp_ratio,
+                         tuple(axes_dims_rope), rope_theta, eps, guidance_embeds)
+        self._stand_in(replaced_blocks, deleted_blocks, lambda i: "double" if i < num_layers else "single")
+
+    _slot = PrunedFluxTransformer2DModel._slot
+
 
 class PrunedSD3Transformer2DModel(PrunedMixin, SD3Transformer2DModel):
     """SD3Transformer2DModel (SD3, SD3.5) with the blocks in ``replaced_blocks`` replaced by BRLL
@@ -373,10 +456,15 @@ def _register_with_diffusers() -> None:
     """Let diffusers' block hooks (layer skip, caching, group offloading) accept the stand-in blocks."""
     from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
-    for cls in (LinearReplacement, SkipBlock):
+    for cls in (LinearReplacement, SkipBlock, Flux2DoubleReplacement, Flux2DoubleSkip):
         TransformerBlockRegistry.register(
             model_class=cls,
             metadata=TransformerBlockMetadata(return_hidden_states_index=1, return_encoder_hidden_states_index=0),
+        )
+    for cls in (Flux2SingleReplacement, Flux2SingleSkip):  # one joined tensor, as Flux2SingleTransformerBlock
+        TransformerBlockRegistry.register(
+            model_class=cls,
+            metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
         )
 
 

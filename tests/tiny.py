@@ -25,6 +25,17 @@ def tiny_transformer(seed: int = 0, guidance_embeds: bool = True, in_channels: i
     ).eval()
 
 
+def tiny_flux2(seed: int = 0, guidance_embeds: bool = True):
+    """A FLUX.2 transformer: 2 double + 2 single blocks, width 32, 16-channel tokens, 24-wide text."""
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    return Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24,
+                                   timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+                                   guidance_embeds=guidance_embeds).eval()
+
+
 def _tiny_vae() -> AutoencoderKL:
     """Two levels (2-pixel latent cells), 4 latent channels, SD3/FLUX's scaling and shift."""
     return AutoencoderKL(

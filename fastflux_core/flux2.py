@@ -1,0 +1,180 @@
+"""The FLUX.2 family (``Flux2Transformer2DModel``: FLUX.2-dev, FLUX.2-klein) — blocks, forward piece by piece.
+
+FLUX.2 keeps FLUX.1's block layout — ``num_layers`` double-stream blocks (``transformer_blocks``)
+then ``num_single_layers`` single-stream blocks (``single_transformer_blocks``), FLUX.2-dev 8 + 48 —
+so block numbering, swapping and the pruned checkpoints' keys are FLUX.1's: :class:`Flux2Adapter`
+builds on :class:`~fastflux_core.flux.FluxAdapter` and replaces what differs:
+
+* **Shared modulation.** A FLUX.2 block holds no AdaLN weights. The model computes the timestep
+  (+ guidance) embedding ``temb`` (B, D) once, and from it three modulation tensors every block of a
+  kind shares: ``double_stream_modulation_img`` / ``_txt`` (B, 6D) and ``single_stream_modulation``
+  (B, 3D). The state between blocks stays FastFLUX's :class:`~fastflux_core.blocks.BlockState`
+  (``temb`` in it); :meth:`Flux2Adapter.run_modules` computes the three tensors from it once per call
+  (three small linears: nothing against a block's cost) and hands each block its own.
+* **Block signatures.** A double block takes ``(hidden, encoder, mod_img, mod_txt, rotary)``; a single
+  block ``(hidden, encoder, mod, rotary, kwargs, split_hidden_states)``. The model's forward joins the
+  streams once before the single blocks; here each single block joins and splits them itself
+  (``split_hidden_states=True``) — the same arithmetic, so the streams stay apart in the state and
+  any range of blocks, across the double→single boundary too, runs the same way.
+* **Stand-ins** (:class:`~fastflux_core.pruned_flux.LinearReplacement`, ``SkipBlock``) take FLUX.1's
+  signature ``(hidden, encoder, temb, rotary)``, which the adapter gives them: y = x + W·x + b needs
+  no modulation. The timestep-aware replacement (``solve.condition: temb``) reads ``temb``, which
+  FLUX.2's own forward never hands a block (only the modulation tensors): refused for now.
+* **Position ids** have four columns (T, H, W, L): an image token (0, row, column, 0), text token l
+  (0, 0, 0, l). :class:`~fastflux_core.blocks.ModelInputs` carries FLUX.1's three-column ids; the
+  adapter builds FLUX.2's from them (:func:`flux2_ids`), as ``Flux2Pipeline`` does.
+* **No pooled text vector**: ``ModelInputs.pooled_projections`` is not read.
+* **Schedule**: ``Flux2Pipeline``'s — sigmas linspace(1, 1/steps) shifted by
+  ``compute_empirical_mu(image tokens, steps)``, which depends on the step count.
+
+What is not here yet (issue 31): the folder's text encoders (Mistral Small 3.1 for FLUX.2-dev,
+Qwen3 for klein), the VAE with its batch-norm latent statistics, the exported pruned class, and the
+width baseline's MLPs (FLUX.2's SwiGLU fuses gate and value in one linear).
+
+>>> m = Flux2Transformer2DModel(in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+...                             num_attention_heads=2, joint_attention_dim=24, axes_dims_rope=(4, 4, 4, 4))
+>>> [b.name for b in Flux2Adapter(m).blocks]
+['d00', 'd01', 's00', 's01']
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+from diffusers.models.transformers.transformer_flux2 import Flux2SingleTransformerBlock, Flux2TransformerBlock
+from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retrieve_timesteps
+from torch import nn
+
+from fastflux_core.blocks import BlockState, MlpRef, ModelInputs
+from fastflux_core.errors import FastFluxError
+from fastflux_core.flux import FluxAdapter
+
+# FLUX.2-dev's transformer (black-forest-labs/FLUX.2-dev, transformer/config.json): the defaults of
+# diffusers' Flux2Transformer2DModel, which are that model's. For the budget of a run whose folder is
+# not there yet; a real folder's own config always wins.
+FLUX2_DEV_TRANSFORMER = {
+    "_class_name": "Flux2Transformer2DModel",
+    "attention_head_dim": 128,
+    "axes_dims_rope": [32, 32, 32, 32],
+    "eps": 1e-06,
+    "guidance_embeds": True,
+    "in_channels": 128,
+    "joint_attention_dim": 15360,
+    "mlp_ratio": 3.0,
+    "num_attention_heads": 48,
+    "num_layers": 8,
+    "num_single_layers": 48,
+    "patch_size": 1,
+    "rope_theta": 2000,
+    "timestep_guidance_channels": 256,
+}
+
+# LoRA targets of Sandwich Training: attention projections and MLP linears (FLUX.2 blocks hold no
+# modulation weights). A single block's QKV and MLP-in are one fused linear, its outputs another.
+LORA_TARGETS = {
+    "double": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+               "attn.add_v_proj", "attn.to_add_out", "ff.linear_in", "ff.linear_out", "ff_context.linear_in",
+               "ff_context.linear_out"),
+    "single": ("attn.to_qkv_mlp_proj", "attn.to_out"),
+}
+
+
+def flux2_ids(txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FLUX.2's four-column ids from FLUX.1's three: text token l → (0, 0, 0, l), image token
+    (0, row, col) → (0, row, col, 0) (``Flux2Pipeline._prepare_text_ids`` / ``_prepare_latent_ids``).
+
+    >>> txt, img = flux2_ids(torch.zeros(2, 3), torch.tensor([[0.0, 0, 0], [0, 0, 1]]))
+    >>> txt.tolist(), img.tolist()
+    ([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    """
+    n_txt = txt_ids.shape[0]
+    txt = torch.zeros(n_txt, 4, dtype=txt_ids.dtype, device=txt_ids.device)
+    txt[:, 3] = torch.arange(n_txt, device=txt_ids.device)
+    img = torch.cat((img_ids[:, :3], torch.zeros_like(img_ids[:, :1])), dim=1)
+    return txt, img  # (N_txt, 4), (N_img, 4)
+
+
+class Flux2Adapter(FluxAdapter):
+    """Block-level access to a diffusers ``Flux2Transformer2DModel`` (FLUX.2-dev, FLUX.2-klein)."""
+
+    family = "flux2"
+    model_class = Flux2Transformer2DModel
+    pipeline_class = "Flux2Pipeline"
+    pruned_class = "PrunedFlux2Transformer2DModel"
+    text_encoders = ()  # not yet: Mistral Small 3.1 (FLUX.2-dev) or Qwen3 (klein)
+    reference_configs = {"transformer": FLUX2_DEV_TRANSFORMER}
+
+    @staticmethod
+    def timesteps(scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int,
+                  device: torch.device) -> torch.Tensor:
+        """``Flux2Pipeline``'s schedule: sigmas linspace(1, 1/steps), shifted by the empirical mu of
+        (image tokens, steps)."""
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        if scheduler.config.get("use_flow_sigmas", False):
+            sigmas = None
+        mu = compute_empirical_mu(image_seq_len=image_seq_len, num_steps=steps)
+        timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
+        return timesteps
+
+    def mlps(self) -> list[MlpRef]:
+        raise FastFluxError("the L1 width baseline cannot prune FLUX.2 yet: its MLPs are SwiGLU with gate and value "
+                            "fused in one linear (single blocks: also fused with attention); set baseline.ratios: []")
+
+    # ------------------------------------------------------------------ forward, piece by piece
+
+    def embed(self, inputs: ModelInputs) -> BlockState:
+        """Everything ``Flux2Transformer2DModel.forward`` does before its first block but the shared
+        modulation (:meth:`run_modules` makes it from ``temb``)."""
+        m = self.model
+        hidden_states = m.x_embedder(inputs.hidden_states)  # (B, N_img, D)
+        timestep = inputs.timestep.to(hidden_states.dtype) * 1000
+        guidance = None if inputs.guidance is None else inputs.guidance.to(hidden_states.dtype) * 1000
+        temb = m.time_guidance_embed(timestep, guidance)  # (B, D)
+        encoder_hidden_states = m.context_embedder(inputs.encoder_hidden_states)  # (B, N_txt, D)
+        return BlockState(hidden_states, encoder_hidden_states, temb, self.rotary(inputs.txt_ids, inputs.img_ids))
+
+    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of the joined sequence, text first, each (N_txt + N_img, head_dim), as the model
+        computes them: each stream's ids embedded on its own, then joined."""
+        txt, img = flux2_ids(txt_ids, img_ids)
+        (tc, ts), (ic, is_) = self.model.pos_embed(txt), self.model.pos_embed(img)
+        return torch.cat((tc, ic), dim=0), torch.cat((ts, is_), dim=0)
+
+    def run_modules(self, modules: list[nn.Module], state: BlockState, start: int = 0) -> BlockState:
+        """Run block modules in order on ``state`` as blocks ``start, start + 1, …``: FLUX.2 blocks with
+        the shared modulation of ``state.temb``, a stand-in with FLUX.1's signature. Under gradient
+        checkpointing (enabled on the model, gradients on) each FLUX.2 block runs through the model's
+        ``_gradient_checkpointing_func`` with the arguments its own forward passes."""
+        model = self.model
+        checkpoint = torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False)
+        call = model._gradient_checkpointing_func if checkpoint else (lambda f, *args: f(*args))
+        mods: dict[str, torch.Tensor] = {}
+
+        def mod(name: str) -> torch.Tensor:  # computed the first time a block of that kind needs it
+            if name not in mods:
+                mods[name] = getattr(model, name)(state.temb)  # (B, 6D) double, (B, 3D) single
+            return mods[name]
+
+        for block in modules:
+            hid, enc, rotary = state.hidden_states, state.encoder_hidden_states, state.image_rotary_emb
+            if isinstance(block, Flux2TransformerBlock):
+                enc, hid = call(block, hid, enc, mod("double_stream_modulation_img"),
+                                mod("double_stream_modulation_txt"), rotary, None)
+            elif isinstance(block, Flux2SingleTransformerBlock):
+                enc, hid = call(block, hid, enc, mod("single_stream_modulation"), rotary, None, True)
+            else:  # LinearReplacement, SkipBlock
+                enc, hid = block(hid, enc, state.temb, rotary)
+            state = state.with_streams(enc, hid)
+        return state
+
+    def call(self, x: ModelInputs) -> torch.Tensor:
+        """The model's own forward, as ``Flux2Pipeline`` calls it: (B, N_img, C_tok) → velocity, same shape."""
+        txt_ids, img_ids = flux2_ids(x.txt_ids, x.img_ids)
+        return self.model(hidden_states=x.hidden_states, encoder_hidden_states=x.encoder_hidden_states,
+                          timestep=x.timestep, img_ids=img_ids, txt_ids=txt_ids, guidance=x.guidance,
+                          return_dict=False)[0]
+
+    def lora_targets(self, index: int) -> tuple[str, ...]:
+        return LORA_TARGETS[self.blocks[index].kind]
+
