@@ -28,7 +28,7 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
 
 3. model families — one module per family, and the registry
     flux          FLUX.1 (FluxTransformer2DModel): adapter, text encoders, published configs
-    flux2         FLUX.2 (Flux2Transformer2DModel): its adapter on FLUX.1's block layout (not yet a model.source)
+    flux2         FLUX.2 (Flux2Transformer2DModel: dev, klein): adapter on FLUX.1's layout, text encoder, VAE codec
     sd3           SD3 / SD3.5 (SD3Transformer2DModel): adapter, text encoders
     families      which family a model, config or name belongs to; the embedded base's config
     lora          peft LoRA on sandwich neighbours (paper Fig. 3)

@@ -18,6 +18,7 @@ floor never replaces more than the requested share and matches four of six.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,10 +76,18 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path,
                             for i in sorted(state.linears)],
         "params_base": base_params, "params_pruned": count_parameters(pruned),
         "base": base_identity(params), "training_data": training_data(params), "finish": finished,
-        "family": {"name": adapter.family, "pipeline": adapter.pipeline_class,
+        "family": {"name": adapter.family, "pipeline": pipeline_class(params, adapter),
                    "transformer": adapter.model_class.__name__, "pruned": adapter.pruned_class},
         "ratio_to_n_flux57": {f"{r:.2f}": {"paper": PAPER_TABLE6[r], "ours": n_replaced(r, 57)} for r in PAPER_TABLE6},
     }
+
+
+def pipeline_class(params: Params, adapter: BlockAdapter) -> str:
+    """The base folder's pipeline class (its ``model_index.json``: e.g. ``Flux2KleinPipeline`` where the
+    family's usual one is ``Flux2Pipeline``), else the family's."""
+    index = model_root(params.model) / "model_index.json"
+    return json.loads(index.read_text()).get("_class_name", adapter.pipeline_class) if index.is_file() \
+        else adapter.pipeline_class
 
 
 def base_identity(params: Params) -> dict:

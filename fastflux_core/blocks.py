@@ -111,6 +111,8 @@ class BlockAdapter(Protocol):
     def block(self, index: int) -> nn.Module: ...
     def swap(self, index: int, module: nn.Module) -> nn.Module: ...
     def skip(self, index: int) -> nn.Module: ...
+    def replacement(self, index: int, conditioned: bool = False) -> nn.Module: ...  # a fresh BRLL stand-in
+    def skip_block(self, index: int) -> nn.Module: ...  # the identity stand-in
     def embed(self, inputs: ModelInputs) -> BlockState: ...
     def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None: ...
     def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState: ...
@@ -119,6 +121,28 @@ class BlockAdapter(Protocol):
     def call(self, inputs: ModelInputs) -> torch.Tensor: ...
     def lora_targets(self, index: int) -> tuple[str, ...]: ...
     def mlps(self) -> list[MlpRef]: ...
+    # capture's view of a block call (the model's own forward or run's): its streams and temb, its outputs;
+    # temb_module names the module whose output is temb, for a family whose blocks are not handed it
+    temb_module: str
+    def call_inputs(self, args: tuple, kwargs: dict, n_txt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+    def call_outputs(self, output, n_txt: int) -> tuple[torch.Tensor | None, torch.Tensor]: ...
+
+
+def block_call_inputs(args: tuple, kwargs: dict, n_txt: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image stream, text stream, temb) of a FLUX.1 or SD3 block call — the model's forward passes
+    keywords, an adapter's ``run`` positions (a family whose blocks take other arguments has its own:
+    :meth:`~fastflux_core.flux2.Flux2Adapter.call_inputs`).
+
+    >>> block_call_inputs(("img", "txt"), {"temb": "t"})
+    ('img', 'txt', 't')
+    """
+    named = dict(zip(("hidden_states", "encoder_hidden_states", "temb"), args)) | kwargs
+    return named["hidden_states"], named["encoder_hidden_states"], named["temb"]
+
+
+def block_call_outputs(output: tuple, n_txt: int = 0) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(text stream, image stream) a FLUX.1 or SD3 block returned (SD3's last block: no text)."""
+    return output
 
 
 def resolution_shift(scheduler, image_seq_len: int, max_shift: float) -> float:

@@ -108,7 +108,20 @@ class BlockIOHooks:
     def __init__(self, writer: StoreWriter, armed: Armed, k_img: int, k_txt: int, seed: int, block_name: str):
         self.writer, self.armed, self.k_img, self.k_txt, self.name = writer, armed, k_img, k_txt, block_name
         self.seed = seed
-        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        self.temb: torch.Tensor | None = None  # the model's last timestep embedding (FLUX.2 hands blocks none)
+        self.adapter: BlockAdapter | None = None
+        self.n_txt = 0
+
+    def attach(self, adapter: BlockAdapter, index: int, n_txt: int) -> list:
+        """Hook block ``index`` (and the model's timestep embedder) of a model whose prompts have ``n_txt``
+        tokens; returns the handles to remove. The family's adapter reads a block call's streams."""
+        self.adapter, self.n_txt = adapter, n_txt
+        block = adapter.block(index)
+        embedder = adapter.model.get_submodule(adapter.temb_module)
+        return [embedder.register_forward_hook(lambda module, args, output: setattr(self, "temb", output)),
+                block.register_forward_pre_hook(self.pre, with_kwargs=True),
+                block.register_forward_hook(self.post, with_kwargs=True)]
 
     def _pick(self, n: int, k: int, stream: str) -> torch.Tensor:  # (b, k) distinct token indices per sample
         gens = [torch.Generator().manual_seed(derive_seed(self.seed, stream, it.prompt, it.seed, self.armed.step))
@@ -121,13 +134,13 @@ class BlockIOHooks:
 
     def pre(self, module, args, kwargs) -> None:
         if self.armed.armed:  # the model's forward passes keywords, an adapter's run positions
-            named = dict(zip(("hidden_states", "encoder_hidden_states", "temb"), args)) | kwargs
-            self.inputs = (named["hidden_states"], named["encoder_hidden_states"], named["temb"])
+            self.inputs = self.adapter.call_inputs(args, kwargs, self.n_txt)
 
     def post(self, module, args, kwargs, output) -> None:
         if not self.armed.armed:
             return
-        (x_img, x_txt, temb), (o_txt, o_img) = self.inputs, output
+        (x_img, x_txt, temb), (o_txt, o_img) = self.inputs, self.adapter.call_outputs(output, self.n_txt)
+        temb = self.temb if temb is None else temb
         if o_txt is None:  # a block without text output (SD3's last): zero text residual, never fitted
             o_txt = x_txt
         for t in (x_img, x_txt, o_img, o_txt):
@@ -283,8 +296,7 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
         if name == "calibration":
             hooks = BlockIOHooks(writer, armed, cap.image_tokens, cap.text_tokens,
                                  derive_seed(params.seed, "capture-tokens", step.k), block_name)
-            handles = [adapter.block(i).register_forward_pre_hook(hooks.pre, with_kwargs=True),
-                       adapter.block(i).register_forward_hook(hooks.post, with_kwargs=True)]
+            handles = hooks.attach(adapter, i, n_txt)
         else:
             writer.write_static("img_ids", latent_ids(h, w), ("image_seq", "xyz"))
             writer.write_static("txt_ids", torch.zeros(n_txt, 3), ("text_seq", "xyz"))

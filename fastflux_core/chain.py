@@ -35,7 +35,7 @@ from fastflux_core.families import adapter_for
 from fastflux_core.io import load_tensors, read_json, save_tensors, write_json
 from fastflux_core.lora import inject_lora, load_lora
 from fastflux_core.prompts import derive_seed
-from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
+from fastflux_core.pruned_flux import LinearReplacement
 from fastflux_core.source import load_transformer
 
 if TYPE_CHECKING:
@@ -185,13 +185,12 @@ def apply_linears(adapter: BlockAdapter, state: ChainState) -> dict[int, LinearR
     """Swap every block the state replaced for a :class:`LinearReplacement` carrying its W, b (a
     deleted block for a :class:`~fastflux_core.pruned_flux.SkipBlock`); return the linears."""
     p = next(adapter.model.parameters())
-    dim = adapter.model.inner_dim
     out = {}
     for i, streams in state.linears.items():
         if not streams:
-            adapter.swap(i, SkipBlock())
+            adapter.skip(i)
             continue
-        rep = LinearReplacement(dim, adapter.blocks[i].kind, conditioned=i in state.temb).to(p.device, p.dtype)
+        rep = adapter.replacement(i, conditioned=i in state.temb).to(p.device, p.dtype)
         for s, (w, b) in streams.items():
             rep.set_affine(s, w, b)
         for s, weight in state.temb.get(i, {}).items():

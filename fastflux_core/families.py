@@ -24,7 +24,6 @@ from fastflux_core.sd3 import SD3Adapter
 if TYPE_CHECKING:
     from fastflux_core.params import EmbeddedParams
 
-# flux2: its blocks, forward and export (issue 31); not yet a model.source (text encoders, VAE to come)
 ADAPTERS: dict[str, type] = {"flux": FluxAdapter, "flux2": Flux2Adapter, "sd3": SD3Adapter}
 FAMILIES = tuple(ADAPTERS)
 

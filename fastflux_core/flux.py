@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.blocks import BlockRef, BlockState, MlpRef, ModelInputs, resolution_shift
+from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, block_call_inputs, block_call_outputs,
+                                  resolution_shift)
+from fastflux_core.codec import VaeCodec
 from fastflux_core.errors import loading
-from fastflux_core.pruned_flux import SkipBlock
+from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 
 if TYPE_CHECKING:
     from fastflux_core.params import EmbeddedParams
@@ -136,6 +138,7 @@ class FluxAdapter:
     model_class = FluxTransformer2DModel
     pipeline_class = "FluxPipeline"
     pruned_class = "PrunedFluxTransformer2DModel"
+    vae_class, codec = AutoencoderKL, VaeCodec  # the folder's VAE, and how latents are scaled for it
     # the folder's text encoders: (sub-folder, transformers class, tokens; None: text.max_sequence_length)
     text_encoders = (("text_encoder", "CLIPTextModel", 77), ("text_encoder_2", "T5EncoderModel", None))
     # FLUX.1-dev's published component configs: the budget of a run whose folder is not there yet
@@ -221,12 +224,24 @@ class FluxAdapter:
         modules[pos] = module
         return old
 
+    def replacement(self, index: int, conditioned: bool = False) -> LinearReplacement:
+        """A fresh BRLL stand-in for block ``index`` (g = 0, float32), of its kind; ``conditioned``:
+        timestep-aware."""
+        return LinearReplacement(self.model.inner_dim, self.blocks[index].kind, conditioned=conditioned)
+
+    def skip_block(self, index: int) -> nn.Module:
+        """The identity stand-in for block ``index``."""
+        return SkipBlock()
+
     def skip(self, index: int) -> nn.Module:
         """Replace block ``index`` by the identity; return the removed block (swap it back to undo)."""
-        return self.swap(index, SkipBlock())
+        return self.swap(index, self.skip_block(index))
 
     def lora_targets(self, index: int) -> tuple[str, ...]:
         return LORA_TARGETS[self.blocks[index].kind]
+
+    temb_module = "time_text_embed"  # what makes the timestep (+ guidance, pooled text) embedding
+    call_inputs, call_outputs = staticmethod(block_call_inputs), staticmethod(block_call_outputs)
 
     def mlps(self) -> list[MlpRef]:
         """Every MLP of the blocks still in the model: a double block's image (``ff``) and text

@@ -9,27 +9,38 @@ builds on :class:`~fastflux_core.flux.FluxAdapter` and replaces what differs:
   (+ guidance) embedding ``temb`` (B, D) once, and from it three modulation tensors every block of a
   kind shares: ``double_stream_modulation_img`` / ``_txt`` (B, 6D) and ``single_stream_modulation``
   (B, 3D). The state between blocks stays FastFLUX's :class:`~fastflux_core.blocks.BlockState`
-  (``temb`` in it); :meth:`Flux2Adapter.run_modules` computes the three tensors from it once per call
-  (three small linears: nothing against a block's cost) and hands each block its own.
+  (``temb`` in it); :meth:`Flux2Adapter.run_modules` computes the three tensors from it once — kept
+  while the same state's ``temb`` comes back, as when a range runs in pieces — and hands each block
+  its own. Capture, which hooks a block, reads its streams with :meth:`Flux2Adapter.call_inputs` /
+  ``call_outputs`` and takes ``temb`` from the model's ``time_guidance_embed``.
 * **Block signatures.** A double block takes ``(hidden, encoder, mod_img, mod_txt, rotary)``; a single
   block ``(hidden, encoder, mod, rotary, kwargs, split_hidden_states)``. The model's forward joins the
   streams once before the single blocks; here each single block joins and splits them itself
   (``split_hidden_states=True``) — the same arithmetic, so the streams stay apart in the state and
   any range of blocks, across the double→single boundary too, runs the same way.
-* **Stand-ins** (:class:`~fastflux_core.pruned_flux.LinearReplacement`, ``SkipBlock``) take FLUX.1's
-  signature ``(hidden, encoder, temb, rotary)``, which the adapter gives them: y = x + W·x + b needs
-  no modulation. The timestep-aware replacement (``solve.condition: temb``) reads ``temb``, which
-  FLUX.2's own forward never hands a block (only the modulation tensors): refused for now.
+* **Stand-ins** (:meth:`Flux2Adapter.replacement`, ``skip_block``: ``Flux2DoubleReplacement`` … in
+  :mod:`fastflux_core.pruned_flux`) take both the model's block signatures (its own forward, a
+  sampler's call) and FLUX.1's ``(hidden, encoder, temb, rotary)``, which the adapter gives any
+  stand-in: y = x + W·x + b needs no modulation. The timestep-aware replacement
+  (``solve.condition: temb``) reads ``temb``, which FLUX.2's own forward never hands a block (only
+  the modulation tensors): refused.
 * **Position ids** have four columns (T, H, W, L): an image token (0, row, column, 0), text token l
   (0, 0, 0, l). :class:`~fastflux_core.blocks.ModelInputs` carries FLUX.1's three-column ids; the
   adapter builds FLUX.2's from them (:func:`flux2_ids`), as ``Flux2Pipeline`` does.
 * **No pooled text vector**: ``ModelInputs.pooled_projections`` is not read.
 * **Schedule**: ``Flux2Pipeline``'s — sigmas linspace(1, 1/steps) shifted by
   ``compute_empirical_mu(image tokens, steps)``, which depends on the step count.
+* **Text** (:class:`Flux2TextEncoder`): the folder's own pipeline class encodes — FLUX.2-dev's
+  ``Flux2Pipeline`` (Mistral Small 3.1, hidden states of layers 10, 20 and 30 side by side) or
+  ``Flux2KleinPipeline`` (Qwen3, layers 9, 18, 27) — each prompt in its chat template, padded to
+  ``text.max_sequence_length`` tokens; no pooled vector.
+* **Latents** (:class:`Flux2VaeCodec`): ``AutoencoderKLFlux2`` has no scaling factor or shift; its
+  latents are normalised by the VAE's batch-norm statistics over the 2 × 2-patchified channels — the
+  same (c, p, q) channel order as FastFLUX's packed tokens — as ``Flux2Pipeline`` decodes.
 
-What is not here yet (issue 31): the folder's text encoders (Mistral Small 3.1 for FLUX.2-dev,
-Qwen3 for klein), the VAE with its batch-norm latent statistics, the exported pruned class, and the
-width baseline's MLPs (FLUX.2's SwiGLU fuses gate and value in one linear).
+Not yet (issue 31): classifier-free guidance (FLUX.2-klein's undistilled base needs it; the
+distilled klein and FLUX.2-dev's distilled guidance do not), the prompt-cut check (the cut is of
+the chat-templated text), and the width baseline (FLUX.2's SwiGLU fuses gate and value in one linear).
 
 >>> m = Flux2Transformer2DModel(in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
 ...                             num_attention_heads=2, joint_attention_dim=24, axes_dims_rope=(4, 4, 4, 4))
@@ -39,16 +50,21 @@ width baseline's MLPs (FLUX.2's SwiGLU fuses gate and value in one linear).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
 from diffusers.models.transformers.transformer_flux2 import Flux2SingleTransformerBlock, Flux2TransformerBlock
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retrieve_timesteps
 from torch import nn
 
 from fastflux_core.blocks import BlockState, MlpRef, ModelInputs
-from fastflux_core.errors import FastFluxError
+from fastflux_core.codec import to_uint8
+from fastflux_core.errors import FastFluxError, loading
 from fastflux_core.flux import FluxAdapter
+from fastflux_core.pruned_flux import (Flux2DoubleReplacement, Flux2DoubleSkip, Flux2SingleReplacement, Flux2SingleSkip,
+                                       LinearReplacement)
 
 # FLUX.2-dev's transformer (black-forest-labs/FLUX.2-dev, transformer/config.json): the defaults of
 # diffusers' Flux2Transformer2DModel, which are that model's. For the budget of a run whose folder is
@@ -95,15 +111,80 @@ def flux2_ids(txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tenso
     return txt, img  # (N_txt, 4), (N_img, 4)
 
 
+class Flux2VaeCodec:
+    """FLUX.2's ``AutoencoderKLFlux2``: a latent is de-normalised by the VAE's batch-norm statistics over
+    its 2 × 2-patchified channels before decoding, as ``Flux2Pipeline`` decodes."""
+
+    def __init__(self, vae: AutoencoderKLFlux2):
+        self.vae = vae
+        self.latent_channels = vae.config.latent_channels
+        self.scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def to_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """(b, C, h, w) model latents → the VAE's (b, C, h, w) latents, on the VAE's device: each
+        2 × 2-patchified channel times its batch-norm std plus its mean (``Flux2Pipeline``'s decode)."""
+        from diffusers import Flux2Pipeline
+
+        p = next(self.vae.parameters())
+        z = Flux2Pipeline._patchify_latents(latents.to(p.device, p.dtype))  # (b, 4C, h/2, w/2)
+        bn = self.vae.bn
+        z = z * torch.sqrt(bn.running_var.view(1, -1, 1, 1) + self.vae.config.batch_norm_eps).to(z.dtype) \
+            + bn.running_mean.view(1, -1, 1, 1).to(z.dtype)
+        return Flux2Pipeline._unpatchify_latents(z)
+
+    @torch.no_grad()
+    def decode_batch(self, latents: torch.Tensor) -> torch.Tensor:
+        """(b, C, h, w) latents → (b, 3, H, W) images in [-1, 1] on the VAE's device."""
+        return self.vae.decode(self.to_vae(latents), return_dict=False)[0]
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 1) -> np.ndarray:
+        """Images as uint8, decoded ``batch_size`` at a time."""
+        return np.concatenate([to_uint8(self.decode_batch(latents[s : s + batch_size]))
+                               for s in range(0, latents.shape[0], batch_size)])
+
+
+class Flux2TextEncoder:
+    """A FLUX.2 folder's text encoder through its own pipeline's ``encode_prompt`` (``Flux2Pipeline``:
+    Mistral Small 3.1; ``Flux2KleinPipeline``: Qwen3): (B, max_sequence_length, 3 · hidden) token
+    states and an empty (B, 0) pooled vector (FLUX.2 reads none)."""
+
+    def __init__(self, path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
+        from diffusers import DiffusionPipeline
+
+        with loading(path):  # only the text half: transformer and VAE stay on disk
+            self.pipe = DiffusionPipeline.from_pretrained(str(path), transformer=None, vae=None, dtype=dtype,
+                                                          use_safetensors=True).to(device)
+        self.max_sequence_length, self.device = max_sequence_length, device
+        self.cut_tokenizer = None  # the cut is of the chat-templated prompt: not checked yet
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, _text_ids = self.pipe.encode_prompt(prompt=prompts, device=self.device,
+                                                    max_sequence_length=self.max_sequence_length)
+        return embeds.float().cpu(), torch.zeros(len(prompts), 0)
+
+
 class Flux2Adapter(FluxAdapter):
     """Block-level access to a diffusers ``Flux2Transformer2DModel`` (FLUX.2-dev, FLUX.2-klein)."""
 
     family = "flux2"
     model_class = Flux2Transformer2DModel
-    pipeline_class = "Flux2Pipeline"
+    pipeline_class = "Flux2Pipeline"  # or Flux2KleinPipeline: the folder's model_index.json says which
     pruned_class = "PrunedFlux2Transformer2DModel"
-    text_encoders = ()  # not yet: Mistral Small 3.1 (FLUX.2-dev) or Qwen3 (klein)
+    vae_class, codec = AutoencoderKLFlux2, Flux2VaeCodec
+    text_encoders = ()  # the budget's text-encoder row: not yet for FLUX.2
     reference_configs = {"transformer": FLUX2_DEV_TRANSFORMER}
+
+    def __init__(self, model: Flux2Transformer2DModel):
+        super().__init__(model)
+        self._mods_of: torch.Tensor | None = None  # the temb whose modulation tensors _mods holds
+        self._mods: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def text_encoder(path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
+        """The folder's Mistral Small 3.1 (FLUX.2-dev) or Qwen3 (klein), through its pipeline."""
+        return Flux2TextEncoder(path, max_sequence_length, device, dtype)
 
     @staticmethod
     def timesteps(scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int,
@@ -116,6 +197,18 @@ class Flux2Adapter(FluxAdapter):
         mu = compute_empirical_mu(image_seq_len=image_seq_len, num_steps=steps)
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
         return timesteps
+
+    def replacement(self, index: int, conditioned: bool = False) -> LinearReplacement:
+        """A fresh BRLL stand-in for block ``index`` that FLUX.2's own forward can call (and the adapter:
+        FLUX.1's signature too)."""
+        if conditioned:
+            raise FastFluxError("a FLUX.2 block never receives the timestep embedding a timestep-aware "
+                                "replacement reads: set solve.condition: none")
+        kind = self.blocks[index].kind
+        return (Flux2DoubleReplacement if kind == "double" else Flux2SingleReplacement)(self.model.inner_dim, kind)
+
+    def skip_block(self, index: int) -> nn.Module:
+        return Flux2DoubleSkip() if self.blocks[index].kind == "double" else Flux2SingleSkip()
 
     def mlps(self) -> list[MlpRef]:
         raise FastFluxError("the L1 width baseline cannot prune FLUX.2 yet: its MLPs are SwiGLU with gate and value "
@@ -135,11 +228,10 @@ class Flux2Adapter(FluxAdapter):
         return BlockState(hidden_states, encoder_hidden_states, temb, self.rotary(inputs.txt_ids, inputs.img_ids))
 
     def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) of the joined sequence, text first, each (N_txt + N_img, head_dim), as the model
-        computes them: each stream's ids embedded on its own, then joined."""
-        txt, img = flux2_ids(txt_ids, img_ids)
-        (tc, ts), (ic, is_) = self.model.pos_embed(txt), self.model.pos_embed(img)
-        return torch.cat((tc, ic), dim=0), torch.cat((ts, is_), dim=0)
+        """(cos, sin) of the joined sequence, text first, each (N_txt + N_img, head_dim). The model embeds
+        each stream's ids on its own and joins them; the embedding is row by row, so one call on the
+        joined ids is the same (and one call is what the budget's memory tracker accepts)."""
+        return self.model.pos_embed(torch.cat(flux2_ids(txt_ids, img_ids), dim=0))
 
     def run_modules(self, modules: list[nn.Module], state: BlockState, start: int = 0) -> BlockState:
         """Run block modules in order on ``state`` as blocks ``start, start + 1, …``: FLUX.2 blocks with
@@ -149,7 +241,11 @@ class Flux2Adapter(FluxAdapter):
         model = self.model
         checkpoint = torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False)
         call = model._gradient_checkpointing_func if checkpoint else (lambda f, *args: f(*args))
-        mods: dict[str, torch.Tensor] = {}
+        # the modulation of this temb, kept for the next call on the same state's temb (a range run in
+        # pieces computes it once, as the model's forward does)
+        if self._mods_of is not state.temb:
+            self._mods_of, self._mods = state.temb, {}
+        mods = self._mods
 
         def mod(name: str) -> torch.Tensor:  # computed the first time a block of that kind needs it
             if name not in mods:
@@ -177,4 +273,25 @@ class Flux2Adapter(FluxAdapter):
 
     def lora_targets(self, index: int) -> tuple[str, ...]:
         return LORA_TARGETS[self.blocks[index].kind]
+
+    temb_module = "time_guidance_embed"
+
+    @staticmethod
+    def call_inputs(args: tuple, kwargs: dict, n_txt: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """(image stream, text stream, None) of a block call: the model's single-block call passes the
+        streams joined (text first, ``encoder_hidden_states=None``); no call passes ``temb`` (capture
+        takes it from :attr:`temb_module`)."""
+        named = dict(zip(("hidden_states", "encoder_hidden_states"), args)) | kwargs
+        hidden, encoder = named["hidden_states"], named.get("encoder_hidden_states")
+        if encoder is None:
+            encoder, hidden = hidden[:, :n_txt], hidden[:, n_txt:]
+        return hidden, encoder, None
+
+    @staticmethod
+    def call_outputs(output, n_txt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text stream, image stream) a block call returned: one joined tensor from the model's
+        single-block call, a pair otherwise."""
+        if isinstance(output, torch.Tensor):
+            return output[:, :n_txt], output[:, n_txt:]
+        return output
 

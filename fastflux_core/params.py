@@ -82,9 +82,11 @@ class ModelParams(_Strict):
     ``flux``: a local diffusers folder in FLUX.1-dev's layout (``model_index.json``, ``transformer/``,
     ``text_encoder/``, ``text_encoder_2/``, ``tokenizer/``, ``tokenizer_2/``, ``vae/``, ``scheduler/``).
     ``sd3``: a local diffusers SD3 / SD3.5 folder (the same, plus ``text_encoder_3/``, ``tokenizer_3/``).
+    ``flux2``: a local diffusers FLUX.2 folder (``Flux2Pipeline`` or ``Flux2KleinPipeline``: ``transformer/``,
+    ``text_encoder/``, ``tokenizer/``, ``vae/``, ``scheduler/``).
     """
 
-    source: Literal["embedded", "flux", "sd3"] = "embedded"
+    source: Literal["embedded", "flux", "sd3", "flux2"] = "embedded"
     path: Path | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -486,6 +488,18 @@ class Params(_Strict):
                 f"sampling.guidance_scale={self.sampling.guidance_scale} with model.source: sd3: SD3 is sampled "
                 f"without classifier-free guidance for now (StableDiffusion3Pipeline at guidance_scale=1; "
                 f"sampling.guidance_scale is FLUX's distilled guidance) — set sampling.guidance_scale: 1.0")
+        return self
+
+    @model_validator(mode="after")
+    def _what_flux2_cannot_do_yet(self) -> "Params":
+        if self.model.source != "flux2":
+            return self
+        if self.solve.condition == "temb":
+            raise ValueError("solve.condition: temb with model.source: flux2: a FLUX.2 block never receives the "
+                             "timestep embedding the timestep-aware replacement reads — set solve.condition: none")
+        if self.baseline.ratios:
+            raise ValueError("baseline.ratios with model.source: flux2: the L1 width baseline cannot prune FLUX.2's "
+                             "fused SwiGLU MLPs yet — set baseline.ratios: []")
         return self
 
     @model_validator(mode="after")

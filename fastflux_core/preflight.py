@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,8 +32,12 @@ FLUX_CONFIGS = {  # sub-folder → a config file diffusers/transformers needs th
     "tokenizer": "tokenizer_config.json", "tokenizer_2": "tokenizer_config.json",
 }
 SD3_CONFIGS = {**FLUX_CONFIGS, "text_encoder_3": "config.json", "tokenizer_3": "tokenizer_config.json"}
-# model.source → (what model_index.json's pipeline class names, what it needs in the folder)
-FOLDERS = {"flux": ("Flux", "FLUX", FLUX_CONFIGS), "sd3": ("StableDiffusion3", "SD3", SD3_CONFIGS)}
+# one text encoder (Mistral Small 3.1 and its processor, or Qwen3 and its tokenizer)
+FLUX2_CONFIGS = {"transformer": "config.json", "scheduler": "scheduler_config.json", "vae": "config.json",
+                 "text_encoder": "config.json", "tokenizer": "tokenizer_config.json"}
+# model.source → (a pattern model_index.json's pipeline class matches, the family's name, what it needs in the folder)
+FOLDERS = {"flux": (r"^Flux(?!2)", "FLUX", FLUX_CONFIGS), "flux2": (r"^Flux2", "FLUX.2", FLUX2_CONFIGS),
+           "sd3": (r"^StableDiffusion3", "SD3", SD3_CONFIGS)}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 JUDGE_SIZE = 8  # the embedded default's digit judge reads 8×8 images
 
@@ -51,8 +56,8 @@ def read_config(path: Path, what: str) -> dict:
 
 
 def check_model_folder(path: Path, source: str) -> None:
-    """Fail with one clear message if ``path`` is not a diffusers folder of ``source``'s family (FLUX
-    or SD3) with every component."""
+    """Fail with one clear message if ``path`` is not a diffusers folder of ``source``'s family (FLUX,
+    FLUX.2 or SD3) with every component."""
     marker, label, configs = FOLDERS[source]
     if not path.exists():
         raise ModelFolderError(f"model.path does not exist: {path}")
@@ -62,7 +67,7 @@ def check_model_folder(path: Path, source: str) -> None:
         raise ModelFolderError(f"not a diffusers pipeline folder (missing model_index.json): {path}")
     index = read_config(path / "model_index.json", "model.path")
     cls = index.get("_class_name", "")
-    if not isinstance(cls, str) or marker not in cls:
+    if not isinstance(cls, str) or not re.match(marker, cls):
         raise ModelFolderError(f"{path / 'model_index.json'} describes a {cls or 'unknown'} pipeline, not a {label} one "
                                f"(model.source: {source})")
     for sub, config in configs.items():
@@ -156,8 +161,21 @@ def check(params: "Params") -> None:
     if params.model.source != "embedded":
         assert params.model.path is not None
         check_model_folder(params.model.path, params.model.source)
+        check_guidance(params)
     check_sizes(params)
     check_metrics(params)
+
+
+def check_guidance(params: "Params") -> None:
+    """A folder model without guidance embedding (FLUX.2-klein, FLUX.1-schnell) takes no distilled
+    guidance, and classifier-free guidance is not implemented yet: a ``sampling.guidance_scale`` other
+    than 1 would be silently ignored — refused."""
+    config = read_config(params.model.path / "transformer" / "config.json", "model folder")
+    if params.model.source in ("flux", "flux2") and not config.get("guidance_embeds", False) \
+            and params.sampling.guidance_scale != 1.0:
+        raise FastFluxError(f"sampling.guidance_scale={params.sampling.guidance_scale}, but {params.model.path} has no "
+                            f"guidance embedding (guidance_embeds: false, e.g. FLUX.2-klein or FLUX.1-schnell) and "
+                            f"classifier-free guidance is not implemented yet: set sampling.guidance_scale: 1.0")
 
 
 def prompt_counts(params: "Params", assumed: dict[str, int]) -> dict[str, int]:

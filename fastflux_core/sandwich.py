@@ -47,7 +47,6 @@ from fastflux_core.lora import lora_parameters, lora_tensors
 from fastflux_core.params import Params, SandwichParams
 from fastflux_core.placement import choose, place_blocks, resolve_device
 from fastflux_core.prompts import PromptEmbeds, derive_seed
-from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 from fastflux_core.source import load_base_blocks
 from fastflux_core.stage import World
 from fastflux_core.store import StoreReader
@@ -87,8 +86,7 @@ def prepare_sandwich(params: Params, step: PlanStep, state: ChainState,
         target = [copy.deepcopy(adapter.block(j)) for j in range(u, d + 1)]
     else:
         target = load_base_blocks(params.model, list(range(u, d + 1)))
-    rep = LinearReplacement(model.inner_dim, adapter.blocks[i].kind, conditioned=bool(conditioning)) if solved \
-        else SkipBlock()  # float32
+    rep = adapter.replacement(i, conditioned=bool(conditioning)) if solved else adapter.skip_block(i)  # float32
     for s, (w, b) in solved.items():
         rep.set_affine(s, w, b)
     for s, weight in (conditioning or {}).items():  # timestep-aware (solve.condition: temb): U trains with W, b

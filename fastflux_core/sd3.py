@@ -36,14 +36,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.blocks import BlockRef, BlockState, MlpRef, ModelInputs, resolution_shift
-from fastflux_core.codec import pack, unpack
+from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, block_call_inputs, block_call_outputs,
+                                  resolution_shift)
+from fastflux_core.codec import VaeCodec, pack, unpack
 from fastflux_core.errors import loading
-from fastflux_core.pruned_flux import SkipBlock
+from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 
 if TYPE_CHECKING:
     from fastflux_core.params import EmbeddedParams
@@ -63,6 +64,7 @@ class SD3Adapter:
     model_class = SD3Transformer2DModel
     pipeline_class = "StableDiffusion3Pipeline"
     pruned_class = "PrunedSD3Transformer2DModel"
+    vae_class, codec = AutoencoderKL, VaeCodec  # SD3's VAE scales and shifts latents as FLUX's does
     text_encoders = (("text_encoder", "CLIPTextModelWithProjection", 77),
                      ("text_encoder_2", "CLIPTextModelWithProjection", 77), ("text_encoder_3", "T5EncoderModel", None))
     reference_configs: dict = {}  # none shipped: an SD3 budget reads the folder's configs
@@ -137,8 +139,18 @@ class SD3Adapter:
         self.model.transformer_blocks[index] = module
         return old
 
+    def replacement(self, index: int, conditioned: bool = False) -> LinearReplacement:
+        """A fresh BRLL stand-in for block ``index`` (g = 0, float32): the final block's has no text stream."""
+        return LinearReplacement(self.model.inner_dim, self.blocks[index].kind, conditioned=conditioned)
+
+    def skip_block(self, index: int) -> nn.Module:
+        return SkipBlock()
+
     def skip(self, index: int) -> nn.Module:
-        return self.swap(index, SkipBlock())
+        return self.swap(index, self.skip_block(index))
+
+    temb_module = "time_text_embed"  # what makes the timestep + pooled text embedding
+    call_inputs, call_outputs = staticmethod(block_call_inputs), staticmethod(block_call_outputs)
 
     def lora_targets(self, index: int) -> tuple[str, ...]:
         blk = self.block(index)

@@ -87,7 +87,7 @@ class Shapes:
         h, w = params.sampling.height // scale, params.sampling.width // scale
         return cls(n_img=(h // 2) * (w // 2), n_txt=n_txt,
                    dim=t["num_attention_heads"] * t["attention_head_dim"], in_channels=fam.token_channels(t),
-                   text_dim=t["joint_attention_dim"], pooled_dim=t["pooled_projection_dim"],
+                   text_dim=t["joint_attention_dim"], pooled_dim=t.get("pooled_projection_dim", 0),  # FLUX.2: none
                    latent_channels=fam.latent_channels(t), scale_factor=scale)
 
 

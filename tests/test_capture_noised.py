@@ -75,9 +75,7 @@ def test_a_forward_stopped_after_the_block_records_the_rows_of_a_whole_one(noise
                              len(items) * 2, 8, 4, "float32", check_space=False)
         armed = Armed([0, 2], items, (timesteps / 1000).tolist())
         hooks = BlockIOHooks(writer, armed, cap.image_tokens, cap.text_tokens, 7, "b3")
-        blk = adapter.block(step.block)
-        handles = [blk.register_forward_pre_hook(hooks.pre, with_kwargs=True),
-                   blk.register_forward_hook(hooks.post, with_kwargs=True)]
+        handles = hooks.attach(adapter, step.block, embeds.prompt_embeds.shape[1])
 
         def whole(s_, batch, x):
             armed(s_, batch, x)

