@@ -89,7 +89,7 @@ def pipeline_generator(folder: Path, size: int, steps: int, guidance_scale: floa
     if not index.is_file() and (folder / "transformer" / "config.json").is_file():
         raise FastFluxError(f"{folder}: an export of the embedded default (a transformer and a scheduler, no text "
                             f"encoder or VAE: not a pipeline that takes a prompt); these suites need an export of a "
-                            f"model folder (model.source: flux or sd3) or the base's own folder")
+                            f"model folder (model.source: flux, flux2 or sd3) or the base's own folder")
     if not index.is_file():
         raise FastFluxError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
     ours = json.loads(index.read_text()).get("transformer", [None])[0] == MODULE

@@ -9,8 +9,9 @@ steps of ``capture.timesteps`` (spread over the whole schedule) forward hooks re
         (output − input), ``image_tokens`` / ``text_tokens`` random tokens per sample. A single
         block's replacement is one linear for both streams; the solve weights image and text rows by
         the true token counts (attributes ``tokens`` and ``sampled``).
-  temb       (sample, D)   the timestep embedding block i received (a timestep-aware replacement's
-        input: ``solve.condition: temb``)
+  temb       (sample, D)   the timestep embedding of the call (the one block i received; FLUX.2's
+        blocks receive only its modulation: the model's embedder output) — a timestep-aware
+        replacement's input: ``solve.condition: temb``
 
 ``training.zarr`` — Sandwich Training inputs, from the training set:
   latents    (sample, N_img, C_tok) the packed noisy latent the transformer received
@@ -18,7 +19,7 @@ steps of ``capture.timesteps`` (spread over the whole schedule) forward hooks re
   img_ids (N_img, 3), txt_ids (N_txt, 3)
   With the prompt's encoded states (``data/encoded/training.safetensors``) these are the whole model
   input, from which stage sandwich recomputes the sandwich's boundary states on the device
-  (:mod:`fastflux_core.sandwich`). Why not store the states themselves: at FLUX.1-dev scale one
+  (:mod:`fastflux_core.boundary`). Why not store the states themselves: at FLUX.1-dev scale one
   state is 28 MB per sample (4608 tokens × 3072, bf16) — 116 GB per step for the 2048 (input, output)
   pairs of 512 images × 4 timesteps — while a latent is 0.5 MB (4096 × 64). One sample per chunk:
   sandwich reads samples by index, so no chunk is read for a sample it does not need.

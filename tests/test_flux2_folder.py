@@ -77,7 +77,7 @@ def test_sampler_and_decoder_equal_the_klein_pipeline_on_the_same_noise(tiny_flu
 def test_a_flux_folder_is_not_a_flux2_one_nor_the_reverse(tiny_flux_folder, tiny_flux2_folder):
     with pytest.raises(ModelFolderError, match="not a FLUX.2 one"):
         preflight.check_model_folder(tiny_flux_folder, "flux2")
-    with pytest.raises(ModelFolderError, match="not a FLUX one"):
+    with pytest.raises(ModelFolderError, match=r"not a FLUX one \(model.source: flux\): set model.source: flux2$"):
         preflight.check_model_folder(tiny_flux2_folder, "flux")
 
 
@@ -184,8 +184,8 @@ def test_capture_solve_sandwich_assemble_reload_on_a_flux2_folder(tiny_flux2_fol
 
 
 def test_budget_measures_the_transformers_stages_of_a_flux2_folder(tiny_flux2_folder):
-    """The budget command on a FLUX.2 folder: sampling with capture, and both sandwich kinds, on fake
-    CUDA tensors from the folder's configs alone (the text encoder's row is not measured yet)."""
+    """The budget command on a FLUX.2 folder: its text encoder (the class its config names), sampling
+    with capture, and both sandwich kinds, on fake CUDA tensors from the folder's configs alone."""
     from fastflux_core import budget, stage_peaks
 
     d = _default()
@@ -206,6 +206,8 @@ def test_budget_measures_the_transformers_stages_of_a_flux2_folder(tiny_flux2_fo
     for kind in ("double", "single"):
         assert stage_peaks.measure_sandwich(params, "resident", *stage_peaks.sandwich_case(params, kind)).peak > 0
     assert stage_peaks.measure_sampling(params, "resident", capture=True).peak > 0
+    enc = stage_peaks.measure_encode(params)
+    assert enc.peak > 0 and enc.flops["per_prompt"] > 0  # Qwen3 of the folder's config, 16 tokens
 
 
 def test_a_guidance_scale_a_klein_folder_would_ignore_is_refused(tiny_flux2_folder):
@@ -216,3 +218,28 @@ def test_a_guidance_scale_a_klein_folder_would_ignore_is_refused(tiny_flux2_fold
     with pytest.raises(FastFluxError, match=r"sampling.guidance_scale=3.5, but .* has no guidance embedding"):
         preflight.check_guidance(_flux2_params(tiny_flux2_folder, guidance_scale=3.5))
     preflight.check_guidance(_flux2_params(tiny_flux2_folder, guidance_scale=1.0))
+
+
+def test_a_prompt_is_counted_inside_its_chat_template(tiny_flux2_folder, capsys):
+    """FLUX.2 counts text.max_sequence_length on the chat-templated prompt: the tiny klein template
+    "[CLS] user : <prompt> [SEP]" leaves 8 − 4 = 4 tokens of the prompt; the encoder sees the cut."""
+    from fastflux_core.flux2 import Flux2TextEncoder
+
+    enc = Flux2TextEncoder(tiny_flux2_folder, 8, torch.device("cpu"), torch.float32)
+    prompt = "a red bicycle leaning on a wall"
+    assert text.check_cut(enc, [prompt, "a cat"], "set z", digits=False) == {prompt: "a red bicycle leaning"}
+    assert "warning: set z: 1 of 2 prompts are longer than text.max_sequence_length (8 tokens)" in capsys.readouterr().err
+    long, kept = enc.encode([prompt, "a red bicycle leaning"])[0]
+    assert torch.equal(long, kept)
+
+
+def test_flux2_ids_stay_exact_in_bfloat16_beyond_256_text_tokens():
+    """bfloat16 holds whole numbers exactly only to 256; FLUX.2 numbers up to 512 text tokens: the
+    ids the adapter builds are the pipeline's (integers) in any model dtype."""
+    from fastflux_core.codec import latent_ids
+    from fastflux_core.flux2 import flux2_ids
+
+    txt, img = flux2_ids(torch.zeros(300, 3, dtype=torch.bfloat16), latent_ids(8, 12, dtype=torch.bfloat16))
+    theirs_txt = Flux2KleinPipeline._prepare_text_ids(torch.zeros(1, 300, 4))[0]
+    theirs_img = Flux2KleinPipeline._prepare_latent_ids(torch.zeros(1, 16, 4, 6))[0]
+    assert torch.equal(txt, theirs_txt.float()) and torch.equal(img, theirs_img.float())

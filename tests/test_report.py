@@ -17,8 +17,10 @@ def test_variants_shared_by_experiments_run_once_per_seed():
     assert len(names) == len(set(names)) and names.count("brll-st-b0-s1") == 1
     assert {r.variant for r in todo} >= {"brll-st", "delete", "delete-st", "brll-nost", "start2end", "width5"}
     o = run_overrides(next(r for r in todo if r.name == "delete-b0-s2"), max_ratio=0.25)
-    assert o == {"ratio": 0.25, "evaluate.sweep": False, "solve.replacement": "delete", "sandwich.train": False,
-                 "embedded.seed": 0, "seed": 2}
+    assert o == {"ratio": 0.25, "evaluate.sweep": False, **experiments.PAPER_RECIPE, "solve.replacement": "delete",
+                 "sandwich.train": False, "embedded.seed": 0, "seed": 2}
+    assert experiments.PAPER_RECIPE == {"sandwich.learning_rate": 0.001, "solve.condition": "none", "finish.steps": 0,
+                                        "capture.inputs": "trajectory"}  # the paper's, whatever params.yaml says
 
 
 def test_decision_experiments_run_on_every_base_with_its_own_embedded_seed():
@@ -264,20 +266,20 @@ def test_the_report_says_which_defaults_the_evidence_picks_and_where_params_yaml
 
 def test_the_defaults_section_reads_each_choice_from_the_variants_it_compares():
     """Each pair the defaults section follows is a claim an experiment makes, its two variants differ in
-    one params key, and the values are the variants' own (params.yaml's where a variant has no override);
-    the costlier value is picked only where the evidence supports it."""
+    one params key, and the values are those the runs set (the paper's recipe where a variant has no
+    override) — not params.yaml's, which may already follow the evidence; the costlier value is picked
+    only where the evidence supports it."""
     from pathlib import Path
 
     import yaml
 
     claimed = {pair for e in EXPERIMENTS.values() for pair in e.better}
     assert set(report.DEFAULT_CHOICES) <= claimed
+    choices = {report._choice(a, b) for a, b in report.DEFAULT_CHOICES}
+    assert choices == {("sandwich.learning_rate", "auto", 0.001), ("solve.condition", "temb", "none"),
+                       ("finish.steps", experiments.FINISH_STEPS, 0), ("capture.inputs", "trajectory", "noised")}
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    params["sandwich"]["learning_rate"], params["capture"]["inputs"] = 0.001, "trajectory"  # the paper's
-    choices = {report._choice(a, b, params) for a, b in report.DEFAULT_CHOICES}
-    assert choices == {("sandwich.learning_rate", "auto", 0.001), ("solve.condition", "temb", params["solve"]["condition"]),
-                       ("finish.steps", experiments.FINISH_STEPS, params["finish"]["steps"]),
-                       ("capture.inputs", "trajectory", "noised")}
+    params["sandwich"]["learning_rate"], params["capture"]["inputs"] = 0.001, "trajectory"
     found = {("st-auto", "brll-st"): "supports", ("brll-st", "noised"): "inconclusive"}
     text = "\n".join(report.default_lines(found, params))
     assert "| `sandwich.learning_rate` | 0.001 | st-auto better than brll-st: supports | auto |" in text
