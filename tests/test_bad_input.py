@@ -147,6 +147,7 @@ def flux_folder(tweak: Callable[[Path], None] | None = None) -> Callable[[Path],
             (root / sub).mkdir()
             (root / sub / "config.json").write_text("{}")
         (root / "vae" / "config.json").write_text('{"block_out_channels": [8]}')  # 1 pixel per latent cell
+        (root / "transformer" / "config.json").write_text('{"guidance_embeds": true}')  # FLUX.1-dev's distilled guidance
         (root / "scheduler").mkdir()
         (root / "scheduler" / "scheduler_config.json").write_text("{}")
         for sub in ("tokenizer", "tokenizer_2"):
@@ -232,6 +233,8 @@ CASES = [
     Case("flux pickled weights only", flux_folder(lambda r: (r / "transformer" / "diffusion_pytorch_model.safetensors").rename(
         r / "transformer" / "diffusion_pytorch_model.bin")), V, r"no safetensors weights"),
     Case("flux with the digit judge", flux_folder(), V, r"metrics use the digit judge, which only the embedded base has"),
+    Case("flux without guidance embedding, guided", flux_folder(lambda r: (r / "transformer" / "config.json").write_text("{}")),
+         V, r"sampling\.guidance_scale=3\.5, but .*flux has no guidance embedding .* set sampling\.guidance_scale: 1\.0"),
     # images and metrics
     Case("height not packable", params(sampling__height=7), V, r"sampling\.height=7 must be a multiple of 2"),
     Case("more image tokens than exist", params(capture__image_tokens=17), V,

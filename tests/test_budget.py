@@ -158,9 +158,18 @@ def test_the_estimators_refusal_comes_back_through_the_process_as_one_line(monke
         placement.ask_estimator(parse_params(d), "--choose", "capture@1")
 
 
-def test_any_other_refusal_of_the_estimator_is_not_called_a_memory_error():
+def test_any_other_refusal_of_the_estimator_is_not_called_a_memory_error(monkeypatch, capsys):
     """Exit status 2 is every other cause a user can fix (argparse's usage errors exit 2 too): it comes
-    back as the same line, typed :class:`FastFluxError` — not as "does not fit" (the real process)."""
+    back as the same line, typed :class:`FastFluxError` — not as "does not fit". The estimator's own
+    argparse writes the stderr ("<prog>: error: …", in this process: a subprocess costs 5 s), which
+    the stage's side reads."""
+    import subprocess
+
+    with pytest.raises(SystemExit) as exit_:
+        budget.main(["--choose"])
+    done = subprocess.CompletedProcess([], exit_.value.code, "", capsys.readouterr().err)
+    assert done.returncode == 2 and ": error: argument --choose: expected one argument" in done.stderr
+    monkeypatch.setattr(placement.subprocess, "run", lambda *a, **k: done)
     with pytest.raises(FastFluxError, match=r"^argument --choose: expected one argument$") as caught:
         placement.ask_estimator(parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())), "--choose")
     assert not isinstance(caught.value, DeviceMemoryError)

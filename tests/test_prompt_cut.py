@@ -14,7 +14,6 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.params import read_params
 from fastflux_core.prompts import SETS, read_prompt_file
 from fastflux_core.text import MiniLMTextEncoder, check_cut
-from tiny import write_tiny_flux_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,11 +56,11 @@ def test_a_prompt_that_names_no_digit_is_only_named_even_in_a_digit_run(encoder,
     assert "warning: calibration: 1 of 1 prompts" in capsys.readouterr().err
 
 
-def test_a_flux_folder_cuts_at_t5s_tokens_and_its_embeddings_end_there(tmp_path, capsys):
+def test_a_flux_folder_cuts_at_t5s_tokens_and_its_embeddings_end_there(tiny_flux_folder):
     """The tiny folder's T5 tokenizer is MiniLM's WordPiece: 8 tokens are [CLS] + six words + [SEP]."""
     from fastflux_core.flux import FluxTextEncoders
 
-    enc = FluxTextEncoders(write_tiny_flux_folder(tmp_path / "flux"), 8, torch.device("cpu"), torch.float32)
+    enc = FluxTextEncoders(tiny_flux_folder, 8, torch.device("cpu"), torch.float32)
     prompt = "a photograph of a red bicycle leaning on a wall"
     assert check_cut(enc, [prompt, "a red bicycle"], "set z", digits=False) == {prompt: "a photograph of a red bicycle"}
     long, kept = enc.encode([prompt, "a photograph of a red bicycle"])[0]  # T5's token states, (8, D) each
