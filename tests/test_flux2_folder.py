@@ -9,11 +9,11 @@ import pytest
 import torch
 from diffusers import Flux2KleinPipeline
 from test_params import _default
+from tiny import with_random_linears, write_export
 
 from fastflux_core import preflight, source, text
 from fastflux_core.errors import ModelFolderError, ParamsError
-from fastflux_core.export import to_pruned
-from fastflux_core.export_folder import load_pipeline, write_pipeline
+from fastflux_core.export_folder import load_pipeline
 from fastflux_core.families import adapter_for
 from fastflux_core.params import parse_params
 from fastflux_core.prompts import prompt_items
@@ -99,18 +99,8 @@ def test_export_loads_in_the_klein_pipeline(tiny_flux2_folder, tmp_path):
     exported beside the base's components: Flux2KleinPipeline loads it with remote code, FastFLUX's
     loader without, and both sample what the in-memory model samples."""
     params = _flux2_params(tiny_flux2_folder)
-    model = source.load_transformer(params.model)
-    a = adapter_for(model)
-    g = torch.Generator().manual_seed(0)
-    for i in (1, 2):
-        rep = a.replacement(i)  # as the chain makes it: callable by FLUX.2's own forward
-        for s in rep.streams:
-            rep.set_affine(s, torch.randn(32, 32, generator=g) * 0.05, torch.randn(32, generator=g) * 0.05)
-        a.swap(i, rep)
-    to_pruned(model, [1, 2]).save_pretrained(str(tmp_path / "assemble" / "transformer"))
-    out = tmp_path / "export"
-    out.mkdir()
-    linked = write_pipeline(tmp_path / "assemble" / "transformer", tiny_flux2_folder, out)
+    model = with_random_linears(source.load_transformer(params.model), [1, 2])
+    out, linked = write_export(model, [1, 2], tiny_flux2_folder, tmp_path)
     assert {"text_encoder", "tokenizer", "vae"} <= set(linked)
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "Flux2KleinPipeline"

@@ -10,15 +10,14 @@ import torch
 
 from fastflux_core import preflight, source, stage_peaks, text
 from fastflux_core.errors import ModelFolderError
-from fastflux_core.export import to_pruned
-from fastflux_core.export_folder import load_pipeline, write_pipeline
+from fastflux_core.export_folder import load_pipeline
 from fastflux_core.families import adapter_for
 from fastflux_core.params import parse_params
 from fastflux_core.prompts import prompt_items
-from fastflux_core.pruned_flux import LinearReplacement
 from fastflux_core.sampling import initial_noise, latent_size, sample_latents
 from fastflux_core.text import encode_prompts
 from test_params import _default
+from tiny import with_random_linears, write_export
 
 
 def _sd3_params(path):
@@ -85,18 +84,8 @@ def test_export_loads_in_stable_diffusion_3_pipeline(tiny_sd3_folder, tmp_path):
     from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
 
     params = _sd3_params(tiny_sd3_folder)
-    model = source.load_transformer(params.model)
-    a = adapter_for(model)
-    g = torch.Generator().manual_seed(0)
-    for i in (0, 2):
-        rep = LinearReplacement(model.inner_dim, a.blocks[i].kind)
-        for s in rep.streams:
-            rep.set_affine(s, torch.randn(16, 16, generator=g) * 0.05, torch.randn(16, generator=g) * 0.05)
-        a.swap(i, rep)
-    to_pruned(model, [0, 2]).save_pretrained(str(tmp_path / "assemble" / "transformer"))
-    out = tmp_path / "export"
-    out.mkdir()
-    linked = write_pipeline(tmp_path / "assemble" / "transformer", tiny_sd3_folder, out)
+    model = with_random_linears(source.load_transformer(params.model), [0, 2])
+    out, linked = write_export(model, [0, 2], tiny_sd3_folder, tmp_path)
     assert {"text_encoder_3", "tokenizer_3", "vae"} <= set(linked)
     assert json.loads((out / "model_index.json").read_text())["transformer"] == ["pruned_flux", "PrunedSD3Transformer2DModel"]
     pipe = StableDiffusion3Pipeline.from_pretrained(str(out), trust_remote_code=True)

@@ -10,9 +10,8 @@ import pytest
 import torch
 from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
-from fastflux_core.export import to_pruned
-from fastflux_core.export_folder import load_pipeline, write_pipeline
-from fastflux_core.families import adapter_for
+from fastflux_core.export_folder import load_pipeline
+from tiny import with_random_linears, write_export
 
 
 def _export(folder, tmp_path, replaced: list[int]):
@@ -20,19 +19,8 @@ def _export(folder, tmp_path, replaced: list[int]):
     beside the base's components and loaded back as a pipeline (FastFLUX's loader)."""
     from diffusers import DiffusionPipeline
 
-    model = DiffusionPipeline.from_pretrained(str(folder)).transformer
-    a = adapter_for(model)
-    g = torch.Generator().manual_seed(0)
-    for i in replaced:
-        rep = a.replacement(i)
-        for s in rep.streams:
-            rep.set_affine(s, torch.randn(model.inner_dim, model.inner_dim, generator=g) * 0.05,
-                           torch.randn(model.inner_dim, generator=g) * 0.05)
-        a.swap(i, rep)
-    to_pruned(model, replaced).save_pretrained(str(tmp_path / "assemble" / "transformer"))
-    (tmp_path / "export").mkdir()
-    write_pipeline(tmp_path / "assemble" / "transformer", folder, tmp_path / "export")
-    return load_pipeline(tmp_path / "export")
+    model = with_random_linears(DiffusionPipeline.from_pretrained(str(folder)).transformer, replaced)
+    return load_pipeline(write_export(model, replaced, folder, tmp_path)[0])
 
 
 def _run(pipe, guidance: float) -> torch.Tensor:

@@ -46,6 +46,32 @@ def _tiny_vae() -> AutoencoderKL:
     )
 
 
+def with_random_linears(model, replaced: list[int], scale: float = 0.05, seed: int = 0):
+    """``model`` with the adapter's BRLL stand-in at each block of ``replaced`` (as the chain makes it:
+    callable by the model's own forward), holding a small random W, b — a stand-in for a solved one."""
+    from fastflux_core.families import adapter_for
+
+    a, g = adapter_for(model), torch.Generator().manual_seed(seed)
+    for i in replaced:
+        rep = a.replacement(i)
+        for s in rep.streams:
+            rep.set_affine(s, torch.randn(model.inner_dim, model.inner_dim, generator=g) * scale,
+                           torch.randn(model.inner_dim, generator=g) * scale)
+        a.swap(i, rep)
+    return model
+
+
+def write_export(model, replaced: list[int], base: Path, root: Path) -> tuple[Path, list[str]]:
+    """``model`` saved as stage assemble saves it (``root/assemble/transformer``) and exported as stage
+    export does, beside ``base``'s components (``root/export``); returns the export and what it links."""
+    from fastflux_core.export import to_pruned
+    from fastflux_core.export_folder import write_pipeline
+
+    to_pruned(model, replaced).save_pretrained(str(root / "assemble" / "transformer"))
+    (root / "export").mkdir()
+    return root / "export", write_pipeline(root / "assemble" / "transformer", base, root / "export")
+
+
 def write_tiny_flux_folder(path: Path, seed: int = 0) -> Path:
     """A FluxPipeline with random weights saved in FLUX.1-dev's folder layout.
 
