@@ -24,7 +24,7 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     prompts       prompt sets, items (prompt, seed), derived seeds, encoded sets, the digit a prompt names
     store         sharded Zarr activation stores and the arrays capture@k writes
     digits        the embedded default's data (scikit-learn digits) and its judge
-    hps           HPS v2, scored by a worker in the user's own HPS environment
+    preference    HPS v2 / v2.1 and ImageReward, each scored by a worker in the user's own environment for it
 
 3. model families — one module per family, and the registry
     flux          FLUX.1 (FluxTransformer2DModel): adapter, text encoders, published configs
@@ -39,7 +39,8 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     text          text encoders and encoding a prompt set
     shapes        sizes of a run without a model: configs, sequence lengths, store bytes
     sampling      seeded flow-matching generation
-    metrics       FID (clean-fid or the judge's features), CLIP-style alignment, HPS v2
+    metrics       FID (clean-fid or the judge's features), CLIP-style alignment, preference scores
+    fidelity      each image against the base's from the same noise: PSNR, SSIM, LPIPS (torchmetrics)
     export        loading an assembled pruned model back
 
 5. the method — what the stages compute

@@ -1,9 +1,11 @@
 """Evaluate pruned models against their base on the held-out evaluation prompts.
 
 Quality: the pruned model generates the evaluation set with the seeds of stage ``reference@evaluation``
-(the base model's images of the same items); FID against those images and against real images, and
-the CLIP-style alignment (see metrics.py). No evaluation prompt is in the calibration, training or
-importance sets (params validation checks it), so nothing fitted on these items scores them.
+(the base model's images of the same items); FID against those images and against real images, the
+CLIP-style alignment (see metrics.py), the preference scores configured (HPS, ImageReward), and
+fidelity to the base image by image — PSNR, SSIM, LPIPS where configured (fidelity.py). No
+evaluation prompt is in the calibration, training or importance sets (params validation checks
+it), so nothing fitted on these items scores them.
 
 Speed (:mod:`fastflux_core.speed`): FLOPs of one forward at the sampling resolution, counted with
 attention on every device, and latency of that forward, base and pruned timed in A B B A phases. Each
@@ -26,9 +28,10 @@ from fastflux_core.blocks import ModelInputs
 from fastflux_core.codec import LatentCodec, latent_ids
 from fastflux_core.errors import tensors_digest
 from fastflux_core.export import load_pruned
+from fastflux_core.fidelity import Lpips, fidelity_scores
 from fastflux_core.families import adapter_for
 from fastflux_core.io import read_json
-from fastflux_core.metrics import FeatureStats, hps_scorer, image_features, item_scores, load_quality
+from fastflux_core.metrics import FeatureStats, image_features, item_scores, load_quality, preference_scorers
 from fastflux_core.params import EvaluateParams, Params
 from fastflux_core.placement import choose, placed, resolve_device
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
@@ -122,14 +125,16 @@ class Evaluator:
                  n_items: int | None = None):
         self.params, self.embeds, self.device, self.world = params, embeds, resolve_device(params.model.device), world
         self.placement = choose("evaluate", params, self.device)
-        # the HPS worker first: a misconfigured metrics.hps_python fails in seconds, before the base loads
-        hps = hps_scorer(params.metrics) if world.is_main else None
+        # the preference workers first: a misconfigured metrics.hps_python fails in seconds, before the base loads
+        preference = preference_scorers(params.metrics) if world.is_main else ()
         # the base is for timing, which rank 0 alone does: on its host, on the device only while timed (other
         # ranks do not hold it — FLUX.1-dev: 24 GB of host memory each); their codec comes with the first model
         self.base = load_transformer(params.model) if world.is_main else None
         self.codec = load_codec(params.model, self.base) if world.is_main else None
         self.scheduler = load_scheduler(params.model)
-        self.quality = load_quality(params, self.device, hps) if world.is_main else None
+        self.quality = load_quality(params, self.device, preference) if world.is_main else None
+        backbone = params.metrics.lpips_backbone
+        self.lpips = Lpips(backbone, self.device) if world.is_main and backbone is not None else None
         self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")
@@ -149,10 +154,10 @@ class Evaluator:
 
     def quality_of(self, model, tag: str = "quality", items_out: Path | None = None
                    ) -> tuple[dict, np.ndarray, list[str]] | None:
-        """FID (vs base, vs real) and alignment of ``model``'s images of the evaluation items (on the
-        main rank; ``None`` on the others). ``tag`` names the exchange of images between ranks. With
-        ``items_out``: also the readings over items (:func:`item_readings`), and the per-image
-        features and scores written there."""
+        """FID (vs base, vs real), alignment, preference scores and fidelity to the base (PSNR, SSIM,
+        LPIPS) of ``model``'s images of the evaluation items (on the main rank; ``None`` on the
+        others). ``tag`` names the exchange of images between ranks. With ``items_out``: also the
+        readings over items (:func:`item_readings`), and the per-image features and scores written there."""
 
         if self.codec is None:
             self.codec = load_codec(self.params.model, model)
@@ -165,8 +170,11 @@ class Evaluator:
         q = score_images(gen.images, gen.prompts, self.quality, self.ref_model, self.ref_real, self.device,
                          self.params.metrics.batch_size, feats=feats)
         q["clip"] = q.pop(self.quality.alignment.name)
+        scores = item_scores(self.quality, gen.images, gen.prompts)
+        base_images = load_reference_images(self.reference_dir)[: len(gen.images)]  # the same items, in order
+        scores.update(fidelity_scores(gen.images, base_images, self.lpips, self.params.metrics.batch_size))
+        q.update({k: float(v.mean()) for k, v in scores.items() if k not in q})  # preference and fidelity means
         if items_out is not None:
-            scores = item_scores(self.quality, gen.images, gen.prompts)
             save_item_scores(items_out, feats, scores)
             q.update(item_readings(feats, scores, load_item_scores(self.reference_dir / ITEMS_FILE),
                                    len(self.embeds.prompts), self.params.evaluate,
@@ -200,7 +208,9 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
     metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks) + len(pruned.config.deleted_blocks),
                "n_blocks": len(adapter_for(pruned).blocks), **q, **flops,
                "clip_kind": ev.quality.alignment.name, "base_clip": ev.reference["clip"], "eval_images": len(images)}
-    for key in ("fid_real", "prompt_accuracy", "hps"):
+    for key in ("fid_real", "prompt_accuracy", "hps", "imagereward"):
         if key in ev.reference:
             metrics[f"base_{key}"] = ev.reference[key]
+    if "hps" in q:
+        metrics["hps_version"] = params.metrics.hps_version
     return metrics, {"ratio": params.ratio, **lat}

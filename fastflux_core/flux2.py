@@ -61,7 +61,7 @@ from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retri
 from torch import nn
 
 from fastflux_core.blocks import BlockState, MlpRef, ModelInputs
-from fastflux_core.codec import to_uint8
+from fastflux_core.codec import VaeCodec
 from fastflux_core.errors import FastFluxError, loading
 from fastflux_core.flux import FluxAdapter
 from fastflux_core.pruned_flux import (Flux2DoubleReplacement, Flux2DoubleSkip, Flux2SingleReplacement, Flux2SingleSkip,
@@ -115,14 +115,10 @@ def flux2_ids(txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tenso
     return txt, img  # (N_txt, 4), (N_img, 4)
 
 
-class Flux2VaeCodec:
+class Flux2VaeCodec(VaeCodec):
     """FLUX.2's ``AutoencoderKLFlux2``: a latent is de-normalised by the VAE's batch-norm statistics over
-    its 2 × 2-patchified channels before decoding, as ``Flux2Pipeline`` decodes."""
-
-    def __init__(self, vae: AutoencoderKLFlux2):
-        self.vae = vae
-        self.latent_channels = vae.config.latent_channels
-        self.scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    its 2 × 2-patchified channels before decoding, as ``Flux2Pipeline`` decodes (FLUX.1's scale and
+    shift do not apply; batching and the uint8 images are :class:`~fastflux_core.codec.VaeCodec`'s)."""
 
     @torch.no_grad()
     def to_vae(self, latents: torch.Tensor) -> torch.Tensor:
@@ -141,11 +137,6 @@ class Flux2VaeCodec:
     def decode_batch(self, latents: torch.Tensor) -> torch.Tensor:
         """(b, C, h, w) latents → (b, 3, H, W) images in [-1, 1] on the VAE's device."""
         return self.vae.decode(self.to_vae(latents), return_dict=False)[0]
-
-    def decode(self, latents: torch.Tensor, batch_size: int = 1) -> np.ndarray:
-        """Images as uint8, decoded ``batch_size`` at a time."""
-        return np.concatenate([to_uint8(self.decode_batch(latents[s : s + batch_size]))
-                               for s in range(0, latents.shape[0], batch_size)])
 
 
 class TemplatedTokens:

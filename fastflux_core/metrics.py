@@ -7,7 +7,9 @@ feature extractor is a param:
   ``judge``   the digit classifier stage ``base`` trains on the real digits (embedded default), passed
               to clean-fid as its custom feature extractor; images keep their 8×8 size.
 
-HPS v2 (optional, evaluation set only): :mod:`fastflux_core.hps`, in the user's own HPS environment.
+Human-preference scores (optional, evaluation set only): HPS v2 / v2.1 and ImageReward, each by
+:mod:`fastflux_core.preference` in the user's own environment for it. Fidelity to the base model
+image by image (PSNR, SSIM, LPIPS): :mod:`fastflux_core.fidelity`.
 
 Alignment (the paper's "CLIP score" slot):
   ``clip``    CLIP score, 100 · max(cos(image, text), 0), averaged, with a CLIP model from a local folder.
@@ -29,7 +31,7 @@ import torch
 from fastflux_core.codec import to_uint8
 from fastflux_core.digits import DigitJudge, load_digits
 from fastflux_core.errors import FastFluxError
-from fastflux_core.hps import HpsScorer
+from fastflux_core.preference import PreferenceScorer
 from fastflux_core.io import load_tensors, save_png, save_tensors
 from fastflux_core.prompts import label_of
 
@@ -37,7 +39,8 @@ if TYPE_CHECKING:
     from fastflux_core.params import MetricsParams, Params
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
-QUALITY_KEYS = ("fid", "fid_real", "clip", "prompt_accuracy", "hps")  # what a quality record may hold
+# what a quality record may hold (psnr, ssim, lpips: fidelity.py, against the base model's images)
+QUALITY_KEYS = ("fid", "fid_real", "clip", "prompt_accuracy", "hps", "imagereward", "psnr", "ssim", "lpips")
 
 
 @dataclass
@@ -168,20 +171,22 @@ class JudgeAlignment:
 
 def item_scores(quality: "Quality", images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
     """Per-image scores, for intervals over items (:mod:`fastflux_core.stats`): the alignment (key
-    ``clip``, as in the stage records) and, with the judge, prompt accuracy (0/1 per image)."""
+    ``clip``, as in the stage records), with the judge prompt accuracy (0/1 per image), and each
+    configured preference score (``hps``, ``imagereward``: its worker runs once here)."""
     out = {"clip": quality.alignment.per_image(images, prompts)}
     if isinstance(quality.alignment, JudgeAlignment):
         out["prompt_accuracy"] = quality.alignment.accuracy_per_image(images, prompts)
+    for scorer in quality.preference:
+        out[scorer.name] = np.asarray(scorer.scores(images, prompts), dtype=np.float64)
     return out
 
 
 def extra_scores(quality: "Quality", images: np.ndarray, prompts: list[str]) -> dict[str, float]:
-    """Scores only some configurations have: the judge's prompt accuracy, HPS v2."""
+    """Scores only some configurations have: the judge's prompt accuracy (the preference scores'
+    means come from :func:`item_scores`, so each worker runs once)."""
     out = {}
     if isinstance(quality.alignment, JudgeAlignment):
         out["prompt_accuracy"] = quality.alignment.accuracy(images, prompts)
-    if quality.hps is not None:
-        out["hps"] = quality.hps.score(images, prompts)
     return out
 
 
@@ -225,11 +230,11 @@ class ClipAlignment:
 
 @dataclass
 class Quality:
-    """The configured FID feature extractor and alignment score, and HPS v2 where configured."""
+    """The configured FID feature extractor and alignment score, and the preference scores configured."""
 
     features: FeatureExtractor
     alignment: Alignment
-    hps: HpsScorer | None = None
+    preference: tuple[PreferenceScorer, ...] = ()
 
 
 JUDGE_FILE = Path("data/base/judge.safetensors")
@@ -246,25 +251,31 @@ def _load_judge() -> torch.nn.Module:
     return judge.eval()
 
 
-def hps_scorer(metrics: "MetricsParams") -> HpsScorer | None:
-    """HPS v2 where ``metrics.hps_python`` is set, its worker tried once on one tiny image: a stage
-    that scores HPS calls this before it generates anything, so an interpreter without hpsv2 (or not
-    a Python at all) stops it in seconds, not after every image was made. The evaluation set's stages
-    ask for it; importance ablations rank by FID and CLIP alone (Eq. 2)."""
-    if metrics.hps_python is None:
-        return None
-    scorer = HpsScorer(metrics.hps_python, metrics.hps_checkpoint, metrics.batch_size)
-    scorer.check()
-    return scorer
+def preference_scorers(metrics: "MetricsParams") -> tuple[PreferenceScorer, ...]:
+    """HPS (``metrics.hps_python``) and ImageReward (``metrics.imagereward_python``) where set, each
+    worker tried once on one tiny image: a stage that scores them calls this before it generates
+    anything, so an interpreter without the package (or not a Python at all) stops it in seconds, not
+    after every image was made. The evaluation set's stages ask for them; importance ablations rank
+    by FID and CLIP alone (Eq. 2)."""
+    scorers = []
+    if metrics.hps_python is not None:
+        scorers.append(PreferenceScorer("hps", f"HPS {metrics.hps_version}", metrics.hps_python,
+                                        metrics.hps_checkpoint, batch_size=metrics.batch_size))
+    if metrics.imagereward_python is not None:
+        scorers.append(PreferenceScorer("imagereward", "ImageReward v1.0", metrics.imagereward_python,
+                                        metrics.imagereward_checkpoint, metrics.imagereward_config, metrics.batch_size))
+    for scorer in scorers:
+        scorer.check()
+    return tuple(scorers)
 
 
-def load_quality(params: "Params", device: torch.device, hps: HpsScorer | None = None) -> Quality:
-    """The configured metrics, with ``hps`` (:func:`hps_scorer`) where given."""
+def load_quality(params: "Params", device: torch.device, preference: tuple[PreferenceScorer, ...] = ()) -> Quality:
+    """The configured metrics, with the ``preference`` scorers (:func:`preference_scorers`) where given."""
     m = params.metrics
     judge = _load_judge() if "judge" in (m.fid_features, m.alignment) else None
     features = judge_features(judge) if m.fid_features == "judge" else inception_features(m.inception_path, device)
     alignment = JudgeAlignment(judge) if m.alignment == "judge" else ClipAlignment(m.clip_path, device)
-    return Quality(features, alignment, hps)
+    return Quality(features, alignment, preference)
 
 
 def real_features(real_images: "str | Path | None", fx: FeatureExtractor, device: torch.device,

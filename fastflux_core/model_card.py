@@ -105,14 +105,26 @@ def _quality(metrics: dict, latency: dict) -> str:
          "mean over the evaluation images"),
     ]
     if "hps" in metrics:
-        rows.append(("HPS v2", _fmt(metrics.get("base_hps")), _fmt(metrics.get("hps")), "HPS v2 scorer"))
+        hps = f"HPS {metrics.get('hps_version', 'v2')}"
+        rows.append((hps, _fmt(metrics.get("base_hps")), _fmt(metrics.get("hps")), f"{hps} checkpoint, mean over the evaluation images"))
+    if "imagereward" in metrics:
+        rows.append(("ImageReward v1.0", _fmt(metrics.get("base_imagereward")), _fmt(metrics.get("imagereward")),
+                     "mean over the evaluation images"))
     if "prompt_accuracy" in metrics:
         rows.append(("prompt accuracy", _fmt(metrics.get("base_prompt_accuracy")), _fmt(metrics.get("prompt_accuracy")),
                      "share of images the digit judge reads as the prompted digit"))
-    rows.append(("FLOPs per forward", f"{metrics['flops_base']:.4g}", f"{metrics['flops']:.4g}",
-                 f"torch.utils.flop_counter, one transformer forward; ratio {metrics['flops_ratio']:.4f}"))
+    for key, name, how in (("psnr", "PSNR vs the base's image (dB)", "torchmetrics, each image against the base's from the same noise"),
+                           ("ssim", "SSIM vs the base's image", "torchmetrics (Gaussian window 11, σ 1.5), same pairs"),
+                           ("lpips", "LPIPS vs the base's image", "torchmetrics' LPIPS (AlexNet), same pairs; lower is closer")):
+        if key in metrics:
+            ci = (f"; 95 % interval over images [{_fmt(metrics[key + '_ci_low'])}, {_fmt(metrics[key + '_ci_high'])}]"
+                  if key + "_ci_low" in metrics else "")
+            rows.append((name, "—", _fmt(metrics[key]), how + ci))
+    rows.append(("TFLOPs per sampling step", f"{metrics['flops_base'] / 1e12:.4g}", f"{metrics['flops'] / 1e12:.4g}",
+                 f"torch.utils.flop_counter, one transformer forward at the sampling resolution (classifier-free "
+                 f"guidance would run two); ratio {metrics['flops_ratio']:.4f}"))
     if latency:
-        rows.append(("latency per forward (ms)", f"{latency['latency_ms_base']:.4g} (IQR {latency['latency_iqr_ms_base']:.2g})",
+        rows.append(("latency per sampling step (ms)", f"{latency['latency_ms_base']:.4g} (IQR {latency['latency_iqr_ms_base']:.2g})",
                      f"{latency['latency_ms']:.4g} (IQR {latency['latency_iqr_ms']:.2g})",
                      f"torch.utils.benchmark, median of {latency['repeats']} ABBA-interleaved rounds on the machine "
                      f"that ran `dvc repro`; ratio {latency['latency_ratio']:.3f} (IQR {latency['latency_ratio_iqr']:.2g})"))

@@ -233,9 +233,19 @@ class MetricsParams(_Strict):
     batch_size: int = Field(64, ge=1)
     hps_python: Path | None = Field(
         None, description="HPS v2 on the evaluation set: the Python interpreter of a separate environment with "
-        "hpsv2 installed (its pinned packages stay out of ours; fastflux_core/hps.py)")
+        "hpsv2 installed (its pinned packages stay out of ours; fastflux_core/preference.py)")
     hps_checkpoint: Path | None = Field(None, description="local HPS v2 / v2.1 checkpoint (.safetensors, or a "
                                         "tensors-only .pt such as HPS_v2.1_compressed.pt)")
+    hps_version: Literal["v2.0", "v2.1"] = Field(
+        "v2.1", description="which HPS checkpoint hps_checkpoint is (same architecture): named in records and model cards")
+    imagereward_python: Path | None = Field(
+        None, description="ImageReward v1.0 on the evaluation set: the Python of a separate environment with "
+        "image-reward installed (fastflux_core/preference.py)")
+    imagereward_checkpoint: Path | None = Field(None, description="local ImageReward.pt (tensors-only) or .safetensors")
+    imagereward_config: Path | None = Field(None, description="its med_config.json (beside ImageReward.pt on the hub)")
+    lpips_backbone: Path | None = Field(
+        None, description="LPIPS against the base model's images: torchvision's AlexNet weights "
+        "(alexnet-owt-7be5be79.pth, tensors-only, or .safetensors); torchmetrics ships LPIPS's own linear layers")
 
     @model_validator(mode="after")
     def _paths_present(self) -> "MetricsParams":
@@ -245,6 +255,10 @@ class MetricsParams(_Strict):
             raise ValueError("metrics.clip_path is required when metrics.alignment is 'clip'")
         if (self.hps_python is None) != (self.hps_checkpoint is None):
             raise ValueError("metrics.hps_python and metrics.hps_checkpoint go together: set both for HPS v2, or neither")
+        ir = (self.imagereward_python, self.imagereward_checkpoint, self.imagereward_config)
+        if any(x is None for x in ir) and any(x is not None for x in ir):
+            raise ValueError("metrics.imagereward_python, imagereward_checkpoint and imagereward_config go together: "
+                             "set all three for ImageReward, or none")
         return self
 
 

@@ -141,12 +141,19 @@ def check_metrics(params: "Params") -> None:
                                 ("clip_path", m.clip_path, "config.json")):
         if folder is not None and not (Path(folder) / wanted).is_file():
             raise FastFluxError(f"metrics.{key}: {Path(folder) / wanted} not found")
-    if m.hps_python is not None:
-        if not (Path(m.hps_python).is_file() and os.access(m.hps_python, os.X_OK)):
-            raise FastFluxError(f"metrics.hps_python: {m.hps_python} is not an executable file (the Python of an "
-                                f"environment with hpsv2 installed)")
-        if not Path(m.hps_checkpoint).is_file():
-            raise FastFluxError(f"metrics.hps_checkpoint: {m.hps_checkpoint} not found")
+    for kind, package, files in (("hps", "hpsv2", ("checkpoint",)), ("imagereward", "image-reward", ("checkpoint", "config"))):
+        python = getattr(m, f"{kind}_python")
+        if python is None:
+            continue
+        if not (Path(python).is_file() and os.access(python, os.X_OK)):
+            raise FastFluxError(f"metrics.{kind}_python: {python} is not an executable file (the Python of an "
+                                f"environment with {package} installed)")
+        for f in files:
+            if not Path(getattr(m, f"{kind}_{f}")).is_file():
+                raise FastFluxError(f"metrics.{kind}_{f}: {getattr(m, f'{kind}_{f}')} not found")
+    if m.lpips_backbone is not None and not Path(m.lpips_backbone).is_file():
+        raise FastFluxError(f"metrics.lpips_backbone: {m.lpips_backbone} not found (torchvision's AlexNet weights, "
+                            f"alexnet-owt-7be5be79.pth or a .safetensors of the same tensors)")
     if m.real_images not in (None, "digits"):
         folder = Path(m.real_images)
         if not folder.is_dir():

@@ -22,7 +22,7 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.families import adapter_for
 from fastflux_core.io import image_grid, load_tensors, save_png, save_tensors
 from fastflux_core.metrics import (FeatureStats, Quality, extra_scores, fid, folder_features, image_features, item_scores,
-                                   hps_scorer, load_quality, real_features)
+                                   preference_scorers, load_quality, real_features)
 from fastflux_core.params import Params, SamplingParams, importance_sampling
 from fastflux_core.placement import resolve_device
 from fastflux_core.prompts import GenItem, PromptEmbeds, prompt_items
@@ -91,7 +91,8 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     sampling settings (the importance set's own: :func:`~fastflux_core.params.importance_sampling`).
     Every rank generates its share; the main rank writes and scores (the others return ``None``)."""
     device = resolve_device(params.model.device)
-    hps = hps_scorer(params.metrics) if set_name == "evaluation" and world.is_main else None  # before any image is made
+    # the preference workers are tried before any image is made
+    preference = preference_scorers(params.metrics) if set_name == "evaluation" and world.is_main else ()
     s = getattr(params.prompts, set_name)
     sampling = importance_sampling(params) if set_name == "importance" else params.sampling
     gen = generate(params, embeds, prompt_items(len(embeds.prompts), s.images_per_prompt, s.seed), sampling, world=world)
@@ -103,14 +104,16 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     save_png(out / "grid.png", image_grid(gen.images[: 4 * len(embeds.prompts)], cols=len(embeds.prompts),
                                           scale=max(1, 64 // gen.images.shape[1])))
     save_tensors(out / "latents.safetensors", {"latents": gen.latents})
-    quality = load_quality(params, device, hps)
+    quality = load_quality(params, device, preference)
     feats = folder_features(out / "images", quality.features, device, params.metrics.batch_size)
     FeatureStats.of(feats).save(out / "stats_model.safetensors")
-    save_item_scores(out / ITEMS_FILE, feats, item_scores(quality, gen.images, gen.prompts))
+    items = item_scores(quality, gen.images, gen.prompts)
+    save_item_scores(out / ITEMS_FILE, feats, items)
     record = {"set": set_name, "images": len(gen.images), "steps": sampling.steps, "size": [sampling.height, sampling.width],
               "clip_kind": quality.alignment.name,
               "clip": quality.alignment.score(gen.images, gen.prompts),
-              **extra_scores(quality, gen.images, gen.prompts)}
+              **extra_scores(quality, gen.images, gen.prompts),
+              **{s.name: float(items[s.name].mean()) for s in preference}}
     real = real_features(params.metrics.real_images, quality.features, device, params.metrics.batch_size)
     if real is not None:
         stats = FeatureStats.of(real)

@@ -33,7 +33,8 @@ TIMING_EVALUATE, TIMING_SWEEP, TIMING_BASELINE = ("data/timing/evaluate.json", "
                                                   "data/timing/baseline.json")
 # quality metrics (fid: the primary one, lower is better) → column heading; a table shows those some run has
 METRICS = {"fid": "FID vs full", "fid_excess": "FID above its floor", "fid_real": "FID vs real", "clip": "alignment",
-           "prompt_accuracy": "prompt accuracy", "hps": "HPS v2"}
+           "prompt_accuracy": "prompt accuracy", "hps": "HPS v2", "imagereward": "ImageReward",
+           "psnr": "PSNR vs full (dB)", "ssim": "SSIM vs full", "lpips": "LPIPS vs full"}  # the last three: higher, higher, lower is closer
 
 
 def _items_text(r: dict) -> str:
@@ -195,7 +196,7 @@ def family_section(exp: Experiment, runs: list[dict], ratios: tuple[float, ...] 
     curves = sweep_curves(exp, runs)
     if not curves:
         return ["Not run."], "not run"
-    keys = [m for m in ("fid", "fid_real", "clip", "prompt_accuracy", "hps")
+    keys = [m for m in ("fid", "fid_real", "clip", "prompt_accuracy", "hps", "imagereward", "psnr", "ssim", "lpips")
             if any(c.get(m) for curve in curves.values() for c in curve.values())]
     lines = ["| architecture | blocks replaced | ratio | " + " | ".join(METRICS[m] for m in keys) + " | FLOPs ratio |",
              "|---|---|---|" + "---|" * (len(keys) + 1)]

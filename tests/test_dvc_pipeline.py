@@ -17,6 +17,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import yaml
 from depcheck import params_problems, read_records
 
@@ -204,7 +205,7 @@ def test_repro_runs_and_caches(runs):
     metrics = json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())
     assert {"ratio", "n_pruned", "fid", "clip", "flops_ratio"} <= set(metrics) and "latency_ratio" not in metrics
     assert metrics["n_pruned"] == 1 and metrics["n_blocks"] == 2 and metrics["flops_ratio"] < 1
-    for key in ("fid", "clip", "clip_change"):  # intervals over the evaluation items (stats.py)
+    for key in ("fid", "clip", "clip_change", "psnr", "ssim"):  # intervals over the evaluation items (stats.py)
         assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
     assert {"fid_dist", "fid_floor", "fid_excess"} <= set(metrics)
     assert (repo / "data" / "evaluate" / "items.safetensors").is_file()
@@ -221,6 +222,8 @@ def test_repro_runs_and_caches(runs):
     assert (repo / "data" / "plots" / "sweep.csv").read_text().count("\n") == 1 + 2  # header + n = 0, 1
     sweep = json.loads((repo / "data" / "metrics" / "sweep.json").read_text())
     assert sweep["n0"]["fid"] < 1e-6  # the full model on 12 items against its own images of the same 12 items
+    assert sweep["n0"]["psnr"] == 100.0 and sweep["n0"]["ssim"] == pytest.approx(1.0, abs=1e-6)  # each image its own
+    assert sweep["n1"]["psnr"] < 100.0 and sweep["n1"]["ssim"] < 1.0
     assert (repo / "data" / "timing" / "sweep.csv").read_text().count("\n") == 1 + 2
     assert _status(repo) == {}
     out = _run(["dvc", "repro"], repo).stdout

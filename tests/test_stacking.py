@@ -1,8 +1,9 @@
 """A pruned export stacks with diffusers' caches (issue 32, 2: the test part): First-Block Cache and
 TaylorSeer hooks find every block of the exported FLUX.1 and FLUX.2 transformers — the BRLL stand-ins
 included — and the pipeline runs; with First-Block Cache at threshold 0 (never reuse) it is exactly
-the uncached pipeline, and at a threshold that always reuses it differs. (The latency and fidelity
-table of the issue needs the FLUX-width rehearsal and torchao: not measured here.)"""
+the uncached pipeline, and at a threshold that always reuses it differs. torchao's weight-only int8
+runs on the export alone and under a cache. (The latency and fidelity table is benchmarks/stacking.py's,
+at FLUX width; README.md shows it.)"""
 
 from __future__ import annotations
 
@@ -48,6 +49,31 @@ def test_caches_hook_every_block_of_a_pruned_export_and_run(family, tiny_flux_fo
     assert taylor.shape == plain.shape and torch.isfinite(taylor).all() and not torch.allclose(taylor, plain)
     pipe.transformer.disable_cache()
     torch.testing.assert_close(_run(pipe, guidance), plain, rtol=0, atol=0)  # off again: the plain pipeline
+
+
+@pytest.mark.parametrize("family", ["flux", "flux2"])
+@torch.no_grad()
+def test_int8_weights_stack_on_a_pruned_export_alone_and_with_a_cache(family, tiny_flux_folder, tiny_flux2_folder, tmp_path):
+    """torchao's weight-only int8 (what runs on a CPU; benchmarks/stacking.py times it at FLUX width)
+    quantises the BRLL linears with the kept blocks' layers; the export then runs alone and under a
+    cache, close to the unquantised one but not equal to it."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    folder, guidance = (tiny_flux_folder, 3.5) if family == "flux" else (tiny_flux2_folder, 1.0)
+    pipe = _export(folder, tmp_path, [0, 2])
+    plain = _run(pipe, guidance)
+    quantize_(pipe.transformer, Int8WeightOnlyConfig())
+    linear = pipe.transformer.transformer_blocks[0].linears[next(iter(pipe.transformer.transformer_blocks[0].linears))]
+    assert type(linear.weight).__name__ == "Int8Tensor"  # the stand-in's own linear is quantised too
+    int8 = _run(pipe, guidance)
+    assert torch.isfinite(int8).all() and not torch.equal(int8, plain)
+    torch.testing.assert_close(int8, plain, rtol=0.1, atol=0.1)
+    cache = FirstBlockCacheConfig(threshold=0.0) if family == "flux" else TaylorSeerCacheConfig(cache_interval=2)
+    pipe.transformer.enable_cache(cache)
+    cached = _run(pipe, guidance)
+    assert torch.isfinite(cached).all() and cached.shape == plain.shape
+    if family == "flux":  # threshold 0 never reuses: exactly the int8 pipeline
+        torch.testing.assert_close(cached, int8, rtol=0, atol=0)
 
 
 @torch.no_grad()

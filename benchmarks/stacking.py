@@ -1,0 +1,174 @@
+"""Does a pruned export stack with caches and quantisation? Latency and fidelity at FLUX.1-dev's width.
+
+Users of pruned FLUX checkpoints run them with diffusers' caches and with weight quantisation. This
+benchmark takes the FLUX-width rehearsal (:mod:`fastflux_core.rehearsal`: FLUX.1-dev's transformer
+config — hidden 3072, 24 heads, joint 4096 — with ``--double`` + ``--single`` blocks, bf16, random
+weights, small VAE and text encoders), replaces ``--replace`` blocks by BRLL linears (small random
+W, b: stand-ins for solved ones), exports it as stage export does and loads it back as a user does
+(``export_folder.load_pipeline``). Then each arm runs the whole ``FluxPipeline`` call — ``--steps``
+denoising steps, as caches act across steps — on the same prompts and seeds:
+
+- ``base``, ``base + FBC``, ``base + int8``: the references (what each option does without pruning);
+- ``pruned``; ``pruned + FBC`` (diffusers' First-Block Cache, ``--fbc-threshold``); ``pruned +
+  TaylorSeer`` (diffusers' TaylorSeer cache, ``cache_interval`` 2); ``pruned + int8`` (torchao
+  weight-only int8, what runs on a CPU); ``pruned + int8 + FBC``.
+
+Per arm: the latency ratio to the base (whole pipeline call to latents; timed in A B B A phases
+against the base, :func:`fastflux_core.speed.latency_phases`, median, with the per-round ratio's IQR),
+the share of transformer blocks actually computed (a counter on every block: caches skip them), and
+fidelity to the base's images from the same seeds — PSNR and SSIM per image (and LPIPS with
+``--lpips-backbone``), mean over the images (:mod:`fastflux_core.fidelity`).
+
+What the numbers are and are not: the transformer is FLUX.1-dev's width, so where time goes (matmuls
+of 3072-wide blocks) is FLUX.1-dev's; the weights are random, so fidelity says how far each option
+moves the output of *this* model, not image quality — and First-Block Cache's hit rate depends on how
+a trained model's first-block residual changes between steps, which random weights do not have. On
+FLUX.1-dev run the same arms with ``fastflux benchmark-images`` on the real export.
+
+Prints a table and writes benchmarks/results/stacking.json (about 10 minutes on 2 cores at the
+defaults, nothing else running).
+Run: python benchmarks/stacking.py [--steps 8] [--repeats 4] [--lpips-backbone alexnet-owt-7be5be79.pth]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import report
+
+from fastflux_core.export import to_pruned
+from fastflux_core.export_folder import load_pipeline, write_pipeline
+from fastflux_core.families import adapter_for
+from fastflux_core.fidelity import Lpips, fidelity_scores
+from fastflux_core.rehearsal import write_flux_width_folder
+from fastflux_core.speed import latency_phases
+
+PROMPTS = ["a red cube on a table", "a lighthouse at dusk", "two cats on a sofa", "a city street in the rain"]
+
+
+def pruned_export(base_folder: Path, replace: list[int], root: Path) -> Path:
+    """The base's transformer with BRLL linears (W, b ~ 0.05 · N(0, 1)) at ``replace``, saved as stage
+    assemble saves it and exported as stage export does."""
+    from diffusers import FluxTransformer2DModel
+
+    model = FluxTransformer2DModel.from_pretrained(str(base_folder / "transformer"), torch_dtype=torch.bfloat16)
+    a, g = adapter_for(model), torch.Generator().manual_seed(0)
+    for i in replace:
+        rep = a.replacement(i)
+        for s in rep.streams:
+            rep.set_affine(s, torch.randn(model.inner_dim, model.inner_dim, generator=g) * 0.05,
+                           torch.randn(model.inner_dim, generator=g) * 0.05)
+        a.swap(i, rep.to(torch.bfloat16))
+    to_pruned(model, replace).save_pretrained(str(root / "assemble" / "transformer"))
+    (root / "export").mkdir()
+    write_pipeline(root / "assemble" / "transformer", base_folder, root / "export")
+    return root / "export"
+
+
+class BlockCounter:
+    """Counts the blocks computed: a hook on the first ``nn.Linear`` inside every block (kept or
+    replaced), which runs only when the block's own forward does — a cache that reuses a block's
+    output calls the block but not its layers."""
+
+    def __init__(self, transformer):
+        self.calls = 0
+        a = adapter_for(transformer)
+        for i in range(len(a.blocks)):
+            next(m for m in a.block(i).modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(self._hook)
+        self.per_call = len(a.blocks)
+
+    def _hook(self, *args):
+        self.calls += 1
+
+
+def make_arm(name: str, base_folder: Path, export: Path, fbc_threshold: float):
+    """The pipeline of arm ``name`` (``base`` / ``pruned`` with ``+ FBC``, ``+ TaylorSeer``, ``+ int8``)."""
+    from diffusers import FirstBlockCacheConfig, FluxPipeline, TaylorSeerCacheConfig
+
+    if name.startswith("base"):
+        pipe = FluxPipeline.from_pretrained(str(base_folder), torch_dtype=torch.bfloat16)
+    else:
+        pipe = load_pipeline(export, torch_dtype=torch.bfloat16)
+    if "int8" in name:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(pipe.transformer, Int8WeightOnlyConfig())
+    counter = BlockCounter(pipe.transformer)  # before the caches: their hooks wrap the blocks' forward
+    if "FBC" in name:
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=fbc_threshold))
+    if "TaylorSeer" in name:
+        pipe.transformer.enable_cache(TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1,
+                                                            taylor_factors_dtype=torch.float32))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, counter
+
+
+def run(pipe, size: int, steps: int, output_type: str):
+    """The pipeline on every prompt, one image each, seed = the prompt's index (same noise in every arm)."""
+    return [pipe(prompt=p, height=size, width=size, num_inference_steps=steps, guidance_scale=3.5,
+                 generator=torch.Generator().manual_seed(i), output_type=output_type, max_sequence_length=32).images[0]
+            for i, p in enumerate(PROMPTS)]
+
+
+def to_uint8(images: list) -> np.ndarray:
+    return np.stack([(np.asarray(im, dtype=np.float32).clip(0, 1) * 255).round().astype(np.uint8) for im in images])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--double", type=int, default=1, help="double blocks (FLUX.1-dev: 19)")
+    ap.add_argument("--single", type=int, default=3, help="single blocks (FLUX.1-dev: 38)")
+    ap.add_argument("--replace", default="2", help="blocks replaced by BRLL linears (comma-separated indices)")
+    ap.add_argument("--size", type=int, default=256, help="image side in pixels")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--fbc-threshold", type=float, default=0.05)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=4, help="timed pipeline calls per arm and per base (A B B A)")
+    ap.add_argument("--lpips-backbone", type=Path, help="torchvision AlexNet weights: LPIPS beside PSNR and SSIM")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    arms = ["base + FBC", "base + int8", "pruned", "pruned + FBC", "pruned + TaylorSeer", "pruned + int8",
+            "pruned + int8 + FBC"]
+    lpips = Lpips(args.lpips_backbone, torch.device("cpu")) if args.lpips_backbone else None
+
+    with tempfile.TemporaryDirectory(prefix="fastflux-stacking-") as tmp, torch.inference_mode():
+        root = Path(tmp)
+        base_folder = write_flux_width_folder(root / "base", args.double, args.single)
+        export = pruned_export(base_folder, [int(i) for i in args.replace.split(",")], root)
+        base, base_counter = make_arm("base", base_folder, export, args.fbc_threshold)
+        base_images = to_uint8(run(base, args.size, args.steps, "np"))
+        n_blocks = base_counter.per_call
+        rows = {}
+        for name in arms:
+            pipe, counter = make_arm(name, base_folder, export, args.fbc_threshold)
+            images = to_uint8(run(pipe, args.size, args.steps, "np"))
+            computed = counter.calls / (n_blocks * args.steps * len(PROMPTS))  # share of the base's block calls
+            fid = {k: float(v.mean()) for k, v in fidelity_scores(images, base_images, lpips).items()}
+            b, p = latency_phases((contextlib.nullcontext, contextlib.nullcontext),
+                                  (lambda: run(base, args.size, args.steps, "latent"),
+                                   lambda: run(pipe, args.size, args.steps, "latent")), args.warmup, args.repeats)
+            per_round = np.asarray(p["times"]) / np.asarray(b["times"])
+            q25, q75 = np.percentile(per_round, [25, 75])
+            rows[name] = {"latency_ratio": p["median"] / b["median"], "latency_ratio_iqr": float(q75 - q25),
+                          "seconds_base": b["median"], "seconds": p["median"], "blocks_computed": computed, **fid}
+            print(f"{name:22s} latency ratio {rows[name]['latency_ratio']:.3f} (IQR {q75 - q25:.3f})  blocks computed "
+                  f"{computed:.2f}  " + "  ".join(f"{k} {v:.4g}" for k, v in fid.items()), flush=True)
+
+    print("\n| arm | latency ratio to base (IQR) | blocks computed | PSNR vs base (dB) | SSIM vs base |"
+          + (" LPIPS vs base |" if lpips else ""))
+    print("|---|---|---|---|---|" + ("---|" if lpips else ""))
+    for name, r in rows.items():
+        print(f"| {name} | {r['latency_ratio']:.3f} ({r['latency_ratio_iqr']:.3f}) | {r['blocks_computed']:.2f} | "
+              f"{r['psnr']:.1f} | {r['ssim']:.3f} |" + (f" {r['lpips']:.3f} |" if lpips else ""))
+    report("stacking", {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                        "blocks": n_blocks, "prompts": PROMPTS, "arms": rows})
+
+
+if __name__ == "__main__":
+    main()
