@@ -4,7 +4,8 @@ Users of pruned FLUX checkpoints run them with diffusers' caches and with weight
 benchmark takes the FLUX-width rehearsal (:mod:`fastflux_core.rehearsal`: FLUX.1-dev's transformer
 config — hidden 3072, 24 heads, joint 4096 — with ``--double`` + ``--single`` blocks, bf16, random
 weights, small VAE and text encoders), replaces ``--replace`` blocks by BRLL linears (small random
-W, b: stand-ins for solved ones), exports it as stage export does and loads it back as a user does
+W, b ~ 0.05 · N(0, 1): stand-ins for solved ones, so "pruned" is far from the base here — its real cost is
+stage evaluate's on a trained model), exports it as stage export does and loads it back as a user does
 (``export_folder.load_pipeline``). Then each arm runs the whole ``FluxPipeline`` call — ``--steps``
 denoising steps, as caches act across steps — on the same prompts and seeds:
 
@@ -16,8 +17,9 @@ denoising steps, as caches act across steps — on the same prompts and seeds:
 Per arm: the latency ratio to the base (whole pipeline call to latents; timed in A B B A phases
 against the base, :func:`fastflux_core.speed.latency_phases`, median, with the per-round ratio's IQR),
 the share of transformer blocks actually computed (a counter on every block: caches skip them), and
-fidelity to the base's images from the same seeds — PSNR and SSIM per image (and LPIPS with
-``--lpips-backbone``), mean over the images (:mod:`fastflux_core.fidelity`).
+fidelity from the same seeds — PSNR and SSIM per image (and LPIPS with ``--lpips-backbone``), mean over
+the images (:mod:`fastflux_core.fidelity`) — against the base's images and, for the pruned arms,
+against the plain pruned model's (what the cache or the quantisation costs on top of pruning).
 
 What the numbers are and are not: the transformer is FLUX.1-dev's width, so where time goes (matmuls
 of 3072-wide blocks) is FLUX.1-dev's; the weights are random, so fidelity says how far each option
@@ -72,19 +74,24 @@ def pruned_export(base_folder: Path, replace: list[int], root: Path) -> Path:
 
 
 class BlockCounter:
-    """Counts the blocks computed: a hook on the first ``nn.Linear`` inside every block (kept or
-    replaced), which runs only when the block's own forward does — a cache that reuses a block's
-    output calls the block but not its layers."""
+    """Counts the blocks computed: a block's call counts when a layer inside it runs (a cache that
+    reuses a block's output calls the block but not its layers) — once per call, though a single
+    block's BRLL linear runs once per stream."""
 
     def __init__(self, transformer):
-        self.calls = 0
+        self.calls, self.open = 0, set()
         a = adapter_for(transformer)
         for i in range(len(a.blocks)):
-            next(m for m in a.block(i).modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(self._hook)
+            block = a.block(i)
+            block.register_forward_pre_hook(lambda *_, i=i: self.open.add(i))
+            first = next(m for m in block.modules() if isinstance(m, torch.nn.Linear))
+            first.register_forward_hook(lambda *_, i=i: self._computed(i))
         self.per_call = len(a.blocks)
 
-    def _hook(self, *args):
-        self.calls += 1
+    def _computed(self, i: int) -> None:
+        if i in self.open:
+            self.open.discard(i)
+            self.calls += 1
 
 
 def make_arm(name: str, base_folder: Path, export: Path, fbc_threshold: float):
@@ -143,6 +150,8 @@ def main() -> None:
         export = pruned_export(base_folder, [int(i) for i in args.replace.split(",")], root)
         base, base_counter = make_arm("base", base_folder, export, args.fbc_threshold)
         base_images = to_uint8(run(base, args.size, args.steps, "np"))
+        pruned_images = to_uint8(run(make_arm("pruned", base_folder, export, args.fbc_threshold)[0], args.size,
+                                     args.steps, "np"))
         n_blocks = base_counter.per_call
         rows = {}
         for name in arms:
@@ -150,6 +159,9 @@ def main() -> None:
             images = to_uint8(run(pipe, args.size, args.steps, "np"))
             computed = counter.calls / (n_blocks * args.steps * len(PROMPTS))  # share of the base's block calls
             fid = {k: float(v.mean()) for k, v in fidelity_scores(images, base_images, lpips).items()}
+            if name.startswith("pruned") and name != "pruned":
+                fid.update({f"{k}_vs_pruned": float(v.mean())
+                            for k, v in fidelity_scores(images, pruned_images, lpips).items()})
             b, p = latency_phases((contextlib.nullcontext, contextlib.nullcontext),
                                   (lambda: run(base, args.size, args.steps, "latent"),
                                    lambda: run(pipe, args.size, args.steps, "latent")), args.warmup, args.repeats)
@@ -160,12 +172,13 @@ def main() -> None:
             print(f"{name:22s} latency ratio {rows[name]['latency_ratio']:.3f} (IQR {q75 - q25:.3f})  blocks computed "
                   f"{computed:.2f}  " + "  ".join(f"{k} {v:.4g}" for k, v in fid.items()), flush=True)
 
-    print("\n| arm | latency ratio to base (IQR) | blocks computed | PSNR vs base (dB) | SSIM vs base |"
-          + (" LPIPS vs base |" if lpips else ""))
-    print("|---|---|---|---|---|" + ("---|" if lpips else ""))
+    cols = ["psnr", "ssim"] + (["lpips"] if lpips else [])
+    print("\n| arm | latency ratio to base (IQR) | blocks computed | " + " | ".join(
+        f"{c.upper()} vs base | {c.upper()} vs pruned" for c in cols) + " |")
+    print("|---|---|---|" + "---|---|" * len(cols))
     for name, r in rows.items():
-        print(f"| {name} | {r['latency_ratio']:.3f} ({r['latency_ratio_iqr']:.3f}) | {r['blocks_computed']:.2f} | "
-              f"{r['psnr']:.1f} | {r['ssim']:.3f} |" + (f" {r['lpips']:.3f} |" if lpips else ""))
+        cells = " | ".join(f"{r[c]:.3g} | " + (f"{r[c + '_vs_pruned']:.3g}" if c + "_vs_pruned" in r else "—") for c in cols)
+        print(f"| {name} | {r['latency_ratio']:.3f} ({r['latency_ratio_iqr']:.3f}) | {r['blocks_computed']:.2f} | {cells} |")
     report("stacking", {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                         "blocks": n_blocks, "prompts": PROMPTS, "arms": rows})
 
