@@ -29,6 +29,7 @@ FLUX.1-dev run the same arms with ``fastflux benchmark-images`` on the real expo
 
 Prints a table and writes benchmarks/results/stacking.json (about 10 minutes on 2 cores at the
 defaults, nothing else running).
+Needs torchao (``pip install -e ".[test]"``, as scripts/setup.sh installs).
 Run: python benchmarks/stacking.py [--steps 8] [--repeats 4] [--lpips-backbone alexnet-owt-7be5be79.pth]
 """
 
@@ -158,9 +159,9 @@ def main() -> None:
             pipe, counter = make_arm(name, base_folder, export, args.fbc_threshold)
             images = to_uint8(run(pipe, args.size, args.steps, "np"))
             computed = counter.calls / (n_blocks * args.steps * len(PROMPTS))  # share of the base's block calls
-            fid = {k: float(v.mean()) for k, v in fidelity_scores(images, base_images, lpips).items()}
+            fidelity = {k: float(v.mean()) for k, v in fidelity_scores(images, base_images, lpips).items()}
             if name.startswith("pruned") and name != "pruned":
-                fid.update({f"{k}_vs_pruned": float(v.mean())
+                fidelity.update({f"{k}_vs_pruned": float(v.mean())
                             for k, v in fidelity_scores(images, pruned_images, lpips).items()})
             b, p = latency_phases((contextlib.nullcontext, contextlib.nullcontext),
                                   (lambda: run(base, args.size, args.steps, "latent"),
@@ -168,9 +169,9 @@ def main() -> None:
             per_round = np.asarray(p["times"]) / np.asarray(b["times"])
             q25, q75 = np.percentile(per_round, [25, 75])
             rows[name] = {"latency_ratio": p["median"] / b["median"], "latency_ratio_iqr": float(q75 - q25),
-                          "seconds_base": b["median"], "seconds": p["median"], "blocks_computed": computed, **fid}
+                          "seconds_base": b["median"], "seconds": p["median"], "blocks_computed": computed, **fidelity}
             print(f"{name:22s} latency ratio {rows[name]['latency_ratio']:.3f} (IQR {q75 - q25:.3f})  blocks computed "
-                  f"{computed:.2f}  " + "  ".join(f"{k} {v:.4g}" for k, v in fid.items()), flush=True)
+                  f"{computed:.2f}  " + "  ".join(f"{k} {v:.4g}" for k, v in fidelity.items()), flush=True)
 
     cols = ["psnr", "ssim"] + (["lpips"] if lpips else [])
     print("\n| arm | latency ratio to base (IQR) | blocks computed | " + " | ".join(

@@ -127,14 +127,14 @@ class Evaluator:
         self.placement = choose("evaluate", params, self.device)
         # the preference workers first: a misconfigured metrics.hps_python fails in seconds, before the base loads
         preference = preference_scorers(params.metrics) if world.is_main else ()
+        backbone = params.metrics.lpips_backbone  # and LPIPS's backbone file
+        self.lpips = Lpips(backbone, self.device) if world.is_main and backbone is not None else None
         # the base is for timing, which rank 0 alone does: on its host, on the device only while timed (other
         # ranks do not hold it — FLUX.1-dev: 24 GB of host memory each); their codec comes with the first model
         self.base = load_transformer(params.model) if world.is_main else None
         self.codec = load_codec(params.model, self.base) if world.is_main else None
         self.scheduler = load_scheduler(params.model)
         self.quality = load_quality(params, self.device, preference) if world.is_main else None
-        backbone = params.metrics.lpips_backbone
-        self.lpips = Lpips(backbone, self.device) if world.is_main and backbone is not None else None
         self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")
@@ -146,6 +146,8 @@ class Evaluator:
             self.items = self.items[:n_items]
             feats = load_item_scores(reference / ITEMS_FILE)["features"][:n_items]
             self.ref_model = FeatureStats.of(feats)
+        # the base's images of the same items, in item order: fidelity (PSNR, SSIM, LPIPS) is against them
+        self.base_images = load_reference_images(reference)[: len(self.items)] if world.is_main else None
         self.x = forward_inputs(params, self.base, self.codec, embeds, self.device) if world.is_main else None
 
     def on_device(self, model):
@@ -171,8 +173,7 @@ class Evaluator:
                          self.params.metrics.batch_size, feats=feats)
         q["clip"] = q.pop(self.quality.alignment.name)
         scores = item_scores(self.quality, gen.images, gen.prompts)
-        base_images = load_reference_images(self.reference_dir)[: len(gen.images)]  # the same items, in order
-        scores.update(fidelity_scores(gen.images, base_images, self.lpips, self.params.metrics.batch_size))
+        scores.update(fidelity_scores(gen.images, self.base_images, self.lpips, self.params.metrics.batch_size))
         q.update({k: float(v.mean()) for k, v in scores.items() if k not in q})  # preference and fidelity means
         if items_out is not None:
             save_item_scores(items_out, feats, scores)
@@ -204,7 +205,7 @@ def evaluate(params: Params, embeds: PromptEmbeds, reference: Path, pruned_dir: 
     q, images, prompts = scored
     flops, lat = ev.speed_of(pruned)
     rows = min(params.evaluate.grid_rows, len(prompts))
-    comparison_grid({"base": load_reference_images(reference), "pruned": images}, prompts, rows).save(out / "grid.png")
+    comparison_grid({"base": ev.base_images, "pruned": images}, prompts, rows).save(out / "grid.png")
     metrics = {"ratio": params.ratio, "n_pruned": len(pruned.config.replaced_blocks) + len(pruned.config.deleted_blocks),
                "n_blocks": len(adapter_for(pruned).blocks), **q, **flops,
                "clip_kind": ev.quality.alignment.name, "base_clip": ev.reference["clip"], "eval_images": len(images)}

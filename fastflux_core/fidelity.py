@@ -5,16 +5,19 @@ original model").
 
 The paired FID says this of the whole set; these say it of each item, so each gets a bootstrap
 interval over items like every other per-image score (:func:`fastflux_core.stats.mean_readings`).
-Computed by torchmetrics:
+Computed by torchmetrics, ``batch_size`` images at a time (a 1024² image is 25 MB in float64):
 
 - PSNR (dB, higher is closer) and SSIM (Gaussian window 11, σ 1.5; 1 is identical) on images in
-  [0, 1] (``data_range`` 1). They need no weights, so every evaluation has them.
+  [0, 1] (``data_range`` 1), in float64. They need no weights, so every evaluation has them.
+  torchmetrics' SSIM averages its map over the whole (reflect-padded) image, without the border crop
+  of some reference implementations: compare SSIM across models measured here, not with a paper's
+  third decimal.
 - LPIPS (AlexNet, lower is closer) where ``metrics.lpips_backbone`` names torchvision's AlexNet
   weights: torchmetrics builds LPIPS with a random backbone (nothing downloaded) and its own shipped
   linear layers, then the backbone's tensors are loaded from that file — a ``.safetensors``, or the
   ``.pth`` torchvision publishes read with ``torch.load(weights_only=True)`` (tensors only: no code in a
   pickle runs). AlexNet needs at least 64 pixels a side: smaller images (the embedded default's 8×8
-  digits) are upsampled bilinearly to 64 first, both sides alike.
+  digits) are upsampled bilinearly first, both images alike, their shorter side to 64.
 
 Grey images are compared as three equal channels (PSNR and SSIM read the same as on one).
 
@@ -45,27 +48,36 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
     return x[:, None].expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
 
 
-def psnr_ssim(images: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
+def psnr_ssim(images: np.ndarray, base: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
     """(N,) PSNR (dB, capped at :data:`PSNR_CAP`) and (N,) SSIM of each image against its base image."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-    x, y = to_unit(images).double(), to_unit(base).double()  # float32 loses SSIM's 4th digit to cancellation
-    psnr = peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))  # (N,)
-    ssim = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")  # (N,)
-    return {"psnr": psnr.clamp(max=PSNR_CAP).double().numpy(), "ssim": ssim.double().numpy()}
+    psnr, ssim = [], []
+    for s in range(0, len(images), batch_size):
+        # float64: float32 loses SSIM's 4th digit to cancellation
+        x, y = (to_unit(a[s : s + batch_size]).double() for a in (images, base))  # (B, 3, H, W)
+        psnr.append(peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3)))  # (B,)
+        ssim.append(structural_similarity_index_measure(x, y, data_range=1.0, reduction="none"))  # (B,)
+    return {"psnr": torch.cat(psnr).clamp(max=PSNR_CAP).numpy(), "ssim": torch.cat(ssim).numpy()}
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+    """A flat name → tensor dict from ``path``, or one error naming the file and what it must be."""
+    wrong = (f"metrics.lpips_backbone: {path} is not torchvision's AlexNet weights as tensors (a state dict "
+             f"saved by torch.save or as .safetensors)")
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses anything but tensors and plain containers
-        raise FastFluxError(f"metrics.lpips_backbone: {path} is not a tensors-only checkpoint "
-                            f"({type(e).__name__}); convert it to .safetensors") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:  # weights_only: tensors and plain containers only, no code in a pickle runs
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FastFluxError(f"{wrong}: {type(e).__name__}; convert it to .safetensors") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FastFluxError(f"{wrong}: it holds a {type(state).__name__}")
+    return state
 
 
 class Lpips:
@@ -88,6 +100,12 @@ class Lpips:
         if missing:
             raise FastFluxError(f"metrics.lpips_backbone: {backbone} is not torchvision's AlexNet weights "
                                 f"(no features.{missing[0].split('.', 1)[1]})")
+        shapes = dict(self.net.net.named_parameters())
+        for name, t in mapped.items():
+            if t.shape != shapes[name].shape:
+                raise FastFluxError(f"metrics.lpips_backbone: {backbone} is not torchvision's AlexNet weights "
+                                    f"(features.{name.split('.', 1)[1]} is {tuple(t.shape)}, AlexNet's is "
+                                    f"{tuple(shapes[name].shape)})")
         self.net.net.load_state_dict(mapped)
         self.net.to(device)
         self.device = device
@@ -98,9 +116,10 @@ class Lpips:
         out = []
         for s in range(0, len(images), batch_size):
             x, y = (to_unit(a[s : s + batch_size]).to(self.device) for a in (images, base))  # (B, 3, H, W)
-            if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
-                scale = LPIPS_MIN_SIZE / min(x.shape[-2:])
-                x, y = (F.interpolate(t, scale_factor=scale, mode="bilinear", align_corners=False) for t in (x, y))
+            h, w = x.shape[-2:]
+            if min(h, w) < LPIPS_MIN_SIZE:
+                size = (round(h * LPIPS_MIN_SIZE / min(h, w)), round(w * LPIPS_MIN_SIZE / min(h, w)))
+                x, y = (F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (x, y))
             out.append(self.net(x, y, normalize=True).flatten().double().cpu())  # (B,)
         return torch.cat(out).numpy()
 
@@ -112,7 +131,7 @@ def fidelity_scores(images: np.ndarray, base: np.ndarray, lpips: Lpips | None = 
     if images.shape != base.shape:
         raise FastFluxError(f"fidelity needs the base model's image of every item: got {images.shape} images "
                             f"against {base.shape} of the base")
-    out = psnr_ssim(images, base)
+    out = psnr_ssim(images, base, batch_size)
     if lpips is not None:
         out["lpips"] = lpips.per_image(images, base, batch_size)
     return out

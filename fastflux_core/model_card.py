@@ -120,11 +120,11 @@ def _quality(metrics: dict, latency: dict) -> str:
             ci = (f"; 95 % interval over images [{_fmt(metrics[key + '_ci_low'])}, {_fmt(metrics[key + '_ci_high'])}]"
                   if key + "_ci_low" in metrics else "")
             rows.append((name, "—", _fmt(metrics[key]), how + ci))
-    rows.append(("TFLOPs per sampling step", f"{metrics['flops_base'] / 1e12:.4g}", f"{metrics['flops'] / 1e12:.4g}",
-                 f"torch.utils.flop_counter, one transformer forward at the sampling resolution (classifier-free "
-                 f"guidance would run two); ratio {metrics['flops_ratio']:.4f}"))
+    rows.append(("TFLOPs per transformer forward", f"{metrics['flops_base'] / 1e12:.4g}", f"{metrics['flops'] / 1e12:.4g}",
+                 f"torch.utils.flop_counter, one forward at the sampling resolution, batch 1 (one sampling step "
+                 f"without classifier-free guidance); ratio {metrics['flops_ratio']:.4f}"))
     if latency:
-        rows.append(("latency per sampling step (ms)", f"{latency['latency_ms_base']:.4g} (IQR {latency['latency_iqr_ms_base']:.2g})",
+        rows.append(("latency per transformer forward (ms)", f"{latency['latency_ms_base']:.4g} (IQR {latency['latency_iqr_ms_base']:.2g})",
                      f"{latency['latency_ms']:.4g} (IQR {latency['latency_iqr_ms']:.2g})",
                      f"torch.utils.benchmark, median of {latency['repeats']} ABBA-interleaved rounds on the machine "
                      f"that ran `dvc repro`; ratio {latency['latency_ratio']:.3f} (IQR {latency['latency_ratio_iqr']:.2g})"))

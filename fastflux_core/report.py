@@ -33,7 +33,7 @@ TIMING_EVALUATE, TIMING_SWEEP, TIMING_BASELINE = ("data/timing/evaluate.json", "
                                                   "data/timing/baseline.json")
 # quality metrics (fid: the primary one, lower is better) → column heading; a table shows those some run has
 METRICS = {"fid": "FID vs full", "fid_excess": "FID above its floor", "fid_real": "FID vs real", "clip": "alignment",
-           "prompt_accuracy": "prompt accuracy", "hps": "HPS v2", "imagereward": "ImageReward",
+           "prompt_accuracy": "prompt accuracy", "hps": "HPS", "imagereward": "ImageReward",
            "psnr": "PSNR vs full (dB)", "ssim": "SSIM vs full", "lpips": "LPIPS vs full"}  # the last three: higher, higher, lower is closer
 
 

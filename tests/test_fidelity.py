@@ -85,14 +85,35 @@ def test_lpips_loads_the_backbone_file_and_equals_the_computation_by_hand(tmp_pa
     assert s["lpips"][0] == 0 and (s["lpips"][1:] > 0).all() and set(s) == {"psnr", "ssim", "lpips"}
 
 
+class Payload:
+    """Unpickled, it creates ``marker``: a checkpoint whose loading would run code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
 def test_a_backbone_that_is_not_alexnet_is_refused(tmp_path):
     state = torchvision.models.alexnet(weights=None).state_dict()
     del state["features.8.weight"]
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"))
     with pytest.raises(FastFluxError, match=r"not torchvision's AlexNet weights \(no features.8.weight\)"):
         Lpips(tmp_path / "partial.safetensors", torch.device("cpu"))
-    (tmp_path / "evil.pth").write_bytes(b"\x80\x04cos\nsystem\n.")  # a pickle that is not tensors
-    with pytest.raises(FastFluxError, match="not a tensors-only checkpoint"):
+    marker = tmp_path / "code-ran"
+    torch.save({"features.0.weight": Payload(marker)}, tmp_path / "evil.pth")  # a valid torch file holding code
+    with pytest.raises(FastFluxError, match="not torchvision's AlexNet weights as tensors.*UnpicklingError"):
         Lpips(tmp_path / "evil.pth", torch.device("cpu"))
+    assert not marker.exists()
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 16)
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    full = torchvision.models.alexnet(weights=None).state_dict()
+    save_file({k: v[..., :1].contiguous() if v.ndim == 4 else v for k, v in full.items()},  # 1×1 kernels
+              str(tmp_path / "narrow.safetensors"))
+    for name, cause in (("broken.safetensors", "SafetensorError"), ("list.pth", "it holds a list"),
+                        ("narrow.safetensors", "features.0.weight is .* AlexNet's is")):
+        with pytest.raises(FastFluxError, match=f"metrics.lpips_backbone: .*{name}.*{cause}"):
+            Lpips(tmp_path / name, torch.device("cpu"))
     with pytest.raises(FastFluxError, match="the base model's image of every item"):
         fidelity_scores(np.zeros((2, 8, 8), np.uint8), np.zeros((3, 8, 8), np.uint8))

@@ -12,7 +12,6 @@ missing the model's tensors, and returns one score per image in order.
 
 import importlib
 import json
-import pickle
 import sys
 import types
 from pathlib import Path
@@ -113,16 +112,23 @@ def test_worker_scores_each_image_with_the_checkpoints_weights(hps_env, tmp_path
     assert item_scores(q, images, prompts)["hps"].tolist() == pytest.approx(want)
 
 
-class Payload:  # a pickle that would run code on load
+class Payload:
+    """Unpickled, it creates ``marker``: a checkpoint whose loading would run code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("pwned",))
+        return (open, (str(self.marker), "w"))
 
 
 def test_a_checkpoint_that_is_not_tensors_only_is_refused(hps_env, tmp_path):
-    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"state_dict": Payload()}))
+    marker = tmp_path / "code-ran"
+    torch.save({"state_dict": Payload(marker)}, tmp_path / "evil.pt")  # a valid torch file holding code
     images, prompts = _images_prompts(2)
     with pytest.raises(FastFluxError, match="not a tensors-only checkpoint"):
         hps(tmp_path / "evil.pt").scores(images, prompts)
+    assert not marker.exists()
 
 
 def test_hps_params_go_together_and_are_checked_before_any_work(tmp_path, monkeypatch):
@@ -251,6 +257,30 @@ def test_imagereward_worker_scores_each_image_with_the_checkpoints_weights(ir_en
                                             r"\(1 of the model's tensors missing, e.g. mlp.weight\)"):
         PreferenceScorer("imagereward", "ImageReward v1.0", Path(sys.executable), tmp_path / "partial.safetensors",
                          config).scores(images, prompts)
+
+
+def test_both_scorers_are_tried_before_any_image_and_named_with_their_versions(hps_env, ir_env, tmp_path, monkeypatch):
+    """metrics.hps_* and metrics.imagereward_* together: one scorer each, each worker tried on one
+    image (here: both stand-ins on one PYTHONPATH), labels with versions; their per-image scores go to
+    the items file under their record keys."""
+    import yaml
+
+    from fastflux_core.metrics import preference_scorers
+
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'site'}:{tmp_path / 'ir-site'}")
+    save_file(hps_env.Tiny().state_dict(), str(tmp_path / "hps.safetensors"))
+    save_file(ir_env.ImageReward(str(tmp_path / "med_config.json")).state_dict(), str(tmp_path / "ir.safetensors"))
+    d = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    d["metrics"].update(hps_python=sys.executable, hps_checkpoint=str(tmp_path / "hps.safetensors"), hps_version="v2.0",
+                        imagereward_python=sys.executable, imagereward_checkpoint=str(tmp_path / "ir.safetensors"),
+                        imagereward_config=str(tmp_path / "med_config.json"))
+    scorers = preference_scorers(parse_params(d).metrics)
+    assert [(s.name, s.label) for s in scorers] == [("hps", "HPS v2.0"), ("imagereward", "ImageReward v1.0")]
+    images, prompts = _images_prompts(3)
+    alignment = types.SimpleNamespace(per_image=lambda images, prompts: np.zeros(len(images)))
+    got = item_scores(Quality(features=None, alignment=alignment, preference=scorers), images, prompts)  # type: ignore[arg-type]
+    assert set(got) == {"clip", "hps", "imagereward"} and all(len(v) == 3 for v in got.values())
+    assert got["imagereward"].tolist() == pytest.approx(scorers[1].scores(images, prompts))
 
 
 def test_imagereward_params_go_together_and_their_files_are_checked(tmp_path, monkeypatch):

@@ -114,7 +114,7 @@ def test_report_tables_verdicts_and_plots_from_results_alone(tmp_path):
     assert "does not support the paper's claim" in report.write_report(reversed_, tmp_path, tmp_path / "r2")
     assert "Sample size: 200 evaluation images" in text and "standard error is 0.021" in text
     header = "| variant | FID vs full | FID vs real | alignment | prompt accuracy | FLOPs ratio | latency ratio |"
-    assert header in text  # no HPS v2 column: no run has one
+    assert header in text  # no HPS column: no run has one
 
 
 def test_a_metric_gets_a_column_when_some_run_has_it(tmp_path):
@@ -124,7 +124,7 @@ def test_a_metric_gets_a_column_when_some_run_has_it(tmp_path):
         if r["variant"] == "brll-st":
             r["metrics"]["data/metrics/evaluate.json"]["hps"] = 0.25 + 0.01 * r["seed"]
     text = report.write_report(results, tmp_path, tmp_path / "report")
-    assert "| prompt accuracy | HPS v2 | FLOPs ratio |" in text
+    assert "| prompt accuracy | HPS | FLOPs ratio |" in text
     assert "| 0.26 ± 0.01<br><sub>0.25, 0.26, 0.27</sub> | 0.770 |" in text
     assert next(line for line in text.splitlines() if line.startswith("| delete + ST |")).count("| — |") == 1
 
