@@ -59,20 +59,25 @@ def get_tokenizer(name):
 '''
 
 
+def stand_in(site: Path, files: dict[str, str], module: str, monkeypatch):
+    """A stand-in package (``files``: path under ``site`` → source) on PYTHONPATH — the worker's
+    interpreter sees it — and in this process; yields ``module`` imported, forgets the package after."""
+    for rel, text in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.syspath_prepend(str(site))
+    yield importlib.import_module(module)
+    top = module.split(".")[0]
+    for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+        del sys.modules[name]
+
+
 @pytest.fixture
 def hps_env(tmp_path, monkeypatch):
-    """The stand-in hpsv2 on PYTHONPATH (the worker's interpreter sees it) and in this process."""
-    pkg = tmp_path / "site" / "hpsv2" / "src" / "open_clip"
-    pkg.mkdir(parents=True)
-    for d in (pkg.parent.parent, pkg.parent):
-        (d / "__init__.py").write_text("")
-    (pkg / "__init__.py").write_text(STAND_IN)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    oc = importlib.import_module("hpsv2.src.open_clip")
-    yield oc
-    for name in [m for m in sys.modules if m.startswith("hpsv2")]:
-        del sys.modules[name]
+    """The stand-in hpsv2."""
+    yield from stand_in(tmp_path / "site", {"hpsv2/__init__.py": "", "hpsv2/src/__init__.py": "",
+                                            "hpsv2/src/open_clip/__init__.py": STAND_IN}, "hpsv2.src.open_clip", monkeypatch)
 
 
 def hps(checkpoint: Path, batch_size: int = 16) -> PreferenceScorer:
@@ -218,18 +223,10 @@ class ImageReward(torch.nn.Module):
 
 @pytest.fixture
 def ir_env(tmp_path, monkeypatch):
-    """The stand-in image-reward package on PYTHONPATH and in this process, and its med_config.json."""
-    pkg = tmp_path / "ir-site" / "ImageReward"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "ImageReward.py").write_text(IR_STAND_IN)
+    """The stand-in image-reward package, and its med_config.json."""
     (tmp_path / "med_config.json").write_text(json.dumps({"hidden_size": 6}))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "ir-site"))
-    monkeypatch.syspath_prepend(str(tmp_path / "ir-site"))
-    mod = importlib.import_module("ImageReward.ImageReward")
-    yield mod
-    for name in [m for m in sys.modules if m.startswith("ImageReward")]:
-        del sys.modules[name]
+    yield from stand_in(tmp_path / "ir-site", {"ImageReward/__init__.py": "", "ImageReward/ImageReward.py": IR_STAND_IN},
+                        "ImageReward.ImageReward", monkeypatch)
 
 
 def test_imagereward_worker_scores_each_image_with_the_checkpoints_weights(ir_env, tmp_path):
