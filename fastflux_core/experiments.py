@@ -11,6 +11,14 @@ same ranking, the same chain) share DVC's run-cache. The results are read back f
 ``dvc exp show --json`` (:func:`collect`), never copied by hand, and :mod:`fastflux_core.report`
 turns them into ``report/README.md``.
 
+A report takes hours and a machine can be lost before it ends, its experiments (git refs and DVC's
+cache of the clone) with it. So :func:`collect` keeps what the report reads of each finished run
+beside the results: its metrics, params and code (the md5 of every Python file its stages ran, from
+its dvc.lock) in ``results.json``, and its outputs the report opens (the evaluation's items and grid,
+the baseline's) under ``report/runs/<rev>/``. Commit those, and a report resumed in a fresh clone runs
+only what is missing — a kept run counts only while its code and params are today's
+(:func:`kept_runs`), so a run is never reused after the code that computed it changed.
+
 Every run prunes to the whole chain (``ratio = max_ratio``) with the sweep off, except the sweep
 experiment, which evaluates every chain length with and without reuse; the baseline experiment's
 runs add stage ``baseline`` (both models of each of its records come from one run).
@@ -24,6 +32,7 @@ runs add stage ``baseline`` (both models of each of its records come from one ru
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -33,7 +42,11 @@ from typing import Any
 import yaml
 
 from fastflux_core.errors import FastFluxError
-from fastflux_core.io import write_json
+from fastflux_core.io import atomic_file, write_json
+
+# each collected run's outputs that the report opens, under <repo>/RUN_FILES/<rev>/<path>
+RUN_FILES = "report/runs"
+RUN_OUTPUTS = ("data/evaluate", "data/baseline")
 
 
 @dataclass(frozen=True)
@@ -249,10 +262,11 @@ def clear_interrupted(repo: Path) -> list[str]:
     return running
 
 
-def run_all(todo: list[Run], repo: Path, jobs: int = 1) -> None:
-    """Queue every run not already among the repo's experiments (``dvc exp run --queue``), then run
-    the queue (``dvc exp run --run-all``: DVC's temporary copies, ``jobs`` at a time). The baseline
-    is the repo's HEAD: commit the code and dvc.lock the runs should start from."""
+def run_all(todo: list[Run], repo: Path, jobs: int = 1, kept: dict[str, dict] | None = None) -> None:
+    """Queue every run not already among the repo's experiments (``dvc exp run --queue``) nor ``kept``
+    (:func:`kept_runs`), then run the queue (``dvc exp run --run-all``: DVC's temporary copies,
+    ``jobs`` at a time). The baseline is the repo's HEAD: commit the code and dvc.lock the runs should
+    start from."""
     max_ratio = yaml.safe_load((repo / "params.yaml").read_text())["max_ratio"]
     clear_interrupted(repo)  # before the results are read: a resumed report queues what is missing
     found = experiment_results(repo)
@@ -260,7 +274,7 @@ def run_all(todo: list[Run], repo: Path, jobs: int = 1) -> None:
     if stale:  # e.g. another latency cut: a run of that name exists with other settings, never reuse it
         raise RuntimeError(f"runs {', '.join(stale)} exist with other settings than asked now: remove them "
                            f"(dvc exp remove {' '.join(stale)}) or run in a fresh clone")
-    done = set(found)
+    done = set(found) | set(kept or {})
     queued = [r for r in todo if r.name not in done]
     for r in queued:
         sets = [a for k, v in run_overrides(r, max_ratio).items() for a in ("-S", f"{k}={_value(v)}")]
@@ -268,7 +282,7 @@ def run_all(todo: list[Run], repo: Path, jobs: int = 1) -> None:
     if not queued:
         return
     _dvc("exp", "run", "--run-all", "-j", str(jobs), cwd=repo)
-    done = set(experiment_results(repo))
+    done = set(experiment_results(repo)) | set(kept or {})
     missing = [r.name for r in todo if r.name not in done]
     if missing:
         raise RuntimeError(f"runs that did not finish: {', '.join(missing)} (see `dvc queue logs <name>`)")
@@ -305,12 +319,104 @@ def experiment_results(repo: Path) -> dict[str, dict]:
     return out
 
 
-def collect(repo: Path, todo: list[Run]) -> dict:
-    """Everything the report needs: per run, its variant, seed, revision and metrics."""
+def code_of(repo: Path, rev: str) -> dict[str, str]:
+    """The code and shipped data a run's stages read: path → md5 of every file dep of its dvc.lock
+    that no stage writes (the Python files, the prompt lists; DVC's md5 of a file is the md5 of its
+    bytes), read from the run's commit."""
+    lock = yaml.safe_load(subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=repo, capture_output=True,
+                                         text=True, check=True).stdout)
+    outs = [o["path"] for stage in lock["stages"].values() for o in stage.get("outs", [])]
+    written = lambda p: any(p == o or p.startswith(f"{o}/") or o.startswith(f"{p}/") for o in outs)  # noqa: E731
+    return {d["path"]: d["md5"] for stage in lock["stages"].values() for d in stage.get("deps", [])
+            if not d["md5"].endswith(".dir") and not written(d["path"])}
+
+
+def code_changed(repo: Path, code: dict[str, str]) -> list[str]:
+    """The files of ``code`` (:func:`code_of`) whose bytes in ``repo`` are not the ones the run ran.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "a.py").write_text("x = 1")
+    >>> code_changed(d, {"a.py": hashlib.md5(b"x = 1").hexdigest()}), code_changed(d, {"a.py": "0" * 32})
+    ([], ['a.py'])
+    """
+    return [p for p, md5 in code.items()
+            if not (repo / p).is_file() or hashlib.md5((repo / p).read_bytes()).hexdigest() != md5]
+
+
+def keep_outputs(repo: Path, rev: str) -> None:
+    """Copy the run's outputs the report opens (:data:`RUN_OUTPUTS`, from DVC's cache at ``rev``) to
+    ``RUN_FILES/<rev>/``, where :func:`run_file` finds them once the experiment itself is gone."""
+    from dvc.api import DVCFileSystem
+
+    fs = DVCFileSystem(str(repo), rev=rev)
+    for top in RUN_OUTPUTS:
+        if not fs.exists(top):
+            continue
+        for path in fs.find(top):
+            dest = repo / RUN_FILES / rev / path
+            if not dest.is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(dest) as tmp:
+                    Path(tmp).write_bytes(fs.read_bytes(path))
+
+
+def run_file(repo: Path, rev: str | None, path: str) -> bytes | None:
+    """The bytes of output ``path`` of the run at revision ``rev``: the copy :func:`collect` kept
+    under ``RUN_FILES/<rev>/``, else DVC's cache; None when neither has it (the report goes without)."""
+    if not rev:
+        return None
+    kept = repo / RUN_FILES / rev / path
+    if kept.is_file():
+        return kept.read_bytes()
+    import dvc.api
+
+    try:
+        return dvc.api.read(path, repo=str(repo), rev=rev, mode="rb")
+    except Exception:  # an output no longer in the cache
+        return None
+
+
+def expected_params(repo: Path, run: Run, max_ratio: float) -> dict[str, Any]:
+    """The flattened params.yaml a run of ``run`` would have today: the repo's, with the run's keys set."""
+    return {**_flatten(yaml.safe_load((repo / "params.yaml").read_text())), **run_overrides(run, max_ratio)}
+
+
+def kept_runs(repo: Path, results: Path, todo: list[Run]) -> dict[str, dict]:
+    """The runs of an earlier ``results`` file (:func:`collect`'s) that count as done today: in
+    ``todo``, their params exactly today's params.yaml with the run's keys set, every Python file
+    their stages ran unchanged, and their outputs kept under ``RUN_FILES``. Anything else is run again."""
+    if not results.is_file():
+        return {}
+    earlier = {r["name"]: r for r in json.loads(results.read_text()).get("runs", [])}
+    max_ratio = yaml.safe_load((repo / "params.yaml").read_text())["max_ratio"]
+    out = {}
+    for r in todo:
+        rec = earlier.get(r.name)
+        if not rec or "code" not in rec or "params" not in rec or code_changed(repo, rec["code"]):
+            continue
+        want = expected_params(repo, r, max_ratio)
+        if (json.dumps(rec["params"], sort_keys=True) == json.dumps(want, sort_keys=True)
+                and (repo / RUN_FILES / rec["rev"]).is_dir()):
+            out[r.name] = rec
+    return out
+
+
+def collect(repo: Path, todo: list[Run], kept: dict[str, dict] | None = None) -> dict:
+    """Everything the report needs: per run, its variant, base, seed, revision, metrics, params and
+    code, its outputs kept under ``RUN_FILES`` (:func:`keep_outputs`); a run among the repo's
+    experiments wins over its ``kept`` record (:func:`kept_runs`)."""
     found = experiment_results(repo)
-    return {"runs": [{"name": r.name, "variant": r.variant, "base": r.base, "seed": r.seed, "overrides": r.overrides,
-                      "rev": found[r.name]["rev"], "metrics": found[r.name]["metrics"]}
-                     for r in todo if r.name in found]}
+    out = []
+    for r in todo:
+        if r.name in found:
+            rev = found[r.name]["rev"]
+            keep_outputs(repo, rev)
+            out.append({"name": r.name, "variant": r.variant, "base": r.base, "seed": r.seed, "overrides": r.overrides,
+                        "rev": rev, "metrics": found[r.name]["metrics"], "params": found[r.name]["params"],
+                        "code": code_of(repo, rev)})
+        elif kept and r.name in kept:
+            out.append(kept[r.name])
+    return {"runs": out}
 
 
 def _whole_numbers(ap: argparse.ArgumentParser, option: str, text: str) -> list[int]:
@@ -347,13 +453,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
     match = read_json_option(args.latency_match, "--latency-match") if args.latency_match else None
     cut = round(match["cut_factor"], 3) if match and match.get("cut_factor") else None
     todo = with_latency_cut(runs(keys, seeds, bases), cut)
+    kept = kept_runs(repo, repo / args.out, todo)  # an earlier report's runs still current (committed ones)
+    if kept:
+        print(f"{len(kept)} runs kept from {args.out} (today's code and params): not run again")
     if not args.collect_only:
         # runs in parallel share the cores, so their latencies are noisy: the sweep's reuse curve,
         # whose latency is Table 6's, runs alone afterwards
         timed = {v.name for k in keys for v in EXPERIMENTS[k].variants if v.timed}
-        run_all([r for r in todo if r.variant not in timed], repo, args.jobs)
-        run_all([r for r in todo if r.variant in timed], repo, 1)
-    results = {"experiments": keys, "seeds": seeds, "bases": bases, "latency_match": match, **collect(repo, todo)}
+        run_all([r for r in todo if r.variant not in timed], repo, args.jobs, kept)
+        run_all([r for r in todo if r.variant in timed], repo, 1, kept)
+    results = {"experiments": keys, "seeds": seeds, "bases": bases, "latency_match": match,
+               **collect(repo, todo, kept)}
     write_json(args.out, results)
     print(f"{len(results['runs'])} runs → {args.out}")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from PIL import Image
 
-from fastflux_core.experiments import Experiment
+from fastflux_core.experiments import Experiment, run_file
 from fastflux_core.io import atomic_file
 from fastflux_core.verdicts import mean_std
 
@@ -62,15 +62,10 @@ def grouped_bars(groups: dict[int, dict[str, list[float]]], path: Path, xlabel: 
 
 
 def read_image(repo: Path, rev: str | None, path: str) -> Image.Image | None:
-    """An image output of an experiment's revision, or None when it is no longer in the cache."""
-    import dvc.api
-
-    if not rev:
-        return None
-    try:
-        return Image.open(io.BytesIO(dvc.api.read(path, repo=str(repo), rev=rev, mode="rb"))).convert("RGB")
-    except Exception:  # an output no longer in the cache: the report goes without it
-        return None
+    """An image output of an experiment's revision (:func:`~fastflux_core.experiments.run_file`), or
+    None when neither the kept copy nor DVC's cache has it: the report goes without it."""
+    data = run_file(repo, rev, path)
+    return None if data is None else Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def importance_plot(ranking: dict, path: Path) -> None:

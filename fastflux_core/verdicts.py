@@ -19,6 +19,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from fastflux_core.experiments import run_file
+
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -54,7 +56,7 @@ EVALUATE_ITEMS = "data/evaluate/items.safetensors"
 
 class Items:
     """Per-image FID features of the experiments' evaluation items, read from each run's revision
-    through DVC (once per file), for intervals over evaluation prompts of a paired difference.
+    (its kept copy or DVC's cache, :func:`~fastflux_core.experiments.run_file`; once per file), for intervals over evaluation prompts of a paired difference.
 
     Why prompts, not single items: the images of one prompt (its seeds) are alike, so the prompt is
     the unit another evaluation set would redraw; the interval is a delete-one-prompt jackknife
@@ -71,15 +73,11 @@ class Items:
         if not rev:
             return None
         if (rev, path) not in self._cache:
-            import dvc.api
             import numpy as np
             from safetensors.numpy import load
 
-            try:
-                data = load(dvc.api.read(path, repo=str(self.repo), rev=rev, mode="rb"))
-                self._cache[rev, path] = np.asarray(data["features"], dtype=np.float64)
-            except Exception:  # an output no longer in the cache: no item interval
-                self._cache[rev, path] = None
+            data = run_file(self.repo, rev, path)  # None: an output no longer kept nor cached, no interval
+            self._cache[rev, path] = None if data is None else np.asarray(load(data)["features"], dtype=np.float64)
         return self._cache[rev, path]
 
     def interval(self, pairs: list[tuple[str | None, str, str | None, str]]) -> tuple[float, float] | None:

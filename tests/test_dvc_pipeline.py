@@ -366,14 +366,26 @@ def test_every_switch_runs_through_dvc(runs_c):
     assert params_problems(dvc, params, read_records(runs_c["log_c"])) == []
 
 
-def test_report_runs_are_queued_dvc_experiments_read_back_by_name(runs):
+def test_report_runs_are_queued_dvc_experiments_read_back_by_name(runs, tmp_path):
     """The report's machinery on the micro pipeline: one run (BRLL without Sandwich Training — the
     untrained chain through DVC) queued and run in DVC's temporary copy of B (in the background:
     :func:`b_experiments`), read back from ``dvc exp show --json`` by name; the workspace is left as
-    it was."""
+    it was. What a resumed report needs once the experiment is gone is kept: the outputs the report
+    opens, copied out of DVC's cache, and the md5 of the code the run ran — today's, so it counts."""
     got_b = runs["b"].result()  # run_all's error, if any, is raised here
     assert got_b["after_queue"] == runs["b_before"]
-    (got,) = _experiments().collect(runs["B"], queued_runs())["runs"]
+    exps = _experiments()
+    (got,) = exps.collect(runs["B"], queued_runs())["runs"]
     assert got["name"] == "brll-nost-s0" and len(got["rev"]) == 40
     assert got["metrics"]["data/metrics/sandwich/1.json"]["trained"] is False
     assert got["metrics"]["data/metrics/evaluate.json"]["n_pruned"] == 1
+    import dvc.api
+
+    kept = runs["B"] / exps.RUN_FILES / got["rev"]
+    for path in ("data/evaluate/items.safetensors", "data/evaluate/grid.png"):  # what DVC's cache holds
+        assert (kept / path).read_bytes() == dvc.api.read(path, repo=str(runs["B"]), rev=got["rev"], mode="rb")
+    assert {"stages/evaluate.py", "fastflux_core/lstsq.py", "data/prompts/digits/evaluation.txt"} <= set(got["code"])
+    assert exps.code_changed(runs["B"], got["code"]) == []
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": [got]}))
+    assert list(exps.kept_runs(runs["B"], results, queued_runs())) == ["brll-nost-s0"]  # its params are today's

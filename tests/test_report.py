@@ -67,10 +67,14 @@ def _metrics(fid: float, model: str, timing_model: str, latency: float = 0.8) ->
 def test_results_are_read_back_from_dvc_exp_show(monkeypatch):
     shown = _exp_show({"brll-st-s0": _metrics(1.0, "aa", "aa"), "delete-s0": _metrics(2.0, "bb", "aa")})
     monkeypatch.setattr(experiments, "_dvc", lambda *a, cwd: json.dumps(shown))
+    kept = []  # no git nor DVC here: what collect would keep of each run, and the code it would read
+    monkeypatch.setattr(experiments, "keep_outputs", lambda repo, rev: kept.append(rev))
+    monkeypatch.setattr(experiments, "code_of", lambda repo, rev: {"stages/x.py": rev})
     got = experiments.collect(None, [Run("brll-st-s0", "brll-st", 0, {}), Run("delete-s0", "delete", 0, {}),
                                      Run("width1-s0", "width1", 0, {"sandwich.width": 1})])
     assert [r["name"] for r in got["runs"]] == ["brll-st-s0", "delete-s0"]  # width1 never ran: left out
     assert got["runs"][1]["metrics"]["data/metrics/evaluate.json"]["fid"] == 2.0
+    assert kept == [r["rev"] for r in got["runs"]] and got["runs"][0]["code"] == {"stages/x.py": got["runs"][0]["rev"]}
 
 
 def _results(fids: dict[str, list[float]]) -> dict:
@@ -341,3 +345,62 @@ def test_a_resumed_report_queues_every_run_without_a_result(tmp_path, monkeypatc
     experiments.run_all(todo, tmp_path)
     assert sorted(dvc.queued) == ["brll-st-b0-s1", "noised-b0-s0", "noised-b0-s1"]
     assert sorted(experiments.experiment_results(tmp_path)) == sorted(r.name for r in todo)
+
+
+def _kept_repo(tmp_path, todo):
+    """A clone an earlier report committed into: params.yaml, one stage file, and for ``todo[0]`` its
+    results.json record (today's params and code) and its kept outputs under report/runs/<rev>/."""
+    import hashlib
+
+    (tmp_path / "params.yaml").write_text("max_ratio: 0.25\nsandwich:\n  steps: 40\n")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "solve.py").write_text("print('solve')\n")
+    rev = "a" * 40
+    kept = tmp_path / experiments.RUN_FILES / rev / verdicts.EVALUATE_ITEMS
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"items")
+    record = {"name": todo[0].name, "variant": todo[0].variant, "base": 0, "seed": todo[0].seed, "rev": rev,
+              "overrides": todo[0].overrides, "metrics": {},
+              "params": experiments.expected_params(tmp_path, todo[0], 0.25),
+              "code": {"stages/solve.py": hashlib.md5(b"print('solve')\n").hexdigest()}}
+    (tmp_path / "report").mkdir(exist_ok=True)
+    (tmp_path / "report" / "results.json").write_text(json.dumps({"runs": [record]}))
+    return tmp_path / "report" / "results.json", rev
+
+
+def test_a_kept_run_counts_only_while_its_code_params_and_outputs_are_todays(tmp_path):
+    todo = runs(["capture"], [0, 1])
+    results, rev = _kept_repo(tmp_path, todo)
+    assert list(experiments.kept_runs(tmp_path, results, todo)) == [todo[0].name]
+    assert experiments.run_file(tmp_path, rev, verdicts.EVALUATE_ITEMS) == b"items"  # the kept copy, no DVC
+    assert experiments.run_file(tmp_path, "b" * 40, verdicts.EVALUATE_ITEMS) is None  # neither kept nor cached
+    assert experiments.kept_runs(tmp_path, results, todo[1:]) == {}  # not asked for
+
+    (tmp_path / "stages" / "solve.py").write_text("print('solve, changed')\n")
+    assert experiments.kept_runs(tmp_path, results, todo) == {}  # the code that computed it changed
+    (tmp_path / "stages" / "solve.py").write_text("print('solve')\n")
+    (tmp_path / "params.yaml").write_text("max_ratio: 0.25\nsandwich:\n  steps: 80\n")
+    assert experiments.kept_runs(tmp_path, results, todo) == {}  # a param it ran with changed
+    (tmp_path / "params.yaml").write_text("max_ratio: 0.25\nsandwich:\n  steps: 40\n")
+    assert list(experiments.kept_runs(tmp_path, results, todo)) == [todo[0].name]
+    (tmp_path / experiments.RUN_FILES / rev / verdicts.EVALUATE_ITEMS).unlink()
+    (tmp_path / experiments.RUN_FILES / rev / "data" / "evaluate").rmdir()
+    (tmp_path / experiments.RUN_FILES / rev / "data").rmdir()
+    (tmp_path / experiments.RUN_FILES / rev).rmdir()
+    assert experiments.kept_runs(tmp_path, results, todo) == {}  # its outputs are not there to report
+
+
+def test_a_report_resumed_in_a_fresh_clone_runs_only_what_was_not_kept(tmp_path, monkeypatch):
+    """The machine that ran part of a report is gone, its experiments with it; what it collected and
+    was committed (results.json, report/runs/) is kept, the rest runs."""
+    todo = runs(["capture"], [0, 1])
+    results, _ = _kept_repo(tmp_path, todo)
+    dvc = FakeDvc({}, 0.25)
+    monkeypatch.setattr(experiments, "_dvc", dvc)
+    kept = experiments.kept_runs(tmp_path, results, todo)
+    experiments.run_all(todo, tmp_path, kept=kept)
+    assert sorted(dvc.queued) == sorted(r.name for r in todo[1:])
+    monkeypatch.setattr(experiments, "keep_outputs", lambda repo, rev: None)  # the fake runs have no git commit
+    monkeypatch.setattr(experiments, "code_of", lambda repo, rev: {})
+    got = experiments.collect(tmp_path, todo, kept)["runs"]
+    assert [r["name"] for r in got if r["name"] in kept] == [todo[0].name] and len(got) == len(todo)
