@@ -24,11 +24,13 @@ against the plain pruned model's (what the cache or the quantisation costs on to
 What the numbers are and are not: the transformer is FLUX.1-dev's width, so where time goes (matmuls
 of 3072-wide blocks) is FLUX.1-dev's; the weights are random, so fidelity says how far each option
 moves the output of *this* model, not image quality — and First-Block Cache's hit rate depends on how
-a trained model's first-block residual changes between steps, which random weights do not have. On
-FLUX.1-dev run the same arms with ``fastflux benchmark-images`` on the real export.
+a trained model's first-block residual changes between steps, which random weights do not have.
 
-Prints a table and writes benchmarks/results/stacking.json (about 10 minutes on 2 cores at the
-defaults, nothing else running).
+Prints a table and writes benchmarks/results/stacking.json (47 minutes on 2 cores at the defaults,
+nothing else running). On a real model, ``--base`` (its pipeline folder) and ``--export`` (stage
+export's folder) run the same arms on it instead of the rehearsal, e.g. on a GPU: ``--base
+/models/FLUX.1-dev --export data/export --device cuda --size 1024 --steps 28`` (the base's pipeline
+and one arm's on the device at once: ~64 GB for FLUX.1-dev in bf16).
 Needs torchao (``pip install -e ".[test]"``, as scripts/setup.sh installs).
 Run: python benchmarks/stacking.py [--steps 8] [--repeats 4] [--lpips-backbone alexnet-owt-7be5be79.pth]
 """
@@ -95,14 +97,16 @@ class BlockCounter:
             self.calls += 1
 
 
-def make_arm(name: str, base_folder: Path, export: Path, fbc_threshold: float):
-    """The pipeline of arm ``name`` (``base`` / ``pruned`` with ``+ FBC``, ``+ TaylorSeer``, ``+ int8``)."""
+def make_arm(name: str, base_folder: Path, export: Path, fbc_threshold: float, device: str = "cpu"):
+    """The pipeline of arm ``name`` (``base`` / ``pruned`` with ``+ FBC``, ``+ TaylorSeer``, ``+ int8``)
+    on ``device``."""
     from diffusers import FirstBlockCacheConfig, FluxPipeline, TaylorSeerCacheConfig
 
     if name.startswith("base"):
         pipe = FluxPipeline.from_pretrained(str(base_folder), torch_dtype=torch.bfloat16)
     else:
         pipe = load_pipeline(export, torch_dtype=torch.bfloat16)
+    pipe.to(device)
     if "int8" in name:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
@@ -118,7 +122,16 @@ def make_arm(name: str, base_folder: Path, export: Path, fbc_threshold: float):
 
 
 def run(pipe, size: int, steps: int, output_type: str):
-    """The pipeline on every prompt, one image each, seed = the prompt's index (same noise in every arm)."""
+    """The pipeline on every prompt, one image each, seed = the prompt's index (same noise in every arm);
+    returns once the device has finished (a CUDA call may return before its kernels ran)."""
+    if pipe.device.type == "cuda":
+        out = run_async(pipe, size, steps, output_type)
+        torch.cuda.synchronize(pipe.device)
+        return out
+    return run_async(pipe, size, steps, output_type)
+
+
+def run_async(pipe, size: int, steps: int, output_type: str):
     return [pipe(prompt=p, height=size, width=size, num_inference_steps=steps, guidance_scale=3.5,
                  generator=torch.Generator().manual_seed(i), output_type=output_type, max_sequence_length=32).images[0]
             for i, p in enumerate(PROMPTS)]
@@ -128,7 +141,7 @@ def to_uint8(images: list) -> np.ndarray:
     return np.stack([(np.asarray(im, dtype=np.float32).clip(0, 1) * 255).round().astype(np.uint8) for im in images])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--double", type=int, default=1, help="double blocks (FLUX.1-dev: 19)")
     ap.add_argument("--single", type=int, default=3, help="single blocks (FLUX.1-dev: 38)")
@@ -139,7 +152,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=4, help="timed pipeline calls per arm and per base (A B B A)")
     ap.add_argument("--lpips-backbone", type=Path, help="torchvision AlexNet weights: LPIPS beside PSNR and SSIM")
-    args = ap.parse_args()
+    ap.add_argument("--base", type=Path, help="a FLUX.1 pipeline folder (e.g. FLUX.1-dev): the arms run on it and "
+                    "--export instead of the rehearsal (--double, --single, --replace then unused)")
+    ap.add_argument("--export", type=Path, help="stage export's folder of a model pruned from --base (data/export)")
+    ap.add_argument("--device", default="cpu", help="where the pipelines run (cuda: the base's and one arm's at once)")
+    args = ap.parse_args(argv)
+    if (args.base is None) != (args.export is None):
+        ap.error("--base and --export go together: the base pipeline and the export pruned from it")
     torch.manual_seed(0)
     arms = ["base + FBC", "base + int8", "pruned", "pruned + FBC", "pruned + TaylorSeer", "pruned + int8",
             "pruned + int8 + FBC"]
@@ -147,18 +166,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="fastflux-stacking-") as tmp, torch.inference_mode():
         root = Path(tmp)
-        base_folder = write_flux_width_folder(root / "base", args.double, args.single)
-        export = pruned_export(base_folder, [int(i) for i in args.replace.split(",")], root)
-        base, base_counter = make_arm("base", base_folder, export, args.fbc_threshold)
+        if args.base:
+            base_folder, export = args.base, args.export
+        else:
+            base_folder = write_flux_width_folder(root / "base", args.double, args.single)
+            export = pruned_export(base_folder, [int(i) for i in args.replace.split(",")], root)
+        base, base_counter = make_arm("base", base_folder, export, args.fbc_threshold, args.device)
         base_images = to_uint8(run(base, args.size, args.steps, "np"))
-        pruned_images = to_uint8(run(make_arm("pruned", base_folder, export, args.fbc_threshold)[0], args.size,
-                                     args.steps, "np"))
+        pruned = make_arm("pruned", base_folder, export, args.fbc_threshold, args.device)[0]
+        pruned_images = to_uint8(run(pruned, args.size, args.steps, "np"))
+        pruned = None
         n_blocks = base_counter.per_call
         rows = {}
         for name in arms:
-            pipe, counter = make_arm(name, base_folder, export, args.fbc_threshold)
+            pipe, counter = make_arm(name, base_folder, export, args.fbc_threshold, args.device)
             images = to_uint8(run(pipe, args.size, args.steps, "np"))
-            computed = counter.calls / (n_blocks * args.steps * len(PROMPTS))  # share of the base's block calls
+            computed = counter.calls / (n_blocks * args.steps * len(images))  # share of the base's block calls
             fidelity = {k: float(v.mean()) for k, v in fidelity_scores(images, base_images, lpips).items()}
             if name.startswith("pruned") and name != "pruned":
                 fidelity.update({f"{k}_vs_pruned": float(v.mean())
@@ -170,6 +193,9 @@ def main() -> None:
             q25, q75 = np.percentile(per_round, [25, 75])
             rows[name] = {"latency_ratio": p["median"] / b["median"], "latency_ratio_iqr": float(q75 - q25),
                           "seconds_base": b["median"], "seconds": p["median"], "blocks_computed": computed, **fidelity}
+            pipe = counter = None  # one arm's pipeline beside the base's on the device at a time
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
             print(f"{name:22s} latency ratio {rows[name]['latency_ratio']:.3f} (IQR {q75 - q25:.3f})  blocks computed "
                   f"{computed:.2f}  " + "  ".join(f"{k} {v:.4g}" for k, v in fidelity.items()), flush=True)
 

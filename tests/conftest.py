@@ -35,6 +35,20 @@ def tiny_sd3_folder(tmp_path_factory):
     return write_tiny_sd3_folder(tmp_path_factory.mktemp("sd3") / "SD3-tiny")
 
 
+@pytest.fixture(scope="session")
+def _chain_built(tmp_path_factory):
+    from chain_fixture import build_chain
+
+    return build_chain(tmp_path_factory)
+
+
+@pytest.fixture
+def chain(_chain_built, monkeypatch):
+    """The chain of tests/chain_fixture.py (built once), its folder the working directory for the test."""
+    monkeypatch.chdir(_chain_built["root"])
+    return _chain_built
+
+
 # Tests that need the finished micro pipelines, in the order they run (after every unit test): the
 # bad-input and crash tests copy repo A before test_dvc_pipeline.py changes it.
 PIPELINE_TESTS = ("test_bad_input.py", "test_crash_safety.py", "test_distributed_stages.py", "test_dvc_pipeline.py")

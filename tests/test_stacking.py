@@ -87,3 +87,34 @@ def test_first_block_cache_fails_on_flux2_before_any_pruning(tiny_flux2_folder):
     pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))
     with pytest.raises(TypeError, match="unsupported operand type"):
         _run(pipe, 1.0)
+
+
+def test_the_benchmark_runs_every_arm_on_a_given_base_and_export(tiny_flux_folder, tmp_path, monkeypatch):
+    """benchmarks/stacking.py with --base and --export (a user's own model and its export instead of the
+    rehearsal): every arm runs, the plain pruned arm is the export's own images, First-Block Cache at
+    threshold 0 computes every block and changes nothing, and the JSON has a row per arm."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from diffusers import DiffusionPipeline
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("stacking", None)
+    import stacking
+
+    model = with_random_linears(DiffusionPipeline.from_pretrained(str(tiny_flux_folder)).transformer, [2])
+    export = write_export(model, [2], tiny_flux_folder, tmp_path / "export")[0]
+    monkeypatch.setattr(stacking, "run_async", lambda pipe, size, steps, output_type: [
+        pipe(prompt=p, height=size, width=size, num_inference_steps=steps, guidance_scale=3.5,
+             generator=torch.Generator().manual_seed(i), output_type=output_type, max_sequence_length=8).images[0]
+        for i, p in enumerate(stacking.PROMPTS[:2])])  # the tiny text encoders' short prompts
+    monkeypatch.chdir(tmp_path)
+    stacking.main(["--base", str(tiny_flux_folder), "--export", str(export), "--size", "16", "--steps", "3",
+                   "--warmup", "0", "--repeats", "2", "--fbc-threshold", "0"])
+    arms = json.loads((tmp_path / "benchmarks" / "results" / "stacking.json").read_text())["arms"]
+    assert set(arms) == {"base + FBC", "base + int8", "pruned", "pruned + FBC", "pruned + TaylorSeer", "pruned + int8",
+                         "pruned + int8 + FBC"}
+    assert arms["pruned + FBC"]["psnr_vs_pruned"] == 100 and arms["pruned + FBC"]["blocks_computed"] == 1.0
+    assert arms["base + FBC"]["psnr"] == 100 and arms["pruned"]["psnr"] < 100
+    assert all(r["latency_ratio"] > 0 for r in arms.values())
