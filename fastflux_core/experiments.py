@@ -15,7 +15,7 @@ A report takes hours and a machine can be lost before it ends, its experiments (
 cache of the clone) with it. So :func:`collect` keeps what the report reads of each finished run
 beside the results: its metrics, params and code (the md5 of every Python file its stages ran, from
 its dvc.lock) in ``results.json``, and its outputs the report opens (the evaluation's items and grid,
-the baseline's) under ``report/runs/<rev>/``. Commit those, and a report resumed in a fresh clone runs
+the baseline's, the ranking) under ``report/runs/<rev>/``. Commit those, and a report resumed in a fresh clone runs
 only what is missing — a kept run counts only while its code and params are today's
 (:func:`kept_runs`), so a run is never reused after the code that computed it changed.
 
@@ -46,7 +46,7 @@ from fastflux_core.io import atomic_file, write_json
 
 # each collected run's outputs that the report opens, under <repo>/RUN_FILES/<rev>/<path>
 RUN_FILES = "report/runs"
-RUN_OUTPUTS = ("data/evaluate", "data/baseline")
+RUN_OUTPUTS = ("data/evaluate", "data/baseline", "data/rank")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from fastflux_core.errors import FastFluxError
-from fastflux_core.experiments import EXPERIMENTS, PAPER_RECIPE, Experiment, read_json_option
+from fastflux_core.experiments import EXPERIMENTS, PAPER_RECIPE, Experiment, read_json_option, run_file
 from fastflux_core.figures import bar_plot, grouped_bars, importance_plot, read_image, sweep_plot
 from fastflux_core.io import atomic_file
 from fastflux_core.verdicts import EVALUATE_ITEMS, Items, mean_std, paired, with_items
@@ -593,17 +593,19 @@ def write_report(results: dict, repo: Path, out: Path) -> str:
 
 
 def _importance_lines(runs: list[dict], repo: Path, out: Path) -> list[str]:
-    """Spearman of the proxy against Eq. 2 (rank stage) and the per-block scores of the baseline."""
+    """Spearman of the proxy against Eq. 2 (rank stage) and the per-block scores of the paper's recipe,
+    both from its first run (its ranking read at its revision, as every output the report shows)."""
     lines = []
-    rank = next((r["metrics"].get("data/metrics/rank.json", {}) for r in runs if r["variant"] == "brll-st"), {})
+    first = next((r for r in runs if r["variant"] == "brll-st"), None)
+    rank = first["metrics"].get("data/metrics/rank.json", {}) if first else {}
     if rank.get("spearman_proxy") is not None:
         lines.append(f"Spearman correlation of the proxy's block ranking with Eq. 2's (stage rank, importance set): "
                      f"{rank['spearman_proxy']:.3f}. Its spread over importance-set seeds is measured by "
                      f"`python benchmarks/importance_cost.py`.")
-    ranking_file = repo / "data" / "rank" / "ranking.json"
-    if ranking_file.is_file():
-        importance_plot(json.loads(ranking_file.read_text()), out / "importance_scores.png")
-        lines += ["", "![importance per block](importance_scores.png)", ""]
+    ranking = run_file(repo, first and first.get("rev"), "data/rank/ranking.json")
+    if ranking is not None:
+        importance_plot(json.loads(ranking), out / "importance_scores.png")
+        lines += ["", f"Importance per block ({first['name']}):", "", "![importance per block](importance_scores.png)", ""]
     return lines
 
 

@@ -404,3 +404,20 @@ def test_a_report_resumed_in_a_fresh_clone_runs_only_what_was_not_kept(tmp_path,
     monkeypatch.setattr(experiments, "code_of", lambda repo, rev: {})
     got = experiments.collect(tmp_path, todo, kept)["runs"]
     assert [r["name"] for r in got if r["name"] in kept] == [todo[0].name] and len(got) == len(todo)
+
+
+def test_the_importance_plot_is_the_first_recipe_runs_ranking_kept_beside_the_results(tmp_path):
+    """The report draws no output of the workspace: the per-block scores are the first BRLL + ST run's
+    ranking, here only in its kept copy (report/runs/<rev>/), its experiment long gone."""
+    results = _results({"brll-st": [1.0, 1.2, 0.9], "proxy": [1.1, 1.3, 1.0]})
+    results["experiments"] = ["importance"]
+    rev = "c" * 40
+    results["runs"][0]["rev"] = rev
+    ranking = tmp_path / experiments.RUN_FILES / rev / "data" / "rank" / "ranking.json"
+    ranking.parent.mkdir(parents=True)
+    ranking.write_text(json.dumps({"blocks": [{"index": i, "kind": "double" if i < 2 else "single", "score": s}
+                                              for i, s in enumerate([0.9, 0.2, 0.5, 0.1])]}))
+    text = report.write_report(results, tmp_path, tmp_path / "out")
+    assert "Importance per block (brll-st-s0):" in text and (tmp_path / "out" / "importance_scores.png").stat().st_size > 1000
+    ranking.unlink()  # neither kept nor in DVC's cache: no plot, no line
+    assert "Importance per block" not in report.write_report(results, tmp_path, tmp_path / "out2")
