@@ -54,6 +54,8 @@ from fastflux_core.fidelity import Lpips, fidelity_scores
 from fastflux_core.rehearsal import write_flux_width_folder
 from fastflux_core.speed import latency_phases
 
+ARMS = ("base + FBC", "base + int8", "pruned", "pruned + FBC", "pruned + TaylorSeer", "pruned + int8",
+        "pruned + int8 + FBC")
 PROMPTS = ["a red cube on a table", "a lighthouse at dusk", "two cats on a sofa", "a city street in the rain"]
 
 
@@ -155,13 +157,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--base", type=Path, help="a FLUX.1 pipeline folder (e.g. FLUX.1-dev): the arms run on it and "
                     "--export instead of the rehearsal (--double, --single, --replace then unused)")
     ap.add_argument("--export", type=Path, help="stage export's folder of a model pruned from --base (data/export)")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of the arms (default: all)")
     ap.add_argument("--device", default="cpu", help="where the pipelines run (cuda: the base's and one arm's at once)")
     args = ap.parse_args(argv)
     if (args.base is None) != (args.export is None):
         ap.error("--base and --export go together: the base pipeline and the export pruned from it")
     torch.manual_seed(0)
-    arms = ["base + FBC", "base + int8", "pruned", "pruned + FBC", "pruned + TaylorSeer", "pruned + int8",
-            "pruned + int8 + FBC"]
+    arms = [a.strip() for a in args.arms.split(",")]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        ap.error(f"--arms: unknown {', '.join(unknown)}; known: {', '.join(ARMS)}")
     lpips = Lpips(args.lpips_backbone, torch.device("cpu")) if args.lpips_backbone else None
 
     with tempfile.TemporaryDirectory(prefix="fastflux-stacking-") as tmp, torch.inference_mode():

@@ -81,3 +81,12 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     benchmark_images  GenEval / DPG-Bench images in their evaluators' layouts
     cli           the ``fastflux`` command
 """
+
+import logging as _logging
+
+# Where torchao is installed, importing diffusers' models imports it: torchao's import logs torch's
+# deprecation of register_constant on Enums, and diffusers that some torchao tensor types are missing.
+# Neither is about anything FastFLUX does, and on stderr they would bury a command's one-line error.
+# Log levels only: nothing here changes an output, so no stage lists this file among its deps.
+_logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
+_logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").setLevel(_logging.ERROR)

@@ -1,8 +1,8 @@
 """A stage killed with SIGKILL at any point leaves its previous good output (or none) and no
 temporary where a hash sees it; the next run removes the leftovers and writes the same bytes.
 
-capture@1, sandwich@1 and ablate@0 of the finished micro pipeline A each run in their own copy (the
-three at once): killed during start-up, as soon as their temporary output exists, then re-run to
+capture@1 (a Zarr store) and sandwich@1 (a state folder and a metrics file) of the finished micro
+pipeline A each run in their own copy (the two at once, one per core): killed during start-up, as soon as their temporary output exists, then re-run to
 completion (bytes compared with DVC's run), then killed at 90 % of that run's time — or 70 %, 50 % when a
 faster run finished first (a stage's run here is mostly start-up — imports — so earlier time-based
 kills would repeat the first case).
@@ -26,8 +26,7 @@ from test_dvc_pipeline import ENV
 STAGES = {  # stage → (command, its outputs)
     "capture@1": (["stages/capture.py", "1", "0"], ["data/capture/1"]),
     "sandwich@1": (["stages/sandwich.py", "1", "0"], ["data/state/1", "data/metrics/sandwich/1.json"]),
-    "ablate@0": (["stages/ablate.py", "0"], ["data/ablate/0"]),
-}
+}  # every stage writes through the same atomic_dir / atomic_file: two kinds of output, not every stage
 THREADS = {**ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # as the pipeline ran
 
 

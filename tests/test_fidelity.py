@@ -68,9 +68,14 @@ def _lpips_by_hand(alexnet: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return total
 
 
-def test_lpips_loads_the_backbone_file_and_equals_the_computation_by_hand(tmp_path):
+@pytest.fixture(scope="module")
+def alexnet() -> torch.nn.Module:
+    """torchvision's AlexNet, random weights standing in for ImageNet's (built once: 61 M parameters)."""
+    return torchvision.models.alexnet(weights=None).eval()
+
+
+def test_lpips_loads_the_backbone_file_and_equals_the_computation_by_hand(alexnet, tmp_path):
     torch.manual_seed(0)
-    alexnet = torchvision.models.alexnet(weights=None).eval()  # random weights stand in for ImageNet's
     save_file({k: v.contiguous() for k, v in alexnet.state_dict().items()}, str(tmp_path / "alexnet.safetensors"))
     torch.save(alexnet.state_dict(), tmp_path / "alexnet.pth")
     a, b = _pair(n=2, size=64)
@@ -95,8 +100,8 @@ class Payload:
         return (open, (str(self.marker), "w"))
 
 
-def test_a_backbone_that_is_not_alexnet_is_refused(tmp_path):
-    state = torchvision.models.alexnet(weights=None).state_dict()
+def test_a_backbone_that_is_not_alexnet_is_refused(alexnet, tmp_path):
+    state = dict(alexnet.state_dict())
     del state["features.8.weight"]
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"))
     with pytest.raises(FastFluxError, match=r"not torchvision's AlexNet weights \(no features.8.weight\)"):
@@ -108,7 +113,7 @@ def test_a_backbone_that_is_not_alexnet_is_refused(tmp_path):
     assert not marker.exists()
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 16)
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
-    full = torchvision.models.alexnet(weights=None).state_dict()
+    full = alexnet.state_dict()
     save_file({k: v[..., :1].contiguous() if v.ndim == 4 else v for k, v in full.items()},  # 1×1 kernels
               str(tmp_path / "narrow.safetensors"))
     for name, cause in (("broken.safetensors", "SafetensorError"), ("list.pth", "it holds a list"),
