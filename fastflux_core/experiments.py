@@ -353,6 +353,8 @@ def keep_outputs(repo: Path, rev: str) -> None:
         if not fs.exists(top):
             continue
         for path in fs.find(top):
+            if Path(path).name == ".gitignore":  # DVC's list of a folder's outputs for git: it would hide them
+                continue
             dest = repo / RUN_FILES / rev / path
             if not dest.is_file():
                 dest.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up and runs the paper's experiments as queued DVC experiments
+# Sets up, runs the pipeline (dvc repro) and the paper's experiments as queued DVC experiments
 # (python -m fastflux_core.experiments: every variant × seeds 0,1,2 on embedded base 0; the variants a
 # user's decision rests on — the paper's recipe and the one with every option against L1, noised
 # capture, the trained replacement kinds — on bases 0,1,2 too: 93 runs; SD3 has its own page), then
@@ -20,8 +20,10 @@ export GIT_AUTHOR_EMAIL="${GIT_AUTHOR_EMAIL:-$(git config user.email || echo rep
 export GIT_COMMITTER_NAME="${GIT_COMMITTER_NAME:-$GIT_AUTHOR_NAME}"
 export GIT_COMMITTER_EMAIL="${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}"
 start=$(date +%s)
-# no dvc repro first: every output the report shows is a run's (read at its revision or kept under
-# report/runs/), and the stages the runs share are computed once by the first and run-cached
+# the default's pipeline first: the runs on base 0 then find the stages they share with it (encode,
+# base, reference, ablate, rank) done and cached at HEAD's dvc.lock and skip them — queued experiments
+# were seen re-running base where DVC's run-cache had its entry (stop 39)
+dvc repro
 # at what FLOPs an L1 model is as fast as FastFLUX, timed at FLUX.1-dev's width (the baseline's latency
 # match); measured once per report, so one resumed after an interruption keeps the factor its runs used —
 # in a fresh clone too, where it is read back from the committed report/results.json

@@ -384,6 +384,7 @@ def test_report_runs_are_queued_dvc_experiments_read_back_by_name(runs, tmp_path
     kept = runs["B"] / exps.RUN_FILES / got["rev"]
     for path in ("data/evaluate/items.safetensors", "data/evaluate/grid.png"):  # what DVC's cache holds
         assert (kept / path).read_bytes() == dvc.api.read(path, repo=str(runs["B"]), rev=got["rev"], mode="rb")
+    assert (kept / "data/rank/ranking.json").is_file() and not list(kept.rglob(".gitignore"))  # nothing hides them from git
     assert {"stages/evaluate.py", "fastflux_core/lstsq.py", "data/prompts/digits/evaluation.txt"} <= set(got["code"])
     assert exps.code_changed(runs["B"], got["code"]) == []
     results = tmp_path / "results.json"
