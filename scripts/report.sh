@@ -21,8 +21,8 @@ export GIT_COMMITTER_NAME="${GIT_COMMITTER_NAME:-$GIT_AUTHOR_NAME}"
 export GIT_COMMITTER_EMAIL="${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}"
 start=$(date +%s)
 # the default's pipeline first: the runs on base 0 then find the stages they share with it (encode,
-# base, reference, ablate, rank) done and cached at HEAD's dvc.lock and skip them — queued experiments
-# were seen re-running base where DVC's run-cache had its entry (stop 39)
+# base, reference, ablate, rank) done and cached at HEAD's dvc.lock and skip them; runs on the other
+# bases restore them from DVC's run-cache once the first run of that base has made them
 dvc repro
 # at what FLOPs an L1 model is as fast as FastFLUX, timed at FLUX.1-dev's width (the baseline's latency
 # match); measured once per report, so one resumed after an interruption keeps the factor its runs used —
