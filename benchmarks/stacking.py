@@ -126,11 +126,10 @@ def make_arm(name: str, base_folder: Path, export: Path, fbc_threshold: float, d
 def run(pipe, size: int, steps: int, output_type: str):
     """The pipeline on every prompt, one image each, seed = the prompt's index (same noise in every arm);
     returns once the device has finished (a CUDA call may return before its kernels ran)."""
+    out = run_async(pipe, size, steps, output_type)
     if pipe.device.type == "cuda":
-        out = run_async(pipe, size, steps, output_type)
         torch.cuda.synchronize(pipe.device)
-        return out
-    return run_async(pipe, size, steps, output_type)
+    return out
 
 
 def run_async(pipe, size: int, steps: int, output_type: str):

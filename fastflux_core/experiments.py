@@ -13,8 +13,8 @@ turns them into ``report/README.md``.
 
 A report takes hours and a machine can be lost before it ends, its experiments (git refs and DVC's
 cache of the clone) with it. So :func:`collect` keeps what the report reads of each finished run
-beside the results: its metrics, params and code (the md5 of every Python file its stages ran, from
-its dvc.lock) in ``results.json``, and its outputs the report opens (the evaluation's items and grid,
+beside the results: its metrics, params and code (the md5 of every code file and prompt list its
+stages read, from its dvc.lock) in ``results.json``, and its outputs the report opens (the evaluation's items and grid,
 the baseline's, the ranking) under ``report/runs/<rev>/``. Commit those, and a report resumed in a fresh clone runs
 only what is missing — a kept run counts only while its code and params are today's
 (:func:`kept_runs`), so a run is never reused after the code that computed it changed.
@@ -378,25 +378,28 @@ def run_file(repo: Path, rev: str | None, path: str) -> bytes | None:
         return None
 
 
-def expected_params(repo: Path, run: Run, max_ratio: float) -> dict[str, Any]:
+def expected_params(repo: Path, run: Run) -> dict[str, Any]:
     """The flattened params.yaml a run of ``run`` would have today: the repo's, with the run's keys set."""
-    return {**_flatten(yaml.safe_load((repo / "params.yaml").read_text())), **run_overrides(run, max_ratio)}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    return {**_flatten(params), **run_overrides(run, params["max_ratio"])}
 
 
 def kept_runs(repo: Path, results: Path, todo: list[Run]) -> dict[str, dict]:
     """The runs of an earlier ``results`` file (:func:`collect`'s) that count as done today: in
-    ``todo``, their params exactly today's params.yaml with the run's keys set, every Python file
-    their stages ran unchanged, and their outputs kept under ``RUN_FILES``. Anything else is run again."""
+    ``todo``, their params exactly today's params.yaml with the run's keys set, every code file and
+    prompt list their stages read unchanged (:func:`code_of`), and their outputs kept under
+    ``RUN_FILES``. Anything else is run again."""
     if not results.is_file():
         return {}
     earlier = {r["name"]: r for r in json.loads(results.read_text()).get("runs", [])}
-    max_ratio = yaml.safe_load((repo / "params.yaml").read_text())["max_ratio"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    today = _flatten(params)
     out = {}
     for r in todo:
         rec = earlier.get(r.name)
         if not rec or "code" not in rec or "params" not in rec or code_changed(repo, rec["code"]):
             continue
-        want = expected_params(repo, r, max_ratio)
+        want = {**today, **run_overrides(r, params["max_ratio"])}
         if (json.dumps(rec["params"], sort_keys=True) == json.dumps(want, sort_keys=True)
                 and (repo / RUN_FILES / rec["rev"]).is_dir()):
             out[r.name] = rec

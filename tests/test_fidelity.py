@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 from safetensors.torch import save_file
+from tiny import Payload
 
 from fastflux_core.errors import FastFluxError
 from fastflux_core.fidelity import PSNR_CAP, Lpips, fidelity_scores, psnr_ssim
@@ -88,16 +89,6 @@ def test_lpips_loads_the_backbone_file_and_equals_the_computation_by_hand(alexne
     digits = np.random.default_rng(1).integers(0, 256, (3, 8, 8), dtype=np.uint8)  # the embedded default's size
     s = fidelity_scores(digits, digits[[0, 2, 1]], lp)
     assert s["lpips"][0] == 0 and (s["lpips"][1:] > 0).all() and set(s) == {"psnr", "ssim", "lpips"}
-
-
-class Payload:
-    """Unpickled, it creates ``marker``: a checkpoint whose loading would run code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_a_backbone_that_is_not_alexnet_is_refused(alexnet, tmp_path):

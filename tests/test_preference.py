@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny import Payload
 
 from fastflux_core.errors import FastFluxError, ParamsError
 from fastflux_core.metrics import Quality, item_scores
@@ -115,16 +116,6 @@ def test_worker_scores_each_image_with_the_checkpoints_weights(hps_env, tmp_path
     alignment = types.SimpleNamespace(per_image=lambda images, prompts: np.zeros(len(images)))
     q = Quality(features=None, alignment=alignment, preference=(scorer,))  # type: ignore[arg-type]
     assert item_scores(q, images, prompts)["hps"].tolist() == pytest.approx(want)
-
-
-class Payload:
-    """Unpickled, it creates ``marker``: a checkpoint whose loading would run code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_a_checkpoint_that_is_not_tensors_only_is_refused(hps_env, tmp_path):

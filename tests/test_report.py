@@ -361,7 +361,7 @@ def _kept_repo(tmp_path, todo):
     kept.write_bytes(b"items")
     record = {"name": todo[0].name, "variant": todo[0].variant, "base": 0, "seed": todo[0].seed, "rev": rev,
               "overrides": todo[0].overrides, "metrics": {},
-              "params": experiments.expected_params(tmp_path, todo[0], 0.25),
+              "params": experiments.expected_params(tmp_path, todo[0]),
               "code": {"stages/solve.py": hashlib.md5(b"print('solve')\n").hexdigest()}}
     (tmp_path / "report").mkdir(exist_ok=True)
     (tmp_path / "report" / "results.json").write_text(json.dumps({"runs": [record]}))

@@ -267,3 +267,13 @@ def tiny_workdir(tmp_path_factory, name: str, train_steps: int):
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     return root, mp
+
+
+class Payload:
+    """Unpickled, it creates ``marker``: a checkpoint whose loading would run code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
