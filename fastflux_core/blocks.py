@@ -41,6 +41,13 @@ import torch
 from torch import nn
 
 
+# Block kind → the streams its replacement has a linear for (FLUX: double, single; SD3: joint, final —
+# SD3's last block outputs no text, so its replacement has none either). pruned_flux.py, shipped with
+# every export and importing nothing of ours, holds the same table (tests/test_replacement.py checks it):
+# read here, it keeps diffusers out of what stage solve imports.
+STREAMS = {"double": ("img", "txt"), "single": ("joint",), "joint": ("img", "txt"), "final": ("img",)}
+
+
 @dataclass(frozen=True)
 class BlockRef:
     """One block: global execution index, kind (a family's block type: ``double``/``single`` in FLUX,

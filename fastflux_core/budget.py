@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from fastflux_core.blocks import STREAMS
 from fastflux_core.capture import capture_unit
 from fastflux_core.errors import FastFluxError
 from fastflux_core.fake_gpu import OverLimit, stop_above
@@ -37,7 +38,6 @@ from fastflux_core.params import capture_schedule, importance_sampling, n_replac
 from fastflux_core.placement import DeviceMemoryError, Placement
 from fastflux_core.preflight import prompt_counts
 from fastflux_core.prompts import SETS
-from fastflux_core.pruned_flux import STREAMS
 from fastflux_core.shapes import Shapes, capture_bytes
 from fastflux_core.stage_peaks import (Measured, block_kinds, build_transformer, measure_distill, measure_encode,
                                        measure_sampling, measure_sandwich, measure_solve, model_dtype, sandwich_case,

@@ -42,7 +42,8 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 # Block kind → the streams its replacement has a linear for (FLUX: double, single; SD3: joint, final —
-# SD3's last block outputs no text, so its replacement has none either).
+# SD3's last block outputs no text, so its replacement has none either). fastflux_core.blocks holds the
+# same table for the code that needs no diffusers (this file is shipped alone and imports nothing of ours).
 STREAMS = {"double": ("img", "txt"), "single": ("joint",), "joint": ("img", "txt"), "final": ("img",)}
 
 

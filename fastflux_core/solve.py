@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
+from fastflux_core.blocks import STREAMS
 from fastflux_core.errors import FastFluxError
 from fastflux_core.io import save_tensors
 from fastflux_core.lstsq import GramAccumulator, Solution, residual_sums
 from fastflux_core.params import SolveParams
-from fastflux_core.pruned_flux import STREAMS
 from fastflux_core.stage import World
 from fastflux_core.store import StoreReader
 

@@ -5,13 +5,9 @@ data/timing/baseline.json (not a DVC output). With no ratios it writes empty rec
 
 from pathlib import Path
 
-from fastflux_core.assemble import load_states
 from fastflux_core.io import atomic_dir, write_json, write_timing
 from fastflux_core.preflight import load_params
-from fastflux_core.prompts import PromptEmbeds
 from fastflux_core.stage import run_stage
-from fastflux_core.store import StoreReader
-from fastflux_core.width import baseline
 
 
 def main() -> None:
@@ -19,6 +15,13 @@ def main() -> None:
     metrics, timings = {}, {}
     with atomic_dir("data/baseline") as out:
         if params.baseline.ratios:
+            # imported only when on: the baseline's code imports diffusers and peft (~6 s a process);
+            # with no ratios, as in most of the report's runs, the stage writes its empty records without them
+            from fastflux_core.assemble import load_states
+            from fastflux_core.prompts import PromptEmbeds
+            from fastflux_core.store import StoreReader
+            from fastflux_core.width import baseline
+
             metrics, timings = baseline(params, load_states(Path("data/state"), len(params.steps)),
                                         StoreReader(Path("data/capture/1/training.zarr")),
                                         PromptEmbeds.load("data/encoded/training.safetensors"),

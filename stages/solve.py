@@ -4,9 +4,9 @@ with solve.condition: temb also U), with relative residual and condition number 
 from pathlib import Path
 
 from fastflux_core.io import atomic_dir, write_json
+from fastflux_core.placement import resolve_device
 from fastflux_core.preflight import load_params
 from fastflux_core.solve import replacement_for, save_solution
-from fastflux_core.source import resolve_device
 from fastflux_core.stage import current_world, int_args, run_stage
 from fastflux_core.store import StoreReader
 

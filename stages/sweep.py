@@ -5,12 +5,9 @@ FLOPs ratio; the JSON is what `dvc exp show` reports), and data/timing/sweep.csv
 
 from pathlib import Path
 
-from fastflux_core.assemble import load_states
 from fastflux_core.io import TIMING, write_csv, write_json, write_timing
 from fastflux_core.preflight import load_params
-from fastflux_core.prompts import PromptEmbeds
 from fastflux_core.stage import current_world, run_stage
-from fastflux_core.sweep import sweep
 
 COLUMNS = ["n_pruned", "ratio", "fid", "fid_real", "clip", "prompt_accuracy", "flops_ratio"]
 
@@ -20,6 +17,12 @@ def main() -> None:
     world = current_world(params.model.device)
     rows, timings = [], []
     if params.evaluate.sweep:
+        # imported only when on: the sweep's code imports diffusers and peft (~6 s a process); with the
+        # sweep off, as in most of the report's runs, the stage writes its empty records without them
+        from fastflux_core.assemble import load_states
+        from fastflux_core.prompts import PromptEmbeds
+        from fastflux_core.sweep import sweep
+
         states = load_states(Path("data/state"), len(params.steps))
         embeds = PromptEmbeds.load("data/encoded/evaluation.safetensors")
         result = sweep(params, states, embeds, Path("data/reference/evaluation"), world)

@@ -3,6 +3,7 @@
 import torch
 from tiny import tiny_transformer
 
+from fastflux_core import blocks, pruned_flux
 from fastflux_core.flux import FluxAdapter
 from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
 from test_adapter import _inputs, _model_forward
@@ -41,3 +42,9 @@ def test_registered_with_diffusers_block_registry():
 
     meta = TransformerBlockRegistry.get(LinearReplacement)
     assert (meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) == (1, 0)
+
+
+def test_the_shipped_streams_table_is_the_librarys():
+    """pruned_flux.py is shipped with every export and imports nothing of ours, so it keeps its own copy
+    of the kind → streams table that solve reads from blocks.py (without diffusers)."""
+    assert pruned_flux.STREAMS == blocks.STREAMS
