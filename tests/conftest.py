@@ -5,11 +5,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# numpy's and scipy's OpenBLAS on one thread too (read when numpy loads, after this): beside the
+# background pipelines its second thread only spins — the FID jackknife test takes twice as long with it
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# One thread: the DVC pipelines of test_dvc_pipeline.py run in three background processes meanwhile,
+# One thread: the DVC pipelines of test_dvc_pipeline.py run in two background processes meanwhile,
 # and spinning OpenMP threads on an oversubscribed 2-core machine only burn CPU.
 torch.set_num_threads(1)
 
@@ -72,7 +75,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def _handle(request) -> dict:
-    """The three background pipelines (started at collection, or now when a pipeline test runs alone)."""
+    """The two background pipelines (started at collection, or now when a pipeline test runs alone)."""
     import tempfile
     from pathlib import Path
 
@@ -96,14 +99,15 @@ def _finished(names: tuple[str, ...]) -> dict | None:
 
 @pytest.fixture(scope="session")
 def runs(request):
-    """Repos A and B after their full `dvc repro`; then B's experiments (the report's queued run, a
-    warm exp run) run in the background."""
-    from test_dvc_pipeline import start_b, wait_runs
+    """Repo A after its full `dvc repro`, and B, a copy of it; then B's forced re-runs and experiments
+    (the report's queued run, a warm exp run) run in the background."""
+    from test_dvc_pipeline import start_b, twin, wait_runs
 
     out = _finished(("A", "B"))
     handle = {} if out is not None else _handle(request)
     if out is None:
-        out = wait_runs(handle, ("A", "B"))
+        out = wait_runs(handle, ("A",))
+        out["B"] = twin(out["A"], handle["root"] / "B")
     out["b"], out["b_before"] = handle["b"] = start_b(out["B"])
     return out
 
