@@ -380,7 +380,10 @@ def run_file(repo: Path, rev: str | None, path: str) -> bytes | None:
 
 def expected_params(repo: Path, run: Run) -> dict[str, Any]:
     """The flattened params.yaml a run of ``run`` would have today: the repo's, with the run's keys set."""
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    return _expected(yaml.safe_load((repo / "params.yaml").read_text()), run)
+
+
+def _expected(params: dict, run: Run) -> dict[str, Any]:
     return {**_flatten(params), **run_overrides(run, params["max_ratio"])}
 
 
@@ -392,14 +395,13 @@ def kept_runs(repo: Path, results: Path, todo: list[Run]) -> dict[str, dict]:
     if not results.is_file():
         return {}
     earlier = {r["name"]: r for r in json.loads(results.read_text()).get("runs", [])}
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    today = _flatten(params)
+    params = yaml.safe_load((repo / "params.yaml").read_text())  # parsed once, not once a run
     out = {}
     for r in todo:
         rec = earlier.get(r.name)
         if not rec or "code" not in rec or "params" not in rec or code_changed(repo, rec["code"]):
             continue
-        want = {**today, **run_overrides(r, params["max_ratio"])}
+        want = _expected(params, r)
         if (json.dumps(rec["params"], sort_keys=True) == json.dumps(want, sort_keys=True)
                 and (repo / RUN_FILES / rec["rev"]).is_dir()):
             out[r.name] = rec
