@@ -27,7 +27,9 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     preference    HPS v2 / v2.1 and ImageReward, each scored by a worker in the user's own environment for it
 
 3. model families — one module per family, and the registry
-    flux          FLUX.1 (FluxTransformer2DModel): adapter, text encoders, published configs
+    layouts       what a transformer config says without diffusers: each family's block layout, channels,
+                  text tokens, class names, published configs, the embedded base's config
+    flux          FLUX.1 (FluxTransformer2DModel): adapter, text encoders
     flux2         FLUX.2 (Flux2Transformer2DModel: dev, klein): adapter on FLUX.1's layout, text encoder, VAE codec
     sd3           SD3 / SD3.5 (SD3Transformer2DModel): adapter, text encoders
     families      which family a model, config or name belongs to; the embedded base's config
@@ -37,7 +39,7 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     preflight     params.yaml checked against the world: model folder, device, sizes, metrics, prompt files
     source        where the base model comes from (embedded default or a model folder); loaders
     text          text encoders and encoding a prompt set
-    shapes        sizes of a run without a model: configs, sequence lengths, store bytes
+    shapes        sizes of a run without a model: configs, the blocks, sequence lengths, store bytes
     sampling      seeded flow-matching generation
     metrics       FID (clean-fid or the judge's features), CLIP-style alignment, preference scores
     fidelity      each image against the base's from the same noise: PSNR, SSIM, LPIPS (torchmetrics)
@@ -50,6 +52,7 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     ablation      one block removed, generated, measured (stage ablate)
     importance    Eq. 2, replacement orders, the latent-error proxy (stage rank)
     chain         the progressive chain: plan, sandwich bounds (Eq. 3), chain states, solved linears
+    chain_model   the base as it stands after a chain state: LoRA and linears in place
     capture       activation capture along trajectories or from noised endpoints (stages endpoints, capture@k)
     solve         BRLL: the replacing linear by least squares (stage solve@k)
     training      what sandwiches, the finisher and the baseline share: data, rounds, keep-best, rate probe

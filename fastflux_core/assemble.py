@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fastflux_core.blocks import BlockAdapter
-from fastflux_core.chain import ChainState, build_chain_model, state_for_steps
+from fastflux_core.chain import ChainState, state_for_steps
+from fastflux_core.chain_model import build_chain_model
 from fastflux_core.errors import FastFluxError
 from fastflux_core.export import count_parameters, merge_lora, to_pruned
 from fastflux_core.params import Params, n_replaced

@@ -49,7 +49,8 @@ from pathlib import Path
 import torch
 
 from fastflux_core.blocks import BlockAdapter, ModelInputs
-from fastflux_core.chain import ChainState, PlanStep, build_chain_model
+from fastflux_core.chain import ChainState, PlanStep
+from fastflux_core.chain_model import build_chain_model
 from fastflux_core.codec import latent_ids, pack
 from fastflux_core.errors import FastFluxError
 from fastflux_core.io import load_tensors, save_tensors

@@ -23,8 +23,9 @@ from tqdm.auto import trange
 from fastflux_core import digits
 from fastflux_core.codec import PixelCodec, latent_ids, pack
 from fastflux_core.errors import require_finite
-from fastflux_core.families import adapter_for, embedded_transformer_config, family
+from fastflux_core.families import adapter_for, family
 from fastflux_core.io import image_grid, save_png, save_tensors
+from fastflux_core.layouts import embedded_transformer_config
 from fastflux_core.params import EmbeddedParams
 from fastflux_core.placement import resolve_device
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items

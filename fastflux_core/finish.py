@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from fastflux_core.blocks import BlockAdapter
-from fastflux_core.chain import ChainState, build_chain_model, state_for_steps
+from fastflux_core.chain import ChainState, state_for_steps
+from fastflux_core.chain_model import build_chain_model
 from fastflux_core.distill import distill
 from fastflux_core.export import merge_lora
 from fastflux_core.families import adapter_for

@@ -23,7 +23,6 @@ reach it through :class:`~fastflux_core.blocks.BlockAdapter`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,92 +34,8 @@ from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, blo
                                   resolution_shift)
 from fastflux_core.codec import VaeCodec
 from fastflux_core.errors import loading
+from fastflux_core.layouts import FluxLayout
 from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
-
-if TYPE_CHECKING:
-    from fastflux_core.params import EmbeddedParams
-
-# FLUX.1-dev's published component configs (``config.json`` of each sub-folder of
-# black-forest-labs/FLUX.1-dev), for what needs the shapes without the 33 GB of weights: the budget
-# command (:mod:`fastflux_core.budget`) when no FLUX folder is at hand, and the FLUX-width test folder
-# (``scripts/make_flux_width_folder.py``). Nothing here is downloaded; a real folder's own configs
-# always win when ``model.path`` exists.
-FLUX1_DEV_TRANSFORMER = {
-    "_class_name": "FluxTransformer2DModel",
-    "attention_head_dim": 128,
-    "axes_dims_rope": [16, 56, 56],
-    "guidance_embeds": True,
-    "in_channels": 64,
-    "joint_attention_dim": 4096,
-    "num_attention_heads": 24,
-    "num_layers": 19,
-    "num_single_layers": 38,
-    "patch_size": 1,
-    "pooled_projection_dim": 768,
-}
-
-FLUX1_DEV_VAE = {
-    "_class_name": "AutoencoderKL",
-    "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "force_upcast": True,
-    "in_channels": 3,
-    "latent_channels": 16,
-    "latents_mean": None,
-    "latents_std": None,
-    "layers_per_block": 2,
-    "mid_block_add_attention": True,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 1024,
-    "scaling_factor": 0.3611,
-    "shift_factor": 0.1159,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "use_post_quant_conv": False,
-    "use_quant_conv": False,
-}
-
-FLUX1_DEV_CLIP_TEXT = {  # text_encoder: CLIP ViT-L/14 text tower
-    "architectures": ["CLIPTextModel"],
-    "hidden_act": "quick_gelu",
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 77,
-    "model_type": "clip_text_model",
-    "num_attention_heads": 12,
-    "num_hidden_layers": 12,
-    "projection_dim": 768,
-    "vocab_size": 49408,
-}
-
-FLUX1_DEV_T5_ENCODER = {  # text_encoder_2: T5 v1.1 XXL encoder
-    "architectures": ["T5EncoderModel"],
-    "d_ff": 10240,
-    "d_kv": 64,
-    "d_model": 4096,
-    "dense_act_fn": "gelu_new",
-    "feed_forward_proj": "gated-gelu",
-    "is_gated_act": True,
-    "layer_norm_epsilon": 1e-06,
-    "model_type": "t5",
-    "num_heads": 64,
-    "num_layers": 24,
-    "relative_attention_max_distance": 128,
-    "relative_attention_num_buckets": 32,
-    "vocab_size": 32128,
-}
-
-FLUX1_DEV_SCHEDULER = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-}
 
 # LoRA targets of Sandwich Training: attention projections and MLP linears, not the AdaLN modulation.
 LORA_TARGETS = {
@@ -131,20 +46,14 @@ LORA_TARGETS = {
 }
 
 
-class FluxAdapter:
-    """Block-level access to a diffusers ``FluxTransformer2DModel`` (any size, FLUX.1-dev included)."""
+class FluxAdapter(FluxLayout):
+    """Block-level access to a diffusers ``FluxTransformer2DModel`` (any size, FLUX.1-dev included);
+    what a config alone says (names, block layout, channels, the embedded config): :class:`FluxLayout`."""
 
-    family = "flux"
     model_class = FluxTransformer2DModel
-    pipeline_class = "FluxPipeline"
-    pruned_class = "PrunedFluxTransformer2DModel"
     vae_class, codec = AutoencoderKL, VaeCodec  # the folder's VAE, and how latents are scaled for it
     # the folder's text encoders: (sub-folder, transformers class, tokens; None: text.max_sequence_length)
     text_encoders = (("text_encoder", "CLIPTextModel", 77), ("text_encoder_2", "T5EncoderModel", None))
-    # FLUX.1-dev's published component configs: the budget of a run whose folder is not there yet
-    reference_configs = {"transformer": FLUX1_DEV_TRANSFORMER, "vae": FLUX1_DEV_VAE,
-                         "scheduler": FLUX1_DEV_SCHEDULER, "text_encoder": FLUX1_DEV_CLIP_TEXT,
-                         "text_encoder_2": FLUX1_DEV_T5_ENCODER}
 
     def __init__(self, model: FluxTransformer2DModel):
         self.model = model
@@ -157,25 +66,7 @@ class FluxAdapter:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    # ------------------------------------------------------------------ from a config alone
-
-    @staticmethod
-    def token_channels(config: dict) -> int:
-        """Values per packed latent token (C_tok = 4C): the model reads tokens as they are."""
-        return config["in_channels"]
-
-    @staticmethod
-    def latent_channels(config: dict) -> int:
-        return config["in_channels"] // 4
-
-    @staticmethod
-    def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
-        """The ``FluxTransformer2DModel`` arguments of the embedded base (``embedded.flux``)."""
-        return {"patch_size": 1, "in_channels": 4 * latent_channels, "num_layers": cfg.flux.num_layers,
-                "num_single_layers": cfg.flux.num_single_layers, "attention_head_dim": cfg.attention_head_dim,
-                "num_attention_heads": cfg.num_attention_heads, "joint_attention_dim": text_dims[0],
-                "pooled_projection_dim": text_dims[1], "guidance_embeds": False,
-                "axes_dims_rope": cfg.flux.axes_dims_rope}
+    # ------------------------------------------------------------------ folder components
 
     @staticmethod
     def timesteps(scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int,
@@ -192,11 +83,6 @@ class FluxAdapter:
     def text_encoder(path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
         """CLIP-L (pooled) + T5-XXL (tokens) of a FLUX pipeline folder."""
         return FluxTextEncoders(path, max_sequence_length, device, dtype)
-
-    @staticmethod
-    def text_tokens(max_sequence_length: int) -> int:
-        """Text tokens per prompt of the folder's own encoders: T5's, ``max_sequence_length``."""
-        return max_sequence_length
 
     # ------------------------------------------------------------------ blocks
 

@@ -64,28 +64,9 @@ from fastflux_core.blocks import BlockState, MlpRef, ModelInputs
 from fastflux_core.codec import VaeCodec
 from fastflux_core.errors import FastFluxError, loading
 from fastflux_core.flux import FluxAdapter
+from fastflux_core.layouts import Flux2Layout
 from fastflux_core.pruned_flux import (Flux2DoubleReplacement, Flux2DoubleSkip, Flux2SingleReplacement, Flux2SingleSkip,
                                        LinearReplacement)
-
-# FLUX.2-dev's transformer (black-forest-labs/FLUX.2-dev, transformer/config.json): the defaults of
-# diffusers' Flux2Transformer2DModel, which are that model's. For the budget of a run whose folder is
-# not there yet; a real folder's own config always wins.
-FLUX2_DEV_TRANSFORMER = {
-    "_class_name": "Flux2Transformer2DModel",
-    "attention_head_dim": 128,
-    "axes_dims_rope": [32, 32, 32, 32],
-    "eps": 1e-06,
-    "guidance_embeds": True,
-    "in_channels": 128,
-    "joint_attention_dim": 15360,
-    "mlp_ratio": 3.0,
-    "num_attention_heads": 48,
-    "num_layers": 8,
-    "num_single_layers": 48,
-    "patch_size": 1,
-    "rope_theta": 2000,
-    "timestep_guidance_channels": 256,
-}
 
 # LoRA targets of Sandwich Training: attention projections and MLP linears (FLUX.2 blocks hold no
 # modulation weights). A single block's QKV and MLP-in are one fused linear, its outputs another.
@@ -197,18 +178,15 @@ class Flux2TextEncoder:
         return embeds.float().cpu(), torch.zeros(len(prompts), 0)
 
 
-class Flux2Adapter(FluxAdapter):
-    """Block-level access to a diffusers ``Flux2Transformer2DModel`` (FLUX.2-dev, FLUX.2-klein)."""
+class Flux2Adapter(FluxAdapter, Flux2Layout):
+    """Block-level access to a diffusers ``Flux2Transformer2DModel`` (FLUX.2-dev, FLUX.2-klein);
+    what a config alone says: :class:`~fastflux_core.layouts.Flux2Layout`."""
 
-    family = "flux2"
     model_class = Flux2Transformer2DModel
-    pipeline_class = "Flux2Pipeline"  # or Flux2KleinPipeline: the folder's model_index.json says which
-    pruned_class = "PrunedFlux2Transformer2DModel"
     vae_class, codec = AutoencoderKLFlux2, Flux2VaeCodec
     # the folder's text encoder for the budget: its class from its config's architectures (Qwen3ForCausalLM,
     # Mistral3ForConditionalGeneration), text.max_sequence_length tokens (the template included)
     text_encoders = (("text_encoder", None, None),)
-    reference_configs = {"transformer": FLUX2_DEV_TRANSFORMER}
 
     def __init__(self, model: Flux2Transformer2DModel):
         super().__init__(model)

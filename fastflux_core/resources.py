@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from fastflux_core.errors import ParamsError
+from fastflux_core.layouts import layout_of_config
 from fastflux_core.params import Params
 from fastflux_core.placement import ask_estimator, resolve_device
 from fastflux_core.preflight import prompt_counts
@@ -28,16 +29,9 @@ def _size(n: float) -> str:
 def check_blocks(params: Params) -> None:
     """``importance.blocks`` names the model's blocks, 0..N-1 (the schema checks that it is a range;
     only the model's config says N): a missing block would stop ablate@i after the reference images
-    of both sets were generated. The model is built from its config on the meta device (no weights)."""
-    from accelerate import init_empty_weights
-
-    from fastflux_core.families import family_of_config
-
+    of both sets were generated. N is read from the config through the family's layout (no model built)."""
     config = transformer_config(params)
-    adapter_class = family_of_config(config)
-    with init_empty_weights():
-        model = adapter_class.model_class.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-        n = len(adapter_class(model).blocks)
+    n = len(layout_of_config(config).block_refs(config))
     listed = len(params.importance.blocks)
     if listed != n:
         raise ParamsError(f"importance.blocks lists {listed} blocks (0..{listed - 1}) but the model has {n}: "

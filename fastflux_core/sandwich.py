@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 from fastflux_core.blocks import BlockAdapter
 from fastflux_core.boundary import (Boundary, BoundaryStates, SandwichBlocks, data_parallel, micro_step, rank_micro_batches,
                                     sandwich_loss)
-from fastflux_core.chain import ChainState, PlanStep, build_chain_model
+from fastflux_core.chain import ChainState, PlanStep
+from fastflux_core.chain_model import build_chain_model
 from fastflux_core.errors import NonFiniteError
 from fastflux_core.lora import lora_parameters, lora_tensors
 from fastflux_core.params import Params, SandwichParams

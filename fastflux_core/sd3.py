@@ -33,7 +33,6 @@ guidance (the pipeline's default 7.0), which doubles every call with a negative 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -44,30 +43,24 @@ from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, blo
                                   resolution_shift)
 from fastflux_core.codec import VaeCodec, pack, unpack
 from fastflux_core.errors import loading
+from fastflux_core.layouts import SD3Layout
 from fastflux_core.pruned_flux import LinearReplacement, SkipBlock
-
-if TYPE_CHECKING:
-    from fastflux_core.params import EmbeddedParams
 
 # LoRA targets of Sandwich Training: attention projections (SD3.5: attn2's too) and MLP linears, not
 # the AdaLN modulation; a block has those of them it holds (the final block: no text output projections).
 LORA_CANDIDATES = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
                    "attn.add_v_proj", "attn.to_add_out", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
                    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
-CLIP_TOKENS = 77  # SD3's prompt embedding: CLIP-L/G's 77 tokens, then T5's max_sequence_length
 
 
-class SD3Adapter:
-    """Block-level access to a diffusers ``SD3Transformer2DModel``."""
+class SD3Adapter(SD3Layout):
+    """Block-level access to a diffusers ``SD3Transformer2DModel``; what a config alone says (names,
+    block layout, channels, the embedded config): :class:`~fastflux_core.layouts.SD3Layout`."""
 
-    family = "sd3"
     model_class = SD3Transformer2DModel
-    pipeline_class = "StableDiffusion3Pipeline"
-    pruned_class = "PrunedSD3Transformer2DModel"
     vae_class, codec = AutoencoderKL, VaeCodec  # SD3's VAE scales and shifts latents as FLUX's does
     text_encoders = (("text_encoder", "CLIPTextModelWithProjection", 77),
                      ("text_encoder_2", "CLIPTextModelWithProjection", 77), ("text_encoder_3", "T5EncoderModel", None))
-    reference_configs: dict = {}  # none shipped: an SD3 budget reads the folder's configs
 
     def __init__(self, model: SD3Transformer2DModel):
         if model.config.patch_size != 2:
@@ -80,27 +73,7 @@ class SD3Adapter:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    # ------------------------------------------------------------------ from a config alone
-
-    @staticmethod
-    def token_channels(config: dict) -> int:
-        return 4 * config["in_channels"]
-
-    @staticmethod
-    def latent_channels(config: dict) -> int:
-        return config["in_channels"]
-
-    @staticmethod
-    def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
-        """The ``SD3Transformer2DModel`` arguments of the embedded base (``embedded.sd3``); the digits
-        are 8×8 latent cells (``sample_size``)."""
-        dim = cfg.num_attention_heads * cfg.attention_head_dim
-        return {"sample_size": 8, "patch_size": 2, "in_channels": latent_channels, "out_channels": latent_channels,
-                "num_layers": cfg.sd3.num_layers, "attention_head_dim": cfg.attention_head_dim,
-                "num_attention_heads": cfg.num_attention_heads, "joint_attention_dim": text_dims[0],
-                "caption_projection_dim": dim, "pooled_projection_dim": text_dims[1],
-                "pos_embed_max_size": cfg.sd3.pos_embed_max_size,
-                "dual_attention_layers": list(cfg.sd3.dual_attention_layers), "qk_norm": cfg.sd3.qk_norm}
+    # ------------------------------------------------------------------ folder components
 
     @staticmethod
     def timesteps(scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int,
@@ -117,11 +90,6 @@ class SD3Adapter:
     def text_encoder(path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
         """CLIP-L + CLIP-G (pooled, and 77 tokens) + T5-XXL of an SD3 pipeline folder."""
         return SD3TextEncoders(path, max_sequence_length, device, dtype)
-
-    @staticmethod
-    def text_tokens(max_sequence_length: int) -> int:
-        """Text tokens per prompt of the folder's own encoders: CLIP's 77, then T5's."""
-        return CLIP_TOKENS + max_sequence_length
 
     # ------------------------------------------------------------------ blocks
 

@@ -2,10 +2,11 @@
 lengths and widths at the configured resolution, and the bytes of the arrays capture@k writes
 (:func:`fastflux_core.store.calibration_specs` / :func:`~fastflux_core.store.training_specs`).
 
-Light on purpose: the sizes come from json configs, and diffusers is imported only when a model's
-family is asked for (:meth:`Shapes.of`). Stage ``validate`` sizes the activation stores
-against free disk on every ``dvc repro`` from these alone, and the memory estimator
-(:mod:`fastflux_core.stage_peaks`) builds its fake models from the same configs.
+Light on purpose: the sizes come from json configs read through each family's layout
+(:mod:`fastflux_core.layouts`, which holds FLUX.1-dev's published configs for a budget whose folder is
+not there yet), never diffusers. Stage ``validate`` sizes the activation stores against
+free disk on every ``dvc repro`` from these alone, and the memory estimator (:mod:`fastflux_core.stage_peaks`) builds its fake
+models from the same configs.
 
 >>> from fastflux_core.store import calibration_specs, estimate_bytes
 >>> specs = calibration_specs(3072, 64, 16)  # FLUX.1-dev's width, 64 image + 16 text tokens per sample
@@ -17,45 +18,40 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fastflux_core.errors import ModelFolderError
+from fastflux_core.layouts import (EMBEDDED_BASE_CONFIG, EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS,
+                                   embedded_transformer_config, layout, layout_of_config)
 from fastflux_core.params import capture_schedule
 from fastflux_core.store import calibration_specs, estimate_bytes, training_specs
 
 if TYPE_CHECKING:
     from fastflux_core.params import ModelParams, Params
 
-
 def transformer_config(params: Params) -> dict:
     """The base transformer's config: the model folder's, the embedded base's, or (a folder not there
     yet, for the budget) the family's published one (FLUX.1-dev's)."""
     if params.model.source != "embedded":
-        return component_config(params.model, "transformer", reference_config(params.model, "transformer"))
-    path = Path("data/base/transformer/config.json")
-    if path.is_file():
-        return json.loads(path.read_text())
-    from fastflux_core.families import EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS, embedded_transformer_config
-
+        return folder_config(params.model, "transformer")
+    if EMBEDDED_BASE_CONFIG.is_file():
+        return json.loads(EMBEDDED_BASE_CONFIG.read_text())
     return embedded_transformer_config(params.embedded, EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS)
 
 
 def reference_config(model: ModelParams, component: str) -> dict | None:
     """The model family's published config of a folder component (FLUX.1-dev's; none for SD3)."""
-    from fastflux_core.families import family
-
-    return family(model.source).reference_configs.get(component)
+    return layout(model.source).reference_configs.get(component)
 
 
-def component_config(model: ModelParams, folder: str, builtin: dict | None) -> dict:
-    """A model folder component's config (``vae``, ``text_encoder``, …), or ``builtin`` — the family's
-    published one (FLUX.1-dev's), for a budget made before the folder exists."""
+def folder_config(model: ModelParams, folder: str) -> dict:
+    """A model folder component's config (``vae``, ``text_encoder``, …), or — no folder yet, a budget
+    made before it exists — the family's published one (FLUX.1-dev's: :func:`reference_config`)."""
     path = model.path / folder / "config.json" if model.path else None
     if path is not None and path.is_file():
         return json.loads(path.read_text())
+    builtin = reference_config(model, folder)
     if builtin is None:
-        from fastflux_core.errors import ModelFolderError
-
         raise ModelFolderError(f"model folder: missing {path}")
     return dict(builtin)
 
@@ -75,15 +71,13 @@ class Shapes:
 
     @classmethod
     def of(cls, params: Params) -> Shapes:
-        from fastflux_core.families import family, family_of_config  # diffusers: only when sizes are asked for
-
         t = transformer_config(params)
-        fam = family_of_config(t)
+        fam = layout_of_config(t)
         scale, n_txt = 1, params.text.max_sequence_length  # the embedded base: pixels, MiniLM's tokens
         if params.model.source != "embedded":
-            vae = component_config(params.model, "vae", reference_config(params.model, "vae"))
+            vae = folder_config(params.model, "vae")
             scale = 2 ** (len(vae["block_out_channels"]) - 1)
-            n_txt = family(params.model.source).text_tokens(n_txt)
+            n_txt = layout(params.model.source).text_tokens(n_txt)
         h, w = params.sampling.height // scale, params.sampling.width // scale
         return cls(n_img=(h // 2) * (w // 2), n_txt=n_txt,
                    dim=t["num_attention_heads"] * t["attention_head_dim"], in_channels=fam.token_channels(t),

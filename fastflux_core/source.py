@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from fastflux_core.blocks import BlockRef
 from fastflux_core.codec import LatentCodec, PixelCodec
 from fastflux_core.errors import ModelFolderError, loading
 from fastflux_core.families import adapter_for, family, family_of_config
+from fastflux_core.layouts import model_blocks
 from fastflux_core.params import ModelParams, Params
 from fastflux_core.placement import choose, place, resolve_device
 from fastflux_core.preflight import check_model_folder
@@ -116,11 +116,6 @@ def empty_base_model(cfg: ModelParams) -> torch.nn.Module:
         config = cls.load_config(str(root), subfolder="transformer")
     with init_empty_weights():
         return cls.from_config(config)
-
-
-def model_blocks(cfg: ModelParams) -> list[BlockRef]:
-    """The base model's blocks, in execution order, read from its config without loading weights."""
-    return adapter_for(empty_base_model(cfg)).blocks
 
 
 def load_base_blocks(cfg: ModelParams, indices: list[int]) -> list[torch.nn.Module]:

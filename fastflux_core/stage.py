@@ -220,7 +220,7 @@ def run_stage(main: Callable[[], None], deterministic: bool = True) -> None:
     ``error: …``, and exit status 2; anything else is a bug and keeps its traceback. Leftovers of an
     earlier, killed run of this stage are removed first. The wall time goes to
     ``data/timing/<stage>_wall.json``. ``deterministic=False`` is for stages that run no torch
-    kernels (validate, export): switching torch's deterministic mode imports its compiler's config,
+    kernels (validate, rank, plan, export): switching torch's deterministic mode imports its compiler's config,
     2.5 s of a stage that otherwise takes two.
 
     Under a launcher (``RANK`` set; the module docstring above) the temporaries are rank 0's to

@@ -31,13 +31,14 @@ from fastflux_core.codec import PixelCodec
 from fastflux_core.distill import local_err, moved, teacher_states
 from fastflux_core.fake_gpu import default_dtype, space, tracked, training_space
 from fastflux_core.families import adapter_for, family, family_of_config
+from fastflux_core.layouts import layout_of_config
 from fastflux_core.lora import inject_lora, lora_parameters
 from fastflux_core.lstsq import GramAccumulator
 from fastflux_core.placement import Placement, place, place_blocks
 from fastflux_core.prompts import prompt_items
 from fastflux_core.sampling import velocity
 from fastflux_core.boundary import SandwichBlocks, micro_step
-from fastflux_core.shapes import Shapes, component_config, reference_config, transformer_config
+from fastflux_core.shapes import Shapes, folder_config, transformer_config
 from fastflux_core.speed import count_flops
 from fastflux_core.training import optimizer
 
@@ -63,7 +64,7 @@ def build_codec(params, shapes: Shapes, device: torch.device):
         return PixelCodec(shapes.latent_channels)
 
     fam = family(params.model.source)  # its VAE class and codec, as source.load_codec
-    vae = component_config(params.model, "vae", reference_config(params.model, "vae"))
+    vae = folder_config(params.model, "vae")
     cfg = {k: v for k, v in vae.items() if not k.startswith("_")}
     with default_dtype(model_dtype(params)), torch.device(device):
         return fam.codec(fam.vae_class.from_config(cfg).eval())
@@ -155,7 +156,7 @@ def _text_encoders(params) -> list[tuple[nn.Module, int]]:
 
         out = []
         for sub, cls_name, tokens in family(params.model.source).text_encoders:
-            cfg = component_config(params.model, sub, reference_config(params.model, sub))
+            cfg = folder_config(params.model, sub)
             cls = getattr(transformers, cls_name or cfg["architectures"][0])  # None: the config names it
             out.append((cls._from_config(cls.config_class(**cfg), dtype=model_dtype(params)).eval(), tokens or n))
         return out
@@ -189,13 +190,9 @@ def measure_solve(params, real: str | None = None) -> Measured:
 
 
 def block_kinds(params) -> list[str]:
-    """The kind of every block of the base, in order, from its config (a meta-device model)."""
-    from accelerate import init_empty_weights
-
+    """The kind of every block of the base, in order, from its config (its family's layout)."""
     config = transformer_config(params)
-    with init_empty_weights():
-        model = family_of_config(config).model_class.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    return [b.kind for b in adapter_for(model).blocks]
+    return [b.kind for b in layout_of_config(config).block_refs(config)]
 
 
 def sandwich_case(params, kind: str) -> tuple[int, int, int]:

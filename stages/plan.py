@@ -5,8 +5,8 @@ from pathlib import Path
 
 from fastflux_core.chain import ChainState, make_plan, write_plan
 from fastflux_core.io import atomic_dir, read_json
+from fastflux_core.layouts import model_blocks
 from fastflux_core.preflight import load_params
-from fastflux_core.source import model_blocks
 from fastflux_core.stage import run_stage
 
 
@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, deterministic=False)  # it runs no torch kernels

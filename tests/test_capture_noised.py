@@ -10,7 +10,8 @@ import torch
 from tiny import digit_captions, tiny_params, tiny_workdir
 
 from fastflux_core.capture import Armed, BlockIOHooks, capture_step, make_endpoints, noised, noised_forwards
-from fastflux_core.chain import ChainState, build_chain_model, make_plan
+from fastflux_core.chain import ChainState, make_plan
+from fastflux_core.chain_model import build_chain_model
 from fastflux_core.codec import pack
 from fastflux_core.io import load_tensors
 from fastflux_core.prompts import prompt_items

@@ -13,7 +13,8 @@ from tiny import tiny_params
 
 from fastflux_core import capture as capture_mod
 from fastflux_core.capture import NonFiniteActivations, capture_step
-from fastflux_core.chain import ChainState, build_chain_model
+from fastflux_core.chain import ChainState
+from fastflux_core.chain_model import build_chain_model
 from fastflux_core.codec import pack
 from fastflux_core.io import atomic_dir
 from fastflux_core.sampling import initial_noise

@@ -7,7 +7,8 @@ import json
 import torch
 from tiny import tiny_params
 
-from fastflux_core.chain import ChainState, build_chain_model, load_solution
+from fastflux_core.chain import ChainState, load_solution
+from fastflux_core.chain_model import build_chain_model
 from fastflux_core.lora import lora_tensors
 from fastflux_core.sandwich import train_sandwich
 from fastflux_core.solve import save_solution, solve_store

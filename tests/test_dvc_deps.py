@@ -37,9 +37,8 @@ def test_closure_follows_function_level_and_type_only_imports(tmp_path):
     (tmp_path / "fastflux_core" / "c.py").write_text("")
     assert import_closure(tmp_path / "stages" / "x.py", tmp_path) == {
         "stages/x.py", "fastflux_core/a.py", "fastflux_core/b.py", "fastflux_core/c.py"}
-    # and in the real tree: validate reaches the families only through function-level imports
-    # (shapes' and resources.check_blocks': validate imports no diffusers until it sizes the model)
-    assert "fastflux_core/families.py" in import_closure(ROOT / "stages" / "validate.py")
+    # and in the real tree: stage baseline imports its code inside main, only when baseline.ratios is on
+    assert "fastflux_core/width.py" in import_closure(ROOT / "stages" / "baseline.py")
 
 
 def expanded_stages(dvc: dict, params: dict) -> dict[str, list[str]]:

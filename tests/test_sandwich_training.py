@@ -10,7 +10,8 @@ from chain_fixture import boundary_states, store_items
 from tiny import tiny_params
 
 from fastflux_core.boundary import BoundaryStates
-from fastflux_core.chain import ChainState, build_chain_model, load_solution
+from fastflux_core.chain import ChainState, load_solution
+from fastflux_core.chain_model import build_chain_model
 from fastflux_core.lora import lora_tensors
 from fastflux_core.sandwich import fit_sandwich, prepare_sandwich, train_sandwich
 from fastflux_core.solve import replacement_for

@@ -146,7 +146,8 @@ def test_final_block_through_capture_solve_sandwich_and_export(tmp_path, monkeyp
     from fastflux_core import capture as capture_mod
     from fastflux_core.solve import save_solution, solve_store
     from fastflux_core.chain import load_solution
-    from fastflux_core.chain import ChainState, build_chain_model, make_plan
+    from fastflux_core.chain import ChainState, make_plan
+    from fastflux_core.chain_model import build_chain_model
     from fastflux_core.sandwich import train_sandwich
     from fastflux_core.store import StoreReader
 
