@@ -56,7 +56,7 @@ def ablate_block(params: Params, index: int, embeds: PromptEmbeds, reference: Pa
     record: dict = {"block": index, "images": len(items), **latent_error(gen.latents, ref_latents)}
     if not proxy_only:
         ref_model, ref_real = load_reference_stats(reference)
-        record.update(score_images(gen.images, gen.prompts, load_quality(params, device), ref_model, ref_real, device,
+        record.update(score_images(gen.images, gen.prompts, load_quality(params.metrics, device), ref_model, ref_real, device,
                                    params.metrics.batch_size))
     n = len(embeds.prompts)
     save_png(out / "grid.png", image_grid(gen.images[: 2 * n], cols=n, scale=max(1, 64 // gen.images.shape[1])))

@@ -27,7 +27,7 @@ from fastflux_core.chain import ChainState, state_for_steps
 from fastflux_core.chain_model import build_chain_model
 from fastflux_core.errors import FastFluxError
 from fastflux_core.export import count_parameters, merge_lora, to_pruned
-from fastflux_core.params import Params, n_replaced
+from fastflux_core.params import CaptureParams, ModelParams, Params, PromptParams, n_replaced
 from fastflux_core.prompts import read_prompt_file
 from fastflux_core.source import empty_base_model, model_root
 
@@ -76,36 +76,37 @@ def assemble(params: Params, states: list[ChainState], n_blocks: int, out: Path,
                              "replacement": "delete" if i in deleted else ("brll_temb" if i in state.temb else "brll")}
                             for i in sorted(state.linears)],
         "params_base": base_params, "params_pruned": count_parameters(pruned),
-        "base": base_identity(params), "training_data": training_data(params), "finish": finished,
-        "family": {"name": adapter.family, "pipeline": pipeline_class(params, adapter),
+        "base": base_identity(params.model), "training_data": training_data(params.prompts, params.capture),
+        "finish": finished,
+        "family": {"name": adapter.family, "pipeline": pipeline_class(params.model, adapter),
                    "transformer": adapter.model_class.__name__, "pruned": adapter.pruned_class},
         "ratio_to_n_flux57": {f"{r:.2f}": {"paper": PAPER_TABLE6[r], "ours": n_replaced(r, 57)} for r in PAPER_TABLE6},
     }
 
 
-def pipeline_class(params: Params, adapter: BlockAdapter) -> str:
+def pipeline_class(model: ModelParams, adapter: BlockAdapter) -> str:
     """The base folder's pipeline class (its ``model_index.json``: e.g. ``Flux2KleinPipeline`` where the
     family's usual one is ``Flux2Pipeline``), else the family's."""
-    index = model_root(params.model) / "model_index.json"
+    index = model_root(model) / "model_index.json"
     return json.loads(index.read_text()).get("_class_name", adapter.pipeline_class) if index.is_file() \
         else adapter.pipeline_class
 
 
-def base_identity(params: Params) -> dict:
+def base_identity(model: ModelParams) -> dict:
     """Which model was pruned: its source, folder (as configured) and a hash of its transformer config."""
-    root = model_root(params.model)
+    root = model_root(model)
     config = (root / "transformer" / "config.json").read_bytes()
-    return {"source": params.model.source, "path": str(root), "config_sha256": hashlib.sha256(config).hexdigest()}
+    return {"source": model.source, "path": str(root), "config_sha256": hashlib.sha256(config).hexdigest()}
 
 
-def training_data(params: Params) -> dict:
+def training_data(prompts: PromptParams, capture: CaptureParams) -> dict:
     """How many captured samples fitted the replacements: least squares (calibration set) and
     Sandwich Training (training set, less ``sandwich.holdout`` of its prompts held out to score it)."""
     out = {}
     for name, used_for in (("calibration", "least squares"), ("training", "Sandwich Training and its held-out loss")):
-        prompt_set = getattr(params.prompts, name)
+        prompt_set = getattr(prompts, name)
         n_prompts = len(read_prompt_file(prompt_set.file))
         out[name] = {"prompts": n_prompts, "images_per_prompt": prompt_set.images_per_prompt,
-                     "timesteps": params.capture.timesteps,
-                     "samples": n_prompts * prompt_set.images_per_prompt * params.capture.timesteps, "used_for": used_for}
+                     "timesteps": capture.timesteps,
+                     "samples": n_prompts * prompt_set.images_per_prompt * capture.timesteps, "used_for": used_for}
     return out

@@ -108,7 +108,7 @@ def make_embedded_base(params: "Params", out: Path) -> dict:
     judge, judge_acc = digits.train_judge(images, labels, cfg.judge_steps, cfg.seed)
     save_tensors(out / "judge.safetensors", judge.state_dict())
 
-    encoder = load_text_encoder(params)
+    encoder = load_text_encoder(params.model, params.text)
     caption_prompts, caption_labels = digits.captions()
     check_cut(encoder, caption_prompts, "the base's captions (digits.TRAIN_TEMPLATES)", digits=True)
     caps = encode_prompts(encoder, caption_prompts, params.text.batch_size, desc="captions")

@@ -134,7 +134,7 @@ class Evaluator:
         self.base = load_transformer(params.model) if world.is_main else None
         self.codec = load_codec(params.model, self.base) if world.is_main else None
         self.scheduler = load_scheduler(params.model)
-        self.quality = load_quality(params, self.device, preference) if world.is_main else None
+        self.quality = load_quality(params.metrics, self.device, preference) if world.is_main else None
         self.reference_dir = reference
         self.ref_model, self.ref_real = load_reference_stats(reference)
         self.reference = read_json(reference / "metrics.json")

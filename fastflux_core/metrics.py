@@ -36,7 +36,7 @@ from fastflux_core.io import load_tensors, save_png, save_tensors
 from fastflux_core.prompts import label_of
 
 if TYPE_CHECKING:
-    from fastflux_core.params import MetricsParams, Params
+    from fastflux_core.params import MetricsParams
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 # what a quality record may hold (psnr, ssim, lpips: fidelity.py, against the base model's images)
@@ -269,9 +269,8 @@ def preference_scorers(metrics: "MetricsParams") -> tuple[PreferenceScorer, ...]
     return tuple(scorers)
 
 
-def load_quality(params: "Params", device: torch.device, preference: tuple[PreferenceScorer, ...] = ()) -> Quality:
+def load_quality(m: "MetricsParams", device: torch.device, preference: tuple[PreferenceScorer, ...] = ()) -> Quality:
     """The configured metrics, with the ``preference`` scorers (:func:`preference_scorers`) where given."""
-    m = params.metrics
     judge = _load_judge() if "judge" in (m.fid_features, m.alignment) else None
     features = judge_features(judge) if m.fid_features == "judge" else inception_features(m.inception_path, device)
     alignment = JudgeAlignment(judge) if m.alignment == "judge" else ClipAlignment(m.clip_path, device)

@@ -104,7 +104,7 @@ def make_reference(params: Params, set_name: str, embeds: PromptEmbeds, out: Pat
     save_png(out / "grid.png", image_grid(gen.images[: 4 * len(embeds.prompts)], cols=len(embeds.prompts),
                                           scale=max(1, 64 // gen.images.shape[1])))
     save_tensors(out / "latents.safetensors", {"latents": gen.latents})
-    quality = load_quality(params, device, preference)
+    quality = load_quality(params.metrics, device, preference)
     feats = folder_features(out / "images", quality.features, device, params.metrics.batch_size)
     FeatureStats.of(feats).save(out / "stats_model.safetensors")
     items = item_scores(quality, gen.images, gen.prompts)

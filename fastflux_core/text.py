@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from fastflux_core.errors import FastFluxError
 from fastflux_core.families import family
-from fastflux_core.params import Params
+from fastflux_core.params import ModelParams, TextParams
 from fastflux_core.placement import resolve_device
 from fastflux_core.preflight import check_model_folder
 from fastflux_core.prompts import PromptEmbeds, label_of
@@ -126,11 +126,11 @@ def encode_prompts(encoder: TextEncoder, prompts: list[str], batch_size: int, de
     return PromptEmbeds(list(prompts), torch.cat(embeds).to(dtype), torch.cat(pooled).to(dtype))
 
 
-def load_text_encoder(params: Params) -> TextEncoder:
-    device = resolve_device(params.model.device)
-    if params.model.source != "embedded":
-        assert params.model.path is not None
-        check_model_folder(params.model.path, params.model.source)
-        return family(params.model.source).text_encoder(params.model.path, params.text.max_sequence_length, device,
-                                                        resolve_dtype(params.model.dtype))
-    return MiniLMTextEncoder(params.text.max_sequence_length, device)
+def load_text_encoder(model: ModelParams, text: TextParams) -> TextEncoder:
+    """The base's text encoder: the folder's own (its family's), or MiniLM for the embedded default."""
+    device = resolve_device(model.device)
+    if model.source != "embedded":
+        assert model.path is not None
+        check_model_folder(model.path, model.source)
+        return family(model.source).text_encoder(model.path, text.max_sequence_length, device, resolve_dtype(model.dtype))
+    return MiniLMTextEncoder(text.max_sequence_length, device)

@@ -18,7 +18,7 @@ OUT = "data/encoded"
 def main() -> None:
     params = load_params()
     sets = {name: read_prompt_file(getattr(params.prompts, name).file) for name in SETS}
-    encoder = load_text_encoder(params)
+    encoder = load_text_encoder(params.model, params.text)
     for name, prompts in sets.items():  # every set before any is encoded
         check_cut(encoder, prompts, getattr(params.prompts, name).file, digits=params.model.source == "embedded")
     with atomic_dir(OUT) as out:

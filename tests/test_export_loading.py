@@ -108,7 +108,7 @@ def test_pipeline_folder_generates_like_our_sampler(tmp_path, tiny_flux_folder):
     theirs = pipe(prompt=prompts, latents=pack(initial_noise(items, codec.latent_channels, h, w)), height=s.height,
                   width=s.width, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
                   max_sequence_length=params.text.max_sequence_length, output_type="latent").images
-    embeds = encode_prompts(text.load_text_encoder(params), prompts, batch_size=2)
+    embeds = encode_prompts(text.load_text_encoder(params.model, params.text), prompts, batch_size=2)
     ours = sample_latents(ours_pipe.transformer, source.load_scheduler(params.model), embeds, items, s,
                           codec.latent_channels, codec.scale_factor, progress=False)
     torch.testing.assert_close(pack(ours), theirs, rtol=1e-5, atol=1e-5)

@@ -44,7 +44,7 @@ def _theirs(pipe, params, embeds, items, codec, output_type="latent"):
 
 def test_load_encode_sample_decode(tiny_flux2_folder):
     params = _flux2_params(tiny_flux2_folder)
-    embeds = encode_prompts(text.load_text_encoder(params), ["a photo of a cat", "a lighthouse"], batch_size=1)
+    embeds = encode_prompts(text.load_text_encoder(params.model, params.text), ["a photo of a cat", "a lighthouse"], batch_size=1)
     assert embeds.prompt_embeds.shape == (2, 16, 24) and embeds.pooled.shape == (2, 0)  # Qwen3 layers 9, 18, 27
     transformer = source.load_transformer(params.model)
     assert [b.kind for b in adapter_for(transformer).blocks] == ["double", "double", "single", "single"]
@@ -64,7 +64,7 @@ def test_sampler_and_decoder_equal_the_klein_pipeline_on_the_same_noise(tiny_flu
     does (the statistics are not the identity) — and equal images."""
     params = _flux2_params(tiny_flux2_folder)
     pipe = Flux2KleinPipeline.from_pretrained(str(tiny_flux2_folder))
-    embeds = encode_prompts(text.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
+    embeds = encode_prompts(text.load_text_encoder(params.model, params.text), ["a red cube", "a blue sphere"], batch_size=2)
     items = prompt_items(2, 1, 7)
     codec = source.load_codec(params.model, pipe.transformer)
     ours = sample_latents(pipe.transformer, source.load_scheduler(params.model), embeds, items, params.sampling,
@@ -107,7 +107,7 @@ def test_export_loads_in_the_klein_pipeline(tiny_flux2_folder, tmp_path):
     assert index["transformer"] == ["pruned_flux", "PrunedFlux2Transformer2DModel"]
     pipe = Flux2KleinPipeline.from_pretrained(str(out), trust_remote_code=True)
     assert pipe.transformer.config.replaced_blocks == [1, 2]
-    embeds = encode_prompts(text.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
+    embeds = encode_prompts(text.load_text_encoder(params.model, params.text), ["a red cube", "a blue sphere"], batch_size=2)
     items, codec = prompt_items(2, 1, 3), source.load_codec(params.model, model)
     ours = sample_latents(model, source.load_scheduler(params.model), embeds, items, params.sampling,
                           codec.latent_channels, codec.scale_factor, progress=False)
@@ -146,7 +146,7 @@ def test_capture_solve_sandwich_assemble_reload_on_a_flux2_folder(tiny_flux2_fol
     d["sandwich"].update(train_steps=2, batch_size=4, micro_batch=2, round_samples=8, holdout=0.25)
     d["solve"]["condition"], d["baseline"]["ratios"] = "none", []
     params = parse_params(d)
-    encoder = text.load_text_encoder(params)
+    encoder = text.load_text_encoder(params.model, params.text)
     cal = encode_prompts(encoder, [f"a photo of object {i}" for i in range(4)], batch_size=4)
     train = encode_prompts(encoder, [f"a painting of scene {i}" for i in range(4)], batch_size=4)
     if inputs == "noised":

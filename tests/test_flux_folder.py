@@ -28,7 +28,7 @@ def _flux_params(path):
 
 def test_load_encode_sample_decode(tiny_flux_folder):
     params = _flux_params(tiny_flux_folder)
-    encoder = text.load_text_encoder(params)
+    encoder = text.load_text_encoder(params.model, params.text)
     embeds = encode_prompts(encoder, ["a photo of a cat", "an oil painting of a lighthouse"], batch_size=1)
     assert embeds.prompt_embeds.shape == (2, 16, 32)  # T5 token states, padded to max_sequence_length
     assert embeds.pooled.shape == (2, 32)  # CLIP pooled output
@@ -96,7 +96,7 @@ def test_sampler_equals_flux_pipeline_on_the_same_noise(tiny_flux_folder):
 
     params = _flux_params(tiny_flux_folder)
     pipe = FluxPipeline.from_pretrained(str(tiny_flux_folder))
-    embeds = encode_prompts(text.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
+    embeds = encode_prompts(text.load_text_encoder(params.model, params.text), ["a red cube", "a blue sphere"], batch_size=2)
     items = prompt_items(2, 1, 7)
     codec = source.load_codec(params.model, pipe.transformer)
     ours = sample_latents(pipe.transformer, source.load_scheduler(params.model), embeds, items, params.sampling,

@@ -43,7 +43,7 @@ def _params(folder):
 def test_capture_solve_sandwich_assemble_reload_at_flux_width(flux_width, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = _params(flux_width)
-    encoder = text.load_text_encoder(params)
+    encoder = text.load_text_encoder(params.model, params.text)
     cal = encode_prompts(encoder, [f"a photo of object {i}" for i in range(4)], batch_size=4)
     train = encode_prompts(encoder, [f"a painting of scene {i}" for i in range(4)], batch_size=4)
     assert cal.prompt_embeds.shape == (4, 8, 4096) and cal.pooled.shape == (4, 768)  # T5 and CLIP widths

@@ -31,7 +31,7 @@ def _sd3_params(path):
 
 def test_load_encode_sample_decode(tiny_sd3_folder):
     params = _sd3_params(tiny_sd3_folder)
-    embeds = encode_prompts(text.load_text_encoder(params), ["a photo of a cat", "a lighthouse"], batch_size=1)
+    embeds = encode_prompts(text.load_text_encoder(params.model, params.text), ["a photo of a cat", "a lighthouse"], batch_size=1)
     assert embeds.prompt_embeds.shape == (2, 77 + 16, 32)  # CLIP-L|G's 77 tokens (padded to T5's width), then T5's
     assert embeds.pooled.shape == (2, 16)  # CLIP-L and CLIP-G pooled, concatenated
     transformer = source.load_transformer(params.model)
@@ -68,7 +68,7 @@ def test_sampler_equals_sd3_pipeline_on_the_same_noise(tiny_sd3_folder):
 
     params = _sd3_params(tiny_sd3_folder)
     pipe = StableDiffusion3Pipeline.from_pretrained(str(tiny_sd3_folder))
-    embeds = encode_prompts(text.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
+    embeds = encode_prompts(text.load_text_encoder(params.model, params.text), ["a red cube", "a blue sphere"], batch_size=2)
     items = prompt_items(2, 1, 7)
     codec = source.load_codec(params.model, pipe.transformer)
     ours = sample_latents(pipe.transformer, source.load_scheduler(params.model), embeds, items, params.sampling,
@@ -91,7 +91,7 @@ def test_export_loads_in_stable_diffusion_3_pipeline(tiny_sd3_folder, tmp_path):
     pipe = StableDiffusion3Pipeline.from_pretrained(str(out), trust_remote_code=True)
     assert type(pipe.transformer).__name__ == "PrunedSD3Transformer2DModel" and pipe.transformer.config.replaced_blocks == [0, 2]
     assert type(DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)).__name__ == "StableDiffusion3Pipeline"
-    embeds = encode_prompts(text.load_text_encoder(params), ["a red cube", "a blue sphere"], batch_size=2)
+    embeds = encode_prompts(text.load_text_encoder(params.model, params.text), ["a red cube", "a blue sphere"], batch_size=2)
     items, codec = prompt_items(2, 1, 3), source.load_codec(params.model, model)
     ours = sample_latents(model, source.load_scheduler(params.model), embeds, items, params.sampling,
                           codec.latent_channels, codec.scale_factor, progress=False)
@@ -152,7 +152,7 @@ def test_capture_solve_sandwich_assemble_reload_on_an_sd3_folder(tiny_sd3_folder
     d["capture"].update(timesteps=2, image_tokens=8, text_tokens=16, dtype="bfloat16", shard_samples=4, chunk_samples=4)
     d["sandwich"].update(train_steps=2, batch_size=4, micro_batch=2, round_samples=8, holdout=0.25)
     params = parse_params(d)
-    encoder = text.load_text_encoder(params)
+    encoder = text.load_text_encoder(params.model, params.text)
     cal = encode_prompts(encoder, [f"a photo of object {i}" for i in range(4)], batch_size=4)
     train = encode_prompts(encoder, [f"a painting of scene {i}" for i in range(4)], batch_size=4)
 
