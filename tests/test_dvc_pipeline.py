@@ -141,8 +141,8 @@ def queued_runs() -> list:
 # The stages B runs again, forced, before its experiments: those whose bytes no other test re-makes in
 # a process of its own (reference, ablate and capture: test_distributed_stages.py, byte for byte — its
 # solve, sandwich and evaluate only within float tolerance; capture and sandwich: test_crash_safety.py).
-# Not yet here, though the twin run this replaced covered them: solve@1, endpoints, export, baseline.
-FORCED = ("encode", "base", "rank", "plan", "assemble", "evaluate", "sweep")
+FORCED = ("encode", "base", "rank", "plan", "endpoints", "solve@1", "assemble", "evaluate", "export", "sweep",
+          "baseline")
 
 
 def twin(a: Path, b: Path) -> Path:
