@@ -10,6 +10,7 @@ by ``fastflux_core.params`` when FASTFLUX_PARAMS_LOG is set) must be covered by 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from pathlib import Path
@@ -27,6 +28,13 @@ def _module_file(name: str, root: Path) -> Path | None:
 
 def imports_of(path: Path, root: Path) -> set[Path]:
     """fastflux_core module files (not __init__) imported anywhere in ``path``."""
+    st = path.stat()
+    return set(_imports_of(path, root, (st.st_mtime_ns, st.st_size)))
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_of(path: Path, root: Path, stamp: tuple[int, int]) -> frozenset[Path]:
+    """:func:`imports_of`, parsed once per version of the file (``stamp``: it may be edited between calls)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
@@ -38,7 +46,7 @@ def imports_of(path: Path, root: Path) -> set[Path]:
             f = _module_file(name, root)
             if f is not None and f.name != "__init__.py":
                 out.add(f)
-    return out
+    return frozenset(out)
 
 
 def import_closure(script: Path, root: Path = ROOT) -> set[str]:

@@ -105,15 +105,16 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_stage_exits_nonzero_and_writes_nothing(tmp_path):
     shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns(".*"))
-    shutil.copytree(ROOT / "data" / "prompts", tmp_path / "data" / "prompts")  # the only inputs of encode
+    shutil.copytree(ROOT / "data" / "prompts", tmp_path / "data" / "prompts")  # what load_params checks
     d = _default()
     d["ratio"] = 2.0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
-    r = subprocess.run([sys.executable, "stages/encode.py"], cwd=tmp_path, capture_output=True, text=True,
+    # stage solve: a real process (its exit status), the stage whose imports are lightest
+    r = subprocess.run([sys.executable, "stages/solve.py", "1"], cwd=tmp_path, capture_output=True, text=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2
     assert "ratio" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "data" / "encoded").exists()
+    assert not (tmp_path / "data" / "solve").exists()
     assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]
 
 
