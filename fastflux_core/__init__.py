@@ -32,14 +32,14 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     flux          FLUX.1 (FluxTransformer2DModel): adapter, text encoders
     flux2         FLUX.2 (Flux2Transformer2DModel: dev, klein): adapter on FLUX.1's layout, text encoder, VAE codec
     sd3           SD3 / SD3.5 (SD3Transformer2DModel): adapter, text encoders
-    families      which family a model, config or name belongs to; the embedded base's config
+    families      which family a model, config or name belongs to, and its adapter
     lora          peft LoRA on sandwich neighbours (paper Fig. 3)
 
 4. loading, generation, measurement
     preflight     params.yaml checked against the world: model folder, device, sizes, metrics, prompt files
     source        where the base model comes from (embedded default or a model folder); loaders
     text          text encoders and encoding a prompt set
-    shapes        sizes of a run without a model: configs, the blocks, sequence lengths, store bytes
+    shapes        sizes of a run without a model: configs, sequence lengths, store bytes
     sampling      seeded flow-matching generation
     metrics       FID (clean-fid or the judge's features), CLIP-style alignment, preference scores
     fidelity      each image against the base's from the same noise: PSNR, SSIM, LPIPS (torchmetrics)

@@ -57,11 +57,10 @@ class FluxAdapter(FluxLayout):
 
     def __init__(self, model: FluxTransformer2DModel):
         self.model = model
-        n_double = len(model.transformer_blocks)
-        n_single = len(model.single_transformer_blocks)
-        self.blocks: list[BlockRef] = [
-            BlockRef(i, "double", f"transformer_blocks.{i}") for i in range(n_double)
-        ] + [BlockRef(n_double + j, "single", f"single_transformer_blocks.{j}") for j in range(n_single)]
+        self.blocks: list[BlockRef] = self.block_refs(dict(model.config))  # as the layout reads the config
+        held = len(model.transformer_blocks) + len(model.single_transformer_blocks)
+        if len(self.blocks) != held:
+            raise ValueError(f"{type(model).__name__}: its config names {len(self.blocks)} blocks, it holds {held}")
 
     def __len__(self) -> int:
         return len(self.blocks)

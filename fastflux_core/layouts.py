@@ -6,7 +6,7 @@ Stages that need no more than these — ``validate`` sizing the run, ``rank`` an
 blocks (:func:`model_blocks`) — read them from config.json in a fraction of a second instead of importing diffusers (~4 s a
 process). The block adapters (:mod:`fastflux_core.flux`, :mod:`~fastflux_core.flux2`,
 :mod:`~fastflux_core.sd3`) subclass these classes, so each fact is written once;
-tests/test_layouts.py checks every layout against the adapter of a model built from the same config.
+tests/test_layouts.py checks every layout against a model built from the same config.
 
 >>> cfg = {"_class_name": "FluxTransformer2DModel", "num_layers": 2, "num_single_layers": 1, "in_channels": 64}
 >>> [b.name for b in layout_of_config(cfg).block_refs(cfg)], layout_of_config(cfg).latent_channels(cfg)
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastflux_core.blocks import BlockRef
-from fastflux_core.errors import loading
+from fastflux_core.errors import ModelFolderError, loading
 
 if TYPE_CHECKING:
     from fastflux_core.params import EmbeddedParams, ModelParams
@@ -198,11 +198,15 @@ class SD3Layout:
     model_class_name = "SD3Transformer2DModel"
     pipeline_class = "StableDiffusion3Pipeline"
     pruned_class = "PrunedSD3Transformer2DModel"
-    defaults = {"num_layers": 18, "in_channels": 16}
+    defaults = {"num_layers": 18, "in_channels": 16, "patch_size": 2}
     reference_configs: dict = {}  # none shipped: an SD3 budget reads the folder's configs
 
     @classmethod
     def block_refs(cls, config: dict) -> list[BlockRef]:
+        """Every block in execution order; a model whose patch is not a packed 2×2 token is refused."""
+        patch = config.get("patch_size", cls.defaults["patch_size"])
+        if patch != 2:
+            raise ValueError(f"SD3 adapter needs patch_size 2 (a patch is a packed 2×2 token), got {patch}")
         n = config.get("num_layers", cls.defaults["num_layers"])
         return [BlockRef(i, "final" if i == n - 1 else "joint", f"transformer_blocks.{i}") for i in range(n)]
 
@@ -264,13 +268,25 @@ def embedded_transformer_config(cfg: EmbeddedParams, latent_channels: int, text_
     return {"_class_name": cls.model_class_name, **cls.embedded_config(cfg, latent_channels, text_dims)}
 
 
-EMBEDDED_BASE_CONFIG = Path("data/base/transformer/config.json")  # what stage base writes
+EMBEDDED_BASE = Path("data/base")  # the embedded default's pipeline folder, as stage base writes it
+EMBEDDED_BASE_CONFIG = EMBEDDED_BASE / "transformer" / "config.json"
+
+
+def embedded_base() -> Path:
+    """The embedded base's folder, or one line saying which stage makes it."""
+    if not EMBEDDED_BASE_CONFIG.is_file():
+        raise ModelFolderError(f"embedded base model not found in {EMBEDDED_BASE}: run stage 'base' first (dvc repro base)")
+    return EMBEDDED_BASE
 
 
 def model_blocks(model: ModelParams) -> list[BlockRef]:
     """The base model's blocks, in execution order, from its config.json — the folder's, or the one
     stage base wrote for the embedded default — without diffusers or weights."""
-    path = EMBEDDED_BASE_CONFIG if model.source == "embedded" else model.path / "transformer" / "config.json"
-    with loading(path.parent):
+    root = embedded_base() if model.source == "embedded" else model.path
+    path = root / "transformer" / "config.json"
+    with loading(path.parent):  # unreadable: the folder is damaged (and which stage re-makes it)
         config = json.loads(path.read_text())
-    return layout_of_config(config).block_refs(config)
+    try:
+        return layout_of_config(config).block_refs(config)
+    except ValueError as err:
+        raise ModelFolderError(f"{path}: {err}") from None

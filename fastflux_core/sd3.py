@@ -63,12 +63,11 @@ class SD3Adapter(SD3Layout):
                      ("text_encoder_2", "CLIPTextModelWithProjection", 77), ("text_encoder_3", "T5EncoderModel", None))
 
     def __init__(self, model: SD3Transformer2DModel):
-        if model.config.patch_size != 2:
-            raise ValueError(f"SD3 adapter needs patch_size 2 (a patch is a packed 2×2 token), got {model.config.patch_size}")
         self.model = model
-        n = len(model.transformer_blocks)
-        self.blocks: list[BlockRef] = [BlockRef(i, "final" if i == n - 1 else "joint", f"transformer_blocks.{i}")
-                                       for i in range(n)]
+        self.blocks: list[BlockRef] = self.block_refs(dict(model.config))  # as the layout reads it; patch 2 only
+        if len(self.blocks) != len(model.transformer_blocks):
+            raise ValueError(f"{type(model).__name__}: its config names {len(self.blocks)} blocks, "
+                             f"it holds {len(model.transformer_blocks)}")
 
     def __len__(self) -> int:
         return len(self.blocks)

@@ -1,6 +1,7 @@
 """Where the base model comes from: the embedded default or a local FLUX.1-dev / SD3 folder.
 
-This is the only place that looks at ``model.source``. Everything downstream receives the same
+This is the only place that looks at ``model.source`` to load a model (:func:`fastflux_core.layouts.model_blocks`
+reads the same folder's config, for stages that need no model). Everything downstream receives the same
 objects either way — a transformer (whose family :func:`~fastflux_core.families.adapter_for` finds),
 a ``FlowMatchEulerDiscreteScheduler`` and a latent codec (the text encoder: :func:`fastflux_core.text.load_text_encoder`) — and runs the same code.
 Which transformer class a folder holds is read from its config (``_class_name``), so the embedded
@@ -21,13 +22,10 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from fastflux_core.codec import LatentCodec, PixelCodec
 from fastflux_core.errors import ModelFolderError, loading
 from fastflux_core.families import adapter_for, family, family_of_config
-from fastflux_core.layouts import model_blocks
+from fastflux_core.layouts import EMBEDDED_BASE, embedded_base, model_blocks  # noqa: F401 (EMBEDDED_BASE: stage base)
 from fastflux_core.params import ModelParams, Params
 from fastflux_core.placement import choose, place, resolve_device
 from fastflux_core.preflight import check_model_folder
-
-EMBEDDED_BASE = Path("data/base")
-
 
 def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
@@ -39,10 +37,7 @@ def model_root(cfg: ModelParams) -> Path:
         assert cfg.path is not None
         check_model_folder(cfg.path, cfg.source)
         return cfg.path
-    root = EMBEDDED_BASE
-    if not (root / "transformer" / "config.json").is_file():
-        raise ModelFolderError(f"embedded base model not found in {root}: run stage 'base' first (dvc repro base)")
-    return root
+    return embedded_base()
 
 
 def transformer_class(root: Path) -> type:

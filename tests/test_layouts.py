@@ -4,6 +4,7 @@ model built from that config — and the stages that need only it import no diff
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,10 +44,14 @@ def test_a_layout_says_what_the_adapter_of_the_built_model_finds(name, config):
     adapter, lay = adapter_for(model), layout_of_config(config)
     assert lay.block_refs(config) == adapter.blocks and len(adapter.blocks) > 0
     assert lay.block_refs(dict(model.config)) == adapter.blocks  # the config diffusers writes back
-    assert (lay.token_channels(config), lay.latent_channels(config)) == (
-        type(adapter).token_channels(dict(model.config)), type(adapter).latent_channels(dict(model.config)))
-    assert type(adapter).family == lay.family and issubclass(type(adapter), lay)
-    assert lay.model_class_name == type(model).__name__
+    # the channels against the model's own input layer: FLUX reads packed tokens, SD3 patches itself
+    if lay.family == "sd3":
+        assert lay.latent_channels(config) == model.pos_embed.proj.in_channels
+        assert lay.token_channels(config) == 4 * model.pos_embed.proj.in_channels
+        assert [b.kind == "final" for b in lay.block_refs(config)] == [blk.context_pre_only for blk in model.transformer_blocks]
+    else:
+        assert lay.token_channels(config) == model.x_embedder.in_features == 4 * lay.latent_channels(config)
+    assert issubclass(type(adapter), lay) and lay.model_class_name == type(model).__name__
 
 
 def test_every_family_has_a_layout_whose_defaults_are_diffusers():
@@ -57,6 +62,29 @@ def test_every_family_has_a_layout_whose_defaults_are_diffusers():
         signature = inspect.signature(family(name).model_class.__init__).parameters
         assert lay.defaults == {k: signature[k].default for k in lay.defaults}, name
         assert lay.block_refs({}) == lay.block_refs({k: signature[k].default for k in lay.defaults})
+
+
+def test_model_blocks_reads_the_folder_config_and_names_what_is_wrong(tmp_path, monkeypatch):
+    from fastflux_core.errors import ModelFolderError
+    from fastflux_core.layouts import SD3Layout, model_blocks
+    from fastflux_core.params import ModelParams
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFolderError, match=r"embedded base model not found in data/base: run stage 'base' first"):
+        model_blocks(ModelParams())
+    folder = tmp_path / "sd3"
+    (folder / "transformer").mkdir(parents=True)
+    config = folder / "transformer" / "config.json"
+    for written, want in (({"_class_name": "SD3Transformer2DModel", "num_layers": 3}, ["j00", "j01", "f02"]),
+                          ({"_class_name": "SD3Transformer2DModel", "patch_size": 1}, "needs patch_size 2"),
+                          ({"_class_name": "UNet2DConditionModel"}, "no block adapter for a transformer of class")):
+        config.write_text(json.dumps(written))
+        cfg = ModelParams.model_construct(source="sd3", path=folder)  # the folder's other files are preflight's
+        if isinstance(want, list):
+            assert [b.name for b in model_blocks(cfg)] == want == [b.name for b in SD3Layout.block_refs(written)]
+        else:
+            with pytest.raises(ModelFolderError, match=f"config.json: .*{want}"):
+                model_blocks(cfg)
 
 
 def test_a_pruned_exports_class_name_has_its_familys_layout():
