@@ -355,16 +355,12 @@ def reset(ws: Path, master: Path) -> None:
     for rel in sorted(set(have) - set(want), reverse=True):  # children before their folder
         (shutil.rmtree if have[rel][0] == "dir" else os.unlink)(ws / rel)
     for rel in sorted(want):  # folders before their children
-        kind, target = want[rel][0], ws / rel
-        if have.get(rel) == want[rel] or (kind == "dir" and have.get(rel, ("",))[0] == "dir"):
-            if kind == "dir":
-                os.chmod(target, want[rel][1])
+        if have.get(rel) == want[rel]:
             continue
-        if rel in have and have[rel][0] != kind:
+        kind, target = want[rel][0], ws / rel
+        if rel in have and (have[rel][0] != kind or kind == "link"):
             (shutil.rmtree if have[rel][0] == "dir" else os.unlink)(target)
         if kind == "link":
-            if target.is_symlink():
-                target.unlink()
             os.symlink(want[rel][1], target)
         elif kind == "dir":
             target.mkdir(exist_ok=True)
