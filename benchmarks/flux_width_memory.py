@@ -30,7 +30,7 @@ import yaml
 from common import report
 
 from fastflux_core import stage_peaks
-from fastflux_core.params import parse_params
+from fastflux_core.params_file import parse_params
 from fastflux_core.rehearsal import example_params
 
 GiB = 2**30

@@ -28,7 +28,7 @@ from common import report
 from fastflux_core.ablation import ablate_block
 from fastflux_core.importance import rank, spearman
 from fastflux_core.layouts import model_blocks
-from fastflux_core.params import parse_params
+from fastflux_core.params_file import parse_params
 from fastflux_core.preflight import load_params
 from fastflux_core.prompts import PromptEmbeds
 from fastflux_core.reference import make_reference

@@ -39,7 +39,7 @@ def worker(args: argparse.Namespace) -> None:
     from fastflux_core.codec import PixelCodec
     from fastflux_core.embedded import build_model, build_scheduler
     from fastflux_core.layouts import EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS
-    from fastflux_core.params import parse_params
+    from fastflux_core.params_file import parse_params
     from fastflux_core.placement import resolve_device
     from fastflux_core.prompts import PromptEmbeds, prompt_items
     from fastflux_core.reference import generate_with

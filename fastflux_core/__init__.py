@@ -8,7 +8,8 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
 
 1. foundations — what everything else is built of
     errors        user-fixable errors; integrity of what a stage reads (damaged files, NaN, digests)
-    params        the one schema for params.yaml, and reading it
+    params        the one schema for params.yaml
+    params_file   reading params.yaml: YAML without duplicate keys, then the schema; one error line
     io            atomic outputs, verified safetensors and JSON, CSV, PNG, stage timings
     blocks        the block-level interface to a transformer (BlockAdapter, BlockState, ModelInputs)
     pruned_flux   the exported pruned transformers and the BRLL block (self-contained: ships with exports)

@@ -34,7 +34,8 @@ from fastflux_core.errors import FastFluxError
 from fastflux_core.fake_gpu import OverLimit, stop_above
 from fastflux_core.families import adapter_for
 from fastflux_core.io import atomic_file
-from fastflux_core.params import capture_schedule, importance_sampling, n_replaced, read_params
+from fastflux_core.params import capture_schedule, importance_sampling, n_replaced
+from fastflux_core.params_file import read_params
 from fastflux_core.placement import DeviceMemoryError, Placement
 from fastflux_core.preflight import prompt_counts
 from fastflux_core.prompts import SETS
@@ -137,7 +138,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     Training its rounds' boundary states and each batch's samples (unevenly: :func:`busiest_share`)."""
     shapes = Shapes.of(params)
     n_blocks = len(block_kinds(params))
-    counts = prompt_counts(params, assumed)
+    counts = prompt_counts(params.prompts, assumed)
     items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
     steps, dtype_bytes = params.sampling.steps, model_dtype(params).itemsize
     k_steps = len(params.steps) or math.floor(params.max_ratio * n_blocks)
@@ -204,7 +205,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     place_c, cap = best("capture", lambda p: measure_sampling(params, p, capture=True))
     n_sched = len(capture_schedule(params.capture.timesteps, steps))
     c = params.capture
-    store = capture_bytes(params, shapes, items)
+    store = capture_bytes(params.capture, params.sampling, shapes, items)
     unit = capture_unit(batch, n_sched, c.shard_samples)
     share_c = {k: rank_share(items[k], unit, gpus) for k in ("calibration", "training")}
     if c.inputs == "noised":  # the full model's trajectories once; then per step one forward per captured
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.bud
     if args.gpus < 1:
         ap.error(f"--gpus must be at least 1, got {args.gpus}")
     assumed = _prompt_counts(ap, args.prompts)
-    params = read_params(args.params, trace=False)
+    params = read_params(args.params)
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise FastFluxError(f"--json {args.json}: the folder {Path(args.json).resolve().parent} does not exist")
     gb = args.gpu_memory_gb or params.model.gpu_memory_gb

@@ -32,7 +32,7 @@ from fastflux_core.fidelity import Lpips, fidelity_scores
 from fastflux_core.families import adapter_for
 from fastflux_core.io import read_json
 from fastflux_core.metrics import FeatureStats, image_features, item_scores, load_quality, preference_scorers
-from fastflux_core.params import EvaluateParams, Params
+from fastflux_core.params import EvaluateParams, Params, SamplingParams
 from fastflux_core.placement import choose, placed, resolve_device
 from fastflux_core.prompts import PromptEmbeds, derive_seed, prompt_items
 from fastflux_core.reference import (ITEMS_FILE, generate_with, load_item_scores, load_reference_images,
@@ -44,13 +44,14 @@ from fastflux_core.stage import World
 from fastflux_core.stats import fid_readings, frechet_distance, mean_readings
 
 
-def forward_inputs(params: Params, model, codec: LatentCodec, embeds: PromptEmbeds, device: torch.device) -> ModelInputs:
-    """Inputs of one denoising call at the sampling resolution, batch 1, mid-schedule, on ``device``."""
+def forward_inputs(sampling: SamplingParams, model, codec: LatentCodec, embeds: PromptEmbeds,
+                   device: torch.device) -> ModelInputs:
+    """Inputs of one denoising call at ``sampling``'s resolution, batch 1, mid-schedule, on ``device``."""
     dtype = model.dtype
-    h, w = latent_size(params.sampling.height, params.sampling.width, codec.scale_factor)
+    h, w = latent_size(sampling.height, sampling.width, codec.scale_factor)
     n_img = (h // 2) * (w // 2)
     g = torch.Generator().manual_seed(0)
-    guidance = torch.full((1,), params.sampling.guidance_scale, device=device) if adapter_for(model).uses_guidance else None
+    guidance = torch.full((1,), sampling.guidance_scale, device=device) if adapter_for(model).uses_guidance else None
     return ModelInputs(
         hidden_states=torch.randn(1, n_img, 4 * codec.latent_channels, generator=g).to(device, dtype),
         encoder_hidden_states=embeds.prompt_embeds[:1].to(device, dtype),
@@ -148,7 +149,7 @@ class Evaluator:
             self.ref_model = FeatureStats.of(feats)
         # the base's images of the same items, in item order: fidelity (PSNR, SSIM, LPIPS) is against them
         self.base_images = load_reference_images(reference)[: len(self.items)] if world.is_main else None
-        self.x = forward_inputs(params, self.base, self.codec, embeds, self.device) if world.is_main else None
+        self.x = forward_inputs(params.sampling, self.base, self.codec, embeds, self.device) if world.is_main else None
 
     def on_device(self, model):
         """Context holding ``model`` on the device (resident or offloaded), on the host after."""

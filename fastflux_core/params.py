@@ -1,45 +1,21 @@
-"""The one schema for params.yaml, and reading it.
+"""The one schema for params.yaml: a pydantic section per stage concern, and the whole file.
 
-:func:`read_params` reads the YAML and validates it against the schema, so a typo, a wrong type or an
-out-of-range value stops a stage *before* it writes anything, with an error that names the key. What
-needs more than the file itself — the model folder, the device, the prompt files — is checked by
-:func:`fastflux_core.preflight.load_params`, which stages call; this module imports nothing of
-FastFLUX's but its errors.
-
->>> s = {"file": "prompts.txt"}
->>> required = {"prompts": dict(calibration=s, training=s, evaluation=s, importance=s),
-...             "importance": {"blocks": [0, 1, 2]}}
->>> p = parse_params({"ratio": 0.1, **required})
->>> p.ratio, p.model.source, p.importance.alpha
-(0.1, 'embedded', 0.5)
->>> try:
-...     parse_params({"ratoi": 0.1, **required})
-... except ParamsError as err:
-...     print(err)
-invalid parameters in params: ratoi: unknown key
+Reading the file is :mod:`fastflux_core.params_file` (:func:`~fastflux_core.params_file.read_params`:
+YAML, then this schema, so a typo, a wrong type or an out-of-range value stops a stage *before* it
+writes anything, with an error that names the key); what needs more than the file — the model
+folder, the device, the prompt files — is :func:`fastflux_core.preflight.load_params`, which stages
+call. Which keys a stage reads is recorded from outside, by the deps check's tracer
+(tests/trace_params/sitecustomize.py). This module imports nothing of FastFLUX's.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import os
-import sys
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Literal, Union, get_args, get_origin
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fastflux_core.errors import ParamsError
-
-
-# Which params a stage reads, recorded when FASTFLUX_PARAMS_LOG names a folder: the test that keeps
-# dvc.yaml's ``params:`` lists complete compares them (a stage reading an undeclared key would be
-# served stale by DVC after that key changes). id(section) → its dotted path; None: not recording.
-_TRACED: dict[int, str] | None = None
-_READ: set[str] = set()
 
 
 class _Strict(BaseModel):
@@ -65,14 +41,6 @@ class _Strict(BaseModel):
             if kind is bool and not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, not {value!r}")
         return data
-
-    def __getattribute__(self, name: str):
-        value = object.__getattribute__(self, name)
-        if _TRACED is not None and name in type(self).model_fields and not isinstance(value, _Strict):
-            path = _TRACED.get(id(self))
-            if path is not None:
-                _READ.add(f"{path}.{name}" if path else name)
-        return value
 
 
 class ModelParams(_Strict):
@@ -571,93 +539,3 @@ def n_replaced(ratio: float, n_blocks: int) -> int:
     [2, 5, 8, 11, 14, 17]
     """
     return int(ratio * n_blocks + 1e-9)
-
-
-def _describe(err: ValidationError, source: str) -> str:
-    """One line: every offending key and why (pydantic's own messages, 'unknown key' for typos)."""
-    problems = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else " ".join(e["msg"].split())
-        problems.append(f"{key}: {msg.removeprefix('Value error, ')}")
-    return f"invalid parameters in {source}: " + "; ".join(problems)
-
-
-def parse_params(data: object, source: str = "params") -> Params:
-    """Validate a mapping (as read from YAML) into :class:`Params`, raising :class:`ParamsError`."""
-    if not isinstance(data, dict):
-        raise ParamsError(f"{source} must be a mapping at the top level, got {type(data).__name__}")
-    try:
-        return Params.model_validate(data)
-    except ValidationError as err:
-        raise ParamsError(_describe(err, source)) from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last
-    silently: ``ratio: 0.1`` far below ``ratio: 0.2`` would win unnoticed)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def read_params(path: str | Path = "params.yaml", trace: bool = True) -> Params:
-    """Read ``path`` and validate it against the schema (:func:`parse_params`); a YAML key given twice,
-    a file that is not UTF-8 YAML or a missing file is one :class:`ParamsError` line. With ``trace``,
-    the keys read from then on are recorded (:func:`record_reads`); a caller that checks the whole file
-    first passes ``trace=False`` and starts recording after its checks."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"parameter file not found: {path}")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except UnicodeDecodeError as err:
-        raise ParamsError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
-    params = parse_params(data, str(path))
-    if trace:
-        record_reads(params)
-    return params
-
-
-def record_reads(params: Params) -> None:
-    """With ``FASTFLUX_PARAMS_LOG`` set (the deps check), record every key of ``params`` this process
-    reads from now on, to compare with the stage's ``params:`` list in dvc.yaml."""
-    if os.environ.get("FASTFLUX_PARAMS_LOG"):
-        _trace(params)
-
-
-def _trace(params: Params) -> None:
-    """Record every params key this process reads from now on; write them out at exit."""
-    global _TRACED
-    _TRACED = {}
-
-    def walk(model: BaseModel, path: str) -> None:
-        _TRACED[id(model)] = path
-        for name in type(model).model_fields:
-            value, sub = object.__getattribute__(model, name), f"{path}.{name}" if path else name
-            if isinstance(value, BaseModel):
-                walk(value, sub)
-            elif isinstance(value, dict):
-                for key, child in value.items():
-                    if isinstance(child, BaseModel):
-                        walk(child, f"{sub}.{key}")
-
-    walk(params, "")
-    folder = Path(os.environ["FASTFLUX_PARAMS_LOG"])
-    script = Path(sys.argv[0]).stem
-    record = {"script": script, "argv": sys.argv[1:]}
-
-    def dump() -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{script}-{os.getpid()}.json").write_text(json.dumps({**record, "read": sorted(_READ)}))
-
-    atexit.register(dump)

@@ -1,7 +1,7 @@
 """Checks that need more than params.yaml itself: the model folder, the device, image sizes the
 model and the metrics can take, the prompt files the judge reads, the real-images folder.
 
-:func:`load_params` runs them after the schema (:func:`fastflux_core.params.read_params`) and the
+:func:`load_params` runs them after the schema (:func:`fastflux_core.params_file.read_params`) and the
 prompt sets' disjointness, so every stage — and the ``validate`` stage that ``dvc repro`` runs first,
 every time — refuses a setup that would fail later (a prompt the judge cannot read used to fail after
 every image had been generated). Stage ``validate`` then checks the run's resources
@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastflux_core.errors import FastFluxError, ModelFolderError
-from fastflux_core.params import importance_sampling, read_params, record_reads
+from fastflux_core.params import importance_sampling
+from fastflux_core.params_file import read_params
 from fastflux_core.placement import check_device
 from fastflux_core.prompts import check_disjoint, label_of, read_prompt_file
 
 if TYPE_CHECKING:
-    from fastflux_core.params import ModelParams, Params
+    from fastflux_core.params import ModelParams, Params, PromptParams, SamplingParams
 
 FLUX_CONFIGS = {  # sub-folder → a config file diffusers/transformers needs there
     "transformer": "config.json", "scheduler": "scheduler_config.json", "vae": "config.json",
@@ -170,39 +171,37 @@ def check(params: "Params") -> None:
     if params.model.source != "embedded":
         assert params.model.path is not None
         check_model_folder(params.model.path, params.model.source)
-        check_guidance(params)
+        check_guidance(params.model, params.sampling)
     check_sizes(params)
     check_metrics(params)
 
 
-def check_guidance(params: "Params") -> None:
+def check_guidance(model: "ModelParams", sampling: "SamplingParams") -> None:
     """A folder model without guidance embedding (FLUX.2-klein, FLUX.1-schnell) takes no distilled
     guidance, and classifier-free guidance is not implemented yet: a ``sampling.guidance_scale`` other
     than 1 would be silently ignored — refused."""
-    config = read_config(params.model.path / "transformer" / "config.json", "model folder")
-    if params.model.source in ("flux", "flux2") and not config.get("guidance_embeds", False) \
-            and params.sampling.guidance_scale != 1.0:
-        raise FastFluxError(f"sampling.guidance_scale={params.sampling.guidance_scale}, but {params.model.path} has no "
+    config = read_config(model.path / "transformer" / "config.json", "model folder")
+    if model.source in ("flux", "flux2") and not config.get("guidance_embeds", False) and sampling.guidance_scale != 1.0:
+        raise FastFluxError(f"sampling.guidance_scale={sampling.guidance_scale}, but {model.path} has no "
                             f"guidance embedding (guidance_embeds: false, e.g. FLUX.2-klein or FLUX.1-schnell) and "
                             f"classifier-free guidance is not implemented yet: set sampling.guidance_scale: 1.0")
 
 
-def prompt_counts(params: "Params", assumed: dict[str, int]) -> dict[str, int]:
+def prompt_counts(prompts: "PromptParams", assumed: dict[str, int]) -> dict[str, int]:
     """Prompts per set: from the prompt files when they exist, else ``assumed`` (the budget's guess
     for a run whose prompt files are not written yet)."""
     out = {}
     for name in ("calibration", "training", "importance", "evaluation"):
-        f = getattr(params.prompts, name).file
+        f = getattr(prompts, name).file
         out[name] = len(read_prompt_file(f)) if Path(f).is_file() else assumed[name]
     return out
 
 
 def load_params(path: str | Path = "params.yaml") -> "Params":
-    """Read and validate params.yaml: the schema (:func:`fastflux_core.params.read_params`), then that
+    """Read and validate params.yaml: the schema (:func:`fastflux_core.params_file.read_params`), then that
     the prompt sets are disjoint and the setup can run (:func:`check`: model folder, device, image
     size, metrics). Raises a :class:`FastFluxError` (one line) naming the offending key or file."""
-    params = read_params(path, trace=False)
+    params = read_params(path)
     check_disjoint(params.prompts)
     check(params)
-    record_reads(params)  # what the stage reads from here on: the checks read the whole file
     return params

@@ -47,9 +47,9 @@ def check_resources(params: Params, data: Path = Path("data"), assumed: dict[str
     ``assumed``: prompt counts of sets whose file is not written yet. First, that the model has the
     blocks ``importance.blocks`` names (:func:`check_blocks`)."""
     check_blocks(params)
-    counts = prompt_counts(params, assumed or {})  # validate: the prompt files exist (preflight)
+    counts = prompt_counts(params.prompts, assumed or {})  # validate: the prompt files exist (preflight)
     items = {k: counts[k] * getattr(params.prompts, k).images_per_prompt for k in counts}
-    need = 2 * len(params.steps) * capture_bytes(params, Shapes.of(params), items)
+    need = 2 * len(params.steps) * capture_bytes(params.capture, params.sampling, Shapes.of(params), items)
     data.mkdir(parents=True, exist_ok=True)
     held = sum(f.stat().st_size for f in (data / "capture").rglob("*") if f.is_file()) if (data / "capture").is_dir() else 0
     free = shutil.disk_usage(data).free + held

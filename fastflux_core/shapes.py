@@ -27,7 +27,7 @@ from fastflux_core.params import capture_schedule
 from fastflux_core.store import calibration_specs, estimate_bytes, training_specs
 
 if TYPE_CHECKING:
-    from fastflux_core.params import ModelParams, Params
+    from fastflux_core.params import CaptureParams, ModelParams, Params, SamplingParams
 
 def transformer_config(params: Params) -> dict:
     """The base transformer's config: the model folder's, the embedded base's, or (a folder not there
@@ -85,8 +85,8 @@ class Shapes:
                    latent_channels=fam.latent_channels(t), scale_factor=scale)
 
 
-def capture_bytes(params: Params, shapes: Shapes, items: dict[str, int]) -> int:
+def capture_bytes(c: CaptureParams, sampling: SamplingParams, shapes: Shapes, items: dict[str, int]) -> int:
     """Bytes of one capture@k's two stores (uncompressed), for ``items`` images per prompt set."""
-    c, n_sched = params.capture, len(capture_schedule(params.capture.timesteps, params.sampling.steps))
+    n_sched = len(capture_schedule(c.timesteps, sampling.steps))
     return (estimate_bytes(calibration_specs(shapes.dim, c.image_tokens, c.text_tokens), items["calibration"] * n_sched, c.dtype)
             + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels), items["training"] * n_sched, c.dtype))

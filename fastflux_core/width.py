@@ -53,7 +53,7 @@ from fastflux_core.families import adapter_for
 from fastflux_core.finish import finished_model
 from fastflux_core.lora import inject_lora, lora_parameters, target_regex
 from fastflux_core.metrics import QUALITY_KEYS
-from fastflux_core.params import Params, n_replaced
+from fastflux_core.params import BaselineParams, Params, n_replaced
 from fastflux_core.prompts import PromptEmbeds, derive_seed
 from fastflux_core.reference import load_reference_images
 from fastflux_core.source import load_transformer
@@ -221,18 +221,18 @@ def l1_model(params: Params, ev: Evaluator, states: list, n: int, inputs: Captur
     return metrics, {**_timing(lat_l1), "finetune_seconds": seconds}, images
 
 
-def matchings(params: Params, ours_flops_ratio: float) -> dict[str, float]:
+def matchings(baseline: BaselineParams, ours_flops_ratio: float) -> dict[str, float]:
     """The L1 models to build, by what they are matched on: their FLOPs targets. ``flops``: FastFLUX's
     FLOPs ratio; ``latency`` (when ``baseline.latency_flops_cut`` is set): the FLOPs ratio whose cut is
     that multiple of FastFLUX's — the multiple at which, at FLUX.1-dev's width, an L1 model is as fast as
     a FastFLUX model (``benchmarks/latency_match.py`` measures it).
 
     >>> from types import SimpleNamespace as NS
-    >>> matchings(NS(baseline=NS(latency_flops_cut=1.5)), 0.8)
+    >>> matchings(NS(latency_flops_cut=1.5), 0.8)
     {'flops': 0.8, 'latency': 0.7}
     """
     out = {"flops": ours_flops_ratio}
-    cut = params.baseline.latency_flops_cut
+    cut = baseline.latency_flops_cut
     if cut is not None:
         out["latency"] = round(1.0 - cut * (1.0 - ours_flops_ratio), 12)
     return out
@@ -250,7 +250,7 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
     metrics = {"n_pruned": n, "fastflux": _scores(q_ours, f_ours)}
     timings = {"fastflux": _timing(lat_ours)}
     columns = {"full": load_reference_images(ev.reference_dir), "FastFLUX": img_ours}
-    for match, target in matchings(params, f_ours["flops_ratio"]).items():
+    for match, target in matchings(params.baseline, f_ours["flops_ratio"]).items():
         key = "l1" if match == "flops" else f"l1_{match}"
         if target <= 0:  # no model has a FLOPs ratio ≤ 0: say so and go on (the FLOPs match still stands)
             metrics[key] = {"matched_on": match, "target_flops_ratio": target, "unreachable":

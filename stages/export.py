@@ -12,7 +12,7 @@ from pathlib import Path
 from fastflux_core.export_folder import contiguous_map, write_pipeline
 from fastflux_core.io import atomic_dir, read_json, write_json
 from fastflux_core.model_card import model_card
-from fastflux_core.params import read_params
+from fastflux_core.params_file import read_params
 from fastflux_core.stage import run_stage
 
 

@@ -2,7 +2,8 @@
 
 Code: a stage's script and every ``fastflux_core`` module it imports, transitively (function-level
 imports included), must be exactly its code deps. Params: every key a stage reads at run time (recorded
-by ``fastflux_core.params`` when FASTFLUX_PARAMS_LOG is set) must be covered by its ``params:`` list.
+by tests/trace_params/sitecustomize.py when FASTFLUX_PARAMS_LOG is set) must be covered by its ``params:``
+list.
 
     python tests/depcheck.py        # prints what dvc.yaml should list, and any disagreement
 """

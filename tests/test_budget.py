@@ -12,7 +12,7 @@ from tiny import tiny_transformer
 
 from fastflux_core import budget, fake_gpu, placement, resources, stage_peaks
 from fastflux_core.errors import FastFluxError
-from fastflux_core.params import parse_params
+from fastflux_core.params_file import parse_params
 from fastflux_core.placement import DeviceMemoryError, choose
 from fastflux_core.shapes import transformer_config
 
@@ -181,7 +181,7 @@ def test_the_params_the_estimator_reads_back_are_the_params_the_stage_holds(monk
     than the stage's. Non-default values in every section, the learning rate "auto" and a tuple included."""
     import subprocess
 
-    from fastflux_core.params import read_params
+    from fastflux_core.params_file import read_params
 
     d = yaml.safe_load((ROOT / "params.yaml").read_text())
     d["sandwich"]["learning_rate"] = "auto"
@@ -192,7 +192,7 @@ def test_the_params_the_estimator_reads_back_are_the_params_the_stage_holds(monk
     seen = {}
 
     def estimator(cmd, **kwargs):
-        seen["params"] = read_params(cmd[cmd.index("--params") + 1], trace=False)
+        seen["params"] = read_params(cmd[cmd.index("--params") + 1])
         return subprocess.CompletedProcess(cmd, 0, "resident\n", "")
 
     monkeypatch.setattr(placement.subprocess, "run", estimator)

@@ -37,6 +37,10 @@ SWITCHES = {  # every enum/boolean the embedded default can take, flipped from p
     "importance.steps": 2, "solve.replacement": "delete", "embedded.family": "sd3", "capture.inputs": "noised",
 }  # sandwich.train: false runs through DVC as the report's queued experiment (queued_runs, below)
 ONE_THREAD = {**ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+# every stage process records the params keys it reads (tests/trace_params/sitecustomize.py, for
+# test_every_params_key_a_stage_reads_is_declared)
+TRACE_PARAMS = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "trace_params"),
+                                               *filter(None, [os.environ.get("PYTHONPATH")])])}
 GIT_ENV = ("PATH", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
 
 
@@ -111,7 +115,7 @@ def start_runs(root: Path) -> dict:
         repo = _make_repo(root / name, switched=name == "C")
         log = open(root / f"log-{name}.txt", "w")  # a file, not a pipe: nobody reads while the unit tests run
         proc = subprocess.Popen(["dvc", "repro"], cwd=repo, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                env={**ONE_THREAD, "FASTFLUX_PARAMS_LOG": str(root / f"params-{name}")})
+                                env={**ONE_THREAD, **TRACE_PARAMS, "FASTFLUX_PARAMS_LOG": str(root / f"params-{name}")})
         started[name] = (repo, proc)
     return {"root": root, "started": started}
 

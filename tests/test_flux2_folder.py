@@ -15,7 +15,7 @@ from fastflux_core import preflight, source, text
 from fastflux_core.errors import ModelFolderError, ParamsError
 from fastflux_core.export_folder import load_pipeline
 from fastflux_core.families import adapter_for
-from fastflux_core.params import parse_params
+from fastflux_core.params_file import parse_params
 from fastflux_core.prompts import prompt_items
 from fastflux_core.sampling import initial_noise, latent_size, sample_latents
 from fastflux_core.text import encode_prompts
@@ -169,7 +169,7 @@ def test_capture_solve_sandwich_assemble_reload_on_a_flux2_folder(tiny_flux2_fol
                              "pruned": "PrunedFlux2Transformer2DModel"}
     reloaded = load_pruned(tmp_path / "pruned" / "transformer")
     in_memory = pruned_model(params, states, 1)[0].model
-    x = forward_inputs(params, in_memory, source.load_codec(params.model, in_memory), train, torch.device("cpu"))
+    x = forward_inputs(params.sampling, in_memory, source.load_codec(params.model, in_memory), train, torch.device("cpu"))
     torch.testing.assert_close(call_model(reloaded, x), call_model(in_memory, x), rtol=1e-6, atol=1e-6)
 
 
@@ -202,9 +202,10 @@ def test_a_guidance_scale_a_klein_folder_would_ignore_is_refused(tiny_flux2_fold
     other than 1 would change nothing — stage validate says so instead."""
     from fastflux_core.errors import FastFluxError
 
+    refused, taken = (_flux2_params(tiny_flux2_folder, guidance_scale=g) for g in (3.5, 1.0))
     with pytest.raises(FastFluxError, match=r"sampling.guidance_scale=3.5, but .* has no guidance embedding"):
-        preflight.check_guidance(_flux2_params(tiny_flux2_folder, guidance_scale=3.5))
-    preflight.check_guidance(_flux2_params(tiny_flux2_folder, guidance_scale=1.0))
+        preflight.check_guidance(refused.model, refused.sampling)
+    preflight.check_guidance(taken.model, taken.sampling)
 
 
 def test_a_prompt_is_counted_inside_its_chat_template(tiny_flux2_folder, capsys):

@@ -10,7 +10,7 @@ import yaml
 from fastflux_core import preflight, source, text
 from fastflux_core.errors import ModelFolderError
 from fastflux_core.flux import FluxAdapter
-from fastflux_core.params import parse_params
+from fastflux_core.params_file import parse_params
 from fastflux_core.prompts import prompt_items
 from fastflux_core.sampling import sample_latents
 from fastflux_core.text import encode_prompts

@@ -12,7 +12,7 @@ from fastflux_core.capture import capture_step
 from fastflux_core.chain import ChainState, load_solution, make_plan
 from fastflux_core.evaluation import call_model, forward_inputs
 from fastflux_core.export import load_pruned
-from fastflux_core.params import parse_params
+from fastflux_core.params_file import parse_params
 from fastflux_core.rehearsal import write_flux_width_folder
 from fastflux_core.sandwich import train_sandwich
 from fastflux_core.solve import save_solution, solve_store
@@ -72,5 +72,5 @@ def test_capture_solve_sandwich_assemble_reload_at_flux_width(flux_width, tmp_pa
     assert reloaded.dtype == torch.bfloat16 and reloaded.config.num_attention_heads * reloaded.config.attention_head_dim == 3072
     in_memory = pruned_model(params, states, 1)[0].model
     codec = source.load_codec(params.model, in_memory)
-    x = forward_inputs(params, in_memory, codec, train, torch.device("cpu"))
+    x = forward_inputs(params.sampling, in_memory, codec, train, torch.device("cpu"))
     torch.testing.assert_close(call_model(reloaded, x), call_model(in_memory, x), rtol=0, atol=0)  # bit-exact round trip

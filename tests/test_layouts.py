@@ -101,10 +101,10 @@ def test_stages_validate_rank_and_plan_import_no_diffusers():
             "for s in ('validate', 'rank', 'plan'):\n"
             "    src = open(f'stages/{s}.py').read().split('def main')[0]\n"
             "    exec(compile(src, s, 'exec'), {})\n"
-            "from fastflux_core.params import read_params\n"  # and what validate's checks compute with
+            "from fastflux_core.params_file import read_params\n"  # and what validate's checks compute with
             "from fastflux_core.resources import check_blocks\n"
             "from fastflux_core.shapes import Shapes\n"
-            "p = read_params('params.yaml', trace=False)\n"
+            "p = read_params('params.yaml')\n"
             "check_blocks(p)\n"
             "Shapes.of(p)\n"
             "print(sorted(m for m in ('diffusers', 'peft', 'transformers') if m in sys.modules))\n")

@@ -11,7 +11,7 @@ import yaml
 from tiny import repo_params
 
 from fastflux_core.errors import ParamsError
-from fastflux_core.params import parse_params
+from fastflux_core.params_file import parse_params
 from fastflux_core.preflight import load_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from tiny import Payload
 from fastflux_core.errors import FastFluxError, ParamsError
 from fastflux_core.metrics import Quality, item_scores
 from fastflux_core.preference import PreferenceScorer
-from fastflux_core.params import parse_params
+from fastflux_core.params_file import parse_params
 
 STAND_IN = '''
 import numpy as np

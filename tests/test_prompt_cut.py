@@ -11,7 +11,7 @@ import torch
 
 from fastflux_core import digits
 from fastflux_core.errors import FastFluxError
-from fastflux_core.params import read_params
+from fastflux_core.params_file import read_params
 from fastflux_core.prompts import SETS, read_prompt_file
 from fastflux_core.text import MiniLMTextEncoder, check_cut
 
@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def encoder():
-    return MiniLMTextEncoder(read_params(ROOT / "params.yaml", trace=False).text.max_sequence_length, torch.device("cpu"))
+    return MiniLMTextEncoder(read_params(ROOT / "params.yaml").text.max_sequence_length, torch.device("cpu"))
 
 
 def test_the_defaults_prompts_and_captions_are_not_cut(encoder, monkeypatch):
     monkeypatch.chdir(ROOT)
-    params = read_params("params.yaml", trace=False)
+    params = read_params("params.yaml")
     for name in SETS:
         file = getattr(params.prompts, name).file
         assert check_cut(encoder, read_prompt_file(file), file, digits=True) == {}, file

@@ -12,7 +12,7 @@ from fastflux_core import preflight, source, stage_peaks, text
 from fastflux_core.errors import ModelFolderError
 from fastflux_core.export_folder import load_pipeline
 from fastflux_core.families import adapter_for
-from fastflux_core.params import parse_params
+from fastflux_core.params_file import parse_params
 from fastflux_core.prompts import prompt_items
 from fastflux_core.sampling import initial_noise, latent_size, sample_latents
 from fastflux_core.text import encode_prompts
@@ -173,5 +173,5 @@ def test_capture_solve_sandwich_assemble_reload_on_an_sd3_folder(tiny_sd3_folder
     assert rec["replaced_blocks"][0]["kind"] == "final" and rec["family"]["pipeline"] == "StableDiffusion3Pipeline"
     reloaded = load_pruned(tmp_path / "pruned" / "transformer")
     in_memory = pruned_model(params, states, 1)[0].model
-    x = forward_inputs(params, in_memory, source.load_codec(params.model, in_memory), train, torch.device("cpu"))
+    x = forward_inputs(params.sampling, in_memory, source.load_codec(params.model, in_memory), train, torch.device("cpu"))
     torch.testing.assert_close(call_model(reloaded, x), call_model(in_memory, x), rtol=0, atol=0)

@@ -220,7 +220,7 @@ def repo_params() -> dict:
 
 def tiny_params(**overrides):
     """params.yaml with the chain sized for a 5-block model (3 steps) and tiny capture/training."""
-    from fastflux_core.params import parse_params
+    from fastflux_core.params_file import parse_params
 
     d = repo_params()
     d["importance"]["blocks"] = [0, 1, 2, 3, 4]
