@@ -33,6 +33,7 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     flux          FLUX.1 (FluxTransformer2DModel): adapter, text encoders
     flux2         FLUX.2 (Flux2Transformer2DModel: dev, klein): adapter on FLUX.1's layout, text encoder, VAE codec
     sd3           SD3 / SD3.5 (SD3Transformer2DModel): adapter, text encoders
+    qwenimage     Qwen-Image (QwenImageTransformer2DModel): adapter on FLUX.1's double-block kind, text mask
     families      which family a model, config or name belongs to, and its adapter
     lora          peft LoRA on sandwich neighbours (paper Fig. 3)
 

@@ -7,13 +7,16 @@ model's whole state is a :class:`BlockState`:
     hidden_states          (B, N_img, D)   image stream
     encoder_hidden_states  (B, N_txt, D)   text stream
     temb                   (B, D)          timestep (+ guidance) + pooled-text embedding
-    image_rotary_emb       (cos, sin), each (N_txt + N_img, head_dim) — FLUX; None for SD3
+    image_rotary_emb       (cos, sin), each (N_txt + N_img, head_dim) — FLUX; None for SD3;
+                           Qwen-Image: complex (img_freqs, txt_freqs)
+    text_mask              (B, N_txt) bool, False at padded text tokens — Qwen-Image; None elsewhere
 
 Everything family-specific — which modules are blocks, how the model's inputs become the first
 state, how a block is called, what follows the last one, which linears LoRA targets, how the
 pipeline schedules its timesteps — lives in one module per model family behind
-:class:`BlockAdapter`: :mod:`fastflux_core.flux` (``FluxTransformer2DModel``) and
-:mod:`fastflux_core.sd3` (``SD3Transformer2DModel``, SD3 and SD3.5). Stages only talk to this
+:class:`BlockAdapter`: :mod:`fastflux_core.flux` (``FluxTransformer2DModel``), :mod:`fastflux_core.flux2`
+(``Flux2Transformer2DModel``), :mod:`fastflux_core.sd3` (``SD3Transformer2DModel``, SD3 and SD3.5) and
+:mod:`fastflux_core.qwenimage` (``QwenImageTransformer2DModel``). Stages only talk to this
 interface; :mod:`fastflux_core.families` picks the family: :func:`~fastflux_core.families.adapter_for`
 from the model, :func:`~fastflux_core.families.family` from its name. This module is below the
 families (they implement it), the registry above them.
@@ -71,6 +74,7 @@ class BlockState:
     encoder_hidden_states: torch.Tensor  # (B, N_txt, D)
     temb: torch.Tensor  # (B, D)
     image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin: (N_txt + N_img, head_dim); SD3: None
+    text_mask: torch.Tensor | None = None  # (B, N_txt) bool, False at padding: Qwen-Image's; None: no padding
 
     def with_streams(self, encoder_hidden_states: torch.Tensor, hidden_states: torch.Tensor) -> "BlockState":
         return replace(self, hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states)

@@ -1,12 +1,11 @@
 """Which model family a transformer, a config or a name belongs to, and its block adapter.
 
 The registry above the families: each family module (:mod:`fastflux_core.flux`,
-:mod:`fastflux_core.flux2`, :mod:`fastflux_core.sd3`) implements :class:`fastflux_core.blocks.BlockAdapter`
-and knows nothing of the others — but FLUX.2, which keeps FLUX.1's block layout and builds on its
+:mod:`fastflux_core.flux2`, :mod:`fastflux_core.sd3`, :mod:`fastflux_core.qwenimage`) implements
+:class:`fastflux_core.blocks.BlockAdapter` and knows nothing of the others — but FLUX.2, which keeps FLUX.1's block layout and builds on its
 adapter; this module lists them. What a family's config says without diffusers (names, block layout,
 channels, the embedded base's config) is its layout (:mod:`fastflux_core.layouts`), which its adapter
-subclasses. A new family (Qwen-Image) is one more module, one more layout and one more entry in
-:data:`ADAPTERS`.
+subclasses. A new family is one more module, one more layout and one more entry in :data:`ADAPTERS`.
 
 >>> family("sd3").model_class.__name__, family_of_config({"_class_name": "FluxTransformer2DModel"}).family
 ('SD3Transformer2DModel', 'flux')
@@ -20,9 +19,11 @@ from fastflux_core.blocks import BlockAdapter
 from fastflux_core.flux import FluxAdapter
 from fastflux_core.flux2 import Flux2Adapter
 from fastflux_core.layouts import layout_of_config
+from fastflux_core.qwenimage import QwenImageAdapter
 from fastflux_core.sd3 import SD3Adapter
 
-ADAPTERS: dict[str, type] = {"flux": FluxAdapter, "flux2": Flux2Adapter, "sd3": SD3Adapter}
+ADAPTERS: dict[str, type] = {"flux": FluxAdapter, "flux2": Flux2Adapter, "sd3": SD3Adapter,
+                             "qwenimage": QwenImageAdapter}
 FAMILIES = tuple(ADAPTERS)
 
 

@@ -128,6 +128,22 @@ FLUX2_DEV_TRANSFORMER = {
     "timestep_guidance_channels": 256,
 }
 
+# Qwen-Image's transformer (Qwen/Qwen-Image, transformer/config.json): the defaults of diffusers'
+# QwenImageTransformer2DModel, which are that model's. For the budget of a run whose folder is not
+# there yet; a real folder's own config always wins.
+QWEN_IMAGE_TRANSFORMER = {
+    "_class_name": "QwenImageTransformer2DModel",
+    "attention_head_dim": 128,
+    "axes_dims_rope": [16, 56, 56],
+    "guidance_embeds": False,
+    "in_channels": 64,
+    "joint_attention_dim": 3584,
+    "num_attention_heads": 24,
+    "num_layers": 60,
+    "out_channels": 16,
+    "patch_size": 2,
+}
+
 
 class FluxLayout:
     """FLUX.1 (``FluxTransformer2DModel``): ``num_layers`` double-stream blocks, then
@@ -236,7 +252,57 @@ class SD3Layout:
                 "dual_attention_layers": list(cfg.sd3.dual_attention_layers), "qk_norm": cfg.sd3.qk_norm}
 
 
-LAYOUTS: dict[str, type] = {c.family: c for c in (FluxLayout, Flux2Layout, SD3Layout)}
+class QwenImageLayout:
+    """Qwen-Image (``QwenImageTransformer2DModel``): ``num_layers`` double-stream blocks (60), each with
+    its own modulation, as FLUX.1's double blocks; latents packed 2×2 into tokens before the model, in
+    FLUX.1's channel order. Variants whose forward differs — Qwen-Image-Edit-2511's ``zero_cond_t``
+    (a second, zero-timestep modulation for reference-image tokens), the layered model's
+    ``use_additional_t_cond``, a guidance embedding — are refused by name."""
+
+    family = "qwenimage"
+    model_class_name = "QwenImageTransformer2DModel"
+    pipeline_class = "QwenImagePipeline"
+    pruned_class = "PrunedQwenImageTransformer2DModel"
+    defaults = {"num_layers": 60, "in_channels": 64, "patch_size": 2}
+    reference_configs = {"transformer": QWEN_IMAGE_TRANSFORMER}
+    refused = ("zero_cond_t", "use_additional_t_cond", "guidance_embeds")  # switches FastFLUX cannot run yet
+
+    @classmethod
+    def block_refs(cls, config: dict) -> list[BlockRef]:
+        """Every block in execution order: ``d00``…; a switched-on variant of :attr:`refused` is refused."""
+        on = [k for k in cls.refused if config.get(k)]
+        if on:
+            raise ValueError(f"Qwen-Image adapter: {', '.join(on)} set in the transformer's config (an editing or "
+                             f"layered variant whose forward differs) is not supported")
+        n = config.get("num_layers", cls.defaults["num_layers"])
+        return [BlockRef(i, "double", f"transformer_blocks.{i}") for i in range(n)]
+
+    @classmethod
+    def token_channels(cls, config: dict) -> int:
+        """Values per packed latent token (C_tok = 4C): the model's ``img_in`` reads tokens as they are."""
+        return config.get("in_channels", cls.defaults["in_channels"])
+
+    @classmethod
+    def latent_channels(cls, config: dict) -> int:
+        return cls.token_channels(config) // 4
+
+    @staticmethod
+    def text_tokens(max_sequence_length: int) -> int:
+        """Text tokens per prompt: Qwen2.5-VL's hidden states after the chat template's system turn,
+        zero-padded to ``max_sequence_length``."""
+        return max_sequence_length
+
+    @staticmethod
+    def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
+        """The ``QwenImageTransformer2DModel`` arguments of the embedded base (``embedded.qwenimage``);
+        the pooled text width is unused (Qwen-Image reads no pooled vector)."""
+        return {"patch_size": 2, "in_channels": 4 * latent_channels, "out_channels": latent_channels,
+                "num_layers": cfg.qwenimage.num_layers, "attention_head_dim": cfg.attention_head_dim,
+                "num_attention_heads": cfg.num_attention_heads, "joint_attention_dim": text_dims[0],
+                "axes_dims_rope": cfg.qwenimage.axes_dims_rope}
+
+
+LAYOUTS: dict[str, type] = {c.family: c for c in (FluxLayout, Flux2Layout, SD3Layout, QwenImageLayout)}
 
 
 def layout(name: str) -> type:

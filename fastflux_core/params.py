@@ -89,12 +89,20 @@ class EmbeddedSD3Params(_Strict):
     qk_norm: Literal["rms_norm"] | None = Field(None, description="SD3.5: rms_norm")
 
 
+class EmbeddedQwenImageParams(_Strict):
+    """The embedded base as a Qwen-Image transformer (``QwenImageTransformer2DModel``)."""
+
+    num_layers: int = Field(12, ge=1, description="double-stream blocks (Qwen-Image: 60)")
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
+
+
 class EmbeddedParams(_Strict):
     """The embedded default base: architecture and rectified-flow training (used by stage ``base``)."""
 
-    family: Literal["flux", "sd3"] = Field("flux", description="the architecture the base is built as")
+    family: Literal["flux", "sd3", "qwenimage"] = Field("flux", description="the architecture the base is built as")
     flux: EmbeddedFluxParams = EmbeddedFluxParams()
     sd3: EmbeddedSD3Params = EmbeddedSD3Params()
+    qwenimage: EmbeddedQwenImageParams = EmbeddedQwenImageParams()
     num_attention_heads: int = Field(2, ge=1)
     attention_head_dim: int = Field(32, ge=4)
     train_steps: int = Field(1500, ge=1)
@@ -108,14 +116,15 @@ class EmbeddedParams(_Strict):
 
     @model_validator(mode="after")
     def _architecture_fits(self) -> "EmbeddedParams":
-        rope = self.flux.axes_dims_rope
-        if self.family == "flux" and sum(rope) != self.attention_head_dim:
-            raise ValueError(
-                f"embedded.flux.axes_dims_rope must sum to embedded.attention_head_dim "
-                f"({sum(rope)} != {self.attention_head_dim})"
-            )
-        if self.family == "flux" and any(d % 2 for d in rope):
-            raise ValueError("embedded.flux.axes_dims_rope entries must be even")
+        if self.family in ("flux", "qwenimage"):
+            rope = getattr(self, self.family).axes_dims_rope
+            if sum(rope) != self.attention_head_dim:
+                raise ValueError(
+                    f"embedded.{self.family}.axes_dims_rope must sum to embedded.attention_head_dim "
+                    f"({sum(rope)} != {self.attention_head_dim})"
+                )
+            if any(d % 2 for d in rope):
+                raise ValueError(f"embedded.{self.family}.axes_dims_rope entries must be even")
         bad = [i for i in self.sd3.dual_attention_layers if not 0 <= i < self.sd3.num_layers]
         if self.family == "sd3" and bad:
             raise ValueError(f"embedded.sd3.dual_attention_layers {bad} are not blocks 0..{self.sd3.num_layers - 1}")

@@ -1,4 +1,4 @@
-"""The pruned transformers as they are exported (FLUX.1, FLUX.2, SD3) — self-contained: imports only torch and diffusers.
+"""The pruned transformers as they are exported (FLUX.1, FLUX.2, SD3, Qwen-Image) — self-contained: imports only torch and diffusers.
 
 This file is copied beside every exported transformer's ``config.json`` (and named there in
 ``auto_map``), so the export loads without FastFLUX installed, through diffusers' documented
@@ -8,9 +8,10 @@ custom-model route::
     transformer = AutoModel.from_pretrained("./data/export/transformer", trust_remote_code=True)
 
 With FastFLUX installed, ``fastflux_core.export.PrunedFluxTransformer2DModel`` is this class (and
-``PrunedFlux2Transformer2DModel`` / ``PrunedSD3Transformer2DModel`` its FLUX.2 and SD3 counterparts,
-the same in every respect below; FLUX.2's model calls its blocks with other arguments, so its
-stand-ins are the same modules behind FLUX.2's block signatures).
+``PrunedFlux2Transformer2DModel`` / ``PrunedSD3Transformer2DModel`` / ``PrunedQwenImageTransformer2DModel``
+its FLUX.2, SD3 and Qwen-Image counterparts, the same in every respect below; FLUX.2's and Qwen-Image's
+models call their blocks with other arguments, so their stand-ins are the same modules behind those
+block signatures).
 
 What it adds to ``FluxTransformer2DModel``: config entries ``replaced_blocks`` / ``deleted_blocks``
 (global block indices: double blocks 0..num_layers-1, then single blocks; SD3: its blocks 0..num_layers-1),
@@ -177,6 +178,23 @@ class Flux2SingleSkip(SkipBlock):
 
     def forward(self, hidden_states, encoder_hidden_states=None, *args, **kwargs):
         return hidden_states if encoder_hidden_states is None else (encoder_hidden_states, hidden_states)
+
+
+class QwenImageReplacement(LinearReplacement):
+    """A double-block :class:`LinearReplacement` as Qwen-Image's model calls a block — by keyword, with
+    the text mask, ``temb`` and ``modulate_index`` — → ``(encoder, hidden)``. Qwen-Image hands every block
+    ``temb``, so the timestep-aware replacement works here."""
+
+    def forward(self, hidden_states, encoder_hidden_states, encoder_hidden_states_mask=None, temb=None,
+                image_rotary_emb=None, joint_attention_kwargs=None, modulate_index=None):
+        return super().forward(hidden_states, encoder_hidden_states, temb)
+
+
+class QwenImageSkip(SkipBlock):
+    """:class:`SkipBlock` with Qwen-Image's block signature."""
+
+    def forward(self, hidden_states, encoder_hidden_states, *args, **kwargs):
+        return encoder_hidden_states, hidden_states
 
 
 class PrunedMixin:
@@ -374,6 +392,48 @@ class PrunedSD3Transformer2DModel(PrunedMixin, SD3Transformer2DModel):
         return self.transformer_blocks, index
 
 
+try:  # a diffusers without Qwen-Image still loads the other exports with this file
+    from diffusers import QwenImageTransformer2DModel
+except ImportError:  # pragma: no cover - diffusers >= 0.35 has it
+    QwenImageTransformer2DModel = nn.Module
+
+
+class PrunedQwenImageTransformer2DModel(PrunedMixin, QwenImageTransformer2DModel):
+    """QwenImageTransformer2DModel (Qwen-Image) with the blocks in ``replaced_blocks`` replaced by BRLL
+    linears and those in ``deleted_blocks`` by the identity, behind Qwen-Image's block signature."""
+
+    GUARD = guard("Qwen-Image", "QwenImageTransformer2DModel", "PrunedQwenImageTransformer2DModel")
+    STAND_INS = {"double": (QwenImageReplacement, QwenImageSkip)}
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: int = 2,
+        in_channels: int = 64,
+        out_channels: int | None = 16,
+        num_layers: int = 60,
+        attention_head_dim: int = 128,
+        num_attention_heads: int = 24,
+        joint_attention_dim: int = 3584,
+        guidance_embeds: bool = False,
+        axes_dims_rope: tuple[int, int, int] = (16, 56, 56),
+        zero_cond_t: bool = False,
+        use_additional_t_cond: bool = False,
+        use_layer3d_rope: bool = False,
+        replaced_blocks: list[int] | tuple[int, ...] = (),
+        deleted_blocks: list[int] | tuple[int, ...] = (),
+        weights_dtype: str | None = None,
+        conditioned_blocks: list[int] | tuple[int, ...] = (),
+    ):
+        super().__init__(patch_size, in_channels, out_channels, num_layers, attention_head_dim, num_attention_heads,
+                         joint_attention_dim, guidance_embeds, tuple(axes_dims_rope), zero_cond_t,
+                         use_additional_t_cond, use_layer3d_rope)
+        self._stand_in(replaced_blocks, deleted_blocks, lambda i: "double", conditioned_blocks)
+
+    def _slot(self, index: int) -> tuple[nn.ModuleList, int]:
+        return self.transformer_blocks, index
+
+
 # Contiguous numbering, for runtimes that infer the depth from the block keys: kept blocks are
 # renumbered 0, 1, … within each kind (num_layers / num_single_layers become the kept counts), the
 # replaced blocks' linears go to their own file keyed by original global index, and the config keeps
@@ -463,7 +523,8 @@ def _register_with_diffusers() -> None:
     """Let diffusers' block hooks (layer skip, caching, group offloading) accept the stand-in blocks."""
     from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
-    for cls in (LinearReplacement, SkipBlock, Flux2DoubleReplacement, Flux2DoubleSkip):
+    for cls in (LinearReplacement, SkipBlock, Flux2DoubleReplacement, Flux2DoubleSkip, QwenImageReplacement,
+                QwenImageSkip):
         TransformerBlockRegistry.register(
             model_class=cls,
             metadata=TransformerBlockMetadata(return_hidden_states_index=1, return_encoder_hidden_states_index=0),

@@ -27,11 +27,11 @@ def built(config: dict):
 
 
 def configs() -> list[tuple[str, dict]]:
-    """Every family's published config (FLUX.1-dev, FLUX.2-dev), the embedded bases, and an SD3
+    """Every family's published config (FLUX.1-dev, FLUX.2-dev, Qwen-Image), the embedded bases, and an SD3
     config as the tiny test folder writes it."""
     out = [(f"{name} published", cls.reference_configs["transformer"]) for name, cls in LAYOUTS.items()
            if "transformer" in cls.reference_configs]
-    out += [(f"embedded {f}", embedded_transformer_config(EmbeddedParams(family=f), 1, (384, 384))) for f in ("flux", "sd3")]
+    out += [(f"embedded {f}", embedded_transformer_config(EmbeddedParams(family=f), 1, (384, 384))) for f in ("flux", "sd3", "qwenimage")]
     out.append(("sd3 small", {"_class_name": "SD3Transformer2DModel", "num_layers": 3, "patch_size": 2, "in_channels": 4,
                               "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 16,
                               "caption_projection_dim": 16, "pooled_projection_dim": 8, "out_channels": 4}))
@@ -49,8 +49,9 @@ def test_a_layout_says_what_the_adapter_of_the_built_model_finds(name, config):
         assert lay.latent_channels(config) == model.pos_embed.proj.in_channels
         assert lay.token_channels(config) == 4 * model.pos_embed.proj.in_channels
         assert [b.kind == "final" for b in lay.block_refs(config)] == [blk.context_pre_only for blk in model.transformer_blocks]
-    else:
-        assert lay.token_channels(config) == model.x_embedder.in_features == 4 * lay.latent_channels(config)
+    else:  # FLUX, FLUX.2 (x_embedder) and Qwen-Image (img_in) read packed tokens
+        embedder = model.img_in if lay.family == "qwenimage" else model.x_embedder
+        assert lay.token_channels(config) == embedder.in_features == 4 * lay.latent_channels(config)
     assert issubclass(type(adapter), lay) and lay.model_class_name == type(model).__name__
 
 
