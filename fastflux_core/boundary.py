@@ -34,6 +34,7 @@ class Boundary:
     temb: torch.Tensor  # (n, D)
     y_img: torch.Tensor  # (n, N_img, D)  y_d, image stream
     y_txt: torch.Tensor  # (n, N_txt, D)  y_d, text stream
+    mask: torch.Tensor | None = None  # (n, N_txt) bool, False at padded text (Qwen-Image); None: nothing padded
 
     def __len__(self) -> int:
         return self.img.shape[0]
@@ -47,8 +48,11 @@ class Boundary:
         return (self.y_img.float() ** 2).flatten(1).sum(1) + (self.y_txt.float() ** 2).flatten(1).sum(1)
 
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """Inputs {img, txt, temb} and targets (img, txt) of samples ``idx`` on ``device``."""
-        x = {"img": self.img[idx].to(device), "txt": self.txt[idx].to(device), "temb": self.temb[idx].to(device)}
+        """Inputs {img, txt, temb, mask} and targets (img, txt) of samples ``idx`` on ``device``; the text
+        mask is None where none of them is padded, as the model's forward passes it."""
+        mask = None if self.mask is None or bool(self.mask[idx].all()) else self.mask[idx].to(device)
+        x = {"img": self.img[idx].to(device), "txt": self.txt[idx].to(device), "temb": self.temb[idx].to(device),
+             "mask": mask}
         return x, (self.y_img[idx].to(device), self.y_txt[idx].to(device))
 
 
@@ -68,13 +72,15 @@ class BoundaryStates:
         for inputs in self.inputs.batches(idx, self.micro_batch):
             x = self.adapter.run(self.adapter.embed(inputs), 0, self.u)
             y = self.adapter.run_modules(self.target, x, self.u)
+            mask = x.text_mask if x.text_mask is not None else torch.ones(x.encoder_hidden_states.shape[:2], dtype=torch.bool)
             parts.append(tuple(t.cpu() for t in (x.hidden_states, x.encoder_hidden_states, x.temb,
-                                                  y.hidden_states, y.encoder_hidden_states)))
-        return Boundary(*(torch.cat(ts) for ts in zip(*parts)))
+                                                  y.hidden_states, y.encoder_hidden_states, mask)))
+        *states, mask = (torch.cat(ts) for ts in zip(*parts))
+        return Boundary(*states, mask=None if bool(mask.all()) else mask)
 
 
 def run_sandwich(adapter: BlockAdapter, x: dict, rotary, u: int, d: int) -> BlockState:
-    return adapter.run(BlockState(x["img"], x["txt"], x["temb"], rotary), u, d + 1)
+    return adapter.run(BlockState(x["img"], x["txt"], x["temb"], rotary, x.get("mask")), u, d + 1)
 
 
 class SandwichBlocks(nn.Module):
@@ -87,8 +93,9 @@ class SandwichBlocks(nn.Module):
         self.blocks = nn.ModuleList(adapter.block(j) for j in range(u, d + 1))
         self.adapter, self.u, self.d = adapter, u, d
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor]:
-        out = run_sandwich(self.adapter, {"img": img, "txt": txt, "temb": temb}, rotary, self.u, self.d)
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, rotary,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = run_sandwich(self.adapter, {"img": img, "txt": txt, "temb": temb, "mask": mask}, rotary, self.u, self.d)
         return out.hidden_states, out.encoder_hidden_states  # (b, N_img, D), (b, N_txt, D)
 
 
@@ -107,7 +114,7 @@ def micro_step(net: nn.Module, x: dict, y: tuple[torch.Tensor, torch.Tensor], ro
     """The training forward of one micro-batch: the sandwich ``net`` (:class:`SandwichBlocks`) on x,
     squared error to y over the whole batch's ‖y‖² (``den``) — its gradients summed over
     micro-batches are the batch's."""
-    img, txt = net(x["img"], x["txt"], x["temb"], rotary)
+    img, txt = net(x["img"], x["txt"], x["temb"], rotary, x.get("mask"))
     return _sq_err(BlockState(img, txt, x["temb"], rotary), y) / den
 
 

@@ -1,8 +1,9 @@
 """The exported pruned model: the in-memory chain model → a savable pruned transformer.
 
 The transformer is a :class:`~fastflux_core.pruned_flux.PrunedFluxTransformer2DModel` (a
-``FluxTransformer2DModel`` whose config lists ``replaced_blocks``) or its FLUX.2 or SD3 counterpart
-(``PrunedFlux2Transformer2DModel``, ``PrunedSD3Transformer2DModel``) — the family adapter names the class; LoRA from Sandwich Training is
+``FluxTransformer2DModel`` whose config lists ``replaced_blocks``) or its FLUX.2, SD3 or Qwen-Image
+counterpart (``PrunedFlux2Transformer2DModel``, ``PrunedSD3Transformer2DModel``,
+``PrunedQwenImageTransformer2DModel``) — the family adapter names the class; LoRA from Sandwich Training is
 merged into the weights first, so inference needs neither peft nor FastFLUX's chain. Its class ships
 inside the folder (``pruned_flux.py``, named in ``auto_map``), and the plain class refuses it.
 
@@ -24,9 +25,10 @@ from fastflux_core import pruned_flux
 from fastflux_core.errors import loading
 from fastflux_core.families import adapter_for, family_of_config
 from fastflux_core.pruned_flux import (PrunedFlux2Transformer2DModel, PrunedFluxTransformer2DModel, PrunedMixin,
-                                       PrunedSD3Transformer2DModel)
+                                       PrunedQwenImageTransformer2DModel, PrunedSD3Transformer2DModel)
 
-__all__ = ["PrunedFluxTransformer2DModel", "PrunedFlux2Transformer2DModel", "PrunedSD3Transformer2DModel", "merge_lora",
+__all__ = ["PrunedFluxTransformer2DModel", "PrunedFlux2Transformer2DModel", "PrunedSD3Transformer2DModel",
+           "PrunedQwenImageTransformer2DModel", "merge_lora",
            "to_pruned", "count_parameters", "pruned_class", "load_pruned"]
 
 

@@ -183,3 +183,22 @@ def test_the_pruned_class_saves_and_loads_the_same_model(tmp_path):
 def test_a_variant_whose_forward_differs_is_refused_by_name(switch):
     with pytest.raises(ValueError, match=switch):
         QwenImageAdapter.block_refs({**CONFIG, switch: True})
+
+
+def test_the_sandwich_runs_its_blocks_with_the_text_mask():
+    """Sandwich Training's boundary carries the text mask: blocks 1..2 on x_1 reproduce y_2 exactly
+    through take / SandwichBlocks / micro_step — and would not with the padding attended."""
+    from fastflux_core.boundary import Boundary, SandwichBlocks, micro_step
+
+    a = QwenImageAdapter(tiny_qwen())
+    with torch.no_grad():
+        s = a.embed(inputs(padded=2))
+        xu = a.run(s, 0, 1)
+        yd = a.run(xu, 1, 3)
+        b = Boundary(xu.hidden_states, xu.encoder_hidden_states, xu.temb, yd.hidden_states, yd.encoder_hidden_states,
+                     mask=xu.text_mask)
+        x, y = b.take(torch.arange(2), torch.device("cpu"))
+        assert x["mask"] is not None and b.take(torch.tensor([1]), torch.device("cpu"))[0]["mask"] is None
+        net = SandwichBlocks(a, 1, 2)
+        assert float(micro_step(net, x, y, s.image_rotary_emb, torch.ones(()))) < 1e-10
+        assert float(micro_step(net, {**x, "mask": None}, y, s.image_rotary_emb, torch.ones(()))) > 1e-6
