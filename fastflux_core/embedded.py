@@ -1,9 +1,10 @@
 """The embedded default base: a small diffusion transformer trained with rectified flow on digits.
 
 It is an ordinary diffusers model of the family ``embedded.family`` names — ``FluxTransformer2DModel``
-(FLUX's block types, FLUX's 1:2 double:single proportion, 4 + 8 blocks by default) or
-``SD3Transformer2DModel`` (12 joint blocks by default, the last without text output) — with text
-through ``encoder_hidden_states`` and ``pooled_projections``, only small, so every pruning stage can
+(FLUX's block types, FLUX's 1:2 double:single proportion, 4 + 8 blocks by default),
+``Flux2Transformer2DModel`` (2 + 10), ``SD3Transformer2DModel`` (12 joint blocks by default, the last
+without text output) or ``QwenImageTransformer2DModel`` (12 double blocks) — with text through
+``encoder_hidden_states`` (and ``pooled_projections`` where the family reads it), only small, so every pruning stage can
 run for real on a CPU. Nothing downstream knows it is small; the family's adapter builds it.
 
 Training is rectified flow as FLUX uses it (diffusers' convention): x_σ = (1 − σ)·x + σ·ε and the

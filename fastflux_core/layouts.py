@@ -202,6 +202,15 @@ class Flux2Layout(FluxLayout):
     defaults = {"num_layers": 8, "num_single_layers": 48, "in_channels": 128}
     reference_configs = {"transformer": FLUX2_DEV_TRANSFORMER}
 
+    @staticmethod
+    def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
+        """The ``Flux2Transformer2DModel`` arguments of the embedded base (``embedded.flux2``); no pooled
+        text vector, no guidance embedding."""
+        return {"patch_size": 1, "in_channels": 4 * latent_channels, "num_layers": cfg.flux2.num_layers,
+                "num_single_layers": cfg.flux2.num_single_layers, "attention_head_dim": cfg.attention_head_dim,
+                "num_attention_heads": cfg.num_attention_heads, "joint_attention_dim": text_dims[0],
+                "axes_dims_rope": cfg.flux2.axes_dims_rope, "guidance_embeds": False}
+
 
 CLIP_TOKENS = 77  # SD3's prompt embedding: CLIP-L/G's 77 tokens, then T5's max_sequence_length
 

@@ -80,6 +80,15 @@ class EmbeddedFluxParams(_Strict):
     axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
 
 
+class EmbeddedFlux2Params(_Strict):
+    """The embedded base as a FLUX.2 transformer (``Flux2Transformer2DModel``: shared modulation,
+    SwiGLU MLPs, four rotary axes)."""
+
+    num_layers: int = Field(2, ge=1, description="double-stream blocks (FLUX.2-dev: 8)")
+    num_single_layers: int = Field(10, ge=1, description="single-stream blocks (FLUX.2-dev: 48)")
+    axes_dims_rope: tuple[int, int, int, int] = (8, 8, 8, 8)
+
+
 class EmbeddedSD3Params(_Strict):
     """The embedded base as an SD3 transformer (``SD3Transformer2DModel``; SD3.5 with the last two)."""
 
@@ -99,8 +108,9 @@ class EmbeddedQwenImageParams(_Strict):
 class EmbeddedParams(_Strict):
     """The embedded default base: architecture and rectified-flow training (used by stage ``base``)."""
 
-    family: Literal["flux", "sd3", "qwenimage"] = Field("flux", description="the architecture the base is built as")
+    family: Literal["flux", "flux2", "sd3", "qwenimage"] = Field("flux", description="the architecture the base is built as")
     flux: EmbeddedFluxParams = EmbeddedFluxParams()
+    flux2: EmbeddedFlux2Params = EmbeddedFlux2Params()
     sd3: EmbeddedSD3Params = EmbeddedSD3Params()
     qwenimage: EmbeddedQwenImageParams = EmbeddedQwenImageParams()
     num_attention_heads: int = Field(2, ge=1)
@@ -116,7 +126,7 @@ class EmbeddedParams(_Strict):
 
     @model_validator(mode="after")
     def _architecture_fits(self) -> "EmbeddedParams":
-        if self.family in ("flux", "qwenimage"):
+        if self.family in ("flux", "flux2", "qwenimage"):
             rope = getattr(self, self.family).axes_dims_rope
             if sum(rope) != self.attention_head_dim:
                 raise ValueError(
@@ -484,13 +494,17 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _what_flux2_cannot_do_yet(self) -> "Params":
-        if self.model.source != "flux2":
+        if self.model.source == "flux2":
+            which = "model.source: flux2"
+        elif self.model.source == "embedded" and self.embedded.family == "flux2":
+            which = "embedded.family: flux2"
+        else:
             return self
         if self.solve.condition == "temb":
-            raise ValueError("solve.condition: temb with model.source: flux2: a FLUX.2 block never receives the "
+            raise ValueError(f"solve.condition: temb with {which}: a FLUX.2 block never receives the "
                              "timestep embedding the timestep-aware replacement reads — set solve.condition: none")
         if self.baseline.ratios:
-            raise ValueError("baseline.ratios with model.source: flux2: the L1 width baseline cannot prune FLUX.2's "
+            raise ValueError(f"baseline.ratios with {which}: the L1 width baseline cannot prune FLUX.2's "
                              "fused SwiGLU MLPs yet — set baseline.ratios: []")
         return self
 

@@ -1,6 +1,6 @@
 """Stage base: the model to prune → data/base/ and metrics in data/metrics/base.json.
 
-Embedded default: train the small transformer (FLUX or SD3: embedded.family) on digits (and the digit
+Embedded default: train the small transformer (FLUX, FLUX.2, SD3 or Qwen-Image: embedded.family) on digits (and the digit
 judge), then measure how often its samples show the prompted digit (its own captions: it reads no prompt
 set). A model folder: check it and record it.
 """

@@ -31,7 +31,7 @@ def configs() -> list[tuple[str, dict]]:
     config as the tiny test folder writes it."""
     out = [(f"{name} published", cls.reference_configs["transformer"]) for name, cls in LAYOUTS.items()
            if "transformer" in cls.reference_configs]
-    out += [(f"embedded {f}", embedded_transformer_config(EmbeddedParams(family=f), 1, (384, 384))) for f in ("flux", "sd3", "qwenimage")]
+    out += [(f"embedded {f}", embedded_transformer_config(EmbeddedParams(family=f), 1, (384, 384))) for f in ("flux", "flux2", "sd3", "qwenimage")]
     out.append(("sd3 small", {"_class_name": "SD3Transformer2DModel", "num_layers": 3, "patch_size": 2, "in_channels": 4,
                               "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 16,
                               "caption_projection_dim": 16, "pooled_projection_dim": 8, "out_channels": 4}))

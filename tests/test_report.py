@@ -212,12 +212,15 @@ def test_family_section_reads_each_architecture_at_10_and_20_percent():
 
     runs_ = [sweep_run("sweep-reuse", s, [0.9, 0.88 - 0.01 * s, 0.8, 0.7]) for s in range(3)]
     runs_ += [sweep_run("sd3-sweep", s, [0.95, 0.9, 0.85 + 0.01 * s, 0.6]) for s in range(3)]
+    runs_ += [sweep_run("qwenimage-sweep", s, [0.9, 0.9, 0.9 - 0.02 * s, 0.5]) for s in range(3)]
     lines, overall = report.family_section(EXPERIMENTS["family"], runs_)
     text = "\n".join(lines)
-    assert "| FLUX | 0 of 12 | 0.000 |" in text and "| SD3 | 2 of 12 | 0.167 |" in text
+    assert "| FLUX.1 | 0 of 12 | 0.000 |" in text and "| SD3 | 2 of 12 | 0.167 |" in text
+    assert "| Qwen-Image | 2 of 12 | 0.167 |" in text and "FLUX.2" not in text  # not run: no row
     assert "3 of 12" not in text  # 25 %: not asked for
-    assert "FLUX at 1 block(s): prompt accuracy -0.03 ± 0.01 vs its full model" in text
+    assert "FLUX.1 at 1 block(s): prompt accuracy -0.03 ± 0.01 vs its full model" in text
     assert "SD3 at 2 block(s): prompt accuracy -0.09 ± 0.01" in overall
+    assert "Qwen-Image at 2 block(s): prompt accuracy -0.02 ± 0.02" in overall
 
 
 def test_item_interval_is_the_delete_one_prompt_jackknife_of_the_mean_paired_fid_difference():
