@@ -10,7 +10,15 @@ the whole file) — and written to ``<folder>/<script>-<pid>.json`` at exit, for
 ``tests/depcheck.py``'s :func:`params_problems` to compare with dvc.yaml. The library knows nothing of
 this: recording what is read is not part of what computes a stage's outputs, so it is in no stage's
 deps. Without ``FASTFLUX_PARAMS_LOG`` it does nothing.
+
+Only stage processes record (``sys.argv[0]`` a ``stages/*.py`` script, its launcher's workers included):
+the memory estimator that placement starts as a process (``python -m fastflux_core.budget``) reads
+the whole file and is no stage. A copy of a recorded section (``model_copy``, as
+``params.importance_sampling`` makes) records under the section's path. Not seen: reads that bypass
+attribute access (``model_dump``, iterating a section, ``==``) — no stage reads params that way.
 """
+
+from __future__ import annotations
 
 import atexit
 import functools
@@ -22,16 +30,18 @@ import sys
 from pathlib import Path
 
 _TRACED: dict[int, str] = {}  # id(section) → its dotted path in params.yaml
+_KEPT: list = []  # the recorded sections themselves: an id is never reused while it is in _TRACED
 _READ: set[str] = set()
 _depth = 0  # nested params readers running (load_params calls read_params): record from the outermost's return
 
 
-def _start(params) -> None:
-    """Note each section of ``params`` by its path; reads from them count from now on."""
+def _start(params, at: str = "") -> None:
+    """Note each section of ``params`` (itself at path ``at``) by its path; reads count from now on."""
     from pydantic import BaseModel
 
     def walk(model: BaseModel, path: str) -> None:
         _TRACED[id(model)] = path
+        _KEPT.append(model)
         for name in type(model).model_fields:
             value, sub = object.__getattribute__(model, name), f"{path}.{name}" if path else name
             if isinstance(value, BaseModel):
@@ -41,11 +51,17 @@ def _start(params) -> None:
                     if isinstance(child, BaseModel):
                         walk(child, f"{sub}.{key}")
 
-    walk(params, "")
+    walk(params, at)
+
+
+def _is_stage() -> bool:
+    """This process runs a stage script (not dvc, not the estimator placement starts)."""
+    script = Path(sys.argv[0])
+    return script.suffix == ".py" and script.parent.name == "stages"
 
 
 def _dump() -> None:
-    if not _TRACED:  # this process never read its params (dvc itself, a helper)
+    if not _TRACED or not _is_stage():  # never read its params (dvc itself), or no stage (the estimator)
         return
     folder, script = Path(os.environ["FASTFLUX_PARAMS_LOG"]), Path(sys.argv[0]).stem
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,6 +82,16 @@ def _trace_sections(module) -> None:
         return value
 
     strict.__getattribute__ = __getattribute__
+    copy = strict.model_copy
+
+    def model_copy(self, *args, **kwargs):
+        out = copy(self, *args, **kwargs)
+        path = _TRACED.get(id(self))
+        if path is not None:
+            _start(out, path)
+        return out
+
+    strict.model_copy = model_copy
 
 
 def _trace_result(function_name: str):
