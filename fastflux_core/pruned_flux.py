@@ -425,9 +425,11 @@ class PrunedQwenImageTransformer2DModel(PrunedMixin, QwenImageTransformer2DModel
         weights_dtype: str | None = None,
         conditioned_blocks: list[int] | tuple[int, ...] = (),
     ):
+        # the variant switches only where set: a diffusers from before them (0.35) still loads the export
+        variants = {k: v for k, v in (("zero_cond_t", zero_cond_t), ("use_additional_t_cond", use_additional_t_cond),
+                                      ("use_layer3d_rope", use_layer3d_rope)) if v}
         super().__init__(patch_size, in_channels, out_channels, num_layers, attention_head_dim, num_attention_heads,
-                         joint_attention_dim, guidance_embeds, tuple(axes_dims_rope), zero_cond_t,
-                         use_additional_t_cond, use_layer3d_rope)
+                         joint_attention_dim, guidance_embeds, tuple(axes_dims_rope), **variants)
         self._stand_in(replaced_blocks, deleted_blocks, lambda i: "double", conditioned_blocks)
 
     def _slot(self, index: int) -> tuple[nn.ModuleList, int]:

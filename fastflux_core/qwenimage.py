@@ -12,10 +12,12 @@ differs, and lives here:
   (``QwenImageReplacement``, ``QwenImageSkip`` in :mod:`fastflux_core.pruned_flux`) — the same way, so
   the model's own forward and :meth:`QwenImageAdapter.run` see one signature.
 * **Text mask.** The pipeline zero-pads each prompt's Qwen2.5-VL states to the longest in the batch and
-  passes a mask; FastFLUX's encoded sets are zero-padded to ``text.max_sequence_length``, so the mask is
-  read back from them (:func:`text_mask`: a token is padding when its state is exactly zero) and is
-  ``None`` when nothing is padded, as the pipeline passes it. The state between blocks carries it
-  (``BlockState.text_mask``).
+  passes a mask; the adapter reads it back from the states (:func:`text_mask`: a token is padding when
+  its state is exactly zero), ``None`` when nothing is padded, as the pipeline passes it, and the state
+  between blocks carries it (``BlockState.text_mask``, the sandwich's boundary too). The embedded base's
+  MiniLM states are not zero at padding — it is trained attending every token, as the FLUX one — so
+  there the mask is always ``None``. A Qwen-Image folder's encoder (not yet here) must hand the
+  tokenizer's mask explicitly, and capture and the sandwich's loss must then leave padding out.
 * **Rotary embedding**: complex frequencies for the image grid (frame, rows, columns; ``scale_rope``
   centres them) and for the text tokens after it — ``(img_freqs, txt_freqs)``, from the token grid of
   ``img_ids`` and the number of text tokens (:meth:`QwenImageAdapter.rotary`).
@@ -25,8 +27,9 @@ differs, and lives here:
   from the scheduler's config.
 
 Not yet (issue 31): a Qwen-Image folder as ``model.source`` — the Qwen2.5-VL text encoder, the
-3-D ``AutoencoderKLQwenImage`` codec and true classifier-free guidance — and the editing variants
-(:class:`~fastflux_core.layouts.QwenImageLayout` refuses them).
+3-D ``AutoencoderKLQwenImage`` codec and true classifier-free guidance —, the memory estimator
+(:func:`text_mask` and the rotary grid read tensor values, which fake tensors lack: it refuses in one
+line) and the editing variants (:class:`~fastflux_core.layouts.QwenImageLayout` refuses them).
 
 >>> m = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=3,
 ...                                 attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12,

@@ -29,6 +29,7 @@ from fastflux_core.capture import Armed, BlockIOHooks, ModelInputRecorder
 from fastflux_core.chain import PlanStep, sandwich_bounds
 from fastflux_core.codec import PixelCodec
 from fastflux_core.distill import local_err, moved, teacher_states
+from fastflux_core.errors import FastFluxError
 from fastflux_core.fake_gpu import default_dtype, space, tracked, training_space
 from fastflux_core.families import adapter_for, family, family_of_config
 from fastflux_core.layouts import layout_of_config
@@ -55,6 +56,10 @@ def build_transformer(params) -> nn.Module:
     """The base transformer from its config on the host, in the model dtype (call under fake_device)."""
     config = transformer_config(params)
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    if family_of_config(config).family == "qwenimage":
+        raise FastFluxError("the memory estimator cannot measure a Qwen-Image transformer yet (its adapter reads "
+                            "the text mask and the rotary grid from tensor values, which fake tensors do not have): "
+                            "set model.offload to never or always, which places it without the estimator")
     with default_dtype(model_dtype(params)):
         return family_of_config(config).model_class.from_config(cfg).eval()
 

@@ -202,3 +202,19 @@ def test_the_sandwich_runs_its_blocks_with_the_text_mask():
         net = SandwichBlocks(a, 1, 2)
         assert float(micro_step(net, x, y, s.image_rotary_emb, torch.ones(()))) < 1e-10
         assert float(micro_step(net, {**x, "mask": None}, y, s.image_rotary_emb, torch.ones(()))) > 1e-6
+
+
+def test_the_memory_estimator_refuses_qwen_image_in_one_line(tmp_path, monkeypatch):
+    """Fake tensors have no values for the text mask and the rotary grid: the estimator says so and
+    how to place the model without it, instead of a traceback from inside the adapter."""
+    from tiny import repo_params
+
+    from fastflux_core.errors import FastFluxError
+    from fastflux_core.params_file import parse_params
+    from fastflux_core.stage_peaks import build_transformer
+
+    monkeypatch.chdir(tmp_path)  # no data/base here: the config comes from embedded.family
+    d = repo_params()
+    d["embedded"]["family"] = "qwenimage"
+    with pytest.raises(FastFluxError, match="cannot measure a Qwen-Image transformer yet.*model.offload"):
+        build_transformer(parse_params(d))
