@@ -139,6 +139,27 @@ class BlockAdapter(Protocol):
     def call_outputs(self, output, n_txt: int) -> tuple[torch.Tensor | None, torch.Tensor]: ...
 
 
+class OneBlockList:
+    """``block``, ``swap`` and ``skip`` of an adapter whose model keeps every block in one ``ModuleList``,
+    ``model.transformer_blocks`` (SD3, Qwen-Image); the adapter gives ``blocks`` and ``skip_block``."""
+
+    def block(self, index: int) -> nn.Module:
+        """The module currently at block ``index`` (the original block or whatever was swapped in)."""
+        if not 0 <= index < len(self.blocks):
+            raise IndexError(f"block index {index} out of range 0..{len(self.blocks) - 1}")
+        return self.model.transformer_blocks[index]
+
+    def swap(self, index: int, module: nn.Module) -> nn.Module:
+        """Put ``module`` at block ``index``; return the module that was there."""
+        old = self.block(index)
+        self.model.transformer_blocks[index] = module
+        return old
+
+    def skip(self, index: int) -> nn.Module:
+        """Replace block ``index`` by the identity; return the removed block (swap it back to undo)."""
+        return self.swap(index, self.skip_block(index))
+
+
 def block_call_inputs(args: tuple, kwargs: dict, n_txt: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image stream, text stream, temb) of a FLUX.1 or SD3 block call — the model's forward passes
     keywords, an adapter's ``run`` positions (a family whose blocks take other arguments has its own:

@@ -46,7 +46,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DMod
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.blocks import BlockRef, BlockState, MlpRef, ModelInputs, resolution_shift
+from fastflux_core.blocks import BlockRef, BlockState, MlpRef, ModelInputs, OneBlockList, resolution_shift
 from fastflux_core.layouts import QwenImageLayout
 from fastflux_core.pruned_flux import LinearReplacement, QwenImageReplacement, QwenImageSkip
 
@@ -76,7 +76,7 @@ def grid_of(x: ModelInputs) -> tuple[int, int]:
     return int(x.img_ids[:, 1].max()) + 1, int(x.img_ids[:, 2].max()) + 1
 
 
-class QwenImageAdapter(QwenImageLayout):
+class QwenImageAdapter(OneBlockList, QwenImageLayout):
     """Block-level access to a diffusers ``QwenImageTransformer2DModel``; what a config alone says:
     :class:`~fastflux_core.layouts.QwenImageLayout`."""
 
@@ -107,25 +107,12 @@ class QwenImageAdapter(QwenImageLayout):
     def uses_guidance(self) -> bool:
         return False  # no guidance embedding (refused by the layout)
 
-    def block(self, index: int) -> nn.Module:
-        if not 0 <= index < len(self.blocks):
-            raise IndexError(f"block index {index} out of range 0..{len(self.blocks) - 1}")
-        return self.model.transformer_blocks[index]
-
-    def swap(self, index: int, module: nn.Module) -> nn.Module:
-        old = self.block(index)
-        self.model.transformer_blocks[index] = module
-        return old
-
     def replacement(self, index: int, conditioned: bool = False) -> LinearReplacement:
         """A fresh BRLL stand-in for block ``index`` (g = 0, float32) with Qwen-Image's block signature."""
         return QwenImageReplacement(self.model.inner_dim, self.blocks[index].kind, conditioned=conditioned)
 
     def skip_block(self, index: int) -> nn.Module:
         return QwenImageSkip()
-
-    def skip(self, index: int) -> nn.Module:
-        return self.swap(index, self.skip_block(index))
 
     def lora_targets(self, index: int) -> tuple[str, ...]:
         return LORA_TARGETS

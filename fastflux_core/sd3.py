@@ -39,8 +39,8 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, block_call_inputs, block_call_outputs,
-                                  resolution_shift)
+from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, OneBlockList, block_call_inputs,
+                                  block_call_outputs, resolution_shift)
 from fastflux_core.codec import VaeCodec, pack, unpack
 from fastflux_core.errors import loading
 from fastflux_core.layouts import SD3Layout
@@ -53,7 +53,7 @@ LORA_CANDIDATES = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn
                    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
 
 
-class SD3Adapter(SD3Layout):
+class SD3Adapter(OneBlockList, SD3Layout):
     """Block-level access to a diffusers ``SD3Transformer2DModel``; what a config alone says (names,
     block layout, channels, the embedded config): :class:`~fastflux_core.layouts.SD3Layout`."""
 
@@ -96,25 +96,12 @@ class SD3Adapter(SD3Layout):
     def uses_guidance(self) -> bool:
         return False
 
-    def block(self, index: int) -> nn.Module:
-        if not 0 <= index < len(self.blocks):
-            raise IndexError(f"block index {index} out of range 0..{len(self.blocks) - 1}")
-        return self.model.transformer_blocks[index]
-
-    def swap(self, index: int, module: nn.Module) -> nn.Module:
-        old = self.block(index)
-        self.model.transformer_blocks[index] = module
-        return old
-
     def replacement(self, index: int, conditioned: bool = False) -> LinearReplacement:
         """A fresh BRLL stand-in for block ``index`` (g = 0, float32): the final block's has no text stream."""
         return LinearReplacement(self.model.inner_dim, self.blocks[index].kind, conditioned=conditioned)
 
     def skip_block(self, index: int) -> nn.Module:
         return SkipBlock()
-
-    def skip(self, index: int) -> nn.Module:
-        return self.swap(index, self.skip_block(index))
 
     temb_module = "time_text_embed"  # what makes the timestep + pooled text embedding
     call_inputs, call_outputs = staticmethod(block_call_inputs), staticmethod(block_call_outputs)
