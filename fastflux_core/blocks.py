@@ -140,8 +140,20 @@ class BlockAdapter(Protocol):
 
 
 class OneBlockList:
-    """``block``, ``swap`` and ``skip`` of an adapter whose model keeps every block in one ``ModuleList``,
-    ``model.transformer_blocks`` (SD3, Qwen-Image); the adapter gives ``blocks`` and ``skip_block``."""
+    """What an adapter does the same for any model that keeps every block in one ``ModuleList``,
+    ``model.transformer_blocks`` (SD3, Qwen-Image): its blocks, as its layout's ``block_refs`` reads the
+    model's config (checked against the modules the model holds), and ``block``, ``swap``, ``skip``;
+    the adapter gives ``skip_block``."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.blocks: list[BlockRef] = self.block_refs(dict(model.config))
+        if len(self.blocks) != len(model.transformer_blocks):
+            raise ValueError(f"{type(model).__name__}: its config names {len(self.blocks)} blocks, "
+                             f"it holds {len(model.transformer_blocks)}")
+
+    def __len__(self) -> int:
+        return len(self.blocks)
 
     def block(self, index: int) -> nn.Module:
         """The module currently at block ``index`` (the original block or whatever was swapped in)."""

@@ -46,7 +46,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DMod
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.blocks import BlockRef, BlockState, MlpRef, ModelInputs, OneBlockList, resolution_shift
+from fastflux_core.blocks import BlockState, MlpRef, ModelInputs, OneBlockList, resolution_shift
 from fastflux_core.layouts import QwenImageLayout
 from fastflux_core.pruned_flux import LinearReplacement, QwenImageReplacement, QwenImageSkip
 
@@ -81,16 +81,6 @@ class QwenImageAdapter(OneBlockList, QwenImageLayout):
     :class:`~fastflux_core.layouts.QwenImageLayout`."""
 
     model_class = QwenImageTransformer2DModel
-
-    def __init__(self, model: QwenImageTransformer2DModel):
-        self.model = model
-        self.blocks: list[BlockRef] = self.block_refs(dict(model.config))  # as the layout reads the config
-        if len(self.blocks) != len(model.transformer_blocks):
-            raise ValueError(f"{type(model).__name__}: its config names {len(self.blocks)} blocks, "
-                             f"it holds {len(model.transformer_blocks)}")
-
-    def __len__(self) -> int:
-        return len(self.blocks)
 
     @staticmethod
     def timesteps(scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int,

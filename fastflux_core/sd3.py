@@ -39,7 +39,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, OneBlockList, block_call_inputs,
+from fastflux_core.blocks import (BlockState, MlpRef, ModelInputs, OneBlockList, block_call_inputs,
                                   block_call_outputs, resolution_shift)
 from fastflux_core.codec import VaeCodec, pack, unpack
 from fastflux_core.errors import loading
@@ -61,16 +61,6 @@ class SD3Adapter(OneBlockList, SD3Layout):
     vae_class, codec = AutoencoderKL, VaeCodec  # SD3's VAE scales and shifts latents as FLUX's does
     text_encoders = (("text_encoder", "CLIPTextModelWithProjection", 77),
                      ("text_encoder_2", "CLIPTextModelWithProjection", 77), ("text_encoder_3", "T5EncoderModel", None))
-
-    def __init__(self, model: SD3Transformer2DModel):
-        self.model = model
-        self.blocks: list[BlockRef] = self.block_refs(dict(model.config))  # as the layout reads it; patch 2 only
-        if len(self.blocks) != len(model.transformer_blocks):
-            raise ValueError(f"{type(model).__name__}: its config names {len(self.blocks)} blocks, "
-                             f"it holds {len(model.transformer_blocks)}")
-
-    def __len__(self) -> int:
-        return len(self.blocks)
 
     # ------------------------------------------------------------------ folder components
 
