@@ -139,7 +139,18 @@ class BlockAdapter(Protocol):
     def call_outputs(self, output, n_txt: int) -> tuple[torch.Tensor | None, torch.Tensor]: ...
 
 
-class OneBlockList:
+class RunsBlockRanges:
+    """``run``: blocks ``start .. stop-1`` of an adapter, through its ``run_modules`` (every family)."""
+
+    def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState:
+        """Run blocks ``start .. stop-1`` (global indices, any kinds) on ``state``."""
+        stop = len(self.blocks) if stop is None else stop
+        if not 0 <= start <= stop <= len(self.blocks):
+            raise IndexError(f"block range [{start}, {stop}) not within [0, {len(self.blocks)}]")
+        return self.run_modules([self.block(i) for i in range(start, stop)], state, start)
+
+
+class OneBlockList(RunsBlockRanges):
     """What an adapter does the same for any model that keeps every block in one ``ModuleList``,
     ``model.transformer_blocks`` (SD3, Qwen-Image): its blocks, as its layout's ``block_refs`` reads the
     model's config (checked against the modules the model holds), and ``block``, ``swap``, ``skip``;

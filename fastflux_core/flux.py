@@ -30,8 +30,8 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransf
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
-from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, block_call_inputs, block_call_outputs,
-                                  resolution_shift)
+from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, RunsBlockRanges, block_call_inputs,
+                                  block_call_outputs, resolution_shift)
 from fastflux_core.codec import VaeCodec
 from fastflux_core.errors import loading
 from fastflux_core.layouts import FluxLayout
@@ -46,7 +46,7 @@ LORA_TARGETS = {
 }
 
 
-class FluxAdapter(FluxLayout):
+class FluxAdapter(RunsBlockRanges, FluxLayout):
     """Block-level access to a diffusers ``FluxTransformer2DModel`` (any size, FLUX.1-dev included);
     what a config alone says (names, block layout, channels, the embedded config): :class:`FluxLayout`."""
 
@@ -161,12 +161,6 @@ class FluxAdapter(FluxLayout):
         """The rotary embedding of the joined sequence (cos, sin), each (N_txt + N_img, head_dim)."""
         return self.model.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
 
-    def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState:
-        """Run blocks ``start .. stop-1`` (global indices, any kinds) on ``state``."""
-        stop = len(self.blocks) if stop is None else stop
-        if not 0 <= start <= stop <= len(self.blocks):
-            raise IndexError(f"block range [{start}, {stop}) not within [0, {len(self.blocks)}]")
-        return self.run_modules([self.block(i) for i in range(start, stop)], state, start)
 
     def run_modules(self, modules: list[nn.Module], state: BlockState, start: int = 0) -> BlockState:
         """Run block modules in order on ``state`` as blocks ``start, start + 1, …``. When gradients are

@@ -149,12 +149,6 @@ class QwenImageAdapter(OneBlockList, QwenImageLayout):
         rows, cols = grid or (int(img_ids[:, 1].max()) + 1, int(img_ids[:, 2].max()) + 1)
         return self.model.pos_embed([(1, rows, cols)], max_txt_seq_len=txt_ids.shape[0], device=img_ids.device)
 
-    def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState:
-        """Run blocks ``start .. stop-1`` on ``state``."""
-        stop = len(self.blocks) if stop is None else stop
-        if not 0 <= start <= stop <= len(self.blocks):
-            raise IndexError(f"block range [{start}, {stop}) not within [0, {len(self.blocks)}]")
-        return self.run_modules([self.block(i) for i in range(start, stop)], state, start)
 
     def run_modules(self, modules: list[nn.Module], state: BlockState, start: int = 0) -> BlockState:
         """Run block modules in order on ``state`` as blocks ``start, start + 1, …``, each with the

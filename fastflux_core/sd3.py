@@ -133,11 +133,6 @@ class SD3Adapter(OneBlockList, SD3Layout):
         """SD3 has no rotary embedding (its positions are added in ``pos_embed``)."""
         return None
 
-    def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState:
-        stop = len(self.blocks) if stop is None else stop
-        if not 0 <= start <= stop <= len(self.blocks):
-            raise IndexError(f"block range [{start}, {stop}) not within [0, {len(self.blocks)}]")
-        return self.run_modules([self.block(i) for i in range(start, stop)], state, start)
 
     def run_modules(self, modules: list[nn.Module], state: BlockState, start: int = 0) -> BlockState:
         """Run block modules as blocks ``start, start + 1, …`` (gradient checkpointing as the model's
