@@ -361,7 +361,13 @@ def model_blocks(model: ModelParams) -> list[BlockRef]:
     path = root / "transformer" / "config.json"
     with loading(path.parent):  # unreadable: the folder is damaged (and which stage re-makes it)
         config = json.loads(path.read_text())
+    return config_blocks(config, str(path))
+
+
+def config_blocks(config: dict, where: str) -> list[BlockRef]:
+    """The blocks a transformer config names, in execution order; a config no layout takes (an unknown
+    class, SD3 with another patch size, a Qwen-Image variant) is one line naming ``where`` it came from."""
     try:
         return layout_of_config(config).block_refs(config)
     except ValueError as err:
-        raise ModelFolderError(f"{path}: {err}") from None
+        raise ModelFolderError(f"{where}: {err}") from None

@@ -17,7 +17,6 @@ from typing import Annotated, Literal, Union, get_args, get_origin
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-
 class _Strict(BaseModel):
     """Unknown keys are errors: a misspelt key must not silently fall back to a default. Numbers and
     switches are taken exactly: pydantic would turn ``train_steps: yes`` (a YAML boolean) into 1 and

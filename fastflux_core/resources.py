@@ -13,8 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fastflux_core.errors import ModelFolderError, ParamsError
-from fastflux_core.layouts import layout_of_config
+from fastflux_core.errors import ParamsError
+from fastflux_core.layouts import config_blocks
 from fastflux_core.params import Params
 from fastflux_core.placement import ask_estimator, resolve_device
 from fastflux_core.preflight import prompt_counts
@@ -30,11 +30,7 @@ def check_blocks(params: Params) -> None:
     """``importance.blocks`` names the model's blocks, 0..N-1 (the schema checks that it is a range;
     only the model's config says N): a missing block would stop ablate@i after the reference images
     of both sets were generated. N is read from the config through the family's layout (no model built)."""
-    config = transformer_config(params)
-    try:
-        n = len(layout_of_config(config).block_refs(config))
-    except ValueError as err:
-        raise ModelFolderError(f"transformer config of model.source {params.model.source}: {err}") from None
+    n = len(config_blocks(transformer_config(params), f"transformer config of model.source {params.model.source}"))
     listed = len(params.importance.blocks)
     if listed != n:
         raise ParamsError(f"importance.blocks lists {listed} blocks (0..{listed - 1}) but the model has {n}: "

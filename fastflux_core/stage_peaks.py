@@ -32,7 +32,7 @@ from fastflux_core.distill import local_err, moved, teacher_states
 from fastflux_core.errors import FastFluxError
 from fastflux_core.fake_gpu import default_dtype, space, tracked, training_space
 from fastflux_core.families import adapter_for, family, family_of_config
-from fastflux_core.layouts import layout_of_config
+from fastflux_core.layouts import config_blocks
 from fastflux_core.lora import inject_lora, lora_parameters
 from fastflux_core.lstsq import GramAccumulator
 from fastflux_core.placement import Placement, place, place_blocks
@@ -196,8 +196,7 @@ def measure_solve(params, real: str | None = None) -> Measured:
 
 def block_kinds(params) -> list[str]:
     """The kind of every block of the base, in order, from its config (its family's layout)."""
-    config = transformer_config(params)
-    return [b.kind for b in layout_of_config(config).block_refs(config)]
+    return [b.kind for b in config_blocks(transformer_config(params), "the transformer config")]
 
 
 def sandwich_case(params, kind: str) -> tuple[int, int, int]:
