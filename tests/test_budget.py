@@ -275,6 +275,7 @@ def test_the_finisher_the_baseline_and_the_timestep_aware_linears_are_budgeted(m
     assumed = {"calibration": 64, "training": 64, "importance": 16, "evaluation": 64}
     with monkeypatch.context() as stubbed:  # the rows and the disk: no measurement needed
         stub_measurements(stubbed, teacher_per_sample=10**12, train_per_sample=10**12)
+        d["finish"]["steps"] = 0  # the paper's method: no finisher (params.yaml's default has one)
         plain = budget.plan_budget(parse_params(d), 22.0, 400.0, assumed)[0]
         d["finish"]["steps"], d["baseline"]["ratios"], d["solve"]["condition"] = 5, [0.1], "temb"
         d["finish"]["micro_batch"] = d["baseline"]["micro_batch"] = 1  # activations small beside the weights

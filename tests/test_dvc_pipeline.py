@@ -71,6 +71,7 @@ def micro_params(switched: bool = False) -> dict:
     d["capture"].update(timesteps=2, shard_samples=8, chunk_samples=4)
     d["sandwich"].update(train_steps=5, batch_size=4)
     d["sampling"].update(steps=2, batch_size=8)  # several batches per set: 2 ranks share them (test_distributed_stages)
+    d["finish"].update(steps=3, micro_batch=2)  # the global finisher in stage assemble (and the baseline's budget)
     for s in d["prompts"].values():
         if isinstance(s, dict):
             s["images_per_prompt"] = 1
@@ -85,7 +86,6 @@ def micro_params(switched: bool = False) -> dict:
         # and a second L1 model matched on latency: 1.2 × FastFLUX's FLOPs cut (benchmarks/latency_match.py)
         d["baseline"].update(ratios=[0.34], finetune="lora_matched", gradient_checkpointing=True, round_to=4,
                              latency_flops_cut=1.2)
-        d["finish"].update(steps=3, micro_batch=2)  # the global finisher in stage assemble (and the baseline's budget)
     return d
 
 
