@@ -44,9 +44,12 @@ import yaml
 from fastflux_core.errors import FastFluxError
 from fastflux_core.io import atomic_file, write_json
 
-# each collected run's outputs that the report opens, under <repo>/RUN_FILES/<rev>/<path>
+# each collected run's outputs that the report opens, under <repo>/RUN_FILES/<rev>/<path>: the base
+# model's per-image features too, without which no interval over evaluation prompts can be drawn once
+# DVC's cache is gone (~110 kB; the runs of one base share its bytes, so git stores it once per base)
 RUN_FILES = "report/runs"
-RUN_OUTPUTS = ("data/evaluate", "data/baseline", "data/rank")
+REFERENCE_ITEMS = "data/reference/evaluation/items.safetensors"
+RUN_OUTPUTS = ("data/evaluate", "data/baseline", "data/rank", REFERENCE_ITEMS)
 
 
 @dataclass(frozen=True)

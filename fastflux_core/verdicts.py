@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from fastflux_core.experiments import run_file
+from fastflux_core.experiments import REFERENCE_ITEMS, run_file  # REFERENCE_ITEMS: the base model's per-image features
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -50,7 +50,6 @@ def paired(a: list[float], b: list[float], lower_is_better: bool = True, bases: 
             "bases": len(per_base), "bases_agree": agree}
 
 
-REFERENCE_ITEMS = "data/reference/evaluation/items.safetensors"  # the base model's per-image features
 EVALUATE_ITEMS = "data/evaluate/items.safetensors"
 
 

@@ -407,7 +407,7 @@ def test_report_runs_are_queued_dvc_experiments_read_back_by_name(runs, tmp_path
     import dvc.api
 
     kept = runs["B"] / exps.RUN_FILES / got["rev"]
-    for path in ("data/evaluate/items.safetensors", "data/evaluate/grid.png"):  # what DVC's cache holds
+    for path in ("data/evaluate/items.safetensors", "data/evaluate/grid.png", exps.REFERENCE_ITEMS):  # what DVC's cache holds
         assert (kept / path).read_bytes() == dvc.api.read(path, repo=str(runs["B"]), rev=got["rev"], mode="rb")
     assert (kept / "data/rank/ranking.json").is_file() and not list(kept.rglob(".gitignore"))  # nothing hides them from git
     assert {"stages/evaluate.py", "fastflux_core/lstsq.py", "data/prompts/digits/evaluation.txt"} <= set(got["code"])
