@@ -17,6 +17,17 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _torch_deterministic_mode_put_back():
+    """A test that runs a stage in-process (``stage.run_stage``) switches torch's deterministic mode on
+    for the whole process, and in it every ``torch.empty`` is filled: building a published model on the
+    meta device (``init_empty_weights`` makes each parameter on the CPU first) then took 20–58 s instead
+    of 0.1 (tests/test_layouts.py after tests/test_io.py). Each test gets the mode it started with back."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 @pytest.fixture(scope="session")
 def tiny_flux_folder(tmp_path_factory):
     from tiny import write_tiny_flux_folder
