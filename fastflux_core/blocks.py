@@ -110,12 +110,13 @@ class BlockAdapter(Protocol):
     and :class:`fastflux_core.sd3.SD3Adapter`; a new family (FLUX.2, Qwen-Image) is one more class.
 
     Class-level, from a config alone (no weights): ``family``, ``model_class``, ``pipeline_class``,
-    ``pruned_class`` (names), ``token_channels``/``latent_channels``, ``embedded_config`` (the small
+    ``pruned_class`` (names), ``cfg_renorm``, ``token_channels``/``latent_channels``, ``embedded_config`` (the small
     model stage ``base`` trains), ``timesteps`` (the pipeline's schedule), ``text_encoder``."""
 
     family: str
     model: nn.Module
     blocks: list[BlockRef]
+    cfg_renorm: bool  # classifier-free guidance rescaled to the conditional velocity's norm (Qwen-Image)
 
     @property
     def uses_guidance(self) -> bool: ...

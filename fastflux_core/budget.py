@@ -178,7 +178,8 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     add("encode", 1, "resident", enc, n_prompts * (shapes.n_txt * shapes.text_dim + shapes.pooled_dim) * dtype_bytes,
         True, enc.flops["per_prompt"] * n_prompts)
     place_s, samp = best("sampling", lambda p: measure_sampling(params, p))
-    t, dec = samp.flops["transformer_per_item_step"], samp.flops["decode_per_item"]
+    calls = 2 if params.sampling.cfg else 1  # classifier-free guidance: two calls of a batch per step, same peak
+    t, dec = calls * samp.flops["transformer_per_item_step"], samp.flops["decode_per_item"]
     image_bytes = params.sampling.height * params.sampling.width * 3
     share_e = rank_share(items["evaluation"], batch, gpus)
     add("reference@evaluation", 1, place_s, samp,
@@ -190,7 +191,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
         place_i, samp_i = place_s, samp
     else:
         place_i, samp_i = best("importance sampling", lambda p: measure_sampling(imp_params, p))
-    t_i, dec_i, shapes_i = samp_i.flops["transformer_per_item_step"], samp_i.flops["decode_per_item"], Shapes.of(imp_params)
+    t_i, dec_i, shapes_i = calls * samp_i.flops["transformer_per_item_step"], samp_i.flops["decode_per_item"], Shapes.of(imp_params)
     add("reference@importance", 1, place_i, samp_i,
         items["importance"] * (imp.height * imp.width * 3 + shapes_i.n_img * shapes_i.in_channels * 4), False,
         items["importance"] * (imp.steps * t_i + dec_i),
@@ -206,7 +207,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     n_sched = len(capture_schedule(params.capture.timesteps, steps))
     c = params.capture
     store = capture_bytes(params.capture, params.sampling, shapes, items)
-    unit = capture_unit(batch, n_sched, c.shard_samples)
+    unit = capture_unit(batch, n_sched * calls, c.shard_samples)
     share_c = {k: rank_share(items[k], unit, gpus) for k in ("calibration", "training")}
     if c.inputs == "noised":  # the full model's trajectories once; then per step one forward per captured
         # step of the calibration items (counted whole: it stops after block i), none for training
@@ -221,7 +222,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
             k_steps * (items["calibration"] + items["training"]) * steps * t,
             k_steps * (share_c["calibration"] * items["calibration"] + share_c["training"] * items["training"]) * steps * t)
     sol = measure_solve(params)
-    rows_ls = items["calibration"] * n_sched * (c.image_tokens + c.text_tokens)
+    rows_ls = items["calibration"] * n_sched * calls * (c.image_tokens + c.text_tokens)
     per_stream = shapes.dim * shapes.dim + shapes.dim + (shapes.dim * shapes.dim if params.solve.condition == "temb" else 0)
     linear_bytes = 2 * per_stream * 4  # two streams (double block), float32; temb: U (D × D) each
     add("solve@k", k_steps, "resident", sol, k_steps * linear_bytes, True,
@@ -231,7 +232,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
           for kind in dict.fromkeys(block_kinds(params))]
     place_w = "/".join(sorted({pw for pw, _ in sw})) if len({pw for pw, _ in sw}) > 1 else sw[0][0]
     sand = max((m for _, m in sw), key=lambda m: m.peak)
-    samples = items["training"] * n_sched
+    samples = items["training"] * n_sched * calls  # with guidance, each with its unconditional twin
     recompute = samples * sand.flops["recompute_per_sample_block"] * n_blocks * 2 // 3
     s = params.sandwich
     probe_rates = len(s.probe_rates) if s.learning_rate == "auto" else 0  # each tried for probe_steps, then checked
@@ -239,7 +240,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     # the held-out check (sandwich.HeldOutCheck): up to round_samples held-out samples at the start, every
     # eval_every steps and after each probe; then the start and the state kept on every held-out sample
     # every sample of a held-out prompt: its images at every captured timestep
-    held_out = held_out_prompts(counts["training"], s.holdout) * params.prompts.training.images_per_prompt * n_sched
+    held_out = held_out_prompts(counts["training"], s.holdout) * params.prompts.training.images_per_prompt * n_sched * calls
     checked = (1 + math.ceil(s.train_steps / max(s.eval_every, 1)) + probe_rates) * min(s.round_samples, held_out)
     check_flop = (checked + 2 * held_out) * sand.flops["check_per_sample"]
     states = sum(k * linear_bytes for k in range(1, k_steps + 1))  # each state holds every linear so far

@@ -80,19 +80,25 @@ class Armed:
     captured steps. ``sample_latents`` calls it before every transformer call, with the call's inputs,
     which go to ``record`` (if set) at captured steps."""
 
-    def __init__(self, steps: list[int], items: list[GenItem], sigmas: list[float]):
-        self.steps, self.items, self.sigmas = set(steps), items, sigmas
-        self.armed, self.step, self.batch = False, -1, slice(0, 0)
+    def __init__(self, steps: list[int], items: list[GenItem], sigmas: list[float], cfg: bool = False):
+        self.steps, self.items, self.sigmas, self.cfg = set(steps), items, sigmas, cfg
+        self.armed, self.step, self.batch, self.negative = False, -1, slice(0, 0), False
         self.record = None
 
-    def __call__(self, step: int, batch: slice, inputs: ModelInputs | None = None) -> None:
-        self.armed, self.step, self.batch = step in self.steps, step, batch
+    def __call__(self, step: int, batch: slice, inputs: ModelInputs | None = None, negative: bool = False) -> None:
+        self.armed, self.step, self.batch, self.negative = step in self.steps, step, batch, negative
         if self.armed and self.record is not None:
             self.record(inputs)
 
+    def tags(self, it: GenItem) -> tuple:
+        """What tells a sample apart, for seeding its token picks: the item and the schedule step, and
+        whether it is the item's unconditional twin (classifier-free guidance)."""
+        return (it.prompt, it.seed, self.step, "negative") if self.negative else (it.prompt, it.seed, self.step)
+
     def write_items(self, writer: StoreWriter, timestep: torch.Tensor | None = None) -> None:
         """Per-sample bookkeeping of the current batch: prompt, seed, schedule step, and the timestep
-        (sigma) — as the transformer received it when given, else the schedule's."""
+        (sigma) — as the transformer received it when given, else the schedule's; with classifier-free
+        guidance, whether the call was the negative prompt's."""
         chunk = self.items[self.batch]
         writer.append("prompt", torch.tensor([it.prompt for it in chunk]))
         writer.append("seed", torch.tensor([it.seed for it in chunk]))
@@ -100,6 +106,8 @@ class Armed:
         if timestep is None:
             timestep = torch.full((len(chunk),), self.sigmas[self.step])
         writer.append("timestep", timestep.float())
+        if self.cfg:
+            writer.append("negative", torch.full((len(chunk),), self.negative))
 
 
 class BlockIOHooks:
@@ -126,7 +134,7 @@ class BlockIOHooks:
                 block.register_forward_hook(self.post, with_kwargs=True)]
 
     def _pick(self, n: int, k: int, stream: str) -> torch.Tensor:  # (b, k) distinct token indices per sample
-        gens = [torch.Generator().manual_seed(derive_seed(self.seed, stream, it.prompt, it.seed, self.armed.step))
+        gens = [torch.Generator().manual_seed(derive_seed(self.seed, stream, *self.armed.tags(it)))
                 for it in self.armed.items[self.armed.batch]]
         return torch.stack([torch.randperm(n, generator=g)[:k] for g in gens])
 
@@ -215,7 +223,8 @@ def noised_forwards(adapter: BlockAdapter, embeds: PromptEmbeds, items: list[Gen
     in the same order) and each captured schedule step s, ``on_step(s, batch, inputs)`` with the
     transformer inputs at x_t (:func:`noised`, σ = timesteps[s] / 1000 as the sampler passes it), then
     the model's forward through blocks 0 .. stop − 1 only (``stop`` 0: none — the training store
-    records inputs alone). The same order of samples as :func:`~fastflux_core.sampling.sample_latents`."""
+    records inputs alone). The same order of samples as :func:`~fastflux_core.sampling.sample_latents`,
+    the unconditional twin after each batch's call with classifier-free guidance."""
     p = next(adapter.model.parameters())
     device, dtype = p.device, p.dtype
     h, w = x0.shape[-2:]
@@ -225,28 +234,30 @@ def noised_forwards(adapter: BlockAdapter, embeds: PromptEmbeds, items: list[Gen
         chunk = items[start : start + sampling.batch_size]
         b = len(chunk)
         eps = initial_noise(chunk, latent_channels, h, w)  # (b, C, h, w): the item's own starting noise
-        prompt_embeds, pooled = embeds.select([it.prompt for it in chunk])
-        prompt_embeds, pooled = prompt_embeds.to(device, dtype), pooled.to(device, dtype)
+        prompts = [it.prompt for it in chunk]
+        texts = [(False, embeds.select(prompts))] + ([(True, embeds.select(prompts, True))] if sampling.cfg else [])
         guidance = torch.full((b,), sampling.guidance_scale, device=device) if adapter.uses_guidance else None
         for s in schedule:
             t = timesteps[s]
             latents = pack(noised(x0[start : start + b], eps, float(t) / 1000)).to(device, dtype)  # (b, N_img, 4C)
-            x = ModelInputs(latents, prompt_embeds, pooled, t.expand(b).to(device, dtype) / 1000, img_ids, txt_ids,
-                            guidance, (h, w))
-            on_step(s, slice(start, start + b), x)
-            if stop:
-                adapter.run(adapter.embed(x), 0, stop)
+            for negative, (prompt_embeds, pooled) in texts:  # with guidance: the prompts', then the negative's
+                x = ModelInputs(latents, prompt_embeds.to(device, dtype), pooled.to(device, dtype),
+                                t.expand(b).to(device, dtype) / 1000, img_ids, txt_ids, guidance, (h, w))
+                on_step(s, slice(start, start + b), x, negative)
+                if stop:
+                    adapter.run(adapter.embed(x), 0, stop)
 
 
-def capture_unit(batch_size: int, schedule_steps: int, shard_samples: int) -> int:
+def capture_unit(batch_size: int, samples_per_item: int, shard_samples: int) -> int:
     """Items in the smallest piece of capture work that ranks can split: whole sampling batches (the
     batches of a single process, so every activation is the one-process one) whose samples — one per
-    captured schedule step — fill whole shards of the stores (no two ranks write one shard).
+    captured schedule step, two with classifier-free guidance — fill whole shards of the stores (no
+    two ranks write one shard).
 
-    >>> capture_unit(batch_size=1, schedule_steps=4, shard_samples=32)  # FLUX.1-dev: 8 items, 32 samples
+    >>> capture_unit(batch_size=1, samples_per_item=4, shard_samples=32)  # FLUX.1-dev: 8 items, 32 samples
     8
     """
-    return math.lcm(batch_size, shard_samples // math.gcd(shard_samples, schedule_steps))
+    return math.lcm(batch_size, shard_samples // math.gcd(shard_samples, samples_per_item))
 
 
 def capture_step(params: Params, step: PlanStep, state: ChainState, calibration: PromptEmbeds,
@@ -267,10 +278,12 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
     schedule = capture_schedule(cap.timesteps, params.sampling.steps)
     sets = {"calibration": (calibration, params.prompts.calibration), "training": (training, params.prompts.training)}
     items = {name: prompt_items(len(e.prompts), s.images_per_prompt, s.seed) for name, (e, s) in sets.items()}
-    specs = {"calibration": calibration_specs(dim, cap.image_tokens, cap.text_tokens),
-             "training": training_specs(n_img, adapter.token_channels(model.config))}
-    n_samples = {name: len(items[name]) * len(schedule) for name in sets}
-    unit = capture_unit(params.sampling.batch_size, len(schedule), cap.shard_samples)
+    cfg = params.sampling.cfg  # every sample with its unconditional twin
+    specs = {"calibration": calibration_specs(dim, cap.image_tokens, cap.text_tokens, cfg),
+             "training": training_specs(n_img, adapter.token_channels(model.config), cfg)}
+    per_item = len(schedule) * (2 if cfg else 1)  # samples per item
+    n_samples = {name: len(items[name]) * per_item for name in sets}
+    unit = capture_unit(params.sampling.batch_size, per_item, cap.shard_samples)
     mine = {name: world.part(len(items[name]), unit) for name in sets}
     check_disk(out / "x", sum(estimate_bytes(specs[n], n_samples[n], cap.dtype) for n in sets),
                what=f"the activation stores of capture@{step.k} (calibration.zarr, training.zarr)")
@@ -289,12 +302,12 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
             out / f"{name}.zarr", specs[name], n_samples[name], cap.shard_samples,
             cap.chunk_samples if name == "calibration" else 1, cap.dtype, cap.clevel, check_space=False,
             compression=cap.compression, world=world,
-            span=range(mine[name].start * len(schedule), mine[name].stop * len(schedule)),
+            span=range(mine[name].start * per_item, mine[name].stop * per_item),
             attrs={**attrs, "prompt_set": name, "prompts": embeds.prompts, "tokens": {"img": n_img, "txt": n_txt},
                    "sampled": {"img": cap.image_tokens, "txt": cap.text_tokens} if name == "calibration" else None,
                    "description": __doc__.split("\n\n")[0]})
         todo = items[name][mine[name].start : mine[name].stop]
-        armed = Armed(schedule, todo, sigmas)
+        armed = Armed(schedule, todo, sigmas, cfg)
         if name == "calibration":
             hooks = BlockIOHooks(writer, armed, cap.image_tokens, cap.text_tokens,
                                  derive_seed(params.seed, "capture-tokens", step.k), block_name)

@@ -112,7 +112,8 @@ def make_embedded_base(params: "Params", out: Path) -> dict:
     encoder = load_text_encoder(params.model, params.text)
     caption_prompts, caption_labels = digits.captions()
     check_cut(encoder, caption_prompts, "the base's captions (digits.TRAIN_TEMPLATES)", digits=True)
-    caps = encode_prompts(encoder, caption_prompts, params.text.batch_size, desc="captions")
+    negative = params.sampling.negative_prompt if params.sampling.cfg else None  # the check samples as stages do
+    caps = encode_prompts(encoder, caption_prompts, params.text.batch_size, desc="captions", negative_prompt=negative)
     del encoder  # no text encoder in memory while training or generating
 
     model = build_model(cfg, latent_channels=images.shape[1], text_dims=(caps.prompt_embeds.shape[-1], caps.pooled.shape[-1]))
@@ -123,7 +124,7 @@ def make_embedded_base(params: "Params", out: Path) -> dict:
 
     model.to(resolve_device(params.model.device))
     first = [i for i, _ in enumerate(caption_prompts) if i % len(digits.TRAIN_TEMPLATES) == 0]  # one per digit
-    check = PromptEmbeds([caption_prompts[i] for i in first], *caps.select(first))
+    check = PromptEmbeds([caption_prompts[i] for i in first], *caps.select(first), caps.negative)
     items = prompt_items(len(first), cfg.eval_images_per_prompt, derive_seed(cfg.seed, "base-samples"))
     latents = sample_latents(model, scheduler, check, items, params.sampling, images.shape[1], 1)
     generated = PixelCodec(images.shape[1]).decode(latents)  # (N, 8, 8) uint8

@@ -152,6 +152,7 @@ class FluxLayout:
     family = "flux"
     model_class_name = "FluxTransformer2DModel"
     pipeline_class = "FluxPipeline"
+    cfg_renorm = False  # classifier-free guidance as the pipeline combines it: v_u + s·(v_c − v_u), nothing more
     pruned_class = "PrunedFluxTransformer2DModel"
     # diffusers' defaults for keys a config.json may leave out (tests/test_layouts.py reads them off __init__)
     defaults = {"num_layers": 19, "num_single_layers": 38, "in_channels": 64}
@@ -222,6 +223,7 @@ class SD3Layout:
     family = "sd3"
     model_class_name = "SD3Transformer2DModel"
     pipeline_class = "StableDiffusion3Pipeline"
+    cfg_renorm = False  # classifier-free guidance as the pipeline combines it: v_u + s·(v_c − v_u), nothing more
     pruned_class = "PrunedSD3Transformer2DModel"
     defaults = {"num_layers": 18, "in_channels": 16, "patch_size": 2}
     reference_configs: dict = {}  # none shipped: an SD3 budget reads the folder's configs
@@ -275,6 +277,7 @@ class QwenImageLayout:
     defaults = {"num_layers": 60, "in_channels": 64, "patch_size": 2}
     reference_configs = {"transformer": QWEN_IMAGE_TRANSFORMER}
     refused = ("zero_cond_t", "use_additional_t_cond", "guidance_embeds")  # switches FastFLUX cannot run yet
+    cfg_renorm = True  # QwenImagePipeline rescales the guided velocity to the conditional one's norm per token
 
     @classmethod
     def block_refs(cls, config: dict) -> list[BlockRef]:

@@ -174,10 +174,21 @@ class SamplingParams(_Strict):
     height: int = Field(8, ge=2)
     width: int = Field(8, ge=2)
     steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(3.5, ge=0, description="FLUX's distilled guidance; the embedded base has none "
-                                  "and ignores it; a FLUX / FLUX.2 folder without guidance embedding and SD3 "
-                                  "folders must set 1.0 (no classifier-free guidance yet)")
+    guidance_scale: float = Field(3.5, ge=0, description="FLUX's distilled guidance (a model input); the embedded "
+                                  "base has none and ignores it; a FLUX / FLUX.2 folder without guidance embedding "
+                                  "and SD3 / Qwen-Image folders must set 1.0 (their guidance is true_cfg_scale)")
+    true_cfg_scale: float = Field(1.0, ge=1.0, le=100.0, description="classifier-free guidance: > 1 runs every "
+                                  "denoising call twice, with the prompt and with negative_prompt, and combines "
+                                  "them as the family's pipeline does (SD3/SD3.5's guidance_scale, Qwen-Image's "
+                                  "true_cfg_scale); 1.0: off")
+    negative_prompt: str = Field("", max_length=2000, description="the unconditional prompt of classifier-free "
+                                 "guidance (the pipelines' default: empty)")
     batch_size: int = Field(64, ge=1)
+
+    @property
+    def cfg(self) -> bool:
+        """Whether classifier-free guidance runs: every sample has an unconditional twin."""
+        return self.true_cfg_scale > 1.0
 
 
 class ImportanceParams(_Strict):
@@ -484,11 +495,12 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _no_silent_guidance(self) -> "Params":
-        if self.model.source == "sd3" and self.sampling.guidance_scale != 1.0:
+        if self.model.source in ("sd3", "qwenimage") and self.sampling.guidance_scale != 1.0:
             raise ValueError(
-                f"sampling.guidance_scale={self.sampling.guidance_scale} with model.source: sd3: SD3 is sampled "
-                f"without classifier-free guidance for now (StableDiffusion3Pipeline at guidance_scale=1; "
-                f"sampling.guidance_scale is FLUX's distilled guidance) — set sampling.guidance_scale: 1.0")
+                f"sampling.guidance_scale={self.sampling.guidance_scale} with model.source: {self.model.source}: "
+                f"sampling.guidance_scale is FLUX's distilled guidance, which this model does not take — set "
+                f"sampling.guidance_scale: 1.0 and its classifier-free guidance as sampling.true_cfg_scale "
+                f"(the pipeline's guidance_scale for SD3/SD3.5, true_cfg_scale for Qwen-Image)")
         return self
 
     @model_validator(mode="after")

@@ -177,14 +177,15 @@ def check(params: "Params") -> None:
 
 
 def check_guidance(model: "ModelParams", sampling: "SamplingParams") -> None:
-    """A folder model without guidance embedding (FLUX.2-klein, FLUX.1-schnell) takes no distilled
-    guidance, and classifier-free guidance is not implemented yet: a ``sampling.guidance_scale`` other
-    than 1 would be silently ignored — refused."""
+    """A folder model without guidance embedding (SD3, Qwen-Image, FLUX.2-klein, FLUX.1-schnell) takes
+    no distilled guidance: a ``sampling.guidance_scale`` other than 1 would be silently ignored —
+    refused, naming the key that guides such a model (``sampling.true_cfg_scale``, classifier-free)."""
     config = read_config(model.path / "transformer" / "config.json", "model folder")
-    if model.source in ("flux", "flux2") and not config.get("guidance_embeds", False) and sampling.guidance_scale != 1.0:
+    if not config.get("guidance_embeds", False) and sampling.guidance_scale != 1.0:
         raise FastFluxError(f"sampling.guidance_scale={sampling.guidance_scale}, but {model.path} has no "
-                            f"guidance embedding (guidance_embeds: false, e.g. FLUX.2-klein or FLUX.1-schnell) and "
-                            f"classifier-free guidance is not implemented yet: set sampling.guidance_scale: 1.0")
+                            f"guidance embedding (distilled guidance: FLUX.1-dev, FLUX.2-dev): set "
+                            f"sampling.guidance_scale: 1.0, and for classifier-free guidance sampling.true_cfg_scale "
+                            f"(e.g. 3.5 for SD3.5-large, 4.0 for Qwen-Image)")
 
 
 def prompt_counts(prompts: "PromptParams", assumed: dict[str, int]) -> dict[str, int]:

@@ -111,33 +111,58 @@ def check_disjoint(prompts: "PromptParams") -> None:
 
 @dataclass
 class PromptEmbeds:
-    """Encoded prompts: what the transformer takes as text conditioning."""
+    """Encoded prompts: what the transformer takes as text conditioning — and, with classifier-free
+    guidance (``sampling.true_cfg_scale`` > 1), the negative prompt's states beside them, which every
+    sample's unconditional twin takes.
+
+    >>> e = PromptEmbeds(["a", "b"], torch.ones(2, 3, 4), torch.ones(2, 5), (torch.zeros(1, 3, 4), torch.zeros(1, 5)))
+    >>> states, pooled = e.select([1, 0, 1], negative=torch.tensor([False, True, False]))
+    >>> states[:, 0, 0].tolist(), pooled.shape
+    ([1.0, 0.0, 1.0], torch.Size([3, 5]))
+    """
 
     prompts: list[str]
     prompt_embeds: torch.Tensor  # (N, T, D_text) → encoder_hidden_states
     pooled: torch.Tensor  # (N, D_pool) → pooled_projections
+    negative: tuple[torch.Tensor, torch.Tensor] | None = None  # (1, T, D_text), (1, D_pool): the negative prompt
 
     def __post_init__(self) -> None:
         n = len(self.prompts)
         if self.prompt_embeds.shape[0] != n or self.pooled.shape[0] != n:
             raise ValueError("prompt_embeds, pooled and prompts disagree on the number of prompts")
+        if self.negative is not None and (self.negative[0].shape != (1, *self.prompt_embeds.shape[1:])
+                                          or self.negative[1].shape != (1, *self.pooled.shape[1:])):
+            raise ValueError("the negative prompt's states do not have the prompts' shapes")
 
-    def select(self, index: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt_embeds, pooled) rows for the given prompt indices."""
+    def select(self, index: list[int] | torch.Tensor, negative: torch.Tensor | bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds, pooled) rows for the given prompt indices; where ``negative`` (one flag for
+        all rows, or a (n,) bool per row) the negative prompt's states instead — an unconditional
+        sample keeps its item's prompt index (held-out splits go by it)."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return self.prompt_embeds[index], self.pooled[index]
+        states, pooled = self.prompt_embeds[index], self.pooled[index]
+        negative = torch.as_tensor(negative, dtype=torch.bool).expand(len(index))
+        if not negative.any():
+            return states, pooled
+        if self.negative is None:
+            raise FastFluxError("classifier-free guidance needs the negative prompt's states, and these encoded "
+                                "prompts have none: re-run stage encode with sampling.true_cfg_scale > 1")
+        neg_states, neg_pooled = self.negative
+        return (torch.where(negative[:, None, None], neg_states.to(states.dtype), states),
+                torch.where(negative[:, None], neg_pooled.to(pooled.dtype), pooled))
 
     def save(self, path: str | Path) -> None:
-        save_tensors(
-            path,
-            {"prompt_embeds": self.prompt_embeds, "pooled": self.pooled},
-            metadata={"prompts": json.dumps(self.prompts)},
-        )
+        tensors = {"prompt_embeds": self.prompt_embeds, "pooled": self.pooled}
+        if self.negative is not None:  # only then: files made without guidance keep their bytes
+            tensors.update(negative_prompt_embeds=self.negative[0], negative_pooled=self.negative[1])
+        save_tensors(path, tensors, metadata={"prompts": json.dumps(self.prompts)})
 
     @classmethod
     def load(cls, path: str | Path) -> "PromptEmbeds":
         tensors, meta = read_tensors(path)
-        return cls(json.loads(meta["prompts"]), tensors["prompt_embeds"], tensors["pooled"])
+        negative = ((tensors["negative_prompt_embeds"], tensors["negative_pooled"])
+                    if "negative_prompt_embeds" in tensors else None)
+        return cls(json.loads(meta["prompts"]), tensors["prompt_embeds"], tensors["pooled"], negative)
 
 
 def label_of(prompt: str) -> int:

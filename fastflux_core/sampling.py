@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -53,6 +54,21 @@ def timesteps_for(transformer: torch.nn.Module, scheduler: FlowMatchEulerDiscret
     return adapter_for(transformer).timesteps(scheduler, steps, image_seq_len, device)
 
 
+def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, renorm: bool) -> torch.Tensor:
+    """Classifier-free guidance as the family's pipeline combines the two calls: v_u + s·(v_c − v_u)
+    (``StableDiffusion3Pipeline``, ``FluxPipeline``'s and ``Flux2KleinPipeline``'s); ``renorm``
+    (``QwenImagePipeline``) then rescales each token to the conditional velocity's norm. (b, N, C).
+
+    >>> c, u = torch.tensor([[[3.0, 4.0]]]), torch.tensor([[[0.0, 0.0]]])
+    >>> guided(c, u, 2.0, renorm=False).tolist(), guided(c, u, 2.0, renorm=True).tolist()
+    ([[[6.0, 8.0]]], [[[3.0, 4.0]]])
+    """
+    combined = v_uncond + scale * (v_cond - v_uncond)
+    if renorm:
+        combined = combined * (torch.norm(v_cond, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
+    return combined
+
+
 def velocity(transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor,
              guidance: torch.Tensor | None, pooled: torch.Tensor, prompt_embeds: torch.Tensor,
              txt_ids: torch.Tensor, img_ids: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
@@ -73,13 +89,16 @@ def sample_latents(
     latent_channels: int,
     scale_factor: int,
     progress: bool = True,
-    on_step: Callable[[int, slice, ModelInputs], None] | None = None,
+    on_step: Callable[[int, slice, ModelInputs, bool], None] | None = None,
 ) -> torch.Tensor:
     """Denoise every item; return final latents (N, C, h, w), float32 on CPU, in item order.
 
-    ``on_step(i, batch, inputs)`` runs before the transformer call of schedule step ``i`` on
-    ``items[batch]`` with its inputs: activation capture arms its hooks at chosen timesteps and
-    records the inputs there."""
+    ``on_step(i, batch, inputs, negative)`` runs before the transformer call of schedule step ``i``
+    on ``items[batch]`` with its inputs: activation capture arms its hooks at chosen timesteps and
+    records the inputs there. With classifier-free guidance (``sampling.true_cfg_scale`` > 1) each
+    step calls the model twice, with the prompts and then with the negative prompt (``negative``
+    True), and combines the two as the family's pipeline does (:func:`guided`) — two calls of b
+    rather than one of 2b, so capture sees each as a batch of its own (the same FLOPs)."""
     p = next(transformer.parameters())
     device, dtype = p.device, p.dtype
     h, w = latent_size(sampling.height, sampling.width, scale_factor)
@@ -94,6 +113,8 @@ def sample_latents(
         latents = pack(initial_noise(chunk, latent_channels, h, w)).to(device, dtype)  # (b, N_img, 4C)
         prompt_embeds, pooled = embeds.select([it.prompt for it in chunk])
         prompt_embeds, pooled = prompt_embeds.to(device, dtype), pooled.to(device, dtype)
+        if sampling.cfg:  # (b, T, D_text), (b, D_pool): the negative prompt's states for every item
+            neg_embeds, neg_pooled = (t.to(device, dtype) for t in embeds.select([it.prompt for it in chunk], True))
         guidance = None
         if adapter_for(transformer).uses_guidance:
             guidance = torch.full((b,), sampling.guidance_scale, device=device, dtype=torch.float32)
@@ -101,9 +122,16 @@ def sample_latents(
         for i, t in enumerate(timesteps_for(transformer, sched, sampling.steps, latents.shape[1], device)):
             x = ModelInputs(latents, prompt_embeds, pooled, t.expand(b).to(dtype) / 1000, img_ids, txt_ids, guidance, (h, w))
             if on_step is not None:
-                on_step(i, slice(start, start + b), x)
+                on_step(i, slice(start, start + b), x, False)
             v = velocity(transformer, x.hidden_states, x.timestep, x.guidance, x.pooled_projections,
                          x.encoder_hidden_states, x.txt_ids, x.img_ids, x.grid)
+            if sampling.cfg:
+                xu = replace(x, encoder_hidden_states=neg_embeds, pooled_projections=neg_pooled)
+                if on_step is not None:
+                    on_step(i, slice(start, start + b), xu, True)
+                v_u = velocity(transformer, xu.hidden_states, xu.timestep, xu.guidance, xu.pooled_projections,
+                               xu.encoder_hidden_states, xu.txt_ids, xu.img_ids, xu.grid)
+                v = guided(v, v_u, sampling.true_cfg_scale, adapter_for(transformer).cfg_renorm)
             latents = sched.step(v, t, latents, return_dict=False)[0]
             bar.update(b)
         out.append(unpack(latents.float().cpu(), h, w))

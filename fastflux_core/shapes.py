@@ -86,7 +86,10 @@ class Shapes:
 
 
 def capture_bytes(c: CaptureParams, sampling: SamplingParams, shapes: Shapes, items: dict[str, int]) -> int:
-    """Bytes of one capture@k's two stores (uncompressed), for ``items`` images per prompt set."""
-    n_sched = len(capture_schedule(c.timesteps, sampling.steps))
-    return (estimate_bytes(calibration_specs(shapes.dim, c.image_tokens, c.text_tokens), items["calibration"] * n_sched, c.dtype)
-            + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels), items["training"] * n_sched, c.dtype))
+    """Bytes of one capture@k's two stores (uncompressed), for ``items`` images per prompt set (each
+    at every captured step, twice with classifier-free guidance)."""
+    per_item = len(capture_schedule(c.timesteps, sampling.steps)) * (2 if sampling.cfg else 1)
+    return (estimate_bytes(calibration_specs(shapes.dim, c.image_tokens, c.text_tokens, sampling.cfg),
+                           items["calibration"] * per_item, c.dtype)
+            + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels, sampling.cfg),
+                             items["training"] * per_item, c.dtype))

@@ -421,7 +421,12 @@ ITEM_SPECS = [
 ]
 
 
-def calibration_specs(dim: int, k_img: int, k_txt: int) -> list[ArraySpec]:
+# with classifier-free guidance every item's sample has an unconditional twin (the negative prompt's
+# call at the same latents): ``negative`` says which; its ``prompt`` stays the item's (held-out splits)
+NEGATIVE_SPEC = ArraySpec("negative", (), ("sample",), activation=False, dtype="bool")
+
+
+def calibration_specs(dim: int, k_img: int, k_txt: int, cfg: bool = False) -> list[ArraySpec]:
     """calibration.zarr: block input and residual, ``k_img`` image and ``k_txt`` text tokens per sample,
     and the sample's timestep embedding ``temb`` (what the block's modulation reads)."""
     return [
@@ -430,10 +435,10 @@ def calibration_specs(dim: int, k_img: int, k_txt: int) -> list[ArraySpec]:
         ArraySpec("block_in_txt", (dim,), ("text_token", "dim"), k_txt),
         ArraySpec("residual_txt", (dim,), ("text_token", "dim"), k_txt),
         ArraySpec("temb", (dim,), ("sample", "dim")),  # the block's timestep embedding (solve.condition: temb)
-    ] + ITEM_SPECS
+    ] + ITEM_SPECS + ([NEGATIVE_SPEC] if cfg else [])
 
 
-def training_specs(n_img: int, in_channels: int) -> list[ArraySpec]:
+def training_specs(n_img: int, in_channels: int, cfg: bool = False) -> list[ArraySpec]:
     """training.zarr: the packed noisy latent and guidance the transformer received, per sample."""
     return [ArraySpec("latents", (n_img, in_channels), ("sample", "image_seq", "channel")),
-            ArraySpec("guidance", (), ("sample",), activation=False)] + ITEM_SPECS
+            ArraySpec("guidance", (), ("sample",), activation=False)] + ITEM_SPECS + ([NEGATIVE_SPEC] if cfg else [])

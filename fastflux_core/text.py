@@ -115,15 +115,20 @@ class MiniLMTextEncoder:
 
 
 def encode_prompts(encoder: TextEncoder, prompts: list[str], batch_size: int, desc: str = "encode",
-                   dtype: torch.dtype = torch.float32) -> PromptEmbeds:
+                   dtype: torch.dtype = torch.float32, negative_prompt: str | None = None) -> PromptEmbeds:
     """Encode a prompt list in batches (order kept), kept in ``dtype`` — the transformer's, which is
-    all it ever sees of them (FLUX.1-dev: 512 prompts × 512 × 4096 are 2.1 GB in bf16, 4.3 in fp32)."""
+    all it ever sees of them (FLUX.1-dev: 512 prompts × 512 × 4096 are 2.1 GB in bf16, 4.3 in fp32).
+    ``negative_prompt`` (classifier-free guidance's, or None without guidance) is encoded beside them."""
     embeds, pooled = [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         e, p = encoder.encode(prompts[start : start + batch_size])
         embeds.append(e)
         pooled.append(p)
-    return PromptEmbeds(list(prompts), torch.cat(embeds).to(dtype), torch.cat(pooled).to(dtype))
+    negative = None
+    if negative_prompt is not None:
+        e, p = encoder.encode([negative_prompt])
+        negative = (e.to(dtype), p.to(dtype))
+    return PromptEmbeds(list(prompts), torch.cat(embeds).to(dtype), torch.cat(pooled).to(dtype), negative)
 
 
 def load_text_encoder(model: ModelParams, text: TextParams) -> TextEncoder:

@@ -55,14 +55,17 @@ class CapturedInputs:
         self.img_ids = store.read("img_ids").to(device, self.dtype)  # (N_img, 3)
         self.txt_ids = store.read("txt_ids").to(device, self.dtype)  # (N_txt, 3)
         self.guidance = adapter_for(model).uses_guidance
+        self.cfg = "negative" in store.group  # captured with classifier-free guidance: unconditional twins
 
     def batches(self, idx: torch.Tensor, micro_batch: int) -> Iterator[ModelInputs]:
         """Samples ``idx`` in store order, ``micro_batch`` at a time; each sample's inputs are read from
         the store once (a round's latents: 32 MB at FLUX.1-dev, 64 samples)."""
         rows = torch.sort(idx).values.numpy()
-        read = {name: self.store.read_samples(name, rows) for name in ("prompt", "latents", "timestep", "guidance")}
+        names = ("prompt", "latents", "timestep", "guidance") + (("negative",) if self.cfg else ())
+        read = {name: self.store.read_samples(name, rows) for name in names}
         for mb in torch.arange(len(rows)).split(micro_batch):  # positions in ``read``
-            prompt_embeds, pooled = self.embeds.select(read["prompt"][mb])
+            # an unconditional twin (classifier-free guidance) takes the negative prompt's states
+            prompt_embeds, pooled = self.embeds.select(read["prompt"][mb], read["negative"][mb] if self.cfg else False)
             yield ModelInputs(
                 hidden_states=read["latents"][mb].to(self.device, self.dtype),
                 encoder_hidden_states=prompt_embeds.to(self.device, self.dtype),

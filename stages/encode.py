@@ -1,4 +1,5 @@
-"""Stage encode: every prompt set → data/encoded/<set>.safetensors (text states + pooled vectors).
+"""Stage encode: every prompt set → data/encoded/<set>.safetensors (text states + pooled vectors; with
+classifier-free guidance the negative prompt's too).
 
 Text encoders live only in this stage, so later stages generate without them in memory. A prompt
 the encoder cuts at text.max_sequence_length is named first (refused where the cut loses the digit
@@ -23,7 +24,9 @@ def main() -> None:
         check_cut(encoder, prompts, getattr(params.prompts, name).file, digits=params.model.source == "embedded")
     with atomic_dir(OUT) as out:
         for name, prompts in sets.items():
-            embeds = encode_prompts(encoder, prompts, params.text.batch_size, name, resolve_dtype(params.model.dtype))
+            negative = params.sampling.negative_prompt if params.sampling.cfg else None
+            embeds = encode_prompts(encoder, prompts, params.text.batch_size, name, resolve_dtype(params.model.dtype),
+                                    negative)
             embeds.save(out / f"{name}.safetensors")
 
 

@@ -78,8 +78,8 @@ def test_a_forward_stopped_after_the_block_records_the_rows_of_a_whole_one(noise
         hooks = BlockIOHooks(writer, armed, cap.image_tokens, cap.text_tokens, 7, "b3")
         handles = hooks.attach(adapter, step.block, embeds.prompt_embeds.shape[1])
 
-        def whole(s_, batch, x):
-            armed(s_, batch, x)
+        def whole(s_, batch, x, negative):
+            armed(s_, batch, x, negative)
             adapter.call(x)  # the model's forward: blocks called with keywords, every block run
 
         with torch.no_grad():

@@ -89,11 +89,11 @@ def test_interrupted_capture_leaves_nothing(chain, monkeypatch):
     def interrupted(*args, **kwargs):
         on_step = kwargs["on_step"]
 
-        def boom(s, batch, inputs):
+        def boom(s, batch, inputs, negative):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise KeyboardInterrupt
-            on_step(s, batch, inputs)
+            on_step(s, batch, inputs, negative)
 
         return real(*args, **{**kwargs, "on_step": boom})
 
@@ -145,7 +145,7 @@ def test_capture_at_step_k_samples_with_the_chain_after_step_k_minus_1(chain):
         seen = torch.zeros(len(items), *store.read("latents").shape[1:])
         model = build_chain_model(params, state).model
 
-        def on_step(i, batch, x):
+        def on_step(i, batch, x, negative):
             if i == 2:
                 seen[batch] = x.hidden_states.float()
 

@@ -35,6 +35,7 @@ SWITCHES = {  # every enum/boolean the embedded default can take, flipped from p
     "evaluate.sweep": False, "prompts.disjoint": "items", "model.dtype": "bfloat16", "model.device": "cpu",
     "capture.compression": "lz4", "sandwich.gradient_checkpointing": False, "model.offload": "always",
     "importance.steps": 2, "solve.replacement": "delete", "embedded.family": "sd3", "capture.inputs": "noised",
+    "sampling.true_cfg_scale": 2.0,  # classifier-free guidance: the negative prompt encoded, every sample's twin captured
 }  # sandwich.train: false runs through DVC as the report's queued experiment (queued_runs, below)
 ONE_THREAD = {**ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 # every stage process records the params keys it reads (tests/trace_params/sitecustomize.py, for
