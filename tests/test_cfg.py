@@ -82,24 +82,19 @@ def test_sampler_equals_sd3_pipeline_with_classifier_free_guidance(tiny_sd3_fold
 def test_sampler_equals_qwen_image_pipeline_with_true_cfg():
     """Qwen-Image's guidance rescales the combined velocity to the conditional one's norm: our sampler
     at true_cfg_scale 4 equals QwenImagePipeline's (prompt and negative embeddings with their masks)."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
-    from test_qwenimage import inputs, tiny_qwen
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from test_qwenimage import SCHEDULER, inputs, tiny_pipeline
 
     from fastflux_core.params import SamplingParams
 
-    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
-                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    sched = dict(use_dynamic_shifting=True, shift=1.0, base_image_seq_len=256, max_image_seq_len=8192,
-                 base_shift=0.5, max_shift=0.9, shift_terminal=0.02, time_shift_type="exponential")
-    model = tiny_qwen()
-    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**sched), vae=vae, text_encoder=None,
-                             tokenizer=None, transformer=model)
+    pipe = tiny_pipeline()
+    model = pipe.transformer
     x = inputs(b=2, padded=2)
     neg = inputs(b=1, padded=3, seed=9).encoder_hidden_states  # (1, 5, 12): a shorter negative prompt
     embeds = PromptEmbeds(["a", "b"], x.encoder_hidden_states, torch.zeros(2, 0), (neg, torch.zeros(1, 0)))
     sampling = SamplingParams(height=16, width=24, steps=3, guidance_scale=1.0, true_cfg_scale=4.0, batch_size=2)
     items = prompt_items(2, 1, 3)
-    ours = sample_latents(model, FlowMatchEulerDiscreteScheduler(**sched), embeds, items, sampling, 4, 2,
+    ours = sample_latents(model, FlowMatchEulerDiscreteScheduler(**SCHEDULER), embeds, items, sampling, 4, 2,
                           progress=False)  # (2, 4, 8, 12)
     mask = lambda e: e.ne(0).any(-1).long()  # noqa: E731 — what the pipeline's encoder returns beside the states
     negs = neg.expand(2, -1, -1)

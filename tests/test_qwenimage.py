@@ -26,6 +26,22 @@ def tiny_qwen(seed: int = 0):
     return QwenImageTransformer2DModel(**CONFIG).eval()
 
 
+# QwenImagePipeline's scheduler config (dynamic shift, exponential time shift, terminal 0.02)
+SCHEDULER = dict(use_dynamic_shifting=True, shift=1.0, base_image_seq_len=256, max_image_seq_len=8192,
+                 base_shift=0.5, max_shift=0.9, shift_terminal=0.02, time_shift_type="exponential")
+
+
+def tiny_pipeline():
+    """A QwenImagePipeline around :func:`tiny_qwen` with a 4-channel 3-D VAE (scale 2) and no text encoder:
+    prompt embeddings and their masks are given to it."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), vae=vae, text_encoder=None,
+                             tokenizer=None, transformer=tiny_qwen())
+
+
 def inputs(b: int = 2, h: int = 4, w: int = 6, n_txt: int = 5, padded: int = 2, seed: int = 1) -> ModelInputs:
     """Packed latents of an h × w latent grid; the last ``padded`` text tokens of the first prompt are
     padding (zero states, as the pipeline pads a shorter prompt)."""
@@ -71,15 +87,10 @@ def test_the_pipeline_hands_the_model_what_the_adapter_builds():
     """A tiny QwenImagePipeline (prompt embeddings and their mask given: no text encoder) records every
     transformer call: the adapter's schedule is the pipeline's, the mask it reads back from the padded
     embeddings is the pipeline's, and its forward on those inputs is the model's output."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
-                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    sched = dict(use_dynamic_shifting=True, shift=1.0, base_image_seq_len=256, max_image_seq_len=8192,
-                 base_shift=0.5, max_shift=0.9, shift_terminal=0.02, time_shift_type="exponential")
-    model = tiny_qwen()
-    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**sched), vae=vae, text_encoder=None,
-                             tokenizer=None, transformer=model)
+    pipe = tiny_pipeline()
+    model = pipe.transformer
     seen = []
     real = model.forward
     model.forward = lambda **kw: seen.append((kw, real(**kw))) or seen[-1][1]
@@ -91,7 +102,7 @@ def test_the_pipeline_hands_the_model_what_the_adapter_builds():
     a = QwenImageAdapter(model)
     n_img = seen[0][0]["hidden_states"].shape[1]  # 16×24 pixels → an 8×12 latent (VAE scale 2) → 4×6 tokens
     assert n_img == 24 and seen[0][0]["img_shapes"] == [[(1, 4, 6)]] * 2
-    steps = QwenImageAdapter.timesteps(FlowMatchEulerDiscreteScheduler(**sched), 3, n_img, torch.device("cpu"))
+    steps = QwenImageAdapter.timesteps(FlowMatchEulerDiscreteScheduler(**SCHEDULER), 3, n_img, torch.device("cpu"))
     assert torch.allclose(torch.stack([kw["timestep"][0] for kw, _ in seen]), steps / 1000)
     for kw, out in seen:
         assert torch.equal(kw["encoder_hidden_states_mask"].bool(), text_mask(kw["encoder_hidden_states"]))
