@@ -38,7 +38,7 @@ import torch
 
 from common import report
 
-from fastflux_core import layouts
+from fastflux_core import published
 from fastflux_core.blocks import ModelInputs
 from fastflux_core.codec import latent_ids
 from fastflux_core.evaluation import speed_against
@@ -52,7 +52,7 @@ def rehearsal_model(num_layers: int, num_single_layers: int, dtype: torch.dtype)
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
-    cfg = {k: v for k, v in layouts.FLUX1_DEV_TRANSFORMER.items() if not k.startswith("_")}
+    cfg = {k: v for k, v in published.FLUX1_DEV_TRANSFORMER.items() if not k.startswith("_")}
     cfg.update(num_layers=num_layers, num_single_layers=num_single_layers)
     return FluxTransformer2DModel(**cfg).to(dtype).eval()
 

@@ -17,6 +17,7 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     lstsq         streamed least squares (paper Eq. 1)
     stats         bootstrap and jackknife intervals, the Fréchet distance
     speed         FLOPs (torch's counter) and A B B A latency
+    published     the published component configs of FLUX.1-dev, FLUX.2-dev, SD3.5-large, Qwen-Image
 
 2. runtime — devices, processes, prompts, stores
     placement     the device a run uses; resident or offloaded weights (asks the estimator, layer 6,
@@ -29,7 +30,7 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
 
 3. model families — one module per family, and the registry
     layouts       what a transformer config says without diffusers: each family's block layout, channels,
-                  text tokens, class names, published configs, the embedded base's config
+                  text tokens, class names, which published configs, the embedded base's config
     flux          FLUX.1 (FluxTransformer2DModel): adapter, text encoders
     flux2         FLUX.2 (Flux2Transformer2DModel: dev, klein): adapter on FLUX.1's layout, text encoder, VAE codec
     sd3           SD3 / SD3.5 (SD3Transformer2DModel): adapter, text encoders

@@ -126,7 +126,9 @@ class BlockAdapter(Protocol):
     def replacement(self, index: int, conditioned: bool = False) -> nn.Module: ...  # a fresh BRLL stand-in
     def skip_block(self, index: int) -> nn.Module: ...  # the identity stand-in
     def embed(self, inputs: ModelInputs) -> BlockState: ...
-    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+    # grid: the latent cells (h, w) when known (ModelInputs.grid), for a family that reads no positions from ids
+    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor,
+               grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None: ...
     def run(self, state: BlockState, start: int = 0, stop: int | None = None) -> BlockState: ...
     def run_modules(self, modules: list[nn.Module], state: BlockState, start: int) -> BlockState: ...
     def head(self, state: BlockState) -> torch.Tensor: ...
@@ -138,6 +140,7 @@ class BlockAdapter(Protocol):
     temb_module: str
     def call_inputs(self, args: tuple, kwargs: dict, n_txt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
     def call_outputs(self, output, n_txt: int) -> tuple[torch.Tensor | None, torch.Tensor]: ...
+    def call_text_mask(self, args: tuple, kwargs: dict) -> torch.Tensor | None: ...  # (B, N_txt), False at padding
 
 
 class RunsBlockRanges:
@@ -199,6 +202,12 @@ def block_call_inputs(args: tuple, kwargs: dict, n_txt: int = 0) -> tuple[torch.
 def block_call_outputs(output: tuple, n_txt: int = 0) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(text stream, image stream) a FLUX.1 or SD3 block returned (SD3's last block: no text)."""
     return output
+
+
+def no_text_mask(args: tuple, kwargs: dict) -> None:
+    """The text mask of a FLUX.1, FLUX.2 or SD3 block call: none, every text token is attended (a family
+    that pads its prompts hands a mask: :meth:`~fastflux_core.qwenimage.QwenImageAdapter.call_text_mask`)."""
+    return None
 
 
 def resolution_shift(scheduler, image_seq_len: int, max_shift: float) -> float:

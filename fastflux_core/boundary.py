@@ -7,7 +7,8 @@ y_d = a frozen copy of its blocks u..d (or the base model's) on x_u — as stori
 116 GB per step at FLUX.1-dev scale (see :mod:`fastflux_core.capture`). Both are exact: nothing
 before u is trained. :class:`BoundaryStates` computes them for some samples, :class:`Boundary` holds
 them on the host; :func:`micro_step` is the training forward of one micro-batch (relative squared
-error, both streams), :func:`rank_micro_batches` a rank's share of a batch. Stage sandwich's loop
+error, both streams; padded text, which the model never reads, counts in neither),
+:func:`rank_micro_batches` a rank's share of a batch. Stage sandwich's loop
 (:mod:`fastflux_core.sandwich`) and the budget's measurement of it use the same functions.
 """
 
@@ -40,12 +41,13 @@ class Boundary:
         return self.img.shape[0]
 
     def target_norm(self, idx: torch.Tensor) -> torch.Tensor:
-        """‖y_d‖² over samples ``idx``, both streams, float32."""
-        return (self.y_img[idx].float() ** 2).sum() + (self.y_txt[idx].float() ** 2).sum()
+        """‖y_d‖² over samples ``idx``, both streams (unpadded text), float32."""
+        mask = None if self.mask is None else self.mask[idx]
+        return (self.y_img[idx].float() ** 2).sum() + _unpadded(self.y_txt[idx].float() ** 2, mask).sum()
 
     def sample_norms(self) -> torch.Tensor:
-        """(n,) ‖y_d‖² of each sample, both streams, float32."""
-        return (self.y_img.float() ** 2).flatten(1).sum(1) + (self.y_txt.float() ** 2).flatten(1).sum(1)
+        """(n,) ‖y_d‖² of each sample, both streams (unpadded text), float32."""
+        return (self.y_img.float() ** 2).flatten(1).sum(1) + _unpadded(self.y_txt.float() ** 2, self.mask).flatten(1).sum(1)
 
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """Inputs {img, txt, temb, mask} and targets (img, txt) of samples ``idx`` on ``device``; the text
@@ -115,13 +117,19 @@ def micro_step(net: nn.Module, x: dict, y: tuple[torch.Tensor, torch.Tensor], ro
     squared error to y over the whole batch's ‖y‖² (``den``) — its gradients summed over
     micro-batches are the batch's."""
     img, txt = net(x["img"], x["txt"], x["temb"], rotary, x.get("mask"))
-    return _sq_err(BlockState(img, txt, x["temb"], rotary), y) / den
+    return _sq_err(BlockState(img, txt, x["temb"], rotary, x.get("mask")), y) / den
+
+
+def _unpadded(per_token: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(n, N_txt, D) with padded text tokens' rows zeroed (``mask`` False: Qwen-Image's padding, whose
+    states the model computes but never reads); unchanged when nothing is padded."""
+    return per_token if mask is None else per_token * mask[..., None].to(per_token.device, per_token.dtype)
 
 
 def _sq_err(out: BlockState, y: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Squared error summed over both streams, in float32."""
+    """Squared error summed over both streams (text: unpadded tokens, ``out.text_mask``), in float32."""
     return ((out.hidden_states.float() - y[0].float()) ** 2).sum() + \
-        ((out.encoder_hidden_states.float() - y[1].float()) ** 2).sum()
+        _unpadded((out.encoder_hidden_states.float() - y[1].float()) ** 2, out.text_mask).sum()
 
 
 @torch.no_grad()

@@ -178,7 +178,7 @@ def plan_budget(params, gpu_memory_gb: float, tflops: float, assumed: dict[str, 
     add("encode", 1, "resident", enc, n_prompts * (shapes.n_txt * shapes.text_dim + shapes.pooled_dim) * dtype_bytes,
         True, enc.flops["per_prompt"] * n_prompts)
     place_s, samp = best("sampling", lambda p: measure_sampling(params, p))
-    calls = 2 if params.sampling.cfg else 1  # classifier-free guidance: two calls of a batch per step, same peak
+    calls = params.sampling.calls  # classifier-free guidance: two calls of a batch per step, the same peak
     t, dec = calls * samp.flops["transformer_per_item_step"], samp.flops["decode_per_item"]
     image_bytes = params.sampling.height * params.sampling.width * 3
     share_e = rank_share(items["evaluation"], batch, gpus)
@@ -334,6 +334,12 @@ def format_table(rows: list[Row], summary: dict) -> str:
                  f"{summary['total_hours_consumer']} h on a 24 GB card at {summary['consumer_tflops']:g} TFLOP/s "
                  f"(RTX 4090 at half its bf16 peak; an RTX 3090: ~2.3×); "
                  f"largest peak {summary['max_peak_gib']} GiB of {summary['gpu_memory_gb']:g}")
+    over = [r for r in rows if r.peak_gib > summary["gpu_memory_gb"]]
+    if over:  # what the card cannot run even offloaded: what it needs
+        hint = {"encode": "its text encoders are loaded whole — run it on a card with that much"}
+        lines.append(f"does not fit {summary['gpu_memory_gb']:g} GiB: " + "; ".join(
+            f"{r.stage} needs {r.peak_gib:.1f} GiB ({r.placement}): "
+            + hint.get(r.stage, "lower its batch sizes, or run it on a card with that much") for r in over))
     if n > 1:
         lines.append(f"on {n} GPUs (data-parallel, ideal scaling of each rank's share): {summary['total_hours_gpus']} h, "
                      f"importance {summary['importance_hours_gpus']} h; benchmarks/scaling.py measures the efficiency")

@@ -6,7 +6,8 @@ steps of ``capture.timesteps`` (spread over the whole schedule) forward hooks re
 
 ``calibration.zarr`` — least-squares data of Eq. 1, from the calibration set:
   block_in_{img,txt} / residual_{img,txt}   (rows, D)   block i's input and residual output
-        (output − input), ``image_tokens`` / ``text_tokens`` random tokens per sample. A single
+        (output − input), ``image_tokens`` / ``text_tokens`` random tokens per sample (text: among its
+        unpadded tokens — Qwen-Image's padding, which the model never attends, is never a row). A single
         block's replacement is one linear for both streams; the solve weights image and text rows by
         the true token counts (attributes ``tokens`` and ``sampled``).
   temb       (sample, D)   the timestep embedding of the call (the one block i received; FLUX.2's
@@ -119,6 +120,7 @@ class BlockIOHooks:
         self.writer, self.armed, self.k_img, self.k_txt, self.name = writer, armed, k_img, k_txt, block_name
         self.seed = seed
         self.inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        self.text_mask: torch.Tensor | None = None  # (b, N_txt) of the call, False at padding; None: none padded
         self.temb: torch.Tensor | None = None  # the model's last timestep embedding (FLUX.2 hands blocks none)
         self.adapter: BlockAdapter | None = None
         self.n_txt = 0
@@ -133,10 +135,20 @@ class BlockIOHooks:
                 block.register_forward_pre_hook(self.pre, with_kwargs=True),
                 block.register_forward_hook(self.post, with_kwargs=True)]
 
-    def _pick(self, n: int, k: int, stream: str) -> torch.Tensor:  # (b, k) distinct token indices per sample
+    def _pick(self, n: int, k: int, stream: str, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, k) distinct token indices per sample, among its unpadded tokens where ``valid`` (b, n)
+        marks them (Qwen-Image's text mask): padding, which the model never attends, is never a least-
+        squares row. A prompt with fewer than k tokens repeats them (each ⌈k / tokens⌉ times at most)."""
         gens = [torch.Generator().manual_seed(derive_seed(self.seed, stream, *self.armed.tags(it)))
                 for it in self.armed.items[self.armed.batch]]
-        return torch.stack([torch.randperm(n, generator=g)[:k] for g in gens])
+        if valid is None:
+            return torch.stack([torch.randperm(n, generator=g)[:k] for g in gens])
+        picks = []
+        for g, v in zip(gens, valid.cpu()):
+            tokens = v.nonzero().flatten()  # all n when nothing is padded: the same draw as without a mask
+            order = tokens[torch.randperm(len(tokens), generator=g)]
+            picks.append(order.repeat(-(-k // len(order)))[:k])
+        return torch.stack(picks)
 
     @staticmethod
     def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # (b, n, D), (b, k) → (b·k, D)
@@ -145,6 +157,7 @@ class BlockIOHooks:
     def pre(self, module, args, kwargs) -> None:
         if self.armed.armed:  # the model's forward passes keywords, an adapter's run positions
             self.inputs = self.adapter.call_inputs(args, kwargs, self.n_txt)
+            self.text_mask = self.adapter.call_text_mask(args, kwargs)
 
     def post(self, module, args, kwargs, output) -> None:
         if not self.armed.armed:
@@ -155,7 +168,7 @@ class BlockIOHooks:
             o_txt = x_txt
         for t in (x_img, x_txt, o_img, o_txt):
             _check_finite(t, "the input or output", self.name, self.armed.step)
-        ii, it = self._pick(x_img.shape[1], self.k_img, "img"), self._pick(x_txt.shape[1], self.k_txt, "txt")
+        ii, it = self._pick(x_img.shape[1], self.k_img, "img"), self._pick(x_txt.shape[1], self.k_txt, "txt", self.text_mask)
         self.writer.append("block_in_img", self._gather(x_img, ii))
         self.writer.append("residual_img", self._gather(o_img - x_img, ii))
         self.writer.append("block_in_txt", self._gather(x_txt, it))
@@ -281,7 +294,7 @@ def capture_step(params: Params, step: PlanStep, state: ChainState, calibration:
     cfg = params.sampling.cfg  # every sample with its unconditional twin
     specs = {"calibration": calibration_specs(dim, cap.image_tokens, cap.text_tokens, cfg),
              "training": training_specs(n_img, adapter.token_channels(model.config), cfg)}
-    per_item = len(schedule) * (2 if cfg else 1)  # samples per item
+    per_item = len(schedule) * params.sampling.calls  # samples per item
     n_samples = {name: len(items[name]) * per_item for name in sets}
     unit = capture_unit(params.sampling.batch_size, per_item, cap.shard_samples)
     mine = {name: world.part(len(items[name]), unit) for name in sets}

@@ -112,8 +112,8 @@ def make_embedded_base(params: "Params", out: Path) -> dict:
     encoder = load_text_encoder(params.model, params.text)
     caption_prompts, caption_labels = digits.captions()
     check_cut(encoder, caption_prompts, "the base's captions (digits.TRAIN_TEMPLATES)", digits=True)
-    negative = params.sampling.negative_prompt if params.sampling.cfg else None  # the check samples as stages do
-    caps = encode_prompts(encoder, caption_prompts, params.text.batch_size, desc="captions", negative_prompt=negative)
+    caps = encode_prompts(encoder, caption_prompts, params.text.batch_size, desc="captions",
+                          negative_prompt=params.sampling.negative)  # the check samples as stages do
     del encoder  # no text encoder in memory while training or generating
 
     model = build_model(cfg, latent_channels=images.shape[1], text_dims=(caps.prompt_embeds.shape[-1], caps.pooled.shape[-1]))

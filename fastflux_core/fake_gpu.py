@@ -6,12 +6,15 @@ The memory estimator (:mod:`fastflux_core.stage_peaks`, for :mod:`fastflux_core.
 ``MemTracker``, lightened: :func:`_tracker`). :func:`stop_above` ends a measurement as soon as it
 passes a limit.
 
-Fake tensors differ from real ones in four places, patched only inside :func:`fake_device`:
+Fake tensors differ from real ones in five places, patched only inside :func:`fake_device`:
 ``Module.to`` swaps fake parameters (which fails) — it moves them with ``.data =`` as for real
 tensors; ``.data =`` does not update a fake tensor's device — it does here; attention picks no
 kernel without a GPU — it takes the flash (half precision) or memory-efficient (float32) kernel a
 GPU takes, whose fake kernels allocate what the real ones do; and a fake value has no truth, so
-capture's finiteness check runs its device half only.
+capture's finiteness check runs its device half only, and Qwen-Image's text mask, read from which
+states are zero (:func:`fastflux_core.qwenimage.text_mask`), is taken as absent — every token
+attended; a padded batch runs the memory-efficient kernel with a (B, N) mask instead, the same memory
+but for the mask's bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from fastflux_core import capture as capture_module
+from fastflux_core import qwenimage as qwenimage_module
 
 GiB = 2**30
 # torch.utils.benchmark (fastflux_core.speed) imports torch's C++ extension builder, which logs "No CUDA
@@ -70,9 +74,13 @@ def fake_device() -> Iterator[None]:
     def check_finite(t, *args) -> None:  # the device half of capture's check: a fake value has no truth
         torch.isfinite(t).all()
 
-    real_check = capture_module._check_finite
+    def no_text_mask(states) -> None:  # which states are zero: a fake value has no truth
+        return None
+
+    real_check, real_mask = capture_module._check_finite, qwenimage_module.text_mask
     FakeTensor.data = property(data.__get__, set_data)
     nn.Module.to, F.scaled_dot_product_attention, capture_module._check_finite = to, sdpa, check_finite
+    qwenimage_module.text_mask = no_text_mask
     try:
         with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
             quiet()
@@ -80,6 +88,7 @@ def fake_device() -> Iterator[None]:
     finally:
         del FakeTensor.data
         nn.Module.to, F.scaled_dot_product_attention, capture_module._check_finite = real_to, real_sdpa, real_check
+        qwenimage_module.text_mask = real_mask
 
 
 def quiet() -> None:

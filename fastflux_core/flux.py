@@ -31,7 +31,7 @@ from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
 from fastflux_core.blocks import (BlockRef, BlockState, MlpRef, ModelInputs, RunsBlockRanges, block_call_inputs,
-                                  block_call_outputs, resolution_shift)
+                                  block_call_outputs, no_text_mask, resolution_shift)
 from fastflux_core.codec import VaeCodec
 from fastflux_core.errors import loading
 from fastflux_core.layouts import FluxLayout
@@ -127,6 +127,7 @@ class FluxAdapter(RunsBlockRanges, FluxLayout):
 
     temb_module = "time_text_embed"  # what makes the timestep (+ guidance, pooled text) embedding
     call_inputs, call_outputs = staticmethod(block_call_inputs), staticmethod(block_call_outputs)
+    call_text_mask = staticmethod(no_text_mask)
 
     def mlps(self) -> list[MlpRef]:
         """Every MLP of the blocks still in the model: a double block's image (``ff``) and text
@@ -157,8 +158,10 @@ class FluxAdapter(RunsBlockRanges, FluxLayout):
         encoder_hidden_states = m.context_embedder(inputs.encoder_hidden_states)  # (B, N_txt, D)
         return BlockState(hidden_states, encoder_hidden_states, temb, self.rotary(inputs.txt_ids, inputs.img_ids))
 
-    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rotary embedding of the joined sequence (cos, sin), each (N_txt + N_img, head_dim)."""
+    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor,
+               grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary embedding of the joined sequence (cos, sin), each (N_txt + N_img, head_dim), from
+        the ids (``grid`` is not needed: the ids are the positions)."""
         return self.model.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
 
 

@@ -239,8 +239,10 @@ class Flux2Adapter(FluxAdapter, Flux2Layout):
         encoder_hidden_states = m.context_embedder(inputs.encoder_hidden_states)  # (B, N_txt, D)
         return BlockState(hidden_states, encoder_hidden_states, temb, self.rotary(inputs.txt_ids, inputs.img_ids))
 
-    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) of the joined sequence, text first, each (N_txt + N_img, head_dim). The model embeds
+    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor,
+               grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of the joined sequence, text first, each (N_txt + N_img, head_dim), from the ids
+        (``grid`` is not needed). The model embeds
         each stream's ids on its own and joins them; the embedding is row by row, so one call on the
         joined ids is the same (and one call is what the budget's memory tracker accepts)."""
         return self.model.pos_embed(torch.cat(flux2_ids(txt_ids, img_ids), dim=0))

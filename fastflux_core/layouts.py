@@ -26,125 +26,6 @@ if TYPE_CHECKING:
     from fastflux_core.params import EmbeddedParams, ModelParams
 
 
-# FLUX.1-dev's published component configs (``config.json`` of each sub-folder of
-# black-forest-labs/FLUX.1-dev), for what needs the shapes without the 33 GB of weights: the budget
-# command (:mod:`fastflux_core.budget`) when no FLUX folder is at hand, and the FLUX-width test folder
-# (``scripts/make_flux_width_folder.py``). Nothing here is downloaded; a real folder's own configs
-# always win when ``model.path`` exists.
-FLUX1_DEV_TRANSFORMER = {
-    "_class_name": "FluxTransformer2DModel",
-    "attention_head_dim": 128,
-    "axes_dims_rope": [16, 56, 56],
-    "guidance_embeds": True,
-    "in_channels": 64,
-    "joint_attention_dim": 4096,
-    "num_attention_heads": 24,
-    "num_layers": 19,
-    "num_single_layers": 38,
-    "patch_size": 1,
-    "pooled_projection_dim": 768,
-}
-
-FLUX1_DEV_VAE = {
-    "_class_name": "AutoencoderKL",
-    "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "force_upcast": True,
-    "in_channels": 3,
-    "latent_channels": 16,
-    "latents_mean": None,
-    "latents_std": None,
-    "layers_per_block": 2,
-    "mid_block_add_attention": True,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 1024,
-    "scaling_factor": 0.3611,
-    "shift_factor": 0.1159,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "use_post_quant_conv": False,
-    "use_quant_conv": False,
-}
-
-FLUX1_DEV_CLIP_TEXT = {  # text_encoder: CLIP ViT-L/14 text tower
-    "architectures": ["CLIPTextModel"],
-    "hidden_act": "quick_gelu",
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 77,
-    "model_type": "clip_text_model",
-    "num_attention_heads": 12,
-    "num_hidden_layers": 12,
-    "projection_dim": 768,
-    "vocab_size": 49408,
-}
-
-FLUX1_DEV_T5_ENCODER = {  # text_encoder_2: T5 v1.1 XXL encoder
-    "architectures": ["T5EncoderModel"],
-    "d_ff": 10240,
-    "d_kv": 64,
-    "d_model": 4096,
-    "dense_act_fn": "gelu_new",
-    "feed_forward_proj": "gated-gelu",
-    "is_gated_act": True,
-    "layer_norm_epsilon": 1e-06,
-    "model_type": "t5",
-    "num_heads": 64,
-    "num_layers": 24,
-    "relative_attention_max_distance": 128,
-    "relative_attention_num_buckets": 32,
-    "vocab_size": 32128,
-}
-
-FLUX1_DEV_SCHEDULER = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-}
-
-# FLUX.2-dev's transformer (black-forest-labs/FLUX.2-dev, transformer/config.json): the defaults of
-# diffusers' Flux2Transformer2DModel, which are that model's. For the budget of a run whose folder is
-# not there yet; a real folder's own config always wins.
-FLUX2_DEV_TRANSFORMER = {
-    "_class_name": "Flux2Transformer2DModel",
-    "attention_head_dim": 128,
-    "axes_dims_rope": [32, 32, 32, 32],
-    "eps": 1e-06,
-    "guidance_embeds": True,
-    "in_channels": 128,
-    "joint_attention_dim": 15360,
-    "mlp_ratio": 3.0,
-    "num_attention_heads": 48,
-    "num_layers": 8,
-    "num_single_layers": 48,
-    "patch_size": 1,
-    "rope_theta": 2000,
-    "timestep_guidance_channels": 256,
-}
-
-# Qwen-Image's transformer (Qwen/Qwen-Image, transformer/config.json): the defaults of diffusers'
-# QwenImageTransformer2DModel, which are that model's. For the budget of a run whose folder is not
-# there yet; a real folder's own config always wins.
-QWEN_IMAGE_TRANSFORMER = {
-    "_class_name": "QwenImageTransformer2DModel",
-    "attention_head_dim": 128,
-    "axes_dims_rope": [16, 56, 56],
-    "guidance_embeds": False,
-    "in_channels": 64,
-    "joint_attention_dim": 3584,
-    "num_attention_heads": 24,
-    "num_layers": 60,
-    "out_channels": 16,
-    "patch_size": 2,
-}
-
-
 class FluxLayout:
     """FLUX.1 (``FluxTransformer2DModel``): ``num_layers`` double-stream blocks, then
     ``num_single_layers`` single-stream ones; latents packed 2×2 into tokens before the model."""
@@ -156,10 +37,6 @@ class FluxLayout:
     pruned_class = "PrunedFluxTransformer2DModel"
     # diffusers' defaults for keys a config.json may leave out (tests/test_layouts.py reads them off __init__)
     defaults = {"num_layers": 19, "num_single_layers": 38, "in_channels": 64}
-    # FLUX.1-dev's published component configs: the budget of a run whose folder is not there yet
-    reference_configs = {"transformer": FLUX1_DEV_TRANSFORMER, "vae": FLUX1_DEV_VAE,
-                         "scheduler": FLUX1_DEV_SCHEDULER, "text_encoder": FLUX1_DEV_CLIP_TEXT,
-                         "text_encoder_2": FLUX1_DEV_T5_ENCODER}
 
     @classmethod
     def block_refs(cls, config: dict) -> list[BlockRef]:
@@ -184,6 +61,11 @@ class FluxLayout:
         return max_sequence_length
 
     @staticmethod
+    def vae_scale_factor(vae_config: dict) -> int:
+        """Image pixels per side of one latent cell: ``AutoencoderKL``'s (and FLUX.2's) 2^(levels − 1)."""
+        return 2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1)
+
+    @staticmethod
     def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
         """The ``FluxTransformer2DModel`` arguments of the embedded base (``embedded.flux``)."""
         return {"patch_size": 1, "in_channels": 4 * latent_channels, "num_layers": cfg.flux.num_layers,
@@ -201,7 +83,6 @@ class Flux2Layout(FluxLayout):
     pipeline_class = "Flux2Pipeline"  # or Flux2KleinPipeline: the folder's model_index.json says which
     pruned_class = "PrunedFlux2Transformer2DModel"
     defaults = {"num_layers": 8, "num_single_layers": 48, "in_channels": 128}
-    reference_configs = {"transformer": FLUX2_DEV_TRANSFORMER}
 
     @staticmethod
     def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
@@ -226,7 +107,6 @@ class SD3Layout:
     cfg_renorm = False  # classifier-free guidance as the pipeline combines it: v_u + s·(v_c − v_u), nothing more
     pruned_class = "PrunedSD3Transformer2DModel"
     defaults = {"num_layers": 18, "in_channels": 16, "patch_size": 2}
-    reference_configs: dict = {}  # none shipped: an SD3 budget reads the folder's configs
 
     @classmethod
     def block_refs(cls, config: dict) -> list[BlockRef]:
@@ -249,6 +129,8 @@ class SD3Layout:
     def text_tokens(max_sequence_length: int) -> int:
         """Text tokens per prompt of the folder's own encoders: CLIP's 77, then T5's."""
         return CLIP_TOKENS + max_sequence_length
+
+    vae_scale_factor = FluxLayout.vae_scale_factor  # the same AutoencoderKL
 
     @staticmethod
     def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:
@@ -275,7 +157,6 @@ class QwenImageLayout:
     pipeline_class = "QwenImagePipeline"
     pruned_class = "PrunedQwenImageTransformer2DModel"
     defaults = {"num_layers": 60, "in_channels": 64, "patch_size": 2}
-    reference_configs = {"transformer": QWEN_IMAGE_TRANSFORMER}
     refused = ("zero_cond_t", "use_additional_t_cond", "guidance_embeds")  # switches FastFLUX cannot run yet
     cfg_renorm = True  # QwenImagePipeline rescales the guided velocity to the conditional one's norm per token
 
@@ -303,6 +184,12 @@ class QwenImageLayout:
         """Text tokens per prompt: Qwen2.5-VL's hidden states after the chat template's system turn,
         zero-padded to ``max_sequence_length``."""
         return max_sequence_length
+
+    @staticmethod
+    def vae_scale_factor(vae_config: dict) -> int:
+        """Image pixels per side of one latent cell: ``AutoencoderKLQwenImage`` halves the image once per
+        entry of ``temperal_downsample`` (``QwenImagePipeline``'s ``vae_scale_factor``; Qwen-Image: 8)."""
+        return 2 ** len(vae_config.get("temperal_downsample", [False, True, True]))
 
     @staticmethod
     def embedded_config(cfg: EmbeddedParams, latent_channels: int, text_dims: tuple[int, int]) -> dict:

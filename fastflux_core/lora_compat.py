@@ -1,5 +1,8 @@
 """Existing FLUX LoRAs on a pruned export: drop (or renumber) the replaced blocks' keys, say what was lost.
 
+Qwen-Image's LoRAs in the diffusers / peft format map the same way (its blocks are ``transformer_blocks``,
+double-stream, with its own MLP and embedder names).
+
 A FLUX LoRA adapts linears inside blocks; a replaced block has none of them left, so its keys have
 nothing to attach to and diffusers would warn about every one ("unexpected keys"). This module reads
 a LoRA in any of the common key formats, removes the keys of replaced (and deleted) blocks, and —
@@ -50,7 +53,8 @@ BLOCK_PATTERNS = {
 }
 # keys outside the blocks that each format may also carry (kept as they are)
 OTHER_KEYS = {
-    "diffusers": re.compile(r"^(?:transformer\.)?(x_embedder|context_embedder|time_text_embed|norm_out|proj_out)\.|"
+    "diffusers": re.compile(r"^(?:transformer\.)?(x_embedder|context_embedder|time_text_embed|norm_out|proj_out|"
+                            r"img_in|txt_in|txt_norm)\.|"  # the last three: Qwen-Image's embedders
                             r"^text_encoder(_2)?\."),
     "kohya": re.compile(r"^lora_unet_(img_in|txt_in|time_in|vector_in|guidance_in|final_layer)|^lora_te\d?_"),
     "bfl": re.compile(r"^(?:(?:model\.)?diffusion_model\.)?(img_in|txt_in|time_in|vector_in|guidance_in|final_layer)\.|"
@@ -61,7 +65,7 @@ OTHER_FAMILY = re.compile(r"(down_blocks|up_blocks|mid_block|input_blocks|output
 # adapted linears whose input is the model's hidden width D, in every format (a width check tells
 # another family — SD3's diffusers keys look like FLUX's double blocks — or another variant apart)
 READS_HIDDEN = re.compile(r"(to_q|to_k|to_v|add_[qkv]_proj|to_out\.0|to_add_out|attn[._]qkv|attn[._]proj|linear1|proj_mlp|"
-                          r"mlp[._]0|ff\.net\.0\.proj|ff_context\.net\.0\.proj)$")
+                          r"mlp[._]0|ff\.net\.0\.proj|ff_context\.net\.0\.proj|(?:img|txt)_mlp\.net\.0\.proj)$")
 PAIR = re.compile(r"^(.*)\.(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)\.weight$")
 DOWN, UP = ("lora_A", "lora_down", "lora.down"), ("lora_B", "lora_up", "lora.up")
 

@@ -51,9 +51,11 @@ class ModelParams(_Strict):
     ``sd3``: a local diffusers SD3 / SD3.5 folder (the same, plus ``text_encoder_3/``, ``tokenizer_3/``).
     ``flux2``: a local diffusers FLUX.2 folder (``Flux2Pipeline`` or ``Flux2KleinPipeline``: ``transformer/``,
     ``text_encoder/``, ``tokenizer/``, ``vae/``, ``scheduler/``).
+    ``qwenimage``: a local diffusers Qwen-Image folder (``QwenImagePipeline``: the same sub-folders, its
+    text encoder Qwen2.5-VL, its VAE the 3-D ``AutoencoderKLQwenImage``).
     """
 
-    source: Literal["embedded", "flux", "sd3", "flux2"] = "embedded"
+    source: Literal["embedded", "flux", "sd3", "flux2", "qwenimage"] = "embedded"
     path: Path | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -189,6 +191,16 @@ class SamplingParams(_Strict):
     def cfg(self) -> bool:
         """Whether classifier-free guidance runs: every sample has an unconditional twin."""
         return self.true_cfg_scale > 1.0
+
+    @property
+    def calls(self) -> int:
+        """Transformer calls per denoising step and item: two with classifier-free guidance, else one."""
+        return 2 if self.cfg else 1
+
+    @property
+    def negative(self) -> str | None:
+        """The prompt the unconditional calls encode: ``negative_prompt`` with guidance, None without."""
+        return self.negative_prompt if self.cfg else None
 
 
 class ImportanceParams(_Strict):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastflux_core.errors import FastFluxError, ModelFolderError
+from fastflux_core.layouts import layout
 from fastflux_core.params import importance_sampling
 from fastflux_core.params_file import read_params
 from fastflux_core.placement import check_device
@@ -36,9 +37,13 @@ SD3_CONFIGS = {**FLUX_CONFIGS, "text_encoder_3": "config.json", "tokenizer_3": "
 # one text encoder (Mistral Small 3.1 and its processor, or Qwen3 and its tokenizer)
 FLUX2_CONFIGS = {"transformer": "config.json", "scheduler": "scheduler_config.json", "vae": "config.json",
                  "text_encoder": "config.json", "tokenizer": "tokenizer_config.json"}
-# model.source → (a pattern model_index.json's pipeline class matches, the family's name, what it needs in the folder)
+# Qwen2.5-VL and its tokenizer: the same sub-folders as FLUX.2's
+QWENIMAGE_CONFIGS = FLUX2_CONFIGS
+# model.source → (a pattern model_index.json's pipeline class matches, the family's name, what it needs in the folder);
+# Qwen-Image's editing, img2img, inpainting and ControlNet pipelines feed the transformer more than a prompt: not matched
 FOLDERS = {"flux": (r"^Flux(?!2)", "FLUX", FLUX_CONFIGS), "flux2": (r"^Flux2", "FLUX.2", FLUX2_CONFIGS),
-           "sd3": (r"^StableDiffusion3", "SD3", SD3_CONFIGS)}
+           "sd3": (r"^StableDiffusion3", "SD3", SD3_CONFIGS),
+           "qwenimage": (r"^QwenImagePipeline$", "Qwen-Image", QWENIMAGE_CONFIGS)}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 JUDGE_SIZE = 8  # the embedded default's digit judge reads 8×8 images
 
@@ -58,7 +63,7 @@ def read_config(path: Path, what: str) -> dict:
 
 def check_model_folder(path: Path, source: str) -> None:
     """Fail with one clear message if ``path`` is not a diffusers folder of ``source``'s family (FLUX,
-    FLUX.2 or SD3) with every component."""
+    FLUX.2, SD3 or Qwen-Image) with every component."""
     marker, label, configs = FOLDERS[source]
     if not path.exists():
         raise ModelFolderError(f"model.path does not exist: {path}")
@@ -86,13 +91,13 @@ def check_model_folder(path: Path, source: str) -> None:
 
 
 def pixels_per_latent_cell(model: "ModelParams") -> int:
-    """Image pixels per side of one latent cell: the VAE's downsampling (2^(levels−1)) for a model
-    folder, 1 for the embedded default, which diffuses pixels directly."""
+    """Image pixels per side of one latent cell: the VAE's downsampling (its family's
+    :meth:`~fastflux_core.layouts.FluxLayout.vae_scale_factor`) for a model folder, 1 for the embedded default, which diffuses pixels directly."""
     if model.source == "embedded":
         return 1
     assert model.path is not None
     vae = read_config(model.path / "vae" / "config.json", "model folder")
-    return 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    return layout(model.source).vae_scale_factor(vae)
 
 
 def check_sizes(params: "Params") -> None:

@@ -14,10 +14,12 @@ differs, and lives here:
 * **Text mask.** The pipeline zero-pads each prompt's Qwen2.5-VL states to the longest in the batch and
   passes a mask; the adapter reads it back from the states (:func:`text_mask`: a token is padding when
   its state is exactly zero), ``None`` when nothing is padded, as the pipeline passes it, and the state
-  between blocks carries it (``BlockState.text_mask``, the sandwich's boundary too). The embedded base's
-  MiniLM states are not zero at padding — it is trained attending every token, as the FLUX one — so
-  there the mask is always ``None``. A Qwen-Image folder's encoder (not yet here) must hand the
-  tokenizer's mask explicitly, and capture and the sandwich's loss must then leave padding out.
+  between blocks carries it (``BlockState.text_mask``, the sandwich's boundary too). A folder's encoder
+  (:class:`QwenImageTextEncoder`) zero-pads as the pipeline does, so the mask read back is the
+  tokenizer's; what the model computes at padded positions is never read, so capture draws no least-
+  squares row there and the sandwich's loss leaves them out (:meth:`QwenImageAdapter.call_text_mask`,
+  :mod:`fastflux_core.boundary`). The embedded base's MiniLM states are not zero at padding — it is
+  trained attending every token, as the FLUX one — so there the mask is always ``None``.
 * **Rotary embedding**: complex frequencies for the image grid (frame, rows, columns; ``scale_rope``
   centres them) and for the text tokens after it — ``(img_freqs, txt_freqs)``, from the token grid of
   ``img_ids`` and the number of text tokens (:meth:`QwenImageAdapter.rotary`).
@@ -26,10 +28,14 @@ differs, and lives here:
 * **Schedule**: ``QwenImagePipeline``'s — sigmas linspace(1, 1/steps), shifted by mu(image tokens)
   from the scheduler's config.
 
-Not yet (issue 31): a Qwen-Image folder as ``model.source`` — the Qwen2.5-VL text encoder, the
-3-D ``AutoencoderKLQwenImage`` codec and true classifier-free guidance —, the memory estimator
-(:func:`text_mask` and the rotary grid read tensor values, which fake tensors lack: it refuses in one
-line) and the editing variants (:class:`~fastflux_core.layouts.QwenImageLayout` refuses them).
+* **A folder** (``model.source: qwenimage``): Qwen2.5-VL through the pipeline's own ``encode_prompt``
+  (:class:`QwenImageTextEncoder`), the 3-D ``AutoencoderKLQwenImage`` fed one frame
+  (:class:`QwenImageVaeCodec`), true classifier-free guidance with the pipeline's per-token norm
+  rescale (``sampling.true_cfg_scale``; :attr:`~fastflux_core.layouts.QwenImageLayout.cfg_renorm`).
+
+Not yet: the editing variants (the folder check and :class:`~fastflux_core.layouts.QwenImageLayout`
+refuse them). The memory estimator gives :meth:`QwenImageAdapter.rotary` the grid and takes the mask as
+absent (fake tensors have no values to read them from: :mod:`fastflux_core.fake_gpu`).
 
 >>> m = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=3,
 ...                                 attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12,
@@ -40,13 +46,17 @@ line) and the editing variants (:class:`~fastflux_core.layouts.QwenImageLayout` 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
 from fastflux_core.blocks import BlockState, MlpRef, ModelInputs, OneBlockList, resolution_shift
+from fastflux_core.codec import VaeCodec
+from fastflux_core.errors import loading
 from fastflux_core.layouts import QwenImageLayout
 from fastflux_core.pruned_flux import LinearReplacement, QwenImageReplacement, QwenImageSkip
 
@@ -69,11 +79,86 @@ def text_mask(encoder_hidden_states: torch.Tensor) -> torch.Tensor | None:
     return None if bool(mask.all()) else mask
 
 
-def grid_of(x: ModelInputs) -> tuple[int, int]:
-    """Token grid (rows, columns): half the latent cells of ``x.grid``, or read from ``img_ids``."""
-    if x.grid is not None:
-        return x.grid[0] // 2, x.grid[1] // 2
-    return int(x.img_ids[:, 1].max()) + 1, int(x.img_ids[:, 2].max()) + 1
+def token_grid(img_ids: torch.Tensor, grid: tuple[int, int] | None) -> tuple[int, int]:
+    """Token grid (rows, columns): half the latent cells of ``grid`` (``ModelInputs.grid``), or else read
+    from ``img_ids`` (rows of (0, row, col); a fake tensor has no values to read: the estimator gives ``grid``).
+
+    >>> token_grid(torch.tensor([[0.0, 0, 0], [0, 1, 2]]), None), token_grid(torch.zeros(6, 3), (4, 6))
+    ((2, 3), (2, 3))
+    """
+    if grid is not None:
+        return grid[0] // 2, grid[1] // 2
+    return int(img_ids[:, 1].max()) + 1, int(img_ids[:, 2].max()) + 1
+
+
+class QwenImageVaeCodec(VaeCodec):
+    """Qwen-Image's ``AutoencoderKLQwenImage``, a video VAE (B, C, frames, h, w) that FastFLUX feeds one
+    frame: a latent is de-normalised per channel by the config's ``latents_std`` and ``latents_mean``
+    and decoded, as ``QwenImagePipeline`` decodes; a latent cell is 2^len(temperal_downsample) pixels
+    a side (batching and the uint8 images are :class:`~fastflux_core.codec.VaeCodec`'s)."""
+
+    def __init__(self, vae: AutoencoderKLQwenImage):
+        self.vae = vae
+        self.latent_channels = vae.config.z_dim
+        self.scale_factor = QwenImageLayout.vae_scale_factor(dict(vae.config))
+
+    @torch.no_grad()
+    def to_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """(b, C, h, w) model latents → the VAE's (b, C, 1, h, w) on its device: times std plus mean."""
+        p = next(self.vae.parameters())
+        z = latents.to(p.device, p.dtype)[:, :, None]  # (b, C, 1, h, w): one frame
+        mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1).to(z)
+        std = torch.tensor(self.vae.config.latents_std).view(1, -1, 1, 1, 1).to(z)
+        return z * std + mean
+
+    @torch.no_grad()
+    def decode_batch(self, latents: torch.Tensor) -> torch.Tensor:
+        """(b, C, h, w) latents → (b, 3, H, W) images in [-1, 1] on the VAE's device (its one frame)."""
+        return self.vae.decode(self.to_vae(latents), return_dict=False)[0][:, :, 0]
+
+
+class TemplateTokens:
+    """What ``text.max_sequence_length`` counts in Qwen-Image: the tokens of a prompt inside
+    ``QwenImagePipeline``'s chat template after its first ``prompt_template_encode_start_idx`` tokens
+    (the system turn, which the pipeline drops) — the prompt and the template's closing turn — as
+    ``encode_prompt`` cuts them. For :func:`fastflux_core.text.check_cut`: called like a tokenizer;
+    ``decode`` gives back the kept text."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __call__(self, text: str, truncation: bool = False, max_length: int | None = None) -> dict:
+        p = self.pipe
+        ids = list(p.tokenizer(p.prompt_template_encode.format(text))["input_ids"])[p.prompt_template_encode_start_idx:]
+        return {"input_ids": ids[:max_length] if truncation else ids}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.pipe.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens).strip()
+
+
+class QwenImageTextEncoder:
+    """A Qwen-Image folder's Qwen2.5-VL through ``QwenImagePipeline.encode_prompt``: the last hidden
+    states after the template's system turn, (B, max_sequence_length, 3584). The pipeline zero-pads
+    each prompt to the batch's longest and passes the mask beside; here every batch is zero-padded on
+    to ``max_sequence_length`` — the same model inputs, since padding is masked out and adds only
+    rotary positions after the prompt's — and the mask is read back from the zeros
+    (:func:`text_mask`). No pooled vector (B, 0)."""
+
+    def __init__(self, path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
+        from diffusers import QwenImagePipeline
+
+        with loading(path):  # only the text half: transformer and VAE stay on disk
+            self.pipe = QwenImagePipeline.from_pretrained(str(path), transformer=None, vae=None, dtype=dtype,
+                                                          use_safetensors=True).to(device)
+        self.max_sequence_length, self.device = max_sequence_length, device
+        self.cut_tokenizer = TemplateTokens(self.pipe)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, _mask = self.pipe.encode_prompt(prompt=prompts, device=self.device,
+                                                max_sequence_length=self.max_sequence_length)  # (B, t ≤ T, D)
+        embeds = nn.functional.pad(embeds.float().cpu(), (0, 0, 0, self.max_sequence_length - embeds.shape[1]))
+        return embeds, torch.zeros(len(prompts), 0)  # (B, T, D): zeros after each prompt, as the pipeline pads
 
 
 class QwenImageAdapter(OneBlockList, QwenImageLayout):
@@ -81,6 +166,15 @@ class QwenImageAdapter(OneBlockList, QwenImageLayout):
     :class:`~fastflux_core.layouts.QwenImageLayout`."""
 
     model_class = QwenImageTransformer2DModel
+    vae_class, codec = AutoencoderKLQwenImage, QwenImageVaeCodec
+    # the folder's text encoder for the budget: Qwen2.5-VL (its class from its config's architectures),
+    # text.max_sequence_length tokens after the template's system turn
+    text_encoders = (("text_encoder", None, None),)
+
+    @staticmethod
+    def text_encoder(path: Path, max_sequence_length: int, device: torch.device, dtype: torch.dtype):
+        """The folder's Qwen2.5-VL, through its pipeline."""
+        return QwenImageTextEncoder(path, max_sequence_length, device, dtype)
 
     @staticmethod
     def timesteps(scheduler: FlowMatchEulerDiscreteScheduler, steps: int, image_seq_len: int,
@@ -131,6 +225,11 @@ class QwenImageAdapter(OneBlockList, QwenImageLayout):
         """(text stream, image stream) a block returned."""
         return output
 
+    @staticmethod
+    def call_text_mask(args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """(B, N_txt) bool of a block call, False at padded text; None when nothing is padded."""
+        return (dict(zip(BLOCK_ARGS, args)) | kwargs).get("encoder_hidden_states_mask")
+
     # ------------------------------------------------------------------ forward, piece by piece
 
     def embed(self, inputs: ModelInputs) -> BlockState:
@@ -139,14 +238,15 @@ class QwenImageAdapter(OneBlockList, QwenImageLayout):
         hidden_states = m.img_in(inputs.hidden_states)  # (B, N_img, D)
         encoder_hidden_states = m.txt_in(m.txt_norm(inputs.encoder_hidden_states))  # (B, N_txt, D)
         temb = m.time_text_embed(inputs.timestep.to(hidden_states.dtype), hidden_states)  # (B, D); scales by 1000
-        rotary = self.rotary(inputs.txt_ids, inputs.img_ids, grid_of(inputs))
+        rotary = self.rotary(inputs.txt_ids, inputs.img_ids, inputs.grid)
         return BlockState(hidden_states, encoder_hidden_states, temb, rotary, text_mask(inputs.encoder_hidden_states))
 
     def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor,
                grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(img_freqs (N_img, head_dim / 2), txt_freqs (N_txt, head_dim / 2)), complex: the token grid
-        from ``grid`` or ``img_ids`` (rows of (0, row, col)), the text length from ``txt_ids``."""
-        rows, cols = grid or (int(img_ids[:, 1].max()) + 1, int(img_ids[:, 2].max()) + 1)
+        from ``grid`` (latent cells, 2 × 2 a token) or else ``img_ids`` (rows of (0, row, col)), the text
+        length from ``txt_ids``."""
+        rows, cols = token_grid(img_ids, grid)
         return self.model.pos_embed([(1, rows, cols)], max_txt_seq_len=txt_ids.shape[0], device=img_ids.device)
 
 
@@ -176,7 +276,7 @@ class QwenImageAdapter(OneBlockList, QwenImageLayout):
 
     def call(self, x: ModelInputs) -> torch.Tensor:
         """The model's own forward, as ``QwenImagePipeline`` calls it: (B, N_img, C_tok) → velocity."""
-        rows, cols = grid_of(x)
+        rows, cols = token_grid(x.img_ids, x.grid)
         return self.model(hidden_states=x.hidden_states, encoder_hidden_states=x.encoder_hidden_states,
                           encoder_hidden_states_mask=text_mask(x.encoder_hidden_states), timestep=x.timestep,
                           img_shapes=[[(1, rows, cols)]] * x.hidden_states.shape[0], return_dict=False)[0]

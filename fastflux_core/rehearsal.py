@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fastflux_core import layouts
+from fastflux_core import published
 
 
 def _tokenizer(max_length: int):
@@ -62,15 +62,15 @@ def write_flux_width_folder(path: Path, num_layers: int = 1, num_single_layers: 
         pad_token_id=tok.pad_token_id))
     t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=4096, d_ff=256, d_kv=64, num_layers=1, num_heads=4,
                                  feed_forward_proj="gated-gelu"))
-    vae_cfg = {k: v for k, v in layouts.FLUX1_DEV_VAE.items() if not k.startswith("_")}
+    vae_cfg = {k: v for k, v in published.FLUX1_DEV_VAE.items() if not k.startswith("_")}
     vae_cfg.update(block_out_channels=[16, 16, 16, 16], layers_per_block=1, norm_num_groups=8,
                    mid_block_add_attention=False)
     vae = AutoencoderKL(**vae_cfg)
-    cfg = {k: v for k, v in layouts.FLUX1_DEV_TRANSFORMER.items() if not k.startswith("_")}
+    cfg = {k: v for k, v in published.FLUX1_DEV_TRANSFORMER.items() if not k.startswith("_")}
     cfg.update(num_layers=num_layers, num_single_layers=num_single_layers)
     transformer = FluxTransformer2DModel(**cfg)
     scheduler = FlowMatchEulerDiscreteScheduler(
-        **{k: v for k, v in layouts.FLUX1_DEV_SCHEDULER.items() if not k.startswith("_")})
+        **{k: v for k, v in published.FLUX1_DEV_SCHEDULER.items() if not k.startswith("_")})
     pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tok, text_encoder_2=t5,
                         tokenizer_2=tok, transformer=transformer)
     pipe.to(dtype)
@@ -97,7 +97,7 @@ def write_sd3_width_folder(path: Path, num_layers: int = 4, seed: int = 0, dtype
 
     t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=4096, d_ff=256, d_kv=64, num_layers=1, num_heads=4,
                                  feed_forward_proj="gated-gelu"))
-    vae_cfg = {k: v for k, v in layouts.FLUX1_DEV_VAE.items() if not k.startswith("_")}
+    vae_cfg = {k: v for k, v in published.FLUX1_DEV_VAE.items() if not k.startswith("_")}
     vae_cfg.update(block_out_channels=[16, 16, 16, 16], layers_per_block=1, norm_num_groups=8,
                    mid_block_add_attention=False, shift_factor=0.0609, scaling_factor=1.5305)
     transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16,

@@ -104,6 +104,7 @@ def sample_latents(
     h, w = latent_size(sampling.height, sampling.width, scale_factor)
     img_ids = latent_ids(h, w, device, dtype)  # (h/2 · w/2, 3)
     txt_ids = torch.zeros(embeds.prompt_embeds.shape[1], 3, device=device, dtype=dtype)  # (T, 3)
+    adapter = adapter_for(transformer)  # the family's guidance embedding and CFG combination, looked up once
     out = []
     batches = range(0, len(items), sampling.batch_size)
     bar = tqdm(total=len(items) * sampling.steps, desc="sample", unit="step", disable=not progress)
@@ -116,7 +117,7 @@ def sample_latents(
         if sampling.cfg:  # (b, T, D_text), (b, D_pool): the negative prompt's states for every item
             neg_embeds, neg_pooled = (t.to(device, dtype) for t in embeds.select([it.prompt for it in chunk], True))
         guidance = None
-        if adapter_for(transformer).uses_guidance:
+        if adapter.uses_guidance:
             guidance = torch.full((b,), sampling.guidance_scale, device=device, dtype=torch.float32)
         sched = copy.deepcopy(scheduler)  # step index is per-run state
         for i, t in enumerate(timesteps_for(transformer, sched, sampling.steps, latents.shape[1], device)):
@@ -131,7 +132,7 @@ def sample_latents(
                     on_step(i, slice(start, start + b), xu, True)
                 v_u = velocity(transformer, xu.hidden_states, xu.timestep, xu.guidance, xu.pooled_projections,
                                xu.encoder_hidden_states, xu.txt_ids, xu.img_ids, xu.grid)
-                v = guided(v, v_u, sampling.true_cfg_scale, adapter_for(transformer).cfg_renorm)
+                v = guided(v, v_u, sampling.true_cfg_scale, adapter.cfg_renorm)
             latents = sched.step(v, t, latents, return_dict=False)[0]
             bar.update(b)
         out.append(unpack(latents.float().cpu(), h, w))

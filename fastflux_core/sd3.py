@@ -40,7 +40,7 @@ from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
 from fastflux_core.blocks import (BlockState, MlpRef, ModelInputs, OneBlockList, block_call_inputs,
-                                  block_call_outputs, resolution_shift)
+                                  block_call_outputs, no_text_mask, resolution_shift)
 from fastflux_core.codec import VaeCodec, pack, unpack
 from fastflux_core.errors import loading
 from fastflux_core.layouts import SD3Layout
@@ -95,6 +95,7 @@ class SD3Adapter(OneBlockList, SD3Layout):
 
     temb_module = "time_text_embed"  # what makes the timestep + pooled text embedding
     call_inputs, call_outputs = staticmethod(block_call_inputs), staticmethod(block_call_outputs)
+    call_text_mask = staticmethod(no_text_mask)
 
     def lora_targets(self, index: int) -> tuple[str, ...]:
         blk = self.block(index)
@@ -129,7 +130,7 @@ class SD3Adapter(OneBlockList, SD3Layout):
         encoder_hidden_states = m.context_embedder(inputs.encoder_hidden_states)  # (B, N_txt, D)
         return BlockState(hidden_states, encoder_hidden_states, temb, None)
 
-    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> None:
+    def rotary(self, txt_ids: torch.Tensor, img_ids: torch.Tensor, grid: tuple[int, int] | None = None) -> None:
         """SD3 has no rotary embedding (its positions are added in ``pos_embed``)."""
         return None
 

@@ -3,7 +3,7 @@ lengths and widths at the configured resolution, and the bytes of the arrays cap
 (:func:`fastflux_core.store.calibration_specs` / :func:`~fastflux_core.store.training_specs`).
 
 Light on purpose: the sizes come from json configs read through each family's layout
-(:mod:`fastflux_core.layouts`, which holds FLUX.1-dev's published configs for a budget whose folder is
+(:mod:`fastflux_core.layouts`, whose families name their published configs for a budget whose folder is
 not there yet), never diffusers. Stage ``validate`` sizes the activation stores against
 free disk on every ``dvc repro`` from these alone, and the memory estimator (:mod:`fastflux_core.stage_peaks`) builds its fake
 models from the same configs.
@@ -24,6 +24,7 @@ from fastflux_core.errors import ModelFolderError
 from fastflux_core.layouts import (EMBEDDED_BASE_CONFIG, EMBEDDED_LATENT_CHANNELS, EMBEDDED_TEXT_DIMS,
                                    embedded_transformer_config, layout, layout_of_config)
 from fastflux_core.params import capture_schedule
+from fastflux_core.published import REFERENCE_CONFIGS
 from fastflux_core.store import calibration_specs, estimate_bytes, training_specs
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 def transformer_config(params: Params) -> dict:
     """The base transformer's config: the model folder's, the embedded base's, or (a folder not there
-    yet, for the budget) the family's published one (FLUX.1-dev's)."""
+    yet, for the budget) the family's published one (:mod:`fastflux_core.published`)."""
     if params.model.source != "embedded":
         return folder_config(params.model, "transformer")
     if EMBEDDED_BASE_CONFIG.is_file():
@@ -40,13 +41,14 @@ def transformer_config(params: Params) -> dict:
 
 
 def reference_config(model: ModelParams, component: str) -> dict | None:
-    """The model family's published config of a folder component (FLUX.1-dev's; none for SD3)."""
-    return layout(model.source).reference_configs.get(component)
+    """The model family's published config of a folder component (FLUX.1-dev's, FLUX.2-dev's, SD3.5-large's,
+    Qwen-Image's: :mod:`fastflux_core.published`), or None where none is shipped."""
+    return REFERENCE_CONFIGS[model.source].get(component)
 
 
 def folder_config(model: ModelParams, folder: str) -> dict:
     """A model folder component's config (``vae``, ``text_encoder``, …), or — no folder yet, a budget
-    made before it exists — the family's published one (FLUX.1-dev's: :func:`reference_config`)."""
+    made before it exists — the family's published one (:func:`reference_config`)."""
     path = model.path / folder / "config.json" if model.path else None
     if path is not None and path.is_file():
         return json.loads(path.read_text())
@@ -76,7 +78,7 @@ class Shapes:
         scale, n_txt = 1, params.text.max_sequence_length  # the embedded base: pixels, MiniLM's tokens
         if params.model.source != "embedded":
             vae = folder_config(params.model, "vae")
-            scale = 2 ** (len(vae["block_out_channels"]) - 1)
+            scale = layout(params.model.source).vae_scale_factor(vae)
             n_txt = layout(params.model.source).text_tokens(n_txt)
         h, w = params.sampling.height // scale, params.sampling.width // scale
         return cls(n_img=(h // 2) * (w // 2), n_txt=n_txt,
@@ -88,7 +90,7 @@ class Shapes:
 def capture_bytes(c: CaptureParams, sampling: SamplingParams, shapes: Shapes, items: dict[str, int]) -> int:
     """Bytes of one capture@k's two stores (uncompressed), for ``items`` images per prompt set (each
     at every captured step, twice with classifier-free guidance)."""
-    per_item = len(capture_schedule(c.timesteps, sampling.steps)) * (2 if sampling.cfg else 1)
+    per_item = len(capture_schedule(c.timesteps, sampling.steps)) * sampling.calls
     return (estimate_bytes(calibration_specs(shapes.dim, c.image_tokens, c.text_tokens, sampling.cfg),
                            items["calibration"] * per_item, c.dtype)
             + estimate_bytes(training_specs(shapes.n_img, shapes.in_channels, sampling.cfg),

@@ -29,7 +29,6 @@ from fastflux_core.capture import Armed, BlockIOHooks, ModelInputRecorder
 from fastflux_core.chain import PlanStep, sandwich_bounds
 from fastflux_core.codec import PixelCodec
 from fastflux_core.distill import local_err, moved, teacher_states
-from fastflux_core.errors import FastFluxError
 from fastflux_core.fake_gpu import default_dtype, space, tracked, training_space
 from fastflux_core.families import adapter_for, family, family_of_config
 from fastflux_core.layouts import config_blocks
@@ -56,10 +55,6 @@ def build_transformer(params) -> nn.Module:
     """The base transformer from its config on the host, in the model dtype (call under fake_device)."""
     config = transformer_config(params)
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-    if family_of_config(config).family == "qwenimage":
-        raise FastFluxError("the memory estimator cannot measure a Qwen-Image transformer yet (its adapter reads "
-                            "the text mask and the rotary grid from tensor values, which fake tensors do not have): "
-                            "set model.offload to never or always, which places it without the estimator")
     with default_dtype(model_dtype(params)):
         return family_of_config(config).model_class.from_config(cfg).eval()
 
@@ -284,7 +279,7 @@ def _measure_sandwich_step(params, u: int, i: int, d: int, lora_blocks: list[int
                  "txt": torch.randn(mb, shapes.n_txt, shapes.dim, dtype=dtype),    # (B, N_txt, C)
                  "temb": torch.randn(mb, shapes.dim, dtype=dtype)}                 # (B, C)
             y = (torch.randn_like(x["img"]), torch.randn_like(x["txt"]))
-            rotary, den = _rotary(adapter, shapes, dtype), torch.ones(())
+            rotary, den = _rotary(params, adapter, shapes, dtype), torch.ones(())
             with tracked(model, *target_copy, opt, device=tdev.type) as mem:
                 def step():  # fit_sandwich's step, one micro-batch
                     loss = micro_step(SandwichBlocks(adapter, u, d), x, y, rotary, den)
@@ -375,20 +370,26 @@ def measure_distill(params, what: str, real: str | None = None) -> Measured:
     return Measured(mem["peak"].get(tdev.type, 0), flops)
 
 
-def _rotary(adapter, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
-    return adapter.rotary(torch.zeros(shapes.n_txt, 3, dtype=dtype), torch.zeros(shapes.n_img, 3, dtype=dtype))
+def _grid(params, shapes: Shapes) -> tuple[int, int]:
+    """Latent cells (h, w) of a sampled image: fake ids hold no positions to read it from."""
+    return params.sampling.height // shapes.scale_factor, params.sampling.width // shapes.scale_factor
+
+
+def _rotary(params, adapter, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    return adapter.rotary(torch.zeros(shapes.n_txt, 3, dtype=dtype), torch.zeros(shapes.n_img, 3, dtype=dtype),
+                          _grid(params, shapes))
 
 
 def _model_inputs(params, shapes: Shapes, b: int, dtype, device: torch.device):
     """Transformer inputs (fake, or random on the CPU) of a batch of ``b`` at the configured shapes, as the stages build them."""
-    grid = (params.sampling.height // shapes.scale_factor, params.sampling.width // shapes.scale_factor)
+    grid = _grid(params, shapes)
     with torch.device(device):
         guidance = torch.ones(b) if transformer_config(params).get("guidance_embeds") else None
         return ModelInputs(torch.randn(b, shapes.n_img, shapes.in_channels, dtype=dtype),
                            torch.randn(b, shapes.n_txt, shapes.text_dim, dtype=dtype),
                            torch.randn(b, shapes.pooled_dim, dtype=dtype), torch.ones(b, dtype=dtype),
                            torch.zeros(shapes.n_img, 3, dtype=dtype), torch.zeros(shapes.n_txt, 3, dtype=dtype),
-                           guidance, grid)  # the grid given: fake ids hold no positions to read it from
+                           guidance, grid)
 
 
 # ----------------------------------------------------------------------------- stages

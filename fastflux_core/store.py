@@ -348,6 +348,10 @@ class StoreReader:
             if hashlib.sha256((self.path / rel).read_bytes()).hexdigest() != digest:
                 raise damaged(self.path / rel, "metadata changed since capture (checksum mismatch)")
 
+    def has(self, name: str) -> bool:
+        """Whether the store holds array ``name`` (one a run writes only with some option, e.g. ``negative``)."""
+        return name in self.group
+
     def array(self, name: str) -> zarr.Array:
         try:
             if name not in self.group:

@@ -55,7 +55,7 @@ class CapturedInputs:
         self.img_ids = store.read("img_ids").to(device, self.dtype)  # (N_img, 3)
         self.txt_ids = store.read("txt_ids").to(device, self.dtype)  # (N_txt, 3)
         self.guidance = adapter_for(model).uses_guidance
-        self.cfg = "negative" in store.group  # captured with classifier-free guidance: unconditional twins
+        self.cfg = store.has("negative")  # captured with classifier-free guidance: unconditional twins
 
     def batches(self, idx: torch.Tensor, micro_batch: int) -> Iterator[ModelInputs]:
         """Samples ``idx`` in store order, ``micro_batch`` at a time; each sample's inputs are read from

@@ -24,9 +24,8 @@ def main() -> None:
         check_cut(encoder, prompts, getattr(params.prompts, name).file, digits=params.model.source == "embedded")
     with atomic_dir(OUT) as out:
         for name, prompts in sets.items():
-            negative = params.sampling.negative_prompt if params.sampling.cfg else None
             embeds = encode_prompts(encoder, prompts, params.text.batch_size, name, resolve_dtype(params.model.dtype),
-                                    negative)
+                                    params.sampling.negative)
             embeds.save(out / f"{name}.safetensors")
 
 

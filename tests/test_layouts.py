@@ -15,6 +15,7 @@ from accelerate import init_empty_weights
 from fastflux_core.families import ADAPTERS, adapter_for, family
 from fastflux_core.layouts import LAYOUTS, embedded_transformer_config, layout_of_config
 from fastflux_core.params import EmbeddedParams
+from fastflux_core.published import REFERENCE_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,10 +28,9 @@ def built(config: dict):
 
 
 def configs() -> list[tuple[str, dict]]:
-    """Every family's published config (FLUX.1-dev, FLUX.2-dev, Qwen-Image), the embedded bases, and an SD3
-    config as the tiny test folder writes it."""
-    out = [(f"{name} published", cls.reference_configs["transformer"]) for name, cls in LAYOUTS.items()
-           if "transformer" in cls.reference_configs]
+    """Every family's published config (FLUX.1-dev, FLUX.2-dev, SD3.5-large, Qwen-Image), the embedded
+    bases, and an SD3 config as the tiny test folder writes it."""
+    out = [(f"{name} published", REFERENCE_CONFIGS[name]["transformer"]) for name in LAYOUTS]
     out += [(f"embedded {f}", embedded_transformer_config(EmbeddedParams(family=f), 1, (384, 384))) for f in ("flux", "flux2", "sd3", "qwenimage")]
     out.append(("sd3 small", {"_class_name": "SD3Transformer2DModel", "num_layers": 3, "patch_size": 2, "in_channels": 4,
                               "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 16,

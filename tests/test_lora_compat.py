@@ -160,3 +160,30 @@ def test_export_without_block_map_and_pickled_lora_are_refused(tmp_path, tiny_fl
     with pytest.raises(FastFluxError, match="only .safetensors"):
         convert_file(tmp_path / "in.pt", pruned_pipeline, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_qwen_image_diffusers_lora_maps_onto_its_pruned_export(tiny_qwenimage_folder, tmp_path):
+    """Qwen-Image (issue 31): a diffusers-format LoRA on every block and on an embedder; the replaced
+    block's keys are dropped, the rest loads into the exported QwenImagePipeline without a warning."""
+    from diffusers import QwenImagePipeline
+
+    from fastflux_core.qwenimage import QwenImageAdapter
+
+    m = QwenImagePipeline.from_pretrained(str(tiny_qwenimage_folder)).transformer
+    a = QwenImageAdapter(m)
+    a.swap(1, a.replacement(1))
+    to_pruned(m, [1]).save_pretrained(str(tmp_path / "transformer"))
+    (tmp_path / "export").mkdir()
+    write_pipeline(tmp_path / "transformer", tiny_qwenimage_folder, tmp_path / "export")
+    g, lora, d = torch.Generator().manual_seed(0), {}, m.inner_dim  # width 16, MLP 4 × 16
+    for i in range(3):
+        for name, d_in, d_out in (("attn.to_q", d, d), ("img_mlp.net.0.proj", d, 4 * d), ("txt_mlp.net.2", 4 * d, d)):
+            _pair(lora, f"transformer.transformer_blocks.{i}.{name}", d_in, d_out, g, "AB")
+    _pair(lora, "transformer.img_in", 16, d, g, "AB")
+    save_file(lora, tmp_path / "in.safetensors")
+    report = convert_file(tmp_path / "in.safetensors", tmp_path / "export", tmp_path / "out.safetensors")
+    assert report["format"] == "diffusers" and report["dropped_blocks"] == [1]
+    assert set(lora) - set(load_file(tmp_path / "out.safetensors")) == {k for k in lora if "blocks.1." in k}
+    assert _load_lora_warnings(tmp_path / "export", tmp_path / "in.safetensors")[0]  # unconverted: it does not fit
+    warned, pipe = _load_lora_warnings(tmp_path / "export", tmp_path / "out.safetensors")
+    assert warned == [] and any("lora_A" in n for n, _ in pipe.transformer.named_parameters())

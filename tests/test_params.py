@@ -41,7 +41,7 @@ def test_rehearsal_params_are_valid_and_hold_every_key_dvc_reads(family, tmp_pat
     assert keys(yaml.safe_load((ROOT / "params.yaml").read_text())) <= keys(example)
 
 
-@pytest.mark.parametrize("example", ["flux1-dev"])
+@pytest.mark.parametrize("example", ["flux1-dev", "flux2-dev", "sd3.5-large", "qwen-image"])
 def test_example_params_a_user_copies_are_valid_hold_every_key_and_name_disjoint_prompt_sets(example, monkeypatch):
     """examples/<model>/params.yaml (issue 31, 3): schema-valid, every key of params.yaml present, its
     prompt files there (from the repository root) and disjoint. The model folder is the user's: not

