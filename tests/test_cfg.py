@@ -131,7 +131,8 @@ def test_capture_records_every_sample_and_its_unconditional_twin(guided_capture)
         assert store.n_samples == c["summary"][name]["samples"] == 2 * n_items * params.capture.timesteps
         negative = store.read("negative")
         assert negative.dtype == torch.bool and int(negative.sum()) == store.n_samples // 2
-        key = lambda r: (int(store.read("prompt")[r]), int(store.read("seed")[r]), int(store.read("schedule_step")[r]))  # noqa: E731
+        prompt, seed, step = (store.read(a).tolist() for a in ("prompt", "seed", "schedule_step"))  # read once
+        key = lambda r: (prompt[r], seed[r], step[r])  # noqa: E731
         pos = {key(r): r for r in range(store.n_samples) if not negative[r]}
         neg = {key(r): r for r in range(store.n_samples) if negative[r]}
         assert pos.keys() == neg.keys()  # a twin for every sample
