@@ -146,16 +146,7 @@ FLUX2_DEV_TEXT_ENCODER = {  # Mistral Small 3.1 (24B): the text model and its Pi
     "vision_feature_layer": -1,
 }
 
-FLUX2_DEV_SCHEDULER = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-}
+FLUX2_DEV_SCHEDULER = FLUX1_DEV_SCHEDULER  # published with FLUX.1-dev's values (Flux2Pipeline computes its own mu)
 
 # Qwen/Qwen-Image (the transformer: diffusers' QwenImageTransformer2DModel defaults, which are its)
 QWEN_IMAGE_TRANSFORMER = {
