@@ -14,6 +14,7 @@ editing them re-runs no stage (dvc.yaml lists each stage's import closure as its
     blocks        the block-level interface to a transformer (BlockAdapter, BlockState, ModelInputs)
     pruned_flux   the exported pruned transformers and the BRLL block (self-contained: ships with exports)
     codec         latents ↔ images (VAE or pixels), token packing
+    chat_template a prompt's tokens as a chat-template pipeline (FLUX.2, Qwen-Image) counts and cuts them
     lstsq         streamed least squares (paper Eq. 1)
     stats         bootstrap and jackknife intervals, the Fréchet distance
     speed         FLOPs (torch's counter) and A B B A latency

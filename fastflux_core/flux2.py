@@ -33,7 +33,7 @@ builds on :class:`~fastflux_core.flux.FluxAdapter` and replaces what differs:
 * **Text** (:class:`Flux2TextEncoder`): the folder's own pipeline class encodes — FLUX.2-dev's
   ``Flux2Pipeline`` (Mistral Small 3.1, hidden states of layers 10, 20 and 30 side by side) or
   ``Flux2KleinPipeline`` (Qwen3, layers 9, 18, 27) — each prompt in its chat template, padded to
-  ``text.max_sequence_length`` tokens (which count the template too: :class:`TemplatedTokens` says
+  ``text.max_sequence_length`` tokens (which count the template too: :func:`templated_ids` says
   where a prompt is cut); no pooled vector.
 * **Latents** (:class:`Flux2VaeCodec`): ``AutoencoderKLFlux2`` has no scaling factor or shift; its
   latents are normalised by the VAE's batch-norm statistics over the 2 × 2-patchified channels — the
@@ -61,6 +61,7 @@ from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retri
 from torch import nn
 
 from fastflux_core.blocks import BlockState, MlpRef, ModelInputs
+from fastflux_core.chat_template import IdsOf, TemplatedTokens
 from fastflux_core.codec import VaeCodec
 from fastflux_core.errors import FastFluxError, loading
 from fastflux_core.flux import FluxAdapter
@@ -120,41 +121,24 @@ class Flux2VaeCodec(VaeCodec):
         return self.vae.decode(self.to_vae(latents), return_dict=False)[0]
 
 
-class TemplatedTokens:
-    """What ``text.max_sequence_length`` counts in FLUX.2: the tokens of a prompt inside its pipeline's
-    chat template (klein: the user turn and the generation prompt; FLUX.2-dev: after a long system
-    message), as the pipeline tokenizes it — so a prompt is cut where the template and the limit leave
-    it room, and a limit smaller than the template leaves none. For :func:`fastflux_core.text.check_cut`:
-    called like a tokenizer, and ``decode`` gives back the part of the prompt that is kept."""
+def templated_ids(pipe) -> IdsOf:
+    """The pipeline's tokens of a prompt in its chat template, truncated as it truncates: FLUX.2-dev's
+    Mistral Small 3.1 after its long system message (``_get_mistral_3_small_prompt_embeds``), klein's
+    Qwen3 as the user turn with the generation prompt."""
+    tok = pipe.tokenizer
 
-    def __init__(self, pipe):
-        self.pipe = pipe
-        empty, probe = self._ids(""), self._ids("x")
-        n = 0
-        while n < min(len(empty), len(probe)) and empty[n] == probe[n]:
-            n += 1
-        self.prefix = empty[:n]  # the template before the prompt
-
-    def _ids(self, text: str, max_length: int | None = None) -> list[int]:
-        """The pipeline's tokens of ``text`` in its template, truncated as it truncates (``max_length``)."""
-        tok, cut = self.pipe.tokenizer, {"truncation": True, "max_length": max_length} if max_length else {}
-        if type(self.pipe).__name__ == "Flux2Pipeline":  # Mistral Small 3.1 (_get_mistral_3_small_prompt_embeds)
+    def ids_of(text: str, max_length: int | None) -> list[int]:
+        cut = {"truncation": True, "max_length": max_length} if max_length else {}
+        if type(pipe).__name__ == "Flux2Pipeline":
             from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 
             return list(tok.apply_chat_template(format_input(prompts=[text]), add_generation_prompt=False,
                                                 tokenize=True, return_dict=True, **cut)["input_ids"][0])
-        templated = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,  # klein's Qwen3
+        templated = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                             add_generation_prompt=True, enable_thinking=False)
         return list(tok(templated, **cut)["input_ids"])
 
-    def __call__(self, text: str, truncation: bool = False, max_length: int | None = None) -> dict:
-        return {"input_ids": self._ids(text, max_length if truncation else None)}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        if ids[: len(self.prefix)] == self.prefix:
-            ids = ids[len(self.prefix):]
-        tok = getattr(self.pipe.tokenizer, "tokenizer", self.pipe.tokenizer)  # a processor holds its tokenizer
-        return tok.decode(ids, skip_special_tokens=skip_special_tokens).strip()
+    return ids_of
 
 
 class Flux2TextEncoder:
@@ -169,7 +153,7 @@ class Flux2TextEncoder:
             self.pipe = DiffusionPipeline.from_pretrained(str(path), transformer=None, vae=None, dtype=dtype,
                                                           use_safetensors=True).to(device)
         self.max_sequence_length, self.device = max_sequence_length, device
-        self.cut_tokenizer = TemplatedTokens(self.pipe)  # the prompt counted inside its chat template
+        self.cut_tokenizer = TemplatedTokens(templated_ids(self.pipe), self.pipe.tokenizer)  # counted in its template
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,6 +55,7 @@ from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from torch import nn
 
 from fastflux_core.blocks import BlockState, MlpRef, ModelInputs, OneBlockList, resolution_shift
+from fastflux_core.chat_template import IdsOf, TemplatedTokens
 from fastflux_core.codec import VaeCodec
 from fastflux_core.errors import loading
 from fastflux_core.layouts import QwenImageLayout
@@ -117,23 +118,18 @@ class QwenImageVaeCodec(VaeCodec):
         return self.vae.decode(self.to_vae(latents), return_dict=False)[0][:, :, 0]
 
 
-class TemplateTokens:
+def templated_ids(pipe) -> IdsOf:
     """What ``text.max_sequence_length`` counts in Qwen-Image: the tokens of a prompt inside
     ``QwenImagePipeline``'s chat template after its first ``prompt_template_encode_start_idx`` tokens
-    (the system turn, which the pipeline drops) — the prompt and the template's closing turn — as
-    ``encode_prompt`` cuts them. For :func:`fastflux_core.text.check_cut`: called like a tokenizer;
-    ``decode`` gives back the kept text."""
+    (the system turn, which the pipeline drops) — the prompt and the template's closing turn — cut as
+    ``encode_prompt`` cuts them."""
 
-    def __init__(self, pipe):
-        self.pipe = pipe
+    def ids_of(text: str, max_length: int | None) -> list[int]:
+        ids = list(pipe.tokenizer(pipe.prompt_template_encode.format(text))["input_ids"])
+        ids = ids[pipe.prompt_template_encode_start_idx:]
+        return ids[:max_length] if max_length else ids
 
-    def __call__(self, text: str, truncation: bool = False, max_length: int | None = None) -> dict:
-        p = self.pipe
-        ids = list(p.tokenizer(p.prompt_template_encode.format(text))["input_ids"])[p.prompt_template_encode_start_idx:]
-        return {"input_ids": ids[:max_length] if truncation else ids}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self.pipe.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens).strip()
+    return ids_of
 
 
 class QwenImageTextEncoder:
@@ -151,7 +147,7 @@ class QwenImageTextEncoder:
             self.pipe = QwenImagePipeline.from_pretrained(str(path), transformer=None, vae=None, dtype=dtype,
                                                           use_safetensors=True).to(device)
         self.max_sequence_length, self.device = max_sequence_length, device
-        self.cut_tokenizer = TemplateTokens(self.pipe)
+        self.cut_tokenizer = TemplatedTokens(templated_ids(self.pipe), self.pipe.tokenizer)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ from fastflux_core.lora import inject_lora, lora_parameters
 from fastflux_core.lstsq import GramAccumulator
 from fastflux_core.placement import Placement, place, place_blocks
 from fastflux_core.prompts import prompt_items
-from fastflux_core.sampling import velocity
+from fastflux_core.sampling import latent_size, velocity
 from fastflux_core.boundary import SandwichBlocks, micro_step
 from fastflux_core.shapes import Shapes, folder_config, transformer_config
 from fastflux_core.speed import count_flops
@@ -372,7 +372,7 @@ def measure_distill(params, what: str, real: str | None = None) -> Measured:
 
 def _grid(params, shapes: Shapes) -> tuple[int, int]:
     """Latent cells (h, w) of a sampled image: fake ids hold no positions to read it from."""
-    return params.sampling.height // shapes.scale_factor, params.sampling.width // shapes.scale_factor
+    return latent_size(params.sampling.height, params.sampling.width, shapes.scale_factor)
 
 
 def _rotary(params, adapter, shapes: Shapes, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
