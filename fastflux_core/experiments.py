@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -144,13 +145,14 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
         "No claim in the paper (it captures along trajectories): noised inputs — x_t = (1 − σ_t)·x_0 + σ_t·ε from "
         "the full model's final latents, one truncated forward per captured step — cost a fraction of the "
         "compute; the question is what they cost in quality.",
-        (Variant("trajectory (paper)", "brll-st", {}), Variant("noised", "noised", {"capture.inputs": "noised"})),
+        (Variant("trajectory (paper)", "brll-st", {}),
+         Variant("noised", "noised", {"capture.inputs": "noised"}, first_base_only=True)),
         better=(("brll-st", "noised"),), across_bases=True),
     Experiment(
         "baseline", "Baseline: L1-norm width pruning at FastFLUX's FLOPs and at its latency (paper Tables 1–2, Fig. 5)",
         "At the same latency, FastFLUX gives better quality than L1-norm pruning followed by (global) "
         "fine-tuning, at 10 % and at 20 %.",
-        (Variant("paper recipe", "l1", {"baseline.ratios": BASELINE_RATIOS}),
+        (Variant("paper recipe", "l1", {"baseline.ratios": BASELINE_RATIOS}, first_base_only=True),
          Variant("paper recipe, L1 on the local objective", "l1-local",
                  {"baseline.ratios": BASELINE_RATIOS, "baseline.objective": "local"}, first_base_only=True), ALL_OPTIONS),
         better=(("fastflux", "l1"),), kind="baseline", across_bases=True),
@@ -169,9 +171,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
 
 
 DEFAULTS_FOLLOW = ("recipe", "capture", "baseline")  # the experiments params.yaml's defaults are chosen by
-# What scripts/report.sh runs: every experiment but the family one, which has its own page (report/family/,
-# README: "Stable Diffusion 3 and 3.5") and a base training per architecture.
-DEFAULT_EXPERIMENTS = tuple(k for k in EXPERIMENTS if k != "family")
+# What scripts/report.sh runs, to keep it within its 3 hours on a 2-core CPU: every experiment but the family
+# one, which has its own page (report/family/, README: "Stable Diffusion 3 and 3.5") and a base training per
+# architecture, and but two paper ablations no option a user sets rests on — the replacement order (Table 5:
+# the importance order is the method) and the sandwich's target (no claim) — which run on request
+# (--experiments order,target).
+ON_REQUEST = ("family", "order", "target")
+DEFAULT_EXPERIMENTS = tuple(k for k in EXPERIMENTS if k not in ON_REQUEST)
 
 
 @dataclass(frozen=True)
@@ -443,7 +449,7 @@ def _whole_numbers(ap: argparse.ArgumentParser, option: str, text: str) -> list[
 def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.experiments") -> None:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiments", default=",".join(DEFAULT_EXPERIMENTS),
-                    help=f"comma-separated keys of EXPERIMENTS (default: all but family; known: {', '.join(EXPERIMENTS)})")
+                    help=f"comma-separated keys of EXPERIMENTS (default: all but {', '.join(ON_REQUEST)}; known: {', '.join(EXPERIMENTS)})")
     ap.add_argument("--seeds", default="0,1,2", help="pruning seeds (params.yaml seed), comma-separated")
     ap.add_argument("--bases", default="0", help="embedded bases (embedded.seed: each trains its own base model), "
                     "comma-separated; verdicts pair runs within a base and count the bases that agree")
@@ -474,6 +480,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
         # whose latency is Table 6's, runs alone afterwards
         timed = {v.name for k in keys for v in EXPERIMENTS[k].variants if v.timed}
         run_all([r for r in todo if r.variant not in timed], repo, args.jobs, kept)
+        # alone, a run's stages may use every core (the parallel runs were given one thread each)
+        cores = str(len(os.sched_getaffinity(0)))
+        os.environ.update(OMP_NUM_THREADS=cores, MKL_NUM_THREADS=cores)
         run_all([r for r in todo if r.variant in timed], repo, 1, kept)
     results = {"experiments": keys, "seeds": seeds, "bases": bases, "latency_match": match,
                **collect(repo, todo, kept)}

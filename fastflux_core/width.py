@@ -121,6 +121,14 @@ def width_share(model: nn.Module, x: ModelInputs, target_ratio: float) -> float:
     return share_for_flops(flops, width_flops(adapter_for(model), per_module), target_ratio)
 
 
+def l1_widths(ev: Evaluator, target_flops_ratio: float, round_to: int) -> tuple[int, ...]:
+    """The MLP widths an L1 model at ``target_flops_ratio`` keeps (:func:`l1_model` prunes to them), read
+    off the base: FLOPs depend on the architecture, not the weights."""
+    with ev.on_device(ev.base):
+        share = width_share(ev.base, ev.x, target_flops_ratio)
+    return tuple(kept_width(mlp.up.out_features, share, round_to) for mlp in adapter_for(ev.base).mlps())
+
+
 def chain_trainable_params(states: list, n: int, reuse: bool) -> int:
     """Parameters the chain trained that are in the FastFLUX model with ``n`` blocks replaced: its
     replaced blocks' linears and its LoRA adapters (:func:`~fastflux_core.chain.state_for_steps`),
@@ -250,6 +258,7 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
     metrics = {"n_pruned": n, "fastflux": _scores(q_ours, f_ours)}
     timings = {"fastflux": _timing(lat_ours)}
     columns = {"full": load_reference_images(ev.reference_dir), "FastFLUX": img_ours}
+    built: dict[tuple[int, ...], str] = {}  # kept widths → the key of the L1 model built with them
     for match, target in matchings(params.baseline, f_ours["flops_ratio"]).items():
         key = "l1" if match == "flops" else f"l1_{match}"
         if target <= 0:  # no model has a FLOPs ratio ≤ 0: say so and go on (the FLOPs match still stands)
@@ -257,12 +266,21 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
                             f"{params.baseline.latency_flops_cut} × FastFLUX's FLOPs cut is all of the FLOPs"}
             continue
         try:
+            widths = l1_widths(ev, target, params.baseline.round_to)
+            if widths in built:
+                # the same widths keep the same units, and the fine-tuning's seeds and budget depend on n only:
+                # the model already built, not trained a second time (at 1 block of 12 both matches round alike)
+                same = built[widths]
+                metrics[key] = {**metrics[same], "matched_on": match, "target_flops_ratio": target, "same_model_as": same}
+                metrics[f"{key}_untuned"], timings[key] = metrics[f"{same}_untuned"], timings[same]
+                continue
             m, t, images = l1_model(params, ev, states, n, inputs, split, target, out / f"items_n{n}_{key}.safetensors")
         except FastFluxError as err:  # MLP width pruning cannot reach the target: recorded, not fatal
             if match == "flops":
                 raise
             metrics[key] = {"matched_on": match, "target_flops_ratio": target, "unreachable": str(err)}
             continue
+        built[widths] = key
         metrics[f"{key}_untuned"] = m.pop("untuned")
         metrics[key], timings[key] = {**m, "matched_on": match}, t
         columns["L1" if match == "flops" else f"L1 ({match})"] = images

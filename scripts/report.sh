@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up, runs the pipeline (dvc repro) and the paper's experiments as queued DVC experiments
 # (python -m fastflux_core.experiments: every variant × seeds 0,1,2 on embedded base 0; the variants a
-# user's decision rests on — the paper's recipe and the one with every option against L1, noised
-# capture, the trained replacement kinds — on bases 0,1,2 too: 93 runs; SD3 has its own page), then
+# user's decision rests on — the replacement kinds, the recipe with every option against L1 — on bases
+# 1 and 2 too: 72 runs; the replacement order and the sandwich's target only on request, the families
+# on their own page), then
 # writes report/README.md (python -m fastflux_core.report). Arguments go to the experiments command, e.g.
 #   bash scripts/report.sh --experiments replacement,order --seeds 0,1,2 --bases 0,1,2 --jobs 1
 # The experiments start from HEAD: commit first. README.md says how long it takes. Interrupted, it
@@ -34,7 +35,8 @@ m and pathlib.Path(sys.argv[1]).parent.mkdir(parents=True, exist_ok=True)
 m and pathlib.Path(sys.argv[1]).write_text(json.dumps(m, indent=2))' benchmarks/results/latency_match.json
   [ -f benchmarks/results/latency_match.json ] || python benchmarks/latency_match.py
 fi
-# two runs at a time, one thread each (the sweep's reuse runs, whose latency is reported, run alone)
+# two runs at a time, one thread each (the sweep's reuse runs, whose latency is reported, run alone
+# afterwards, on every core)
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m fastflux_core.experiments --jobs 2 --bases 0,1,2 \
   --latency-match benchmarks/results/latency_match.json "$@"
 python -m fastflux_core.report

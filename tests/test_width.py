@@ -76,3 +76,38 @@ def test_torch_pruning_traced_graph_ties_a_single_blocks_mlp_to_its_attention():
     group = graph.get_pruning_group(block.proj_mlp, tp.prune_linear_out_channels, idxs=[0, 1])
     touched = {dep.target.module for dep, _ in group}
     assert block.attn.to_q in touched or block.attn.to_k in touched
+
+
+def test_a_latency_match_that_rounds_to_the_flops_matchs_widths_reuses_that_model(monkeypatch, tmp_path):
+    """The L1 model matched on latency keeps its own widths; where they round to the FLOPs-matched
+    model's (the same units kept, the same seeds and budget), that model's record is reused, not
+    trained again — and where they differ, a second model is built."""
+    from types import SimpleNamespace as NS
+
+    import fastflux_core.width as width
+
+    built = []
+
+    def fake_l1_model(params, ev, states, n, inputs, split, target, items_out):
+        built.append(target)
+        return ({"fid": target, "flops_ratio": target, "target_flops_ratio": target, "untuned": {"fid": 9.0}},
+                {"latency_ratio": target}, f"img{target}")
+
+    ev = NS(quality_of=lambda model, items_out=None: ({"fid": 1.0}, "ours", ["p"]),
+            speed_of=lambda model: ({"flops_ratio": 0.9, "model": "d"}, {"latency_ratio": 0.9, "latency_ratio_iqr": 0.0,
+                                                                          "model": "d"}),
+            reference_dir=tmp_path)
+    monkeypatch.setattr(width, "finished_model", lambda *a: (NS(model=None),))
+    monkeypatch.setattr(width, "load_reference_images", lambda d: "full")
+    monkeypatch.setattr(width, "comparison_grid", lambda columns, prompts, rows: NS(save=lambda path: None))
+    monkeypatch.setattr(width, "l1_model", fake_l1_model)
+    params = NS(baseline=NS(latency_flops_cut=1.2, round_to=8), evaluate=NS(grid_rows=1))
+    for widths, trained in (({0.9: (64,), 0.88: (64,)}, [0.9]), ({0.9: (64,), 0.88: (56,)}, [0.9, 0.88])):
+        built.clear()
+        monkeypatch.setattr(width, "l1_widths", lambda ev, target, round_to: widths[round(target, 6)])
+        metrics, timings = width.compare_at(params, ev, [], 1, None, None, tmp_path)
+        assert built == trained
+        assert metrics["l1_latency"]["matched_on"] == "latency" and metrics["l1"]["matched_on"] == "flops"
+        assert metrics["l1_latency"]["target_flops_ratio"] == 0.88
+        assert metrics["l1_latency"]["fid"] == trained[-1] and timings["l1_latency"]["latency_ratio"] == trained[-1]
+        assert ("same_model_as" in metrics["l1_latency"]) == (len(trained) == 1)
