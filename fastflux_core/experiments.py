@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
         timed = {v.name for k in keys for v in EXPERIMENTS[k].variants if v.timed}
         run_all([r for r in todo if r.variant not in timed], repo, args.jobs, kept)
         # alone, a run's stages may use every core (the parallel runs were given one thread each)
-        cores = str(len(os.sched_getaffinity(0)))
+        cores = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
         os.environ.update(OMP_NUM_THREADS=cores, MKL_NUM_THREADS=cores)
         run_all([r for r in todo if r.variant in timed], repo, 1, kept)
     results = {"experiments": keys, "seeds": seeds, "bases": bases, "latency_match": match,

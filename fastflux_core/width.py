@@ -36,6 +36,7 @@ The first sandwich's held-out training prompts give the loss before and after.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -259,6 +260,7 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
     timings = {"fastflux": _timing(lat_ours)}
     columns = {"full": load_reference_images(ev.reference_dir), "FastFLUX": img_ours}
     built: dict[tuple[int, ...], str] = {}  # kept widths → the key of the L1 model built with them
+    label_of: dict[str, str] = {}  # key → its grid column
     for match, target in matchings(params.baseline, f_ours["flops_ratio"]).items():
         key = "l1" if match == "flops" else f"l1_{match}"
         if target <= 0:  # no model has a FLOPs ratio ≤ 0: say so and go on (the FLOPs match still stands)
@@ -273,6 +275,9 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
                 same = built[widths]
                 metrics[key] = {**metrics[same], "matched_on": match, "target_flops_ratio": target, "same_model_as": same}
                 metrics[f"{key}_untuned"], timings[key] = metrics[f"{same}_untuned"], timings[same]
+                # its per-image readings too: the report's interval over prompts opens this model's file
+                shutil.copyfile(out / f"items_n{n}_{same}.safetensors", out / f"items_n{n}_{key}.safetensors")
+                columns[f"L1 ({match})"] = columns[label_of[same]]
                 continue
             m, t, images = l1_model(params, ev, states, n, inputs, split, target, out / f"items_n{n}_{key}.safetensors")
         except FastFluxError as err:  # MLP width pruning cannot reach the target: recorded, not fatal
@@ -283,7 +288,8 @@ def compare_at(params: Params, ev: Evaluator, states: list, n: int, inputs: Capt
         built[widths] = key
         metrics[f"{key}_untuned"] = m.pop("untuned")
         metrics[key], timings[key] = {**m, "matched_on": match}, t
-        columns["L1" if match == "flops" else f"L1 ({match})"] = images
+        label_of[key] = "L1" if match == "flops" else f"L1 ({match})"
+        columns[label_of[key]] = images
     comparison_grid(columns, prompts, min(params.evaluate.grid_rows, len(prompts))).save(out / f"grid_n{n}.png")
     return metrics, timings
 

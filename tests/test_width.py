@@ -80,8 +80,8 @@ def test_torch_pruning_traced_graph_ties_a_single_blocks_mlp_to_its_attention():
 
 def test_a_latency_match_that_rounds_to_the_flops_matchs_widths_reuses_that_model(monkeypatch, tmp_path):
     """The L1 model matched on latency keeps its own widths; where they round to the FLOPs-matched
-    model's (the same units kept, the same seeds and budget), that model's record is reused, not
-    trained again — and where they differ, a second model is built."""
+    model's (the same units kept, the same seeds and budget), that model's record, per-image readings
+    and grid column are reused, not trained again — and where they differ, a second model is built."""
     from types import SimpleNamespace as NS
 
     import fastflux_core.width as width
@@ -90,6 +90,7 @@ def test_a_latency_match_that_rounds_to_the_flops_matchs_widths_reuses_that_mode
 
     def fake_l1_model(params, ev, states, n, inputs, split, target, items_out):
         built.append(target)
+        items_out.write_text(f"items of {target}")
         return ({"fid": target, "flops_ratio": target, "target_flops_ratio": target, "untuned": {"fid": 9.0}},
                 {"latency_ratio": target}, f"img{target}")
 
@@ -99,7 +100,8 @@ def test_a_latency_match_that_rounds_to_the_flops_matchs_widths_reuses_that_mode
             reference_dir=tmp_path)
     monkeypatch.setattr(width, "finished_model", lambda *a: (NS(model=None),))
     monkeypatch.setattr(width, "load_reference_images", lambda d: "full")
-    monkeypatch.setattr(width, "comparison_grid", lambda columns, prompts, rows: NS(save=lambda path: None))
+    grids = []
+    monkeypatch.setattr(width, "comparison_grid", lambda columns, prompts, rows: grids.append(columns) or NS(save=lambda p: None))
     monkeypatch.setattr(width, "l1_model", fake_l1_model)
     params = NS(baseline=NS(latency_flops_cut=1.2, round_to=8), evaluate=NS(grid_rows=1))
     for widths, trained in (({0.9: (64,), 0.88: (64,)}, [0.9]), ({0.9: (64,), 0.88: (56,)}, [0.9, 0.88])):
@@ -111,3 +113,6 @@ def test_a_latency_match_that_rounds_to_the_flops_matchs_widths_reuses_that_mode
         assert metrics["l1_latency"]["target_flops_ratio"] == 0.88
         assert metrics["l1_latency"]["fid"] == trained[-1] and timings["l1_latency"]["latency_ratio"] == trained[-1]
         assert ("same_model_as" in metrics["l1_latency"]) == (len(trained) == 1)
+        # the report's interval over prompts opens each model's items; the grid shows each match
+        assert (tmp_path / "items_n1_l1_latency.safetensors").read_text() == f"items of {trained[-1]}"
+        assert grids[-1]["L1 (latency)"] == f"img{trained[-1]}" and grids[-1]["L1"] == "img0.9"
