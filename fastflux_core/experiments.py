@@ -446,10 +446,23 @@ def _whole_numbers(ap: argparse.ArgumentParser, option: str, text: str) -> list[
     return [int(t) for t in items]
 
 
+def experiment_keys(arg: str) -> list[str]:
+    """``--experiments``: comma-separated keys, or ``+keys`` for the default set and those too — the
+    report holds the experiments asked for, so adding one on request must not drop the others.
+
+    >>> experiment_keys("order,width"), experiment_keys("+order,target")[-3:]
+    (['order', 'width'], ['baseline', 'order', 'target'])
+    """
+    extra = arg.startswith("+")
+    keys = [k for k in arg.lstrip("+").split(",") if k]
+    return [*DEFAULT_EXPERIMENTS, *(k for k in keys if k not in DEFAULT_EXPERIMENTS)] if extra else keys
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.experiments") -> None:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiments", default=",".join(DEFAULT_EXPERIMENTS),
-                    help=f"comma-separated keys of EXPERIMENTS (default: all but {', '.join(ON_REQUEST)}; known: {', '.join(EXPERIMENTS)})")
+                    help=f"comma-separated keys of EXPERIMENTS, or +keys: the default set and those (default: all but "
+                    f"{', '.join(ON_REQUEST)}; known: {', '.join(EXPERIMENTS)})")
     ap.add_argument("--seeds", default="0,1,2", help="pruning seeds (params.yaml seed), comma-separated")
     ap.add_argument("--bases", default="0", help="embedded bases (embedded.seed: each trains its own base model), "
                     "comma-separated; verdicts pair runs within a base and count the bases that agree")
@@ -459,7 +472,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.exp
     ap.add_argument("--latency-match", default=None, help="benchmarks/latency_match.py's JSON: the baseline runs "
                     "also build an L1 model as fast as FastFLUX at FLUX.1-dev's width (its cut_factor)")
     args = ap.parse_args(argv)
-    keys = [k for k in args.experiments.split(",") if k]
+    keys = experiment_keys(args.experiments)
     unknown = [k for k in keys if k not in EXPERIMENTS]
     if unknown:
         ap.error(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
