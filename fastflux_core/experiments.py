@@ -175,7 +175,7 @@ DEFAULTS_FOLLOW = ("recipe", "capture", "baseline")  # the experiments params.ya
 # one, which has its own page (report/family/, README: "Stable Diffusion 3 and 3.5") and a base training per
 # architecture, and but two paper ablations no option a user sets rests on — the replacement order (Table 5:
 # the importance order is the method) and the sandwich's target (no claim) — which run on request
-# (--experiments order,target).
+# (--experiments +order,target).
 ON_REQUEST = ("family", "order", "target")
 DEFAULT_EXPERIMENTS = tuple(k for k in EXPERIMENTS if k not in ON_REQUEST)
 
@@ -450,12 +450,12 @@ def experiment_keys(arg: str) -> list[str]:
     """``--experiments``: comma-separated keys, or ``+keys`` for the default set and those too — the
     report holds the experiments asked for, so adding one on request must not drop the others.
 
-    >>> experiment_keys("order,width"), experiment_keys("+order,target")[-3:]
+    >>> experiment_keys("order,width,order"), experiment_keys("+order,target,baseline")[-3:]
     (['order', 'width'], ['baseline', 'order', 'target'])
     """
     extra = arg.startswith("+")
-    keys = [k for k in arg.lstrip("+").split(",") if k]
-    return [*DEFAULT_EXPERIMENTS, *(k for k in keys if k not in DEFAULT_EXPERIMENTS)] if extra else keys
+    keys = [k for k in (arg[1:] if extra else arg).split(",") if k]
+    return list(dict.fromkeys([*DEFAULT_EXPERIMENTS, *keys] if extra else keys))  # each once: one section each
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m fastflux_core.experiments") -> None:

@@ -6,6 +6,7 @@
 # on their own page), then
 # writes report/README.md (python -m fastflux_core.report). Arguments go to the experiments command, e.g.
 #   bash scripts/report.sh --experiments replacement,order --seeds 0,1,2 --bases 0,1,2 --jobs 1
+#   bash scripts/report.sh --experiments +order,target   (the default set and those two)
 # The experiments start from HEAD: commit first. README.md says how long it takes. Interrupted, it
 # resumes: run it again in the same clone and the experiments already there are not run again; on
 # another machine, collect what finished (python -m fastflux_core.experiments --collect-only, the same

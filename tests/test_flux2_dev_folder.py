@@ -18,33 +18,47 @@ from fastflux_core.text import encode_prompts
 CPU = torch.device("cpu")
 
 
+def _processor_ids(processor, prompts: list[str], max_length: int) -> dict:
+    """What Flux2Pipeline's encode_prompt feeds Mistral 3: the processor's chat template over the
+    system and user turns, padded and cut to ``max_length``."""
+    return processor.apply_chat_template(format_input(prompts=prompts), add_generation_prompt=False, tokenize=True,
+                                         return_dict=True, return_tensors="pt", padding="max_length", truncation=True,
+                                         max_length=max_length)
+
+
+@torch.no_grad()
 def test_prompts_are_encoded_and_counted_as_flux2pipeline_does(tiny_flux2_dev_folder):
-    """The stacked hidden states of layers 10, 20, 30 equal the pipeline's own encode_prompt, and the
-    cut tokenizer counts each prompt as the processor's attention mask does (system turn included)."""
+    """Our encoder (the folder's text half only) gives Mistral 3's hidden states of layers 10, 20, 30
+    side by side over the templated, padded prompt, and the cut tokenizer counts each prompt as the
+    processor's attention mask does (system message and template included)."""
     preflight.check_model_folder(tiny_flux2_dev_folder, "flux2")
     enc = Flux2TextEncoder(tiny_flux2_dev_folder, 64, CPU, torch.float32)
     prompts = ["a cat", "the digit 7 drawn in ink"]
     ours = enc.encode(prompts)[0]
-    theirs = enc.pipe.encode_prompt(prompt=prompts, device=CPU, max_sequence_length=64)[0]
-    assert ours.shape == (2, 64, 24) and torch.equal(ours, theirs.float())
-    mask = enc.pipe.tokenizer.apply_chat_template(format_input(prompts=prompts), add_generation_prompt=False, tokenize=True,
-                                                  return_dict=True, return_tensors="pt", padding="max_length",
-                                                  truncation=True, max_length=64)["attention_mask"]
+    pipe = Flux2Pipeline.from_pretrained(str(tiny_flux2_dev_folder))  # the whole folder, loaded on its own
+    inputs = _processor_ids(pipe.tokenizer, prompts, 64)
+    hidden = pipe.text_encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                               output_hidden_states=True, use_cache=False).hidden_states
+    assert len(hidden) == 33 and ours.shape == (2, 64, 24)  # embeddings + 32 layers: 10, 20, 30 are inner ones
+    torch.testing.assert_close(ours, torch.cat([hidden[10], hidden[20], hidden[30]], dim=-1), rtol=1e-6, atol=1e-6)
+    mask = inputs["attention_mask"]
     assert mask.sum(1).tolist() == [len(enc.cut_tokenizer(p)["input_ids"]) for p in prompts]
 
 
 def test_a_prompt_is_cut_where_the_system_message_leaves_it_room(tiny_flux2_dev_folder, capsys):
-    """FLUX.2-dev's long system message counts against text.max_sequence_length: a prompt keeps what
-    the limit leaves after it, the warning names what is kept, and the encoder sees exactly that."""
+    """FLUX.2-dev's long system message counts against text.max_sequence_length: a cut drops the
+    template's closing [/INST] and the prompt's tail, so the prompt keeps 64 minus the template before
+    it; the warning names what is kept, and the encoder sees exactly that."""
     enc = Flux2TextEncoder(tiny_flux2_dev_folder, 64, CPU, torch.float32)
-    room = 64 - len(enc.cut_tokenizer("")["input_ids"])  # the template alone
-    assert 0 < room < 64 - 20  # the system message takes most of the 64 tokens
-    prompt = " ".join(["red"] * (room + 5))
-    cut = text.check_cut(enc, [prompt, "a cat"], "set z", digits=False)
-    assert cut == {prompt: " ".join(["red"] * room)}
-    assert "1 of 2 prompts are longer than text.max_sequence_length (64 tokens)" in capsys.readouterr().err
-    long, kept = enc.encode([prompt, cut[prompt]])[0]
-    assert torch.equal(long, kept)
+    before = int(_processor_ids(enc.pipe.tokenizer, [""], 512)["attention_mask"].sum()) - 1  # all but the closing [/INST]
+    assert 20 < before < 64
+    prompt = " ".join(["red"] * (64 - before + 5))
+    kept = " ".join(["red"] * (64 - before))
+    assert text.check_cut(enc, [prompt, "a cat"], "set z", digits=False) == {prompt: kept}
+    err = capsys.readouterr().err
+    assert "1 of 2 prompts are longer than text.max_sequence_length (64 tokens)" in err and f"→ {kept!r}" in err
+    long, cut = enc.encode([prompt, kept])[0]
+    assert torch.equal(long, cut)
 
 
 @torch.no_grad()
@@ -76,6 +90,7 @@ def test_sampler_equals_flux2pipeline_with_its_guidance_embedding(tiny_flux2_dev
 
     ours = sample_latents(pipe.transformer, source.load_scheduler(params.model), embeds, items, params.sampling,
                           codec.latent_channels, codec.scale_factor, progress=False)
-    torch.testing.assert_close(codec.to_vae(ours), vae_latents(theirs(4.0)), rtol=1e-5, atol=1e-5)
+    guided = theirs(4.0)
+    torch.testing.assert_close(codec.to_vae(ours), vae_latents(guided), rtol=1e-5, atol=1e-5)
     assert np.abs(codec.decode(ours).astype(float) - theirs(4.0, "np") * 255).max() <= 1.0  # the pipeline's decoding
-    assert not torch.allclose(theirs(4.0), theirs(1.0), atol=1e-4)
+    assert not torch.allclose(guided, theirs(1.0), atol=1e-4)

