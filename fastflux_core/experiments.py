@@ -146,7 +146,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
         "the full model's final latents, one truncated forward per captured step — cost a fraction of the "
         "compute; the question is what they cost in quality.",
         (Variant("trajectory (paper)", "brll-st", {}),
-         Variant("noised", "noised", {"capture.inputs": "noised"}, first_base_only=True)),
+         Variant("noised", "noised", {"capture.inputs": "noised"})),
         better=(("brll-st", "noised"),), across_bases=True),
     Experiment(
         "baseline", "Baseline: L1-norm width pruning at FastFLUX's FLOPs and at its latency (paper Tables 1–2, Fig. 5)",
@@ -171,12 +171,15 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
 
 
 DEFAULTS_FOLLOW = ("recipe", "capture", "baseline")  # the experiments params.yaml's defaults are chosen by
-# What scripts/report.sh runs, to keep it within its 3 hours on a 2-core CPU: every experiment but the family
-# one, which has its own page (report/family/, README: "Stable Diffusion 3 and 3.5") and a base training per
-# architecture, and but two paper ablations no option a user sets rests on — the replacement order (Table 5:
-# the importance order is the method) and the sandwich's target (no claim) — which run on request
-# (--experiments +order,target).
-ON_REQUEST = ("family", "order", "target")
+# What scripts/report.sh runs, to keep it within its 3 hours on a 2-core CPU: the experiments a user's
+# decision rests on — the replacement kind, the recipe's options, the capture inputs and the baseline (the
+# last three decide params.yaml's defaults, DEFAULTS_FOLLOW). The paper's ablations of what the method
+# fixes — the replacement order (Table 5: the importance order is the method), the sandwich's target and
+# width (Fig. 7), the ratio sweep with reuse (Table 6) — and the importance proxy (ours, not the default
+# ranking) run on request (--experiments +order,target,width,importance,sweep: 27 more runs, ~45 min by
+# the runs' costs in README "How long"), as does the family experiment, which has
+# its own page (report/family/, README: "Stable Diffusion 3 and 3.5") and a base training per architecture.
+ON_REQUEST = ("family", "order", "target", "width", "importance", "sweep")
 DEFAULT_EXPERIMENTS = tuple(k for k in EXPERIMENTS if k not in ON_REQUEST)
 
 

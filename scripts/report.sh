@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Sets up, runs the pipeline (dvc repro) and the paper's experiments as queued DVC experiments
-# (python -m fastflux_core.experiments: every variant × seeds 0,1,2 on embedded base 0; the variants a
-# user's decision rests on — the replacement kinds, the recipe with every option against L1 — on bases
-# 1 and 2 too: 72 runs; the replacement order and the sandwich's target only on request, the families
-# on their own page), then
+# (python -m fastflux_core.experiments: the experiments a user's decision rests on — replacement kind,
+# recipe options, capture inputs, baseline —, every variant × seeds 0,1,2 on embedded base 0; the
+# replacement kinds, noised capture and the recipe with every option against L1 on bases 1 and 2 too:
+# 63 runs; the paper's other ablations (order, target, width, sweep) and the importance proxy only on
+# request, the families on their own page), then
 # writes report/README.md (python -m fastflux_core.report). Arguments go to the experiments command, e.g.
 #   bash scripts/report.sh --experiments replacement,order --seeds 0,1,2 --bases 0,1,2 --jobs 1
-#   bash scripts/report.sh --experiments +order,target   (the default set and those two)
+#   bash scripts/report.sh --experiments +order,width   (the default set and those two)
 # The experiments start from HEAD: commit first. README.md says how long it takes. Interrupted, it
 # resumes: run it again in the same clone and the experiments already there are not run again; on
 # another machine, collect what finished (python -m fastflux_core.experiments --collect-only, the same

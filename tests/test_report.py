@@ -24,14 +24,15 @@ def test_variants_shared_by_experiments_run_once_per_seed():
 
 
 def test_the_default_report_runs_every_base_only_where_a_decision_rests_on_it():
-    """scripts/report.sh's set (3 bases × 3 seeds): the replacement kinds and the best recipe against L1
-    on every base; the paper recipe's L1 comparison, the single options and the paper's ablations on
-    base 0; order and target only on request."""
+    """scripts/report.sh's set (3 bases × 3 seeds): the replacement kinds, noised capture and the best
+    recipe against L1 on every base; the paper recipe's L1 comparisons, the single options and untrained
+    deletion on base 0; the paper's other ablations (order, target, width, sweep) and the importance
+    proxy only on request."""
     todo = runs(list(experiments.DEFAULT_EXPERIMENTS), [0, 1, 2], [0, 1, 2])
     bases = {v: {r.base for r in todo if r.variant == v} for v in {r.variant for r in todo}}
-    assert {v for v, b in bases.items() if b == {0, 1, 2}} == {"brll-st", "delete-st", "brll-nost", "l1-all"}
-    assert {"l1", "l1-local", "noised", "st-auto", "width1", "sweep-reuse"} <= {v for v, b in bases.items() if b == {0}}
-    assert not {"start2end", "end2start", "target-original"} & set(bases) and len(todo) == 4 * 9 + 12 * 3
+    assert {v for v, b in bases.items() if b == {0, 1, 2}} == {"brll-st", "delete-st", "brll-nost", "l1-all", "noised"}
+    assert {v for v, b in bases.items() if b == {0}} == {"delete", "st-auto", "temb", "finish", "l1", "l1-local"}
+    assert len(todo) == 5 * 9 + 6 * 3  # no start2end, target-original, width1, proxy, sweep-reuse, …
 
 
 def test_decision_experiments_run_on_every_base_with_its_own_embedded_seed():
