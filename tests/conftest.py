@@ -11,6 +11,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from suite_timeline import mark  # noqa: E402
 
 # One thread: the DVC pipelines of test_dvc_pipeline.py run in two background processes meanwhile,
 # and spinning OpenMP threads on an oversubscribed 2-core machine only burn CPU.
@@ -82,6 +83,21 @@ def chain(_chain_built, monkeypatch):
 PIPELINE_TESTS = ("test_bad_input.py", "test_crash_safety.py", "test_distributed_stages.py", "test_dvc_pipeline.py")
 
 
+def pytest_collection(session):
+    mark("collection start")
+
+
+_first_pipeline_test_marked = False
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """The timeline's mark of the unit tests' end: the first pipeline test starts (and waits for A)."""
+    global _first_pipeline_test_marked
+    if not _first_pipeline_test_marked and os.path.basename(location[0]) in PIPELINE_TESTS:
+        _first_pipeline_test_marked = True
+        mark(f"first pipeline test start {nodeid}")
+
+
 def pytest_collection_modifyitems(session, config, items):
     """The pipeline tests go last, and their pipelines start now, in the background: they mostly
     wait on process start-up (each stage imports torch and diffusers), so the unit tests run meanwhile."""
@@ -97,6 +113,7 @@ def pytest_collection_modifyitems(session, config, items):
     from test_dvc_pipeline import start_runs
 
     config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
+    mark("pipelines started")
 
 
 def _handle(request) -> dict:
@@ -148,6 +165,7 @@ def runs_c(request):
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 
+    mark("session finish")
     handle = getattr(session.config, "_fastflux_dvc", None)
     if handle is not None:
         if "b" in handle:  # let DVC finish in B before its folder goes
@@ -156,3 +174,4 @@ def pytest_sessionfinish(session, exitstatus):
             if proc.poll() is None:
                 proc.kill()
         shutil.rmtree(handle["root"], ignore_errors=True)
+    mark("session cleaned up")

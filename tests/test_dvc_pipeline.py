@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from depcheck import params_problems, read_records
+from suite_timeline import mark, watch
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -118,6 +119,7 @@ def start_runs(root: Path) -> dict:
         proc = subprocess.Popen(["dvc", "repro"], cwd=repo, stdout=log, stderr=subprocess.STDOUT, text=True,
                                 env={**ONE_THREAD, **TRACE_PARAMS, "FASTFLUX_PARAMS_LOG": str(root / f"params-{name}")})
         started[name] = (repo, proc)
+        watch(name, proc)
     return {"root": root, "started": started}
 
 
@@ -162,15 +164,20 @@ def b_experiments(repo: Path) -> dict:
     (the lock must not change: every output reproducible), (1) the report's queued run (``run_all`` of
     :func:`queued_runs`: DVC's temporary copy; the workspace must stay as it was), then (2) a warm
     ``dvc exp run -S ratio=0.0`` in the workspace."""
+    mark("B chain start")
     out = {"forced": _run(["dvc", "repro", "--force", "--single-item", *FORCED], repo, env=ONE_THREAD).stdout,
            "lock_forced": (repo / "dvc.lock").read_text()}
+    mark("B forced done")
     _experiments().run_all(queued_runs(), repo)
+    mark("B queue done")
     out["after_queue"] = {f: (repo / f).read_text() for f in ("params.yaml", "dvc.lock")}
     out["sweep_before"] = (repo / "data" / "plots" / "sweep.csv").read_text()
     out["exp_run"] = _run(["dvc", "exp", "run", "-S", "ratio=0.0"], repo).stdout
+    mark("B exp done")
     out["evaluate"] = json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())
     out["sweep_after"] = (repo / "data" / "plots" / "sweep.csv").read_text()
     out["shown"] = json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout)
+    mark("B chain done")
     return out
 
 
