@@ -100,31 +100,35 @@ def pytest_runtest_logstart(nodeid, location):
 
 def pytest_collection_modifyitems(session, config, items):
     """The pipeline tests go last, and their pipelines start now, in the background: they mostly
-    wait on process start-up (each stage imports torch and diffusers), so the unit tests run meanwhile."""
+    wait on process start-up (each stage imports torch and diffusers), so the unit tests run meanwhile.
+    B's chain starts the moment A is done, so it too runs beside the unit tests."""
     late = sorted((i for i in items if i.path.name in PIPELINE_TESTS), key=lambda i: PIPELINE_TESTS.index(i.path.name))
     if not late:
         return
     items[:] = [i for i in items if i.path.name not in PIPELINE_TESTS] + late
     if os.environ.get("FASTFLUX_TEST_PIPELINES"):
         return
+    _start(config, b=any("runs" in i.fixturenames for i in late))  # C's tests alone need no B
+
+
+def _start(config, b: bool) -> dict:
+    """A and C's `dvc repro`, and B's chain after A if ``b`` (test_dvc_pipeline.start_pipelines), in a
+    temporary folder the session's end deletes."""
     import tempfile
     from pathlib import Path
 
-    from test_dvc_pipeline import start_runs
+    from test_dvc_pipeline import start_pipelines
 
-    config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
+    config._fastflux_dvc = start_pipelines(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")), b)
     mark("pipelines started")
+    return config._fastflux_dvc
 
 
 def _handle(request) -> dict:
-    """The two background pipelines (started at collection, or now when a pipeline test runs alone)."""
-    import tempfile
-    from pathlib import Path
-
-    from test_dvc_pipeline import start_runs
-
+    """The background pipelines (started at collection, or now when a pipeline test runs alone; B's
+    chain then by the ``runs`` fixture)."""
     if getattr(request.config, "_fastflux_dvc", None) is None:
-        request.config._fastflux_dvc = start_runs(Path(tempfile.mkdtemp(prefix="fastflux-dvc-")))
+        _start(request.config, b=False)
     return request.config._fastflux_dvc
 
 
@@ -141,16 +145,20 @@ def _finished(names: tuple[str, ...]) -> dict | None:
 
 @pytest.fixture(scope="session")
 def runs(request):
-    """Repo A after its full `dvc repro`, and B, a copy of it; then B's forced re-runs and experiments
-    (the report's queued run, a warm exp run) run in the background."""
-    from test_dvc_pipeline import start_b, twin, wait_runs
+    """Repo A after its full `dvc repro`, and B, a copy of it, whose forced re-runs and experiments (the
+    report's queued run, a warm exp run) run in the background from the moment A is done
+    (test_dvc_pipeline.start_b): ``b``, their future, and ``b_before``, B's files before them."""
+    from test_dvc_pipeline import b_after_a, git_identity, start_b, wait_runs
 
+    git_identity()
     out = _finished(("A", "B"))
-    handle = {} if out is not None else _handle(request)
     if out is None:
+        handle = _handle(request)
+        chain = handle.get("chain") or b_after_a(handle)
         out = wait_runs(handle, ("A",))
-        out["B"] = twin(out["A"], handle["root"] / "B")
-    out["b"], out["b_before"] = handle["b"] = start_b(out["B"])
+    else:
+        chain = start_b(out["B"])
+    (out["B"], out["b_before"]), out["b"] = chain["twin"].result(), chain["b"]
     return out
 
 
@@ -168,10 +176,13 @@ def pytest_sessionfinish(session, exitstatus):
     mark("session finish")
     handle = getattr(session.config, "_fastflux_dvc", None)
     if handle is not None:
-        if "b" in handle:  # let DVC finish in B before its folder goes
-            handle["b"][0].exception()
+        chain = handle.get("chain")
+        if chain:
+            chain["stop"].set()  # B's chain ends at its next step (when its tests ran, it has ended)
         for _, proc in handle["started"].values():
             if proc.poll() is None:
                 proc.kill()
+        if chain:  # let DVC finish in B before its folder goes; a B thread still waiting for a killed A ends too
+            chain["b"].exception()
         shutil.rmtree(handle["root"], ignore_errors=True)
     mark("session cleaned up")

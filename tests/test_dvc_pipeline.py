@@ -5,8 +5,9 @@ they run while the unit tests do: A, the micro config, and C, which flips every 
 of params.yaml that the embedded default can take. Copy A then checks caching, which stages a change
 re-runs and the params each stage reads. Once A is done, B — a copy of it — runs again the stages no
 other test re-makes (their outputs must not change a byte) and then the report's queued experiment
-and a warm `dvc exp run -S ratio=…`, in the background while the other pipeline tests use A and C
-(:func:`start_b`); C, the longest, is waited for only by its own tests.
+and a warm `dvc exp run -S ratio=…`, in the background from the moment A is done — beside the unit
+tests, then beside the other pipeline tests on A and C (:func:`start_b`); C, the longest, is waited for
+only by its own tests.
 """
 
 import json
@@ -14,7 +15,9 @@ import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -123,9 +126,24 @@ def start_runs(root: Path) -> dict:
     return {"root": root, "started": started}
 
 
+def start_pipelines(root: Path, b: bool = True) -> dict:
+    """:func:`start_runs`, and B's chain (:func:`b_after_a`) unless ``b`` is false (no test collected
+    asks for B): the handle the session's fixtures and its end (tests/conftest.py) use."""
+    handle = start_runs(root)
+    if b:
+        b_after_a(handle)
+    return handle
+
+
+def b_after_a(handle: dict) -> dict:
+    """B's chain (:func:`start_b`), whose thread waits for A and copies it to B: ``handle["chain"]``."""
+    handle["chain"] = start_b(handle["root"] / "B", lambda: wait_runs(handle, ("A",))["A"])
+    return handle["chain"]
+
+
 def wait_runs(handle: dict, names: tuple[str, ...]) -> dict:
     """Wait for pipelines ``names``; their repos and params logs (fixtures ``runs`` and ``runs_c``,
-    conftest.py: A and B finish first, and the tests on them need not wait for C)."""
+    conftest.py, and B's thread: A and B finish first, and the tests on them need not wait for C)."""
     out = {}
     for name in names:
         repo, proc = handle["started"][name]
@@ -158,22 +176,22 @@ def twin(a: Path, b: Path) -> Path:
     return b
 
 
-def b_experiments(repo: Path) -> dict:
+def b_experiments(repo: Path, stop: threading.Event | None = None) -> dict:
     """What runs on copy B, one after the other (in :func:`start_b` 's thread), and what their tests
     check: (0) the stages of :data:`FORCED` run again in a new process each, as the pipeline ran them
     (the lock must not change: every output reproducible), (1) the report's queued run (``run_all`` of
     :func:`queued_runs`: DVC's temporary copy; the workspace must stay as it was), then (2) a warm
-    ``dvc exp run -S ratio=0.0`` in the workspace."""
-    mark("B chain start")
+    ``dvc exp run -S ratio=0.0`` in the workspace. ``stop``, once set, ends it at its next step."""
+    _step("B chain start", stop)
     out = {"forced": _run(["dvc", "repro", "--force", "--single-item", *FORCED], repo, env=ONE_THREAD).stdout,
            "lock_forced": (repo / "dvc.lock").read_text()}
-    mark("B forced done")
-    _experiments().run_all(queued_runs(), repo)
-    mark("B queue done")
+    _step("B forced done", stop)
+    run_queued(repo)
+    _step("B queue done", stop)
     out["after_queue"] = {f: (repo / f).read_text() for f in ("params.yaml", "dvc.lock")}
     out["sweep_before"] = (repo / "data" / "plots" / "sweep.csv").read_text()
     out["exp_run"] = _run(["dvc", "exp", "run", "-S", "ratio=0.0"], repo).stdout
-    mark("B exp done")
+    _step("B exp done", stop)
     out["evaluate"] = json.loads((repo / "data" / "metrics" / "evaluate.json").read_text())
     out["sweep_after"] = (repo / "data" / "plots" / "sweep.csv").read_text()
     out["shown"] = json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout)
@@ -181,20 +199,77 @@ def b_experiments(repo: Path) -> dict:
     return out
 
 
-def start_b(repo: Path) -> tuple[Future, dict]:
-    """Commit copy B as the experiments' baseline and run :func:`b_experiments` in a background thread:
-    the other pipeline tests (on A and C) mostly run one process at a time, so B's two experiments
-    (~2 min) take the idle core. B is A's twin; its workspace files as they were before are returned.
-    ``run_all`` runs ``dvc`` with this process's environment, which gets the git identity an
-    experiment commit needs."""
+def _step(done: str, stop: threading.Event | None) -> None:
+    """Between two steps of B's chain: the timeline's mark, and the chain's end once the session is
+    over (pytest_sessionfinish sets ``stop``, then waits for the chain before it deletes B's folder)."""
+    mark(done)
+    if stop is not None and stop.is_set():
+        raise RuntimeError(f"the session is over: B's chain stopped at {done!r}")
+
+
+# run_all of queued_runs() in a Python of its own (:func:`run_queued`): argv = tests/, the project, repo B
+QUEUE_CHILD = ("import sys; from pathlib import Path; sys.path[:0] = sys.argv[1:3]; import test_dvc_pipeline as t; "
+               "t._experiments().run_all(t.queued_runs(), Path(sys.argv[3]))")
+
+
+def run_queued(repo: Path) -> None:
+    """The report's queued run (``run_all`` of :func:`queued_runs`) in a Python process of its own,
+    with :data:`ENV`: ``run_all`` runs ``dvc`` with its process's environment, and this one's is the
+    unit tests' meanwhile — monkeypatch.setenv of PYTHONPATH (a stand-in hpsv2) or FASTFLUX_LAUNCH
+    ('garbage') would reach the experiment's stages. Its error, if any, is raised here with its output."""
+    _run([sys.executable, "-c", QUEUE_CHILD, str(ROOT / "tests"), str(ROOT), str(repo)], repo)
+
+
+def git_identity() -> None:
+    """This process's environment gets :data:`ENV`'s PATH (the venv's ``dvc``) and git identity: the
+    pipeline tests' own ``dvc`` calls (``experiments.collect`` on B) run with them. Main thread only,
+    after the unit tests (the ``runs`` fixture): B's thread never reads the environment."""
     os.environ.update({k: ENV[k] for k in GIT_ENV})
+
+
+def commit_baseline(repo: Path) -> dict:
+    """Commit copy B as the experiments' baseline; its workspace files as they were before."""
     before = {f: (repo / f).read_text() for f in ("params.yaml", "dvc.lock")}
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "baseline of the experiments", "--allow-empty"], repo)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="b-experiments")
-    future = pool.submit(b_experiments, repo)
-    pool.shutdown(wait=False)
-    return future, before
+    return before
+
+
+def start_b(b: Path, a: Callable[[], Path] | None = None) -> dict:
+    """B's chain in a background thread: once ``a`` returns finished repo A (it waits for A's `dvc
+    repro`: :func:`b_after_a`), B becomes a copy of it (:func:`twin`); then B is committed as the
+    experiments' baseline (:func:`commit_baseline`) and :func:`b_experiments` runs (~3 min, one process
+    at a time). Started with A and C, at collection, it takes the core A leaves idle while the unit
+    tests still run; started by the first pipeline test, after them, it ran mostly alone at the suite's
+    end. Without ``a``, B is a finished copy already (FASTFLUX_TEST_PIPELINES).
+
+    Returns futures ``twin`` — B and its workspace files as they were before its experiments — and
+    ``b`` — what b_experiments returns —, either of which raises A's failure (the ``_wait`` error with
+    its log) or the chain's; and ``stop``, an event that ends the chain at its next step. The thread
+    reads nothing of this process's environment, which the unit tests change meanwhile: every command
+    gets :data:`ENV` or :data:`ONE_THREAD`. It is no daemon: with no session end to wait for it
+    (FASTFLUX_TEST_PIPELINES), Python waits for it before it exits, and DVC is not cut off in B."""
+    chain = {"twin": Future(), "b": Future(), "stop": threading.Event()}
+    threading.Thread(target=_b_chain, args=(b, a, chain), name="b-experiments").start()
+    return chain
+
+
+def _b_chain(b: Path, a: Callable[[], Path] | None, chain: dict) -> None:
+    try:
+        if a is not None:
+            done_a = a()
+            if chain["stop"].is_set():  # the session ended before A did: no copy to make
+                raise RuntimeError("the session is over: B was not made")
+            twin(done_a, b)
+        chain["twin"].set_result((b, commit_baseline(b)))
+    except BaseException as err:  # every future settles: the fixture and the session's end wait on them
+        chain["twin"].set_exception(err)
+        chain["b"].set_exception(err)
+        return
+    try:
+        chain["b"].set_result(b_experiments(b, chain["stop"]))
+    except BaseException as err:
+        chain["b"].set_exception(err)
 
 
 def _status(repo: Path) -> dict:
