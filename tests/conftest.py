@@ -98,6 +98,7 @@ def pytest_runtest_logstart(nodeid, location):
         mark(f"first pipeline test start {nodeid}")
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m/--deselect: B starts only when a test that runs needs it
 def pytest_collection_modifyitems(session, config, items):
     """The pipeline tests go last, and their pipelines start now, in the background: they mostly
     wait on process start-up (each stage imports torch and diffusers), so the unit tests run meanwhile.

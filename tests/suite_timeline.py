@@ -4,14 +4,15 @@ With FASTFLUX_SUITE_TIMELINE naming a file, each event appends one line ``<epoch
 it: which of the pipelines the suite waits for at its end, and which core idles meanwhile, is read off
 the file, not guessed. Off by default; then an event costs one comparison. The variable is read once,
 at import (collection): the pipelines' threads never read this process's environment, which the unit
-tests change (monkeypatch.setenv).
+tests change (monkeypatch.setenv); a relative path is made absolute then, as unit tests change the
+working directory (monkeypatch.chdir) while B's thread marks its events.
 """
 
 import os
 import threading
 import time
 
-FILE = os.environ.get("FASTFLUX_SUITE_TIMELINE") or None
+FILE = os.path.abspath(v) if (v := os.environ.get("FASTFLUX_SUITE_TIMELINE")) else None
 
 
 def mark(event: str) -> None:
