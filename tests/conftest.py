@@ -173,6 +173,7 @@ def runs_c(request):
 
 def pytest_sessionfinish(session, exitstatus):
     import shutil
+    import signal
 
     mark("session finish")
     handle = getattr(session.config, "_fastflux_dvc", None)
@@ -181,8 +182,12 @@ def pytest_sessionfinish(session, exitstatus):
         if chain:
             chain["stop"].set()  # B's chain ends at its next step (when its tests ran, it has ended)
         for _, proc in handle["started"].values():
-            if proc.poll() is None:
-                proc.kill()
+            if proc.poll() is None:  # DVC and its running stage: the group start_runs gave them
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
         if chain:  # let DVC finish in B before its folder goes; a B thread still waiting for a killed A ends too
             chain["b"].exception()
         shutil.rmtree(handle["root"], ignore_errors=True)

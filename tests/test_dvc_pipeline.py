@@ -119,8 +119,11 @@ def start_runs(root: Path) -> dict:
     for name in ("A", "C"):
         repo = _make_repo(root / name, switched=name == "C")
         log = open(root / f"log-{name}.txt", "w")  # a file, not a pipe: nobody reads while the unit tests run
+        # a process group of its own: the session's end kills DVC and the stage it runs together
+        # (tests/conftest.py, pytest_sessionfinish), not DVC alone with its stage left running
         proc = subprocess.Popen(["dvc", "repro"], cwd=repo, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                env={**ONE_THREAD, **TRACE_PARAMS, "FASTFLUX_PARAMS_LOG": str(root / f"params-{name}")})
+                                env={**ONE_THREAD, **TRACE_PARAMS, "FASTFLUX_PARAMS_LOG": str(root / f"params-{name}")},
+                                start_new_session=True)
         started[name] = (repo, proc)
         watch(name, proc)
     return {"root": root, "started": started}
