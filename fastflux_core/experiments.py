@@ -177,8 +177,8 @@ DEFAULTS_FOLLOW = ("recipe", "capture", "baseline")  # the experiments params.ya
 # fixes — the replacement order (Table 5: the importance order is the method), the sandwich's target and
 # width (Fig. 7), the ratio sweep with reuse (Table 6) — and the importance proxy (ours, not the default
 # ranking) run on request (--experiments +order,target,width,importance,sweep: 27 more runs, ~45 min by
-# the runs' costs in README "How long"), as does the family experiment, which has
-# its own page (report/family/, README: "Stable Diffusion 3 and 3.5") and a base training per architecture.
+# the runs' costs in README "How long"), as does the family experiment, which has its own page
+# (report/family/, README: "Four architectures on the same budget") and a base training per architecture.
 ON_REQUEST = ("family", "order", "target", "width", "importance", "sweep")
 DEFAULT_EXPERIMENTS = tuple(k for k in EXPERIMENTS if k not in ON_REQUEST)
 
